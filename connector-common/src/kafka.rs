@@ -1,0 +1,236 @@
+//! The `[kafka]` section and its translation into librdkafka settings.
+
+use std::path::PathBuf;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Invalid, StringMap, Validate};
+
+/// How the connectors reach Kafka. Shared by both connectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, comma separated (`host:port,host:port`). Env: `kafka_host`.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// `plaintext`, `ssl`, `sasl_plaintext` or `sasl_ssl`. Default: `ssl` when
+    /// `ssl_ca` is set, `sasl_ssl` when `sasl_mechanism` is set, else `plaintext`.
+    #[serde(default)]
+    pub security_protocol: Option<SecurityProtocol>,
+    /// CA certificate (PEM) that signed the brokers' certificates. Env: `kafka_ssl_ca`.
+    #[serde(default)]
+    pub ssl_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS. Env: `kafka_ssl_cert`.
+    #[serde(default)]
+    pub ssl_cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS. Env: `kafka_ssl_key`.
+    #[serde(default)]
+    pub ssl_key: Option<PathBuf>,
+    /// SASL mechanism: `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    /// SASL user name.
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// SASL password; write `${KAFKA_PASSWORD}` to keep it out of the file.
+    #[serde(default)]
+    pub sasl_password: Option<String>,
+    /// Any librdkafka property, passed through as-is (e.g. `"compression.type" = "zstd"`).
+    /// These win over everything the connector sets itself.
+    #[serde(default)]
+    pub options: StringMap,
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:9092".to_owned()
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: default_brokers(),
+            security_protocol: None,
+            ssl_ca: None,
+            ssl_cert: None,
+            ssl_key: None,
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            options: StringMap::new(),
+        }
+    }
+}
+
+/// Kafka's `security.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no SASL.
+    Plaintext,
+    /// TLS (with a client certificate when `ssl_cert`/`ssl_key` are set).
+    Ssl,
+    /// SASL without TLS.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_librdkafka(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The protocol in force, after the defaults described on `security_protocol`.
+    pub fn effective_protocol(&self) -> SecurityProtocol {
+        match (self.security_protocol, &self.sasl_mechanism, &self.ssl_ca) {
+            (Some(p), _, _) => p,
+            (None, Some(_), _) => SecurityProtocol::SaslSsl,
+            (None, None, Some(_)) => SecurityProtocol::Ssl,
+            (None, None, None) => SecurityProtocol::Plaintext,
+        }
+    }
+
+    /// librdkafka settings for a client of these brokers; callers add their
+    /// role's own settings, then [`KafkaConfig::apply_options`].
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        let protocol = self.effective_protocol();
+        c.set("security.protocol", protocol.as_librdkafka());
+        if matches!(protocol, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl) {
+            if let Some(ca) = &self.ssl_ca {
+                c.set("ssl.ca.location", ca.display().to_string());
+            }
+            if let Some(cert) = &self.ssl_cert {
+                c.set("ssl.certificate.location", cert.display().to_string());
+            }
+            if let Some(key) = &self.ssl_key {
+                c.set("ssl.key.location", key.display().to_string());
+            }
+        }
+        if matches!(
+            protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        ) {
+            if let Some(m) = &self.sasl_mechanism {
+                c.set("sasl.mechanism", m);
+            }
+            if let Some(u) = &self.sasl_username {
+                c.set("sasl.username", u);
+            }
+            if let Some(p) = &self.sasl_password {
+                c.set("sasl.password", p);
+            }
+        }
+        c
+    }
+
+    /// Applies `[kafka.options]` last, so an operator can override anything.
+    pub fn apply_options(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+    }
+}
+
+impl Validate for KafkaConfig {
+    fn validate(&self, prefix: &str) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        if self.brokers.trim().is_empty() {
+            out.push(Invalid::new(
+                format!("{prefix}.brokers"),
+                "no brokers; write host:port (several comma separated) or set kafka_host",
+            ));
+        }
+        for (key, path) in [
+            ("ssl_ca", &self.ssl_ca),
+            ("ssl_cert", &self.ssl_cert),
+            ("ssl_key", &self.ssl_key),
+        ] {
+            if let Some(p) = path {
+                if !p.is_file() {
+                    out.push(Invalid::new(
+                        format!("{prefix}.{key}"),
+                        format!("file {} does not exist or is not a file; give the path of a PEM file", p.display()),
+                    ));
+                }
+            }
+        }
+        if self.ssl_cert.is_some() != self.ssl_key.is_some() {
+            out.push(Invalid::new(
+                format!("{prefix}.ssl_key"),
+                "mutual TLS needs both ssl_cert and ssl_key; set both or neither",
+            ));
+        }
+        if let Some(m) = &self.sasl_mechanism {
+            if !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
+                out.push(Invalid::new(
+                    format!("{prefix}.sasl_mechanism"),
+                    format!("`{m}` is not supported; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
+                ));
+            }
+            if self.sasl_username.is_none() || self.sasl_password.is_none() {
+                out.push(Invalid::new(
+                    format!("{prefix}.sasl_username"),
+                    "SASL needs sasl_username and sasl_password",
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssl_ca_alone_means_ssl_like_the_seed() {
+        let k = KafkaConfig {
+            ssl_ca: Some("ca.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(k.effective_protocol(), SecurityProtocol::Ssl);
+        assert_eq!(k.client_config().get("ssl.ca.location"), Some("ca.pem"));
+    }
+
+    #[test]
+    fn sasl_defaults_to_sasl_ssl_and_sets_credentials() {
+        let k = KafkaConfig {
+            sasl_mechanism: Some("SCRAM-SHA-256".into()),
+            sasl_username: Some("u".into()),
+            sasl_password: Some("p".into()),
+            ..Default::default()
+        };
+        let c = k.client_config();
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.username"), Some("u"));
+    }
+
+    #[test]
+    fn options_override_connector_settings() {
+        let mut k = KafkaConfig::default();
+        k.options.insert("bootstrap.servers".into(), "x:1".into());
+        let mut c = k.client_config();
+        k.apply_options(&mut c);
+        assert_eq!(c.get("bootstrap.servers"), Some("x:1"));
+    }
+
+    #[test]
+    fn missing_pem_file_is_invalid() {
+        let k = KafkaConfig {
+            ssl_ca: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let problems = k.validate("kafka");
+        assert_eq!(problems[0].key, "kafka.ssl_ca");
+    }
+}

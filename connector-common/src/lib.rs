@@ -1,0 +1,28 @@
+//! Shared pieces of the website-monitor connector pair.
+//!
+//! Both binaries (`website-monitor-source` and `website-monitor-sink`) are thin:
+//! they parse flags ([`cli`]), load their section of `connector.toml`
+//! ([`config`]), set up logging ([`logging`]) and telemetry ([`telemetry`]),
+//! then call their crate's `run(config, shutdown)`, where `shutdown` is a
+//! [`tokio_util::sync::CancellationToken`] fired by [`shutdown::on_signal`].
+//!
+//! Layout:
+//! - [`config`]: file selection, `${VAR}` expansion, the seed's environment
+//!   overrides, typed deserialisation and errors that name file, line and key.
+//! - [`kafka`]: the `[kafka]` section and its translation into librdkafka settings
+//!   (plaintext, mTLS with PEM files, SASL).
+//! - [`telemetry`]: the Prometheus recorder and the `/metrics`, `/healthz`,
+//!   `/readyz` HTTP server.
+//! - [`shutdown`]: SIGTERM / SIGINT into a cancellation token.
+//! - [`logging`]: `tracing` subscriber, text or JSON.
+//! - [`cli`]: the flags both binaries share.
+
+pub mod cli;
+pub mod config;
+pub mod kafka;
+pub mod logging;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::{ConfigError, Loaded};
+pub use kafka::KafkaConfig;

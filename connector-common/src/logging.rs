@@ -1,0 +1,36 @@
+//! Logging through `tracing`, as text or JSON lines.
+
+use serde::{Deserialize, Serialize};
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Installs the global `tracing` subscriber.
+///
+/// `level` is an `EnvFilter` directive such as `info` or
+/// `info,website_monitor_sink=debug`. Calling it twice is harmless (the first
+/// subscriber stays), so tests may call it freely.
+pub fn init(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Whether `level` is a valid `EnvFilter` directive.
+pub fn level_is_valid(level: &str) -> bool {
+    tracing_subscriber::EnvFilter::try_new(level).is_ok()
+}

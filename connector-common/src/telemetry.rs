@@ -1,0 +1,173 @@
+//! Prometheus metrics and health endpoints.
+//!
+//! Each connector serves on its `metrics_address`:
+//! - `GET /metrics`: Prometheus text exposition, from the `metrics` facade;
+//! - `GET /healthz`: 200 while the process runs;
+//! - `GET /readyz`: 200 when the connector says it is connected and making
+//!   progress ([`Health::set_ready`]), 503 with the reason otherwise.
+//!
+//! The `metrics` facade has one process-wide recorder by design;
+//! [`install_recorder`] installs it once and hands out the same handle after,
+//! so tests can run several connectors in one process.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Errors starting the telemetry server.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The address could not be bound.
+    #[error("cannot listen on metrics_address {addr}: {source}; choose a free port (0 picks one)")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn install_recorder() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&buckets)
+                .expect("static buckets are valid")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (a host program); then
+            // our handle renders only what we record through it, which is nothing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Readiness shared between a connector and its `/readyz` endpoint.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    inner: Arc<Mutex<Option<String>>>,
+}
+
+impl Health {
+    /// A new handle, not ready with reason "starting".
+    pub fn new() -> Self {
+        let h = Self::default();
+        h.set_not_ready("starting");
+        h
+    }
+
+    /// Marks the connector ready.
+    pub fn set_ready(&self) {
+        *self.inner.lock().expect("health lock") = None;
+    }
+
+    /// Marks the connector not ready, with the reason `/readyz` shows.
+    pub fn set_not_ready(&self, reason: impl Into<String>) {
+        *self.inner.lock().expect("health lock") = Some(reason.into());
+    }
+
+    /// `None` when ready, else the reason it is not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.inner.lock().expect("health lock").clone()
+    }
+}
+
+/// A running telemetry server.
+#[derive(Debug)]
+pub struct TelemetryServer {
+    /// The address actually bound (useful with port 0).
+    pub local_addr: SocketAddr,
+    /// The server task; it ends when the shutdown token fires.
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+pub async fn serve(
+    addr: &str,
+    handle: PrometheusHandle,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<TelemetryServer, TelemetryError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| TelemetryError::Bind {
+        addr: addr.to_owned(),
+        source,
+    })?;
+    let task = tokio::spawn(async move {
+        loop {
+            let (stream, _) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "telemetry accept failed");
+                        continue;
+                    }
+                },
+            };
+            let handle = handle.clone();
+            let health = health.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let handle = handle.clone();
+                    let health = health.clone();
+                    async move { Ok::<_, Infallible>(route(&req, &handle, &health)) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    tracing::info!(address = %local_addr, "serving /metrics, /healthz, /readyz");
+    Ok(TelemetryServer { local_addr, task })
+}
+
+fn route(req: &Request<Incoming>, handle: &PrometheusHandle, health: &Health) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match req.uri().path() {
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            handle.render(),
+        ),
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" => match health.not_ready_reason() {
+            None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Some(reason) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("not ready: {reason}\n"),
+            ),
+        },
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found; try /metrics, /healthz or /readyz\n".to_owned(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,259 @@
+//! Test harness for the website-monitor pair: the real Kafka and PostgreSQL of
+//! `make up` (never a mock), unique names per test, and small helpers to
+//! produce, consume and query.
+//!
+//! The stack is described by `.stack/env`, written by `scripts/stack.sh up`;
+//! `WM_*` variables in the environment take precedence, so the same tests run
+//! against another Kafka/PostgreSQL. Test files live in `tests/tests/`:
+//! `smoke.rs` (the harness reaches the services), `source.rs`, `sink.rs` and
+//! `pipeline.rs` (the pair end to end).
+
+pub mod http;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+
+/// Where the local stack's services are.
+#[derive(Debug, Clone)]
+pub struct Stack {
+    /// PLAINTEXT bootstrap address.
+    pub brokers: String,
+    /// mTLS bootstrap address.
+    pub ssl_brokers: String,
+    /// Folder with `ca.pem`, `client.pem`, `client.key`.
+    pub tls_dir: PathBuf,
+    /// PostgreSQL connection string (database `website_monitor`).
+    pub postgres_uri: String,
+    /// Whether the PostgreSQL is the one `scripts/stack.sh` started (and may restart).
+    pub pg_ours: bool,
+}
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// Reads `.stack/env` (and `WM_*` overrides). Panics with a clear message when
+/// the stack is not up, since every caller needs it.
+pub fn stack() -> Stack {
+    let file = repo_root().join(".stack/env");
+    let mut vars: HashMap<String, String> = std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('"').to_owned()))
+        .collect();
+    for (k, v) in std::env::vars() {
+        if k.starts_with("WM_") {
+            vars.insert(k, v);
+        }
+    }
+    let get = |k: &str| {
+        vars.get(k).cloned().unwrap_or_else(|| {
+            panic!(
+                "{k} is not known: run `make up` first ({} is missing or incomplete)",
+                file.display()
+            )
+        })
+    };
+    Stack {
+        brokers: get("WM_KAFKA_BROKERS"),
+        ssl_brokers: get("WM_KAFKA_SSL_BROKERS"),
+        tls_dir: PathBuf::from(get("WM_TLS_DIR")),
+        postgres_uri: get("WM_POSTGRES_URI"),
+        pg_ours: vars.get("WM_PG_OURS").is_some_and(|v| v == "1"),
+    }
+}
+
+/// A name no other test or earlier run uses: `prefix-<pid>-<time>-<n>`.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis();
+    format!(
+        "{prefix}-{}-{t}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A PostgreSQL-safe identifier (lowercase letters, digits, `_`) unique like [`unique`].
+pub fn unique_ident(prefix: &str) -> String {
+    unique(prefix).replace('-', "_").to_ascii_lowercase()
+}
+
+/// Creates `topic` with `partitions` partitions and waits until it exists.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let results = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("create_topics request");
+    for r in results {
+        if let Err((name, code)) = r {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                panic!("creating topic {name}: {code}");
+            }
+        }
+    }
+}
+
+/// A producer to `brokers` with acks=all, for tests.
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `(key, value)` pairs to `topic` and waits for every acknowledgement.
+pub async fn produce(brokers: &str, topic: &str, records: &[(Option<&[u8]>, &[u8])]) {
+    let p = producer(brokers);
+    let sends = records.iter().map(|(k, v)| {
+        let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).payload(*v);
+        if let Some(k) = k {
+            r = r.key(*k);
+        }
+        p.send(r, Duration::from_secs(30))
+    });
+    for res in futures::future::join_all(sends).await {
+        res.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+}
+
+/// One consumed message.
+#[derive(Debug, Clone)]
+pub struct Consumed {
+    /// The key, if any.
+    pub key: Option<Vec<u8>>,
+    /// The value.
+    pub payload: Vec<u8>,
+    /// The message timestamp in milliseconds, if any.
+    pub timestamp_ms: Option<i64>,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Header names.
+    pub headers: Vec<String>,
+}
+
+impl Consumed {
+    /// The value parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload).expect("record is JSON")
+    }
+}
+
+/// Reads `topic` from the beginning until nothing new arrives for `idle`
+/// (or `max` passed), returning every message.
+pub async fn consume_all(brokers: &str, topic: &str, idle: Duration, max: Duration) -> Vec<Consumed> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", unique("test-reader"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    c.subscribe(&[topic]).expect("subscribe");
+    let start = Instant::now();
+    let mut out = Vec::new();
+    while start.elapsed() < max {
+        match tokio::time::timeout(idle, c.recv()).await {
+            Ok(Ok(m)) => out.push(Consumed {
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                timestamp_ms: m.timestamp().to_millis(),
+                partition: m.partition(),
+                offset: m.offset(),
+                headers: m
+                    .headers()
+                    .map(|h| h.iter().map(|x| x.key.to_owned()).collect())
+                    .unwrap_or_default(),
+            }),
+            Ok(Err(e)) => panic!("consuming {topic}: {e}"),
+            Err(_) if !out.is_empty() => break,
+            Err(_) => {}
+        }
+    }
+    out
+}
+
+/// Connects to PostgreSQL at `uri` (plain TCP) and drives the connection in the background.
+pub async fn pg(uri: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(uri, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {uri}: {e}; is `make up` running?"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// Creates a fresh schema named like [`unique_ident`] and returns its name.
+pub async fn fresh_schema(client: &tokio_postgres::Client, prefix: &str) -> String {
+    let name = unique_ident(prefix);
+    client
+        .batch_execute(&format!("CREATE SCHEMA \"{name}\""))
+        .await
+        .expect("create schema");
+    name
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, or panics after `max` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, max: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if start.elapsed() > max {
+            panic!("timed out after {max:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Path of a workspace binary (`website-monitor-source` or `website-monitor-sink`)
+/// for tests that need a real process (kill -9, SIGTERM). `make test` builds the
+/// binaries before the tests; run `cargo build --bins` first when calling
+/// `cargo test` directly.
+pub fn binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let path = target.join(profile).join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --bins` (make test does) before these tests",
+        path.display()
+    );
+    path
+}
