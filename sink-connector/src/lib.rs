@@ -1,1 +1,145 @@
-//! placeholder
+//! `website-monitor-sink`: drains website-check records from a Kafka topic into
+//! PostgreSQL — the latest state per url, the full history, and the records
+//! that cannot be stored — committing Kafka offsets only after the rows are
+//! committed.
+//!
+//! Layout:
+//! - [`config`]: the `[sink]` section of `connector.toml`.
+//! - [`db`]: connecting to PostgreSQL, TLS as libpq's `sslmode` means it.
+//! - [`migrate`]: table names (always quoted) and versioned migrations under an
+//!   advisory lock.
+//! - [`decode`]: record bytes → typed columns, or a reject reason.
+//! - [`write`]: one transaction per batch; exactly-once through a per-partition
+//!   offsets table locked in the same transaction.
+//! - [`consume`]: the Kafka group consumer, batching, retries, commits.
+//! - [`metrics`]: metric names and readiness.
+//!
+//! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
+//! address and stop the sink with the shutdown token.
+
+pub mod config;
+pub mod consume;
+pub mod db;
+pub mod decode;
+pub mod metrics;
+pub mod migrate;
+pub mod write;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use connector_common::telemetry::{self, Health, TelemetryError};
+use connector_common::Loaded;
+use tokio_util::sync::CancellationToken;
+
+pub use config::SinkConfig;
+
+/// Why the sink stopped with an error (configuration problems are caught
+/// earlier, by the loader).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The PostgreSQL connection string cannot be used.
+    #[error("sink.postgres_uri: {0}")]
+    Uri(#[from] db::UriError),
+    /// TLS to PostgreSQL cannot be set up (e.g. the `sslrootcert` file).
+    #[error("sink.postgres_uri: {0}")]
+    Tls(#[from] db::TlsError),
+    /// The metrics server cannot listen.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The Kafka consumer cannot be created or subscribed.
+    #[error("Kafka consumer: {0}; check [kafka] and sink.topic")]
+    Kafka(rdkafka::error::KafkaError),
+    /// PostgreSQL refused a schema migration.
+    #[error("migrating the sink's tables failed: {0}; check that the PostgreSQL user may create tables in sink.schema, and that existing tables of the same names are the sink's own")]
+    Migrate(String),
+    /// The sink's task panicked or was aborted.
+    #[error("the sink task ended abnormally: {0}")]
+    Task(String),
+}
+
+/// A sink running in the background.
+#[derive(Debug)]
+pub struct Running {
+    /// The address `/metrics`, `/healthz` and `/readyz` are served on.
+    pub metrics_addr: SocketAddr,
+    task: tokio::task::JoinHandle<Result<(), SinkError>>,
+}
+
+impl Running {
+    /// Waits for the sink to stop (after `shutdown` fires, or on a fatal error).
+    pub async fn wait(self) -> Result<(), SinkError> {
+        self.task
+            .await
+            .map_err(|e| SinkError::Task(e.to_string()))?
+    }
+}
+
+/// Starts the sink: serves telemetry on `metrics_address`, then (in the
+/// background) connects to PostgreSQL, applies migrations, and consumes until
+/// `shutdown` fires. Errors returned here are immediate (bad TLS files, a
+/// port in use, an unusable Kafka configuration).
+pub async fn start(
+    config: Loaded<SinkConfig>,
+    shutdown: CancellationToken,
+) -> Result<Running, SinkError> {
+    let cfg = config.section;
+    let target = db::PgTarget::parse(&cfg.postgres_uri)?;
+    let tls = target.tls()?;
+
+    let handle = telemetry::install_recorder();
+    metrics::describe();
+    let health = Health::new();
+    let readiness = metrics::Readiness::new(health.clone());
+    // The telemetry server outlives `shutdown` until the sink has finished.
+    let telemetry_stop = CancellationToken::new();
+    let server =
+        telemetry::serve(&cfg.metrics_address, handle, health, telemetry_stop.clone()).await?;
+
+    let last_commit = Arc::new(AtomicU64::new(0));
+    let consumer =
+        match consume::consumer(&config.kafka, &cfg, readiness.clone(), last_commit.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                telemetry_stop.cancel();
+                return Err(e);
+            }
+        };
+    tokio::spawn(consume::commit_age_ticker(
+        last_commit,
+        telemetry_stop.clone(),
+    ));
+
+    tracing::info!(
+        topic = %cfg.topic,
+        group = %cfg.group_id,
+        table = %cfg.table,
+        schema = %cfg.schema,
+        postgres = %target.describe(),
+        "sink starting"
+    );
+    let pipeline = consume::Pipeline::new(cfg, target, tls, readiness, shutdown);
+    let task = tokio::spawn(async move {
+        let result = async {
+            let mut pipeline = pipeline;
+            if !pipeline.connect_until_ready().await? {
+                return Ok(());
+            }
+            pipeline.run(consumer).await
+        }
+        .await;
+        telemetry_stop.cancel();
+        result
+    });
+    Ok(Running {
+        metrics_addr: server.local_addr,
+        task,
+    })
+}
+
+/// Runs the sink until `shutdown` fires and the batch in hand is written
+/// (bounded by `shutdown_timeout`).
+pub async fn run(config: Loaded<SinkConfig>, shutdown: CancellationToken) -> Result<(), SinkError> {
+    start(config, shutdown).await?.wait().await
+}

@@ -1,1 +1,51 @@
-fn main() {}
+//! `website-monitor-sink`: Kafka → PostgreSQL. See the crate docs and the README.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use connector_common::cli::{CommonArgs, EXIT_CONFIG};
+use connector_common::config::{load, process_env, render_masked, resolve_path, Section};
+use website_monitor_sink::SinkConfig;
+
+/// Drains website-check records from a Kafka topic into PostgreSQL: the latest
+/// state per url (`<table>`), every check (`<table>_check`) and every record
+/// that cannot be stored (`<table>_rejected`). Offsets are committed only after
+/// the rows are; a crash loses nothing and stores nothing twice.
+///
+/// Configuration: the `[kafka]` and `[sink]` sections of connector.toml.
+/// Environment overrides: kafka_host, kafka_topic, kafka_ssl_ca, kafka_ssl_cert,
+/// kafka_ssl_key, postgres_uri, log_level. Exit codes: 0 stopped cleanly,
+/// 1 runtime failure, 2 unusable configuration.
+#[derive(Debug, Parser)]
+#[command(name = "website-monitor-sink", version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let loaded = resolve_path(args.common.config.as_deref(), &process_env)
+        .and_then(|path| load::<SinkConfig>(&path, Section::Sink, &process_env));
+    let config = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("website-monitor-sink: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if args.common.check_config {
+        print!("{}", render_masked(&config, Section::Sink));
+        return ExitCode::SUCCESS;
+    }
+    connector_common::logging::init(&config.log_level, config.log_format);
+    let shutdown = connector_common::shutdown::on_signal();
+    match website_monitor_sink::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The `[sink]` section of `connector.toml`.
+
+use std::time::Duration;
+
+use connector_common::config::{Invalid, Validate};
+use serde::{Deserialize, Serialize};
+
+use crate::db::PgTarget;
+
+/// Where a new consumer group starts reading a partition that has no committed offset.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest record still in the topic (Kafka `auto.offset.reset=earliest`).
+    #[default]
+    Earliest,
+    /// Only records produced after the group first joins (`auto.offset.reset=latest`).
+    Latest,
+}
+
+impl StartFrom {
+    /// librdkafka's `auto.offset.reset` value.
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            StartFrom::Earliest => "earliest",
+            StartFrom::Latest => "latest",
+        }
+    }
+}
+
+/// The sink connector's settings (`[sink]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Kafka topic to drain. Env: `kafka_topic`. May differ from the source's
+    /// topic when other stages sit in between.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Kafka consumer group. Sink instances sharing it split the partitions.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// PostgreSQL connection string, URL (`postgres://user:pass@host:5432/db?sslmode=require`)
+    /// or `key=value` form. Env: `postgres_uri`. `sslmode` may be `disable`,
+    /// `prefer`, `require`, `verify-ca` or `verify-full`; `sslrootcert` names the
+    /// CA file (PEM) that verifies the server (`system` for the public web roots).
+    #[serde(default = "default_postgres_uri")]
+    pub postgres_uri: String,
+    /// PostgreSQL schema holding the tables; created when missing.
+    #[serde(default = "default_schema")]
+    pub schema: String,
+    /// Latest-state table. History, rejects, Kafka positions and migrations take
+    /// derived names: `<table>_check`, `<table>_rejected`, `<table>_kafka_offsets`,
+    /// `<table>_migrations`. Any name is allowed; it is always quoted.
+    #[serde(default = "default_table")]
+    pub table: String,
+    /// Most records written in one transaction.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Longest wait, after the first record of a batch, before the batch is
+    /// written even if not full (humantime, e.g. `250ms`).
+    #[serde(default = "default_batch_timeout", with = "humantime_serde")]
+    pub batch_timeout: Duration,
+    /// Where a new consumer group starts: `earliest` or `latest`.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// Records larger than this many bytes go to the rejects table.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Records whose `url` is longer than this many bytes go to the rejects table.
+    #[serde(default = "default_max_url_bytes")]
+    pub max_url_bytes: usize,
+    /// How long, after SIGTERM, the sink keeps trying to write the batch in hand
+    /// before giving it up (it is then redelivered on the next start).
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Address of the `/metrics`, `/healthz` and `/readyz` server (port 0 picks one).
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: String,
+}
+
+fn default_topic() -> String {
+    "site-status".to_owned()
+}
+fn default_group_id() -> String {
+    "website-monitor-sink".to_owned()
+}
+fn default_postgres_uri() -> String {
+    "postgres://postgres@127.0.0.1:5432/website_monitor".to_owned()
+}
+fn default_schema() -> String {
+    "public".to_owned()
+}
+fn default_table() -> String {
+    "site".to_owned()
+}
+fn default_batch_size() -> usize {
+    5000
+}
+fn default_batch_timeout() -> Duration {
+    Duration::from_millis(250)
+}
+fn default_max_record_bytes() -> usize {
+    1024 * 1024
+}
+fn default_max_url_bytes() -> usize {
+    8192
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_metrics_address() -> String {
+    "127.0.0.1:9465".to_owned()
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            topic: default_topic(),
+            group_id: default_group_id(),
+            postgres_uri: default_postgres_uri(),
+            schema: default_schema(),
+            table: default_table(),
+            batch_size: default_batch_size(),
+            batch_timeout: default_batch_timeout(),
+            start_from: StartFrom::default(),
+            max_record_bytes: default_max_record_bytes(),
+            max_url_bytes: default_max_url_bytes(),
+            shutdown_timeout: default_shutdown_timeout(),
+            metrics_address: default_metrics_address(),
+        }
+    }
+}
+
+/// Longest `table` name, so every derived name (`<table>_kafka_offsets`, index
+/// names) stays within PostgreSQL's 63-byte identifier limit.
+pub const MAX_TABLE_NAME_BYTES: usize = 40;
+
+fn check_identifier(out: &mut Vec<Invalid>, key: String, value: &str, max: usize) {
+    if value.is_empty() {
+        out.push(Invalid::new(key, "must not be empty"));
+    } else if value.len() > max {
+        out.push(Invalid::new(
+            key,
+            format!(
+                "`{value}` is {} bytes; at most {max} are allowed",
+                value.len()
+            ),
+        ));
+    } else if value.contains('\0') {
+        out.push(Invalid::new(key, "must not contain a NUL character"));
+    }
+}
+
+impl Validate for SinkConfig {
+    fn validate(&self, prefix: &str) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        let key = |k: &str| format!("{prefix}.{k}");
+        if self.topic.trim().is_empty() {
+            out.push(Invalid::new(
+                key("topic"),
+                "must not be empty; name the Kafka topic to drain",
+            ));
+        }
+        if self.group_id.trim().is_empty() {
+            out.push(Invalid::new(
+                key("group_id"),
+                "must not be empty; name the Kafka consumer group",
+            ));
+        }
+        check_identifier(&mut out, key("schema"), &self.schema, 63);
+        check_identifier(&mut out, key("table"), &self.table, MAX_TABLE_NAME_BYTES);
+        if let Err(e) = PgTarget::parse(&self.postgres_uri) {
+            out.push(Invalid::new(key("postgres_uri"), e.to_string()));
+        }
+        if self.batch_size == 0 {
+            out.push(Invalid::new(key("batch_size"), "must be at least 1"));
+        }
+        if self.batch_timeout.is_zero() {
+            out.push(Invalid::new(
+                key("batch_timeout"),
+                "must be longer than 0 (e.g. \"250ms\")",
+            ));
+        }
+        if self.max_record_bytes == 0 {
+            out.push(Invalid::new(key("max_record_bytes"), "must be at least 1"));
+        }
+        if self.max_url_bytes == 0 {
+            out.push(Invalid::new(key("max_url_bytes"), "must be at least 1"));
+        }
+        if self.metrics_address.trim().is_empty() {
+            out.push(Invalid::new(
+                key("metrics_address"),
+                "must not be empty; write host:port such as 127.0.0.1:9465 (port 0 picks one)",
+            ));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connector_common::config::{load_str, Section};
+    use std::path::Path;
+
+    fn load(text: &str) -> Result<SinkConfig, String> {
+        load_str::<SinkConfig>(text, Path::new("c.toml"), Section::Sink, &|_| None)
+            .map(|l| l.section)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_when_section_is_empty() {
+        let c = load("").unwrap();
+        assert_eq!(c.topic, "site-status");
+        assert_eq!(c.group_id, "website-monitor-sink");
+        assert_eq!(c.table, "site");
+        assert_eq!(c.schema, "public");
+        assert_eq!(c.batch_timeout, Duration::from_millis(250));
+        assert_eq!(c.start_from, StartFrom::Earliest);
+        assert_eq!(c.max_record_bytes, 1024 * 1024);
+        assert_eq!(c.metrics_address, "127.0.0.1:9465");
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let c = load(
+            "[sink]\ntopic = \"t\"\ngroup_id = \"g\"\npostgres_uri = \"postgres://u@h/db?sslmode=verify-full&sslrootcert=/x/ca.pem\"\nschema = \"S p\"\ntable = \"My \\\"T\"\nbatch_size = 10\nbatch_timeout = \"1s\"\nstart_from = \"latest\"\nmax_record_bytes = 100\nmax_url_bytes = 50\nshutdown_timeout = \"5s\"\nmetrics_address = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.table, "My \"T");
+        assert_eq!(c.schema, "S p");
+        assert_eq!(c.batch_size, 10);
+        assert_eq!(c.batch_timeout, Duration::from_secs(1));
+        assert_eq!(c.start_from, StartFrom::Latest);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_line() {
+        let err = load("[sink]\ntopic = \"t\"\nbatchsize = 3\n").unwrap_err();
+        assert!(err.starts_with("c.toml:3: key `sink.batchsize`"), "{err}");
+    }
+
+    #[test]
+    fn bad_start_from_is_refused() {
+        let err = load("[sink]\nstart_from = \"middle\"\n").unwrap_err();
+        assert!(err.contains("sink.start_from"), "{err}");
+    }
+
+    #[test]
+    fn bad_batch_timeout_is_refused() {
+        let err = load("[sink]\nbatch_timeout = \"soon\"\n").unwrap_err();
+        assert!(err.contains("sink.batch_timeout"), "{err}");
+    }
+
+    #[test]
+    fn bad_sslmode_is_refused() {
+        let err =
+            load("[sink]\npostgres_uri = \"postgres://h/db?sslmode=sometimes\"\n").unwrap_err();
+        assert!(
+            err.contains("sink.postgres_uri") && err.contains("sslmode"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unparsable_uri_is_refused() {
+        let err = load("[sink]\npostgres_uri = \"postgres://h/db?port=notaport\"\n").unwrap_err();
+        assert!(err.contains("sink.postgres_uri"), "{err}");
+    }
+
+    #[test]
+    fn empty_or_long_table_is_refused() {
+        assert!(load("[sink]\ntable = \"\"\n")
+            .unwrap_err()
+            .contains("sink.table"));
+        let long = "x".repeat(MAX_TABLE_NAME_BYTES + 1);
+        assert!(load(&format!("[sink]\ntable = \"{long}\"\n"))
+            .unwrap_err()
+            .contains("sink.table"));
+    }
+
+    #[test]
+    fn zero_batch_size_is_refused() {
+        assert!(load("[sink]\nbatch_size = 0\n")
+            .unwrap_err()
+            .contains("sink.batch_size"));
+    }
+
+    #[test]
+    fn env_overrides_topic_and_uri() {
+        let env = |k: &str| match k {
+            "kafka_topic" => Some("from-env".to_owned()),
+            "postgres_uri" => Some("postgres://x@y/z".to_owned()),
+            _ => None,
+        };
+        let c = load_str::<SinkConfig>(
+            "[sink]\ntopic = \"t\"\n",
+            Path::new("c.toml"),
+            Section::Sink,
+            &env,
+        )
+        .unwrap()
+        .section;
+        assert_eq!(c.topic, "from-env");
+        assert_eq!(c.postgres_uri, "postgres://x@y/z");
+    }
+}

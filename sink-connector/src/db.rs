@@ -1,0 +1,527 @@
+//! Connecting to PostgreSQL, with TLS as libpq understands `sslmode`.
+//!
+//! `tokio-postgres` parses only `sslmode=disable|prefer|require` and knows no
+//! `sslrootcert`, so [`PgTarget::parse`] takes those two out of the connection
+//! string and the TLS side is built here with rustls:
+//!
+//! | `sslmode`     | encrypted            | server certificate checked           |
+//! |---------------|----------------------|--------------------------------------|
+//! | `disable`     | no                   | —                                    |
+//! | `prefer`      | if the server can    | no                                   |
+//! | `require`     | yes                  | no (but see below)                   |
+//! | `verify-ca`   | yes                  | chain up to `sslrootcert`            |
+//! | `verify-full` | yes                  | chain, and host name or IP in the certificate |
+//!
+//! As in libpq, `require` with an explicit `sslrootcert` behaves as `verify-ca`.
+//! `sslrootcert=system` trusts the public web roots (for managed services
+//! signed by a public CA).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// A connection string that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UriError {
+    /// `sslmode` has a value libpq does not know.
+    #[error("sslmode `{0}` is not known; use disable, prefer, require, verify-ca or verify-full")]
+    SslMode(String),
+    /// Client certificates are not supported.
+    #[error("`{0}` (a client certificate for PostgreSQL) is not supported; authenticate with a password")]
+    Unsupported(String),
+    /// A `key=value` pair is malformed.
+    #[error("cannot read the connection string near `{0}`; write postgres://user@host:port/db?sslmode=require or host=... dbname=...")]
+    Syntax(String),
+    /// tokio-postgres refused the rest of the string.
+    #[error("not a usable PostgreSQL connection string: {0}")]
+    Parse(String),
+}
+
+/// TLS failures found before connecting (unreadable certificate files).
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The `sslrootcert` file cannot be read or holds no certificate.
+    #[error("sslrootcert {path}: {message}; give the PEM file of the CA that signed the PostgreSQL server's certificate")]
+    RootCert {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// `verify-ca`/`verify-full` without any CA to verify against.
+    #[error("sslmode={0} needs sslrootcert=<CA PEM file> (or sslrootcert=system); none was given and ~/.postgresql/root.crt does not exist")]
+    NoRootCert(&'static str),
+    /// rustls refused the configuration.
+    #[error("cannot set up TLS for PostgreSQL: {0}")]
+    Rustls(String),
+}
+
+/// How the server's certificate is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Not at all (`prefer`, `require`): encrypted against eavesdroppers only.
+    None,
+    /// The chain up to the root certificate (`verify-ca`).
+    Ca,
+    /// The chain and the host name (`verify-full`).
+    Full,
+}
+
+/// A parsed `postgres_uri`: tokio-postgres settings plus the TLS choices.
+#[derive(Debug, Clone)]
+pub struct PgTarget {
+    /// Everything tokio-postgres understands (with `ssl_mode` already set).
+    pub config: tokio_postgres::Config,
+    /// The `sslmode` as written (default `prefer`).
+    pub sslmode: String,
+    /// How the certificate is verified.
+    pub verify: Verify,
+    /// `sslrootcert`, when given.
+    pub root_cert: Option<String>,
+}
+
+impl PgTarget {
+    /// Parses a URL (`postgres://...`) or `key=value` connection string.
+    pub fn parse(uri: &str) -> Result<Self, UriError> {
+        let trimmed = uri.trim();
+        let is_url = trimmed.starts_with("postgres://") || trimmed.starts_with("postgresql://");
+        let (rest, params) = if is_url {
+            split_url(trimmed)?
+        } else {
+            split_key_values(trimmed)?
+        };
+        let mut sslmode = "prefer".to_owned();
+        let mut root_cert = None;
+        let mut kept = Vec::new();
+        for (k, v, original) in params {
+            match k.as_str() {
+                "sslmode" => sslmode = v,
+                "sslrootcert" => root_cert = Some(v),
+                "sslcert" | "sslkey" | "sslpassword" => return Err(UriError::Unsupported(k)),
+                _ => kept.push(original),
+            }
+        }
+        let (mode, verify) = match sslmode.as_str() {
+            "disable" => (SslMode::Disable, Verify::None),
+            "allow" | "prefer" => (SslMode::Prefer, Verify::None),
+            "require" if root_cert.is_some() => (SslMode::Require, Verify::Ca),
+            "require" => (SslMode::Require, Verify::None),
+            "verify-ca" => (SslMode::Require, Verify::Ca),
+            "verify-full" => (SslMode::Require, Verify::Full),
+            other => return Err(UriError::SslMode(other.to_owned())),
+        };
+        let rebuilt = if is_url {
+            if kept.is_empty() {
+                rest
+            } else {
+                format!("{rest}?{}", kept.join("&"))
+            }
+        } else {
+            kept.join(" ")
+        };
+        let mut config: tokio_postgres::Config = rebuilt
+            .parse()
+            .map_err(|e: tokio_postgres::Error| UriError::Parse(e.to_string()))?;
+        config.ssl_mode(mode);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("website-monitor-sink");
+        }
+        Ok(Self {
+            config,
+            sslmode,
+            verify,
+            root_cert,
+        })
+    }
+
+    /// The rustls connector for this target. Reads the root certificate file.
+    pub fn tls(&self) -> Result<MakeRustlsConnect, TlsError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+        let config = match self.verify {
+            Verify::None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+                .with_no_client_auth(),
+            Verify::Ca | Verify::Full => {
+                let roots = self.roots()?;
+                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|e| TlsError::Rustls(e.to_string()))?;
+                if self.verify == Verify::Full {
+                    builder.with_webpki_verifier(webpki).with_no_client_auth()
+                } else {
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                        .with_no_client_auth()
+                }
+            }
+        };
+        Ok(MakeRustlsConnect::new(config))
+    }
+
+    fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut store = RootCertStore::empty();
+        let path = match self.root_cert.as_deref() {
+            Some("system") => {
+                store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                return Ok(store);
+            }
+            Some(p) => PathBuf::from(p),
+            None => {
+                let default = std::env::var_os("HOME")
+                    .map(|h| Path::new(&h).join(".postgresql/root.crt"))
+                    .filter(|p| p.is_file());
+                match default {
+                    Some(p) => p,
+                    None => {
+                        return Err(TlsError::NoRootCert(if self.verify == Verify::Full {
+                            "verify-full"
+                        } else {
+                            "verify-ca"
+                        }))
+                    }
+                }
+            }
+        };
+        let shown = path.display().to_string();
+        let root_err = |message: String| TlsError::RootCert {
+            path: shown.clone(),
+            message,
+        };
+        let pem = std::fs::read(&path).map_err(|e| root_err(e.to_string()))?;
+        let mut reader = std::io::Cursor::new(pem);
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|e| root_err(format!("not a PEM certificate: {e}")))?;
+            store
+                .add(cert)
+                .map_err(|e| root_err(format!("certificate refused: {e}")))?;
+        }
+        if store.is_empty() {
+            return Err(root_err("holds no certificate".to_owned()));
+        }
+        Ok(store)
+    }
+
+    /// Connects once and drives the connection on a background task.
+    pub async fn connect(&self, tls: &MakeRustlsConnect) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(tls.clone()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// `host:port/db` for log lines (no credentials).
+    pub fn describe(&self) -> String {
+        let host = self
+            .config
+            .get_hosts()
+            .first()
+            .map(|h| match h {
+                tokio_postgres::config::Host::Tcp(s) => s.clone(),
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .unwrap_or_else(|| "localhost".to_owned());
+        let port = self.config.get_ports().first().copied().unwrap_or(5432);
+        let db = self.config.get_dbname().unwrap_or("");
+        format!("{host}:{port}/{db} (sslmode={})", self.sslmode)
+    }
+}
+
+type Params = Vec<(String, String, String)>;
+
+/// Splits `postgres://...?a=b&c=d` into the part before `?` and its decoded
+/// parameters (key, value, original text).
+fn split_url(uri: &str) -> Result<(String, Params), UriError> {
+    let Some((base, query)) = uri.split_once('?') else {
+        return Ok((uri.to_owned(), Vec::new()));
+    };
+    let mut params = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| UriError::Syntax(pair.to_owned()))?;
+        params.push((percent_decode(k), percent_decode(v), pair.to_owned()));
+    }
+    Ok((base.to_owned(), params))
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Splits `host=h port=5432 dbname='my db'` into decoded pairs; the original
+/// text of each is re-quoted so the rest can be handed to tokio-postgres.
+fn split_key_values(s: &str) -> Result<(String, Params), UriError> {
+    let mut params = Vec::new();
+    let mut chars = s.char_indices().peekable();
+    loop {
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        let Some(&(start, _)) = chars.peek() else {
+            break;
+        };
+        let mut key = String::new();
+        while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
+            key.push(c);
+        }
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        if chars.next_if(|(_, c)| *c == '=').is_none() || key.is_empty() {
+            return Err(UriError::Syntax(s[start..].chars().take(20).collect()));
+        }
+        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if(|(_, c)| *c == '\'').is_some() {
+            let mut closed = false;
+            while let Some((_, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, n)) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '\'' => {
+                        closed = true;
+                        break;
+                    }
+                    c => value.push(c),
+                }
+            }
+            if !closed {
+                return Err(UriError::Syntax(s[start..].chars().take(20).collect()));
+            }
+        } else {
+            while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
+                value.push(c);
+            }
+        }
+        let quoted = format!(
+            "{key}='{}'",
+            value.replace('\\', "\\\\").replace('\'', "\\'")
+        );
+        params.push((key, value, quoted));
+    }
+    Ok((String::new(), params))
+}
+
+/// Accepts any server certificate but still checks the handshake signatures
+/// (libpq's `sslmode=require` without a root certificate).
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Checks the chain but not the name (`sslmode=verify-ca`).
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// Whether a failed statement is the data's fault (a record PostgreSQL refuses)
+/// rather than the connection's or the server's: SQLSTATE classes 22 (data
+/// exception) and 23 (integrity constraint violation), and 54000 (a value over a
+/// program limit).
+pub fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        let c = c.code();
+        c.starts_with("22") || c.starts_with("23") || c == "54000"
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_sslmodes_map_like_libpq() {
+        let t = PgTarget::parse("postgres://u@h:5433/db").unwrap();
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Prefer);
+        assert_eq!(t.verify, Verify::None);
+        let t = PgTarget::parse("postgres://u@h/db?sslmode=require").unwrap();
+        assert_eq!(
+            (t.config.get_ssl_mode(), t.verify),
+            (SslMode::Require, Verify::None)
+        );
+        let t = PgTarget::parse("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/a%20b/ca.pem")
+            .unwrap();
+        assert_eq!(
+            (t.config.get_ssl_mode(), t.verify),
+            (SslMode::Require, Verify::Ca)
+        );
+        assert_eq!(t.root_cert.as_deref(), Some("/a b/ca.pem"));
+        let t = PgTarget::parse(
+            "postgresql://u@h/db?sslrootcert=ca.pem&sslmode=verify-full&application_name=x",
+        )
+        .unwrap();
+        assert_eq!(t.verify, Verify::Full);
+        assert_eq!(t.config.get_application_name(), Some("x"));
+        let t = PgTarget::parse("postgres://u@h/db?sslmode=require&sslrootcert=ca.pem").unwrap();
+        assert_eq!(
+            t.verify,
+            Verify::Ca,
+            "require + root cert behaves as verify-ca in libpq"
+        );
+        let t = PgTarget::parse("postgres://u@h/db?sslmode=disable").unwrap();
+        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
+    }
+
+    #[test]
+    fn key_value_form_is_understood() {
+        let t = PgTarget::parse(
+            "host=h port=5433 dbname='my db' sslmode = verify-full sslrootcert='/x y/ca.pem'",
+        )
+        .unwrap();
+        assert_eq!(t.verify, Verify::Full);
+        assert_eq!(t.root_cert.as_deref(), Some("/x y/ca.pem"));
+        assert_eq!(t.config.get_dbname(), Some("my db"));
+        assert_eq!(t.config.get_ports(), &[5433]);
+    }
+
+    #[test]
+    fn bad_strings_are_refused() {
+        assert!(matches!(
+            PgTarget::parse("postgres://h/db?sslmode=maybe"),
+            Err(UriError::SslMode(_))
+        ));
+        assert!(matches!(
+            PgTarget::parse("postgres://h/db?sslcert=c.pem"),
+            Err(UriError::Unsupported(_))
+        ));
+        assert!(matches!(
+            PgTarget::parse("postgres://h/db?port=x"),
+            Err(UriError::Parse(_))
+        ));
+        assert!(PgTarget::parse("host=h dbname='open").is_err());
+    }
+
+    #[test]
+    fn verify_without_root_cert_file_is_a_clear_error() {
+        let t =
+            PgTarget::parse("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
+                .unwrap();
+        let e = t.tls().err().expect("missing file is an error").to_string();
+        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
+        assert_eq!(percent_decode("100%"), "100%");
+    }
+}

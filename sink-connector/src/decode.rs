@@ -1,0 +1,438 @@
+//! Kafka record bytes → a row to store, or a reason to reject it.
+//!
+//! Any JSON object with a non-empty string `url` is a valid record. The JSON
+//! is parsed once, here; the original bytes go to PostgreSQL as the `jsonb`
+//! value, and only the hot fields (`url`, `checked_at`, `ok`, `status_code`,
+//! `duration`) are pulled out as typed columns. Fields of the wrong type are
+//! stored as NULL columns (the whole record is still in `data`).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// Why a record was not stored as a check. The label of
+/// `website_monitor_records_rejected_total` and the `reason` column of the
+/// rejects table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// No payload at all (a tombstone).
+    Empty,
+    /// Larger than `max_record_bytes`.
+    TooLarge,
+    /// Not valid UTF-8.
+    NotUtf8,
+    /// Not valid JSON.
+    NotJson,
+    /// Valid JSON, but not an object.
+    NotObject,
+    /// An object without a `url` key (or with `url: null`).
+    NoUrl,
+    /// `url` is not a string.
+    UrlNotString,
+    /// `url` is empty or blank.
+    EmptyUrl,
+    /// `url` is longer than `max_url_bytes`.
+    UrlTooLong,
+    /// A string holds `\u0000`, which PostgreSQL's `jsonb` cannot store.
+    NulInString,
+    /// PostgreSQL itself refused the record; the detail is its message.
+    Database,
+}
+
+impl Reason {
+    /// The stable name used in metrics and in the `reason` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Empty => "empty",
+            Reason::TooLarge => "too_large",
+            Reason::NotUtf8 => "not_utf8",
+            Reason::NotJson => "not_json",
+            Reason::NotObject => "not_object",
+            Reason::NoUrl => "no_url",
+            Reason::UrlNotString => "url_not_string",
+            Reason::EmptyUrl => "empty_url",
+            Reason::UrlTooLong => "url_too_long",
+            Reason::NulInString => "nul_in_string",
+            Reason::Database => "database",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A record that will not be stored as a check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// The kind of problem.
+    pub reason: Reason,
+    /// What exactly, for the operator reading the rejects table.
+    pub detail: String,
+}
+
+/// A record to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Good {
+    /// The record's `url`.
+    pub url: String,
+    /// The record's `checked_at` (epoch seconds or RFC 3339), when it has a usable one.
+    pub checked_at: Option<SystemTime>,
+    /// `ok`, when a boolean.
+    pub ok: Option<bool>,
+    /// `status_code`, when an integer that fits.
+    pub status_code: Option<i32>,
+    /// `duration` in seconds, when a number.
+    pub duration: Option<f64>,
+}
+
+/// The outcome of decoding one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// Store it.
+    Good(Good),
+    /// Reject it.
+    Rejected(Rejected),
+}
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest record accepted, in bytes.
+    pub max_record_bytes: usize,
+    /// Longest `url` accepted, in bytes.
+    pub max_url_bytes: usize,
+}
+
+fn reject(reason: Reason, detail: impl Into<String>) -> Decoded {
+    Decoded::Rejected(Rejected {
+        reason,
+        detail: detail.into(),
+    })
+}
+
+/// Decodes one Kafka payload (`None` for a record without a value).
+pub fn decode(payload: Option<&[u8]>, limits: Limits) -> Decoded {
+    let Some(bytes) = payload else {
+        return reject(Reason::Empty, "the record has no value");
+    };
+    if bytes.len() > limits.max_record_bytes {
+        return reject(
+            Reason::TooLarge,
+            format!(
+                "{} bytes; max_record_bytes is {}",
+                bytes.len(),
+                limits.max_record_bytes
+            ),
+        );
+    }
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => return reject(Reason::NotUtf8, format!("not UTF-8: {e}")),
+    };
+    if text.trim().is_empty() {
+        return reject(Reason::Empty, "the record's value is empty");
+    }
+    if !text.trim_start().starts_with('{') {
+        return match serde_json::from_str::<IgnoredAny>(text) {
+            Ok(_) => reject(Reason::NotObject, "valid JSON, but not an object"),
+            Err(e) => reject(Reason::NotJson, format!("not JSON: {e}")),
+        };
+    }
+    let fields: Fields<'_> = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => return reject(Reason::NotJson, format!("not JSON: {e}")),
+    };
+    // jsonb refuses \u0000 in any string or key; check precisely only when the
+    // escape appears at all.
+    if text.contains("\\u0000") && has_nul_string(text) {
+        return reject(
+            Reason::NulInString,
+            "a string contains \\u0000, which PostgreSQL jsonb cannot store",
+        );
+    }
+    let url = match fields.url {
+        None | Some(Loose::Null) => return reject(Reason::NoUrl, "the object has no `url`"),
+        Some(Loose::Str(s)) => s,
+        Some(_) => return reject(Reason::UrlNotString, "`url` is not a string"),
+    };
+    if url.trim().is_empty() {
+        return reject(Reason::EmptyUrl, "`url` is empty");
+    }
+    if url.len() > limits.max_url_bytes {
+        return reject(
+            Reason::UrlTooLong,
+            format!(
+                "`url` is {} bytes; max_url_bytes is {}",
+                url.len(),
+                limits.max_url_bytes
+            ),
+        );
+    }
+    Decoded::Good(Good {
+        url: url.into_owned(),
+        checked_at: fields.checked_at.and_then(|v| v.as_time()),
+        ok: match fields.ok {
+            Some(Loose::Bool(b)) => Some(b),
+            _ => None,
+        },
+        status_code: match fields.status_code {
+            Some(Loose::Int(i)) => i32::try_from(i).ok(),
+            _ => None,
+        },
+        duration: fields.duration.and_then(|v| v.as_f64()),
+    })
+}
+
+fn has_nul_string(text: &str) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains('\0'),
+            serde_json::Value::Array(a) => a.iter().any(walk),
+            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || walk(v)),
+            _ => false,
+        }
+    }
+    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| walk(&v))
+}
+
+/// The fields the sink reads; every other key is skipped (but still checked
+/// to be valid JSON).
+#[derive(Deserialize)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    url: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    checked_at: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    ok: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    status_code: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    duration: Option<Loose<'a>>,
+}
+
+/// Any JSON value, keeping only what the sink's columns can use.
+enum Loose<'a> {
+    Str(Cow<'a, str>),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Null,
+    Other,
+}
+
+impl Loose<'_> {
+    fn as_f64(&self) -> Option<f64> {
+        match self {
+            Loose::Int(i) => Some(*i as f64),
+            Loose::Float(f) if f.is_finite() => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Epoch seconds (years 1 to 9999) or an RFC 3339 string.
+    fn as_time(&self) -> Option<SystemTime> {
+        match self {
+            Loose::Str(s) => humantime::parse_rfc3339_weak(s.trim()).ok(),
+            _ => {
+                let secs = self.as_f64()?;
+                if !(-62_135_596_800.0..=253_402_300_799.0).contains(&secs) {
+                    return None;
+                }
+                let d = Duration::from_secs_f64(secs.abs());
+                if secs >= 0.0 {
+                    UNIX_EPOCH.checked_add(d)
+                } else {
+                    UNIX_EPOCH.checked_sub(d)
+                }
+            }
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LooseVisitor(std::marker::PhantomData))
+    }
+}
+
+struct LooseVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for LooseVisitor<'a> {
+    type Value = Loose<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Loose::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(Loose::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(i64::try_from(v).map_or(Loose::Float(v as f64), Loose::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(Loose::Float(v))
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Loose::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Loose::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Loose::Str(Cow::Owned(v)))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Loose::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Loose::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Loose::Other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_record_bytes: 1000,
+        max_url_bytes: 50,
+    };
+
+    fn d(s: &[u8]) -> Decoded {
+        decode(Some(s), LIMITS)
+    }
+
+    fn reason(s: &[u8]) -> Reason {
+        match d(s) {
+            Decoded::Rejected(r) => r.reason,
+            Decoded::Good(g) => panic!("expected a reject, got {g:?}"),
+        }
+    }
+
+    fn good(s: &[u8]) -> Good {
+        match d(s) {
+            Decoded::Good(g) => g,
+            Decoded::Rejected(r) => panic!("expected good, got {r:?}"),
+        }
+    }
+
+    #[test]
+    fn seed_record_is_good() {
+        let g = good(br#"{"url": "http://foo.bar", "key": "valuefoo"}"#);
+        assert_eq!(g.url, "http://foo.bar");
+        assert_eq!(g.checked_at, None);
+        assert_eq!((g.ok, g.status_code, g.duration), (None, None, None));
+    }
+
+    #[test]
+    fn source_record_fills_columns() {
+        let g = good(
+            br#"{"url":"https://example.com/","checked_at":1764264000.5,"status_code":200,"duration":0.1841,"ok":true,"error":null,"timings":{"dns":0.002},"tls":{"version":"TLSv1.3"},"schema_version":1}"#,
+        );
+        assert_eq!(
+            g.checked_at,
+            Some(UNIX_EPOCH + Duration::from_millis(1_764_264_000_500))
+        );
+        assert_eq!(g.ok, Some(true));
+        assert_eq!(g.status_code, Some(200));
+        assert_eq!(g.duration, Some(0.1841));
+    }
+
+    #[test]
+    fn failure_record_has_null_status() {
+        let g = good(br#"{"url":"https://x/","checked_at":1,"status_code":null,"ok":false,"error":{"kind":"dns","message":"nx"}}"#);
+        assert_eq!(g.status_code, None);
+        assert_eq!(g.ok, Some(false));
+        assert_eq!(g.checked_at, Some(UNIX_EPOCH + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn rfc3339_checked_at_and_escaped_url() {
+        let g = good(br#"{"url":"http://a/\u00e9","checked_at":"2024-01-02T03:04:05Z"}"#);
+        assert_eq!(g.url, "http://a/\u{e9}");
+        assert_eq!(
+            g.checked_at,
+            Some(UNIX_EPOCH + Duration::from_secs(1_704_164_645))
+        );
+    }
+
+    #[test]
+    fn wrong_typed_fields_become_null_columns() {
+        let g = good(br#"{"url":"u","checked_at":"yesterday","ok":"yes","status_code":99999999999,"duration":"fast"}"#);
+        assert_eq!(
+            (g.checked_at, g.ok, g.status_code, g.duration),
+            (None, None, None, None)
+        );
+        let g = good(br#"{"url":"u","checked_at":1e300}"#);
+        assert_eq!(
+            g.checked_at, None,
+            "out of timestamptz range falls back to the Kafka time"
+        );
+    }
+
+    #[test]
+    fn every_bad_kind_has_its_reason() {
+        assert_eq!(
+            decode(None, LIMITS),
+            reject(Reason::Empty, "the record has no value")
+        );
+        assert_eq!(reason(b""), Reason::Empty);
+        assert_eq!(reason(&[b'{', 0xff, 0xfe, b'}']), Reason::NotUtf8);
+        assert_eq!(reason(b"{\"url\": "), Reason::NotJson);
+        assert_eq!(reason(b"not json"), Reason::NotJson);
+        assert_eq!(reason(b"{\"url\":\"a\"} trailing"), Reason::NotJson);
+        assert_eq!(reason(b"[\"http://a\"]"), Reason::NotObject);
+        assert_eq!(reason(b"\"http://a\""), Reason::NotObject);
+        assert_eq!(reason(b"42"), Reason::NotObject);
+        assert_eq!(reason(b"{\"key\": 1}"), Reason::NoUrl);
+        assert_eq!(reason(b"{\"url\": null}"), Reason::NoUrl);
+        assert_eq!(reason(b"{\"url\": 5}"), Reason::UrlNotString);
+        assert_eq!(reason(b"{\"url\": {\"a\":1}}"), Reason::UrlNotString);
+        assert_eq!(reason(b"{\"url\": \"\"}"), Reason::EmptyUrl);
+        assert_eq!(reason(b"{\"url\": \"  \"}"), Reason::EmptyUrl);
+        let long = format!("{{\"url\": \"{}\"}}", "x".repeat(51));
+        assert_eq!(reason(long.as_bytes()), Reason::UrlTooLong);
+        let big = format!("{{\"url\": \"u\", \"pad\": \"{}\"}}", "x".repeat(1000));
+        assert_eq!(reason(big.as_bytes()), Reason::TooLarge);
+        assert_eq!(
+            reason(br#"{"url":"u","e":"a\u0000b"}"#),
+            Reason::NulInString
+        );
+        assert_eq!(
+            reason(br#"{"url":"u","n":{"k\u0000":1}}"#),
+            Reason::NulInString
+        );
+    }
+
+    #[test]
+    fn escaped_backslash_before_u0000_is_not_a_nul() {
+        let g = good(br#"{"url":"u","e":"a\\u0000b"}"#);
+        assert_eq!(g.url, "u");
+    }
+
+    #[test]
+    fn reject_detail_says_what() {
+        match d(b"{\"url\": ") {
+            Decoded::Rejected(r) => assert!(r.detail.starts_with("not JSON: "), "{}", r.detail),
+            Decoded::Good(_) => panic!(),
+        }
+    }
+}

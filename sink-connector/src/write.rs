@@ -1,0 +1,618 @@
+//! Writing one batch of records in one PostgreSQL transaction.
+//!
+//! Per batch, inside one transaction:
+//!
+//! 1. lock this topic's rows of the offsets table for the batch's partitions
+//!    (`SELECT ... FOR UPDATE`; missing rows are created first, from the
+//!    highest offset already stored, so the table can be rebuilt from history);
+//! 2. drop records below `next_offset`: an earlier run, or another group member
+//!    before a rebalance, already wrote them;
+//! 3. upsert the newest record per url into the latest-state table, in one
+//!    statement over arrays, under the ordering guard (an older `checked_at`
+//!    never overwrites a newer one), and get the row id of every url;
+//! 4. binary `COPY` the history rows (typed columns, the original JSON bytes as
+//!    `jsonb`) and the rejects;
+//! 5. advance `next_offset`; COMMIT.
+//!
+//! Only after this returns does the caller store and commit Kafka offsets. If
+//! PostgreSQL refuses a record (SQLSTATE class 22 or 23, e.g. text jsonb cannot
+//! hold), the batch is bisected with rolled-back probe transactions to find it,
+//! and it is written to the rejects table with the database's message instead.
+
+use std::collections::{HashMap, HashSet};
+use std::error::Error as StdError;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{BufMut, BytesMut};
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::{Client, Statement, Transaction};
+
+use crate::db::is_data_error;
+use crate::decode::{Decoded, Good, Reason, Rejected};
+use crate::migrate::Tables;
+
+/// One consumed Kafka record and what decoding made of it.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Kafka key.
+    pub key: Option<Vec<u8>>,
+    /// Kafka timestamp.
+    pub timestamp: Option<SystemTime>,
+    /// Raw value.
+    pub payload: Option<Vec<u8>>,
+    /// Decoded value.
+    pub decoded: Decoded,
+}
+
+/// What a committed batch wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// Latest-state rows inserted or updated.
+    pub site_rows: u64,
+    /// History rows written.
+    pub check_rows: u64,
+    /// Rejects written, by reason.
+    pub rejected: HashMap<&'static str, u64>,
+    /// Records skipped as already written.
+    pub duplicates: u64,
+}
+
+/// A `jsonb`/`json` parameter from JSON text already validated in Rust:
+/// sent as-is, never re-serialised.
+#[derive(Debug)]
+struct RawJson<'a>(&'a [u8]);
+
+impl ToSql for RawJson<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.put_u8(1);
+        }
+        out.put_slice(self.0);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::JSON | Type::JSONB)
+    }
+
+    to_sql_checked!();
+}
+
+/// The SQL of the batch transaction, with quoted table names filled in.
+#[derive(Debug, Clone)]
+pub struct Sql {
+    select_offsets: String,
+    init_offsets: String,
+    upsert_site: String,
+    site_ids: String,
+    copy_check: String,
+    copy_rejected: String,
+    update_offsets: String,
+}
+
+impl Sql {
+    /// Builds every statement for `tables`.
+    pub fn new(t: &Tables) -> Self {
+        Self {
+            select_offsets: format!(
+                "SELECT \"partition\", next_offset FROM {o} WHERE topic = $1 AND \"partition\" = ANY($2) FOR UPDATE",
+                o = t.offsets
+            ),
+            init_offsets: format!(
+                "INSERT INTO {o} (topic, \"partition\", next_offset)
+                 SELECT $1, p, GREATEST(
+                     COALESCE((SELECT max(c.\"offset\") + 1 FROM {c} c WHERE c.topic = $1 AND c.\"partition\" = p), 0),
+                     COALESCE((SELECT max(r.\"offset\") + 1 FROM {r} r WHERE r.topic = $1 AND r.\"partition\" = p), 0))
+                 FROM unnest($2::int4[]) AS p
+                 ON CONFLICT DO NOTHING",
+                o = t.offsets,
+                c = t.check,
+                r = t.rejected
+            ),
+            upsert_site: format!(
+                "WITH up AS (
+                     INSERT INTO {s} AS s (url, data, checked_at, updated_at)
+                     SELECT u, d, c, now() FROM unnest($1::text[], $2::jsonb[], $3::timestamptz[]) AS t(u, d, c)
+                     ON CONFLICT (url) DO UPDATE
+                         SET data = excluded.data, checked_at = excluded.checked_at, updated_at = excluded.updated_at
+                         WHERE s.checked_at IS NULL OR excluded.checked_at >= s.checked_at
+                     RETURNING s.id, s.url)
+                 SELECT id, url, true FROM up
+                 UNION ALL
+                 SELECT id, url, false FROM {s} WHERE url = ANY($1) AND url NOT IN (SELECT url FROM up)",
+                s = t.site
+            ),
+            site_ids: format!("SELECT id, url FROM {s} WHERE url = ANY($1)", s = t.site),
+            copy_check: format!(
+                "COPY {c} (site_id, checked_at, ok, status_code, duration, data, topic, \"partition\", \"offset\") FROM STDIN (FORMAT binary)",
+                c = t.check
+            ),
+            copy_rejected: format!(
+                "COPY {r} (topic, \"partition\", \"offset\", key, raw, reason, detail, kafka_timestamp) FROM STDIN (FORMAT binary)",
+                r = t.rejected
+            ),
+            update_offsets: format!(
+                "UPDATE {o} AS o SET next_offset = GREATEST(o.next_offset, v.n), updated_at = now()
+                 FROM unnest($2::int4[], $3::int8[]) AS v(p, n)
+                 WHERE o.topic = $1 AND o.\"partition\" = v.p",
+                o = t.offsets
+            ),
+        }
+    }
+}
+
+/// A connection with the batch statements prepared on it.
+pub struct Conn {
+    /// The client.
+    pub client: Client,
+    select_offsets: Statement,
+    init_offsets: Statement,
+    upsert_site: Statement,
+    site_ids: Statement,
+    copy_check: Statement,
+    copy_rejected: Statement,
+    update_offsets: Statement,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// Prepares every statement of `sql` on `client`.
+    pub async fn prepare(client: Client, sql: &Sql) -> Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            select_offsets: client.prepare(&sql.select_offsets).await?,
+            init_offsets: client.prepare(&sql.init_offsets).await?,
+            upsert_site: client.prepare(&sql.upsert_site).await?,
+            site_ids: client.prepare(&sql.site_ids).await?,
+            copy_check: client.prepare(&sql.copy_check).await?,
+            copy_rejected: client.prepare(&sql.copy_rejected).await?,
+            update_offsets: client.prepare(&sql.update_offsets).await?,
+            client,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Write everything and commit.
+    Commit,
+    /// Write only the good records, without touching offsets, and roll back:
+    /// used to find the record PostgreSQL refuses.
+    Probe,
+}
+
+/// Writes `msgs` (all from `topic`) in one transaction. A record PostgreSQL
+/// refuses is found and rejected; any other error is returned for the caller
+/// to retry (nothing was committed then).
+pub async fn write_batch(
+    conn: &mut Conn,
+    topic: &str,
+    msgs: &[Msg],
+) -> Result<Outcome, tokio_postgres::Error> {
+    let mut refused: HashMap<usize, Rejected> = HashMap::new();
+    const ROUNDS: usize = 4;
+    for round in 0..ROUNDS {
+        let err = match write_tx(conn, topic, msgs, &refused, Mode::Commit, None).await {
+            Ok(o) => return Ok(o),
+            Err(e) if is_data_error(&e) => e,
+            Err(e) => return Err(e),
+        };
+        let candidates: Vec<usize> = msgs
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| matches!(m.decoded, Decoded::Good(_)) && !refused.contains_key(i))
+            .map(|(i, _)| i)
+            .collect();
+        tracing::warn!(error = %db_message(&err), candidates = candidates.len(), "PostgreSQL refused a record of the batch; looking for it");
+        let found = find_refused(conn, topic, msgs, candidates.clone()).await?;
+        if found.is_empty() || round == ROUNDS - 1 {
+            // Nothing alone is at fault (or the search keeps failing): rather
+            // than loop, reject what is left with the database's message.
+            let detail = db_message(&err);
+            for i in candidates {
+                refused.insert(
+                    i,
+                    Rejected {
+                        reason: Reason::Database,
+                        detail: detail.clone(),
+                    },
+                );
+            }
+        } else {
+            for (i, detail) in found {
+                tracing::warn!(partition = msgs[i].partition, offset = msgs[i].offset, %detail, "record refused by PostgreSQL; rejecting it");
+                refused.insert(
+                    i,
+                    Rejected {
+                        reason: Reason::Database,
+                        detail,
+                    },
+                );
+            }
+        }
+    }
+    // The last round rejected every good record; only a non-data error can be left.
+    write_tx(conn, topic, msgs, &refused, Mode::Commit, None).await
+}
+
+/// Bisects `candidates` with rolled-back probes; returns the records that
+/// fail on their own, with PostgreSQL's message.
+async fn find_refused(
+    conn: &mut Conn,
+    topic: &str,
+    msgs: &[Msg],
+    candidates: Vec<usize>,
+) -> Result<Vec<(usize, String)>, tokio_postgres::Error> {
+    let mut found = Vec::new();
+    let mut stack = vec![candidates];
+    let none = HashMap::new();
+    while let Some(set) = stack.pop() {
+        if set.is_empty() {
+            continue;
+        }
+        match write_tx(conn, topic, msgs, &none, Mode::Probe, Some(&set)).await {
+            Ok(_) => {}
+            Err(e) if is_data_error(&e) => {
+                if set.len() == 1 {
+                    found.push((set[0], db_message(&e)));
+                } else {
+                    let (a, b) = set.split_at(set.len() / 2);
+                    stack.push(b.to_vec());
+                    stack.push(a.to_vec());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(found)
+}
+
+/// PostgreSQL's message, code and detail, for the rejects table.
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    let text = match e.as_db_error() {
+        Some(d) => {
+            let mut s = format!("PostgreSQL {}: {}", d.code().code(), d.message());
+            if let Some(detail) = d.detail() {
+                s.push_str(" (");
+                s.push_str(detail);
+                s.push(')');
+            }
+            s
+        }
+        None => e.to_string(),
+    };
+    text.replace('\0', "")
+}
+
+/// The time a record counts as checked at: its own `checked_at`, else its
+/// Kafka timestamp, else the time the batch is written.
+fn effective_time(m: &Msg, g: &Good, now: SystemTime) -> SystemTime {
+    g.checked_at.or(m.timestamp).unwrap_or(now)
+}
+
+async fn write_tx(
+    conn: &mut Conn,
+    topic: &str,
+    msgs: &[Msg],
+    refused: &HashMap<usize, Rejected>,
+    mode: Mode,
+    only: Option<&[usize]>,
+) -> Result<Outcome, tokio_postgres::Error> {
+    let now = SystemTime::now();
+    let started = Instant::now();
+    let Conn {
+        client,
+        select_offsets,
+        init_offsets,
+        upsert_site,
+        site_ids,
+        copy_check,
+        copy_rejected,
+        update_offsets,
+    } = conn;
+    let tx = client.transaction().await?;
+    let mut out = Outcome::default();
+
+    // 1–2. Lock the partitions' positions and drop what is already written.
+    let mut keep: Vec<usize> = match only {
+        Some(set) => set.to_vec(),
+        None => (0..msgs.len()).collect(),
+    };
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    if mode == Mode::Commit {
+        for m in msgs {
+            let e = last.entry(m.partition).or_insert(m.offset);
+            *e = (*e).max(m.offset);
+        }
+        let partitions: Vec<i32> = last.keys().copied().collect();
+        let next = lock_offsets(&tx, select_offsets, init_offsets, topic, &partitions).await?;
+        keep.retain(|&i| {
+            let m = &msgs[i];
+            m.offset >= next.get(&m.partition).copied().unwrap_or(0)
+        });
+        out.duplicates = (msgs.len() - keep.len()) as u64;
+    }
+
+    // Split into good rows and rejects.
+    let mut goods: Vec<(usize, &Good)> = Vec::with_capacity(keep.len());
+    let mut rejects: Vec<(usize, &Rejected)> = Vec::new();
+    for &i in &keep {
+        if let Some(r) = refused.get(&i) {
+            rejects.push((i, r));
+            continue;
+        }
+        match &msgs[i].decoded {
+            Decoded::Good(g) => goods.push((i, g)),
+            Decoded::Rejected(r) if mode == Mode::Commit => rejects.push((i, r)),
+            Decoded::Rejected(_) => {}
+        }
+    }
+
+    // 3. Newest record per url, upserted in one statement.
+    if !goods.is_empty() {
+        let mut newest: HashMap<&str, (SystemTime, usize)> = HashMap::with_capacity(goods.len());
+        for &(i, g) in &goods {
+            let t = effective_time(&msgs[i], g, now);
+            match newest.get_mut(g.url.as_str()) {
+                Some(cur) if t < cur.0 => {}
+                Some(cur) => *cur = (t, i),
+                None => {
+                    newest.insert(g.url.as_str(), (t, i));
+                }
+            }
+        }
+        let mut urls = Vec::with_capacity(newest.len());
+        let mut datas = Vec::with_capacity(newest.len());
+        let mut times = Vec::with_capacity(newest.len());
+        for (url, (t, i)) in &newest {
+            urls.push(*url);
+            datas.push(RawJson(msgs[*i].payload.as_deref().unwrap_or(b"null")));
+            times.push(*t);
+        }
+        let rows = tx.query(&*upsert_site, &[&urls, &datas, &times]).await?;
+        let mut ids: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+        for r in rows {
+            if r.get::<_, bool>(2) {
+                out.site_rows += 1;
+            }
+            ids.insert(r.get(1), r.get(0));
+        }
+        if ids.len() < urls.len() {
+            // A row the guard skipped that a concurrent transaction committed
+            // after this statement's snapshot: read it with a fresh one.
+            let missing: Vec<&str> = urls
+                .iter()
+                .copied()
+                .filter(|u| !ids.contains_key(*u))
+                .collect();
+            for r in tx.query(&*site_ids, &[&missing]).await? {
+                ids.insert(r.get(1), r.get(0));
+            }
+        }
+
+        // 4. History rows, binary COPY with typed columns.
+        let sink = tx.copy_in(&*copy_check).await?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::INT8,
+                Type::TIMESTAMPTZ,
+                Type::BOOL,
+                Type::INT4,
+                Type::FLOAT8,
+                Type::JSONB,
+                Type::TEXT,
+                Type::INT4,
+                Type::INT8,
+            ],
+        );
+        pin_mut!(writer);
+        for &(i, g) in &goods {
+            let m = &msgs[i];
+            let Some(site_id) = ids.get(g.url.as_str()).copied() else {
+                // Cannot happen: every url was upserted or read back above.
+                continue;
+            };
+            let t = effective_time(m, g, now);
+            let data = RawJson(m.payload.as_deref().unwrap_or(b"null"));
+            writer
+                .as_mut()
+                .write(&[
+                    &site_id,
+                    &t,
+                    &g.ok,
+                    &g.status_code,
+                    &g.duration,
+                    &data,
+                    &topic,
+                    &m.partition,
+                    &m.offset,
+                ])
+                .await?;
+        }
+        out.check_rows = writer.finish().await?;
+    }
+
+    if mode == Mode::Probe {
+        tx.rollback().await?;
+        return Ok(out);
+    }
+
+    // Rejects, binary COPY.
+    if !rejects.is_empty() {
+        let sink = tx.copy_in(&*copy_rejected).await?;
+        let writer = BinaryCopyInWriter::new(
+            sink,
+            &[
+                Type::TEXT,
+                Type::INT4,
+                Type::INT8,
+                Type::BYTEA,
+                Type::BYTEA,
+                Type::TEXT,
+                Type::TEXT,
+                Type::TIMESTAMPTZ,
+            ],
+        );
+        pin_mut!(writer);
+        for &(i, r) in &rejects {
+            let m = &msgs[i];
+            let reason = r.reason.as_str();
+            writer
+                .as_mut()
+                .write(&[
+                    &topic,
+                    &m.partition,
+                    &m.offset,
+                    &m.key.as_deref(),
+                    &m.payload.as_deref(),
+                    &reason,
+                    &r.detail,
+                    &m.timestamp,
+                ])
+                .await?;
+            *out.rejected.entry(reason).or_default() += 1;
+        }
+        writer.finish().await?;
+    }
+
+    // 5. Advance the positions, commit.
+    let (ps, ns): (Vec<i32>, Vec<i64>) = last.iter().map(|(p, o)| (*p, o + 1)).unzip();
+    tx.execute(&*update_offsets, &[&topic, &ps, &ns]).await?;
+    tx.commit().await?;
+    tracing::debug!(
+        records = msgs.len(),
+        site_rows = out.site_rows,
+        check_rows = out.check_rows,
+        duplicates = out.duplicates,
+        elapsed = ?started.elapsed(),
+        "batch committed"
+    );
+    Ok(out)
+}
+
+/// Locks (creating when missing) the offsets rows of `partitions`; returns
+/// each partition's next offset to write.
+async fn lock_offsets(
+    tx: &Transaction<'_>,
+    select: &Statement,
+    init: &Statement,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<HashMap<i32, i64>, tokio_postgres::Error> {
+    let read = |rows: Vec<tokio_postgres::Row>| -> HashMap<i32, i64> {
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    };
+    let next = read(tx.query(select, &[&topic, &partitions]).await?);
+    if next.len() == partitions.len() {
+        return Ok(next);
+    }
+    let missing: Vec<i32> = partitions
+        .iter()
+        .copied()
+        .filter(|p| !next.contains_key(p))
+        .collect();
+    tx.execute(init, &[&topic, &missing]).await?;
+    Ok(read(tx.query(select, &[&topic, &partitions]).await?))
+}
+
+/// Next offsets to commit to Kafka for a written batch: the highest offset per
+/// partition, plus one.
+pub fn commit_positions(msgs: &[Msg]) -> Vec<(i32, i64)> {
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    for m in msgs {
+        let e = last.entry(m.partition).or_insert(m.offset);
+        *e = (*e).max(m.offset);
+    }
+    let mut v: Vec<(i32, i64)> = last.into_iter().map(|(p, o)| (p, o + 1)).collect();
+    v.sort_unstable();
+    v
+}
+
+/// Distinct urls of good records in a batch (for logs and tests).
+pub fn distinct_urls(msgs: &[Msg]) -> usize {
+    msgs.iter()
+        .filter_map(|m| match &m.decoded {
+            Decoded::Good(g) => Some(g.url.as_str()),
+            Decoded::Rejected(_) => None,
+        })
+        .collect::<HashSet<_>>()
+        .len()
+}
+
+/// How long a batch took, as seconds for the histogram.
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn msg(partition: i32, offset: i64) -> Msg {
+        Msg {
+            partition,
+            offset,
+            key: None,
+            timestamp: Some(UNIX_EPOCH + Duration::from_secs(5)),
+            payload: None,
+            decoded: Decoded::Rejected(Rejected {
+                reason: Reason::Empty,
+                detail: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn commit_positions_are_last_plus_one_per_partition() {
+        let msgs = vec![msg(0, 5), msg(1, 2), msg(0, 7), msg(1, 3)];
+        assert_eq!(commit_positions(&msgs), vec![(0, 8), (1, 4)]);
+    }
+
+    #[test]
+    fn effective_time_prefers_record_then_kafka() {
+        let m = msg(0, 0);
+        let now = UNIX_EPOCH + Duration::from_secs(100);
+        let mut g = Good {
+            url: "u".into(),
+            checked_at: Some(UNIX_EPOCH + Duration::from_secs(1)),
+            ok: None,
+            status_code: None,
+            duration: None,
+        };
+        assert_eq!(
+            effective_time(&m, &g, now),
+            UNIX_EPOCH + Duration::from_secs(1)
+        );
+        g.checked_at = None;
+        assert_eq!(
+            effective_time(&m, &g, now),
+            UNIX_EPOCH + Duration::from_secs(5)
+        );
+        let mut m2 = m.clone();
+        m2.timestamp = None;
+        assert_eq!(effective_time(&m2, &g, now), now);
+    }
+
+    #[test]
+    fn sql_quotes_every_table() {
+        let s = Sql::new(&Tables::new("sch", "t\"x"));
+        assert!(s.copy_check.contains("\"sch\".\"t\"\"x_check\""));
+        assert!(s.upsert_site.contains("\"sch\".\"t\"\"x\""));
+    }
+}
