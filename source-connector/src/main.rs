@@ -1,1 +1,77 @@
-fn main() {}
+//! `website-monitor-source`: checks websites and writes one record per check to Kafka.
+//!
+//! Thin on purpose: flags, configuration, logging, signals; the work is in the
+//! `website_monitor_source` library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use connector_common::cli::{CommonArgs, EXIT_CONFIG};
+use connector_common::config::{self, process_env, render_masked, Section};
+use website_monitor_source::{sites, RunOptions, SourceConfig, SourceError};
+
+/// Checks the websites listed in `[source]` of connector.toml on a schedule
+/// and writes one JSON record per check (failures included) to a Kafka topic.
+///
+/// Exit codes: 0 done (after SIGTERM/SIGINT, or after --once with every record
+/// delivered); 1 a runtime failure (or --once with undelivered records);
+/// 2 an unusable configuration (the message names file, line and key).
+#[derive(Debug, Parser)]
+#[command(name = "website-monitor-source", version, about, long_about)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Check every site once, wait for Kafka to acknowledge the records, and
+    /// exit (for cron jobs and tests). Exit code 1 if any record was not delivered.
+    #[arg(long)]
+    once: bool,
+
+    /// Write the records as JSON lines to stdout instead of Kafka (no broker needed).
+    #[arg(long)]
+    stdout: bool,
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let refuse = |e: &dyn std::fmt::Display| {
+        eprintln!("{e}");
+        Ok(ExitCode::from(EXIT_CONFIG))
+    };
+    let path = match config::resolve_path(args.common.config.as_deref(), &process_env) {
+        Ok(p) => p,
+        Err(e) => return refuse(&e),
+    };
+    let loaded = match config::load::<SourceConfig>(&path, Section::Source, &process_env) {
+        Ok(l) => l,
+        Err(e) => return refuse(&e),
+    };
+    if args.common.check_config {
+        let resolved = match sites::resolve(&loaded) {
+            Ok(s) => s,
+            Err(e) => return refuse(&e),
+        };
+        print!("{}", render_masked(&loaded, Section::Source));
+        println!("# {} site(s) to check in this instance", resolved.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    connector_common::logging::init(&loaded.log_level, loaded.log_format);
+    let shutdown = connector_common::shutdown::on_signal();
+    let opts = RunOptions {
+        once: args.once,
+        stdout: args.stdout,
+    };
+    match website_monitor_source::run(loaded, opts, shutdown).await {
+        Ok(summary) if args.once && summary.failed > 0 => Ok(ExitCode::FAILURE),
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(SourceError::Config(e)) => refuse(&e),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,503 @@
+//! The `[source]` section of `connector.toml`.
+//!
+//! Top-level keys of the section are the source's own settings plus the
+//! defaults for every site; each `[[source.sites]]` entry (and each line of
+//! `sites_file`) may override any site setting. [`SourceConfig::validate`]
+//! refuses what cannot work (bad urls, regexes that do not compile, zero
+//! intervals, a bad shard, no sites) with the key path of the problem, e.g.
+//! `source.sites[3].regex`. Turning the section into the list of sites to
+//! check (reading `sites_file`, applying defaults, sharding) is
+//! [`crate::sites`]'s job.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use connector_common::config::{Invalid, StringMap, Validate};
+use serde::{Deserialize, Serialize};
+
+/// The `[source]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Kafka topic the records are written to. Env: `kafka_topic`.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Name of this checker instance (a region, a host); copied into every record.
+    #[serde(default = "default_probe")]
+    pub probe: String,
+    /// Default time between two checks of one site.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Default limit on a whole check (connect, redirects and body); past it
+    /// the check is an error of kind `timeout`.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// At most this many checks run at once, across all sites.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a free one.
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: String,
+    /// Whether to export the per-url gauges (up, duration, cert days left);
+    /// turn off for very large site lists.
+    #[serde(default = "default_true")]
+    pub per_site_metrics: bool,
+    /// `"K/N"`: keep only the urls whose stable hash falls in shard K of N
+    /// (1-based), so N probes split one list with no coordinator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+    /// More sites, one url a line or one JSON object a line with the per-site
+    /// keys; relative to the configuration file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites_file: Option<PathBuf>,
+    /// On shutdown, wait at most this long for Kafka to acknowledge what was sent.
+    #[serde(default = "default_flush_timeout", with = "humantime_serde")]
+    pub flush_timeout: Duration,
+    /// Default HTTP method.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Default extra request headers; a site's own headers are added to these
+    /// (a site's value wins for the same name).
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub headers: StringMap,
+    /// Default request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Default regex searched in the body; the result is the record's `re_check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Statuses that count as up; default any 2xx or 3xx (after redirects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_status: Option<Vec<u16>>,
+    /// Whether to follow 3xx responses with a `Location`.
+    #[serde(default = "default_true")]
+    pub follow_redirects: bool,
+    /// At most this many redirects are followed; one more is an error of kind `http`.
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: u32,
+    /// Never read more of a body than this; a longer body is an error of kind `body`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// `false` (default): a fresh connection per check, so DNS, connect and
+    /// TLS timings are real; `true`: reuse connections between checks.
+    #[serde(default)]
+    pub keep_alive: bool,
+    /// Extra CA certificate(s) (PEM) trusted for https sites, beside the
+    /// system's; relative to the configuration file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// `false` accepts any certificate (the record still shows its expiry).
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// The sites, each with optional overrides of the defaults above.
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+/// One `[[source.sites]]` entry (or one JSON line of `sites_file`): a url and
+/// optional overrides of the `[source]` defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The page to check; `http` or `https`. It is the record's `url` and its Kafka key.
+    pub url: String,
+    /// Time between two checks of this site.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub interval: Option<Duration>,
+    /// Limit on the whole check.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// HTTP method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Extra request headers, added to the default ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<StringMap>,
+    /// Request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Regex searched in the body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    /// Statuses that count as up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_status: Option<Vec<u16>>,
+    /// Whether to follow redirects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_redirects: Option<bool>,
+    /// Redirect limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_redirects: Option<u32>,
+    /// Body size cap in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Reuse connections between checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<bool>,
+    /// Extra CA certificate(s) (PEM) for this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// Whether to verify the certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_verify: Option<bool>,
+}
+
+/// `shard = "K/N"`: shard K (1-based) of N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Shard {
+    /// This instance's shard, `1..=count`.
+    pub index: u32,
+    /// How many shards the list is split into.
+    pub count: u32,
+}
+
+impl TryFrom<String> for Shard {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        let bad = || {
+            format!("`{s}` is not a shard; write \"K/N\" with 1 <= K <= N, e.g. \"2/4\" for the second of four probes")
+        };
+        let (k, n) = s.trim().split_once('/').ok_or_else(bad)?;
+        let index: u32 = k.trim().parse().map_err(|_| bad())?;
+        let count: u32 = n.trim().parse().map_err(|_| bad())?;
+        if count == 0 || index == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl From<Shard> for String {
+    fn from(s: Shard) -> String {
+        s.to_string()
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+fn default_topic() -> String {
+    "site-status".to_owned()
+}
+fn default_probe() -> String {
+    "local".to_owned()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_concurrency() -> usize {
+    1024
+}
+fn default_metrics_address() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_flush_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_method() -> String {
+    "GET".to_owned()
+}
+fn default_max_redirects() -> u32 {
+    5
+}
+fn default_max_body_bytes() -> u64 {
+    1024 * 1024
+}
+
+impl Validate for SourceConfig {
+    fn validate(&self, prefix: &str) -> Vec<Invalid> {
+        let mut out = Vec::new();
+        let key = |k: &str| format!("{prefix}.{k}");
+        if self.topic.trim().is_empty() {
+            out.push(Invalid::new(
+                key("topic"),
+                "no topic; name the Kafka topic to write to (or set kafka_topic)",
+            ));
+        }
+        if self.probe.trim().is_empty() {
+            out.push(Invalid::new(
+                key("probe"),
+                "empty probe name; name this checker instance, e.g. \"eu-west-1\"",
+            ));
+        }
+        if self.concurrency == 0 {
+            out.push(Invalid::new(key("concurrency"), "must be at least 1"));
+        }
+        if !address_is_valid(&self.metrics_address) {
+            out.push(Invalid::new(
+                key("metrics_address"),
+                format!("`{}` is not host:port; write e.g. \"127.0.0.1:9464\" (port 0 picks a free one)", self.metrics_address),
+            ));
+        }
+        if self.flush_timeout.is_zero() {
+            out.push(Invalid::new(
+                key("flush_timeout"),
+                "must be more than zero, e.g. \"30s\"",
+            ));
+        }
+        let defaults = SiteConfig {
+            url: String::new(),
+            interval: Some(self.interval),
+            timeout: Some(self.timeout),
+            method: Some(self.method.clone()),
+            headers: Some(self.headers.clone()),
+            body: None,
+            regex: self.regex.clone(),
+            expected_status: self.expected_status.clone(),
+            ..SiteConfig::default()
+        };
+        validate_overrides(&defaults, prefix, &mut out);
+        if self.sites.is_empty() && self.sites_file.is_none() {
+            out.push(Invalid::new(
+                key("sites"),
+                "no sites to check; add [[source.sites]] entries with a url, or a sites_file",
+            ));
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            validate_site(site, &format!("{prefix}.sites[{i}]"), &mut out);
+        }
+        out
+    }
+}
+
+/// Checks one site (url and overrides); `prefix` is the key path of the
+/// site (`source.sites[3]`), or empty for a line of `sites_file`.
+pub fn validate_site(site: &SiteConfig, prefix: &str, out: &mut Vec<Invalid>) {
+    if let Err(message) = parse_url(&site.url) {
+        out.push(Invalid::new(join(prefix, "url"), message));
+    }
+    validate_overrides(site, prefix, out);
+}
+
+/// Parses a site url: absolute, `http` or `https`, with a host.
+pub fn parse_url(url: &str) -> Result<url::Url, String> {
+    let parsed = url::Url::parse(url.trim())
+        .map_err(|e| format!("`{url}` is not a url ({e}); write e.g. \"https://example.com/\""))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!(
+            "`{url}` has scheme `{}`; only http and https urls can be checked",
+            parsed.scheme()
+        ));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(parsed)
+}
+
+fn validate_overrides(site: &SiteConfig, prefix: &str, out: &mut Vec<Invalid>) {
+    let key = |k: &str| join(prefix, k);
+    if site.interval.is_some_and(|d| d.is_zero()) {
+        out.push(Invalid::new(
+            key("interval"),
+            "must be more than zero, e.g. \"1s\" or \"250ms\"",
+        ));
+    }
+    if site.timeout.is_some_and(|d| d.is_zero()) {
+        out.push(Invalid::new(
+            key("timeout"),
+            "must be more than zero, e.g. \"5s\"",
+        ));
+    }
+    if let Some(m) = &site.method {
+        if m.is_empty() || reqwest::Method::from_bytes(m.as_bytes()).is_err() {
+            out.push(Invalid::new(
+                key("method"),
+                format!("`{m}` is not an HTTP method; write e.g. \"GET\" or \"HEAD\""),
+            ));
+        }
+    }
+    for (name, value) in site.headers.iter().flatten() {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            out.push(Invalid::new(
+                key("headers"),
+                format!("`{name}` is not a valid header name"),
+            ));
+        } else if reqwest::header::HeaderValue::from_str(value).is_err() {
+            out.push(Invalid::new(
+                key("headers"),
+                format!("the value of `{name}` is not a valid header value"),
+            ));
+        }
+    }
+    if let Some(re) = &site.regex {
+        if let Err(e) = regex::Regex::new(re) {
+            out.push(Invalid::new(key("regex"), format!("does not compile: {e}")));
+        }
+    }
+    if let Some(codes) = &site.expected_status {
+        if codes.is_empty() {
+            out.push(Invalid::new(
+                key("expected_status"),
+                "empty list; leave it out to accept any 2xx or 3xx",
+            ));
+        }
+        if let Some(c) = codes.iter().find(|c| !(100..=599).contains(*c)) {
+            out.push(Invalid::new(
+                key("expected_status"),
+                format!("{c} is not an HTTP status (100 to 599)"),
+            ));
+        }
+    }
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}
+
+fn address_is_valid(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use connector_common::config::{load_str, ConfigError, Loaded, Section};
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Loaded<SourceConfig>, ConfigError> {
+        load_str(text, Path::new("c.toml"), Section::Source, &|_| None)
+    }
+
+    fn err(text: &str) -> String {
+        load(text).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = load("[[source.sites]]\nurl = \"https://example.com/\"\n")
+            .unwrap()
+            .section;
+        assert_eq!(c.topic, "site-status");
+        assert_eq!(c.probe, "local");
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(c.metrics_address, "127.0.0.1:9464");
+        assert!(c.per_site_metrics && c.follow_redirects && c.tls_verify && !c.keep_alive);
+        assert_eq!(c.max_body_bytes, 1 << 20);
+        assert_eq!(c.method, "GET");
+    }
+
+    #[test]
+    fn bad_url_names_the_site_key() {
+        let m = err("[source]\n[[source.sites]]\nurl = \"https://a.example/\"\n[[source.sites]]\nurl = \"ftp://x/\"\n");
+        assert!(m.starts_with("c.toml:5: key `source.sites[1].url`"), "{m}");
+        assert!(m.contains("only http and https"), "{m}");
+        let m = err("[[source.sites]]\nurl = \"not a url\"\n");
+        assert!(m.contains("source.sites[0].url"), "{m}");
+    }
+
+    #[test]
+    fn regex_that_does_not_compile_is_refused() {
+        let m = err("[[source.sites]]\nurl = \"https://a.example/\"\nregex = \"(\"\n");
+        assert!(
+            m.starts_with("c.toml:3: key `source.sites[0].regex`: does not compile"),
+            "{m}"
+        );
+        let m =
+            err("[source]\nregex = \"[z-a]\"\n[[source.sites]]\nurl = \"https://a.example/\"\n");
+        assert!(m.contains("key `source.regex`"), "{m}");
+    }
+
+    #[test]
+    fn empty_site_list_is_refused() {
+        let m = err("[source]\ntopic = \"t\"\n");
+        assert!(
+            m.contains("key `source.sites`") && m.contains("no sites"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn zero_interval_and_timeout_are_refused() {
+        let m =
+            err("[source]\ninterval = \"0s\"\n[[source.sites]]\nurl = \"https://a.example/\"\n");
+        assert!(m.contains("key `source.interval`"), "{m}");
+        let m = err("[[source.sites]]\nurl = \"https://a.example/\"\ntimeout = \"0ms\"\n");
+        assert!(m.contains("key `source.sites[0].timeout`"), "{m}");
+    }
+
+    #[test]
+    fn shard_is_parsed_and_checked() {
+        let ok = "[source]\nshard = \"2/4\"\n[[source.sites]]\nurl = \"https://a.example/\"\n";
+        assert_eq!(
+            load(ok).unwrap().section.shard,
+            Some(Shard { index: 2, count: 4 })
+        );
+        for bad in ["0/4", "5/4", "1/0", "x", "1-4"] {
+            let m = err(&format!(
+                "[source]\nshard = \"{bad}\"\n[[source.sites]]\nurl = \"https://a.example/\"\n"
+            ));
+            assert!(
+                m.contains("key `source.shard`") && m.contains("not a shard"),
+                "{bad}: {m}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_bad_values_name_their_key() {
+        let site = "[[source.sites]]\nurl = \"https://a.example/\"\n";
+        for (section, key) in [
+            ("concurrency = 0", "source.concurrency"),
+            ("metrics_address = \"nope\"", "source.metrics_address"),
+            ("method = \"GE T\"", "source.method"),
+            ("expected_status = [200, 999]", "source.expected_status"),
+            ("expected_status = []", "source.expected_status"),
+            ("headers = { \"bad name\" = \"x\" }", "source.headers"),
+            ("intervl = \"1s\"", "source.intervl"),
+            ("interval = \"soon\"", "source.interval"),
+        ] {
+            let m = err(&format!("[source]\n{section}\n{site}"));
+            assert!(m.contains(&format!("key `{key}`")), "{section}: {m}");
+        }
+    }
+
+    #[test]
+    fn site_overrides_and_unknown_site_keys() {
+        let c = load("[[source.sites]]\nurl = \"https://a.example/\"\ninterval = \"250ms\"\nkeep_alive = true\n").unwrap();
+        assert_eq!(
+            c.section.sites[0].interval,
+            Some(Duration::from_millis(250))
+        );
+        let m = err("[[source.sites]]\nurl = \"https://a.example/\"\nregexp = \"x\"\n");
+        assert!(m.contains("key `source.sites[0].regexp`"), "{m}");
+    }
+
+    #[test]
+    fn renders_for_check_config() {
+        let c = load("[source]\nshard = \"1/2\"\n[[source.sites]]\nurl = \"https://a.example/\"\ninterval = \"2s\"\n").unwrap();
+        let shown = connector_common::config::render_masked(&c, Section::Source);
+        assert!(
+            shown.contains("shard = \"1/2\"") && shown.contains("interval = \"2s\""),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! Where records go: Kafka (the normal case) or stdout (`--stdout`).
+//!
+//! Kafka: an rdkafka `ThreadedProducer` with `enable.idempotence=true`,
+//! `acks=all`, `compression.type=zstd` and `linger.ms=5` (any of them can be
+//! overridden in `[kafka.options]`). A send only enqueues; delivery reports
+//! come back on the producer's thread, where [`DeliveryContext`] counts them,
+//! logs failures and drives readiness. Nothing awaits a send. When the queue is
+//! full a send is retried with backoff for up to [`ENQUEUE_TIMEOUT`], then
+//! counted as failed. librdkafka's queue is bounded
+//! (`queue.buffering.max.messages`), so memory is too.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use connector_common::telemetry::Health;
+use connector_common::KafkaConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Message};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::metrics;
+
+/// How long a send may wait for room in a full producer queue.
+pub const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The producer could not be created.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot create the Kafka producer: {0}; check [kafka] and [kafka.options]")]
+pub struct PublishError(#[source] KafkaError);
+
+/// Delivered and failed records so far.
+#[derive(Debug, Default)]
+pub struct Counts {
+    delivered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Counts {
+    fn delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        metrics::produced();
+    }
+
+    fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        metrics::failed();
+    }
+
+    /// `(delivered, failed)`.
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.delivered.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Producer context: counts delivery reports, logs through `tracing`, and
+/// keeps `/readyz` in step with the last delivery.
+pub struct DeliveryContext {
+    counts: Arc<Counts>,
+    health: Health,
+    delivering: AtomicBool,
+}
+
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Warning => {
+                tracing::warn!(target: "librdkafka", facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility = fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{message}")
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, "Kafka client error: {reason}");
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.counts.delivered();
+                if !self.delivering.swap(true, Ordering::Relaxed) {
+                    self.health.set_ready();
+                }
+            }
+            Err((e, message)) => {
+                self.counts.failed();
+                let key = message
+                    .key()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default();
+                tracing::warn!(error = %e, url = %key, "record not delivered to Kafka");
+                if self.delivering.swap(false, Ordering::Relaxed) {
+                    self.health
+                        .set_not_ready(format!("last delivery to Kafka failed: {e}"));
+                }
+            }
+        }
+    }
+}
+
+/// Sends records to a Kafka topic.
+pub struct KafkaPublisher {
+    producer: Arc<ThreadedProducer<DeliveryContext>>,
+    topic: String,
+    counts: Arc<Counts>,
+}
+
+impl KafkaPublisher {
+    /// Creates the producer (it connects in the background) and, in the
+    /// background too, checks that the brokers answer for `topic`.
+    pub fn new(kafka: &KafkaConfig, topic: &str, health: Health) -> Result<Self, PublishError> {
+        let mut config = kafka.client_config();
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("compression.type", "zstd")
+            .set("linger.ms", "5");
+        kafka.apply_options(&mut config);
+        let counts = Arc::new(Counts::default());
+        let context = DeliveryContext {
+            counts: Arc::clone(&counts),
+            health: health.clone(),
+            delivering: AtomicBool::new(false),
+        };
+        let producer: ThreadedProducer<DeliveryContext> =
+            config.create_with_context(context).map_err(PublishError)?;
+        let producer = Arc::new(producer);
+        let probe = Arc::clone(&producer);
+        let (brokers, topic_name) = (kafka.brokers.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            match probe
+                .client()
+                .fetch_metadata(Some(&topic_name), Duration::from_secs(10))
+            {
+                Ok(_) => health.set_ready(),
+                Err(e) => {
+                    tracing::warn!(error = %e, brokers = %brokers, "Kafka does not answer yet; checks go on and records wait in the producer queue");
+                    health.set_not_ready(format!("Kafka at {brokers} does not answer: {e}"));
+                }
+            }
+        });
+        Ok(KafkaPublisher {
+            producer,
+            topic: topic.to_owned(),
+            counts,
+        })
+    }
+
+    async fn send(&self, key: &str, payload: &[u8], timestamp_ms: i64) {
+        let deadline = Instant::now() + ENQUEUE_TIMEOUT;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let record = BaseRecord::to(&self.topic)
+                .key(key)
+                .payload(payload)
+                .timestamp(timestamp_ms);
+            match self.producer.send(record) {
+                Ok(()) => return,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                Err((e, _)) => {
+                    self.counts.failed();
+                    tracing::warn!(error = %e, url = %key, "record not sent to Kafka");
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn finish(&self, timeout: Duration) {
+        let producer = Arc::clone(&self.producer);
+        let flushed = tokio::task::spawn_blocking(move || {
+            let result = producer.flush(timeout);
+            if result.is_err() {
+                // Whatever is left is reported failed by the purge.
+                producer.purge(PurgeConfig::default().queue().inflight());
+                let _ = producer.flush(Duration::from_millis(500));
+            }
+            result
+        })
+        .await;
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "Kafka did not acknowledge every record in time; the rest were counted failed")
+            }
+            Err(e) => tracing::warn!(error = %e, "flush task failed"),
+        }
+    }
+}
+
+/// Writes records as JSON lines to stdout (`--stdout`).
+pub struct StdoutPublisher {
+    tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    counts: Arc<Counts>,
+}
+
+impl StdoutPublisher {
+    /// Starts the writer task.
+    pub fn new(health: &Health) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        let counts = Arc::new(Counts::default());
+        let c = Arc::clone(&counts);
+        let writer = tokio::spawn(async move {
+            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+            while let Some(mut line) = rx.recv().await {
+                line.push(b'\n');
+                match out.write_all(&line).await {
+                    Ok(()) => c.delivered(),
+                    Err(e) => {
+                        c.failed();
+                        tracing::warn!(error = %e, "cannot write to stdout");
+                    }
+                }
+                if rx.is_empty() {
+                    let _ = out.flush().await;
+                }
+            }
+            let _ = out.flush().await;
+        });
+        health.set_ready();
+        StdoutPublisher {
+            tx: Mutex::new(Some(tx)),
+            writer: Mutex::new(Some(writer)),
+            counts,
+        }
+    }
+
+    async fn send(&self, payload: Vec<u8>) {
+        let tx = self.tx.lock().expect("stdout lock").clone();
+        let sent = match tx {
+            Some(tx) => tx.send(payload).await.is_ok(),
+            None => false,
+        };
+        if !sent {
+            self.counts.failed();
+        }
+    }
+
+    async fn finish(&self) {
+        drop(self.tx.lock().expect("stdout lock").take());
+        let writer = self.writer.lock().expect("stdout lock").take();
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
+    }
+}
+
+/// The output of a running source.
+pub enum Publisher {
+    /// Kafka.
+    Kafka(KafkaPublisher),
+    /// JSON lines on stdout.
+    Stdout(StdoutPublisher),
+}
+
+impl Publisher {
+    /// Hands one record over; returns once it is queued (never waits for the
+    /// acknowledgement). Failures are counted, never returned.
+    pub async fn send(&self, key: &str, payload: Vec<u8>, timestamp_ms: i64) {
+        match self {
+            Publisher::Kafka(k) => k.send(key, &payload, timestamp_ms).await,
+            Publisher::Stdout(s) => s.send(payload).await,
+        }
+    }
+
+    /// Waits (at most `timeout` for Kafka) until every record handed over is
+    /// acknowledged or counted failed.
+    pub async fn finish(&self, timeout: Duration) {
+        match self {
+            Publisher::Kafka(k) => k.finish(timeout).await,
+            Publisher::Stdout(s) => s.finish().await,
+        }
+    }
+
+    /// `(delivered, failed)` so far.
+    pub fn counts(&self) -> (u64, u64) {
+        match self {
+            Publisher::Kafka(k) => k.counts.get(),
+            Publisher::Stdout(s) => s.counts.get(),
+        }
+    }
+}

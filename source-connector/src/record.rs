@@ -1,0 +1,195 @@
+//! The record: one JSON object per check, the contract with the sink and with
+//! every stage chained after the source (DESIGN §3).
+//!
+//! Every field is always present; what could not be known is `null`. Times
+//! are seconds as floats, instants are epoch seconds, as in the seed. The
+//! record is serialised once, by [`Record::to_json`], and those bytes are the
+//! Kafka value.
+
+use serde::{Deserialize, Serialize};
+
+/// The version of this layout; changes only with a documented migration.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The result of one check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The url checked (as configured, normalised); also the Kafka key.
+    pub url: String,
+    /// When the check started, epoch seconds; also the Kafka timestamp (in ms).
+    pub checked_at: f64,
+    /// Status of the last response; `null` when no response came.
+    pub status_code: Option<u16>,
+    /// Wall time of the whole check, seconds (redirects and body included).
+    pub duration: f64,
+    /// Whether `regex` matched the body; `null` when the site has no regex
+    /// or no body was read.
+    pub re_check: Option<bool>,
+    /// `true` when the check found nothing wrong (`error` is `null`).
+    pub ok: bool,
+    /// What went wrong; `null` when `ok`.
+    pub error: Option<CheckError>,
+    /// Phase timings, seconds; `null` for a phase that did not happen or
+    /// cannot be measured.
+    pub timings: Timings,
+    /// `HTTP/1.1`, `HTTP/2`...; `null` when no response came.
+    pub http_version: Option<String>,
+    /// Body bytes received (never much past `max_body_bytes`); `null` when no response came.
+    pub response_bytes: Option<u64>,
+    /// Redirects followed.
+    pub redirects: u32,
+    /// The address connected to for the last response; `null` when unknown.
+    pub ip: Option<String>,
+    /// TLS facts of the last response; `null` for http.
+    pub tls: Option<TlsFacts>,
+    /// Name of the probe that made the check (`source.probe`).
+    pub probe: String,
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+}
+
+/// `error` of a failed check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// What happened, for a human.
+    pub message: String,
+}
+
+/// The kinds of failure, as written in `error.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// The host name could not be resolved.
+    Dns,
+    /// No TCP connection (refused, unreachable, reset while connecting).
+    Connect,
+    /// The TLS handshake failed (unknown CA, bad certificate, protocol).
+    Tls,
+    /// The check did not finish within its timeout.
+    Timeout,
+    /// The HTTP exchange failed (bad response, too many redirects, bad Location).
+    Http,
+    /// The response status is not an expected one.
+    Status,
+    /// The regex did not match the body.
+    Regex,
+    /// The body could not be read, or is larger than `max_body_bytes`.
+    Body,
+}
+
+impl ErrorKind {
+    /// The name written in records and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Dns => "dns",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Http => "http",
+            ErrorKind::Status => "status",
+            ErrorKind::Regex => "regex",
+            ErrorKind::Body => "body",
+        }
+    }
+}
+
+/// Phase timings in seconds. Across redirects each phase is the sum over the
+/// requests made, so the phases add up to about `duration`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Name resolution; `null` for an IP address in the url or a reused connection.
+    pub dns: Option<f64>,
+    /// TCP connect; `null` for a reused connection.
+    pub connect: Option<f64>,
+    /// TLS handshake; `null` for http or a reused connection.
+    pub tls: Option<f64>,
+    /// From the connection being ready (or the request start, on a reused
+    /// connection) to the response headers.
+    pub ttfb: Option<f64>,
+    /// From the response headers to the end of the body read.
+    pub transfer: Option<f64>,
+}
+
+/// TLS facts of an https response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsFacts {
+    /// `TLSv1.2` or `TLSv1.3`; `null` if the TLS library does not say.
+    pub version: Option<String>,
+    /// The peer certificate's notAfter, epoch seconds.
+    pub cert_not_after: Option<i64>,
+    /// Whole days from the check to `cert_not_after` (negative once expired).
+    pub cert_days_left: Option<i64>,
+}
+
+impl Record {
+    /// The Kafka value: the record as compact JSON.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a record always serialises")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Record {
+        Record {
+            url: "https://example.com/".into(),
+            checked_at: 1_764_264_000.123,
+            status_code: None,
+            duration: 0.5,
+            re_check: None,
+            ok: false,
+            error: Some(CheckError {
+                kind: ErrorKind::Dns,
+                message: "no such host".into(),
+            }),
+            timings: Timings::default(),
+            http_version: None,
+            response_bytes: None,
+            redirects: 0,
+            ip: None,
+            tls: None,
+            probe: "local".into(),
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
+    #[test]
+    fn every_field_is_present_even_when_null() {
+        let v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in [
+            "url",
+            "checked_at",
+            "status_code",
+            "duration",
+            "re_check",
+            "ok",
+            "error",
+            "timings",
+            "http_version",
+            "response_bytes",
+            "redirects",
+            "ip",
+            "tls",
+            "probe",
+            "schema_version",
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {v}");
+        }
+        for k in ["dns", "connect", "tls", "ttfb", "transfer"] {
+            assert!(v["timings"].get(k).is_some(), "timings.{k} missing");
+        }
+        assert_eq!(v["error"]["kind"], "dns");
+        assert!(v["status_code"].is_null());
+    }
+
+    #[test]
+    fn round_trips() {
+        let r = sample();
+        assert_eq!(serde_json::from_slice::<Record>(&r.to_json()).unwrap(), r);
+    }
+}

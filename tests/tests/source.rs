@@ -1,0 +1,931 @@
+//! The source connector against the real Kafka of `make up`, with HTTP(S)
+//! targets started on 127.0.0.1 by the tests (nothing leaves the machine).
+//! Each test writes its own topic.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::process::Command;
+
+use connector_common::config::{load_str, Loaded, Section};
+use tokio_util::sync::CancellationToken;
+use website_monitor_source::record::{ErrorKind, Record};
+use website_monitor_source::{RunOptions, RunSummary, SourceConfig};
+use website_monitor_tests::http::{Pki, TestServer, TEXT};
+use website_monitor_tests::{
+    binary, consume_all, create_topic, eventually, repo_root, stack, unique, Consumed,
+};
+
+/// A `[kafka]` + `[source]` config for the local stack writing `topic`, with
+/// `extra` lines in `[source]` and then `sites` (`[[source.sites]]` entries).
+fn config(topic: &str, extra: &str, sites: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\n\n[source]\ntopic = \"{topic}\"\nprobe = \"test-probe\"\nmetrics_address = \"127.0.0.1:0\"\n{extra}\n\n{sites}",
+        stack().brokers
+    )
+}
+
+fn site(url: &str, extra: &str) -> String {
+    format!("[[source.sites]]\nurl = \"{url}\"\n{extra}\n")
+}
+
+fn load(text: &str) -> Loaded<SourceConfig> {
+    load_str(text, Path::new("test.toml"), Section::Source, &|_| None)
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// Reads every record of `topic`.
+async fn consume(topic: &str) -> Vec<Consumed> {
+    consume_all(
+        &stack().brokers,
+        topic,
+        Duration::from_secs(3),
+        Duration::from_secs(60),
+    )
+    .await
+}
+
+fn records(consumed: &[Consumed]) -> Vec<Record> {
+    consumed
+        .iter()
+        .map(|c| serde_json::from_slice(&c.payload).expect("a record"))
+        .collect()
+}
+
+fn by_url(records: Vec<Record>) -> HashMap<String, Record> {
+    records.into_iter().map(|r| (r.url.clone(), r)).collect()
+}
+
+/// Runs one round (`--once`) of `text` in-process; returns its summary and records by url.
+async fn once(topic: &str, text: &str) -> (RunSummary, HashMap<String, Record>) {
+    create_topic(&stack().brokers, topic, 1).await;
+    let opts = RunOptions {
+        once: true,
+        stdout: false,
+    };
+    let summary = website_monitor_source::run(load(text), opts, CancellationToken::new())
+        .await
+        .expect("run");
+    let found = records(&consume(topic).await);
+    assert_eq!(found.len() as u64, summary.delivered, "{summary:?}");
+    (summary, by_url(found))
+}
+
+fn kind(r: &Record) -> Option<ErrorKind> {
+    r.error.as_ref().map(|e| e.kind)
+}
+
+#[tokio::test]
+async fn http_outcomes_status_regex_and_expected_status() {
+    let s = TestServer::http().await;
+    let topic = unique("src-http");
+    let sites = [
+        site(&s.url("/"), ""),
+        site(&s.url("/text"), "regex = \"lazy dog\""),
+        site(&s.url("/text?miss"), "regex = \"sleepy cat\""),
+        site(&s.url("/status/500"), ""),
+        site(&s.url("/status/404"), "expected_status = [404]"),
+        site(&s.url("/status/200"), "expected_status = [201]"),
+    ]
+    .concat();
+    let (summary, r) = once(&topic, &config(&topic, "", &sites)).await;
+    assert_eq!(
+        (summary.checks_finished, summary.delivered, summary.failed),
+        (6, 6, 0)
+    );
+
+    let ok = &r[&s.url("/")];
+    assert!(
+        ok.ok && ok.error.is_none() && ok.re_check.is_none(),
+        "{ok:?}"
+    );
+    assert_eq!(ok.status_code, Some(200));
+    assert_eq!(ok.http_version.as_deref(), Some("HTTP/1.1"));
+    assert_eq!(ok.response_bytes, Some(3));
+    assert_eq!(ok.ip.as_deref(), Some("127.0.0.1"));
+    assert!(ok.tls.is_none());
+
+    let matched = &r[&s.url("/text")];
+    assert!(matched.ok && matched.re_check == Some(true), "{matched:?}");
+    assert_eq!(matched.response_bytes, Some(TEXT.len() as u64));
+
+    let missed = &r[&s.url("/text?miss")];
+    assert_eq!(kind(missed), Some(ErrorKind::Regex), "{missed:?}");
+    assert!(!missed.ok && missed.re_check == Some(false));
+    assert_eq!(missed.status_code, Some(200));
+
+    let err500 = &r[&s.url("/status/500")];
+    assert_eq!(kind(err500), Some(ErrorKind::Status), "{err500:?}");
+    assert_eq!(err500.status_code, Some(500));
+    assert!(!err500.ok && err500.re_check.is_none());
+
+    assert!(
+        r[&s.url("/status/404")].ok,
+        "{:?}",
+        r[&s.url("/status/404")]
+    );
+    let not201 = &r[&s.url("/status/200")];
+    assert_eq!(
+        (kind(not201), not201.status_code),
+        (Some(ErrorKind::Status), Some(200))
+    );
+}
+
+#[tokio::test]
+async fn network_failures_dns_connect_timeout() {
+    let s = TestServer::http().await;
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let topic = unique("src-net");
+    let closed_url = format!("http://127.0.0.1:{closed}/");
+    let sites = [
+        site("http://no-such-host.invalid/", ""),
+        site(&closed_url, ""),
+        site(&s.url("/slow/3000"), "timeout = \"500ms\""),
+    ]
+    .concat();
+    let (summary, r) = once(&topic, &config(&topic, "", &sites)).await;
+    assert_eq!(summary.delivered, 3);
+
+    let dns = &r["http://no-such-host.invalid/"];
+    assert_eq!(kind(dns), Some(ErrorKind::Dns), "{dns:?}");
+    assert!(!dns.ok && dns.status_code.is_none() && dns.ip.is_none());
+    assert!(
+        dns.timings.dns.is_some() && dns.timings.connect.is_none(),
+        "{dns:?}"
+    );
+
+    let refused = &r[&closed_url];
+    assert_eq!(kind(refused), Some(ErrorKind::Connect), "{refused:?}");
+    assert!(!refused.ok && refused.status_code.is_none());
+
+    let slow = &r[&s.url("/slow/3000")];
+    assert_eq!(kind(slow), Some(ErrorKind::Timeout), "{slow:?}");
+    assert!(!slow.ok && slow.status_code.is_none());
+    // Connected fine before timing out: the phase it got through is kept.
+    assert!(slow.timings.connect.is_some(), "{slow:?}");
+    assert!(slow.duration >= 0.5, "{slow:?}");
+}
+
+#[tokio::test]
+async fn tls_unknown_ca_self_signed_trusted_ca_and_no_verify() {
+    let pki = Pki::new();
+    let signed = TestServer::https(pki.ca_signed.clone()).await;
+    let selfsigned = TestServer::https(pki.self_signed.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let topic = unique("src-tls");
+    let with_ca = format!("tls_ca = \"{}\"", ca.display());
+    let sites = [
+        site(&signed.url("/?unknown-ca"), ""),
+        site(&selfsigned.url("/"), ""),
+        site(&signed.url("/"), &with_ca),
+        site(
+            &signed.url_by_name("/text"),
+            &format!("{with_ca}\nregex = \"fox\""),
+        ),
+        site(&selfsigned.url("/?no-verify"), "tls_verify = false"),
+    ]
+    .concat();
+    let (_, r) = once(&topic, &config(&topic, "", &sites)).await;
+
+    for url in [signed.url("/?unknown-ca"), selfsigned.url("/")] {
+        let rec = &r[&url];
+        assert_eq!(kind(rec), Some(ErrorKind::Tls), "{rec:?}");
+        assert!(!rec.ok && rec.status_code.is_none());
+    }
+
+    let good = &r[&signed.url("/")];
+    assert!(good.ok, "{good:?}");
+    let tls = good.tls.as_ref().expect("tls facts");
+    assert_eq!(tls.version.as_deref(), Some("TLSv1.3"));
+    assert_eq!(tls.cert_not_after, Some(pki.not_after));
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert_eq!(
+        tls.cert_days_left,
+        Some((pki.not_after - now).div_euclid(86_400))
+    );
+    let t = &good.timings;
+    assert!(t.dns.is_none(), "an IP address needs no lookup: {t:?}");
+    assert!(
+        t.connect.is_some() && t.tls.is_some() && t.ttfb.is_some() && t.transfer.is_some(),
+        "{t:?}"
+    );
+
+    let by_name = &r[&signed.url_by_name("/text")];
+    assert!(by_name.ok && by_name.re_check == Some(true), "{by_name:?}");
+    assert!(
+        by_name.timings.dns.is_some() && by_name.timings.tls.is_some(),
+        "{by_name:?}"
+    );
+
+    let no_verify = &r[&selfsigned.url("/?no-verify")];
+    assert!(no_verify.ok, "{no_verify:?}");
+    assert_eq!(
+        no_verify.tls.as_ref().and_then(|t| t.cert_not_after),
+        Some(pki.not_after)
+    );
+}
+
+#[tokio::test]
+async fn redirects_followed_counted_and_limited() {
+    let s = TestServer::http().await;
+    let topic = unique("src-redir");
+    let sites = [
+        site(&s.url("/redirect/3"), ""),
+        site(&s.url("/redirect/3?limit"), "max_redirects = 2"),
+        site(&s.url("/redirect/1?no-follow"), "follow_redirects = false"),
+    ]
+    .concat();
+    let (_, r) = once(&topic, &config(&topic, "", &sites)).await;
+
+    let followed = &r[&s.url("/redirect/3")];
+    assert!(followed.ok, "{followed:?}");
+    assert_eq!((followed.redirects, followed.status_code), (3, Some(200)));
+    assert_eq!(s.hits("/redirect/0"), 1, "the final hop was requested once");
+
+    let limited = &r[&s.url("/redirect/3?limit")];
+    assert_eq!(kind(limited), Some(ErrorKind::Http), "{limited:?}");
+    assert_eq!((limited.redirects, limited.status_code), (2, Some(302)));
+
+    let kept = &r[&s.url("/redirect/1?no-follow")];
+    assert!(kept.ok, "{kept:?}");
+    assert_eq!((kept.redirects, kept.status_code), (0, Some(302)));
+}
+
+#[tokio::test]
+async fn body_over_the_cap_is_not_read_past_it() {
+    let s = TestServer::http().await;
+    let topic = unique("src-body");
+    const TOTAL: u64 = 256 * 1024 * 1024;
+    const CAP: u64 = 64 * 1024;
+    let big = s.url(&format!("/big/{TOTAL}"));
+    let sites = [
+        site(&big, &format!("max_body_bytes = {CAP}\nregex = \"xxx\"")),
+        site(&s.url("/big/1000?under"), "max_body_bytes = 1000"),
+    ]
+    .concat();
+    let (_, r) = once(&topic, &config(&topic, "", &sites)).await;
+
+    let over = &r[&big];
+    assert_eq!(kind(over), Some(ErrorKind::Body), "{over:?}");
+    assert_eq!(over.status_code, Some(200));
+    assert_eq!(
+        over.re_check,
+        Some(true),
+        "the regex still sees the first bytes"
+    );
+    let read = over.response_bytes.expect("bytes counted");
+    assert!(
+        read > CAP && read < CAP + 1024 * 1024,
+        "read {read} bytes with a cap of {CAP}"
+    );
+    // The server produced at most what the socket buffers took, far from all of it.
+    let sent = s.bytes_sent();
+    assert!(
+        sent < 32 * 1024 * 1024,
+        "server sent {sent} of {TOTAL} bytes"
+    );
+
+    let under = &r[&s.url("/big/1000?under")];
+    assert!(under.ok, "exactly the cap is fine: {under:?}");
+    assert_eq!(under.response_bytes, Some(1000));
+}
+
+#[tokio::test]
+async fn records_in_kafka_have_key_timestamp_and_every_field() {
+    let s = TestServer::http().await;
+    let topic = unique("src-record");
+    let sites = [
+        site(&s.url_by_name("/"), ""),
+        site("http://no-such-host.invalid/", ""),
+    ]
+    .concat();
+    create_topic(&stack().brokers, &topic, 1).await;
+    let opts = RunOptions {
+        once: true,
+        stdout: false,
+    };
+    website_monitor_source::run(
+        load(&config(&topic, "", &sites)),
+        opts,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let consumed = consume(&topic).await;
+    assert_eq!(consumed.len(), 2);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    for c in &consumed {
+        let v = c.json();
+        let obj = v.as_object().expect("an object");
+        for field in [
+            "url",
+            "checked_at",
+            "status_code",
+            "duration",
+            "re_check",
+            "ok",
+            "error",
+            "timings",
+            "http_version",
+            "response_bytes",
+            "redirects",
+            "ip",
+            "tls",
+            "probe",
+            "schema_version",
+        ] {
+            assert!(obj.contains_key(field), "{field} missing in {v}");
+        }
+        for phase in ["dns", "connect", "tls", "ttfb", "transfer"] {
+            assert!(
+                v["timings"].get(phase).is_some(),
+                "timings.{phase} missing in {v}"
+            );
+        }
+        // Key = url; timestamp = check start in ms; seed units: epoch seconds, seconds.
+        assert_eq!(c.key.as_deref(), v["url"].as_str().map(str::as_bytes));
+        let checked_at = v["checked_at"].as_f64().expect("checked_at is a number");
+        assert!(
+            (now - checked_at).abs() < 600.0,
+            "checked_at {checked_at} is epoch seconds"
+        );
+        assert_eq!(c.timestamp_ms, Some((checked_at * 1000.0) as i64));
+        let duration = v["duration"].as_f64().expect("duration is a number");
+        assert!(
+            (0.0..5.0).contains(&duration),
+            "duration {duration} is seconds"
+        );
+        assert_eq!(v["probe"], "test-probe");
+        assert_eq!(v["schema_version"], 1);
+        assert!(v["ok"].is_boolean() && v["redirects"].is_u64());
+    }
+    let ok = consumed
+        .iter()
+        .map(Consumed::json)
+        .find(|v| v["ok"] == true)
+        .expect("the ok record");
+    assert_eq!(ok["status_code"], 200);
+    assert!(ok["re_check"].is_null() && ok["error"].is_null());
+    assert!(
+        ok["timings"]["dns"].is_f64() && ok["timings"]["ttfb"].is_f64(),
+        "{ok}"
+    );
+    let failed = consumed
+        .iter()
+        .map(Consumed::json)
+        .find(|v| v["ok"] == false)
+        .expect("the failed record");
+    assert_eq!(failed["error"]["kind"], "dns");
+    assert!(failed["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+    assert!(failed["status_code"].is_null());
+}
+
+#[tokio::test]
+async fn about_five_records_per_site_in_five_seconds() {
+    let s = TestServer::http().await;
+    let topic = unique("src-count");
+    create_topic(&stack().brokers, &topic, 3).await;
+    let urls = [s.url("/"), s.url("/text"), s.url("/status/503")];
+    let sites: String = urls.iter().map(|u| site(u, "")).collect();
+    let stop = CancellationToken::new();
+    let running = website_monitor_source::start(
+        load(&config(&topic, "interval = \"1s\"", &sites)),
+        RunOptions::default(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    stop.cancel();
+    let summary = running.wait().await.unwrap();
+    let found = records(&consume(&topic).await);
+    assert_eq!(found.len() as u64, summary.checks_finished, "{summary:?}");
+    assert_eq!(summary.delivered, summary.checks_finished);
+    for url in &urls {
+        let n = found.iter().filter(|r| &r.url == url).count();
+        assert!(
+            (4..=7).contains(&n),
+            "{n} records for {url}; expected about 5"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_site_never_has_two_checks_in_flight() {
+    let s = TestServer::http().await;
+    let topic = unique("src-slow");
+    create_topic(&stack().brokers, &topic, 1).await;
+    let sites = site(
+        &s.url("/slow/2500"),
+        "interval = \"500ms\"\ntimeout = \"10s\"",
+    );
+    let stop = CancellationToken::new();
+    let running = website_monitor_source::start(
+        load(&config(&topic, "", &sites)),
+        RunOptions::default(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.cancel();
+    let summary = running.wait().await.unwrap();
+    assert_eq!(s.max_in_flight(), 1, "two checks of one site ran at once");
+    assert!(
+        summary.skipped_ticks >= 3,
+        "ticks during a running check are skipped and counted: {summary:?}"
+    );
+    let found = records(&consume(&topic).await);
+    assert!(found.len() >= 2 && found.iter().all(|r| r.ok), "{found:?}");
+    assert_eq!(found.len() as u64, summary.checks_finished);
+}
+
+#[tokio::test]
+async fn metrics_counters_move() {
+    let s = TestServer::http().await;
+    let topic = unique("src-metrics");
+    create_topic(&stack().brokers, &topic, 1).await;
+    let (up, down) = (s.url("/?metrics"), s.url("/status/500?metrics"));
+    let sites = [site(&up, ""), site(&down, "")].concat();
+    let stop = CancellationToken::new();
+    let running = website_monitor_source::start(
+        load(&config(&topic, "interval = \"200ms\"", &sites)),
+        RunOptions::default(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let base = format!(
+        "http://{}",
+        running.metrics_address.expect("metrics served")
+    );
+    let client = reqwest::Client::new();
+    let get = |path: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let r = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("telemetry answers");
+            (r.status().as_u16(), r.text().await.unwrap_or_default())
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    eventually("/readyz to say ready", Duration::from_secs(20), || async {
+        (get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let first = eventually("some checks counted", Duration::from_secs(20), || async {
+        let (_, text) = get("/metrics").await;
+        (sum(&text, "website_monitor_records_produced_total") > 0.0).then_some(text)
+    })
+    .await;
+    let later = eventually("the counters to move", Duration::from_secs(20), || async {
+        let (_, text) = get("/metrics").await;
+        let moved = sum(&text, "website_monitor_checks_total{")
+            > sum(&first, "website_monitor_checks_total{")
+            && sum(&text, "website_monitor_records_produced_total")
+                > sum(&first, "website_monitor_records_produced_total");
+        moved.then_some(text)
+    })
+    .await;
+    stop.cancel();
+    running.wait().await.unwrap();
+
+    assert!(
+        sum(
+            &later,
+            "website_monitor_checks_total{outcome=\"fail\",error_kind=\"status\"}"
+        ) > 0.0,
+        "{later}"
+    );
+    assert!(
+        sum(
+            &later,
+            "website_monitor_checks_total{outcome=\"ok\",error_kind=\"none\"}"
+        ) > 0.0,
+        "{later}"
+    );
+    assert_eq!(
+        sum(&later, &format!("website_monitor_site_up{{url=\"{up}\"}}")),
+        1.0,
+        "{later}"
+    );
+    assert_eq!(
+        sum(
+            &later,
+            &format!("website_monitor_site_up{{url=\"{down}\"}}")
+        ),
+        0.0,
+        "{later}"
+    );
+    assert!(
+        sum(&later, "website_monitor_check_duration_seconds_count") > 0.0,
+        "{later}"
+    );
+    assert!(
+        sum(&later, "website_monitor_schedule_lateness_seconds_count") > 0.0,
+        "{later}"
+    );
+    assert!(
+        later.contains("website_monitor_checks_in_flight"),
+        "{later}"
+    );
+    assert!(
+        later.contains(&format!(
+            "website_monitor_site_duration_seconds{{url=\"{up}\"}}"
+        )),
+        "{later}"
+    );
+}
+
+/// Sum of the values of the metric lines starting with `prefix`.
+fn sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("connector.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn source(config: &Path) -> Command {
+    let mut c = Command::new(binary("website-monitor-source"));
+    c.arg("--config").arg(config);
+    for var in [
+        "kafka_host",
+        "kafka_topic",
+        "kafka_ssl_ca",
+        "kafka_ssl_cert",
+        "kafka_ssl_key",
+        "log_level",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+/// Parses `source stopped checks_finished=N delivered=N failed=N` from the log.
+fn final_counts(stderr: &str) -> (u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .rfind(|l| l.contains("source stopped"))
+        .unwrap_or_else(|| panic!("no final line in:\n{stderr}"));
+    let field = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("{name} not in {line}"))
+            + name.len()
+            + 1;
+        line[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .expect("a count")
+    };
+    (
+        field("checks_finished"),
+        field("delivered"),
+        field("failed"),
+    )
+}
+
+#[tokio::test]
+async fn sigterm_mid_run_exits_0_with_every_finished_check_in_the_topic() {
+    let s = TestServer::http().await;
+    let topic = unique("src-sigterm");
+    create_topic(&stack().brokers, &topic, 2).await;
+    let sites = [
+        site(&s.url("/"), "interval = \"100ms\""),
+        site(&s.url("/text"), "interval = \"100ms\""),
+        site(&s.url("/slow/1500"), "interval = \"300ms\""),
+    ]
+    .concat();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &config(&topic, "", &sites));
+    let child = source(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the source");
+    let pid = child.id().expect("a pid");
+    // Let it run until the slow site has a check in flight for sure.
+    eventually(
+        "the slow site to be hit twice",
+        Duration::from_secs(30),
+        || async { (s.hits("/slow/1500") >= 2).then_some(()) },
+    )
+    .await;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (finished, delivered, failed) = final_counts(&stderr);
+    assert!(finished > 10, "{stderr}");
+    assert_eq!((delivered, failed), (finished, 0), "{stderr}");
+    let found = consume(&topic).await;
+    assert_eq!(
+        found.len() as u64,
+        finished,
+        "records in the topic vs checks the source finished"
+    );
+    // The check in flight at SIGTERM was finished, not dropped.
+    assert!(records(&found)
+        .iter()
+        .filter(|r| r.url.ends_with("/slow/1500"))
+        .all(|r| r.ok));
+    assert_eq!(
+        records(&found)
+            .iter()
+            .filter(|r| r.url.ends_with("/slow/1500"))
+            .count() as u64,
+        s.hits("/slow/1500")
+    );
+}
+
+#[tokio::test]
+async fn mtls_through_9094_with_pem_paths_from_the_environment() {
+    let st = stack();
+    let s = TestServer::http().await;
+    let topic = unique("src-mtls");
+    create_topic(&st.brokers, &topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No TLS keys in the file: the seed's variables bring them.
+    let text = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[source]\ntopic = \"{topic}\"\nmetrics_address = \"127.0.0.1:0\"\n{}",
+        site(&s.url("/"), "")
+    );
+    let path = write_config(dir.path(), &text);
+    let tls = &st.tls_dir;
+    let out = source(&path)
+        .arg("--once")
+        .env("kafka_host", &st.ssl_brokers)
+        .env("kafka_ssl_ca", tls.join("ca.pem"))
+        .env("kafka_ssl_cert", tls.join("client.pem"))
+        .env("kafka_ssl_key", tls.join("client.key"))
+        .output()
+        .await
+        .expect("run the source");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(final_counts(&stderr), (1, 1, 0), "{stderr}");
+    let found = consume(&topic).await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].json()["url"], s.url("/"));
+    assert_eq!(found[0].json()["ok"], true, "the target answered");
+}
+
+#[tokio::test]
+async fn pipelines_mtls_toml_publishes_through_the_mtls_listener() {
+    let topic = unique("src-mtls-pipeline");
+    create_topic(&stack().brokers, &topic, 1).await;
+    let out = Command::new(binary("website-monitor-source"))
+        .current_dir(repo_root())
+        .args(["--config", "pipelines/mtls.toml", "--once"])
+        .env("kafka_topic", &topic)
+        .env_remove("kafka_host")
+        .output()
+        .await
+        .expect("run the source");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let (finished, delivered, _) = final_counts(&stderr);
+    assert!(finished >= 1 && delivered == finished, "{stderr}");
+    assert_eq!(consume(&topic).await.len() as u64, finished);
+}
+
+#[tokio::test]
+async fn stdout_mode_needs_no_broker() {
+    let s = TestServer::http().await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[source]\nmetrics_address = \"127.0.0.1:0\"\n{}{}",
+        site(&s.url("/"), ""),
+        site(&s.url("/status/500"), "")
+    );
+    let out = source(&write_config(dir.path(), &text))
+        .args(["--once", "--stdout"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Record> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines.iter().any(|r| r.ok) && lines.iter().any(|r| kind(r) == Some(ErrorKind::Status)));
+}
+
+#[tokio::test]
+async fn shards_split_the_sites_between_probes() {
+    let s = TestServer::http().await;
+    let topic = unique("src-shard");
+    create_topic(&stack().brokers, &topic, 1).await;
+    let urls: Vec<String> = (0..12).map(|n| s.url(&format!("/?site={n}"))).collect();
+    let sites: String = urls.iter().map(|u| site(u, "")).collect();
+    let mut finished = 0;
+    for k in 1..=3 {
+        let text = config(
+            &topic,
+            &format!("shard = \"{k}/3\"\nprobe = \"probe-{k}\""),
+            &sites,
+        )
+        .replace("probe = \"test-probe\"\n", "");
+        let opts = RunOptions {
+            once: true,
+            stdout: false,
+        };
+        finished += website_monitor_source::run(load(&text), opts, CancellationToken::new())
+            .await
+            .unwrap()
+            .checks_finished;
+    }
+    let found = records(&consume(&topic).await);
+    assert_eq!(finished, 12);
+    let mut seen: Vec<&str> = found.iter().map(|r| r.url.as_str()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), 12, "every url checked by exactly one probe");
+    assert_eq!(found.len(), 12);
+    let probes: std::collections::HashSet<&str> = found.iter().map(|r| r.probe.as_str()).collect();
+    assert!(probes.len() > 1, "{probes:?}");
+}
+
+async fn check_config(dir: &Path, text: &str) -> Output {
+    source(&write_config(dir, text))
+        .arg("--check-config")
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn bad_configs_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok_site = "[[source.sites]]\nurl = \"http://127.0.0.1/\"\n";
+    let cases = [
+        (
+            format!("[source]\nintervl = \"1s\"\n{ok_site}"),
+            "source.intervl",
+        ),
+        (
+            format!("[source]\ntimeout = \"soon\"\n{ok_site}"),
+            "source.timeout",
+        ),
+        (
+            format!("[source]\ninterval = \"0s\"\n{ok_site}"),
+            "source.interval",
+        ),
+        (
+            format!("[source]\nshard = \"5/4\"\n{ok_site}"),
+            "source.shard",
+        ),
+        ("[source]\ntopic = \"t\"\n".to_owned(), "source.sites"),
+        (
+            format!("{ok_site}[[source.sites]]\nurl = \"ftp://example.com/\"\n"),
+            "source.sites[1].url",
+        ),
+        (
+            format!("{ok_site}regex = \"(unclosed\"\n"),
+            "source.sites[0].regex",
+        ),
+        (
+            format!("{ok_site}expected_status = [999]\n"),
+            "source.sites[0].expected_status",
+        ),
+        (
+            "[source]\nsites_file = \"missing.txt\"\n".to_owned(),
+            "source.sites_file",
+        ),
+        (
+            format!("[kafka]\nbrokers = \"\"\n{ok_site}"),
+            "kafka.brokers",
+        ),
+    ];
+    for (text, key) in &cases {
+        let out = check_config(dir.path(), text).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{key}: {stderr}");
+        assert!(stderr.contains(key), "{key} not named in: {stderr}");
+        assert!(
+            stderr.contains("connector.toml"),
+            "the file is named: {stderr}"
+        );
+    }
+    // Without --check-config too: refused before anything starts.
+    let out = source(&write_config(dir.path(), &cases[0].0))
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    // A bad line of sites_file names that file and line.
+    std::fs::write(
+        dir.path().join("sites.txt"),
+        "http://127.0.0.1/\nnot a url\n",
+    )
+    .unwrap();
+    let out = check_config(dir.path(), "[source]\nsites_file = \"sites.txt\"\n").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("sites.txt:2: key `url`"), "{stderr}");
+}
+
+#[tokio::test]
+async fn env_overrides_and_dollar_vars_take_effect() {
+    let st = stack();
+    let s = TestServer::http().await;
+    let topic = unique("src-env");
+    create_topic(&st.brokers, &topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[kafka]\nbrokers = \"127.0.0.1:1\"\n[source]\ntopic = \"not-this-topic\"\nprobe = \"${{TEST_PROBE_NAME}}\"\ninterval = \"${{TEST_INTERVAL:-2s}}\"\nmetrics_address = \"127.0.0.1:0\"\n{}",
+        site(&s.url("/"), "")
+    );
+    let path = write_config(dir.path(), &text);
+    let shown = source(&path)
+        .arg("--check-config")
+        .env("kafka_topic", &topic)
+        .env("kafka_host", &st.brokers)
+        .env("TEST_PROBE_NAME", "probe-from-env")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(
+        shown.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+    assert!(stdout.contains(&format!("topic = \"{topic}\"")), "{stdout}");
+    assert!(
+        stdout.contains("probe = \"probe-from-env\"") && stdout.contains("interval = \"2s\""),
+        "{stdout}"
+    );
+
+    let out = source(&path)
+        .arg("--once")
+        .env("kafka_topic", &topic)
+        .env("kafka_host", &st.brokers)
+        .env("TEST_PROBE_NAME", "probe-from-env")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let found = records(&consume(&topic).await);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].probe, "probe-from-env");
+    assert!(found[0].ok, "{:?}", found[0]);
+
+    // Unset and without a default: refused, naming the key and the variable.
+    let out = source(&path)
+        .arg("--check-config")
+        .env_remove("TEST_PROBE_NAME")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("source.probe") && stderr.contains("TEST_PROBE_NAME"),
+        "{stderr}"
+    );
+}
