@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use connector_common::KafkaConfig;
 use rdkafka::client::ClientContext;
@@ -46,6 +46,24 @@ use crate::SinkError;
 pub struct SinkContext {
     readiness: Readiness,
     last_commit: Arc<AtomicU64>,
+    warn_limit: RateLimit,
+}
+
+/// Lets one warning through per 10 s; librdkafka repeats a down broker's
+/// error on every poll.
+#[derive(Debug, Default)]
+struct RateLimit(std::sync::Mutex<Option<Instant>>);
+
+impl RateLimit {
+    fn allow(&self) -> bool {
+        let mut last = self.0.lock().expect("rate limit lock");
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 impl ClientContext for SinkContext {
@@ -72,7 +90,11 @@ impl ClientContext for SinkContext {
             self.readiness
                 .set_kafka(Some(format!("Kafka: all brokers are down ({reason})")));
         }
-        tracing::warn!(error = %error, reason, "Kafka client error");
+        if self.warn_limit.allow() {
+            tracing::warn!(error = %error, reason, "Kafka client error (repeats within 10 s are logged at debug level)");
+        } else {
+            tracing::debug!(error = %error, reason, "Kafka client error");
+        }
     }
 }
 
@@ -128,6 +150,7 @@ pub fn consumer(
         .create_with_context(SinkContext {
             readiness,
             last_commit,
+            warn_limit: RateLimit::default(),
         })
         .map_err(SinkError::Kafka)?;
     consumer
@@ -425,9 +448,11 @@ impl Pipeline {
     }
 }
 
+/// A consumer error from `recv`; the client context has already logged it
+/// (rate-limited), so only count it here.
 fn kafka_error(e: &KafkaError) {
     metrics::counter!(m::KAFKA_ERRORS).increment(1);
-    tracing::warn!(error = %e, "Kafka consumer error");
+    tracing::debug!(error = %e, "Kafka consumer error");
 }
 
 /// Stores and commits the offsets after `batch` (the batch is in PostgreSQL).
@@ -462,10 +487,4 @@ pub async fn commit_age_ticker(last_commit: Arc<AtomicU64>, stop: CancellationTo
             }
         }
     }
-}
-
-/// Seconds since the epoch of a system time (for logs).
-pub fn epoch_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }

@@ -222,7 +222,7 @@ impl PgTarget {
         let (client, connection) = self.config.connect(tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection ended");
+                tracing::warn!(error = %crate::write::db_message(&e), "PostgreSQL connection ended");
             }
         });
         Ok(client)

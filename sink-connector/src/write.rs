@@ -19,9 +19,9 @@
 //! hold), the batch is bisected with rolled-back probe transactions to find it,
 //! and it is written to the rejects table with the database's message instead.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::{BufMut, BytesMut};
 use futures::pin_mut;
@@ -293,7 +293,16 @@ pub fn db_message(e: &tokio_postgres::Error) -> String {
             }
             s
         }
-        None => e.to_string(),
+        None => {
+            let mut s = e.to_string();
+            let mut source = StdError::source(e);
+            while let Some(inner) = source {
+                s.push_str(": ");
+                s.push_str(&inner.to_string());
+                source = inner.source();
+            }
+            s
+        }
     };
     text.replace('\0', "")
 }
@@ -543,26 +552,10 @@ pub fn commit_positions(msgs: &[Msg]) -> Vec<(i32, i64)> {
     v
 }
 
-/// Distinct urls of good records in a batch (for logs and tests).
-pub fn distinct_urls(msgs: &[Msg]) -> usize {
-    msgs.iter()
-        .filter_map(|m| match &m.decoded {
-            Decoded::Good(g) => Some(g.url.as_str()),
-            Decoded::Rejected(_) => None,
-        })
-        .collect::<HashSet<_>>()
-        .len()
-}
-
-/// How long a batch took, as seconds for the histogram.
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
+    use std::time::{Duration, UNIX_EPOCH};
 
     fn msg(partition: i32, offset: i64) -> Msg {
         Msg {

@@ -7,7 +7,6 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::RwLock;
 use std::time::Duration;
 
 use connector_common::config::{load_str, Section};
@@ -15,11 +14,14 @@ use connector_common::Loaded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use website_monitor_sink::{Running, SinkConfig};
-use website_monitor_tests::{binary, create_topic, eventually, fresh_schema, pg, produce, repo_root, stack, unique, unique_ident, Stack};
+use website_monitor_tests::{
+    binary, create_topic, eventually, fresh_schema, pg, produce, repo_root, stack, unique,
+    unique_ident, Stack,
+};
 
 /// The PostgreSQL restart test takes this for writing; every other test reads
 /// it, so nothing else in this binary runs while the database is down.
-static PG_RESTART: RwLock<()> = RwLock::new(());
+static PG_RESTART: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -36,13 +38,16 @@ fn plain_kafka(s: &Stack) -> String {
 }
 
 fn load(text: &str) -> Loaded<SinkConfig> {
-    load_str::<SinkConfig>(text, Path::new("test.toml"), Section::Sink, &|_| None).unwrap_or_else(|e| panic!("test config: {e}"))
+    load_str::<SinkConfig>(text, Path::new("test.toml"), Section::Sink, &|_| None)
+        .unwrap_or_else(|e| panic!("test config: {e}"))
 }
 
 async fn start(text: &str) -> (Running, CancellationToken) {
     connector_common::logging::init("info,website_monitor_sink=debug", Default::default());
     let token = CancellationToken::new();
-    let running = website_monitor_sink::start(load(text), token.clone()).await.expect("sink starts");
+    let running = website_monitor_sink::start(load(text), token.clone())
+        .await
+        .expect("sink starts");
     (running, token)
 }
 
@@ -55,17 +60,23 @@ async fn stop(running: Running, token: CancellationToken) {
 }
 
 async fn count(db: &tokio_postgres::Client, schema: &str, table: &str, filter: &str) -> i64 {
-    db.query_one(&format!("SELECT count(*) FROM \"{schema}\".\"{table}\" {filter}"), &[])
-        .await
-        .unwrap_or_else(|e| panic!("counting {schema}.{table}: {e}"))
-        .get(0)
+    db.query_one(
+        &format!("SELECT count(*) FROM \"{schema}\".\"{table}\" {filter}"),
+        &[],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("counting {schema}.{table}: {e}"))
+    .get(0)
 }
 
 /// Waits until `schema.table` holds exactly `n` rows (and fails at once if it holds more).
 async fn wait_rows(db: &tokio_postgres::Client, schema: &str, table: &str, n: i64) {
     eventually(&format!("{n} rows in {schema}.{table}"), WAIT, || async {
         let exists: bool = db
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("\"{schema}\".\"{table}\"")])
+            .query_one(
+                "SELECT to_regclass($1) IS NOT NULL",
+                &[&format!("\"{schema}\".\"{table}\"")],
+            )
             .await
             .unwrap()
             .get(0);
@@ -73,7 +84,10 @@ async fn wait_rows(db: &tokio_postgres::Client, schema: &str, table: &str, n: i6
             return None;
         }
         let c = count(db, schema, table, "").await;
-        assert!(c <= n, "{schema}.{table} holds {c} rows, more than the {n} records produced");
+        assert!(
+            c <= n,
+            "{schema}.{table} holds {c} rows, more than the {n} records produced"
+        );
         (c == n).then_some(())
     })
     .await;
@@ -89,7 +103,10 @@ async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -111,10 +128,18 @@ async fn produce_json(brokers: &str, topic: &str, records: &[Vec<u8>]) {
         .map(|r| {
             serde_json::from_slice::<serde_json::Value>(r)
                 .ok()
-                .and_then(|v| v.get("url").and_then(|u| u.as_str()).map(|u| u.as_bytes().to_vec()))
+                .and_then(|v| {
+                    v.get("url")
+                        .and_then(|u| u.as_str())
+                        .map(|u| u.as_bytes().to_vec())
+                })
         })
         .collect();
-    let pairs: Vec<(Option<&[u8]>, &[u8])> = records.iter().zip(&keys).map(|(r, k)| (k.as_deref(), r.as_slice())).collect();
+    let pairs: Vec<(Option<&[u8]>, &[u8])> = records
+        .iter()
+        .zip(&keys)
+        .map(|(r, k)| (k.as_deref(), r.as_slice()))
+        .collect();
     produce(brokers, topic, &pairs).await;
 }
 
@@ -122,7 +147,7 @@ async fn produce_json(brokers: &str, topic: &str, records: &[Vec<u8>]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_system_test_two_sites_three_checks() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_seed").await;
@@ -138,12 +163,24 @@ async fn seed_system_test_two_sites_three_checks() {
         produce_json(&s.brokers, &topic, &[m.as_bytes().to_vec()]).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let (running, token) = start(&config_text(&plain_kafka(&s), &topic, &schema, &s.postgres_uri, "")).await;
+    let (running, token) = start(&config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        "",
+    ))
+    .await;
     let addr = running.metrics_addr.to_string();
     wait_rows(&db, &schema, "site_check", 3).await;
 
     let rows = db
-        .query(&format!("SELECT url, data, checked_at IS NOT NULL FROM \"{schema}\".site ORDER BY url"), &[])
+        .query(
+            &format!(
+                "SELECT url, data, checked_at IS NOT NULL FROM \"{schema}\".site ORDER BY url"
+            ),
+            &[],
+        )
         .await
         .unwrap();
     assert_eq!(rows.len(), 2, "exactly two rows in site");
@@ -151,9 +188,19 @@ async fn seed_system_test_two_sites_three_checks() {
     assert_eq!(urls, ["http://bar.baz", "http://foo.bar"]);
     let bar: serde_json::Value = rows[0].get(1);
     let foo: serde_json::Value = rows[1].get(1);
-    assert_eq!(bar, serde_json::json!({"url": "http://bar.baz", "key": "valuebar"}));
-    assert_eq!(foo, serde_json::json!({"url": "http://foo.bar", "key": "valuefooupdated"}), "foo.bar holds the updated message");
-    assert!(rows.iter().all(|r| r.get::<_, bool>(2)), "checked_at falls back to the Kafka timestamp");
+    assert_eq!(
+        bar,
+        serde_json::json!({"url": "http://bar.baz", "key": "valuebar"})
+    );
+    assert_eq!(
+        foo,
+        serde_json::json!({"url": "http://foo.bar", "key": "valuefooupdated"}),
+        "foo.bar holds the updated message"
+    );
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(2)),
+        "checked_at falls back to the Kafka timestamp"
+    );
     assert_eq!(count(&db, &schema, "site_check", "").await, 3);
     assert_eq!(count(&db, &schema, "site_rejected", "").await, 0);
     let history: Vec<String> = db
@@ -186,7 +233,7 @@ async fn seed_system_test_two_sites_three_checks() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_schema_records_fill_the_columns() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_cols").await;
@@ -205,8 +252,20 @@ async fn source_schema_records_fill_the_columns() {
         "re_check": null, "ok": false, "error": {"kind": "timeout", "message": "no answer in 5s"},
         "probe": "local", "schema_version": 1
     });
-    produce_json(&s.brokers, &topic, &[json_rec(ok.clone()), json_rec(failed.clone())]).await;
-    let (running, token) = start(&config_text(&plain_kafka(&s), &topic, &schema, &s.postgres_uri, "")).await;
+    produce_json(
+        &s.brokers,
+        &topic,
+        &[json_rec(ok.clone()), json_rec(failed.clone())],
+    )
+    .await;
+    let (running, token) = start(&config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        "",
+    ))
+    .await;
     wait_rows(&db, &schema, "site_check", 2).await;
     let rows = db
         .query(
@@ -229,7 +288,10 @@ async fn source_schema_records_fill_the_columns() {
     assert_eq!(r.get::<_, serde_json::Value>(5), ok);
     assert_eq!(r.get::<_, String>(6), topic);
     assert_eq!((r.get::<_, i32>(7), r.get::<_, i64>(8)), (0, 0));
-    assert!((r.get::<_, f64>(9) - 1764264000.123).abs() < 1e-3, "site.checked_at is the record's");
+    assert!(
+        (r.get::<_, f64>(9) - 1764264000.123).abs() < 1e-3,
+        "site.checked_at is the record's"
+    );
     assert_eq!(r.get::<_, serde_json::Value>(10), ok);
     let r = &rows[1];
     assert_eq!(r.get::<_, Option<bool>>(2), Some(false));
@@ -241,21 +303,51 @@ async fn source_schema_records_fill_the_columns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_record_never_overwrites_a_newer_one() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_order").await;
     let topic = unique("sink-order");
     create_topic(&s.brokers, &topic, 1).await;
-    let rec = |url: &str, t: f64, tag: &str| json_rec(serde_json::json!({"url": url, "checked_at": t, "tag": tag}));
+    let rec = |url: &str, t: f64, tag: &str| {
+        json_rec(serde_json::json!({"url": url, "checked_at": t, "tag": tag}))
+    };
     // In one batch: newer first, then older.
-    produce_json(&s.brokers, &topic, &[rec("http://a/", 2000.0, "new"), rec("http://a/", 1000.0, "old")]).await;
-    let (running, token) = start(&config_text(&plain_kafka(&s), &topic, &schema, &s.postgres_uri, "")).await;
+    produce_json(
+        &s.brokers,
+        &topic,
+        &[
+            rec("http://a/", 2000.0, "new"),
+            rec("http://a/", 1000.0, "old"),
+        ],
+    )
+    .await;
+    let (running, token) = start(&config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        "",
+    ))
+    .await;
     wait_rows(&db, &schema, "site_check", 2).await;
     // In a later batch: older again, and a newer one for a second url.
-    produce_json(&s.brokers, &topic, &[rec("http://a/", 1500.0, "older-later"), rec("http://b/", 10.0, "b1")]).await;
+    produce_json(
+        &s.brokers,
+        &topic,
+        &[
+            rec("http://a/", 1500.0, "older-later"),
+            rec("http://b/", 10.0, "b1"),
+        ],
+    )
+    .await;
     wait_rows(&db, &schema, "site_check", 4).await;
-    produce_json(&s.brokers, &topic, &[rec("http://b/", 5.0, "b-old"), rec("http://b/", 20.0, "b2")]).await;
+    produce_json(
+        &s.brokers,
+        &topic,
+        &[rec("http://b/", 5.0, "b-old"), rec("http://b/", 20.0, "b2")],
+    )
+    .await;
     wait_rows(&db, &schema, "site_check", 6).await;
     let latest = |url: &'static str| {
         let db = &db;
@@ -279,7 +371,7 @@ async fn an_older_record_never_overwrites_a_newer_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_stored() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_bad").await;
@@ -304,10 +396,19 @@ async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_st
     .unwrap();
 
     let long_url = format!("{{\"url\": \"http://{}\"}}", "x".repeat(120));
-    let big = format!("{{\"url\": \"http://big/\", \"pad\": \"{}\"}}", "p".repeat(3000));
+    let big = format!(
+        "{{\"url\": \"http://big/\", \"pad\": \"{}\"}}",
+        "p".repeat(3000)
+    );
     let cases: Vec<(&str, Option<Vec<u8>>)> = vec![
-        ("good", Some(br#"{"url": "http://good1/", "n": 1}"#.to_vec())),
-        ("not_utf8", Some(b"{\"url\": \"http://x/\xff\xfe\"}".to_vec())),
+        (
+            "good",
+            Some(br#"{"url": "http://good1/", "n": 1}"#.to_vec()),
+        ),
+        (
+            "not_utf8",
+            Some(b"{\"url\": \"http://x/\xff\xfe\"}".to_vec()),
+        ),
         ("not_json", Some(b"{\"url\": \"http://x/\"".to_vec())),
         ("not_object", Some(b"[\"http://x/\"]".to_vec())),
         ("no_url", Some(br#"{"href": "http://x/"}"#.to_vec())),
@@ -315,10 +416,19 @@ async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_st
         ("empty_url", Some(br#"{"url": ""}"#.to_vec())),
         ("url_too_long", Some(long_url.into_bytes())),
         ("too_large", Some(big.into_bytes())),
-        ("nul_in_string", Some(br#"{"url": "http://nul/", "e": "a\u0000b"}"#.to_vec())),
+        (
+            "nul_in_string",
+            Some(br#"{"url": "http://nul/", "e": "a\u0000b"}"#.to_vec()),
+        ),
         ("empty", None),
-        ("database", Some(br#"{"url": "http://refused/", "status_code": 599}"#.to_vec())),
-        ("good", Some(br#"{"url": "http://good2/", "n": 2}"#.to_vec())),
+        (
+            "database",
+            Some(br#"{"url": "http://refused/", "status_code": 599}"#.to_vec()),
+        ),
+        (
+            "good",
+            Some(br#"{"url": "http://good2/", "n": 2}"#.to_vec()),
+        ),
     ];
     // Produce in order, with a key on each so the rejects keep it.
     {
@@ -330,7 +440,10 @@ async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_st
             if let Some(v) = payload {
                 r = r.payload(v.as_slice());
             }
-            p.send(r, Duration::from_secs(30)).await.map_err(|(e, _)| e).expect("produce");
+            p.send(r, Duration::from_secs(30))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("produce");
         }
     }
     let n_bad = cases.iter().filter(|c| c.0 != "good").count() as i64;
@@ -347,29 +460,57 @@ async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_st
         let offset: i64 = r.get(0);
         let (want, payload) = &cases[offset as usize];
         assert_eq!(r.get::<_, String>(1), *want, "reason of offset {offset}");
-        assert_eq!(r.get::<_, Option<Vec<u8>>>(3), Some(format!("k{offset}").into_bytes()), "key kept");
+        assert_eq!(
+            r.get::<_, Option<Vec<u8>>>(3),
+            Some(format!("k{offset}").into_bytes()),
+            "key kept"
+        );
         assert_eq!(&r.get::<_, Option<Vec<u8>>>(4), payload, "raw bytes kept");
         let detail: Option<String> = r.get(2);
-        assert!(detail.is_some_and(|d| !d.is_empty()), "offset {offset} has a detail");
+        assert!(
+            detail.is_some_and(|d| !d.is_empty()),
+            "offset {offset} has a detail"
+        );
     }
-    let db_detail: String = rows.iter().find(|r| r.get::<_, String>(1) == "database").unwrap().get(2);
-    assert!(db_detail.contains("no_599") || db_detail.contains("23514"), "PostgreSQL's message is kept: {db_detail}");
+    let db_detail: String = rows
+        .iter()
+        .find(|r| r.get::<_, String>(1) == "database")
+        .unwrap()
+        .get(2);
+    assert!(
+        db_detail.contains("no_599") || db_detail.contains("23514"),
+        "PostgreSQL's message is kept: {db_detail}"
+    );
     let good: Vec<String> = db
-        .query(&format!("SELECT url FROM \"{schema}\".site ORDER BY url"), &[])
+        .query(
+            &format!("SELECT url FROM \"{schema}\".site ORDER BY url"),
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(good, ["http://good1/", "http://good2/"], "good records around the bad ones are stored; the refused one left no row");
+    assert_eq!(
+        good,
+        ["http://good1/", "http://good2/"],
+        "good records around the bad ones are stored; the refused one left no row"
+    );
 
     // The sink is still running and takes more.
-    produce_json(&s.brokers, &topic, &[br#"{"url": "http://good3/"}"#.to_vec()]).await;
+    produce_json(
+        &s.brokers,
+        &topic,
+        &[br#"{"url": "http://good3/"}"#.to_vec()],
+    )
+    .await;
     wait_rows(&db, &schema, "site_check", 3).await;
     let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
     for reason in ["not_utf8", "nul_in_string", "database"] {
         assert!(
-            metrics.contains(&format!("website_monitor_records_rejected_total{{reason=\"{reason}\"}}")),
+            metrics.contains(&format!(
+                "website_monitor_records_rejected_total{{reason=\"{reason}\"}}"
+            )),
             "metrics count reason {reason}"
         );
     }
@@ -402,7 +543,11 @@ impl Proc {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start website-monitor-sink");
-        Self { child, log, _dir: dir }
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
     }
 
     fn log(&self) -> String {
@@ -416,7 +561,10 @@ impl Proc {
 
     /// SIGTERM, then the exit code.
     fn term(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         for _ in 0..600 {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st.code();
@@ -424,7 +572,10 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(100));
         }
         self.kill9();
-        panic!("sink did not stop within 60 s of SIGTERM; log:\n{}", self.log());
+        panic!(
+            "sink did not stop within 60 s of SIGTERM; log:\n{}",
+            self.log()
+        );
     }
 }
 
@@ -436,32 +587,57 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn numbered(i: usize, urls: usize) -> Vec<u8> {
-    json_rec(serde_json::json!({"url": format!("http://site-{}/", i % urls), "checked_at": 1_700_000_000.0 + i as f64, "n": i, "ok": true}))
+    json_rec(
+        serde_json::json!({"url": format!("http://site-{}/", i % urls), "checked_at": 1_700_000_000.0 + i as f64, "n": i, "ok": true}),
+    )
 }
 
 async fn assert_exactly_once(db: &tokio_postgres::Client, schema: &str, n: i64) {
     let r = db
-        .query_one(&format!("SELECT count(*), count(DISTINCT (data->>'n')::int) FROM \"{schema}\".site_check"), &[])
+        .query_one(
+            &format!(
+                "SELECT count(*), count(DISTINCT (data->>'n')::int) FROM \"{schema}\".site_check"
+            ),
+            &[],
+        )
         .await
         .unwrap();
-    assert_eq!((r.get::<_, i64>(0), r.get::<_, i64>(1)), (n, n), "each record exactly once in site_check");
-    assert_eq!(count(db, schema, "site_rejected", "").await, 0, "no record was rejected (a duplicate would be)");
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+        (n, n),
+        "each record exactly once in site_check"
+    );
+    assert_eq!(
+        count(db, schema, "site_rejected", "").await,
+        0,
+        "no record was rejected (a duplicate would be)"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_crash").await;
     let topic = unique("sink-crash");
     create_topic(&s.brokers, &topic, 3).await;
     const N: usize = 30_000;
-    let config = config_text(&plain_kafka(&s), &topic, &schema, &s.postgres_uri, "batch_size = 300\n");
+    let config = config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        "batch_size = 300\n",
+    );
 
     let mut sink = Proc::spawn(&config);
     // Produce in chunks while the sink runs, and kill it once it is part way.
@@ -472,7 +648,10 @@ async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
         if killed_at.is_none() {
             let stored = eventually("the sink to be writing", WAIT, || async {
                 let exists: bool = db
-                    .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("\"{schema}\".site_check")])
+                    .query_one(
+                        "SELECT to_regclass($1) IS NOT NULL",
+                        &[&format!("\"{schema}\".site_check")],
+                    )
                     .await
                     .unwrap()
                     .get(0);
@@ -489,7 +668,10 @@ async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
     }
     let stored_at_kill = killed_at.unwrap();
     let after_kill = count(&db, &schema, "site_check", "").await;
-    assert!(after_kill < N as i64, "the kill came mid-stream ({after_kill} of {N} stored)");
+    assert!(
+        after_kill < N as i64,
+        "the kill came mid-stream ({after_kill} of {N} stored)"
+    );
     eprintln!("killed with {stored_at_kill} of {N} stored");
 
     let mut sink = Proc::spawn(&config);
@@ -503,13 +685,22 @@ async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(newest, ((N - 1) / 700 * 700) as i64, "site holds the newest check of each url");
-    assert_eq!(sink.term(), Some(0), "SIGTERM exits 0; log:\n{}", sink.log());
+    assert_eq!(
+        newest,
+        ((N - 1) / 700 * 700) as i64,
+        "site holds the newest check of each url"
+    );
+    assert_eq!(
+        sink.term(),
+        Some(0),
+        "SIGTERM exits 0; log:\n{}",
+        sink.log()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sinks_in_one_group_store_every_record_exactly_once() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_group").await;
@@ -540,7 +731,12 @@ async fn two_sinks_in_one_group_store_every_record_exactly_once() {
         }
     })
     .await;
-    assert!(joined.is_ok(), "both sinks get partitions; logs:\n{}\n---\n{}", a.log(), b.log());
+    assert!(
+        joined.is_ok(),
+        "both sinks get partitions; logs:\n{}\n---\n{}",
+        a.log(),
+        b.log()
+    );
     let half: Vec<Vec<u8>> = (0..N / 2).map(|i| numbered(i, 300)).collect();
     produce_json(&s.brokers, &topic, &half).await;
     // Both must have taken partitions and written rows.
@@ -548,9 +744,10 @@ async fn two_sinks_in_one_group_store_every_record_exactly_once() {
         let wrote = tokio::time::timeout(WAIT, async {
             loop {
                 if let Some((_, m)) = http_get(&format!("127.0.0.1:{port}"), "/metrics").await {
-                    if m.lines()
-                        .any(|l| l.starts_with("website_monitor_rows_written_total{table=\"site_check\"}") && !l.ends_with(" 0"))
-                    {
+                    if m.lines().any(|l| {
+                        l.starts_with("website_monitor_rows_written_total{table=\"site_check\"}")
+                            && !l.ends_with(" 0")
+                    }) {
                         return;
                     }
                 }
@@ -558,7 +755,11 @@ async fn two_sinks_in_one_group_store_every_record_exactly_once() {
             }
         })
         .await;
-        assert!(wrote.is_ok(), "sink {name} wrote no rows within {WAIT:?}; log:\n{}", proc.log());
+        assert!(
+            wrote.is_ok(),
+            "sink {name} wrote no rows within {WAIT:?}; log:\n{}",
+            proc.log()
+        );
     }
     // One member leaves mid-stream: the other takes its partitions over.
     let rest: Vec<Vec<u8>> = (N / 2..N).map(|i| numbered(i, 300)).collect();
@@ -568,7 +769,12 @@ async fn two_sinks_in_one_group_store_every_record_exactly_once() {
         tokio::task::block_in_place(|| a.term())
     };
     let (_, code) = tokio::join!(producing, stopping);
-    assert_eq!(code, Some(0), "sink a exits 0 on SIGTERM; log:\n{}", a.log());
+    assert_eq!(
+        code,
+        Some(0),
+        "sink a exits 0 on SIGTERM; log:\n{}",
+        a.log()
+    );
     wait_rows(&db, &schema, "site_check", N as i64).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_exactly_once(&db, &schema, N as i64).await;
@@ -578,7 +784,7 @@ async fn two_sinks_in_one_group_store_every_record_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sinks_starting_at_once_on_an_empty_schema_migrate_once_and_both_work() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     // Not created: the sinks create it.
@@ -596,13 +802,19 @@ async fn two_sinks_starting_at_once_on_an_empty_schema_migrate_once_and_both_wor
     wait_ready(&addr_a).await;
     wait_ready(&addr_b).await;
     let versions: Vec<i32> = db
-        .query(&format!("SELECT version FROM \"{schema}\".site_migrations ORDER BY version"), &[])
+        .query(
+            &format!("SELECT version FROM \"{schema}\".site_migrations ORDER BY version"),
+            &[],
+        )
         .await
         .unwrap()
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let expected: Vec<i32> = website_monitor_sink::migrate::MIGRATIONS.iter().map(|m| m.version).collect();
+    let expected: Vec<i32> = website_monitor_sink::migrate::MIGRATIONS
+        .iter()
+        .map(|m| m.version)
+        .collect();
     assert_eq!(versions, expected, "each migration recorded once");
     let recs: Vec<Vec<u8>> = (0..400).map(|i| numbered(i, 40)).collect();
     produce_json(&s.brokers, &topic, &recs).await;
@@ -621,12 +833,19 @@ async fn postgres_restart_while_running_loses_and_doubles_nothing() {
         );
         return;
     }
-    let _g = PG_RESTART.write().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.write().await;
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_pgrestart").await;
     let topic = unique("sink-pgrestart");
     create_topic(&s.brokers, &topic, 2).await;
-    let (running, token) = start(&config_text(&plain_kafka(&s), &topic, &schema, &s.postgres_uri, "batch_size = 500\n")).await;
+    let (running, token) = start(&config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        "batch_size = 500\n",
+    ))
+    .await;
     let addr = running.metrics_addr.to_string();
     let first: Vec<Vec<u8>> = (0..2_000).map(|i| numbered(i, 100)).collect();
     produce_json(&s.brokers, &topic, &first).await;
@@ -635,7 +854,11 @@ async fn postgres_restart_while_running_loses_and_doubles_nothing() {
     drop(db);
 
     let script = repo_root().join("scripts/stack.sh");
-    let st = Command::new("bash").arg(&script).arg("pg-stop").status().expect("pg-stop");
+    let st = Command::new("bash")
+        .arg(&script)
+        .arg("pg-stop")
+        .status()
+        .expect("pg-stop");
     assert!(st.success(), "scripts/stack.sh pg-stop failed");
     let restart = scopeguard(script.clone());
     let second: Vec<Vec<u8>> = (2_000..5_000).map(|i| numbered(i, 100)).collect();
@@ -648,7 +871,11 @@ async fn postgres_restart_while_running_loses_and_doubles_nothing() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let st = Command::new("bash").arg(&script).arg("pg-start").status().expect("pg-start");
+    let st = Command::new("bash")
+        .arg(&script)
+        .arg("pg-start")
+        .status()
+        .expect("pg-start");
     assert!(st.success(), "scripts/stack.sh pg-start failed");
     std::mem::forget(restart);
 
@@ -658,7 +885,10 @@ async fn postgres_restart_while_running_loses_and_doubles_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_exactly_once(&db, &schema, 5_000).await;
     let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
-    assert!(metrics.contains("website_monitor_db_retries_total"), "retries are counted");
+    assert!(
+        metrics.contains("website_monitor_db_retries_total"),
+        "retries are counted"
+    );
     stop(running, token).await;
 }
 
@@ -675,11 +905,15 @@ impl Drop for PgStartOnDrop {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_to_postgres_with_require_and_verify_full() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let ca = s.tls_dir.join("ca.pem");
-    let sep = if s.postgres_uri.contains('?') { '&' } else { '?' };
+    let sep = if s.postgres_uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     for (mode, extra) in [
         ("require", String::new()),
         ("verify-full", format!("&sslrootcert={}", ca.display())),
@@ -688,9 +922,13 @@ async fn tls_to_postgres_with_require_and_verify_full() {
         let topic = unique("sink-tls");
         create_topic(&s.brokers, &topic, 1).await;
         let app = unique_ident("sinktls");
-        let uri = format!("{}{sep}sslmode={mode}{extra}&application_name={app}", s.postgres_uri);
+        let uri = format!(
+            "{}{sep}sslmode={mode}{extra}&application_name={app}",
+            s.postgres_uri
+        );
         produce_json(&s.brokers, &topic, &[br#"{"url": "http://tls/"}"#.to_vec()]).await;
-        let (running, token) = start(&config_text(&plain_kafka(&s), &topic, &schema, &uri, "")).await;
+        let (running, token) =
+            start(&config_text(&plain_kafka(&s), &topic, &schema, &uri, "")).await;
         wait_rows(&db, &schema, "site_check", 1).await;
         let ssl: bool = db
             .query_one(
@@ -712,36 +950,56 @@ async fn tls_to_postgres_with_require_and_verify_full() {
     let wrong_ca = tempfile::NamedTempFile::new().unwrap();
     {
         let mut f = wrong_ca.reopen().unwrap();
-        f.write_all(&std::fs::read(s.tls_dir.join("client.pem")).unwrap()).unwrap();
+        f.write_all(&std::fs::read(s.tls_dir.join("client.pem")).unwrap())
+            .unwrap();
     }
-    let uri = format!("{}{sep}sslmode=verify-full&sslrootcert={}", s.postgres_uri, wrong_ca.path().display());
+    let uri = format!(
+        "{}{sep}sslmode=verify-full&sslrootcert={}",
+        s.postgres_uri,
+        wrong_ca.path().display()
+    );
     let (running, token) = start(&config_text(&plain_kafka(&s), &topic, &schema, &uri, "")).await;
     let addr = running.metrics_addr.to_string();
-    eventually("/readyz to report the certificate problem", WAIT, || async {
-        match http_get(&addr, "/readyz").await {
-            Some((503, body)) if body.contains("PostgreSQL") => Some(()),
-            _ => None,
-        }
-    })
+    eventually(
+        "/readyz to report the certificate problem",
+        WAIT,
+        || async {
+            match http_get(&addr, "/readyz").await {
+                Some((503, body)) if body.contains("PostgreSQL") => Some(()),
+                _ => None,
+            }
+        },
+    )
     .await;
     let exists: bool = db
-        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&format!("\"{schema}\".site")])
+        .query_one(
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[&format!("\"{schema}\".site")],
+        )
         .await
         .unwrap()
         .get(0);
-    assert!(!exists, "no table was created through an unverified connection");
+    assert!(
+        !exists,
+        "no table was created through an unverified connection"
+    );
     stop(running, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumes_through_the_mtls_listener() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_mtls").await;
     let topic = unique("sink-mtls");
     create_topic(&s.brokers, &topic, 1).await;
-    produce_json(&s.brokers, &topic, &[br#"{"url": "http://mtls/", "ok": true}"#.to_vec()]).await;
+    produce_json(
+        &s.brokers,
+        &topic,
+        &[br#"{"url": "http://mtls/", "ok": true}"#.to_vec()],
+    )
+    .await;
     let kafka = format!(
         "[kafka]\nbrokers = \"{}\"\nssl_ca = \"{}\"\nssl_cert = \"{}\"\nssl_key = \"{}\"\n",
         s.ssl_brokers,
@@ -751,18 +1009,28 @@ async fn consumes_through_the_mtls_listener() {
     );
     let (running, token) = start(&config_text(&kafka, &topic, &schema, &s.postgres_uri, "")).await;
     wait_rows(&db, &schema, "site_check", 1).await;
-    assert_eq!(count(&db, &schema, "site", "WHERE url = 'http://mtls/'").await, 1);
+    assert_eq!(
+        count(&db, &schema, "site", "WHERE url = 'http://mtls/'").await,
+        1
+    );
     stop(running, token).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_while_kafka_is_unreachable() {
-    let _g = PG_RESTART.read().unwrap_or_else(|e| e.into_inner());
+    let _g = PG_RESTART.read().await;
     let s = stack();
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_nokafka").await;
     let kafka = format!("[kafka]\nbrokers = \"127.0.0.1:{}\"\n", free_port());
-    let (running, token) = start(&config_text(&kafka, &unique("sink-nokafka"), &schema, &s.postgres_uri, "")).await;
+    let (running, token) = start(&config_text(
+        &kafka,
+        &unique("sink-nokafka"),
+        &schema,
+        &s.postgres_uri,
+        "",
+    ))
+    .await;
     let addr = running.metrics_addr.to_string();
     // PostgreSQL is fine (tables are made) but Kafka is not: not ready, saying why.
     wait_rows(&db, &schema, "site_check", 0).await;
