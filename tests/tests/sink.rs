@@ -916,6 +916,7 @@ async fn tls_to_postgres_with_require_and_verify_full() {
     };
     for (mode, extra) in [
         ("require", String::new()),
+        ("verify-ca", format!("&sslrootcert={}", ca.display())),
         ("verify-full", format!("&sslrootcert={}", ca.display())),
     ] {
         let schema = fresh_schema(&db, "sink_tls").await;
