@@ -127,12 +127,12 @@ impl Sql {
                          SET data = excluded.data, checked_at = excluded.checked_at, updated_at = excluded.updated_at
                          WHERE s.checked_at IS NULL OR excluded.checked_at >= s.checked_at
                      RETURNING s.id, s.url)
-                 SELECT id, url, true FROM up
+                 SELECT id::int8, url, true FROM up
                  UNION ALL
-                 SELECT id, url, false FROM {s} WHERE url = ANY($1) AND url NOT IN (SELECT url FROM up)",
+                 SELECT id::int8, url, false FROM {s} WHERE url = ANY($1) AND url NOT IN (SELECT url FROM up)",
                 s = t.site
             ),
-            site_ids: format!("SELECT id, url FROM {s} WHERE url = ANY($1)", s = t.site),
+            site_ids: format!("SELECT id::int8, url FROM {s} WHERE url = ANY($1)", s = t.site),
             copy_check: format!(
                 "COPY {c} (site_id, checked_at, ok, status_code, duration, data, topic, \"partition\", \"offset\") FROM STDIN (FORMAT binary)",
                 c = t.check

@@ -232,6 +232,63 @@ async fn seed_system_test_two_sites_three_checks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_seed_table_is_kept_and_updated() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_seedtable").await;
+    // The seed's own table: serial id, unique url, jsonb data, nothing else.
+    db.batch_execute(&format!(
+        "CREATE TABLE \"{schema}\".site (id serial PRIMARY KEY, url text UNIQUE NOT NULL, data jsonb);
+         INSERT INTO \"{schema}\".site (url, data) VALUES ('http://foo.bar', '{{\"url\": \"http://foo.bar\", \"key\": \"old\"}}'),
+                                                       ('http://kept/', '{{\"url\": \"http://kept/\"}}');"
+    ))
+    .await
+    .unwrap();
+    let topic = unique("sink-seedtable");
+    create_topic(&s.brokers, &topic, 1).await;
+    produce_json(
+        &s.brokers,
+        &topic,
+        &[
+            br#"{"url": "http://foo.bar", "key": "new"}"#.to_vec(),
+            br#"{"url": "http://new/"}"#.to_vec(),
+        ],
+    )
+    .await;
+    let (running, token) = start(&config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        "",
+    ))
+    .await;
+    wait_rows(&db, &schema, "site_check", 2).await;
+    let rows = db
+        .query(
+            &format!("SELECT id, url, data->>'key' FROM \"{schema}\".site ORDER BY id"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(i32, String, Option<String>)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "http://foo.bar".to_owned(), Some("new".to_owned())),
+            (2, "http://kept/".to_owned(), None),
+            (3, "http://new/".to_owned(), None),
+        ],
+        "the seed's rows keep their ids; a newer record updates its row"
+    );
+    stop(running, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_schema_records_fill_the_columns() {
     let _g = PG_RESTART.read().await;
     let s = stack();
