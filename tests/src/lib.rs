@@ -169,7 +169,12 @@ impl Consumed {
 
 /// Reads `topic` from the beginning until nothing new arrives for `idle`
 /// (or `max` passed), returning every message.
-pub async fn consume_all(brokers: &str, topic: &str, idle: Duration, max: Duration) -> Vec<Consumed> {
+pub async fn consume_all(
+    brokers: &str,
+    topic: &str,
+    idle: Duration,
+    max: Duration,
+) -> Vec<Consumed> {
     let c: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", unique("test-reader"))
@@ -248,7 +253,11 @@ pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let path = target.join(profile).join(name);
     assert!(
         path.is_file(),

@@ -19,7 +19,10 @@ fn mtls(stack: &Stack, c: &mut ClientConfig) {
             "ssl.certificate.location",
             tls.join("client.pem").display().to_string(),
         )
-        .set("ssl.key.location", tls.join("client.key").display().to_string());
+        .set(
+            "ssl.key.location",
+            tls.join("client.key").display().to_string(),
+        );
 }
 
 async fn round_trip(base: ClientConfig, topic: &str) -> Vec<u8> {
@@ -81,18 +84,26 @@ async fn kafka_mtls_listener_refuses_a_client_without_certificate() {
         .expect("producer");
     let r = producer
         .send(
-            FutureRecord::to(&unique("smoke-nocert")).key("k").payload("x"),
+            FutureRecord::to(&unique("smoke-nocert"))
+                .key("k")
+                .payload("x"),
             Duration::from_secs(10),
         )
         .await;
-    assert!(r.is_err(), "a client without a certificate must not be able to produce");
+    assert!(
+        r.is_err(),
+        "a client without a certificate must not be able to produce"
+    );
 }
 
 #[tokio::test]
 async fn postgres_plain_query() {
     let s = stack();
     let client = pg(&s.postgres_uri).await;
-    let row = client.query_one("SELECT 1::int4 + 1", &[]).await.expect("query");
+    let row = client
+        .query_one("SELECT 1::int4 + 1", &[])
+        .await
+        .expect("query");
     assert_eq!(row.get::<_, i32>(0), 2);
 }
 
@@ -112,13 +123,19 @@ async fn postgres_tls_with_verify_full_against_the_stack_ca() {
     .with_root_certificates(roots)
     .with_no_client_auth();
     let tls = tokio_postgres_rustls::MakeRustlsConnect::new(config);
-    let uri = format!("{}?sslmode=require", s.postgres_uri.replace("127.0.0.1", "localhost"));
+    let uri = format!(
+        "{}?sslmode=require",
+        s.postgres_uri.replace("127.0.0.1", "localhost")
+    );
     let (client, conn) = tokio_postgres::connect(&uri, tls)
         .await
         .expect("TLS connection to PostgreSQL with the stack's CA");
     tokio::spawn(conn);
     let row = client
-        .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
         .expect("query");
     assert!(row.get::<_, bool>(0), "the connection must be encrypted");

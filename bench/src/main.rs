@@ -1,0 +1,64 @@
+//! `make bench`: the website-monitor connectors measured against baselines run
+//! in the same process, on the same machine, at the same time — so the ratios
+//! hold when the machine's speed drifts. Benchmarks report; they never fail on
+//! a time.
+//!
+//! Scenarios ([`scenarios`]): source throughput with fresh connections and with
+//! keep-alive (baseline: ApacheBench on the same nginx), source at 100,000 sites
+//! (lateness, memory), sink throughput (baseline: a raw `COPY` of the same rows),
+//! end-to-end latency at 5,000 checks/s. Every connector runs as a real release
+//! process ([`proc`]); the figures go to a table on stdout and to
+//! `target/bench/results.json` ([`report`]).
+//!
+//! Environment: `WM_BENCH_HTTP` (the nginx target, set by `scripts/bench.sh`),
+//! `WM_BENCH_ONLY` (comma-separated scenario names to run), `WM_BENCH_SCALE`
+//! (a factor < 1 shrinks every scenario, for a quick try).
+
+mod proc;
+mod report;
+mod scenarios;
+
+use anyhow::{Context, Result};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let ctx = scenarios::Ctx::from_env()?;
+    let only: Option<Vec<String>> = std::env::var("WM_BENCH_ONLY")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
+    let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
+    let mut figures = Vec::new();
+    if wanted("source") {
+        figures.extend(
+            scenarios::source_throughput(&ctx, false)
+                .await
+                .context("source throughput")?,
+        );
+        figures.extend(
+            scenarios::source_throughput(&ctx, true)
+                .await
+                .context("source keep-alive")?,
+        );
+    }
+    if wanted("scale") {
+        figures.extend(
+            scenarios::source_scale(&ctx)
+                .await
+                .context("source at scale")?,
+        );
+    }
+    if wanted("sink") {
+        figures.extend(
+            scenarios::sink_throughput(&ctx)
+                .await
+                .context("sink throughput")?,
+        );
+    }
+    if wanted("e2e") {
+        figures.extend(scenarios::end_to_end(&ctx).await.context("end to end")?);
+    }
+    report::print_table(&figures);
+    let path = report::write_json(&ctx.root, &figures)?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,447 @@
+//! The benchmark scenarios. Each returns its figures; each runs its baseline
+//! in the same call.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+use crate::proc::{histogram_quantile, metric_sum, Connector};
+use crate::report::Figure;
+use website_monitor_tests::{create_topic, pg, producer, stack, unique, unique_ident, Stack};
+
+const SOURCE_METRICS: &str = "127.0.0.1:19464";
+const SINK_METRICS: &str = "127.0.0.1:19465";
+const PRODUCED: &str = "website_monitor_records_produced_total";
+const LATENESS: &str = "website_monitor_schedule_lateness_seconds";
+const SKIPPED: &str = "website_monitor_skipped_ticks_total";
+
+/// What every scenario needs.
+pub struct Ctx {
+    /// The repository root.
+    pub root: PathBuf,
+    /// The local stack.
+    pub stack: Stack,
+    /// `host:port` of the nginx target.
+    pub http: String,
+    /// Scenario size factor (1.0 = full).
+    pub scale: f64,
+    /// Where configs and logs of this run go.
+    pub work: PathBuf,
+}
+
+impl Ctx {
+    /// From the environment (see the crate doc).
+    pub fn from_env() -> Result<Self> {
+        let root = website_monitor_tests::repo_root();
+        let http =
+            std::env::var("WM_BENCH_HTTP").context("WM_BENCH_HTTP is not set; run `make bench`")?;
+        let scale = std::env::var("WM_BENCH_SCALE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1.0);
+        let work = root.join("target/bench/run");
+        std::fs::create_dir_all(&work)?;
+        Ok(Self {
+            stack: stack(),
+            root,
+            http,
+            scale,
+            work,
+        })
+    }
+
+    fn n(&self, full: usize) -> usize {
+        ((full as f64 * self.scale) as usize).max(1)
+    }
+
+    fn bin(&self, name: &str) -> PathBuf {
+        self.root.join("target/release").join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<PathBuf> {
+        let p = self.work.join(name);
+        std::fs::write(&p, text)?;
+        Ok(p)
+    }
+}
+
+/// Runs ApacheBench against the target and returns requests/s.
+fn ab(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<f64> {
+    let mut cmd = Command::new("ab");
+    cmd.args(["-q", "-n", &requests.to_string(), "-c", "64"]);
+    if keep_alive {
+        cmd.arg("-k");
+    }
+    let out = cmd
+        .arg(format!("http://{}/", ctx.http))
+        .output()
+        .context("running ab")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find(|l| l.starts_with("Requests per second:"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        .with_context(|| format!("ab printed no rate: {text}"))
+}
+
+fn sites_file(ctx: &Ctx, name: &str, count: usize) -> Result<PathBuf> {
+    let mut text = String::with_capacity(count * 40);
+    for i in 0..count {
+        let _ = writeln!(text, "http://{}/s/{i}", ctx.http);
+    }
+    ctx.write(name, &text)
+}
+
+fn source_config(
+    ctx: &Ctx,
+    topic: &str,
+    sites: &Path,
+    interval: &str,
+    concurrency: usize,
+    keep_alive: bool,
+) -> String {
+    format!(
+        "log_level = \"warn\"\n[kafka]\nbrokers = \"{brokers}\"\n[source]\ntopic = \"{topic}\"\nprobe = \"bench\"\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = {concurrency}\nkeep_alive = {keep_alive}\nper_site_metrics = false\nmetrics_address = \"{SOURCE_METRICS}\"\nsites_file = \"{sites}\"\n",
+        brokers = ctx.stack.brokers,
+        sites = sites.display(),
+    )
+}
+
+/// Acknowledged records/s and CPU per 1,000 checks over a steady window.
+struct Window {
+    rate: f64,
+    cpu_per_1000: f64,
+}
+
+fn measure_window(c: &Connector, warmup: Duration, window: Duration) -> Result<Window> {
+    std::thread::sleep(warmup);
+    let (p0, cpu0, t0) = (
+        metric_sum(&c.scrape()?, PRODUCED),
+        c.cpu_seconds(),
+        Instant::now(),
+    );
+    std::thread::sleep(window);
+    let (p1, cpu1, dt) = (
+        metric_sum(&c.scrape()?, PRODUCED),
+        c.cpu_seconds(),
+        t0.elapsed(),
+    );
+    let checks = p1 - p0;
+    if checks <= 0.0 {
+        bail!("no records were acknowledged during the window");
+    }
+    Ok(Window {
+        rate: checks / dt.as_secs_f64(),
+        cpu_per_1000: (cpu1 - cpu0) / checks * 1000.0,
+    })
+}
+
+/// Source checks/s (acknowledged by Kafka) with fresh connections or keep-alive,
+/// against ApacheBench on the same nginx in the same run.
+pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure>> {
+    let label = if keep_alive { "keepalive" } else { "fresh" };
+    let baseline = ab(
+        ctx,
+        ctx.n(if keep_alive { 200_000 } else { 40_000 }),
+        keep_alive,
+    )?;
+    let topic = unique("bench-source");
+    create_topic(&ctx.stack.brokers, &topic, 4).await;
+    let sites = sites_file(ctx, "throughput-sites.txt", ctx.n(8_000))?;
+    let config = ctx.write(
+        &format!("source-{label}.toml"),
+        &source_config(ctx, &topic, &sites, "250ms", 64, keep_alive),
+    )?;
+    let c = Connector::start(
+        &ctx.bin("website-monitor-source"),
+        &config,
+        SOURCE_METRICS,
+        &ctx.work.join(format!("source-{label}.log")),
+    )?;
+    let w = measure_window(&c, Duration::from_secs(5), Duration::from_secs(15))?;
+    let rss = c.peak_rss() as f64 / 1048576.0;
+    c.stop()?;
+    let (baseline_name, target) = if keep_alive {
+        ("ab -k -c 64 (keep-alive)", "ratio >= 0.3")
+    } else {
+        ("ab -c 64 (fresh connections)", "ratio >= 0.7")
+    };
+    Ok(vec![
+        Figure::against(
+            &format!("source.{label}.checks_per_s"),
+            w.rate,
+            "checks/s",
+            baseline,
+            baseline_name,
+            target,
+        ),
+        Figure::plain(
+            &format!("source.{label}.cpu_s_per_1000_checks"),
+            w.cpu_per_1000,
+            "cpu-s",
+        ),
+        Figure::plain(&format!("source.{label}.peak_rss"), rss, "MiB"),
+    ])
+}
+
+/// 100,000 sites at a 60 s interval: lateness, skipped ticks, memory, rate.
+pub async fn source_scale(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let topic = unique("bench-scale");
+    create_topic(&ctx.stack.brokers, &topic, 4).await;
+    let count = ctx.n(100_000);
+    let sites = sites_file(ctx, "scale-sites.txt", count)?;
+    let config = ctx.write(
+        "source-scale.toml",
+        &source_config(ctx, &topic, &sites, "60s", 1024, false),
+    )?;
+    let c = Connector::start(
+        &ctx.bin("website-monitor-source"),
+        &config,
+        SOURCE_METRICS,
+        &ctx.work.join("source-scale.log"),
+    )?;
+    let run = Duration::from_secs((150.0 * ctx.scale.max(0.2)) as u64);
+    let w = measure_window(&c, Duration::from_secs(10), run)?;
+    let text = c.scrape()?;
+    let p50 = histogram_quantile(&text, LATENESS, 0.5).unwrap_or(f64::NAN);
+    let p99 = histogram_quantile(&text, LATENESS, 0.99).unwrap_or(f64::NAN);
+    let skipped = metric_sum(&text, SKIPPED);
+    let rss = c.peak_rss() as f64 / 1048576.0;
+    c.stop()?;
+    Ok(vec![
+        Figure::plain("scale.sites", count as f64, "sites"),
+        Figure::plain("scale.checks_per_s", w.rate, "checks/s"),
+        Figure::plain("scale.lateness_p50", p50 * 1000.0, "ms"),
+        Figure::plain("scale.lateness_p99", p99 * 1000.0, "ms").with_target("< 100 ms"),
+        Figure::plain("scale.skipped_ticks", skipped, "ticks"),
+        Figure::plain("scale.peak_rss", rss, "MiB").with_target("< 256 MiB"),
+    ])
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64()
+}
+
+/// A source-schema record of about 280 bytes.
+fn record(i: usize, urls: usize, t: f64) -> String {
+    let ok = i % 17 != 0;
+    serde_json::json!({
+        "url": format!("https://site-{}.example.com/", i % urls),
+        "checked_at": t,
+        "status_code": if ok { 200 } else { 503 },
+        "duration": 0.0123 + (i % 100) as f64 / 1000.0,
+        "re_check": ok,
+        "ok": ok,
+        "error": if ok { serde_json::Value::Null } else { serde_json::json!({"kind": "status", "message": "unexpected status 503"}) },
+        "timings": {"dns": 0.0004, "connect": 0.0011, "tls": null, "ttfb": 0.0081, "transfer": 0.0002},
+        "http_version": "HTTP/1.1",
+        "response_bytes": 1256,
+        "redirects": 0,
+        "ip": "127.0.0.1",
+        "tls": null,
+        "probe": "bench",
+        "schema_version": 1
+    })
+    .to_string()
+}
+
+/// Sink records/s (history + latest + offsets after commit) against a raw COPY
+/// of the same rows into a plain jsonb table, in the same run.
+pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let n = ctx.n(300_000);
+    let urls = ctx.n(3_000);
+    let t0 = now_secs();
+    let records: Vec<String> = (0..n)
+        .map(|i| record(i, urls, t0 + i as f64 / 1000.0))
+        .collect();
+    let avg_bytes = records.iter().map(String::len).sum::<usize>() as f64 / n as f64;
+
+    // Baseline: COPY the same JSON into a plain table.
+    let client = pg(&ctx.stack.postgres_uri).await;
+    let table = unique_ident("bench_copy");
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE \"{table}\" (id bigserial primary key, data jsonb)"
+        ))
+        .await?;
+    let mut text = String::with_capacity(n * 300);
+    for r in &records {
+        text.push_str(&r.replace('\\', "\\\\"));
+        text.push('\n');
+    }
+    let started = Instant::now();
+    let sink = client
+        .copy_in(&format!("COPY \"{table}\" (data) FROM STDIN"))
+        .await?;
+    futures::pin_mut!(sink);
+    use futures::SinkExt;
+    sink.send(bytes_of(text)).await?;
+    let copied = sink.finish().await?;
+    let copy_rate = copied as f64 / started.elapsed().as_secs_f64();
+    client
+        .batch_execute(&format!("DROP TABLE \"{table}\""))
+        .await?;
+
+    // Fill a topic, then time the sink from its start to the last row.
+    let topic = unique("bench-sink");
+    create_topic(&ctx.stack.brokers, &topic, 4).await;
+    fill_topic(&producer(&ctx.stack.brokers), &topic, &records).await?;
+    let schema = unique_ident("bench_sink");
+    let config = ctx.write(
+        "sink.toml",
+        &format!(
+            "log_level = \"warn\"\n[kafka]\nbrokers = \"{}\"\n[sink]\ntopic = \"{topic}\"\ngroup_id = \"{}\"\npostgres_uri = \"{}\"\nschema = \"{schema}\"\nmetrics_address = \"{SINK_METRICS}\"\n",
+            ctx.stack.brokers,
+            unique("bench-group"),
+            ctx.stack.postgres_uri
+        ),
+    )?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+        .await?;
+    let started = Instant::now();
+    let c = Connector::start(
+        &ctx.bin("website-monitor-sink"),
+        &config,
+        SINK_METRICS,
+        &ctx.work.join("sink.log"),
+    )?;
+    let count_sql = format!("SELECT count(*) FROM \"{schema}\".site_check");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done = match client.query_one(&count_sql, &[]).await {
+            Ok(row) => row.get::<_, i64>(0) as usize >= n,
+            Err(_) => false, // tables not created yet
+        };
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the sink did not store {n} records within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu = c.cpu_seconds();
+    let rss = c.peak_rss() as f64 / 1048576.0;
+    c.stop()?;
+    let latest: i64 = client
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".site"), &[])
+        .await?
+        .get(0);
+    client
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await?;
+    Ok(vec![
+        Figure::plain("sink.records", n as f64, "records"),
+        Figure::plain("sink.avg_record_bytes", avg_bytes, "bytes"),
+        Figure::against(
+            "sink.records_per_s",
+            rate,
+            "records/s",
+            copy_rate,
+            "raw COPY into (data jsonb)",
+            "ratio >= 0.5",
+        ),
+        Figure::plain("sink.latest_rows", latest as f64, "rows"),
+        Figure::plain(
+            "sink.cpu_s_per_1000_records",
+            cpu / n as f64 * 1000.0,
+            "cpu-s",
+        ),
+        Figure::plain("sink.peak_rss", rss, "MiB"),
+    ])
+}
+
+fn bytes_of(text: String) -> bytes::Bytes {
+    bytes::Bytes::from(text)
+}
+
+async fn fill_topic(p: &FutureProducer, topic: &str, records: &[String]) -> Result<()> {
+    for chunk in records.chunks(10_000) {
+        let sends = chunk.iter().map(|r| {
+            let url = r
+                .split("\"url\":\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("");
+            p.send(
+                FutureRecord::to(topic).key(url).payload(r.as_str()),
+                Duration::from_secs(60),
+            )
+        });
+        for res in futures::future::join_all(sends).await {
+            res.map_err(|(e, _)| anyhow::anyhow!("filling {topic}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Source → Kafka → sink at 5,000 checks/s: p50/p99 of (row insert time − checked_at),
+/// measured in the database.
+pub async fn end_to_end(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let topic = unique("bench-e2e");
+    create_topic(&ctx.stack.brokers, &topic, 4).await;
+    let sites = sites_file(ctx, "e2e-sites.txt", ctx.n(5_000))?;
+    let schema = unique_ident("bench_e2e");
+    let client = pg(&ctx.stack.postgres_uri).await;
+    client
+        .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+        .await?;
+    let mut text = source_config(ctx, &topic, &sites, "1s", 1024, false);
+    let _ = write!(
+        text,
+        "[sink]\ntopic = \"{topic}\"\ngroup_id = \"{}\"\npostgres_uri = \"{}\"\nschema = \"{schema}\"\nmetrics_address = \"{SINK_METRICS}\"\n",
+        unique("bench-e2e-group"),
+        ctx.stack.postgres_uri
+    );
+    let config = ctx.write("e2e.toml", &text)?;
+    let sink = Connector::start(
+        &ctx.bin("website-monitor-sink"),
+        &config,
+        SINK_METRICS,
+        &ctx.work.join("e2e-sink.log"),
+    )?;
+    let source = Connector::start(
+        &ctx.bin("website-monitor-source"),
+        &config,
+        SOURCE_METRICS,
+        &ctx.work.join("e2e-source.log"),
+    )?;
+    let warm = now_secs() + 10.0;
+    let w = measure_window(&source, Duration::from_secs(10), Duration::from_secs(30))?;
+    let until = now_secs() - 2.0;
+    let (source_rss, sink_rss) = (source.peak_rss(), sink.peak_rss());
+    source.stop()?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sink.stop()?;
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), count(*) \
+                 FROM (SELECT extract(epoch FROM inserted_at)::float8 - (data->>'checked_at')::float8 AS lag \
+                       FROM \"{schema}\".site_check WHERE (data->>'checked_at')::float8 BETWEEN $1 AND $2) s"
+            ),
+            &[&warm, &until],
+        )
+        .await?;
+    let (p50, p99, rows): (Option<f64>, Option<f64>, i64) = (row.get(0), row.get(1), row.get(2));
+    client
+        .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await?;
+    Ok(vec![
+        Figure::plain("e2e.checks_per_s", w.rate, "checks/s").with_target("5000 offered"),
+        Figure::plain("e2e.rows_measured", rows as f64, "rows"),
+        Figure::plain("e2e.latency_p50", p50.unwrap_or(f64::NAN) * 1000.0, "ms"),
+        Figure::plain("e2e.latency_p99", p99.unwrap_or(f64::NAN) * 1000.0, "ms")
+            .with_target("< 500 ms"),
+        Figure::plain("e2e.source_peak_rss", source_rss as f64 / 1048576.0, "MiB"),
+        Figure::plain("e2e.sink_peak_rss", sink_rss as f64 / 1048576.0, "MiB"),
+    ])
+}
