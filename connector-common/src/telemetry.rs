@@ -40,8 +40,10 @@ pub fn install_recorder() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
+            // Seconds; fine at the low end, where lateness and loopback checks live.
             let buckets = [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
+                1.0, 2.5, 5.0, 10.0, 30.0,
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
