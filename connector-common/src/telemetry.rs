@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,6 +47,12 @@ pub fn install_recorder() -> PrometheusHandle {
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
+                .expect("static buckets are valid")
+                // Counts, not seconds: records per batch and the like.
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_size".to_owned()),
+                    &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0],
+                )
                 .expect("static buckets are valid")
                 .build_recorder();
             let handle = recorder.handle();
