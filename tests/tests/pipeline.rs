@@ -1,0 +1,163 @@
+//! The pair end to end: the source checks loopback HTTP targets and writes
+//! Kafka, the sink drains that topic into PostgreSQL. Real Kafka, real
+//! PostgreSQL, one topic and one schema per test.
+
+use std::path::Path;
+use std::time::Duration;
+
+use connector_common::config::{load_str, Section};
+use tokio_util::sync::CancellationToken;
+use website_monitor_sink::SinkConfig;
+use website_monitor_source::{RunOptions, SourceConfig};
+use website_monitor_tests::http::TestServer;
+use website_monitor_tests::{create_topic, eventually, fresh_schema, pg, stack, unique};
+
+fn config(target: &TestServer, topic: &str, schema: &str, group: &str) -> String {
+    let s = stack();
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+
+[source]
+topic = "{topic}"
+probe = "pipeline-test"
+interval = "500ms"
+timeout = "2s"
+metrics_address = "127.0.0.1:0"
+
+[[source.sites]]
+url = "{up}"
+regex = "quick brown fox"
+
+[[source.sites]]
+url = "{down}"
+
+[[source.sites]]
+url = "http://127.0.0.1:9/"
+
+[sink]
+topic = "{topic}"
+group_id = "{group}"
+postgres_uri = "{pg}"
+schema = "{schema}"
+batch_timeout = "100ms"
+metrics_address = "127.0.0.1:0"
+"#,
+        brokers = s.brokers,
+        up = target.url("/text"),
+        down = target.url("/status/503"),
+        pg = s.postgres_uri,
+    )
+}
+
+#[tokio::test]
+async fn checks_flow_from_source_through_kafka_into_latest_and_history_tables() {
+    let s = stack();
+    let target = TestServer::http().await;
+    let topic = unique("pipeline");
+    create_topic(&s.brokers, &topic, 2).await;
+    let client = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&client, "pipeline").await;
+    let text = config(&target, &topic, &schema, &unique("pipeline-group"));
+    let source_cfg =
+        load_str::<SourceConfig>(&text, Path::new("pipeline.toml"), Section::Source, &|_| {
+            None
+        })
+        .expect("source config");
+    let sink_cfg =
+        load_str::<SinkConfig>(&text, Path::new("pipeline.toml"), Section::Sink, &|_| None)
+            .expect("sink config");
+
+    let (stop_source, stop_sink) = (CancellationToken::new(), CancellationToken::new());
+    let sink = website_monitor_sink::start(sink_cfg, stop_sink.clone())
+        .await
+        .expect("sink starts");
+    let source =
+        website_monitor_source::start(source_cfg, RunOptions::default(), stop_source.clone())
+            .await
+            .expect("source starts");
+
+    // Every site shows up in the latest-state table, with at least 3 checks each in history.
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM \"{schema}\".site), \
+                (SELECT min(n) FROM (SELECT count(*) AS n FROM \"{schema}\".site_check GROUP BY site_id) c)"
+    );
+    eventually(
+        "3 sites with 3 checks each in PostgreSQL",
+        Duration::from_secs(60),
+        || async {
+            let row = client.query_one(&sql, &[]).await.ok()?;
+            let (sites, min_checks): (i64, Option<i64>) = (row.get(0), row.get(1));
+            (sites == 3 && min_checks.unwrap_or(0) >= 3).then_some(())
+        },
+    )
+    .await;
+    stop_source.cancel();
+    let summary = source.wait().await.expect("source stops cleanly");
+    assert_eq!(summary.failed, 0, "every record delivered to Kafka");
+
+    // Nothing lost, nothing doubled: history ends up holding exactly the
+    // records the source had acknowledged by Kafka.
+    let count_sql = format!("SELECT count(*) FROM \"{schema}\".site_check");
+    let stored: i64 = eventually(
+        "history to hold every delivered record",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = client.query_one(&count_sql, &[]).await.ok()?.get(0);
+            (n as u64 >= summary.delivered).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(
+        stored as u64, summary.delivered,
+        "history rows == delivered records"
+    );
+    stop_sink.cancel();
+    sink.wait().await.expect("sink stops cleanly");
+
+    // The latest row of each site holds a whole source record with the right verdict.
+    let rows = client
+        .query(
+            &format!(
+                "SELECT url, data, checked_at IS NOT NULL FROM \"{schema}\".site ORDER BY url"
+            ),
+            &[],
+        )
+        .await
+        .expect("latest rows");
+    let by_url = |u: &str| {
+        rows.iter()
+            .find(|r| r.get::<_, String>(0) == u)
+            .map(|r| r.get::<_, serde_json::Value>(1))
+            .unwrap_or_else(|| panic!("no latest row for {u}"))
+    };
+    let up = by_url(&target.url("/text"));
+    assert_eq!(up["ok"], true);
+    assert_eq!(up["status_code"], 200);
+    assert_eq!(up["re_check"], true);
+    assert_eq!(up["probe"], "pipeline-test");
+    let down = by_url(&target.url("/status/503"));
+    assert_eq!(down["ok"], false);
+    assert_eq!(down["error"]["kind"], "status");
+    let refused = by_url("http://127.0.0.1:9/");
+    assert_eq!(refused["error"]["kind"], "connect");
+    assert!(refused["status_code"].is_null());
+    assert!(
+        rows.iter().all(|r| r.get::<_, bool>(2)),
+        "checked_at column filled"
+    );
+
+    let dup: i64 = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM (SELECT 1 FROM \"{schema}\".site_check \
+                 GROUP BY data->>'url', data->>'checked_at' HAVING count(*) > 1) d"
+            ),
+            &[],
+        )
+        .await
+        .expect("duplicate query")
+        .get(0);
+    assert_eq!(dup, 0, "no check stored twice");
+}
