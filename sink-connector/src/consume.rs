@@ -115,11 +115,7 @@ impl ConsumerContext for SinkContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         match result {
-            Ok(()) => {
-                let now = m::unix_now();
-                self.last_commit.store(now.to_bits(), Ordering::Relaxed);
-                metrics::gauge!(m::LAST_COMMIT_TIMESTAMP).set(now);
-            }
+            Ok(()) => mark_committed(&self.last_commit),
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => {
                 tracing::warn!(error = %e, offsets = offsets.count(), "Kafka offset commit failed; the records are already in PostgreSQL and will be skipped if redelivered")
@@ -187,6 +183,7 @@ pub struct Pipeline {
     shutdown: CancellationToken,
     conn: Option<Conn>,
     limits: Limits,
+    last_commit: Arc<AtomicU64>,
 }
 
 /// Whether a PostgreSQL error is about the connection (retry) rather than the SQL.
@@ -211,6 +208,7 @@ impl Pipeline {
         tls: MakeRustlsConnect,
         readiness: Readiness,
         shutdown: CancellationToken,
+        last_commit: Arc<AtomicU64>,
     ) -> Self {
         let tables = Tables::new(&cfg.schema, &cfg.table);
         let sql = Sql::new(&tables);
@@ -228,6 +226,7 @@ impl Pipeline {
             shutdown,
             conn: None,
             limits,
+            last_commit,
         }
     }
 
@@ -402,6 +401,7 @@ impl Pipeline {
 
     /// Runs until shutdown: consume, write, commit.
     pub async fn run(mut self, consumer: SinkConsumer) -> Result<(), SinkError> {
+        let consumer = Arc::new(consumer);
         while !self.shutdown.is_cancelled() {
             let batch = self.collect(&consumer).await;
             if batch.is_empty() {
@@ -413,13 +413,12 @@ impl Pipeline {
                 break;
             };
             self.record(&outcome);
-            commit(&consumer, &self.cfg.topic, &batch, CommitMode::Async);
+            commit(&consumer, &self.cfg.topic, &batch, &self.last_commit).await;
         }
-        match consumer.commit_consumer_state(CommitMode::Sync) {
-            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "final Kafka offset commit failed; the records are in PostgreSQL and will be skipped if redelivered")
-            }
+        // Leaving the group blocks (librdkafka's close), so off the runtime.
+        let closed = tokio::task::spawn_blocking(move || drop(consumer)).await;
+        if let Err(e) = closed {
+            tracing::warn!(error = %e, "closing the Kafka consumer failed");
         }
         tracing::info!("sink stopped");
         Ok(())
@@ -455,8 +454,18 @@ fn kafka_error(e: &KafkaError) {
     tracing::debug!(error = %e, "Kafka consumer error");
 }
 
+fn mark_committed(last_commit: &AtomicU64) {
+    let now = m::unix_now();
+    last_commit.store(now.to_bits(), Ordering::Relaxed);
+    metrics::gauge!(m::LAST_COMMIT_TIMESTAMP).set(now);
+}
+
 /// Stores and commits the offsets after `batch` (the batch is in PostgreSQL).
-fn commit(consumer: &SinkConsumer, topic: &str, batch: &[Msg], mode: CommitMode) {
+///
+/// The commit is synchronous (on a blocking thread) so its result is known:
+/// the StreamConsumer does not deliver asynchronous commit results. One
+/// round trip per batch.
+async fn commit(consumer: &Arc<SinkConsumer>, topic: &str, batch: &[Msg], last_commit: &AtomicU64) {
     let mut tpl = TopicPartitionList::new();
     for (p, next) in commit_positions(batch) {
         if let Err(e) = tpl.add_partition_offset(topic, p, Offset::Offset(next)) {
@@ -468,8 +477,14 @@ fn commit(consumer: &SinkConsumer, topic: &str, batch: &[Msg], mode: CommitMode)
         // Partitions revoked meanwhile: their new owner skips what we wrote.
         tracing::debug!(error = %e, "storing offsets failed");
     }
-    if let Err(e) = consumer.commit(&tpl, mode) {
-        tracing::warn!(error = %e, "Kafka offset commit failed; the records are in PostgreSQL and will be skipped if redelivered");
+    let c = Arc::clone(consumer);
+    match tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync)).await {
+        Ok(Ok(())) => mark_committed(last_commit),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "Kafka offset commit failed; the records are in PostgreSQL and will be skipped if redelivered"
+        ),
+        Err(e) => tracing::warn!(error = %e, "Kafka offset commit task failed"),
     }
 }
 

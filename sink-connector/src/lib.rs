@@ -107,7 +107,7 @@ pub async fn start(
             }
         };
     tokio::spawn(consume::commit_age_ticker(
-        last_commit,
+        last_commit.clone(),
         telemetry_stop.clone(),
     ));
 
@@ -119,7 +119,7 @@ pub async fn start(
         postgres = %target.describe(),
         "sink starting"
     );
-    let pipeline = consume::Pipeline::new(cfg, target, tls, readiness, shutdown);
+    let pipeline = consume::Pipeline::new(cfg, target, tls, readiness, shutdown, last_commit);
     let task = tokio::spawn(async move {
         let result = async {
             let mut pipeline = pipeline;

@@ -228,6 +228,24 @@ async fn seed_system_test_two_sites_three_checks() {
         assert!(metrics.contains(name), "/metrics lacks {name}");
     }
     assert_eq!(http_get(&addr, "/healthz").await.map(|r| r.0), Some(200));
+    // From librdkafka statistics and the commit callback: the partition is
+    // drained and its offsets committed.
+    let lag_line = format!("website_monitor_consumer_lag{{topic=\"{topic}\",partition=\"0\"}} 0");
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, m) = http_get(&addr, "/metrics").await.unwrap_or_default();
+            if m.contains(&lag_line) && m.contains("website_monitor_last_commit_timestamp_seconds")
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if seen.is_err() {
+        let (_, m) = http_get(&addr, "/metrics").await.unwrap_or_default();
+        panic!("/metrics lacks `{lag_line}` or the last commit timestamp:\n{m}");
+    }
     stop(running, token).await;
 }
 
