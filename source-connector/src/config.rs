@@ -16,6 +16,9 @@ use std::time::Duration;
 use connector_common::config::{Invalid, StringMap, Validate};
 use serde::{Deserialize, Serialize};
 
+/// The largest `concurrency` accepted.
+pub const MAX_CONCURRENCY: usize = 1_000_000;
+
 /// The `[source]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,8 +243,11 @@ impl Validate for SourceConfig {
                 "empty probe name; name this checker instance, e.g. \"eu-west-1\"",
             ));
         }
-        if self.concurrency == 0 {
-            out.push(Invalid::new(key("concurrency"), "must be at least 1"));
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            out.push(Invalid::new(
+                key("concurrency"),
+                format!("must be between 1 and {MAX_CONCURRENCY}"),
+            ));
         }
         if !address_is_valid(&self.metrics_address) {
             out.push(Invalid::new(

@@ -166,9 +166,8 @@ pub async fn start(
         finished: Default::default(),
         skipped: Default::default(),
     });
-    let concurrency = u32::try_from(source.concurrency)
-        .unwrap_or(u32::MAX)
-        .min(Semaphore::MAX_PERMITS as u32);
+    // Validated to 1..=MAX_CONCURRENCY, so it fits.
+    let concurrency = u32::try_from(source.concurrency).unwrap_or(u32::MAX);
     let permits = Arc::new(Semaphore::new(concurrency as usize));
     let flush_timeout = source.flush_timeout;
     let task = tokio::spawn(async move {

@@ -66,6 +66,30 @@ pub struct DeliveryContext {
     counts: Arc<Counts>,
     health: Health,
     delivering: AtomicBool,
+    log_limit: OncePerSecond,
+}
+
+/// Lets one log line a second through, so a broker outage that fails
+/// thousands of queued records does not flood the log (the counters keep
+/// every failure).
+#[derive(Debug)]
+struct OncePerSecond {
+    start: Instant,
+    last: AtomicU64,
+}
+
+impl OncePerSecond {
+    fn new() -> Self {
+        OncePerSecond {
+            start: Instant::now(),
+            last: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    fn allow(&self) -> bool {
+        let now = self.start.elapsed().as_secs();
+        self.last.swap(now, Ordering::Relaxed) != now
+    }
 }
 
 impl ClientContext for DeliveryContext {
@@ -107,11 +131,14 @@ impl ProducerContext for DeliveryContext {
             }
             Err((e, message)) => {
                 self.counts.failed();
-                let key = message
-                    .key()
-                    .map(String::from_utf8_lossy)
-                    .unwrap_or_default();
-                tracing::warn!(error = %e, url = %key, "record not delivered to Kafka");
+                if self.log_limit.allow() {
+                    let key = message
+                        .key()
+                        .map(String::from_utf8_lossy)
+                        .unwrap_or_default();
+                    let (_, failed) = self.counts.get();
+                    tracing::warn!(error = %e, url = %key, failed_so_far = failed, "record not delivered to Kafka (logged at most once a second)");
+                }
                 if self.delivering.swap(false, Ordering::Relaxed) {
                     self.health
                         .set_not_ready(format!("last delivery to Kafka failed: {e}"));
@@ -144,6 +171,7 @@ impl KafkaPublisher {
             counts: Arc::clone(&counts),
             health: health.clone(),
             delivering: AtomicBool::new(false),
+            log_limit: OncePerSecond::new(),
         };
         let producer: ThreadedProducer<DeliveryContext> =
             config.create_with_context(context).map_err(PublishError)?;
@@ -155,7 +183,14 @@ impl KafkaPublisher {
                 .client()
                 .fetch_metadata(Some(&topic_name), Duration::from_secs(10))
             {
-                Ok(_) => health.set_ready(),
+                Ok(m) => match m.topics().first().and_then(|t| t.error()) {
+                    None => health.set_ready(),
+                    Some(e) => {
+                        let e = RDKafkaErrorCode::from(e);
+                        tracing::warn!(topic = %topic_name, error = %e, "the topic is not usable yet; create it (or let the brokers auto-create it)");
+                        health.set_not_ready(format!("topic {topic_name}: {e}"));
+                    }
+                },
                 Err(e) => {
                     tracing::warn!(error = %e, brokers = %brokers, "Kafka does not answer yet; checks go on and records wait in the producer queue");
                     health.set_not_ready(format!("Kafka at {brokers} does not answer: {e}"));
