@@ -11,8 +11,8 @@
 //! - `/big/{bytes}` — 200 with a body of that many bytes, streamed in 16 KiB
 //!   chunks; [`TestServer::bytes_sent`] counts the chunks handed to the socket.
 //!
-//! Every server counts requests per path and the most requests it ever had
-//! open at once ([`TestServer::max_in_flight`]). [`Pki`] makes the TLS side: a
+//! Every server counts connections, requests per path and the most requests
+//! it ever had open at once ([`TestServer::max_in_flight`]). [`Pki`] makes the TLS side: a
 //! test CA, a server certificate it signed, and a self-signed one.
 
 use std::collections::HashMap;
@@ -39,6 +39,7 @@ type Body = BoxBody<Bytes, Infallible>;
 
 #[derive(Debug, Default)]
 struct State {
+    connections: AtomicU64,
     bytes_sent: AtomicU64,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
@@ -84,6 +85,7 @@ impl TestServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                st.connections.fetch_add(1, Ordering::SeqCst);
                 let st = Arc::clone(&st);
                 let tls = tls.clone();
                 tokio::spawn(async move {
@@ -128,6 +130,11 @@ impl TestServer {
     /// The listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     /// Body bytes of `/big/...` handed to the connection so far.

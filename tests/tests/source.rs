@@ -555,6 +555,58 @@ async fn metrics_counters_move() {
     );
 }
 
+#[tokio::test]
+async fn fresh_connection_per_check_unless_keep_alive() {
+    let fresh = TestServer::http().await;
+    let reused = TestServer::http().await;
+    let topic = unique("src-keepalive");
+    create_topic(&stack().brokers, &topic, 1).await;
+    let sites = [
+        site(&fresh.url("/"), ""),
+        site(&reused.url("/"), "keep_alive = true"),
+    ]
+    .concat();
+    let stop = CancellationToken::new();
+    let text = config(&topic, "interval = \"200ms\"", &sites);
+    let running = website_monitor_source::start(load(&text), RunOptions::default(), stop.clone())
+        .await
+        .unwrap();
+    eventually(
+        "a few checks of each site",
+        Duration::from_secs(30),
+        || async { (fresh.hits("/") >= 4 && reused.hits("/") >= 4).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    running.wait().await.unwrap();
+    assert_eq!(
+        fresh.connections(),
+        fresh.hits("/"),
+        "one connection per check by default"
+    );
+    assert!(
+        reused.connections() < reused.hits("/"),
+        "keep_alive reuses connections: {} for {} checks",
+        reused.connections(),
+        reused.hits("/")
+    );
+    let found = records(&consume(&topic).await);
+    let fresh_records: Vec<&Record> = found.iter().filter(|r| r.url == fresh.url("/")).collect();
+    assert!(
+        fresh_records
+            .iter()
+            .all(|r| r.ok && r.timings.connect.is_some()),
+        "{fresh_records:?}"
+    );
+    let reused_records: Vec<&Record> = found.iter().filter(|r| r.url == reused.url("/")).collect();
+    assert!(
+        reused_records
+            .iter()
+            .any(|r| r.ok && r.timings.connect.is_none()),
+        "a check on a reused connection has no connect phase: {reused_records:?}"
+    );
+}
+
 /// Sum of the values of the metric lines starting with `prefix`.
 fn sum(text: &str, prefix: &str) -> f64 {
     text.lines()
