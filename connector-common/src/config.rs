@@ -235,10 +235,7 @@ where
         message,
     };
     let mut table: toml::Table = toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map(|s| line_col(text, s.start))
-            .unwrap_or((1, 1));
+        let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
         ConfigError::Syntax {
             path: path.to_path_buf(),
             line,
@@ -249,7 +246,8 @@ where
     expand_table(&mut table, "", env).map_err(|i| invalid(i.key, i.message))?;
     apply_env_overrides(&mut table, section, env);
 
-    let top: TopLevel = from_value(toml::Value::Table(table), "").map_err(|i| invalid(i.key, i.message))?;
+    let top: TopLevel =
+        from_value(toml::Value::Table(table), "").map_err(|i| invalid(i.key, i.message))?;
     if !crate::logging::level_is_valid(&top.log_level) {
         return Err(invalid(
             "log_level".into(),
@@ -376,11 +374,7 @@ pub fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
-            if name.is_empty()
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
-            {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("`${{{expr}}}` is not a variable reference; write ${{NAME}} or ${{NAME:-default}}"));
             }
             match (env(name).filter(|v| !v.is_empty()), default) {
@@ -606,7 +600,10 @@ mod tests {
         None
     }
 
-    fn load_sink(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded<Sec>, ConfigError> {
+    fn load_sink(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Loaded<Sec>, ConfigError> {
         load_str(text, Path::new("c.toml"), Section::Sink, env)
     }
 
@@ -633,7 +630,11 @@ mod tests {
     #[test]
     fn validation_error_is_located() {
         let err = load_sink("log_level = \"info\"\n[sink]\ntopic = \"\"\n", &no_env).unwrap_err();
-        assert!(err.to_string().starts_with("c.toml:3: key `sink.topic`: must not be empty"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("c.toml:3: key `sink.topic`: must not be empty"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -663,7 +664,10 @@ mod tests {
     fn unset_variable_without_default_is_an_error_naming_it() {
         let err = load_sink("[sink]\ntopic = \"${NOPE}\"\n", &no_env).unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("sink.topic") && msg.contains("`NOPE` is not set"), "{msg}");
+        assert!(
+            msg.contains("sink.topic") && msg.contains("`NOPE` is not set"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -686,7 +690,10 @@ mod tests {
         )
         .unwrap();
         let shown = render_masked(&c, Section::Sink);
-        assert!(!shown.contains("hunter2") && !shown.contains(":b@"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains(":b@"),
+            "{shown}"
+        );
         assert!(shown.contains("[sink]"), "{shown}");
     }
 

@@ -159,7 +159,10 @@ impl Validate for KafkaConfig {
                 if !p.is_file() {
                     out.push(Invalid::new(
                         format!("{prefix}.{key}"),
-                        format!("file {} does not exist or is not a file; give the path of a PEM file", p.display()),
+                        format!(
+                            "file {} does not exist or is not a file; give the path of a PEM file",
+                            p.display()
+                        ),
                     ));
                 }
             }

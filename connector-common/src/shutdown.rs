@@ -14,7 +14,9 @@ pub fn on_signal() -> CancellationToken {
     let fire = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("shutdown requested: finishing in-flight work (signal again to exit at once)");
+        tracing::info!(
+            "shutdown requested: finishing in-flight work (signal again to exit at once)"
+        );
         fire.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting without finishing");
@@ -27,7 +29,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => {}

@@ -42,8 +42,8 @@ pub fn install_recorder() -> PrometheusHandle {
         .get_or_init(|| {
             // Seconds; fine at the low end, where lateness and loopback checks live.
             let buckets = [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75,
-                1.0, 2.5, 5.0, 10.0, 30.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0,
+                2.5, 5.0, 10.0, 30.0,
             ];
             let recorder = PrometheusBuilder::new()
                 .set_buckets(&buckets)
@@ -51,7 +51,9 @@ pub fn install_recorder() -> PrometheusHandle {
                 // Counts, not seconds: records per batch and the like.
                 .set_buckets_for_metric(
                     Matcher::Suffix("_size".to_owned()),
-                    &[1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0],
+                    &[
+                        1.0, 10.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0,
+                    ],
                 )
                 .expect("static buckets are valid")
                 .build_recorder();
@@ -116,10 +118,12 @@ pub async fn serve(
             addr: addr.to_owned(),
             source,
         })?;
-    let local_addr = listener.local_addr().map_err(|source| TelemetryError::Bind {
-        addr: addr.to_owned(),
-        source,
-    })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| TelemetryError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
     let task = tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -151,13 +155,13 @@ pub async fn serve(
     Ok(TelemetryServer { local_addr, task })
 }
 
-fn route(req: &Request<Incoming>, handle: &PrometheusHandle, health: &Health) -> Response<Full<Bytes>> {
+fn route(
+    req: &Request<Incoming>,
+    handle: &PrometheusHandle,
+    health: &Health,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match req.uri().path() {
-        "/metrics" => (
-            StatusCode::OK,
-            "text/plain; version=0.0.4",
-            handle.render(),
-        ),
+        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => match health.not_ready_reason() {
             None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
