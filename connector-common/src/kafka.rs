@@ -173,6 +173,39 @@ impl Validate for KafkaConfig {
                 "mutual TLS needs both ssl_cert and ssl_key; set both or neither",
             ));
         }
+        // Settings the chosen protocol would silently ignore are refused.
+        let protocol = self.effective_protocol();
+        let tls = matches!(protocol, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl);
+        let sasl = matches!(
+            protocol,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        );
+        if !tls {
+            for (key, set) in [
+                ("ssl_ca", self.ssl_ca.is_some()),
+                ("ssl_cert", self.ssl_cert.is_some()),
+                ("ssl_key", self.ssl_key.is_some()),
+            ] {
+                if set {
+                    out.push(Invalid::new(
+                        format!("{prefix}.{key}"),
+                        format!(
+                            "is set but security_protocol is {:?}, which does not use TLS; use \"ssl\" or \"sasl_ssl\", or remove {key} (also check the kafka_{key} environment variable)",
+                            protocol.as_librdkafka()
+                        ),
+                    ));
+                }
+            }
+        }
+        if !sasl && (self.sasl_username.is_some() || self.sasl_password.is_some()) {
+            out.push(Invalid::new(
+                format!("{prefix}.sasl_username"),
+                format!(
+                    "SASL credentials are set but security_protocol is {:?}; set sasl_mechanism and use \"sasl_ssl\" or \"sasl_plaintext\", or remove them",
+                    protocol.as_librdkafka()
+                ),
+            ));
+        }
         if let Some(m) = &self.sasl_mechanism {
             if !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
                 out.push(Invalid::new(
@@ -225,6 +258,36 @@ mod tests {
         let mut c = k.client_config();
         k.apply_options(&mut c);
         assert_eq!(c.get("bootstrap.servers"), Some("x:1"));
+    }
+
+    #[test]
+    fn tls_files_with_a_plaintext_protocol_are_refused_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "x").unwrap();
+        let k = KafkaConfig {
+            security_protocol: Some(SecurityProtocol::Plaintext),
+            ssl_ca: Some(ca),
+            ..Default::default()
+        };
+        let problems = k.validate("kafka");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "kafka.ssl_ca");
+        assert!(
+            problems[0].message.contains("plaintext"),
+            "{}",
+            problems[0].message
+        );
+    }
+
+    #[test]
+    fn sasl_credentials_without_sasl_are_refused() {
+        let k = KafkaConfig {
+            sasl_username: Some("u".into()),
+            sasl_password: Some("p".into()),
+            ..Default::default()
+        };
+        assert_eq!(k.validate("kafka")[0].key, "kafka.sasl_username");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -131,7 +132,9 @@ pub async fn serve(
                 accepted = listener.accept() => match accepted {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(error = %e, "telemetry accept failed");
+                        // E.g. out of file descriptors: back off instead of spinning.
+                        tracing::warn!(error = %e, "telemetry accept failed; retrying in 100 ms");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
                 },
@@ -139,10 +142,25 @@ pub async fn serve(
             let handle = handle.clone();
             let health = health.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let handle = handle.clone();
                     let health = health.clone();
-                    async move { Ok::<_, Infallible>(route(&req, &handle, &health)) }
+                    async move {
+                        // Rendering many series (per-site gauges of 100k sites) is CPU
+                        // work: keep it off the runtime the checks run on.
+                        let path = req.uri().path().to_owned();
+                        let response =
+                            tokio::task::spawn_blocking(move || route(&path, &handle, &health))
+                                .await
+                                .unwrap_or_else(|_| {
+                                    respond(
+                                        StatusCode::INTERNAL_SERVER_ERROR,
+                                        "text/plain",
+                                        "render failed\n".to_owned(),
+                                    )
+                                });
+                        Ok::<_, Infallible>(response)
+                    }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -155,12 +173,8 @@ pub async fn serve(
     Ok(TelemetryServer { local_addr, task })
 }
 
-fn route(
-    req: &Request<Incoming>,
-    handle: &PrometheusHandle,
-    health: &Health,
-) -> Response<Full<Bytes>> {
-    let (status, content_type, body) = match req.uri().path() {
+fn route(path: &str, handle: &PrometheusHandle, health: &Health) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match path {
         "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => match health.not_ready_reason() {
@@ -177,6 +191,10 @@ fn route(
             "not found; try /metrics, /healthz or /readyz\n".to_owned(),
         ),
     };
+    respond(status, content_type, body)
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
