@@ -327,7 +327,13 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = n as f64 / elapsed;
+    // Where the time went: inside batch transactions, or elsewhere (start-up,
+    // fetching, offset commits).
+    let text = c.scrape()?;
+    let write_s = metric_sum(&text, "website_monitor_batch_write_seconds_sum");
+    let batches = metric_sum(&text, "website_monitor_batch_write_seconds_count");
     let cpu = c.cpu_seconds();
     let rss = c.peak_rss() as f64 / 1048576.0;
     c.stop()?;
@@ -350,6 +356,8 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
             "ratio >= 0.5",
         ),
         Figure::plain("sink.latest_rows", latest as f64, "rows"),
+        Figure::plain("sink.batches", batches, "batches"),
+        Figure::plain("sink.share_in_batch_transactions", write_s / elapsed, "fraction"),
         Figure::plain(
             "sink.cpu_s_per_1000_records",
             cpu / n as f64 * 1000.0,
