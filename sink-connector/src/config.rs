@@ -33,7 +33,8 @@ impl StartFrom {
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
     /// Kafka topic to drain. Env: `kafka_topic`. May differ from the source's
-    /// topic when other stages sit in between.
+    /// topic when other stages sit in between. One literal topic: a name
+    /// starting with `^` (a librdkafka regex subscription) is refused.
     #[serde(default = "default_topic")]
     pub topic: String,
     /// Kafka consumer group. Sink instances sharing it split the partitions.
@@ -56,6 +57,10 @@ pub struct SinkConfig {
     /// Most records written in one transaction.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// Most bytes (Kafka values and keys) collected into one batch; a batch
+    /// always takes at least one record.
+    #[serde(default = "default_batch_max_bytes")]
+    pub batch_max_bytes: usize,
     /// Longest wait, after the first record of a batch, before the batch is
     /// written even if not full (humantime, e.g. `250ms`).
     #[serde(default = "default_batch_timeout", with = "humantime_serde")]
@@ -66,13 +71,20 @@ pub struct SinkConfig {
     /// Records larger than this many bytes go to the rejects table.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
-    /// Records whose `url` is longer than this many bytes go to the rejects table.
+    /// Records whose `url` is longer than this many bytes go to the rejects
+    /// table. The default (2048) stays below PostgreSQL's btree entry limit
+    /// (about 2704 bytes), which the unique index on `url` would otherwise hit.
     #[serde(default = "default_max_url_bytes")]
     pub max_url_bytes: usize,
     /// How long, after SIGTERM, the sink keeps trying to write the batch in hand
     /// before giving it up (it is then redelivered on the next start).
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Longest one attempt to write a batch (or to connect and migrate) may
+    /// take before it is abandoned and retried on a fresh connection; after
+    /// SIGTERM never longer than what is left of `shutdown_timeout`.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
     /// Address of the `/metrics`, `/healthz` and `/readyz` server (port 0 picks one).
     #[serde(default = "default_metrics_address")]
     pub metrics_address: String,
@@ -96,6 +108,9 @@ fn default_table() -> String {
 fn default_batch_size() -> usize {
     5000
 }
+fn default_batch_max_bytes() -> usize {
+    64 * 1024 * 1024
+}
 fn default_batch_timeout() -> Duration {
     Duration::from_millis(250)
 }
@@ -103,9 +118,12 @@ fn default_max_record_bytes() -> usize {
     1024 * 1024
 }
 fn default_max_url_bytes() -> usize {
-    8192
+    2048
 }
 fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_write_timeout() -> Duration {
     Duration::from_secs(30)
 }
 fn default_metrics_address() -> String {
@@ -121,11 +139,13 @@ impl Default for SinkConfig {
             schema: default_schema(),
             table: default_table(),
             batch_size: default_batch_size(),
+            batch_max_bytes: default_batch_max_bytes(),
             batch_timeout: default_batch_timeout(),
             start_from: StartFrom::default(),
             max_record_bytes: default_max_record_bytes(),
             max_url_bytes: default_max_url_bytes(),
             shutdown_timeout: default_shutdown_timeout(),
+            write_timeout: default_write_timeout(),
             metrics_address: default_metrics_address(),
         }
     }
@@ -148,6 +168,11 @@ fn check_identifier(out: &mut Vec<Invalid>, key: String, value: &str, max: usize
         ));
     } else if value.contains('\0') {
         out.push(Invalid::new(key, "must not contain a NUL character"));
+    } else if value.contains(['{', '}']) {
+        out.push(Invalid::new(
+            key,
+            format!("`{value}` contains `{{` or `}}`, which the sink does not allow in table and schema names"),
+        ));
     }
 }
 
@@ -159,6 +184,11 @@ impl Validate for SinkConfig {
             out.push(Invalid::new(
                 key("topic"),
                 "must not be empty; name the Kafka topic to drain",
+            ));
+        } else if self.topic.starts_with('^') {
+            out.push(Invalid::new(
+                key("topic"),
+                format!("`{}` starts with `^`, which librdkafka reads as a regular expression over topic names; the sink drains one literal topic (run one sink per topic)", self.topic),
             ));
         }
         if self.group_id.trim().is_empty() {
@@ -174,6 +204,15 @@ impl Validate for SinkConfig {
         }
         if self.batch_size == 0 {
             out.push(Invalid::new(key("batch_size"), "must be at least 1"));
+        }
+        if self.batch_max_bytes == 0 {
+            out.push(Invalid::new(key("batch_max_bytes"), "must be at least 1"));
+        }
+        if self.write_timeout.is_zero() {
+            out.push(Invalid::new(
+                key("write_timeout"),
+                "must be longer than 0 (e.g. \"30s\")",
+            ));
         }
         if self.batch_timeout.is_zero() {
             out.push(Invalid::new(
@@ -219,13 +258,16 @@ mod tests {
         assert_eq!(c.batch_timeout, Duration::from_millis(250));
         assert_eq!(c.start_from, StartFrom::Earliest);
         assert_eq!(c.max_record_bytes, 1024 * 1024);
+        assert_eq!(c.max_url_bytes, 2048);
+        assert_eq!(c.batch_max_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.write_timeout, Duration::from_secs(30));
         assert_eq!(c.metrics_address, "127.0.0.1:9465");
     }
 
     #[test]
     fn every_key_parses() {
         let c = load(
-            "[sink]\ntopic = \"t\"\ngroup_id = \"g\"\npostgres_uri = \"postgres://u@h/db?sslmode=verify-full&sslrootcert=/x/ca.pem\"\nschema = \"S p\"\ntable = \"My \\\"T\"\nbatch_size = 10\nbatch_timeout = \"1s\"\nstart_from = \"latest\"\nmax_record_bytes = 100\nmax_url_bytes = 50\nshutdown_timeout = \"5s\"\nmetrics_address = \"127.0.0.1:0\"\n",
+            "[sink]\ntopic = \"t\"\ngroup_id = \"g\"\npostgres_uri = \"postgres://u@h/db?sslmode=verify-full&sslrootcert=/x/ca.pem\"\nschema = \"S p\"\ntable = \"My \\\"T\"\nbatch_size = 10\nbatch_timeout = \"1s\"\nstart_from = \"latest\"\nmax_record_bytes = 100\nmax_url_bytes = 50\nshutdown_timeout = \"5s\"\nwrite_timeout = \"7s\"\nbatch_max_bytes = 1000\nmetrics_address = \"127.0.0.1:0\"\n",
         )
         .unwrap();
         assert_eq!(c.table, "My \"T");
@@ -234,6 +276,35 @@ mod tests {
         assert_eq!(c.batch_timeout, Duration::from_secs(1));
         assert_eq!(c.start_from, StartFrom::Latest);
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+        assert_eq!(c.write_timeout, Duration::from_secs(7));
+        assert_eq!(c.batch_max_bytes, 1000);
+    }
+
+    #[test]
+    fn regex_topic_is_refused() {
+        let err = load("[sink]\ntopic = \"^site-.*\"\n").unwrap_err();
+        assert!(
+            err.contains("sink.topic") && err.contains("regular expression"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn braces_in_names_are_refused() {
+        let err = load("[sink]\ntable = \"a{{rejected}}\"\n").unwrap_err();
+        assert!(err.contains("sink.table"), "{err}");
+        let err = load("[sink]\nschema = \"s}\"\n").unwrap_err();
+        assert!(err.contains("sink.schema"), "{err}");
+    }
+
+    #[test]
+    fn zero_write_timeout_and_batch_bytes_are_refused() {
+        assert!(load("[sink]\nwrite_timeout = \"0s\"\n")
+            .unwrap_err()
+            .contains("sink.write_timeout"));
+        assert!(load("[sink]\nbatch_max_bytes = 0\n")
+            .unwrap_err()
+            .contains("sink.batch_max_bytes"));
     }
 
     #[test]

@@ -6,17 +6,24 @@
 //! two redelivers the batch, and the offsets table (see [`crate::write`])
 //! drops the records already written, so nothing is stored twice.
 //!
-//! Rebalances: when partitions move to another group member while this one
-//! still holds a batch of them, the batch is written anyway (it is all or
-//! nothing, one transaction); the new owner, having read the same records,
-//! finds them below `next_offset` under the same row lock and skips them — or
-//! wrote them first, and then this member skips them. Kafka's committed offset
-//! may briefly move back by such a late commit; that only causes a harmless
-//! re-read.
+//! Rebalances: records of partitions revoked while a batch is being collected
+//! are dropped from it (the rebalance happens inside `recv()`; librdkafka
+//! re-fetches from the committed offset if the partition comes back), and a
+//! batch never holds one Kafka position twice (see [`crate::write`]). A batch
+//! already being written when its partitions move is written anyway (all or
+//! nothing, one transaction); the new owner finds its records below
+//! `next_offset` under the same row lock and skips them — or wrote them first,
+//! and then this member skips them. Kafka's committed offset may briefly move
+//! back by such a late commit; that only causes a harmless re-read.
+//!
+//! Every attempt to connect or write is bounded by `write_timeout` (and, after
+//! SIGTERM, by what is left of `shutdown_timeout`); the Kafka commit and the
+//! consumer's close are bounded too, so a dead peer can neither hang the sink
+//! while `/readyz` says ready nor stop it from exiting.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use connector_common::KafkaConfig;
@@ -33,12 +40,12 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
-use crate::db::{is_data_error, PgTarget};
+use crate::db::PgTarget;
 use crate::decode::{decode, Limits};
 use crate::metrics as m;
 use crate::metrics::Readiness;
 use crate::migrate::{migrate, Tables};
-use crate::write::{commit_positions, db_message, write_batch, Conn, Msg, Outcome, Sql};
+use crate::write::{commit_positions, db_message, write_batch, Conn, Msg, Outcome, Skipped, Sql};
 use crate::SinkError;
 
 /// librdkafka callbacks: statistics (consumer lag, broker state), errors,
@@ -47,6 +54,27 @@ pub struct SinkContext {
     readiness: Readiness,
     last_commit: Arc<AtomicU64>,
     warn_limit: RateLimit,
+    /// Partitions revoked since the batch being collected last looked.
+    revoked: Mutex<Vec<(String, i32)>>,
+    /// Each partition's end (high watermark), from the latest statistics.
+    ends: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl SinkContext {
+    /// Takes the partitions revoked since the last call.
+    fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
+    }
+
+    /// The partition's end as of the latest statistics, if known.
+    fn end_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends
+            .lock()
+            .expect("ends lock")
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .filter(|h| *h >= 0)
+    }
 }
 
 /// Lets one warning through per 10 s; librdkafka repeats a down broker's
@@ -68,14 +96,19 @@ impl RateLimit {
 
 impl ClientContext for SinkContext {
     fn stats(&self, stats: Statistics) {
+        let mut ends = self.ends.lock().expect("ends lock");
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
+                if *p >= 0 && part.hi_offset >= 0 {
+                    ends.insert((topic.clone(), *p), part.hi_offset);
+                }
                 if *p >= 0 && part.consumer_lag >= 0 {
                     metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
                         .set(part.consumer_lag as f64);
                 }
             }
         }
+        drop(ends);
         let up = stats
             .brokers
             .values()
@@ -108,6 +141,11 @@ impl ConsumerContext for SinkContext {
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "partitions revoked");
+                self.revoked.lock().expect("revoked lock").extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
@@ -147,6 +185,8 @@ pub fn consumer(
             readiness,
             last_commit,
             warn_limit: RateLimit::default(),
+            revoked: Mutex::new(Vec::new()),
+            ends: Mutex::new(HashMap::new()),
         })
         .map_err(SinkError::Kafka)?;
     consumer
@@ -172,6 +212,52 @@ impl Backoff {
     }
 }
 
+/// Longest wait for one synchronous Kafka offset commit.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the consumer to leave the group at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What is left of `shutdown_timeout` once shutdown has begun.
+#[derive(Debug, Clone)]
+struct Budget {
+    shutdown: CancellationToken,
+    timeout: Duration,
+    at: Arc<OnceLock<tokio::time::Instant>>,
+}
+
+impl Budget {
+    /// When the budget ends; starts counting the first time it is asked
+    /// after shutdown fired.
+    fn end(&self) -> Option<tokio::time::Instant> {
+        self.shutdown.is_cancelled().then(|| {
+            *self
+                .at
+                .get_or_init(|| tokio::time::Instant::now() + self.timeout)
+        })
+    }
+
+    fn passed(&self) -> bool {
+        self.end()
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+
+    /// `limit`, cut to what is left of the budget after shutdown.
+    fn limit(&self, limit: Duration) -> Duration {
+        match self.end() {
+            Some(at) => limit.min(at.saturating_duration_since(tokio::time::Instant::now())),
+            None => limit,
+        }
+    }
+
+    /// Resolves when shutdown has fired and the budget is spent.
+    async fn ended(self) {
+        self.shutdown.cancelled().await;
+        if let Some(at) = self.end() {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
 /// Everything the loop needs, made once at start.
 pub struct Pipeline {
     cfg: SinkConfig,
@@ -181,9 +267,14 @@ pub struct Pipeline {
     tls: MakeRustlsConnect,
     readiness: Readiness,
     shutdown: CancellationToken,
+    budget: Budget,
     conn: Option<Conn>,
     limits: Limits,
     last_commit: Arc<AtomicU64>,
+    /// Set after the first successful connect: from then on a migration or
+    /// prepare error is retried (an operator may be mid-change), not fatal.
+    started: bool,
+    committing: Arc<AtomicBool>,
 }
 
 /// Whether a PostgreSQL error is about the connection (retry) rather than the SQL.
@@ -197,6 +288,53 @@ fn is_connection_error(e: &tokio_postgres::Error) -> bool {
                 || c.starts_with("53")
                 || c.starts_with("40")
         }
+    }
+}
+
+/// Connects, bounds abandoned transactions on the server side, migrates and
+/// prepares. `Ok(Err(message))` is worth retrying; a migration PostgreSQL
+/// refuses is fatal unless `started`.
+async fn open(
+    target: &PgTarget,
+    tls: &MakeRustlsConnect,
+    tables: &Tables,
+    sql: &Sql,
+    write_timeout: Duration,
+    started: bool,
+) -> Result<Result<Conn, String>, SinkError> {
+    let mut client = match target.connect(tls).await {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(format!("unreachable: {}", db_message(&e)))),
+    };
+    // A transaction whose client vanished half-way (a half-open connection)
+    // would keep its row locks until the server notices; let the server end
+    // it once the client would have given up anyway.
+    let ms = write_timeout.as_millis().clamp(1_000, i32::MAX as u128);
+    if let Err(e) = client
+        .batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
+        .await
+    {
+        if is_connection_error(&e) {
+            return Ok(Err(db_message(&e)));
+        }
+        tracing::warn!(error = %db_message(&e), "cannot set idle_in_transaction_session_timeout; continuing without it");
+    }
+    match migrate(&mut client, tables).await {
+        Ok(applied) if !applied.versions.is_empty() => {
+            tracing::info!(versions = ?applied.versions, "migrations applied");
+        }
+        Ok(_) => {}
+        Err(e) if is_connection_error(&e) || started => {
+            return Ok(Err(format!("migrating: {}", db_message(&e))))
+        }
+        Err(e) => return Err(SinkError::Migrate(db_message(&e))),
+    }
+    match Conn::prepare(client, sql).await {
+        Ok(c) => Ok(Ok(c)),
+        Err(e) if is_connection_error(&e) || started => {
+            Ok(Err(format!("preparing statements: {}", db_message(&e))))
+        }
+        Err(e) => Err(SinkError::Migrate(db_message(&e))),
     }
 }
 
@@ -216,6 +354,11 @@ impl Pipeline {
             max_record_bytes: cfg.max_record_bytes,
             max_url_bytes: cfg.max_url_bytes,
         };
+        let budget = Budget {
+            shutdown: shutdown.clone(),
+            timeout: cfg.shutdown_timeout,
+            at: Arc::new(OnceLock::new()),
+        };
         Self {
             cfg,
             tables,
@@ -224,85 +367,106 @@ impl Pipeline {
             tls,
             readiness,
             shutdown,
+            budget,
             conn: None,
             limits,
             last_commit,
+            started: false,
+            committing: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// Connects, migrates and prepares. Connection failures are `Ok(Err)` to
-    /// retry; a migration PostgreSQL refuses is fatal.
-    async fn connect(&mut self) -> Result<Result<(), tokio_postgres::Error>, SinkError> {
-        let mut client = match self.target.connect(&self.tls).await {
-            Ok(c) => c,
-            Err(e) => return Ok(Err(e)),
+    /// One bounded connect attempt. `Ok(Err(message))` is worth retrying.
+    async fn connect(&mut self) -> Result<Result<(), String>, SinkError> {
+        let limit = self.budget.limit(self.cfg.write_timeout);
+        let ended = self.budget.clone().ended();
+        let attempt = open(
+            &self.target,
+            &self.tls,
+            &self.tables,
+            &self.sql,
+            self.cfg.write_timeout,
+            self.started,
+        );
+        let result = tokio::select! {
+            r = tokio::time::timeout(limit, attempt) => match r {
+                Ok(r) => r?,
+                Err(_) => Err(format!("connecting and migrating took longer than {} (write_timeout)", humantime::format_duration(limit))),
+            },
+            () = ended => Err("shutdown_timeout passed while connecting".to_owned()),
         };
-        match migrate(&mut client, &self.tables).await {
-            Ok(applied) if !applied.versions.is_empty() => {
-                tracing::info!(versions = ?applied.versions, "migrations applied");
-            }
-            Ok(_) => {}
-            Err(e) if is_connection_error(&e) => return Ok(Err(e)),
-            Err(e) => return Err(SinkError::Migrate(db_message(&e))),
-        }
-        match Conn::prepare(client, &self.sql).await {
-            Ok(c) => {
-                self.conn = Some(c);
+        match result {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                self.started = true;
                 tracing::info!(target = %self.target.describe(), "connected to PostgreSQL");
                 Ok(Ok(()))
             }
-            Err(e) if is_connection_error(&e) => Ok(Err(e)),
-            Err(e) => Err(SinkError::Migrate(db_message(&e))),
+            Err(m) => Ok(Err(m)),
         }
     }
 
     /// Connects at start, retrying until it works or shutdown. `false` on shutdown.
     pub async fn connect_until_ready(&mut self) -> Result<bool, SinkError> {
         let mut backoff = Backoff::new();
+        let shutdown = self.shutdown.clone();
         loop {
-            match self.connect().await? {
+            let attempt = tokio::select! {
+                r = self.connect() => r?,
+                _ = shutdown.cancelled() => return Ok(false),
+            };
+            match attempt {
                 Ok(()) => {
                     self.readiness.set_db(None);
                     return Ok(true);
                 }
                 Err(e) => {
                     metrics::counter!(m::DB_ERRORS).increment(1);
-                    let msg = format!(
-                        "PostgreSQL at {} unreachable: {}",
-                        self.target.describe(),
-                        db_message(&e)
-                    );
+                    let msg = format!("PostgreSQL at {}: {e}", self.target.describe());
                     tracing::warn!("{msg}; retrying");
                     self.readiness.set_db(Some(msg));
                 }
             }
             tokio::select! {
-                _ = self.shutdown.cancelled() => return Ok(false),
+                _ = shutdown.cancelled() => return Ok(false),
                 _ = tokio::time::sleep(backoff.next()) => {}
             }
         }
     }
 
-    /// Writes `batch`, retrying failures with backoff until it commits.
-    /// Returns `None` when shutdown came and `shutdown_timeout` passed first
-    /// (nothing was committed; the batch will be redelivered).
+    /// Writes `batch`, retrying failures with backoff until it commits. Each
+    /// attempt is bounded by `write_timeout`. Returns `None` when shutdown
+    /// came and `shutdown_timeout` passed first (nothing was committed; the
+    /// batch will be redelivered).
     async fn write_until_done(&mut self, batch: &[Msg]) -> Result<Option<Outcome>, SinkError> {
         let mut backoff = Backoff::new();
-        let mut give_up_at: Option<Instant> = None;
         loop {
-            if self.shutdown.is_cancelled() && give_up_at.is_none() {
-                give_up_at = Some(Instant::now() + self.cfg.shutdown_timeout);
+            if self.budget.passed() {
+                tracing::warn!(
+                    records = batch.len(),
+                    "shutdown_timeout passed; leaving the batch unwritten (it will be redelivered)"
+                );
+                return Ok(None);
             }
             let attempt = match self.conn.as_mut() {
                 Some(conn) => {
                     let started = Instant::now();
-                    match write_batch(conn, &self.cfg.topic, batch).await {
-                        Ok(o) => {
-                            metrics::histogram!(m::BATCH_WRITE_SECONDS)
-                                .record(started.elapsed().as_secs_f64());
-                            Ok(o)
-                        }
-                        Err(e) => Err(e),
+                    let limit = self.budget.limit(self.cfg.write_timeout);
+                    let ended = self.budget.clone().ended();
+                    tokio::select! {
+                        r = tokio::time::timeout(limit, write_batch(conn, batch)) => match r {
+                            Ok(Ok(o)) => {
+                                metrics::histogram!(m::BATCH_WRITE_SECONDS)
+                                    .record(started.elapsed().as_secs_f64());
+                                Ok(o)
+                            }
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!(
+                                "the write took longer than {} (write_timeout); abandoning the connection",
+                                humantime::format_duration(limit)
+                            )),
+                        },
+                        () = ended => Err("shutdown_timeout passed during the write".to_owned()),
                     }
                 }
                 None => match self.connect().await? {
@@ -316,14 +480,9 @@ impl Pipeline {
                     return Ok(Some(o));
                 }
                 Err(e) => {
-                    debug_assert!(!is_data_error(&e) || self.conn.is_some());
                     metrics::counter!(m::DB_ERRORS).increment(1);
                     metrics::counter!(m::DB_RETRIES).increment(1);
-                    let msg = format!(
-                        "PostgreSQL at {}: {}",
-                        self.target.describe(),
-                        db_message(&e)
-                    );
+                    let msg = format!("PostgreSQL at {}: {e}", self.target.describe());
                     tracing::warn!(records = batch.len(), "batch not written: {msg}; retrying");
                     self.readiness.set_db(Some(msg));
                     // Start from a fresh connection: the old one may be dead or
@@ -332,29 +491,25 @@ impl Pipeline {
                 }
             }
             let wait = backoff.next();
-            match give_up_at {
-                Some(at) => {
-                    let now = Instant::now();
-                    if now >= at {
-                        tracing::warn!(records = batch.len(), "shutdown_timeout passed; leaving the batch unwritten (it will be redelivered)");
-                        return Ok(None);
-                    }
-                    tokio::time::sleep(wait.min(at - now)).await;
-                }
-                None => {
-                    tokio::select! {
-                        _ = self.shutdown.cancelled() => {}
-                        _ = tokio::time::sleep(wait) => {}
-                    }
-                }
+            let ended = self.budget.clone().ended();
+            let shutting_down = self.shutdown.is_cancelled();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                () = ended => {}
+                _ = self.shutdown.cancelled(), if !shutting_down => {}
             }
         }
     }
 
-    fn to_msg(&self, msg: &BorrowedMessage<'_>) -> Msg {
+    fn to_msg(&self, msg: &BorrowedMessage<'_>, topic: &mut Option<Arc<str>>) -> Msg {
         let payload = msg.payload();
         let decoded = decode(payload, self.limits);
+        let topic = match topic {
+            Some(t) if **t == *msg.topic() => t.clone(),
+            _ => topic.insert(Arc::from(msg.topic())).clone(),
+        };
         Msg {
+            topic,
             partition: msg.partition(),
             offset: msg.offset(),
             key: msg.key().map(<[u8]>::to_vec),
@@ -369,15 +524,23 @@ impl Pipeline {
     }
 
     /// Collects the next batch: waits for a first record (or shutdown), then
-    /// takes more until `batch_size` or `batch_timeout`.
+    /// takes more until `batch_size` records, `batch_max_bytes` bytes or
+    /// `batch_timeout`. Records of partitions revoked meanwhile are dropped.
     async fn collect(&self, consumer: &SinkConsumer) -> Vec<Msg> {
         let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut topic = None;
         let first = tokio::select! {
             _ = self.shutdown.cancelled() => return batch,
             r = consumer.recv() => r,
         };
         match first {
-            Ok(msg) => batch.push(self.to_msg(&msg)),
+            Ok(msg) => {
+                consumer.context().take_revoked();
+                let m = self.to_msg(&msg, &mut topic);
+                bytes += m.size();
+                batch.push(m);
+            }
             Err(e) => {
                 kafka_error(&e);
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -385,11 +548,24 @@ impl Pipeline {
             }
         }
         let deadline = tokio::time::Instant::now() + self.cfg.batch_timeout;
-        while batch.len() < self.cfg.batch_size {
+        while batch.len() < self.cfg.batch_size && bytes < self.cfg.batch_max_bytes {
             tokio::select! {
                 biased;
                 r = consumer.recv() => match r {
-                    Ok(msg) => batch.push(self.to_msg(&msg)),
+                    Ok(msg) => {
+                        let revoked = consumer.context().take_revoked();
+                        if !revoked.is_empty() {
+                            let before = batch.len();
+                            batch.retain(|m: &Msg| {
+                                !revoked.iter().any(|(t, p)| **t == *m.topic && *p == m.partition)
+                            });
+                            bytes = batch.iter().map(Msg::size).sum();
+                            tracing::debug!(dropped = before - batch.len(), "dropped buffered records of revoked partitions");
+                        }
+                        let m = self.to_msg(&msg, &mut topic);
+                        bytes += m.size();
+                        batch.push(m);
+                    }
                     Err(e) => { kafka_error(&e); break; }
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -413,12 +589,18 @@ impl Pipeline {
                 break;
             };
             self.record(&outcome);
-            commit(&consumer, &self.cfg.topic, &batch, &self.last_commit).await;
+            self.check_positions(&consumer, &outcome.skipped).await;
+            commit(&consumer, &batch, &self.last_commit, &self.committing).await;
         }
-        // Leaving the group blocks (librdkafka's close), so off the runtime.
-        let closed = tokio::task::spawn_blocking(move || drop(consumer)).await;
-        if let Err(e) = closed {
-            tracing::warn!(error = %e, "closing the Kafka consumer failed");
+        // Leaving the group blocks (librdkafka's close), so off the runtime,
+        // and bounded: a dead coordinator must not keep the sink from exiting.
+        let closing = tokio::task::spawn_blocking(move || drop(consumer));
+        match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "closing the Kafka consumer failed"),
+            Err(_) => tracing::warn!(
+                "leaving the consumer group did not finish within {CLOSE_TIMEOUT:?}; stopping anyway (the group notices after session.timeout.ms)"
+            ),
         }
         tracing::info!("sink stopped");
         Ok(())
@@ -445,6 +627,61 @@ impl Pipeline {
             );
         }
     }
+
+    /// Records skipped as already written are normal after a crash or a
+    /// rebalance — unless the stored `next_offset` is above the partition's
+    /// end: then the topic was re-created (or its offsets reset) and new
+    /// records are being skipped. That is logged as an error with the SQL
+    /// that fixes it, and counted.
+    async fn check_positions(&self, consumer: &Arc<SinkConsumer>, skipped: &[Skipped]) {
+        for s in skipped {
+            // The cached high watermark first (no network); confirm with the
+            // broker before raising the alarm.
+            let cached = consumer.context().end_of(&s.topic, s.partition);
+            if cached.is_some_and(|high| s.next_offset <= high) {
+                continue;
+            }
+            let c = Arc::clone(consumer);
+            let (topic, partition) = (s.topic.clone(), s.partition);
+            let fetched = tokio::time::timeout(
+                Duration::from_secs(6),
+                tokio::task::spawn_blocking(move || {
+                    c.fetch_watermarks(&topic, partition, Duration::from_secs(5))
+                }),
+            )
+            .await;
+            let high = match fetched {
+                Ok(Ok(Ok((_, high)))) => high,
+                _ => match cached {
+                    Some(high) => high,
+                    None => continue,
+                },
+            };
+            if s.next_offset <= high {
+                continue;
+            }
+            metrics::counter!(m::RECORDS_POSITION_AHEAD, "topic" => s.topic.to_string(), "partition" => s.partition.to_string())
+                .increment(s.records);
+            let lit = s.topic.replace('\'', "''");
+            tracing::error!(
+                topic = %s.topic,
+                partition = s.partition,
+                stored_next_offset = s.next_offset,
+                partition_end = high,
+                records = s.records,
+                "the stored position of {topic}/{partition} ({next}) is above the partition's end ({high}): the topic was re-created or its offsets reset, and its records are being SKIPPED as already written. Stop the sinks, move the old positions aside and clear them: \
+                 UPDATE {check} SET topic = topic || ' (old)' WHERE topic = '{lit}'; UPDATE {rejected} SET topic = topic || ' (old)' WHERE topic = '{lit}'; DELETE FROM {offsets} WHERE topic = '{lit}'; \
+                 then reset the consumer group to the earliest offsets (kafka-consumer-groups --reset-offsets --to-earliest --group {group} --topic {topic} --execute) and start the sinks again",
+                topic = s.topic,
+                partition = s.partition,
+                next = s.next_offset,
+                check = self.tables.check,
+                rejected = self.tables.rejected,
+                offsets = self.tables.offsets,
+                group = self.cfg.group_id,
+            );
+        }
+    }
 }
 
 /// A consumer error from `recv`; the client context has already logged it
@@ -464,11 +701,18 @@ fn mark_committed(last_commit: &AtomicU64) {
 ///
 /// The commit is synchronous (on a blocking thread) so its result is known:
 /// the StreamConsumer does not deliver asynchronous commit results. One
-/// round trip per batch.
-async fn commit(consumer: &Arc<SinkConsumer>, topic: &str, batch: &[Msg], last_commit: &AtomicU64) {
+/// round trip per batch, bounded by [`COMMIT_TIMEOUT`]; while a commit is
+/// still outstanding the next batch's is skipped (a later one covers it, and
+/// a redelivery is skipped by the offsets table).
+async fn commit(
+    consumer: &Arc<SinkConsumer>,
+    batch: &[Msg],
+    last_commit: &AtomicU64,
+    committing: &Arc<AtomicBool>,
+) {
     let mut tpl = TopicPartitionList::new();
-    for (p, next) in commit_positions(batch) {
-        if let Err(e) = tpl.add_partition_offset(topic, p, Offset::Offset(next)) {
+    for (topic, p, next) in commit_positions(batch) {
+        if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Offset(next)) {
             tracing::warn!(error = %e, "cannot build the offset list");
             return;
         }
@@ -477,14 +721,27 @@ async fn commit(consumer: &Arc<SinkConsumer>, topic: &str, batch: &[Msg], last_c
         // Partitions revoked meanwhile: their new owner skips what we wrote.
         tracing::debug!(error = %e, "storing offsets failed");
     }
+    if committing.swap(true, Ordering::AcqRel) {
+        tracing::debug!("the previous Kafka commit is still outstanding; skipping this one");
+        return;
+    }
     let c = Arc::clone(consumer);
-    match tokio::task::spawn_blocking(move || c.commit(&tpl, CommitMode::Sync)).await {
-        Ok(Ok(())) => mark_committed(last_commit),
-        Ok(Err(e)) => tracing::warn!(
+    let flag = Arc::clone(committing);
+    let task = tokio::task::spawn_blocking(move || {
+        let r = c.commit(&tpl, CommitMode::Sync);
+        flag.store(false, Ordering::Release);
+        r
+    });
+    match tokio::time::timeout(COMMIT_TIMEOUT, task).await {
+        Ok(Ok(Ok(()))) => mark_committed(last_commit),
+        Ok(Ok(Err(e))) => tracing::warn!(
             error = %e,
             "Kafka offset commit failed; the records are in PostgreSQL and will be skipped if redelivered"
         ),
-        Err(e) => tracing::warn!(error = %e, "Kafka offset commit task failed"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "Kafka offset commit task failed"),
+        Err(_) => tracing::warn!(
+            "Kafka offset commit did not answer within {COMMIT_TIMEOUT:?}; continuing (the records are in PostgreSQL and will be skipped if redelivered)"
+        ),
     }
 }
 

@@ -134,6 +134,24 @@ impl PgTarget {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(std::time::Duration::from_secs(10));
         }
+        // A half-open connection (peer gone without a FIN/RST) must not hang
+        // for the kernel's defaults (2 h of idle before keepalives, ~15 min
+        // of retransmits): probe after 30 s idle, give up on unacknowledged
+        // data after 60 s. Values in the connection string win.
+        if config.get_keepalives() {
+            if config.get_keepalives_idle() == std::time::Duration::from_secs(2 * 60 * 60) {
+                config.keepalives_idle(std::time::Duration::from_secs(30));
+            }
+            if config.get_keepalives_interval().is_none() {
+                config.keepalives_interval(std::time::Duration::from_secs(10));
+            }
+            if config.get_keepalives_retries().is_none() {
+                config.keepalives_retries(3);
+            }
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(std::time::Duration::from_secs(60));
+        }
         if config.get_application_name().is_none() {
             config.application_name("website-monitor-sink");
         }
@@ -517,6 +535,29 @@ mod tests {
                 .unwrap();
         let e = t.tls().err().expect("missing file is an error").to_string();
         assert!(e.contains("/nonexistent/ca.pem"), "{e}");
+    }
+
+    #[test]
+    fn keepalives_and_user_timeout_default_short_but_the_uri_wins() {
+        let t = PgTarget::parse("postgres://u@h/db").unwrap();
+        assert!(t.config.get_keepalives());
+        assert_eq!(
+            t.config.get_keepalives_idle(),
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(
+            t.config.get_tcp_user_timeout(),
+            Some(&std::time::Duration::from_secs(60))
+        );
+        let t = PgTarget::parse("host=h keepalives_idle=99 tcp_user_timeout=7").unwrap();
+        assert_eq!(
+            t.config.get_keepalives_idle(),
+            std::time::Duration::from_secs(99)
+        );
+        assert_eq!(
+            t.config.get_tcp_user_timeout(),
+            Some(&std::time::Duration::from_secs(7))
+        );
     }
 
     #[test]

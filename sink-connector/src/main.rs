@@ -23,8 +23,7 @@ struct Args {
     common: CommonArgs,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     let loaded = resolve_path(args.common.config.as_deref(), &process_env)
         .and_then(|path| load::<SinkConfig>(&path, Section::Sink, &process_env));
@@ -40,12 +39,28 @@ async fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     connector_common::logging::init(&config.log_level, config.log_format);
-    let shutdown = connector_common::shutdown::on_signal();
-    match website_monitor_sink::run(config, shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
         Err(e) => {
-            tracing::error!("{:#}", anyhow::Error::from(e));
-            ExitCode::FAILURE
+            eprintln!("website-monitor-sink: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
-    }
+    };
+    let code = runtime.block_on(async {
+        let shutdown = connector_common::shutdown::on_signal();
+        match website_monitor_sink::run(config, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{:#}", anyhow::Error::from(e));
+                ExitCode::FAILURE
+            }
+        }
+    });
+    // A blocking Kafka call that outlived its timeout (a commit or the
+    // group leave against a dead broker) must not keep the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

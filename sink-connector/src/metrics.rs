@@ -17,6 +17,10 @@ pub const ROWS_WRITTEN: &str = "website_monitor_rows_written_total";
 pub const RECORDS_REJECTED: &str = "website_monitor_records_rejected_total";
 /// Records skipped because an earlier run or another group member already wrote them (counter).
 pub const RECORDS_DUPLICATE: &str = "website_monitor_records_duplicate_total";
+/// Records skipped as already written while the stored `next_offset` is above
+/// the partition's end (topic re-created or offsets reset), by `topic` and
+/// `partition` (counter).
+pub const RECORDS_POSITION_AHEAD: &str = "website_monitor_records_position_ahead_total";
 /// Records per written batch (histogram).
 pub const BATCH_SIZE: &str = "website_monitor_batch_size";
 /// Seconds to write one batch, from BEGIN to COMMIT (histogram).
@@ -49,6 +53,10 @@ pub fn describe() {
     describe_counter!(
         RECORDS_DUPLICATE,
         "Records skipped because they were already written (replay after a crash or rebalance)."
+    );
+    describe_counter!(
+        RECORDS_POSITION_AHEAD,
+        "Records skipped as already written although the stored position is above the partition's end (topic re-created or offsets reset): they are not stored."
     );
     describe_histogram!(BATCH_SIZE, Unit::Count, "Records per written batch.");
     describe_histogram!(

@@ -2,10 +2,12 @@
 //!
 //! Migrations are the SQL files in `sink-connector/migrations/`, compiled into
 //! the binary and applied in order at start (and after every reconnect), each
-//! recorded in `<table>_migrations`. The whole run holds a transaction-scoped
-//! PostgreSQL advisory lock keyed on the schema, so sinks starting at once
-//! queue behind each other: the first applies, the others find the versions
-//! recorded and apply nothing.
+//! recorded in `<table>_migrations`. That table is read first, and when every
+//! version is recorded no DDL runs (a least-privilege role can start on tables
+//! a DBA created). Otherwise the run holds a transaction-scoped PostgreSQL
+//! advisory lock keyed on the schema, so sinks starting at once queue behind
+//! each other: the first applies, the others find the versions recorded and
+//! apply nothing.
 //!
 //! Every identifier that comes from the configuration is quoted by [`quote_ident`]
 //! before it reaches SQL; migrations name tables through `{{placeholders}}`.
@@ -61,21 +63,49 @@ impl Tables {
         }
     }
 
-    /// Replaces every `{{name}}` placeholder in `sql` with its quoted identifier.
+    /// Replaces every `{{name}}` placeholder in `sql` with its quoted
+    /// identifier, in one left-to-right pass: text already inserted (a table
+    /// name may itself contain braces) is never looked at again. An unknown
+    /// placeholder is left as it is.
     pub fn substitute(&self, sql: &str) -> String {
         let local = |suffix: &str| quote_ident(&format!("{}{suffix}", self.base));
-        [
-            ("{{schema}}", self.schema.clone()),
-            ("{{site}}", self.site.clone()),
-            ("{{check}}", self.check.clone()),
-            ("{{rejected}}", self.rejected.clone()),
-            ("{{offsets}}", self.offsets.clone()),
-            ("{{check_position_key}}", local("_check_position_key")),
-            ("{{check_site_time_idx}}", local("_check_site_time_idx")),
-            ("{{rejected_position_key}}", local("_rejected_position_key")),
-        ]
-        .iter()
-        .fold(sql.to_owned(), |acc, (k, v)| acc.replace(k, v))
+        let lookup = |name: &str| -> Option<String> {
+            Some(match name {
+                "schema" => self.schema.clone(),
+                "site" => self.site.clone(),
+                "check" => self.check.clone(),
+                "rejected" => self.rejected.clone(),
+                "offsets" => self.offsets.clone(),
+                "check_position_key" => local("_check_position_key"),
+                "check_site_time_idx" => local("_check_site_time_idx"),
+                "rejected_position_key" => local("_rejected_position_key"),
+                _ => return None,
+            })
+        };
+        let mut out = String::with_capacity(sql.len() + 64);
+        let mut rest = sql;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            match after.find("}}") {
+                Some(end) => match lookup(&after[..end]) {
+                    Some(v) => {
+                        out.push_str(&v);
+                        rest = &after[end + 2..];
+                    }
+                    None => {
+                        out.push_str("{{");
+                        rest = after;
+                    }
+                },
+                None => {
+                    out.push_str("{{");
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        out
     }
 }
 
@@ -107,37 +137,88 @@ pub struct Applied {
     pub versions: Vec<i32>,
 }
 
+/// Versions recorded in `<table>_migrations`, or `None` when that table does
+/// not exist. Needs only `SELECT` on it.
+async fn applied_versions(
+    client: &(impl tokio_postgres::GenericClient + Sync),
+    tables: &Tables,
+) -> Result<Option<Vec<i32>>, tokio_postgres::Error> {
+    // A plain catalog query (its own MVCC snapshot) rather than to_regclass,
+    // which may miss a table another session just committed.
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                            WHERE n.nspname = $1 AND c.relname = $2)",
+            &[&tables.schema_raw, &format!("{}_migrations", tables.base)],
+        )
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let rows = client
+        .query(&format!("SELECT version FROM {}", tables.migrations), &[])
+        .await?;
+    Ok(Some(rows.iter().map(|r| r.get(0)).collect()))
+}
+
+fn pending(done: &[i32]) -> impl Iterator<Item = &'static Migration> + '_ {
+    MIGRATIONS.iter().filter(|m| !done.contains(&m.version))
+}
+
 /// Creates the schema when missing and applies every migration not yet
 /// recorded, in one transaction under an advisory lock.
+///
+/// `<table>_migrations` is read first: when every migration is recorded no
+/// DDL runs at all, so a role that may only read and write tables a DBA
+/// created (no `CREATE` on the database or schema) can start.
 pub async fn migrate(
     client: &mut Client,
     tables: &Tables,
 ) -> Result<Applied, tokio_postgres::Error> {
+    if let Some(done) = applied_versions(&*client, tables).await? {
+        if pending(&done).next().is_none() {
+            return Ok(Applied {
+                versions: Vec::new(),
+            });
+        }
+    }
     let tx = client.transaction().await?;
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext($2))",
         &[&LOCK_CLASS, &tables.schema_raw],
     )
     .await?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {m} (
-             version    integer PRIMARY KEY,
-             name       text NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         );",
-        schema = tables.schema,
-        m = tables.migrations
-    ))
-    .await?;
-    let done: Vec<i32> = tx
-        .query(&format!("SELECT version FROM {}", tables.migrations), &[])
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    // Under the lock, look again: another sink may have just applied them.
+    let done = match applied_versions(&tx, tables).await? {
+        Some(done) => done,
+        None => {
+            let schema_exists: bool = tx
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+                    &[&tables.schema_raw],
+                )
+                .await?
+                .get(0);
+            if !schema_exists {
+                tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", tables.schema))
+                    .await?;
+            }
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {m} (
+                     version    integer PRIMARY KEY,
+                     name       text NOT NULL,
+                     applied_at timestamptz NOT NULL DEFAULT now()
+                 );",
+                m = tables.migrations
+            ))
+            .await?;
+            Vec::new()
+        }
+    };
     let mut applied = Vec::new();
-    for m in MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+    for m in pending(&done) {
         tracing::info!(version = m.version, name = m.name, "applying migration");
         tx.batch_execute(&tables.substitute(m.sql)).await?;
         tx.execute(
@@ -191,5 +272,22 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(versions, sorted, "versions increase and are unique");
+    }
+
+    #[test]
+    fn substitution_is_one_pass_and_never_expands_inserted_names() {
+        // A hostile name (the configuration refuses braces, but the
+        // substitution must not depend on that).
+        let t = Tables::new("s{{site}}", "a{{rejected}}\"b");
+        let sql =
+            t.substitute("CREATE TABLE {{site}} (); ALTER TABLE {{rejected}}; {{unknown}} {{");
+        assert_eq!(
+            sql,
+            "CREATE TABLE \"s{{site}}\".\"a{{rejected}}\"\"b\" (); ALTER TABLE \"s{{site}}\".\"a{{rejected}}\"\"b_rejected\"; {{unknown}} {{"
+        );
+        assert_eq!(
+            t.substitute("{{check_position_key}}"),
+            "\"a{{rejected}}\"\"b_check_position_key\""
+        );
     }
 }

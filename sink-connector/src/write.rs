@@ -2,25 +2,35 @@
 //!
 //! Per batch, inside one transaction:
 //!
-//! 1. lock this topic's rows of the offsets table for the batch's partitions
-//!    (`SELECT ... FOR UPDATE`; missing rows are created first, from the
-//!    highest offset already stored, so the table can be rebuilt from history);
+//! 0. (before the transaction) drop repeats of one Kafka position within the
+//!    batch, keeping the first: a rebalance inside `recv()` can hand the same
+//!    record over twice;
+//! 1. lock the offsets-table rows of the batch's (topic, partition) pairs, in
+//!    sorted order (`SELECT ... ORDER BY ... FOR UPDATE`; missing rows are
+//!    created first, from the highest offset already stored, so the table can
+//!    be rebuilt from history);
 //! 2. drop records below `next_offset`: an earlier run, or another group member
 //!    before a rebalance, already wrote them;
 //! 3. upsert the newest record per url into the latest-state table, in one
-//!    statement over arrays, under the ordering guard (an older `checked_at`
-//!    never overwrites a newer one), and get the row id of every url;
+//!    statement over arrays sorted by url (a fixed lock order, so two sinks
+//!    cannot deadlock), under the ordering guard (an older `checked_at` never
+//!    overwrites a newer one), and get the row id of every url — a url without
+//!    a row afterwards (deleted concurrently, or skipped by a trigger) fails
+//!    the batch, to be retried, rather than losing its history row;
 //! 4. binary `COPY` the history rows (typed columns, the original JSON bytes as
 //!    `jsonb`) and the rejects;
 //! 5. advance `next_offset`; COMMIT.
 //!
 //! Only after this returns does the caller store and commit Kafka offsets. If
 //! PostgreSQL refuses a record (SQLSTATE class 22 or 23, e.g. text jsonb cannot
-//! hold), the batch is bisected with rolled-back probe transactions to find it,
-//! and it is written to the rejects table with the database's message instead.
+//! hold), the batch is bisected with rolled-back probe transactions (which skip
+//! the records below `next_offset` too) to find it, and it is written to the
+//! rejects table with the database's message instead. When no record fails on
+//! its own, nothing is rejected: the error is returned and the batch retried.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::error::Error as StdError;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::{BufMut, BytesMut};
@@ -36,6 +46,8 @@ use crate::migrate::Tables;
 /// One consumed Kafka record and what decoding made of it.
 #[derive(Debug, Clone)]
 pub struct Msg {
+    /// Topic (the record's own, from Kafka).
+    pub topic: Arc<str>,
     /// Partition.
     pub partition: i32,
     /// Offset.
@@ -50,6 +62,13 @@ pub struct Msg {
     pub decoded: Decoded,
 }
 
+impl Msg {
+    /// Bytes held (value and key), for `batch_max_bytes`.
+    pub fn size(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len) + self.key.as_ref().map_or(0, Vec::len)
+    }
+}
+
 /// What a committed batch wrote.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -59,8 +78,46 @@ pub struct Outcome {
     pub check_rows: u64,
     /// Rejects written, by reason.
     pub rejected: HashMap<&'static str, u64>,
-    /// Records skipped as already written.
+    /// Records skipped as already written, or repeated within the batch.
     pub duplicates: u64,
+    /// The partitions where records were skipped as already written, with
+    /// the stored `next_offset` (a value above the partition's end means the
+    /// topic was re-created or its offsets reset).
+    pub skipped: Vec<Skipped>,
+}
+
+/// Records of one partition skipped because they were below `next_offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// Topic.
+    pub topic: Arc<str>,
+    /// Partition.
+    pub partition: i32,
+    /// The `next_offset` stored in the offsets table.
+    pub next_offset: i64,
+    /// How many records of the batch were skipped.
+    pub records: u64,
+}
+
+/// Why a batch was not written. Nothing was committed; retry it.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// PostgreSQL (or the connection to it) failed.
+    #[error("{}", db_message(.0))]
+    Db(#[from] tokio_postgres::Error),
+    /// A url had no row in the latest-state table right after the upsert.
+    #[error("url {url:?} has no row in the latest-state table right after the upsert (deleted concurrently, or skipped by a trigger); retrying the batch")]
+    SiteMissing {
+        /// The url.
+        url: String,
+    },
+}
+
+impl WriteError {
+    /// Whether PostgreSQL refused the data (see [`is_data_error`]).
+    pub fn is_data(&self) -> bool {
+        matches!(self, WriteError::Db(e) if is_data_error(e))
+    }
 }
 
 /// A `jsonb`/`json` parameter from JSON text already validated in Rust:
@@ -105,15 +162,20 @@ impl Sql {
     pub fn new(t: &Tables) -> Self {
         Self {
             select_offsets: format!(
-                "SELECT \"partition\", next_offset FROM {o} WHERE topic = $1 AND \"partition\" = ANY($2) FOR UPDATE",
+                "SELECT o.topic, o.\"partition\", o.next_offset
+                 FROM {o} o JOIN unnest($1::text[], $2::int4[]) AS k(t, p)
+                      ON o.topic = k.t AND o.\"partition\" = k.p
+                 ORDER BY o.topic, o.\"partition\"
+                 FOR UPDATE OF o",
                 o = t.offsets
             ),
             init_offsets: format!(
                 "INSERT INTO {o} (topic, \"partition\", next_offset)
-                 SELECT $1, p, GREATEST(
-                     COALESCE((SELECT max(c.\"offset\") + 1 FROM {c} c WHERE c.topic = $1 AND c.\"partition\" = p), 0),
-                     COALESCE((SELECT max(r.\"offset\") + 1 FROM {r} r WHERE r.topic = $1 AND r.\"partition\" = p), 0))
-                 FROM unnest($2::int4[]) AS p
+                 SELECT k.t, k.p, GREATEST(
+                     COALESCE((SELECT max(c.\"offset\") + 1 FROM {c} c WHERE c.topic = k.t AND c.\"partition\" = k.p), 0),
+                     COALESCE((SELECT max(r.\"offset\") + 1 FROM {r} r WHERE r.topic = k.t AND r.\"partition\" = k.p), 0))
+                 FROM unnest($1::text[], $2::int4[]) AS k(t, p)
+                 ORDER BY k.t, k.p
                  ON CONFLICT DO NOTHING",
                 o = t.offsets,
                 c = t.check,
@@ -143,8 +205,8 @@ impl Sql {
             ),
             update_offsets: format!(
                 "UPDATE {o} AS o SET next_offset = GREATEST(o.next_offset, v.n), updated_at = now()
-                 FROM unnest($2::int4[], $3::int8[]) AS v(p, n)
-                 WHERE o.topic = $1 AND o.\"partition\" = v.p",
+                 FROM unnest($1::text[], $2::int4[], $3::int8[]) AS v(t, p, n)
+                 WHERE o.topic = v.t AND o.\"partition\" = v.p",
                 o = t.offsets
             ),
         }
@@ -190,25 +252,56 @@ impl Conn {
 enum Mode {
     /// Write everything and commit.
     Commit,
-    /// Write only the good records, without touching offsets, and roll back:
-    /// used to find the record PostgreSQL refuses.
+    /// Write only the good records of a subset that are not written yet, and
+    /// roll back: used to find the record PostgreSQL refuses.
     Probe,
 }
 
-/// Writes `msgs` (all from `topic`) in one transaction. A record PostgreSQL
-/// refuses is found and rejected; any other error is returned for the caller
-/// to retry (nothing was committed then).
-pub async fn write_batch(
-    conn: &mut Conn,
-    topic: &str,
-    msgs: &[Msg],
-) -> Result<Outcome, tokio_postgres::Error> {
+/// `msgs` without repeats of a Kafka position (the first is kept), or `None`
+/// when there are none.
+fn dedupe(msgs: &[Msg]) -> Option<Vec<Msg>> {
+    let mut seen = HashSet::with_capacity(msgs.len());
+    if msgs
+        .iter()
+        .all(|m| seen.insert((&*m.topic, m.partition, m.offset)))
+    {
+        return None;
+    }
+    seen.clear();
+    Some(
+        msgs.iter()
+            .filter(|m| seen.insert((&*m.topic, m.partition, m.offset)))
+            .cloned()
+            .collect(),
+    )
+}
+
+/// Writes `msgs` in one transaction. A record PostgreSQL refuses on its own
+/// is found and rejected; any other error — including a refusal no single
+/// record explains — is returned for the caller to retry (nothing was
+/// committed then).
+pub async fn write_batch(conn: &mut Conn, msgs: &[Msg]) -> Result<Outcome, WriteError> {
+    let deduped = dedupe(msgs);
+    let repeated = deduped.as_ref().map_or(0, |d| msgs.len() - d.len()) as u64;
+    if repeated > 0 {
+        tracing::info!(
+            records = repeated,
+            "dropped repeats of a Kafka position within one batch (a rebalance re-fetched them)"
+        );
+    }
+    let msgs = deduped.as_deref().unwrap_or(msgs);
+    let mut out = write_refusing(conn, msgs).await?;
+    out.duplicates += repeated;
+    Ok(out)
+}
+
+async fn write_refusing(conn: &mut Conn, msgs: &[Msg]) -> Result<Outcome, WriteError> {
     let mut refused: HashMap<usize, Rejected> = HashMap::new();
     const ROUNDS: usize = 4;
-    for round in 0..ROUNDS {
-        let err = match write_tx(conn, topic, msgs, &refused, Mode::Commit, None).await {
+    for _ in 0..ROUNDS {
+        let err = match write_tx(conn, msgs, &refused, Mode::Commit, None).await {
             Ok(o) => return Ok(o),
-            Err(e) if is_data_error(&e) => e,
+            Err(e) if e.is_data() => e,
             Err(e) => return Err(e),
         };
         let candidates: Vec<usize> = msgs
@@ -217,46 +310,37 @@ pub async fn write_batch(
             .filter(|(i, m)| matches!(m.decoded, Decoded::Good(_)) && !refused.contains_key(i))
             .map(|(i, _)| i)
             .collect();
-        tracing::warn!(error = %db_message(&err), candidates = candidates.len(), "PostgreSQL refused a record of the batch; looking for it");
-        let found = find_refused(conn, topic, msgs, candidates.clone()).await?;
-        if found.is_empty() || round == ROUNDS - 1 {
-            // Nothing alone is at fault (or the search keeps failing): rather
-            // than loop, reject what is left with the database's message.
-            let detail = db_message(&err);
-            for i in candidates {
-                refused.insert(
-                    i,
-                    Rejected {
-                        reason: Reason::Database,
-                        detail: detail.clone(),
-                    },
-                );
-            }
-        } else {
-            for (i, detail) in found {
-                tracing::warn!(partition = msgs[i].partition, offset = msgs[i].offset, %detail, "record refused by PostgreSQL; rejecting it");
-                refused.insert(
-                    i,
-                    Rejected {
-                        reason: Reason::Database,
-                        detail,
-                    },
-                );
-            }
+        tracing::warn!(error = %err, candidates = candidates.len(), "PostgreSQL refused a record of the batch; looking for it");
+        let found = find_refused(conn, msgs, candidates).await?;
+        if found.is_empty() {
+            // No record fails on its own (records conflicting with each
+            // other, or a transient refusal): rejecting good records would
+            // lose them, so retry the batch instead.
+            tracing::warn!(error = %err, "no single record of the batch is refused on its own; the batch will be retried");
+            return Err(err);
+        }
+        for (i, detail) in found {
+            tracing::warn!(topic = %msgs[i].topic, partition = msgs[i].partition, offset = msgs[i].offset, %detail, "record refused by PostgreSQL; rejecting it");
+            refused.insert(
+                i,
+                Rejected {
+                    reason: Reason::Database,
+                    detail,
+                },
+            );
         }
     }
-    // The last round rejected every good record; only a non-data error can be left.
-    write_tx(conn, topic, msgs, &refused, Mode::Commit, None).await
+    write_tx(conn, msgs, &refused, Mode::Commit, None).await
 }
 
-/// Bisects `candidates` with rolled-back probes; returns the records that
-/// fail on their own, with PostgreSQL's message.
+/// Bisects `candidates` with rolled-back probes (which skip what is already
+/// written, as a commit would); returns the records that fail on their own,
+/// with PostgreSQL's message.
 async fn find_refused(
     conn: &mut Conn,
-    topic: &str,
     msgs: &[Msg],
     candidates: Vec<usize>,
-) -> Result<Vec<(usize, String)>, tokio_postgres::Error> {
+) -> Result<Vec<(usize, String)>, WriteError> {
     let mut found = Vec::new();
     let mut stack = vec![candidates];
     let none = HashMap::new();
@@ -264,11 +348,11 @@ async fn find_refused(
         if set.is_empty() {
             continue;
         }
-        match write_tx(conn, topic, msgs, &none, Mode::Probe, Some(&set)).await {
+        match write_tx(conn, msgs, &none, Mode::Probe, Some(&set)).await {
             Ok(_) => {}
-            Err(e) if is_data_error(&e) => {
+            Err(e) if e.is_data() => {
                 if set.len() == 1 {
-                    found.push((set[0], db_message(&e)));
+                    found.push((set[0], e.to_string()));
                 } else {
                     let (a, b) = set.split_at(set.len() / 2);
                     stack.push(b.to_vec());
@@ -315,12 +399,11 @@ fn effective_time(m: &Msg, g: &Good, now: SystemTime) -> SystemTime {
 
 async fn write_tx(
     conn: &mut Conn,
-    topic: &str,
     msgs: &[Msg],
     refused: &HashMap<usize, Rejected>,
     mode: Mode,
     only: Option<&[usize]>,
-) -> Result<Outcome, tokio_postgres::Error> {
+) -> Result<Outcome, WriteError> {
     let now = SystemTime::now();
     let started = Instant::now();
     let Conn {
@@ -336,24 +419,43 @@ async fn write_tx(
     let tx = client.transaction().await?;
     let mut out = Outcome::default();
 
-    // 1–2. Lock the partitions' positions and drop what is already written.
+    // 1–2. Lock the partitions' positions and drop what is already written
+    // (in probes too, so the bisection never blames a record for being there).
     let mut keep: Vec<usize> = match only {
         Some(set) => set.to_vec(),
         None => (0..msgs.len()).collect(),
     };
-    let mut last: HashMap<i32, i64> = HashMap::new();
-    if mode == Mode::Commit {
-        for m in msgs {
-            let e = last.entry(m.partition).or_insert(m.offset);
-            *e = (*e).max(m.offset);
+    let mut last: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in msgs {
+        let e = last.entry((&*m.topic, m.partition)).or_insert(m.offset);
+        *e = (*e).max(m.offset);
+    }
+    let keys: Vec<(&str, i32)> = last.keys().copied().collect();
+    let next = lock_offsets(&tx, select_offsets, init_offsets, &keys).await?;
+    let mut skipped: BTreeMap<(&str, i32), u64> = BTreeMap::new();
+    keep.retain(|&i| {
+        let m = &msgs[i];
+        let fresh = m.offset >= next.get(&(&*m.topic, m.partition)).copied().unwrap_or(0);
+        if !fresh {
+            *skipped.entry((&*m.topic, m.partition)).or_default() += 1;
         }
-        let partitions: Vec<i32> = last.keys().copied().collect();
-        let next = lock_offsets(&tx, select_offsets, init_offsets, topic, &partitions).await?;
-        keep.retain(|&i| {
-            let m = &msgs[i];
-            m.offset >= next.get(&m.partition).copied().unwrap_or(0)
-        });
+        fresh
+    });
+    if mode == Mode::Commit {
         out.duplicates = (msgs.len() - keep.len()) as u64;
+        out.skipped = skipped
+            .into_iter()
+            .map(|((t, p), records)| Skipped {
+                topic: msgs
+                    .iter()
+                    .find(|m| &*m.topic == t)
+                    .map(|m| m.topic.clone())
+                    .unwrap_or_else(|| Arc::from(t)),
+                partition: p,
+                next_offset: next.get(&(t, p)).copied().unwrap_or(0),
+                records,
+            })
+            .collect();
     }
 
     // Split into good rows and rejects.
@@ -371,9 +473,10 @@ async fn write_tx(
         }
     }
 
-    // 3. Newest record per url, upserted in one statement.
+    // 3. Newest record per url, upserted in one statement, sorted by url so
+    // concurrent sinks lock rows in the same order.
     if !goods.is_empty() {
-        let mut newest: HashMap<&str, (SystemTime, usize)> = HashMap::with_capacity(goods.len());
+        let mut newest: BTreeMap<&str, (SystemTime, usize)> = BTreeMap::new();
         for &(i, g) in &goods {
             let t = effective_time(&msgs[i], g, now);
             match newest.get_mut(g.url.as_str()) {
@@ -412,6 +515,13 @@ async fn write_tx(
                 ids.insert(r.get(1), r.get(0));
             }
         }
+        // Every history row needs its site row; a url still without one
+        // fails the batch (retried) instead of silently losing the row.
+        if let Some(url) = urls.iter().find(|u| !ids.contains_key(**u)) {
+            return Err(WriteError::SiteMissing {
+                url: (*url).to_owned(),
+            });
+        }
 
         // 4. History rows, binary COPY with typed columns.
         let sink = tx.copy_in(&*copy_check).await?;
@@ -432,12 +542,10 @@ async fn write_tx(
         pin_mut!(writer);
         for &(i, g) in &goods {
             let m = &msgs[i];
-            let Some(site_id) = ids.get(g.url.as_str()).copied() else {
-                // Cannot happen: every url was upserted or read back above.
-                continue;
-            };
+            let site_id = ids[g.url.as_str()];
             let t = effective_time(m, g, now);
             let data = RawJson(m.payload.as_deref().unwrap_or(b"null"));
+            let topic: &str = &m.topic;
             writer
                 .as_mut()
                 .write(&[
@@ -481,6 +589,7 @@ async fn write_tx(
         for &(i, r) in &rejects {
             let m = &msgs[i];
             let reason = r.reason.as_str();
+            let topic: &str = &m.topic;
             writer
                 .as_mut()
                 .write(&[
@@ -500,8 +609,15 @@ async fn write_tx(
     }
 
     // 5. Advance the positions, commit.
-    let (ps, ns): (Vec<i32>, Vec<i64>) = last.iter().map(|(p, o)| (*p, o + 1)).unzip();
-    tx.execute(&*update_offsets, &[&topic, &ps, &ns]).await?;
+    let mut ts = Vec::with_capacity(last.len());
+    let mut ps = Vec::with_capacity(last.len());
+    let mut ns = Vec::with_capacity(last.len());
+    for ((t, p), o) in &last {
+        ts.push(*t);
+        ps.push(*p);
+        ns.push(o + 1);
+    }
+    tx.execute(&*update_offsets, &[&ts, &ps, &ns]).await?;
     tx.commit().await?;
     tracing::debug!(
         records = msgs.len(),
@@ -514,42 +630,50 @@ async fn write_tx(
     Ok(out)
 }
 
-/// Locks (creating when missing) the offsets rows of `partitions`; returns
-/// each partition's next offset to write.
-async fn lock_offsets(
+/// Locks (creating when missing) the offsets rows of `keys` (sorted), in
+/// order; returns each one's next offset to write.
+async fn lock_offsets<'k>(
     tx: &Transaction<'_>,
     select: &Statement,
     init: &Statement,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<HashMap<i32, i64>, tokio_postgres::Error> {
-    let read = |rows: Vec<tokio_postgres::Row>| -> HashMap<i32, i64> {
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+    keys: &[(&'k str, i32)],
+) -> Result<HashMap<(&'k str, i32), i64>, tokio_postgres::Error> {
+    let read = |rows: Vec<tokio_postgres::Row>| -> HashMap<(&'k str, i32), i64> {
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let (t, p): (&str, i32) = (r.get(0), r.get(1));
+            if let Some(k) = keys.iter().find(|k| k.0 == t && k.1 == p) {
+                out.insert(*k, r.get(2));
+            }
+        }
+        out
     };
-    let next = read(tx.query(select, &[&topic, &partitions]).await?);
-    if next.len() == partitions.len() {
+    let topics: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let partitions: Vec<i32> = keys.iter().map(|k| k.1).collect();
+    let next = read(tx.query(select, &[&topics, &partitions]).await?);
+    if next.len() == keys.len() {
         return Ok(next);
     }
-    let missing: Vec<i32> = partitions
+    let (mt, mp): (Vec<&str>, Vec<i32>) = keys
         .iter()
-        .copied()
-        .filter(|p| !next.contains_key(p))
-        .collect();
-    tx.execute(init, &[&topic, &missing]).await?;
-    Ok(read(tx.query(select, &[&topic, &partitions]).await?))
+        .filter(|k| !next.contains_key(*k))
+        .map(|k| (k.0, k.1))
+        .unzip();
+    tx.execute(init, &[&mt, &mp]).await?;
+    Ok(read(tx.query(select, &[&topics, &partitions]).await?))
 }
 
 /// Next offsets to commit to Kafka for a written batch: the highest offset per
-/// partition, plus one.
-pub fn commit_positions(msgs: &[Msg]) -> Vec<(i32, i64)> {
-    let mut last: HashMap<i32, i64> = HashMap::new();
+/// (topic, partition), plus one, sorted.
+pub fn commit_positions(msgs: &[Msg]) -> Vec<(Arc<str>, i32, i64)> {
+    let mut last: BTreeMap<(Arc<str>, i32), i64> = BTreeMap::new();
     for m in msgs {
-        let e = last.entry(m.partition).or_insert(m.offset);
+        let e = last
+            .entry((m.topic.clone(), m.partition))
+            .or_insert(m.offset);
         *e = (*e).max(m.offset);
     }
-    let mut v: Vec<(i32, i64)> = last.into_iter().map(|(p, o)| (p, o + 1)).collect();
-    v.sort_unstable();
-    v
+    last.into_iter().map(|((t, p), o)| (t, p, o + 1)).collect()
 }
 
 #[cfg(test)]
@@ -559,6 +683,7 @@ mod tests {
 
     fn msg(partition: i32, offset: i64) -> Msg {
         Msg {
+            topic: Arc::from("t"),
             partition,
             offset,
             key: None,
@@ -573,8 +698,30 @@ mod tests {
 
     #[test]
     fn commit_positions_are_last_plus_one_per_partition() {
-        let msgs = vec![msg(0, 5), msg(1, 2), msg(0, 7), msg(1, 3)];
-        assert_eq!(commit_positions(&msgs), vec![(0, 8), (1, 4)]);
+        let mut other = msg(0, 1);
+        other.topic = Arc::from("a");
+        let msgs = vec![msg(0, 5), msg(1, 2), msg(0, 7), msg(1, 3), other];
+        let t: Arc<str> = Arc::from("t");
+        assert_eq!(
+            commit_positions(&msgs),
+            vec![(Arc::from("a"), 0, 2), (t.clone(), 0, 8), (t, 1, 4)]
+        );
+    }
+
+    #[test]
+    fn repeats_of_a_position_are_dropped_keeping_the_first() {
+        assert!(dedupe(&[msg(0, 1), msg(1, 1), msg(0, 2)]).is_none());
+        let mut first = msg(0, 1);
+        first.key = Some(b"first".to_vec());
+        let mut other_topic = msg(0, 1);
+        other_topic.topic = Arc::from("u");
+        let d = dedupe(&[first, msg(0, 2), msg(0, 1), other_topic, msg(0, 2)]).unwrap();
+        let got: Vec<(&str, i32, i64)> = d
+            .iter()
+            .map(|m| (&*m.topic, m.partition, m.offset))
+            .collect();
+        assert_eq!(got, [("t", 0, 1), ("t", 0, 2), ("u", 0, 1)]);
+        assert_eq!(d[0].key.as_deref(), Some(&b"first"[..]));
     }
 
     #[test]

@@ -201,6 +201,43 @@ async fn seed_system_test_two_sites_three_checks() {
         rows.iter().all(|r| r.get::<_, bool>(2)),
         "checked_at falls back to the Kafka timestamp"
     );
+    // ... and is exactly that timestamp: per check, and the newest per url.
+    let produced =
+        website_monitor_tests::consume_all(&s.brokers, &topic, Duration::from_secs(2), WAIT).await;
+    assert_eq!(produced.len(), 3, "the three records are in the topic");
+    let kafka_ms: Vec<i64> = produced
+        .iter()
+        .map(|c| c.timestamp_ms.expect("records carry a Kafka timestamp"))
+        .collect();
+    let check_ms: Vec<i64> = db
+        .query(
+            &format!("SELECT (extract(epoch FROM checked_at) * 1000)::int8 FROM \"{schema}\".site_check ORDER BY \"offset\""),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        check_ms, kafka_ms,
+        "site_check.checked_at is each record's Kafka timestamp"
+    );
+    let site_ms: Vec<i64> = db
+        .query(
+            &format!("SELECT (extract(epoch FROM checked_at) * 1000)::int8 FROM \"{schema}\".site ORDER BY url"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        site_ms,
+        [kafka_ms[1], kafka_ms[2]],
+        "site.checked_at is the Kafka timestamp of the url's newest record"
+    );
     assert_eq!(count(&db, &schema, "site_check", "").await, 3);
     assert_eq!(count(&db, &schema, "site_rejected", "").await, 0);
     let history: Vec<String> = db
@@ -909,12 +946,10 @@ async fn two_sinks_starting_at_once_on_an_empty_schema_migrate_once_and_both_wor
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_while_running_loses_and_doubles_nothing() {
     let s = stack();
-    if !s.pg_ours {
-        eprintln!(
-            "SKIPPED postgres_restart_while_running_loses_and_doubles_nothing: the PostgreSQL in use was not started by scripts/stack.sh (WM_PG_OURS != 1), so this test may not stop it"
-        );
-        return;
-    }
+    assert!(
+        s.pg_ours,
+        "postgres_restart_while_running_loses_and_doubles_nothing needs the PostgreSQL started by scripts/stack.sh (WM_PG_OURS=1, as `make up`/`make test` do): it stops and restarts it, which it must not do to a database it does not own. Run it against the local stack, or skip it explicitly with `--skip postgres_restart`"
+    );
     let _g = PG_RESTART.write().await;
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sink_pgrestart").await;
@@ -985,66 +1020,53 @@ impl Drop for PgStartOnDrop {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_to_postgres_with_require_and_verify_full() {
-    let _g = PG_RESTART.read().await;
-    let s = stack();
-    let db = pg(&s.postgres_uri).await;
-    let ca = s.tls_dir.join("ca.pem");
-    let sep = if s.postgres_uri.contains('?') {
-        '&'
-    } else {
-        '?'
+/// `s.postgres_uri` as a `key=value` string with `user`, the host name the
+/// client believes it talks to (`host`, used for TLS verification) and,
+/// when given, the address it really connects to (`hostaddr`) and the port.
+fn kv_uri(
+    uri: &str,
+    user: Option<&str>,
+    host: Option<&str>,
+    hostaddr: Option<&str>,
+    port: Option<u16>,
+) -> String {
+    let c: tokio_postgres::Config = uri.parse().expect("stack postgres_uri parses");
+    let orig_host = match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "127.0.0.1".to_owned(),
     };
-    for (mode, extra) in [
-        ("require", String::new()),
-        ("verify-ca", format!("&sslrootcert={}", ca.display())),
-        ("verify-full", format!("&sslrootcert={}", ca.display())),
-    ] {
-        let schema = fresh_schema(&db, "sink_tls").await;
-        let topic = unique("sink-tls");
-        create_topic(&s.brokers, &topic, 1).await;
-        let app = unique_ident("sinktls");
-        let uri = format!(
-            "{}{sep}sslmode={mode}{extra}&application_name={app}",
-            s.postgres_uri
-        );
-        produce_json(&s.brokers, &topic, &[br#"{"url": "http://tls/"}"#.to_vec()]).await;
-        let (running, token) =
-            start(&config_text(&plain_kafka(&s), &topic, &schema, &uri, "")).await;
-        wait_rows(&db, &schema, "site_check", 1).await;
-        let ssl: bool = db
-            .query_one(
-                "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
-                &[&app],
-            )
-            .await
-            .unwrap()
-            .get::<_, Option<bool>>(0)
-            .expect("the sink's connection is listed");
-        assert!(ssl, "sslmode={mode}: the sink's connection is encrypted");
-        stop(running, token).await;
+    let mut out = format!(
+        "host={} port={} dbname={} user={}",
+        host.unwrap_or(&orig_host),
+        port.unwrap_or_else(|| c.get_ports().first().copied().unwrap_or(5432)),
+        c.get_dbname().unwrap_or("postgres"),
+        user.or(c.get_user()).unwrap_or("postgres"),
+    );
+    if let Some(a) = hostaddr {
+        out.push_str(&format!(" hostaddr={a}"));
     }
+    if let Some(pw) = c.get_password() {
+        out.push_str(&format!(" password='{}'", String::from_utf8_lossy(pw)));
+    }
+    out
+}
 
-    // verify-full against a CA that did not sign the server's certificate must not connect.
-    let schema = fresh_schema(&db, "sink_tls_bad").await;
+/// The PostgreSQL server's port in the stack's connection string.
+fn pg_port(uri: &str) -> u16 {
+    let c: tokio_postgres::Config = uri.parse().expect("stack postgres_uri parses");
+    c.get_ports().first().copied().unwrap_or(5432)
+}
+
+/// Starts a sink on `uri` and checks it never gets PostgreSQL: `/readyz`
+/// names PostgreSQL and no table appears.
+async fn assert_refused(s: &Stack, db: &tokio_postgres::Client, uri: &str, what: &str) {
+    let schema = fresh_schema(db, "sink_tls_bad").await;
     let topic = unique("sink-tls-bad");
     create_topic(&s.brokers, &topic, 1).await;
-    let wrong_ca = tempfile::NamedTempFile::new().unwrap();
-    {
-        let mut f = wrong_ca.reopen().unwrap();
-        f.write_all(&std::fs::read(s.tls_dir.join("client.pem")).unwrap())
-            .unwrap();
-    }
-    let uri = format!(
-        "{}{sep}sslmode=verify-full&sslrootcert={}",
-        s.postgres_uri,
-        wrong_ca.path().display()
-    );
-    let (running, token) = start(&config_text(&plain_kafka(&s), &topic, &schema, &uri, "")).await;
+    let (running, token) = start(&config_text(&plain_kafka(s), &topic, &schema, uri, "")).await;
     let addr = running.metrics_addr.to_string();
     eventually(
-        "/readyz to report the certificate problem",
+        &format!("/readyz to report the certificate problem ({what})"),
         WAIT,
         || async {
             match http_get(&addr, "/readyz").await {
@@ -1064,9 +1086,100 @@ async fn tls_to_postgres_with_require_and_verify_full() {
         .get(0);
     assert!(
         !exists,
-        "no table was created through an unverified connection"
+        "{what}: no table was created through an unverified connection"
     );
     stop(running, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_with_require_and_verify_full() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let ca = s.tls_dir.join("ca.pem");
+    // The server certificate names 127.0.0.1 and localhost only. Connecting
+    // to 127.0.0.1 while calling it `not-in-the-cert.invalid` (libpq's
+    // `hostaddr`) gives a target whose chain is good and whose name is not:
+    // verify-ca must connect there and verify-full must not.
+    let wrong_name = |mode: &str| {
+        format!(
+            "{} sslmode={mode} sslrootcert='{}'",
+            kv_uri(
+                &s.postgres_uri,
+                None,
+                Some("not-in-the-cert.invalid"),
+                Some("127.0.0.1"),
+                None
+            ),
+            ca.display()
+        )
+    };
+    let sep = if s.postgres_uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    for (mode, base) in [
+        ("require", format!("{}{sep}sslmode=require", s.postgres_uri)),
+        ("verify-ca", wrong_name("verify-ca")),
+        (
+            "verify-full",
+            format!(
+                "{}{sep}sslmode=verify-full&sslrootcert={}",
+                s.postgres_uri,
+                ca.display()
+            ),
+        ),
+    ] {
+        let schema = fresh_schema(&db, "sink_tls").await;
+        let topic = unique("sink-tls");
+        create_topic(&s.brokers, &topic, 1).await;
+        let app = unique_ident("sinktls");
+        let uri = if base.starts_with("postgres") {
+            format!("{base}&application_name={app}")
+        } else {
+            format!("{base} application_name={app}")
+        };
+        produce_json(&s.brokers, &topic, &[br#"{"url": "http://tls/"}"#.to_vec()]).await;
+        let (running, token) =
+            start(&config_text(&plain_kafka(&s), &topic, &schema, &uri, "")).await;
+        wait_rows(&db, &schema, "site_check", 1).await;
+        let ssl: bool = db
+            .query_one(
+                "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .expect("the sink's connection is listed");
+        assert!(ssl, "sslmode={mode}: the sink's connection is encrypted");
+        stop(running, token).await;
+    }
+
+    // The same good chain under a name the certificate does not hold:
+    // verify-full checks the name, so it must not connect.
+    assert_refused(
+        &s,
+        &db,
+        &wrong_name("verify-full"),
+        "verify-full, name not in the certificate",
+    )
+    .await;
+
+    // verify-full against a CA that did not sign the server's certificate must not connect.
+    let wrong_ca = tempfile::NamedTempFile::new().unwrap();
+    {
+        let mut f = wrong_ca.reopen().unwrap();
+        f.write_all(&std::fs::read(s.tls_dir.join("client.pem")).unwrap())
+            .unwrap();
+    }
+    let uri = format!(
+        "{}{sep}sslmode=verify-full&sslrootcert={}",
+        s.postgres_uri,
+        wrong_ca.path().display()
+    );
+    assert_refused(&s, &db, &uri, "verify-full, wrong CA").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1122,5 +1235,424 @@ async fn not_ready_while_kafka_is_unreachable() {
     assert_eq!(status, 503);
     assert!(body.contains("Kafka"), "{body}");
     assert!(!body.contains("PostgreSQL"), "{body}");
+    stop(running, token).await;
+}
+
+// --- the batch writer, called directly ----------------------------------------
+
+/// A fresh schema with the sink's tables, and a prepared batch connection to it.
+async fn batch_conn(
+    s: &Stack,
+    prefix: &str,
+) -> (
+    tokio_postgres::Client,
+    String,
+    website_monitor_sink::write::Conn,
+) {
+    use website_monitor_sink::migrate::{migrate, Tables};
+    use website_monitor_sink::write::{Conn, Sql};
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, prefix).await;
+    let tables = Tables::new(&schema, "site");
+    let mut client = pg(&s.postgres_uri).await;
+    migrate(&mut client, &tables).await.expect("migrate");
+    let conn = Conn::prepare(client, &Sql::new(&tables))
+        .await
+        .expect("prepare");
+    (db, schema, conn)
+}
+
+/// A consumed record at `offset` of partition 0 of `topic`.
+fn batch_msg(topic: &str, offset: i64, json: &str) -> website_monitor_sink::write::Msg {
+    use website_monitor_sink::decode::{decode, Limits};
+    website_monitor_sink::write::Msg {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        key: None,
+        timestamp: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        payload: Some(json.as_bytes().to_vec()),
+        decoded: decode(
+            Some(json.as_bytes()),
+            Limits {
+                max_record_bytes: 1 << 20,
+                max_url_bytes: 2048,
+            },
+        ),
+    }
+}
+
+async fn next_offset(db: &tokio_postgres::Client, schema: &str, topic: &str) -> Option<i64> {
+    db.query_opt(
+        &format!("SELECT next_offset FROM \"{schema}\".site_kafka_offsets WHERE topic = $1 AND \"partition\" = 0"),
+        &[&topic],
+    )
+    .await
+    .unwrap()
+    .map(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholesale() {
+    use website_monitor_sink::write::{write_batch, WriteError};
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let (db, schema, mut conn) = batch_conn(&s, "sink_writer").await;
+    let t = "writer-topic";
+
+    // 1. One Kafka position twice in a batch (a rebalance inside recv()
+    // re-fetched it): written once, the repeat counted as a duplicate.
+    let a = batch_msg(t, 0, r#"{"url": "http://a/", "n": 0}"#);
+    let b = batch_msg(t, 1, r#"{"url": "http://b/", "n": 1}"#);
+    let batch = vec![a.clone(), b.clone(), a.clone()];
+    let out = write_batch(&mut conn, &batch)
+        .await
+        .unwrap_or_else(|e| panic!("a batch holding one position twice is written: {e}"));
+    assert_eq!((out.check_rows, out.duplicates), (2, 1));
+    assert_eq!(count(&db, &schema, "site_check", "").await, 2);
+    assert_eq!(count(&db, &schema, "site_rejected", "").await, 0);
+    assert_eq!(next_offset(&db, &schema, t).await, Some(2));
+    // Replayed whole: nothing new.
+    let out = write_batch(&mut conn, &batch).await.expect("replay");
+    assert_eq!((out.check_rows, out.duplicates), (0, 3));
+    assert!(out.skipped.iter().all(|k| k.next_offset == 2));
+
+    // 2. Two records refused only together (no single culprit): the batch
+    // fails, to be retried; nothing is rejected, nothing advances.
+    db.batch_execute(&format!(
+        "CREATE UNIQUE INDEX one_n ON \"{schema}\".site_check ((data->>'n'))"
+    ))
+    .await
+    .unwrap();
+    let pair = vec![
+        batch_msg(t, 2, r#"{"url": "http://c/", "n": 7}"#),
+        batch_msg(t, 3, r#"{"url": "http://d/", "n": 7}"#),
+    ];
+    let err = write_batch(&mut conn, &pair)
+        .await
+        .expect_err("records that conflict only with each other fail the batch");
+    assert!(err.is_data(), "{err}");
+    assert_eq!(
+        count(&db, &schema, "site_rejected", "").await,
+        0,
+        "no good record was rejected"
+    );
+    assert_eq!(count(&db, &schema, "site_check", "").await, 2);
+    assert_eq!(next_offset(&db, &schema, t).await, Some(2));
+    db.batch_execute(&format!("DROP INDEX \"{schema}\".one_n"))
+        .await
+        .unwrap();
+
+    // 3. A refused record among already-written ones: only it is rejected.
+    db.batch_execute(&format!(
+        "ALTER TABLE \"{schema}\".site_check ADD CONSTRAINT no_599 CHECK (status_code IS DISTINCT FROM 599)"
+    ))
+    .await
+    .unwrap();
+    let mixed = vec![
+        a.clone(),
+        b.clone(),
+        batch_msg(t, 2, r#"{"url": "http://c/", "n": 2}"#),
+        batch_msg(t, 3, r#"{"url": "http://refused/", "status_code": 599}"#),
+    ];
+    let out = write_batch(&mut conn, &mixed).await.expect("mixed batch");
+    assert_eq!(out.duplicates, 2);
+    assert_eq!(out.check_rows, 1);
+    assert_eq!(out.rejected.get("database"), Some(&1));
+    let rejected: Vec<i64> = db
+        .query(
+            &format!("SELECT \"offset\" FROM \"{schema}\".site_rejected"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rejected, [3], "only the refused record is rejected");
+    assert_eq!(next_offset(&db, &schema, t).await, Some(4));
+
+    // 4. A url whose site row does not exist after the upsert (here a
+    // trigger swallows it; in production a concurrent DELETE): the batch
+    // fails instead of dropping the history row and advancing the offset.
+    db.batch_execute(&format!(
+        "CREATE FUNCTION \"{schema}\".swallow() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.url = 'http://vanish/' THEN RETURN NULL; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER swallow BEFORE INSERT ON \"{schema}\".site
+         FOR EACH ROW EXECUTE FUNCTION \"{schema}\".swallow();"
+    ))
+    .await
+    .unwrap();
+    let vanish = vec![batch_msg(t, 4, r#"{"url": "http://vanish/"}"#)];
+    let err = write_batch(&mut conn, &vanish)
+        .await
+        .expect_err("a url without a site row fails the batch");
+    assert!(matches!(err, WriteError::SiteMissing { .. }), "{err}");
+    assert_eq!(
+        next_offset(&db, &schema, t).await,
+        Some(4),
+        "the offset did not advance"
+    );
+    assert_eq!(count(&db, &schema, "site_check", "").await, 3);
+}
+
+// --- least privilege, stale positions, half-open connections ------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_rights_starts_on_tables_a_dba_created() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_lp").await;
+    // The DBA creates the tables (the sink's own migrations, as a superuser) ...
+    let tables = website_monitor_sink::migrate::Tables::new(&schema, "site");
+    let mut admin = pg(&s.postgres_uri).await;
+    website_monitor_sink::migrate::migrate(&mut admin, &tables)
+        .await
+        .expect("migrate as the DBA");
+    // ... and grants a role only what the sink needs to write.
+    let role = unique_ident("sink_lp_role");
+    db.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN;
+         GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
+         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    let may_create: bool = db
+        .query_one(
+            "SELECT has_database_privilege($1, current_database(), 'CREATE') OR has_schema_privilege($1, $2, 'CREATE')",
+            &[&role, &schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!may_create, "the role may not create anything");
+    let topic = unique("sink-lp");
+    create_topic(&s.brokers, &topic, 1).await;
+    produce_json(
+        &s.brokers,
+        &topic,
+        &[
+            br#"{"url": "http://lp/", "n": 1}"#.to_vec(),
+            br#"{"url": "http://lp/", "n": 2}"#.to_vec(),
+        ],
+    )
+    .await;
+    let uri = kv_uri(&s.postgres_uri, Some(&role), None, None, None);
+    let (running, token) = start(&config_text(&plain_kafka(&s), &topic, &schema, &uri, "")).await;
+    wait_rows(&db, &schema, "site_check", 2).await;
+    stop(running, token).await;
+    db.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_position_beyond_the_partition_end_is_reported() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_ahead").await;
+    let tables = website_monitor_sink::migrate::Tables::new(&schema, "site");
+    let mut admin = pg(&s.postgres_uri).await;
+    website_monitor_sink::migrate::migrate(&mut admin, &tables)
+        .await
+        .expect("migrate");
+    let topic = unique("sink-ahead");
+    create_topic(&s.brokers, &topic, 1).await;
+    // Positions left over from an earlier topic of the same name.
+    db.execute(
+        &format!("INSERT INTO \"{schema}\".site_kafka_offsets (topic, \"partition\", next_offset) VALUES ($1, 0, 1000)"),
+        &[&topic],
+    )
+    .await
+    .unwrap();
+    let recs: Vec<Vec<u8>> = (0..3).map(|i| numbered(i, 3)).collect();
+    produce_json(&s.brokers, &topic, &recs).await;
+    let (running, token) = start(&config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        "",
+    ))
+    .await;
+    let addr = running.metrics_addr.to_string();
+    let line = format!(
+        "website_monitor_records_position_ahead_total{{topic=\"{topic}\",partition=\"0\"}} 3"
+    );
+    let seen = tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, m) = http_get(&addr, "/metrics").await.unwrap_or_default();
+            if m.lines().any(|l| l == line) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if seen.is_err() {
+        let (_, m) = http_get(&addr, "/metrics").await.unwrap_or_default();
+        panic!("/metrics lacks `{line}`:\n{m}");
+    }
+    assert_eq!(count(&db, &schema, "site_check", "").await, 0);
+    stop(running, token).await;
+}
+
+/// A TCP proxy to PostgreSQL that can turn into a black hole: after
+/// `freeze`, bytes on open connections are no longer passed on and new
+/// connections are accepted but never answered — a half-open peer, as after
+/// a network partition or a dead NAT entry.
+struct BlackHole {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections numbered up to this are frozen for good.
+    cut: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The number of the last connection accepted.
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BlackHole {
+    async fn start(target_port: u16) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let cut = Arc::new(AtomicU64::new(0));
+        let last = Arc::new(AtomicU64::new(0));
+        let (f, c, l) = (frozen.clone(), cut.clone(), last.clone());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let id = l.fetch_add(1, Ordering::SeqCst) + 1;
+                if f.load(Ordering::SeqCst) {
+                    held.push(client);
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
+                else {
+                    continue;
+                };
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                let me = id;
+                for (mut r, mut w) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match r.read(&mut buf).await {
+                                Ok(0) | Err(_) => {
+                                    let _ = w.shutdown().await;
+                                    return;
+                                }
+                                Ok(n) => n,
+                            };
+                            if c.load(Ordering::SeqCst) >= me {
+                                // Frozen: keep both halves open, pass nothing on.
+                                let _keep = (r, w);
+                                std::future::pending::<()>().await;
+                                return;
+                            }
+                            if w.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self {
+            port,
+            frozen,
+            cut,
+            last,
+        }
+    }
+
+    fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen.store(true, Ordering::SeqCst);
+        self.cut
+            .store(self.last.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn thaw(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_holed_postgres_connection_times_out_and_shutdown_stays_bounded() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_blackhole").await;
+    let topic = unique("sink-blackhole");
+    create_topic(&s.brokers, &topic, 1).await;
+    let proxy = BlackHole::start(pg_port(&s.postgres_uri)).await;
+    let uri = kv_uri(
+        &s.postgres_uri,
+        None,
+        Some("127.0.0.1"),
+        None,
+        Some(proxy.port),
+    );
+    let text = config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &uri,
+        "write_timeout = \"2s\"\nshutdown_timeout = \"3s\"\n",
+    );
+    let (running, token) = start(&text).await;
+    let addr = running.metrics_addr.to_string();
+    let first: Vec<Vec<u8>> = (0..5).map(|i| numbered(i, 5)).collect();
+    produce_json(&s.brokers, &topic, &first).await;
+    wait_rows(&db, &schema, "site_check", 5).await;
+    wait_ready(&addr).await;
+
+    proxy.freeze();
+    let second: Vec<Vec<u8>> = (5..10).map(|i| numbered(i, 5)).collect();
+    produce_json(&s.brokers, &topic, &second).await;
+    eventually(
+        "/readyz to report the unanswered PostgreSQL connection",
+        Duration::from_secs(20),
+        || async {
+            match http_get(&addr, "/readyz").await {
+                Some((503, body)) if body.contains("PostgreSQL") => Some(()),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    // Shutdown with a batch in hand and PostgreSQL silent: bounded by
+    // shutdown_timeout (3 s) plus the consumer's close, not by TCP.
+    token.cancel();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), running.wait())
+        .await
+        .expect("the sink stops within 20 s although PostgreSQL does not answer")
+        .expect("the sink stops without error");
+    eprintln!("stopped in {:?}", started.elapsed());
+
+    // Back to normal: a new sink stores the rest, each record once.
+    proxy.thaw();
+    let (running, token) = start(&text).await;
+    wait_rows(&db, &schema, "site_check", 10).await;
+    assert_exactly_once(&db, &schema, 10).await;
     stop(running, token).await;
 }
