@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 /// The largest `concurrency` accepted.
 pub const MAX_CONCURRENCY: usize = 1_000_000;
 
+/// The largest `timeout` accepted: a check that takes longer is not a check of
+/// a website any more, and shutdown (bounded by `shutdown_timeout`) would cut
+/// it anyway.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
 /// The `[source]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,6 +59,11 @@ pub struct SourceConfig {
     /// keys; relative to the configuration file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites_file: Option<PathBuf>,
+    /// On shutdown, wait at most this long for the checks in flight to finish;
+    /// those still running then are cancelled, each giving a record with error
+    /// kind `timeout` ("cancelled at shutdown").
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     /// On shutdown, wait at most this long for Kafka to acknowledge what was sent.
     #[serde(default = "default_flush_timeout", with = "humantime_serde")]
     pub flush_timeout: Duration,
@@ -90,7 +100,8 @@ pub struct SourceConfig {
     /// system's; relative to the configuration file's directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
-    /// `false` accepts any certificate (the record still shows its expiry).
+    /// `false` accepts any certificate (the record still shows its expiry);
+    /// refused together with `tls_ca`, which would then be ignored.
     #[serde(default = "default_true")]
     pub tls_verify: bool,
     /// The sites, each with optional overrides of the defaults above.
@@ -217,6 +228,9 @@ fn default_true() -> bool {
 fn default_flush_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_method() -> String {
     "GET".to_owned()
 }
@@ -259,6 +273,18 @@ impl Validate for SourceConfig {
             out.push(Invalid::new(
                 key("flush_timeout"),
                 "must be more than zero, e.g. \"30s\"",
+            ));
+        }
+        if self.shutdown_timeout.is_zero() {
+            out.push(Invalid::new(
+                key("shutdown_timeout"),
+                "must be more than zero, e.g. \"10s\"",
+            ));
+        }
+        if self.tls_ca.is_some() && !self.tls_verify {
+            out.push(Invalid::new(
+                key("tls_ca"),
+                format!("is ignored with {} = false (no certificate is verified then); remove one of the two", key("tls_verify")),
             ));
         }
         let defaults = SiteConfig {
@@ -323,6 +349,16 @@ fn validate_overrides(site: &SiteConfig, prefix: &str, out: &mut Vec<Invalid>) {
         out.push(Invalid::new(
             key("timeout"),
             "must be more than zero, e.g. \"5s\"",
+        ));
+    }
+    if let Some(t) = site.timeout.filter(|t| *t > MAX_TIMEOUT) {
+        out.push(Invalid::new(
+            key("timeout"),
+            format!(
+                "{} is more than the limit of {}; a check must finish within minutes",
+                humantime::format_duration(t),
+                humantime::format_duration(MAX_TIMEOUT)
+            ),
         ));
     }
     if let Some(m) = &site.method {
@@ -480,6 +516,8 @@ mod tests {
             ("headers = { \"bad name\" = \"x\" }", "source.headers"),
             ("intervl = \"1s\"", "source.intervl"),
             ("interval = \"soon\"", "source.interval"),
+            ("timeout = \"11m\"", "source.timeout"),
+            ("shutdown_timeout = \"0s\"", "source.shutdown_timeout"),
         ] {
             let m = err(&format!("[source]\n{section}\n{site}"));
             assert!(m.contains(&format!("key `{key}`")), "{section}: {m}");
@@ -495,6 +533,36 @@ mod tests {
         );
         let m = err("[[source.sites]]\nurl = \"https://a.example/\"\nregexp = \"x\"\n");
         assert!(m.contains("key `source.sites[0].regexp`"), "{m}");
+    }
+
+    #[test]
+    fn timeout_has_an_upper_bound() {
+        let site = "[[source.sites]]\nurl = \"https://a.example/\"\n";
+        assert!(load(&format!("[source]\ntimeout = \"10m\"\n{site}")).is_ok());
+        let m = err(&format!("[source]\ntimeout = \"1h\"\n{site}"));
+        assert!(
+            m.contains("key `source.timeout`") && m.contains("more than the limit of 10m"),
+            "{m}"
+        );
+        let m = err(&format!("{site}timeout = \"601s\"\n"));
+        assert!(m.contains("key `source.sites[0].timeout`"), "{m}");
+    }
+
+    #[test]
+    fn shutdown_timeout_defaults_to_ten_seconds() {
+        let c = load("[[source.sites]]\nurl = \"https://a.example/\"\n")
+            .unwrap()
+            .section;
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn tls_ca_with_tls_verify_false_is_refused() {
+        let m = err("[source]\ntls_ca = \"ca.pem\"\ntls_verify = false\n[[source.sites]]\nurl = \"https://a.example/\"\n");
+        assert!(
+            m.contains("key `source.tls_ca`") && m.contains("source.tls_verify = false"),
+            "{m}"
+        );
     }
 
     #[test]

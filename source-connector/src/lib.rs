@@ -15,15 +15,19 @@
 //!
 //! [`start`] wires them: it resolves the sites, builds one HTTP client per
 //! distinct TLS/keep-alive setting, serves `/metrics`, `/healthz` and
-//! `/readyz`, creates the producer and starts the scheduler. On `shutdown` it
-//! stops scheduling, lets the checks in flight finish (each is bounded by its
-//! timeout), flushes the producer (bounded by `flush_timeout`), logs
+//! `/readyz`, creates the producer and starts the scheduler; it also raises the
+//! open-file limit ([`limits`]). On `shutdown` it stops scheduling, lets the
+//! checks in flight finish for at most `shutdown_timeout`, then cuts those
+//! still running short (each still yields its record, of kind `timeout`,
+//! "cancelled at shutdown"), flushes the producer (bounded by
+//! `flush_timeout`), logs
 //! `source stopped checks_finished=N delivered=N failed=N skipped_ticks=N`
 //! and returns the same counts as a [`RunSummary`].
 
 pub mod check;
 pub mod config;
 pub mod hash;
+pub mod limits;
 pub mod metrics;
 pub mod publish;
 pub mod record;
@@ -33,6 +37,7 @@ pub mod sites;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use connector_common::config::{ConfigError, Loaded};
 use connector_common::telemetry::{self, Health, TelemetryError};
@@ -40,6 +45,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SourceConfig;
+
+/// After `shutdown_timeout` the checks still running are cancelled; they stop
+/// at once, but their tasks still hand a record over, for at most this long.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 
 /// How to run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -158,6 +167,12 @@ pub async fn start(
     if sites.is_empty() {
         tracing::warn!("no site falls in this shard; nothing to check");
     }
+    let open_files = limits::raise_open_files();
+    if let Some(warning) =
+        limits::open_files_warning(source.concurrency.min(sites.len()), open_files)
+    {
+        tracing::warn!("{warning}");
+    }
 
     let shared = Arc::new(schedule::Shared {
         publisher: Arc::clone(&publisher),
@@ -165,12 +180,15 @@ pub async fn start(
         per_site_metrics: source.per_site_metrics,
         finished: Default::default(),
         skipped: Default::default(),
+        abort: CancellationToken::new(),
     });
     // Validated to 1..=MAX_CONCURRENCY, so it fits.
     let concurrency = u32::try_from(source.concurrency).unwrap_or(u32::MAX);
     let permits = Arc::new(Semaphore::new(concurrency as usize));
     let flush_timeout = source.flush_timeout;
+    let shutdown_timeout = source.shutdown_timeout;
     let task = tokio::spawn(async move {
+        let stopping = shutdown.clone();
         if opts.once {
             schedule::run_once(sites, Arc::clone(&shared), Arc::clone(&permits), shutdown).await;
         } else {
@@ -178,7 +196,30 @@ pub async fn start(
         }
         health.set_not_ready("shutting down");
         // Every permit back means no check is running any more.
-        let _all = permits.acquire_many(concurrency).await;
+        let all = permits.acquire_many(concurrency);
+        tokio::pin!(all);
+        let deadline = async {
+            stopping.cancelled().await;
+            tokio::time::sleep(shutdown_timeout).await;
+        };
+        let drained = tokio::select! {
+            _ = &mut all => true,
+            () = deadline => false,
+        };
+        if !drained {
+            let running = (concurrency as usize).saturating_sub(permits.available_permits());
+            tracing::warn!(
+                checks_running = running,
+                "shutdown_timeout ({}) passed: cancelling the checks still running (each is recorded as a timeout, \"{}\")",
+                humantime::format_duration(shutdown_timeout),
+                check::CANCELLED_AT_SHUTDOWN
+            );
+            shared.abort.cancel();
+            publisher.stop_waiting();
+            if tokio::time::timeout(CANCEL_GRACE, &mut all).await.is_err() {
+                tracing::warn!("some cancelled checks did not hand their record over in time; stopping without them");
+            }
+        }
         publisher.finish(flush_timeout).await;
         let (delivered, failed) = publisher.counts();
         let summary = RunSummary {

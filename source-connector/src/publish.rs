@@ -5,8 +5,8 @@
 //! overridden in `[kafka.options]`). A send only enqueues; delivery reports
 //! come back on the producer's thread, where [`DeliveryContext`] counts them,
 //! logs failures and drives readiness. Nothing awaits a send. When the queue is
-//! full a send is retried with backoff for up to [`ENQUEUE_TIMEOUT`], then
-//! counted as failed. librdkafka's queue is bounded
+//! full a send is retried with backoff for up to [`ENQUEUE_TIMEOUT`] (less
+//! once shutdown passed `shutdown_timeout`), then counted as failed. librdkafka's queue is bounded
 //! (`queue.buffering.max.messages`), so memory is too.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -22,6 +22,7 @@ use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
 
@@ -153,6 +154,7 @@ pub struct KafkaPublisher {
     producer: Arc<ThreadedProducer<DeliveryContext>>,
     topic: String,
     counts: Arc<Counts>,
+    stop_waiting: CancellationToken,
 }
 
 impl KafkaPublisher {
@@ -201,6 +203,7 @@ impl KafkaPublisher {
             producer,
             topic: topic.to_owned(),
             counts,
+            stop_waiting: CancellationToken::new(),
         })
     }
 
@@ -215,9 +218,12 @@ impl KafkaPublisher {
             match self.producer.send(record) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if Instant::now() < deadline =>
+                    if Instant::now() < deadline && !self.stop_waiting.is_cancelled() =>
                 {
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = self.stop_waiting.cancelled() => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 Err((e, _)) => {
@@ -324,6 +330,15 @@ impl Publisher {
         match self {
             Publisher::Kafka(k) => k.send(key, &payload, timestamp_ms).await,
             Publisher::Stdout(s) => s.send(payload).await,
+        }
+    }
+
+    /// Makes sends stop waiting for room in a full producer queue (shutdown
+    /// past `shutdown_timeout`): a record that still finds no room is counted
+    /// failed at once.
+    pub fn stop_waiting(&self) {
+        if let Publisher::Kafka(k) = self {
+            k.stop_waiting.cancel();
         }
     }
 

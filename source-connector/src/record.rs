@@ -124,6 +124,33 @@ pub struct TlsFacts {
 }
 
 impl Record {
+    /// A failed check that learnt nothing (no response, no phase).
+    pub fn failure(
+        url: String,
+        checked_at: f64,
+        duration: f64,
+        error: CheckError,
+        probe: String,
+    ) -> Record {
+        Record {
+            url,
+            checked_at,
+            status_code: None,
+            duration,
+            re_check: None,
+            ok: false,
+            error: Some(error),
+            timings: Timings::default(),
+            http_version: None,
+            response_bytes: None,
+            redirects: 0,
+            ip: None,
+            tls: None,
+            probe,
+            schema_version: SCHEMA_VERSION,
+        }
+    }
+
     /// The Kafka value: the record as compact JSON.
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a record always serialises")
@@ -135,26 +162,16 @@ mod tests {
     use super::*;
 
     fn sample() -> Record {
-        Record {
-            url: "https://example.com/".into(),
-            checked_at: 1_764_264_000.123,
-            status_code: None,
-            duration: 0.5,
-            re_check: None,
-            ok: false,
-            error: Some(CheckError {
+        Record::failure(
+            "https://example.com/".into(),
+            1_764_264_000.123,
+            0.5,
+            CheckError {
                 kind: ErrorKind::Dns,
                 message: "no such host".into(),
-            }),
-            timings: Timings::default(),
-            http_version: None,
-            response_bytes: None,
-            redirects: 0,
-            ip: None,
-            tls: None,
-            probe: "local".into(),
-            schema_version: SCHEMA_VERSION,
-        }
+            },
+            "local".into(),
+        )
     }
 
     #[test]

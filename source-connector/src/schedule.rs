@@ -19,14 +19,23 @@
 //!
 //! A check task checks, records metrics, hands the record to the publisher,
 //! and only then frees the site and the permit. The caller knows every check
-//! is done once it holds all the permits again.
+//! is done once it holds all the permits again. Freeing is a drop guard, so a
+//! check task that panics still frees its site (which would otherwise never be
+//! checked again), its permit and the in-flight gauge; a panic inside the
+//! check itself is caught and reported as a record of kind `http` (and logged
+//! as an error): every started check yields one record. On shutdown
+//! [`Shared::abort`] cuts the checks still running short (`shutdown_timeout`).
 
+use std::any::Any;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use futures::FutureExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +43,7 @@ use crate::check;
 use crate::hash::offset_in;
 use crate::metrics;
 use crate::publish::Publisher;
+use crate::record::{CheckError, ErrorKind, Record};
 use crate::sites::SiteSpec;
 
 /// A site ready to be checked: its settings, its client, and whether a check
@@ -43,6 +53,8 @@ pub struct Site {
     pub spec: SiteSpec,
     /// The client for its [`crate::sites::ClientKey`] (shared with other sites).
     pub client: reqwest::Client,
+    /// Its per-url gauges (used only with `per_site_metrics`).
+    pub gauges: metrics::SiteGauges,
     running: AtomicBool,
 }
 
@@ -52,8 +64,14 @@ impl Site {
         Site {
             spec,
             client,
+            gauges: metrics::SiteGauges::default(),
             running: AtomicBool::new(false),
         }
+    }
+
+    /// Whether a check of this site runs now.
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::Acquire)
     }
 }
 
@@ -69,6 +87,9 @@ pub struct Shared {
     pub finished: AtomicU64,
     /// Ticks skipped, for any reason.
     pub skipped: AtomicU64,
+    /// Fired when `shutdown_timeout` has passed: the checks still running stop
+    /// and report `timeout` "cancelled at shutdown".
+    pub abort: CancellationToken,
 }
 
 /// Checks every site on its interval until `shutdown`; returns as soon as it
@@ -181,26 +202,164 @@ fn spawn_check(
     planned: Instant,
 ) {
     tokio::spawn(async move {
+        let mut guard = InFlight::start(Arc::clone(&sites), idx, permit);
         let site = &sites[idx];
         metrics::lateness(Instant::now().saturating_duration_since(planned));
-        metrics::in_flight(1.0);
-        let record = check::check(&site.spec, &site.client, &shared.probe).await;
-        metrics::in_flight(-1.0);
-        metrics::check_finished(&record, shared.per_site_metrics);
+        let record = unless_panic(
+            check::check_until(&site.spec, &site.client, &shared.probe, &shared.abort),
+            &site.spec,
+            &shared.probe,
+        )
+        .await;
+        guard.check_done();
+        metrics::check_finished(&record, shared.per_site_metrics.then_some(&site.gauges));
         let timestamp_ms = (record.checked_at * 1000.0) as i64;
         shared
             .publisher
             .send(&record.url, record.to_json(), timestamp_ms)
             .await;
         shared.finished.fetch_add(1, Ordering::Relaxed);
-        site.running.store(false, Ordering::Release);
-        drop(permit);
+        drop(guard);
     });
+}
+
+/// A check in flight: on drop — normal end or panic — frees its site, moves
+/// the in-flight gauge back (unless [`InFlight::check_done`] did) and frees
+/// its `concurrency` permit, in that order.
+struct InFlight {
+    sites: Arc<[Site]>,
+    idx: usize,
+    counted: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl InFlight {
+    fn start(sites: Arc<[Site]>, idx: usize, permit: OwnedSemaphorePermit) -> Self {
+        metrics::in_flight(1.0);
+        InFlight {
+            sites,
+            idx,
+            counted: true,
+            _permit: permit,
+        }
+    }
+
+    /// The check itself is over (its record is being handed over).
+    fn check_done(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            metrics::in_flight(-1.0);
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.check_done();
+        self.sites[self.idx].running.store(false, Ordering::Release);
+    }
+}
+
+/// Runs `check`; if it panics, returns a record of kind `http` for `site`
+/// instead (and logs the panic as an error), so that the check still yields
+/// its one record.
+async fn unless_panic(check: impl Future<Output = Record>, site: &SiteSpec, probe: &str) -> Record {
+    let checked_at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let start = Instant::now();
+    match AssertUnwindSafe(check).catch_unwind().await {
+        Ok(record) => record,
+        Err(panic) => {
+            let what = panic_message(panic.as_ref());
+            tracing::error!(url = %site.url, panic = %what, "a check panicked; recorded as an error of kind http");
+            Record::failure(
+                site.url.to_string(),
+                checked_at,
+                start.elapsed().as_secs_f64(),
+                CheckError {
+                    kind: ErrorKind::Http,
+                    message: format!("the check failed unexpectedly (internal error: {what}); this is a bug of the checker, not of the site"),
+                },
+                probe.to_owned(),
+            )
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sites(n: usize) -> Arc<[Site]> {
+        let client = reqwest::Client::new();
+        (0..n)
+            .map(|i| {
+                let spec = SiteSpec {
+                    url: format!("http://s{i}.example/").parse().unwrap(),
+                    interval: Duration::from_secs(1),
+                    timeout: Duration::from_secs(1),
+                    method: reqwest::Method::GET,
+                    headers: Arc::default(),
+                    body: None,
+                    regex: None,
+                    expected_status: None,
+                    follow_redirects: true,
+                    max_redirects: 5,
+                    max_body_bytes: 1024,
+                    client: crate::sites::ClientKey {
+                        keep_alive: false,
+                        tls_ca: None,
+                        tls_verify: true,
+                    },
+                };
+                Site::new(spec, client.clone())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_check_task_frees_its_site_and_its_permit() {
+        let sites = sites(2);
+        let permits = Arc::new(Semaphore::new(2));
+        sites[1].running.store(true, Ordering::Release);
+        let permit = Arc::clone(&permits).acquire_owned().await.unwrap();
+        let task = tokio::spawn({
+            let sites = Arc::clone(&sites);
+            async move {
+                let _guard = InFlight::start(sites, 1, permit);
+                panic!("a bug in a check");
+            }
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(!sites[1].is_running(), "the site is checked again");
+        assert_eq!(permits.available_permits(), 2, "the permit is back");
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_check_is_a_record_of_kind_http() {
+        let sites = sites(1);
+        let spec = &sites[0].spec;
+        let r = unless_panic(async { panic!("boom at {}", 42) }, spec, "p").await;
+        let e = r.error.as_ref().unwrap();
+        assert_eq!(e.kind, ErrorKind::Http);
+        assert!(e.message.contains("boom at 42"), "{e:?}");
+        assert_eq!(
+            (r.url.as_str(), r.probe.as_str(), r.ok),
+            ("http://s0.example/", "p", false)
+        );
+        let fine = Record::failure(r.url.clone(), 1.0, 0.0, e.clone(), "p".into());
+        let same = unless_panic(async { fine.clone() }, spec, "p").await;
+        assert_eq!(same, fine);
+    }
 
     #[test]
     fn next_tick_on_time_and_behind() {

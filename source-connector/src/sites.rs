@@ -63,6 +63,7 @@ pub struct SiteSpec {
 }
 
 /// Where a site was declared, for error messages.
+#[derive(Debug, Clone, Copy)]
 enum Origin {
     /// `[[source.sites]]` entry number `i`.
     Inline(usize),
@@ -111,32 +112,61 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
     }
 
     let mut resolver = Resolver::new(config, &dir);
+    let config_text = std::cell::OnceCell::new();
+    let config_line = |key: &str| {
+        config_text
+            .get_or_init(|| std::fs::read_to_string(&loaded.path).ok())
+            .as_deref()
+            .and_then(|t| locate(t, key))
+    };
+    let sites_file = file.clone().unwrap_or_default();
+    // Where each url was first declared: one url twice would be two checks of
+    // one site in flight and two records per interval.
+    let mut first_seen: HashMap<String, Origin> = HashMap::with_capacity(declared.len());
     let mut out = Vec::new();
     for (origin, site) in declared {
-        let spec = resolver.site(&site).map_err(|problem| match origin {
+        let refuse = |problem: Invalid| match origin {
             Origin::Inline(i) => {
                 let key = if problem.key.starts_with("source.") {
                     problem.key
                 } else {
                     format!("source.sites[{i}].{}", problem.key)
                 };
-                let line = std::fs::read_to_string(&loaded.path)
-                    .ok()
-                    .and_then(|t| locate(&t, &key));
                 ConfigError::Invalid {
                     path: loaded.path.clone(),
+                    line: config_line(&key),
                     key,
-                    line,
                     message: problem.message,
                 }
             }
             Origin::File(line) => ConfigError::Invalid {
-                path: file.clone().unwrap_or_default(),
+                path: sites_file.clone(),
                 key: problem.key,
                 line: Some(line),
                 message: problem.message,
             },
-        })?;
+        };
+        let spec = resolver.site(&site).map_err(&refuse)?;
+        if let Some(first) = first_seen.insert(spec.url.to_string(), origin) {
+            let place = match first {
+                Origin::Inline(i) => {
+                    let key = format!("source.sites[{i}].url");
+                    let line = config_line(&key)
+                        .map(|l| format!(":{l}"))
+                        .unwrap_or_default();
+                    format!("{}{line} (key `{key}`)", loaded.path.display())
+                }
+                Origin::File(line) => format!("{}:{line}", sites_file.display()),
+            };
+            return Err(refuse(Invalid::new(
+                "url",
+                format!(
+                    "`{}` is listed twice, also at {place} (after normalisation); \
+                     list each url once: two entries would check the site twice per interval",
+                    spec.url
+                ),
+            )));
+        }
         let keep = config
             .shard
             .is_none_or(|s| shard_of(spec.url.as_str(), s.count) == s.index);
@@ -164,8 +194,7 @@ fn parse_sites_file(text: &str, path: &Path) -> Result<Vec<(Origin, SiteConfig)>
             message,
         };
         let site = if line.starts_with('{') {
-            let mut de = serde_json::Deserializer::from_str(line);
-            parse_site_json(&mut de).map_err(|(key, m)| invalid(&key, m))?
+            parse_site_json(line).map_err(|(key, m)| invalid(&key, m))?
         } else {
             SiteConfig {
                 url: line.to_owned(),
@@ -182,20 +211,30 @@ fn parse_sites_file(text: &str, path: &Path) -> Result<Vec<(Origin, SiteConfig)>
     Ok(out)
 }
 
-/// Deserialises one JSON line, naming the key of a problem.
-fn parse_site_json(
-    de: &mut serde_json::Deserializer<serde_json::de::StrRead<'_>>,
-) -> Result<SiteConfig, (String, String)> {
-    use serde::Deserialize;
-    SiteConfig::deserialize(&mut *de).map_err(|e| {
-        let message = e.to_string();
-        let key = message
-            .strip_prefix("unknown field `")
-            .and_then(|r| r.split('`').next())
-            .unwrap_or("url")
-            .to_owned();
-        (key, format!("not a site: {message}; write {{\"url\": \"https://...\", ...}} with the keys of [[source.sites]]"))
-    })
+/// Deserialises one JSON line, naming the key of a problem (the path to the
+/// value that could not be used, e.g. `interval` or `expected_status[1]`).
+fn parse_site_json(line: &str) -> Result<SiteConfig, (String, String)> {
+    let explain = |message: &dyn std::fmt::Display| {
+        format!("not a site: {message}; write {{\"url\": \"https://...\", ...}} with the keys of [[source.sites]]")
+    };
+    let mut de = serde_json::Deserializer::from_str(line);
+    let site: SiteConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        let named = |prefix: &str| {
+            message
+                .strip_prefix(prefix)
+                .and_then(|r| r.split('`').next())
+                .map(str::to_owned)
+        };
+        let key = named("unknown field `")
+            .or_else(|| (path != ".").then(|| path.clone()))
+            .or_else(|| named("missing field `"))
+            .unwrap_or_else(|| "url".to_owned());
+        (key, explain(&message))
+    })?;
+    de.end().map_err(|e| ("url".to_owned(), explain(&e)))?;
+    Ok(site)
 }
 
 /// Applies defaults, sharing what many sites have in common (the default
@@ -243,7 +282,22 @@ impl<'a> Resolver<'a> {
                 }
             }),
         };
-        let tls_ca = match site.tls_ca.as_ref().or(c.tls_ca.as_ref()) {
+        let tls_verify = site.tls_verify.unwrap_or(c.tls_verify);
+        if site.tls_ca.is_some() && !tls_verify {
+            let verify_key = if site.tls_verify.is_some() {
+                "tls_verify"
+            } else {
+                "source.tls_verify"
+            };
+            return Err(Invalid::new(
+                "tls_ca",
+                format!("is ignored with {verify_key} = false (no certificate is verified then); remove one of the two"),
+            ));
+        }
+        // Without verification a CA inherited from [source] plays no part:
+        // leave it out so such sites share one client.
+        let inherited_ca = if tls_verify { c.tls_ca.as_ref() } else { None };
+        let tls_ca = match site.tls_ca.as_ref().or(inherited_ca) {
             None => None,
             Some(p) => {
                 let path = self.dir.join(p);
@@ -282,7 +336,7 @@ impl<'a> Resolver<'a> {
             client: ClientKey {
                 keep_alive: site.keep_alive.unwrap_or(c.keep_alive),
                 tls_ca,
-                tls_verify: site.tls_verify.unwrap_or(c.tls_verify),
+                tls_verify,
             },
             url,
         })
@@ -388,6 +442,134 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("s.txt:1: key `colour`"), "{e}");
+    }
+
+    #[test]
+    fn a_bad_value_on_a_json_line_is_blamed_on_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        for (line, key) in [
+            (
+                "{\"url\": \"https://a.example/\", \"interval\": \"soon\"}",
+                "interval",
+            ),
+            (
+                "{\"url\": \"https://a.example/\", \"expected_status\": [200, \"x\"]}",
+                "expected_status[1]",
+            ),
+            (
+                "{\"url\": \"https://a.example/\", \"keep_alive\": \"yes\"}",
+                "keep_alive",
+            ),
+            ("{\"interval\": \"1s\"}", "url"),
+        ] {
+            write(
+                dir.path(),
+                "s.txt",
+                &format!("https://z.example/\n{line}\n"),
+            );
+            let e = resolve_in(dir.path(), "[source]\nsites_file = \"s.txt\"\n")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!("s.txt:2: key `{key}`: not a site")),
+                "{line}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_url_listed_twice_is_refused_naming_both_places() {
+        let dir = tempfile::tempdir().unwrap();
+        // Inline and in sites_file, spelled differently but the same after normalisation.
+        write(
+            dir.path(),
+            "s.txt",
+            "# list\nhttps://b.example/\nHTTPS://A.example:443\n",
+        );
+        let e = resolve_in(
+            dir.path(),
+            "[source]\nsites_file = \"s.txt\"\n[[source.sites]]\nurl = \"https://a.example/\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("s.txt:3: key `url`"), "{e}");
+        assert!(
+            e.contains("`https://a.example/` is listed twice")
+                && e.contains("connector.toml:4 (key `source.sites[0].url`)"),
+            "{e}"
+        );
+        // Twice in the file.
+        write(
+            dir.path(),
+            "s.txt",
+            "https://b.example/\n{\"url\": \"https://b.example\"}\n",
+        );
+        let e = resolve_in(dir.path(), "[source]\nsites_file = \"s.txt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("s.txt:2: key `url`") && e.contains("also at "),
+            "{e}"
+        );
+        assert!(e.contains("s.txt:1 "), "{e}");
+        // Twice inline.
+        let e = resolve_in(
+            dir.path(),
+            "[[source.sites]]\nurl = \"http://c.example\"\n[[source.sites]]\nurl = \"http://c.example/\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(":4: key `source.sites[1].url`")
+                && e.contains("connector.toml:2 (key `source.sites[0].url`)"),
+            "{e}"
+        );
+        // Differing only in the path or query is fine.
+        assert!(resolve_in(
+            dir.path(),
+            "[[source.sites]]\nurl = \"http://c.example/\"\n[[source.sites]]\nurl = \"http://c.example/?x\"\n",
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn tls_ca_with_tls_verify_false_on_a_site_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "ca.pem", "-----BEGIN CERTIFICATE-----\n");
+        let e = resolve_in(
+            dir.path(),
+            "[[source.sites]]\nurl = \"https://a.example/\"\ntls_ca = \"ca.pem\"\ntls_verify = false\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains(":3: key `source.sites[0].tls_ca`") && e.contains("tls_verify = false"),
+            "{e}"
+        );
+        write(
+            dir.path(),
+            "s.txt",
+            "{\"url\": \"https://b.example/\", \"tls_ca\": \"ca.pem\"}\n",
+        );
+        let e = resolve_in(
+            dir.path(),
+            "[source]\ntls_verify = false\nsites_file = \"s.txt\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("s.txt:1: key `tls_ca`") && e.contains("source.tls_verify = false"),
+            "{e}"
+        );
+        // A site that turns verification off does not inherit the CA of [source].
+        let sites = resolve_in(
+            dir.path(),
+            "[source]\ntls_ca = \"ca.pem\"\n[[source.sites]]\nurl = \"https://a.example/\"\ntls_verify = false\n[[source.sites]]\nurl = \"https://b.example/\"\n",
+        )
+        .unwrap();
+        assert_eq!(sites[0].client.tls_ca, None);
+        assert!(!sites[0].client.tls_verify);
+        assert_eq!(sites[1].client.tls_ca, Some(dir.path().join("ca.pem")));
     }
 
     #[test]

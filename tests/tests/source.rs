@@ -496,12 +496,20 @@ async fn metrics_counters_move() {
         (sum(&text, "website_monitor_records_produced_total") > 0.0).then_some(text)
     })
     .await;
+    // The recorder is global: other tests in this process move the counters
+    // too, so also wait for this test's own sites to have been checked.
     let later = eventually("the counters to move", Duration::from_secs(20), || async {
         let (_, text) = get("/metrics").await;
         let moved = sum(&text, "website_monitor_checks_total{")
             > sum(&first, "website_monitor_checks_total{")
             && sum(&text, "website_monitor_records_produced_total")
-                > sum(&first, "website_monitor_records_produced_total");
+                > sum(&first, "website_monitor_records_produced_total")
+            && [&up, &down].iter().all(|u| {
+                text.contains(&format!("website_monitor_site_up{{url=\"{u}\"}}"))
+                    && text.contains(&format!(
+                        "website_monitor_site_duration_seconds{{url=\"{u}\"}}"
+                    ))
+            });
         moved.then_some(text)
     })
     .await;
@@ -886,6 +894,22 @@ async fn bad_configs_exit_2_naming_the_key() {
             format!("[kafka]\nbrokers = \"\"\n{ok_site}"),
             "kafka.brokers",
         ),
+        (
+            format!("[source]\ntimeout = \"1h\"\n{ok_site}"),
+            "source.timeout",
+        ),
+        (
+            format!("[source]\nshutdown_timeout = \"0s\"\n{ok_site}"),
+            "source.shutdown_timeout",
+        ),
+        (
+            format!("[source]\ntls_ca = \"ca.pem\"\ntls_verify = false\n{ok_site}"),
+            "source.tls_ca",
+        ),
+        (
+            format!("{ok_site}[[source.sites]]\nurl = \"HTTP://127.0.0.1:80\"\n"),
+            "source.sites[1].url",
+        ),
     ];
     for (text, key) in &cases {
         let out = check_config(dir.path(), text).await;
@@ -913,6 +937,31 @@ async fn bad_configs_exit_2_naming_the_key() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("sites.txt:2: key `url`"), "{stderr}");
+    // A bad value on a JSON line is blamed on its own key.
+    std::fs::write(
+        dir.path().join("sites.txt"),
+        "{\"url\": \"http://127.0.0.1/\", \"interval\": \"soon\"}\n",
+    )
+    .unwrap();
+    let out = check_config(dir.path(), "[source]\nsites_file = \"sites.txt\"\n").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("sites.txt:1: key `interval`"), "{stderr}");
+    // A url listed inline and in sites_file: refused, naming both places.
+    std::fs::write(dir.path().join("sites.txt"), "# more\nhttp://127.0.0.1\n").unwrap();
+    let out = check_config(
+        dir.path(),
+        &format!("[source]\nsites_file = \"sites.txt\"\n{ok_site}"),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("sites.txt:2: key `url`")
+            && stderr.contains("listed twice")
+            && stderr.contains("connector.toml:4 (key `source.sites[0].url`)"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -978,6 +1027,149 @@ async fn env_overrides_and_dollar_vars_take_effect() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("source.probe") && stderr.contains("TEST_PROBE_NAME"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_timeout_cancels_slow_checks_each_with_its_record() {
+    let s = TestServer::http().await;
+    let topic = unique("src-shutdown-timeout");
+    create_topic(&stack().brokers, &topic, 1).await;
+    // Short intervals, so both sites are checked within a second; the slow
+    // one then stays in flight (its later ticks are skipped).
+    let sites = [
+        site(&s.url("/slow/60000"), "timeout = \"2m\"\ninterval = \"1s\""),
+        site(&s.url("/"), "interval = \"1s\""),
+    ]
+    .concat();
+    let stop = CancellationToken::new();
+    let running = website_monitor_source::start(
+        load(&config(&topic, "shutdown_timeout = \"1s\"", &sites)),
+        RunOptions::default(),
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    eventually("both sites to be hit", Duration::from_secs(30), || async {
+        (s.hits("/slow/60000") >= 1 && s.hits("/") >= 1).then_some(())
+    })
+    .await;
+    let stopped_at = std::time::Instant::now();
+    stop.cancel();
+    let summary = tokio::time::timeout(Duration::from_secs(20), running.wait())
+        .await
+        .expect("shutdown is bounded by shutdown_timeout, not by the check's 2 min timeout")
+        .unwrap();
+    let took = stopped_at.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
+        "stopped after {took:?}"
+    );
+    assert_eq!(summary.delivered, summary.checks_finished, "{summary:?}");
+    assert_eq!(summary.failed, 0, "{summary:?}");
+    let found = records(&consume(&topic).await);
+    assert_eq!(found.len() as u64, summary.checks_finished, "{summary:?}");
+    assert_eq!(s.hits("/slow/60000"), 1);
+    let slow: Vec<&Record> = found
+        .iter()
+        .filter(|r| r.url == s.url("/slow/60000"))
+        .collect();
+    assert_eq!(slow.len(), 1, "one check, one record: {found:?}");
+    let slow = slow[0];
+    assert_eq!(kind(slow), Some(ErrorKind::Timeout), "{slow:?}");
+    assert_eq!(
+        slow.error.as_ref().unwrap().message,
+        "cancelled at shutdown"
+    );
+    assert!(
+        !slow.ok && slow.status_code.is_none() && slow.duration < 30.0,
+        "{slow:?}"
+    );
+    assert!(
+        found.iter().filter(|r| r.url == s.url("/")).all(|r| r.ok),
+        "{found:?}"
+    );
+}
+
+/// The source binary with `--config config`, run by `sh` after the `limits`
+/// commands (`ulimit ...`).
+fn source_with_ulimit(limits: &str, config: &Path) -> Command {
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(format!("{limits} && exec \"$0\" \"$@\""))
+        .arg(binary("website-monitor-source"))
+        .arg("--config")
+        .arg(config);
+    for var in [
+        "kafka_host",
+        "kafka_topic",
+        "kafka_ssl_ca",
+        "kafka_ssl_cert",
+        "kafka_ssl_key",
+        "log_level",
+    ] {
+        sh.env_remove(var);
+    }
+    sh
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_and_a_too_low_one_is_warned_about() {
+    let s = TestServer::http().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 200 checks at once, each holding a connection for 1.5 s: under a soft
+    // limit of 128 most would fail with EMFILE unless the source raises it.
+    let list: String = (0..200)
+        .map(|n| format!("{}\n", s.url(&format!("/slow/1500?site={n}"))))
+        .collect();
+    std::fs::write(dir.path().join("sites.txt"), list).unwrap();
+    let text = "[kafka]\nbrokers = \"127.0.0.1:1\"\n[source]\nmetrics_address = \"127.0.0.1:0\"\nconcurrency = 200\ntimeout = \"20s\"\nsites_file = \"sites.txt\"\n";
+    let path = write_config(dir.path(), text);
+    let out = source_with_ulimit("ulimit -Sn 128", &path)
+        .args(["--once", "--stdout"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let lines: Vec<Record> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON record per line"))
+        .collect();
+    assert_eq!(lines.len(), 200);
+    let failed: Vec<&Record> = lines.iter().filter(|r| !r.ok).collect();
+    assert!(
+        failed.is_empty(),
+        "{} failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(
+        !stderr.contains("open files"),
+        "no warning when the hard limit is enough: {stderr}"
+    );
+
+    // A hard limit too low for the concurrency: a warning naming both numbers.
+    let list: String = (0..32)
+        .map(|n| format!("{}\n", s.url(&format!("/?site={n}"))))
+        .collect();
+    std::fs::write(dir.path().join("sites.txt"), list).unwrap();
+    let text = text.replace("concurrency = 200", "concurrency = 32");
+    let path = write_config(dir.path(), &text);
+    let out = source_with_ulimit("ulimit -Sn 80 && ulimit -Hn 80", &path)
+        .args(["--once", "--stdout"])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("concurrency = 32")
+            && stderr.contains("the limit is 80")
+            && stderr.contains("ulimit -n 96")
+            && stderr.contains("LimitNOFILE=96"),
         "{stderr}"
     );
 }

@@ -27,10 +27,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION};
 use reqwest::{Client, Method, Response};
+use tokio_util::sync::CancellationToken;
 
 use crate::record::{CheckError, ErrorKind, Record, Timings, TlsFacts, SCHEMA_VERSION};
 use crate::sites::{ClientKey, SiteSpec};
 use phases::Recorder;
+
+/// `error.message` of a check cut short by shutdown (`shutdown_timeout`).
+pub const CANCELLED_AT_SHUTDOWN: &str = "cancelled at shutdown";
 
 /// The `User-Agent` of checks unless a site sets its own.
 pub const USER_AGENT: &str = concat!("website-monitor/", env!("CARGO_PKG_VERSION"));
@@ -119,6 +123,18 @@ impl Progress {
 /// Checks `site` once with `client` and returns its record (never fails:
 /// a failure is a record with `ok: false`).
 pub async fn check(site: &SiteSpec, client: &Client, probe: &str) -> Record {
+    check_until(site, client, probe, &CancellationToken::new()).await
+}
+
+/// [`check`], cut short when `cancel` fires (shutdown): the record then has
+/// error kind `timeout` with the message [`CANCELLED_AT_SHUTDOWN`], and keeps
+/// what the check had learnt.
+pub async fn check_until(
+    site: &SiteSpec,
+    client: &Client,
+    probe: &str,
+    cancel: &CancellationToken,
+) -> Record {
     let checked_at = SystemTime::now();
     let epoch = checked_at
         .duration_since(UNIX_EPOCH)
@@ -128,25 +144,33 @@ pub async fn check(site: &SiteSpec, client: &Client, probe: &str) -> Record {
     let recorder = Arc::new(Recorder::default());
     let mut p = Progress::default();
     let attempt = attempt(site, client, &recorder, &mut p, epoch);
-    let result = phases::scope(
+    let timed = phases::scope(
         Arc::clone(&recorder),
         tokio::time::timeout(site.timeout, attempt),
-    )
-    .await;
+    );
+    let result = tokio::select! {
+        biased;
+        r = timed => Some(r),
+        () = cancel.cancelled() => None,
+    };
     let error = match result {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e),
-        Err(_) => {
+        Some(Ok(Ok(()))) => None,
+        Some(Ok(Err(e))) => Some(e),
+        Some(Err(_)) | None => {
             p.add_hop(&recorder.take_hop());
             if let (Some(at), None) = (p.headers_at, p.transfer) {
                 p.transfer = Some(at.elapsed());
             }
             Some(CheckError {
                 kind: ErrorKind::Timeout,
-                message: format!(
-                    "no complete answer within {}; raise timeout if the site is just slow",
-                    humantime::format_duration(site.timeout)
-                ),
+                message: if result.is_none() {
+                    CANCELLED_AT_SHUTDOWN.to_owned()
+                } else {
+                    format!(
+                        "no complete answer within {}; raise timeout if the site is just slow",
+                        humantime::format_duration(site.timeout)
+                    )
+                },
             })
         }
     };
@@ -411,6 +435,45 @@ mod tests {
         assert!(status_expected(&s, 200) && status_expected(&s, 302) && !status_expected(&s, 404));
         s.expected_status = Some(Arc::from([404u16].as_slice()));
         assert!(status_expected(&s, 404) && !status_expected(&s, 200));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_check_is_a_timeout_cancelled_at_shutdown() {
+        // A listener that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hold = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                open.push(conn);
+            }
+        });
+        let mut s = site(&format!("http://127.0.0.1:{port}/"));
+        s.timeout = Duration::from_secs(60);
+        let client = build_client(&s.client).unwrap();
+        let cancel = CancellationToken::new();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        });
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            check_until(&s, &client, "t", &cancel),
+        )
+        .await
+        .expect("the check stops when cancelled");
+        let e = r.error.as_ref().unwrap();
+        assert_eq!(
+            (e.kind, e.message.as_str()),
+            (ErrorKind::Timeout, CANCELLED_AT_SHUTDOWN)
+        );
+        assert!(
+            !r.ok && r.status_code.is_none() && r.duration < 5.0,
+            "{r:?}"
+        );
+        assert!(r.timings.connect.is_some(), "what was learnt stays: {r:?}");
+        hold.abort();
     }
 
     #[tokio::test]
