@@ -357,7 +357,11 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
         ),
         Figure::plain("sink.latest_rows", latest as f64, "rows"),
         Figure::plain("sink.batches", batches, "batches"),
-        Figure::plain("sink.share_in_batch_transactions", write_s / elapsed, "fraction"),
+        Figure::plain(
+            "sink.share_in_batch_transactions",
+            write_s / elapsed,
+            "fraction",
+        ),
         Figure::plain(
             "sink.cpu_s_per_1000_records",
             cpu / n as f64 * 1000.0,

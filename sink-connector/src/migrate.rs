@@ -78,6 +78,8 @@ impl Tables {
                 "offsets" => self.offsets.clone(),
                 "check_position_key" => local("_check_position_key"),
                 "check_site_time_idx" => local("_check_site_time_idx"),
+                // PostgreSQL's own name for 0001's inline foreign key.
+                "check_site_fkey" => local("_check_site_id_fkey"),
                 "rejected_position_key" => local("_rejected_position_key"),
                 _ => return None,
             })
@@ -121,11 +123,18 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "init",
-    sql: include_str!("../migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "init",
+        sql: include_str!("../migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "history_without_foreign_key",
+        sql: include_str!("../migrations/0002_history_without_foreign_key.sql"),
+    },
+];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).
 const LOCK_CLASS: i32 = 0x5715_0001;

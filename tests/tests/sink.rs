@@ -935,6 +935,19 @@ async fn two_sinks_starting_at_once_on_an_empty_schema_migrate_once_and_both_wor
         .map(|m| m.version)
         .collect();
     assert_eq!(versions, expected, "each migration recorded once");
+    // Migration 2 dropped the history table's foreign key (it doubled insert cost).
+    let fks: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = to_regclass($1)",
+            &[&format!("\"{schema}\".site_check")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        fks, 0,
+        "no foreign key on the history table after the migrations"
+    );
     let recs: Vec<Vec<u8>> = (0..400).map(|i| numbered(i, 40)).collect();
     produce_json(&s.brokers, &topic, &recs).await;
     wait_rows(&db, &schema, "site_check", 400).await;
