@@ -19,10 +19,22 @@ pub struct Connector {
 impl Connector {
     /// Starts `binary --config config`, logs to `log`, and waits until `/healthz` answers.
     pub fn start(binary: &Path, config: &Path, metrics: &str, log: &Path) -> Result<Self> {
+        Self::start_with(binary, config, &[], metrics, log)
+    }
+
+    /// Like [`Connector::start`], with extra flags (e.g. `--stdout`; stdout goes to /dev/null).
+    pub fn start_with(
+        binary: &Path,
+        config: &Path,
+        flags: &[&str],
+        metrics: &str,
+        log: &Path,
+    ) -> Result<Self> {
         let log_file = std::fs::File::create(log)?;
         let child = Command::new(binary)
             .arg("--config")
             .arg(config)
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

@@ -164,6 +164,27 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     let w = measure_window(&c, Duration::from_secs(5), Duration::from_secs(15))?;
     let rss = c.peak_rss() as f64 / 1048576.0;
     c.stop()?;
+    // Diagnostics, same run: the same source writing JSON lines to /dev/null
+    // instead of Kafka, and a bare reqwest loop (no scheduler, no records).
+    let stdout_config = ctx.write(
+        &format!("source-{label}-stdout.toml"),
+        &source_config(ctx, &topic, &sites, "250ms", 64, keep_alive),
+    )?;
+    let c = Connector::start_with(
+        &ctx.bin("website-monitor-source"),
+        &stdout_config,
+        &["--stdout"],
+        SOURCE_METRICS,
+        &ctx.work.join(format!("source-{label}-stdout.log")),
+    )?;
+    let no_kafka = measure_window(&c, Duration::from_secs(3), Duration::from_secs(10))?;
+    c.stop()?;
+    let bare = reqwest_loop(
+        ctx,
+        ctx.n(if keep_alive { 200_000 } else { 40_000 }),
+        keep_alive,
+    )
+    .await?;
     let (baseline_name, target) = if keep_alive {
         ("ab -k -c 64 (keep-alive)", "ratio >= 0.3")
     } else {
@@ -184,7 +205,57 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
             "cpu-s",
         ),
         Figure::plain(&format!("source.{label}.peak_rss"), rss, "MiB"),
+        Figure::against(
+            &format!("source.{label}.stdout_checks_per_s"),
+            no_kafka.rate,
+            "checks/s",
+            baseline,
+            baseline_name,
+            "diagnostic: no Kafka",
+        ),
+        Figure::against(
+            &format!("source.{label}.bare_reqwest_per_s"),
+            bare,
+            "req/s",
+            baseline,
+            baseline_name,
+            "diagnostic: HTTP client alone",
+        ),
     ])
+}
+
+/// A bare reqwest loop: 64 tasks, GET until `requests` are done; requests/s.
+/// Fresh connections (no idle pool) unless `keep_alive`.
+async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<f64> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if !keep_alive {
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    let client = builder.build()?;
+    let url = format!("http://{}/", ctx.http);
+    let left = Arc::new(AtomicUsize::new(requests));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let (client, url, left) = (client.clone(), url.clone(), Arc::clone(&left));
+            tokio::spawn(async move {
+                while left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    if let Ok(r) = client.get(&url).send().await {
+                        let _ = r.bytes().await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    Ok(requests as f64 / started.elapsed().as_secs_f64())
 }
 
 /// 100,000 sites at a 60 s interval: lateness, skipped ticks, memory, rate.
