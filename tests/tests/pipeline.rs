@@ -161,3 +161,52 @@ async fn checks_flow_from_source_through_kafka_into_latest_and_history_tables() 
         .get(0);
     assert_eq!(dup, 0, "no check stored twice");
 }
+
+/// Every shipped configuration (`connector.toml` and `pipelines/*.toml`) is
+/// valid for both binaries, given the environment variables it asks for.
+#[test]
+fn every_shipped_config_passes_check_config_for_both_connectors() {
+    let root = website_monitor_tests::repo_root();
+    let mut files = vec![root.join("connector.toml")];
+    for entry in std::fs::read_dir(root.join("pipelines")).expect("pipelines/") {
+        let path = entry.expect("dir entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            files.push(path);
+        }
+    }
+    assert!(
+        files.len() >= 5,
+        "connector.toml and the pipelines: {files:?}"
+    );
+    for bin in ["website-monitor-source", "website-monitor-sink"] {
+        for file in &files {
+            let out = std::process::Command::new(website_monitor_tests::binary(bin))
+                .arg("--config")
+                .arg(file)
+                .arg("--check-config")
+                .current_dir(&root)
+                .env("kafka_host", "127.0.0.1:9092")
+                .env("KAFKA_USERNAME", "u")
+                .env("KAFKA_PASSWORD", "secret-password")
+                .env(
+                    "postgres_uri",
+                    "postgres://u:pw@127.0.0.1:5432/db?sslmode=require",
+                )
+                .output()
+                .expect("run --check-config");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{bin} --check-config {}: {}{}",
+                file.display(),
+                stdout,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                !stdout.contains("secret-password") && !stdout.contains(":pw@"),
+                "{bin} --check-config {} shows a secret: {stdout}",
+                file.display()
+            );
+        }
+    }
+}
