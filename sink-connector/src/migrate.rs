@@ -134,6 +134,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "history_without_foreign_key",
         sql: include_str!("../migrations/0002_history_without_foreign_key.sql"),
     },
+    Migration {
+        version: 3,
+        name: "latest_fillfactor",
+        sql: include_str!("../migrations/0003_latest_fillfactor.sql"),
+    },
 ];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).

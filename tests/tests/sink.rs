@@ -948,6 +948,16 @@ async fn two_sinks_starting_at_once_on_an_empty_schema_migrate_once_and_both_wor
         fks, 0,
         "no foreign key on the history table after the migrations"
     );
+    // Migration 3 leaves room for HOT updates of the latest rows.
+    let options: Option<Vec<String>> = db
+        .query_one(
+            "SELECT reloptions FROM pg_class WHERE oid = to_regclass($1)",
+            &[&format!("\"{schema}\".site")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(options, Some(vec!["fillfactor=50".to_owned()]));
     let recs: Vec<Vec<u8>> = (0..400).map(|i| numbered(i, 40)).collect();
     produce_json(&s.brokers, &topic, &recs).await;
     wait_rows(&db, &schema, "site_check", 400).await;
