@@ -178,6 +178,8 @@ pub async fn start(
         publisher: Arc::clone(&publisher),
         probe: source.probe.clone(),
         per_site_metrics: source.per_site_metrics,
+        metrics: metrics::CheckHandles::register(),
+        in_flight: metrics::in_flight(),
         finished: Default::default(),
         skipped: Default::default(),
         abort: CancellationToken::new(),

@@ -6,9 +6,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram, Gauge};
+use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
-use crate::record::Record;
+use crate::record::{ErrorKind, Record};
 
 /// Counter: finished checks, labels `outcome` (`ok` / `fail`) and `error_kind`
 /// (`none`, `dns`, `connect`, `tls`, `timeout`, `http`, `status`, `regex`, `body`).
@@ -35,18 +35,71 @@ pub const SITE_CERT_DAYS_LEFT: &str = "website_monitor_site_cert_days_left";
 /// Gauge: sites this instance checks (after sharding).
 pub const SITES: &str = "website_monitor_sites";
 
-/// Records a finished check in the global metrics, and in the site's own
-/// gauges when `site` is given (`per_site_metrics`).
-pub fn check_finished(record: &Record, site: Option<&SiteGauges>) {
-    let (outcome, kind) = match &record.error {
-        None => ("ok", "none"),
-        Some(e) => ("fail", e.kind.as_str()),
-    };
-    counter!(CHECKS_TOTAL, "outcome" => outcome, "error_kind" => kind).increment(1);
-    histogram!(CHECK_DURATION_SECONDS).record(record.duration);
-    if let Some(site) = site {
-        site.record(record);
+/// Every error kind, in the order of [`CheckHandles::fail`].
+const ERROR_KINDS: [ErrorKind; 8] = [
+    ErrorKind::Dns,
+    ErrorKind::Connect,
+    ErrorKind::Tls,
+    ErrorKind::Timeout,
+    ErrorKind::Http,
+    ErrorKind::Status,
+    ErrorKind::Regex,
+    ErrorKind::Body,
+];
+
+/// The handles every check touches, registered once (at start, after the
+/// recorder is installed), so a check builds no metric key, hashes no labels
+/// and looks nothing up in the registry.
+#[derive(Clone)]
+pub struct CheckHandles {
+    ok: Counter,
+    fail: [Counter; ERROR_KINDS.len()],
+    duration: Histogram,
+    lateness: Histogram,
+}
+
+impl CheckHandles {
+    /// Registers the handles in the current recorder.
+    pub fn register() -> Self {
+        CheckHandles {
+            ok: counter!(CHECKS_TOTAL, "outcome" => "ok", "error_kind" => "none"),
+            fail: ERROR_KINDS
+                .map(|k| counter!(CHECKS_TOTAL, "outcome" => "fail", "error_kind" => k.as_str())),
+            duration: histogram!(CHECK_DURATION_SECONDS),
+            lateness: histogram!(SCHEDULE_LATENESS_SECONDS),
+        }
     }
+
+    /// Records a finished check in the global metrics, and in the site's own
+    /// gauges when `site` is given (`per_site_metrics`).
+    pub fn check_finished(&self, record: &Record, site: Option<&SiteGauges>) {
+        match &record.error {
+            None => &self.ok,
+            Some(e) => {
+                &self.fail[ERROR_KINDS
+                    .iter()
+                    .position(|k| *k == e.kind)
+                    .unwrap_or_default()]
+            }
+        }
+        .increment(1);
+        self.duration.record(record.duration);
+        if let Some(site) = site {
+            site.record(record);
+        }
+    }
+
+    /// Records how late a check started.
+    pub fn lateness(&self, late: Duration) {
+        self.lateness.record(late.as_secs_f64());
+    }
+}
+
+/// Records a finished check in the global metrics, and in the site's own
+/// gauges when `site` is given (`per_site_metrics`); registers the handles on
+/// every call (the scheduler uses [`CheckHandles`] instead).
+pub fn check_finished(record: &Record, site: Option<&SiteGauges>) {
+    CheckHandles::register().check_finished(record, site);
 }
 
 /// The per-url gauges of one site, registered once, on its first check (not
@@ -81,29 +134,24 @@ impl SiteGauges {
     }
 }
 
-/// Records how late a check started.
-pub fn lateness(late: Duration) {
-    histogram!(SCHEDULE_LATENESS_SECONDS).record(late.as_secs_f64());
-}
-
 /// Records skipped ticks.
 pub fn skipped(reason: &'static str, n: u64) {
     counter!(SKIPPED_TICKS_TOTAL, "reason" => reason).increment(n);
 }
 
-/// Moves the in-flight gauge.
-pub fn in_flight(delta: f64) {
-    gauge!(CHECKS_IN_FLIGHT).increment(delta);
+/// The [`CHECKS_IN_FLIGHT`] handle (register once, move per check).
+pub fn in_flight() -> Gauge {
+    gauge!(CHECKS_IN_FLIGHT)
 }
 
-/// Counts a delivered record.
-pub fn produced() {
-    counter!(RECORDS_PRODUCED_TOTAL).increment(1);
+/// The [`RECORDS_PRODUCED_TOTAL`] handle (register once, increment per record).
+pub fn produced() -> Counter {
+    counter!(RECORDS_PRODUCED_TOTAL)
 }
 
-/// Counts an undeliverable record.
-pub fn failed() {
-    counter!(RECORDS_FAILED_TOTAL).increment(1);
+/// The [`RECORDS_FAILED_TOTAL`] handle (register once, increment per record).
+pub fn failed() -> Counter {
+    counter!(RECORDS_FAILED_TOTAL)
 }
 
 /// Sets the number of sites.

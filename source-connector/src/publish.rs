@@ -20,7 +20,7 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
-use tokio::io::AsyncWriteExt;
+use std::io::Write;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,21 +35,38 @@ pub const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PublishError(#[source] KafkaError);
 
 /// Delivered and failed records so far.
-#[derive(Debug, Default)]
 pub struct Counts {
     delivered: AtomicU64,
     failed: AtomicU64,
+    produced_total: ::metrics::Counter,
+    failed_total: ::metrics::Counter,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts::new()
+    }
 }
 
 impl Counts {
+    /// Zero counts; registers the metric handles once.
+    pub fn new() -> Self {
+        Counts {
+            delivered: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            produced_total: metrics::produced(),
+            failed_total: metrics::failed(),
+        }
+    }
+
     fn delivered(&self) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
-        metrics::produced();
+        self.produced_total.increment(1);
     }
 
     fn failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        metrics::failed();
+        self.failed_total.increment(1);
     }
 
     /// `(delivered, failed)`.
@@ -168,7 +185,7 @@ impl KafkaPublisher {
             .set("compression.type", "zstd")
             .set("linger.ms", "5");
         kafka.apply_options(&mut config);
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(Counts::new());
         let context = DeliveryContext {
             counts: Arc::clone(&counts),
             health: health.clone(),
@@ -257,36 +274,71 @@ impl KafkaPublisher {
     }
 }
 
+/// How long the stdout writer waits for more records before a write.
+const STDOUT_LINGER: Duration = Duration::from_millis(2);
+
 /// Writes records as JSON lines to stdout (`--stdout`).
+///
+/// A dedicated thread owns a locked, buffered stdout and writes whatever the
+/// bounded channel holds; once the channel is empty it waits
+/// [`STDOUT_LINGER`] for more and then flushes: no blocking-pool hop and no
+/// system call per record.
 pub struct StdoutPublisher {
     tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
-    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     counts: Arc<Counts>,
 }
 
 impl StdoutPublisher {
-    /// Starts the writer task.
+    /// Starts the writer thread.
     pub fn new(health: &Health) -> Self {
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
-        let counts = Arc::new(Counts::default());
+        let counts = Arc::new(Counts::new());
         let c = Arc::clone(&counts);
-        let writer = tokio::spawn(async move {
-            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
-            while let Some(mut line) = rx.recv().await {
-                line.push(b'\n');
-                match out.write_all(&line).await {
+        let writer = std::thread::Builder::new()
+            .name("stdout-writer".into())
+            .spawn(move || {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+                let write = |out: &mut std::io::BufWriter<_>, line: Vec<u8>| match out
+                    .write_all(&line)
+                    .and_then(|()| out.write_all(b"\n"))
+                {
                     Ok(()) => c.delivered(),
                     Err(e) => {
                         c.failed();
                         tracing::warn!(error = %e, "cannot write to stdout");
                     }
+                };
+                let mut dirty = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(line) => {
+                            write(&mut out, line);
+                            dirty = true;
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) if dirty => {
+                            // Let a few more records come before the write
+                            // system call; a record waits at most this long.
+                            std::thread::sleep(STDOUT_LINGER);
+                            if rx.is_empty() {
+                                let _ = out.flush();
+                                dirty = false;
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => match rx.blocking_recv() {
+                            Some(line) => {
+                                write(&mut out, line);
+                                dirty = true;
+                            }
+                            None => break,
+                        },
+                        Err(mpsc::error::TryRecvError::Disconnected) => break,
+                    }
                 }
-                if rx.is_empty() {
-                    let _ = out.flush().await;
-                }
-            }
-            let _ = out.flush().await;
-        });
+                let _ = out.flush();
+            })
+            .expect("cannot start the stdout writer thread");
         health.set_ready();
         StdoutPublisher {
             tx: Mutex::new(Some(tx)),
@@ -310,7 +362,7 @@ impl StdoutPublisher {
         drop(self.tx.lock().expect("stdout lock").take());
         let writer = self.writer.lock().expect("stdout lock").take();
         if let Some(w) = writer {
-            let _ = w.await;
+            let _ = tokio::task::spawn_blocking(move || w.join()).await;
         }
     }
 }

@@ -153,7 +153,10 @@ impl Record {
 
     /// The Kafka value: the record as compact JSON.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a record always serialises")
+        // A record is about 400 bytes: one allocation, no regrowth.
+        let mut out = Vec::with_capacity(512);
+        serde_json::to_writer(&mut out, self).expect("a record always serialises");
+        out
     }
 }
 

@@ -83,6 +83,10 @@ pub struct Shared {
     pub probe: String,
     /// `source.per_site_metrics`.
     pub per_site_metrics: bool,
+    /// The metric handles of a check, registered once.
+    pub metrics: metrics::CheckHandles,
+    /// The [`metrics::CHECKS_IN_FLIGHT`] gauge, registered once.
+    pub in_flight: ::metrics::Gauge,
     /// Checks finished and handed to the publisher.
     pub finished: AtomicU64,
     /// Ticks skipped, for any reason.
@@ -113,14 +117,16 @@ pub async fn run(
             _ = tokio::time::sleep_until(due.into()) => {}
         }
         let now = Instant::now();
-        while let Some(&Reverse((due, idx))) = heap.peek() {
+        while let Some(mut top) = heap.peek_mut() {
+            let Reverse((due, idx)) = *top;
             if due > now {
                 break;
             }
-            heap.pop();
             let site = &sites[idx];
             let (next, missed) = next_tick(due, site.spec.interval, now);
-            heap.push(Reverse((next, idx)));
+            // Replace the top in place: one sift down instead of a pop and a push.
+            *top = Reverse((next, idx));
+            drop(top);
             if missed > 0 {
                 skip(&shared, "behind", missed);
             }
@@ -202,9 +208,11 @@ fn spawn_check(
     planned: Instant,
 ) {
     tokio::spawn(async move {
-        let mut guard = InFlight::start(Arc::clone(&sites), idx, permit);
+        let mut guard = InFlight::start(Arc::clone(&sites), idx, permit, shared.in_flight.clone());
         let site = &sites[idx];
-        metrics::lateness(Instant::now().saturating_duration_since(planned));
+        shared
+            .metrics
+            .lateness(Instant::now().saturating_duration_since(planned));
         let record = unless_panic(
             check::check_until(&site.spec, &site.client, &shared.probe, &shared.abort),
             &site.spec,
@@ -212,7 +220,9 @@ fn spawn_check(
         )
         .await;
         guard.check_done();
-        metrics::check_finished(&record, shared.per_site_metrics.then_some(&site.gauges));
+        shared
+            .metrics
+            .check_finished(&record, shared.per_site_metrics.then_some(&site.gauges));
         let timestamp_ms = (record.checked_at * 1000.0) as i64;
         shared
             .publisher
@@ -230,16 +240,23 @@ struct InFlight {
     sites: Arc<[Site]>,
     idx: usize,
     counted: bool,
+    gauge: ::metrics::Gauge,
     _permit: OwnedSemaphorePermit,
 }
 
 impl InFlight {
-    fn start(sites: Arc<[Site]>, idx: usize, permit: OwnedSemaphorePermit) -> Self {
-        metrics::in_flight(1.0);
+    fn start(
+        sites: Arc<[Site]>,
+        idx: usize,
+        permit: OwnedSemaphorePermit,
+        gauge: ::metrics::Gauge,
+    ) -> Self {
+        gauge.increment(1.0);
         InFlight {
             sites,
             idx,
             counted: true,
+            gauge,
             _permit: permit,
         }
     }
@@ -247,7 +264,7 @@ impl InFlight {
     /// The check itself is over (its record is being handed over).
     fn check_done(&mut self) {
         if std::mem::take(&mut self.counted) {
-            metrics::in_flight(-1.0);
+            self.gauge.decrement(1.0);
         }
     }
 }
@@ -335,7 +352,7 @@ mod tests {
         let task = tokio::spawn({
             let sites = Arc::clone(&sites);
             async move {
-                let _guard = InFlight::start(sites, 1, permit);
+                let _guard = InFlight::start(sites, 1, permit, ::metrics::Gauge::noop());
                 panic!("a bug in a check");
             }
         });

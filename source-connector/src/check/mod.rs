@@ -20,6 +20,7 @@ pub mod classify;
 pub mod phases;
 pub mod tls;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION};
 use reqwest::{Client, Method, Response};
 use tokio_util::sync::CancellationToken;
+use url::Url;
 
 use crate::record::{CheckError, ErrorKind, Record, Timings, TlsFacts, SCHEMA_VERSION};
 use crate::sites::{ClientKey, SiteSpec};
@@ -176,7 +178,7 @@ pub async fn check_until(
     };
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     Record {
-        url: site.url.to_string(),
+        url: site.url.as_str().to_owned(),
         checked_at: epoch,
         status_code: p.status,
         duration: start.elapsed().as_secs_f64(),
@@ -227,17 +229,20 @@ async fn attempt(
     p: &mut Progress,
     now: f64,
 ) -> Result<(), CheckError> {
-    let mut url = site.url.clone();
+    // Borrowed from the site until a redirect changes them: the first hop
+    // copies only what reqwest must own.
+    let mut url: Cow<'_, Url> = Cow::Borrowed(&site.url);
     let mut method = site.method.clone();
-    let mut body = site.body.clone();
-    let mut headers: HeaderMap = (*site.headers).clone();
+    let mut body = site.body.as_ref();
+    let mut headers: Cow<'_, HeaderMap> = Cow::Borrowed(&site.headers);
     loop {
         recorder.take_hop();
         let hop_start = Instant::now();
-        let mut request = client
-            .request(method.clone(), url.clone())
-            .headers(headers.clone());
-        if let Some(b) = &body {
+        let mut request = client.request(method.clone(), url.as_ref().clone());
+        if !headers.is_empty() {
+            request = request.headers(headers.as_ref().clone());
+        }
+        if let Some(b) = body {
             request = request.body(b.clone());
         }
         let sent = request.send().await;
@@ -276,14 +281,16 @@ async fn attempt(
             {
                 method = Method::GET;
                 body = None;
-                headers.remove(CONTENT_TYPE);
-                headers.remove(CONTENT_LENGTH);
+                let h = headers.to_mut();
+                h.remove(CONTENT_TYPE);
+                h.remove(CONTENT_LENGTH);
             }
             if next.origin() != url.origin() {
-                headers.remove(AUTHORIZATION);
-                headers.remove(COOKIE);
+                let h = headers.to_mut();
+                h.remove(AUTHORIZATION);
+                h.remove(COOKIE);
             }
-            url = next;
+            url = Cow::Owned(next);
             continue;
         }
 
