@@ -16,6 +16,7 @@
 //! - [`shutdown`]: SIGTERM / SIGINT into a cancellation token.
 //! - [`logging`]: `tracing` subscriber, text or JSON.
 //! - [`cli`]: the flags both binaries share.
+//! - [`tls`]: rustls pieces both connectors use.
 
 pub mod cli;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod kafka;
 pub mod logging;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{ConfigError, Loaded};
 pub use kafka::KafkaConfig;
