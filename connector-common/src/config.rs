@@ -112,6 +112,22 @@ impl fmt::Display for Invalid {
     }
 }
 
+/// Adds a problem to `out` when the duration at `key` is zero; `example` is a
+/// value to suggest (e.g. `"30s"`). Shared by both sections' checks.
+pub fn require_positive(
+    out: &mut Vec<Invalid>,
+    key: String,
+    value: std::time::Duration,
+    example: &str,
+) {
+    if value.is_zero() {
+        out.push(Invalid::new(
+            key,
+            format!("must be more than zero, e.g. \"{example}\""),
+        ));
+    }
+}
+
 /// Checks a section cannot express through types alone (urls, regexes,
 /// ranges). `prefix` is the section's name, to build key paths.
 pub trait Validate {
@@ -695,6 +711,22 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("[sink]"), "{shown}");
+    }
+
+    #[test]
+    fn zero_duration_is_refused_with_an_example() {
+        let mut out = Vec::new();
+        require_positive(&mut out, "s.a".into(), std::time::Duration::ZERO, "5s");
+        require_positive(
+            &mut out,
+            "s.b".into(),
+            std::time::Duration::from_millis(1),
+            "5s",
+        );
+        assert_eq!(
+            out,
+            [Invalid::new("s.a", "must be more than zero, e.g. \"5s\"")]
+        );
     }
 
     #[test]

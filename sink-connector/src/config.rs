@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use connector_common::config::{Invalid, Validate};
+use connector_common::config::{require_positive, Invalid, Validate};
 use serde::{Deserialize, Serialize};
 
 use crate::db::PgTarget;
@@ -208,18 +208,8 @@ impl Validate for SinkConfig {
         if self.batch_max_bytes == 0 {
             out.push(Invalid::new(key("batch_max_bytes"), "must be at least 1"));
         }
-        if self.write_timeout.is_zero() {
-            out.push(Invalid::new(
-                key("write_timeout"),
-                "must be longer than 0 (e.g. \"30s\")",
-            ));
-        }
-        if self.batch_timeout.is_zero() {
-            out.push(Invalid::new(
-                key("batch_timeout"),
-                "must be longer than 0 (e.g. \"250ms\")",
-            ));
-        }
+        require_positive(&mut out, key("write_timeout"), self.write_timeout, "30s");
+        require_positive(&mut out, key("batch_timeout"), self.batch_timeout, "250ms");
         if self.max_record_bytes == 0 {
             out.push(Invalid::new(key("max_record_bytes"), "must be at least 1"));
         }

@@ -13,7 +13,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use connector_common::config::{Invalid, StringMap, Validate};
+use connector_common::config::{require_positive, Invalid, StringMap, Validate};
 use serde::{Deserialize, Serialize};
 
 /// The largest `concurrency` accepted.
@@ -269,18 +269,13 @@ impl Validate for SourceConfig {
                 format!("`{}` is not host:port; write e.g. \"127.0.0.1:9464\" (port 0 picks a free one)", self.metrics_address),
             ));
         }
-        if self.flush_timeout.is_zero() {
-            out.push(Invalid::new(
-                key("flush_timeout"),
-                "must be more than zero, e.g. \"30s\"",
-            ));
-        }
-        if self.shutdown_timeout.is_zero() {
-            out.push(Invalid::new(
-                key("shutdown_timeout"),
-                "must be more than zero, e.g. \"10s\"",
-            ));
-        }
+        require_positive(&mut out, key("flush_timeout"), self.flush_timeout, "30s");
+        require_positive(
+            &mut out,
+            key("shutdown_timeout"),
+            self.shutdown_timeout,
+            "10s",
+        );
         if self.tls_ca.is_some() && !self.tls_verify {
             out.push(Invalid::new(
                 key("tls_ca"),
@@ -339,17 +334,11 @@ pub fn parse_url(url: &str) -> Result<url::Url, String> {
 
 fn validate_overrides(site: &SiteConfig, prefix: &str, out: &mut Vec<Invalid>) {
     let key = |k: &str| join(prefix, k);
-    if site.interval.is_some_and(|d| d.is_zero()) {
-        out.push(Invalid::new(
-            key("interval"),
-            "must be more than zero, e.g. \"1s\" or \"250ms\"",
-        ));
+    if let Some(d) = site.interval {
+        require_positive(out, key("interval"), d, "1s");
     }
-    if site.timeout.is_some_and(|d| d.is_zero()) {
-        out.push(Invalid::new(
-            key("timeout"),
-            "must be more than zero, e.g. \"5s\"",
-        ));
+    if let Some(d) = site.timeout {
+        require_positive(out, key("timeout"), d, "5s");
     }
     if let Some(t) = site.timeout.filter(|t| *t > MAX_TIMEOUT) {
         out.push(Invalid::new(

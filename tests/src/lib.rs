@@ -217,6 +217,20 @@ pub async fn pg(uri: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The first column of every row `sql` returns (no parameters).
+pub async fn column<T>(client: &tokio_postgres::Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> tokio_postgres::types::FromSql<'a>,
+{
+    client
+        .query(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Creates a fresh schema named like [`unique_ident`] and returns its name.
 pub async fn fresh_schema(client: &tokio_postgres::Client, prefix: &str) -> String {
     let name = unique_ident(prefix);

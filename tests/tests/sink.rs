@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use website_monitor_sink::{Running, SinkConfig};
 use website_monitor_tests::{
-    binary, create_topic, eventually, fresh_schema, pg, produce, repo_root, stack, unique,
+    binary, column, create_topic, eventually, fresh_schema, pg, produce, repo_root, stack, unique,
     unique_ident, Stack,
 };
 
@@ -240,16 +240,7 @@ async fn seed_system_test_two_sites_three_checks() {
     );
     assert_eq!(count(&db, &schema, "site_check", "").await, 3);
     assert_eq!(count(&db, &schema, "site_rejected", "").await, 0);
-    let history: Vec<String> = db
-        .query(
-            &format!("SELECT c.data->>'key' FROM \"{schema}\".site_check c JOIN \"{schema}\".site s ON s.id = c.site_id ORDER BY c.\"offset\""),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let history: Vec<String> = column(&db, &format!("SELECT c.data->>'key' FROM \"{schema}\".site_check c JOIN \"{schema}\".site s ON s.id = c.site_id ORDER BY c.\"offset\"")).await;
     assert_eq!(history, ["valuefoo", "valuebar", "valuefooupdated"]);
 
     wait_ready(&addr).await;
@@ -600,16 +591,11 @@ async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_st
         db_detail.contains("no_599") || db_detail.contains("23514"),
         "PostgreSQL's message is kept: {db_detail}"
     );
-    let good: Vec<String> = db
-        .query(
-            &format!("SELECT url FROM \"{schema}\".site ORDER BY url"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let good: Vec<String> = column(
+        &db,
+        &format!("SELECT url FROM \"{schema}\".site ORDER BY url"),
+    )
+    .await;
     assert_eq!(
         good,
         ["http://good1/", "http://good2/"],
@@ -920,16 +906,11 @@ async fn two_sinks_starting_at_once_on_an_empty_schema_migrate_once_and_both_wor
     let (addr_a, addr_b) = (ra.metrics_addr.to_string(), rb.metrics_addr.to_string());
     wait_ready(&addr_a).await;
     wait_ready(&addr_b).await;
-    let versions: Vec<i32> = db
-        .query(
-            &format!("SELECT version FROM \"{schema}\".site_migrations ORDER BY version"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let versions: Vec<i32> = column(
+        &db,
+        &format!("SELECT version FROM \"{schema}\".site_migrations ORDER BY version"),
+    )
+    .await;
     let expected: Vec<i32> = website_monitor_sink::migrate::MIGRATIONS
         .iter()
         .map(|m| m.version)
@@ -1382,16 +1363,11 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     assert_eq!(out.duplicates, 2);
     assert_eq!(out.check_rows, 1);
     assert_eq!(out.rejected.get("database"), Some(&1));
-    let rejected: Vec<i64> = db
-        .query(
-            &format!("SELECT \"offset\" FROM \"{schema}\".site_rejected"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rejected: Vec<i64> = column(
+        &db,
+        &format!("SELECT \"offset\" FROM \"{schema}\".site_rejected"),
+    )
+    .await;
     assert_eq!(rejected, [3], "only the refused record is rejected");
     assert_eq!(next_offset(&db, &schema, t).await, Some(4));
 
