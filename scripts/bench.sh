@@ -5,6 +5,7 @@
 # Prints one table; writes target/bench/results.json. Never fails on a time.
 #   WM_BENCH_ONLY=source,scale,sink,e2e   run only these scenarios
 #   WM_BENCH_SCALE=0.2                    shrink every scenario (a quick try)
+#   WM_BENCH_SINK_EXTRA='batch_size = 20000'  extra [sink] lines (experiments)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
 cd "$root"

@@ -106,7 +106,7 @@ fn default_table() -> String {
     "site".to_owned()
 }
 fn default_batch_size() -> usize {
-    5000
+    20_000
 }
 fn default_batch_max_bytes() -> usize {
     64 * 1024 * 1024

@@ -139,6 +139,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "latest_fillfactor",
         sql: include_str!("../migrations/0003_latest_fillfactor.sql"),
     },
+    Migration {
+        version: 4,
+        name: "history_keyed_by_position",
+        sql: include_str!("../migrations/0004_history_keyed_by_position.sql"),
+    },
 ];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).
