@@ -486,7 +486,7 @@ pub async fn end_to_end(ctx: &Ctx) -> Result<Vec<Figure>> {
     client
         .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
         .await?;
-    let mut text = source_config(ctx, &topic, &sites, "1s", 1024, false);
+    let mut text = source_config(ctx, &topic, &sites, "1s", 1024, true);
     let _ = write!(
         text,
         "[sink]\ntopic = \"{topic}\"\ngroup_id = \"{}\"\npostgres_uri = \"{}\"\nschema = \"{schema}\"\nmetrics_address = \"{SINK_METRICS}\"\n{}\n",
@@ -525,6 +525,31 @@ pub async fn end_to_end(ctx: &Ctx) -> Result<Vec<Figure>> {
         )
         .await?;
     let (p50, p99, rows): (Option<f64>, Option<f64>, i64) = (row.get(0), row.get(1), row.get(2));
+    // Per second of `checked_at`, for reading a tail: rows, p50, p99, max.
+    let per_second = client
+        .query(
+            &format!(
+                "SELECT floor(c)::int8 - floor($1::float8)::int8, count(*), \
+                        percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag) \
+                 FROM (SELECT (data->>'checked_at')::float8 AS c, extract(epoch FROM inserted_at)::float8 - (data->>'checked_at')::float8 AS lag \
+                       FROM \"{schema}\".site_check) s GROUP BY 1 ORDER BY 1"
+            ),
+            &[&(warm - 10.0)],
+        )
+        .await?;
+    let mut table = String::from("second_since_source_start rows p50_ms p99_ms max_ms\n");
+    for r in per_second {
+        let (s, n, a, b, m): (i64, i64, f64, f64, f64) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        let _ = writeln!(
+            table,
+            "{s} {n} {:.0} {:.0} {:.0}",
+            a * 1e3,
+            b * 1e3,
+            m * 1e3
+        );
+    }
+    ctx.write("e2e-latency-per-second.txt", &table)?;
     client
         .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .await?;

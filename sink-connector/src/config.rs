@@ -62,7 +62,7 @@ pub struct SinkConfig {
     #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
     /// Longest wait, after the first record of a batch, before the batch is
-    /// written even if not full (humantime, e.g. `250ms`).
+    /// written even if not full (humantime, e.g. `100ms`).
     #[serde(default = "default_batch_timeout", with = "humantime_serde")]
     pub batch_timeout: Duration,
     /// Where a new consumer group starts: `earliest` or `latest`.
@@ -112,7 +112,7 @@ fn default_batch_max_bytes() -> usize {
     64 * 1024 * 1024
 }
 fn default_batch_timeout() -> Duration {
-    Duration::from_millis(250)
+    Duration::from_millis(100)
 }
 fn default_max_record_bytes() -> usize {
     1024 * 1024
@@ -209,7 +209,7 @@ impl Validate for SinkConfig {
             out.push(Invalid::new(key("batch_max_bytes"), "must be at least 1"));
         }
         require_positive(&mut out, key("write_timeout"), self.write_timeout, "30s");
-        require_positive(&mut out, key("batch_timeout"), self.batch_timeout, "250ms");
+        require_positive(&mut out, key("batch_timeout"), self.batch_timeout, "100ms");
         if self.max_record_bytes == 0 {
             out.push(Invalid::new(key("max_record_bytes"), "must be at least 1"));
         }
@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(c.group_id, "website-monitor-sink");
         assert_eq!(c.table, "site");
         assert_eq!(c.schema, "public");
-        assert_eq!(c.batch_timeout, Duration::from_millis(250));
+        assert_eq!(c.batch_timeout, Duration::from_millis(100));
         assert_eq!(c.start_from, StartFrom::Earliest);
         assert_eq!(c.max_record_bytes, 1024 * 1024);
         assert_eq!(c.max_url_bytes, 2048);

@@ -1,4 +1,5 @@
-//! The consume → batch → write → commit loop.
+//! The consume → batch → write → commit loop (the next batch is collected
+//! while the previous one is written and committed).
 //!
 //! The consumer is in a group with `enable.auto.offset.store=false` and
 //! `enable.auto.commit=false`: a batch's offsets are stored and committed
@@ -24,7 +25,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use connector_common::KafkaConfig;
 use rdkafka::client::ClientContext;
@@ -32,16 +33,16 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult};
-use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
+use crate::collect::Collector;
 use crate::config::SinkConfig;
 use crate::db::PgTarget;
-use crate::decode::{decode, Limits};
+use crate::decode::Limits;
 use crate::metrics as m;
 use crate::metrics::Readiness;
 use crate::migrate::{migrate, Tables};
@@ -62,7 +63,7 @@ pub struct SinkContext {
 
 impl SinkContext {
     /// Takes the partitions revoked since the last call.
-    fn take_revoked(&self) -> Vec<(String, i32)> {
+    pub(crate) fn take_revoked(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
     }
 
@@ -501,96 +502,42 @@ impl Pipeline {
         }
     }
 
-    fn to_msg(&self, msg: &BorrowedMessage<'_>, topic: &mut Option<Arc<str>>) -> Msg {
-        let payload = msg.payload();
-        let decoded = decode(payload, self.limits);
-        let topic = match topic {
-            Some(t) if **t == *msg.topic() => t.clone(),
-            _ => topic.insert(Arc::from(msg.topic())).clone(),
-        };
-        Msg {
-            topic,
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key().map(<[u8]>::to_vec),
-            timestamp: msg
-                .timestamp()
-                .to_millis()
-                .filter(|ms| *ms >= 0)
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms as u64)),
-            payload: payload.map(<[u8]>::to_vec),
-            decoded,
-        }
-    }
-
-    /// Collects the next batch: waits for a first record (or shutdown), then
-    /// takes more until `batch_size` records, `batch_max_bytes` bytes or
-    /// `batch_timeout`. Records of partitions revoked meanwhile are dropped.
-    async fn collect(&self, consumer: &SinkConsumer) -> Vec<Msg> {
-        let mut batch = Vec::new();
-        let mut bytes = 0usize;
-        let mut topic = None;
-        let first = tokio::select! {
-            _ = self.shutdown.cancelled() => return batch,
-            r = consumer.recv() => r,
-        };
-        match first {
-            Ok(msg) => {
-                consumer.context().take_revoked();
-                let m = self.to_msg(&msg, &mut topic);
-                bytes += m.size();
-                batch.push(m);
-            }
-            Err(e) => {
-                kafka_error(&e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                return batch;
-            }
-        }
-        let deadline = tokio::time::Instant::now() + self.cfg.batch_timeout;
-        while batch.len() < self.cfg.batch_size && bytes < self.cfg.batch_max_bytes {
-            tokio::select! {
-                biased;
-                r = consumer.recv() => match r {
-                    Ok(msg) => {
-                        let revoked = consumer.context().take_revoked();
-                        if !revoked.is_empty() {
-                            let before = batch.len();
-                            batch.retain(|m: &Msg| {
-                                !revoked.iter().any(|(t, p)| **t == *m.topic && *p == m.partition)
-                            });
-                            bytes = batch.iter().map(Msg::size).sum();
-                            tracing::debug!(dropped = before - batch.len(), "dropped buffered records of revoked partitions");
-                        }
-                        let m = self.to_msg(&msg, &mut topic);
-                        bytes += m.size();
-                        batch.push(m);
-                    }
-                    Err(e) => { kafka_error(&e); break; }
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
-                _ = self.shutdown.cancelled() => break,
-            }
-        }
-        batch
-    }
-
-    /// Runs until shutdown: consume, write, commit.
+    /// Runs until shutdown: consume, write, commit — and, while a batch is
+    /// written and committed, collect the next one.
     pub async fn run(mut self, consumer: SinkConsumer) -> Result<(), SinkError> {
         let consumer = Arc::new(consumer);
-        while !self.shutdown.is_cancelled() {
-            let batch = self.collect(&consumer).await;
-            if batch.is_empty() {
+        let collector = Collector {
+            batch_size: self.cfg.batch_size,
+            batch_max_bytes: self.cfg.batch_max_bytes,
+            batch_timeout: self.cfg.batch_timeout,
+            limits: self.limits,
+            shutdown: self.shutdown.clone(),
+        };
+        let mut pending = Vec::new();
+        loop {
+            if pending.is_empty() {
+                if self.shutdown.is_cancelled() {
+                    break;
+                }
+                pending = collector.collect(&consumer).await;
                 continue;
             }
+            let batch = std::mem::take(&mut pending);
             metrics::counter!(m::RECORDS_CONSUMED).increment(batch.len() as u64);
             metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
-            let Some(outcome) = self.write_until_done(&batch).await? else {
-                break;
+            // After SIGTERM, finish what was collected but take nothing new.
+            let next = async {
+                if collector.shutdown.is_cancelled() {
+                    Vec::new()
+                } else {
+                    collector.collect(&consumer).await
+                }
             };
-            self.record(&outcome);
-            self.check_positions(&consumer, &outcome.skipped).await;
-            commit(&consumer, &batch, &self.last_commit, &self.committing).await;
+            let (written, next) = tokio::join!(self.write_and_commit(&consumer, &batch), next);
+            pending = next;
+            if written?.is_none() {
+                break;
+            }
         }
         // Leaving the group blocks (librdkafka's close), so off the runtime,
         // and bounded: a dead coordinator must not keep the sink from exiting.
@@ -604,6 +551,22 @@ impl Pipeline {
         }
         tracing::info!("sink stopped");
         Ok(())
+    }
+
+    /// Writes `batch` (retrying until it commits), then commits its offsets
+    /// to Kafka. `None` when shutdown left it unwritten.
+    async fn write_and_commit(
+        &mut self,
+        consumer: &Arc<SinkConsumer>,
+        batch: &[Msg],
+    ) -> Result<Option<()>, SinkError> {
+        let Some(outcome) = self.write_until_done(batch).await? else {
+            return Ok(None);
+        };
+        self.record(&outcome);
+        self.check_positions(consumer, &outcome.skipped).await;
+        commit(consumer, batch, &self.last_commit, &self.committing).await;
+        Ok(Some(()))
     }
 
     fn record(&self, o: &Outcome) {
@@ -686,7 +649,7 @@ impl Pipeline {
 
 /// A consumer error from `recv`; the client context has already logged it
 /// (rate-limited), so only count it here.
-fn kafka_error(e: &KafkaError) {
+pub(crate) fn kafka_error(e: &KafkaError) {
     metrics::counter!(m::KAFKA_ERRORS).increment(1);
     tracing::debug!(error = %e, "Kafka consumer error");
 }

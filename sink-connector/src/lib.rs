@@ -11,12 +11,15 @@
 //! - [`decode`]: record bytes → typed columns, or a reject reason.
 //! - [`write`]: one transaction per batch; exactly-once through a per-partition
 //!   offsets table locked in the same transaction.
-//! - [`consume`]: the Kafka group consumer, batching, retries, commits.
+//! - [`collect`]: cutting the record stream into batches (size, bytes, age).
+//! - [`consume`]: the Kafka group consumer and the loop: write a batch and
+//!   commit it while the next one is collected; retries.
 //! - [`metrics`]: metric names and readiness.
 //!
 //! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
 //! address and stop the sink with the shutdown token.
 
+pub mod collect;
 pub mod config;
 pub mod consume;
 pub mod db;

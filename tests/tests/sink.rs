@@ -479,6 +479,71 @@ async fn an_older_record_never_overwrites_a_newer_one() {
     stop(running, token).await;
 }
 
+/// While one batch is written, the next is collected: its `batch_timeout`
+/// runs from its own first record, so after a slow write it is written at
+/// once instead of waiting a whole `batch_timeout` more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_overlap").await;
+    let topic = unique("sink-overlap");
+    create_topic(&s.brokers, &topic, 1).await;
+    let text = config_text(&plain_kafka(&s), &topic, &schema, &s.postgres_uri, "")
+        .replace("batch_timeout = \"50ms\"", "batch_timeout = \"4s\"");
+    let (running, token) = start(&text).await;
+    wait_ready(&running.metrics_addr.to_string()).await;
+    // Hold the latest-state table so the first batch's write waits.
+    let mut blocker = pg(&s.postgres_uri).await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute(&format!(
+        "LOCK TABLE \"{schema}\".site IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
+    let rec = |url: &str| json_rec(serde_json::json!({"url": url, "checked_at": 1000.0}));
+    produce_json(&s.brokers, &topic, &[rec("http://first/")]).await;
+    let site = format!("\"{schema}\".site");
+    eventually(
+        "the first batch's write to wait on the lock",
+        WAIT,
+        || async {
+            let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)",
+                &[&site],
+            )
+            .await
+            .unwrap()
+            .get(0);
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    produce_json(&s.brokers, &topic, &[rec("http://second/")]).await;
+    // More than batch_timeout: the second batch is complete before the first
+    // write can finish.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    lock.rollback().await.unwrap();
+    wait_rows(&db, &schema, "site_check", 2).await;
+    let gap: f64 = db
+        .query_one(
+            &format!("SELECT extract(epoch FROM max(inserted_at) - min(inserted_at))::float8 FROM \"{schema}\".site_check"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // Collected only after the first write, the second batch would wait the
+    // whole 4 s batch_timeout; collected meanwhile, it follows at once.
+    assert!(
+        gap < 2.0,
+        "the second batch was written {gap:.3} s after the first: it was not collected during the first write"
+    );
+    stop(running, token).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_stored() {
     let _g = PG_RESTART.read().await;

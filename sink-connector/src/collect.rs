@@ -1,0 +1,110 @@
+//! Cutting the record stream into batches.
+//!
+//! A [`Collector`] owns nothing but its limits, so the loop in
+//! [`crate::consume`] can collect the next batch while the previous one is
+//! being written and committed: a batch's `batch_timeout` starts when its
+//! first record arrives, not when the previous write ends, and a busy sink
+//! writes back to back (measured in `make bench`, docs/benchmarks.md).
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::message::{BorrowedMessage, Message};
+use tokio_util::sync::CancellationToken;
+
+use crate::consume::{kafka_error, SinkConsumer};
+use crate::decode::{decode, Limits};
+use crate::write::Msg;
+
+/// When a batch is complete: whichever of the three limits comes first.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    /// Most records per batch (`batch_size`).
+    pub batch_size: usize,
+    /// Most payload + key bytes per batch (`batch_max_bytes`).
+    pub batch_max_bytes: usize,
+    /// Longest a batch's first record waits (`batch_timeout`).
+    pub batch_timeout: Duration,
+    /// Record limits applied while decoding.
+    pub limits: Limits,
+    /// Ends a collection early (SIGTERM).
+    pub shutdown: CancellationToken,
+}
+
+impl Collector {
+    /// Collects the next batch: waits for a first record (or shutdown), then
+    /// takes more until `batch_size` records, `batch_max_bytes` bytes or
+    /// `batch_timeout`. Records of partitions revoked meanwhile are dropped.
+    /// Empty after a consumer error or at shutdown.
+    pub async fn collect(&self, consumer: &SinkConsumer) -> Vec<Msg> {
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        let mut topic = None;
+        let first = tokio::select! {
+            _ = self.shutdown.cancelled() => return batch,
+            r = consumer.recv() => r,
+        };
+        match first {
+            Ok(msg) => {
+                consumer.context().take_revoked();
+                let m = self.to_msg(&msg, &mut topic);
+                bytes += m.size();
+                batch.push(m);
+            }
+            Err(e) => {
+                kafka_error(&e);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                return batch;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + self.batch_timeout;
+        while batch.len() < self.batch_size && bytes < self.batch_max_bytes {
+            tokio::select! {
+                biased;
+                r = consumer.recv() => match r {
+                    Ok(msg) => {
+                        let revoked = consumer.context().take_revoked();
+                        if !revoked.is_empty() {
+                            let before = batch.len();
+                            batch.retain(|m: &Msg| {
+                                !revoked.iter().any(|(t, p)| **t == *m.topic && *p == m.partition)
+                            });
+                            bytes = batch.iter().map(Msg::size).sum();
+                            tracing::debug!(dropped = before - batch.len(), "dropped buffered records of revoked partitions");
+                        }
+                        let m = self.to_msg(&msg, &mut topic);
+                        bytes += m.size();
+                        batch.push(m);
+                    }
+                    Err(e) => { kafka_error(&e); break; }
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = self.shutdown.cancelled() => break,
+            }
+        }
+        batch
+    }
+
+    fn to_msg(&self, msg: &BorrowedMessage<'_>, topic: &mut Option<Arc<str>>) -> Msg {
+        let payload = msg.payload();
+        let decoded = decode(payload, self.limits);
+        let topic = match topic {
+            Some(t) if **t == *msg.topic() => t.clone(),
+            _ => topic.insert(Arc::from(msg.topic())).clone(),
+        };
+        Msg {
+            topic,
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            timestamp: msg
+                .timestamp()
+                .to_millis()
+                .filter(|ms| *ms >= 0)
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms as u64)),
+            payload: payload.map(<[u8]>::to_vec),
+            decoded,
+        }
+    }
+}
