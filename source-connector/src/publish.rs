@@ -1,7 +1,7 @@
 //! Where records go: Kafka (the normal case) or stdout (`--stdout`).
 //!
 //! Kafka: an rdkafka `ThreadedProducer` with `enable.idempotence=true`,
-//! `acks=all`, `compression.type=lz4` and `linger.ms=5` (any of them can be
+//! `acks=all`, `compression.type=lz4` and `linger.ms=50` (any of them can be
 //! overridden in `[kafka.options]`). A send only enqueues; delivery reports
 //! come back on the producer's thread, where [`DeliveryContext`] counts them,
 //! logs failures and drives readiness. Nothing awaits a send. When the queue is
@@ -183,7 +183,7 @@ impl KafkaPublisher {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("compression.type", "lz4")
-            .set("linger.ms", "5");
+            .set("linger.ms", "50");
         kafka.apply_options(&mut config);
         let counts = Arc::new(Counts::new());
         let context = DeliveryContext {
