@@ -185,6 +185,89 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds used so far by every live process, summed per command name
+/// (`comm`: "java" is the Kafka broker, "nginx", "postgres", "ab", the
+/// connectors...). A process that exits between two samples drops out.
+pub fn cpu_by_command() -> std::collections::HashMap<String, f64> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let comm = stat
+            .split_once('(')
+            .and_then(|(_, r)| r.rsplit_once(')'))
+            .map(|(c, _)| c.to_owned());
+        if let Some(comm) = comm {
+            *out.entry(comm).or_insert(0.0) += cpu_seconds(pid);
+        }
+    }
+    out
+}
+
+/// (busy, total) CPU seconds of the whole machine so far, all cores
+/// (`/proc/stat`, first line; idle and iowait count as not busy).
+pub fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+    ((total - idle) / 100.0, total / 100.0)
+}
+
+/// Where the CPU went between two points: per command name and the machine.
+#[derive(Debug, Clone)]
+pub struct CpuSample {
+    by_command: std::collections::HashMap<String, f64>,
+    busy: f64,
+    total: f64,
+}
+
+impl CpuSample {
+    /// Now.
+    pub fn now() -> Self {
+        let (busy, total) = machine_cpu();
+        Self {
+            by_command: cpu_by_command(),
+            busy,
+            total,
+        }
+    }
+
+    /// CPU seconds `command` used since `earlier`.
+    pub fn used_by(&self, earlier: &Self, command: &str) -> f64 {
+        let get = |s: &Self| s.by_command.get(command).copied().unwrap_or(0.0);
+        (get(self) - get(earlier)).max(0.0)
+    }
+
+    /// Busy CPU seconds of the whole machine (all cores) since `earlier`.
+    pub fn busy_seconds_since(&self, earlier: &Self) -> f64 {
+        (self.busy - earlier.busy).max(0.0)
+    }
+
+    /// Share of the machine's CPU time that was busy since `earlier` (0..1).
+    pub fn busy_since(&self, earlier: &Self) -> f64 {
+        let total = self.total - earlier.total;
+        if total <= 0.0 {
+            0.0
+        } else {
+            (self.busy - earlier.busy) / total
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use crate::proc::{histogram_quantile, metric_sum, Connector};
+use crate::proc::{histogram_quantile, metric_sum, Connector, CpuSample};
 use crate::report::Figure;
 use website_monitor_tests::{create_topic, pg, producer, stack, unique, unique_ident, Stack};
 
@@ -72,22 +72,45 @@ impl Ctx {
     }
 }
 
-/// Runs ApacheBench against the target and returns requests/s.
-fn ab(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<f64> {
+/// What ApacheBench did: requests/s, and the machine's CPU meanwhile.
+struct AbRun {
+    rate: f64,
+    /// Busy share of all cores during the run (0..1).
+    machine_busy: f64,
+    /// Busy CPU seconds of the whole machine per 1,000 requests.
+    machine_cpu_per_1000: f64,
+    /// CPU seconds of `ab` itself per 1,000 requests.
+    client_cpu_per_1000: f64,
+    /// CPU seconds of nginx per 1,000 requests.
+    nginx_cpu_per_1000: f64,
+}
+
+/// Runs ApacheBench against the target.
+fn ab(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<AbRun> {
     let mut cmd = Command::new("ab");
     cmd.args(["-q", "-n", &requests.to_string(), "-c", "64"]);
     if keep_alive {
         cmd.arg("-k");
     }
+    let before = CpuSample::now();
     let out = cmd
         .arg(format!("http://{}/", ctx.http))
         .output()
         .context("running ab")?;
+    let after = CpuSample::now();
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let rate: f64 = text
+        .lines()
         .find(|l| l.starts_with("Requests per second:"))
         .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
-        .with_context(|| format!("ab printed no rate: {text}"))
+        .with_context(|| format!("ab printed no rate: {text}"))?;
+    Ok(AbRun {
+        rate,
+        machine_busy: after.busy_since(&before),
+        machine_cpu_per_1000: after.busy_seconds_since(&before) / requests as f64 * 1000.0,
+        client_cpu_per_1000: after.used_by(&before, "ab") / requests as f64 * 1000.0,
+        nginx_cpu_per_1000: after.used_by(&before, "nginx") / requests as f64 * 1000.0,
+    })
 }
 
 fn sites_file(ctx: &Ctx, name: &str, count: usize) -> Result<PathBuf> {
@@ -117,28 +140,43 @@ fn source_config(
 struct Window {
     rate: f64,
     cpu_per_1000: f64,
+    /// Busy share of all cores during the window (0..1).
+    machine_busy: f64,
+    /// Busy CPU seconds of the whole machine per 1,000 checks.
+    machine_cpu_per_1000: f64,
+    /// CPU seconds of the Kafka broker (the only `java` process) per 1,000 checks.
+    broker_cpu_per_1000: f64,
+    /// CPU seconds of nginx per 1,000 checks.
+    nginx_cpu_per_1000: f64,
 }
 
 fn measure_window(c: &Connector, warmup: Duration, window: Duration) -> Result<Window> {
     std::thread::sleep(warmup);
-    let (p0, cpu0, t0) = (
+    let (p0, cpu0, m0, t0) = (
         metric_sum(&c.scrape()?, PRODUCED),
         c.cpu_seconds(),
+        CpuSample::now(),
         Instant::now(),
     );
     std::thread::sleep(window);
-    let (p1, cpu1, dt) = (
+    let (p1, cpu1, m1, dt) = (
         metric_sum(&c.scrape()?, PRODUCED),
         c.cpu_seconds(),
+        CpuSample::now(),
         t0.elapsed(),
     );
     let checks = p1 - p0;
     if checks <= 0.0 {
         bail!("no records were acknowledged during the window");
     }
+    let per_1000 = |cpu: f64| cpu / checks * 1000.0;
     Ok(Window {
         rate: checks / dt.as_secs_f64(),
-        cpu_per_1000: (cpu1 - cpu0) / checks * 1000.0,
+        cpu_per_1000: per_1000(cpu1 - cpu0),
+        machine_busy: m1.busy_since(&m0),
+        machine_cpu_per_1000: per_1000(m1.busy_seconds_since(&m0)),
+        broker_cpu_per_1000: per_1000(m1.used_by(&m0, "java")),
+        nginx_cpu_per_1000: per_1000(m1.used_by(&m0, "nginx")),
     })
 }
 
@@ -146,11 +184,12 @@ fn measure_window(c: &Connector, warmup: Duration, window: Duration) -> Result<W
 /// against ApacheBench on the same nginx in the same run.
 pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure>> {
     let label = if keep_alive { "keepalive" } else { "fresh" };
-    let baseline = ab(
+    let ab_run = ab(
         ctx,
         ctx.n(if keep_alive { 200_000 } else { 40_000 }),
         keep_alive,
     )?;
+    let baseline = ab_run.rate;
     let topic = unique("bench-source");
     create_topic(&ctx.stack.brokers, &topic, 4).await;
     let sites = sites_file(ctx, "throughput-sites.txt", ctx.n(8_000))?;
@@ -182,7 +221,7 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     )?;
     let no_kafka = measure_window(&c, Duration::from_secs(3), Duration::from_secs(10))?;
     c.stop()?;
-    let bare = reqwest_loop(
+    let (bare, bare_cpu) = reqwest_loop(
         ctx,
         ctx.n(if keep_alive { 200_000 } else { 40_000 }),
         keep_alive,
@@ -202,12 +241,48 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
             baseline_name,
             target,
         ),
-        Figure::plain(
+        Figure::against(
             &format!("source.{label}.cpu_s_per_1000_checks"),
             w.cpu_per_1000,
             "cpu-s",
+            ab_run.client_cpu_per_1000,
+            "ab's own CPU per 1,000 requests",
+            "diagnostic: the client's cost",
+        ),
+        Figure::against(
+            &format!("source.{label}.nginx_cpu_s_per_1000_checks"),
+            w.nginx_cpu_per_1000,
+            "cpu-s",
+            ab_run.nginx_cpu_per_1000,
+            "nginx per 1,000 ab requests",
+            "diagnostic: the server's cost",
         ),
         Figure::plain(&format!("source.{label}.peak_rss"), rss, "MiB"),
+        // Where the machine's CPU went: with every core busy in both runs,
+        // rates go inversely with the whole machine's CPU per item.
+        Figure::plain(
+            &format!("source.{label}.machine_busy"),
+            w.machine_busy,
+            "fraction",
+        ),
+        Figure::against(
+            &format!("source.{label}.machine_cpu_s_per_1000_checks"),
+            w.machine_cpu_per_1000,
+            "cpu-s",
+            ab_run.machine_cpu_per_1000,
+            "ab + nginx per 1,000 requests",
+            "diagnostic: all processes",
+        ),
+        Figure::plain(
+            &format!("source.{label}.ab_machine_busy"),
+            ab_run.machine_busy,
+            "fraction",
+        ),
+        Figure::plain(
+            &format!("source.{label}.broker_cpu_s_per_1000_checks"),
+            w.broker_cpu_per_1000,
+            "cpu-s",
+        ),
         Figure::against(
             &format!("source.{label}.stdout_checks_per_s"),
             no_kafka.rate,
@@ -224,12 +299,21 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
             baseline_name,
             "diagnostic: HTTP client alone",
         ),
+        Figure::against(
+            &format!("source.{label}.bare_reqwest_cpu_s_per_1000"),
+            bare_cpu,
+            "cpu-s",
+            ab_run.client_cpu_per_1000,
+            "ab's own CPU per 1,000 requests",
+            "diagnostic: HTTP client alone",
+        ),
     ])
 }
 
-/// A bare reqwest loop: 64 tasks, GET until `requests` are done; requests/s.
+/// A bare reqwest loop: 64 tasks, GET until `requests` are done; requests/s
+/// and this process's CPU seconds per 1,000 requests.
 /// Fresh connections (no idle pool) unless `keep_alive`.
-async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<f64> {
+async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64, f64)> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     let mut builder = reqwest::Client::builder().no_proxy();
@@ -240,6 +324,7 @@ async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<f6
     let url = format!("http://{}/", ctx.http);
     let left = Arc::new(AtomicUsize::new(requests));
     let started = Instant::now();
+    let cpu0 = crate::proc::cpu_seconds(std::process::id());
     let tasks: Vec<_> = (0..64)
         .map(|_| {
             let (client, url, left) = (client.clone(), url.clone(), Arc::clone(&left));
@@ -258,7 +343,11 @@ async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<f6
     for t in tasks {
         t.await?;
     }
-    Ok(requests as f64 / started.elapsed().as_secs_f64())
+    let cpu = crate::proc::cpu_seconds(std::process::id()) - cpu0;
+    Ok((
+        requests as f64 / started.elapsed().as_secs_f64(),
+        cpu / requests as f64 * 1000.0,
+    ))
 }
 
 /// 100,000 sites at a 60 s interval: lateness, skipped ticks, memory, rate.
@@ -381,6 +470,7 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
         .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
         .await?;
     let started = Instant::now();
+    let cpu0 = CpuSample::now();
     let c = Connector::start(
         &ctx.bin("website-monitor-sink"),
         &config,
@@ -408,6 +498,7 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu1 = CpuSample::now();
     let rate = n as f64 / elapsed;
     // Where the time went: inside batch transactions, or elsewhere (start-up,
     // fetching, offset commits).
@@ -448,6 +539,12 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
             "cpu-s",
         ),
         Figure::plain("sink.peak_rss", rss, "MiB"),
+        Figure::plain("sink.machine_busy", cpu1.busy_since(&cpu0), "fraction"),
+        Figure::plain(
+            "sink.postgres_cpu_s_per_1000_records",
+            cpu1.used_by(&cpu0, "postgres") / n as f64 * 1000.0,
+            "cpu-s",
+        ),
     ])
 }
 

@@ -132,6 +132,14 @@ impl ClientContext for DeliveryContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        if let Some(problem) = connector_common::kafka::auth_problem(&error, reason) {
+            // Retrying cannot fix refused credentials: say so on /readyz.
+            self.health.set_not_ready(problem.clone());
+            if self.log_limit.allow() {
+                tracing::error!("{problem}");
+            }
+            return;
+        }
         tracing::warn!(error = %error, "Kafka client error: {reason}");
     }
 }
