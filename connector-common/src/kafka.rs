@@ -224,6 +224,29 @@ impl Validate for KafkaConfig {
     }
 }
 
+/// An operator-facing explanation when a Kafka client error means the broker
+/// refused who we are (SASL credentials or the TLS handshake), for `/readyz`
+/// and the log; `None` for every other error. Retrying cannot fix these, so
+/// they say which settings to check.
+pub fn auth_problem(error: &rdkafka::error::KafkaError, reason: &str) -> Option<String> {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let code = error.rdkafka_error_code();
+    let sasl = matches!(code, Some(C::Authentication | C::SaslAuthenticationFailed))
+        || reason.contains("SASL authentication error");
+    let tls = !sasl && reason.contains("SSL handshake failed");
+    if sasl {
+        Some(format!(
+            "Kafka refused the SASL credentials ({reason}); check [kafka] sasl_mechanism, sasl_username and sasl_password"
+        ))
+    } else if tls {
+        Some(format!(
+            "the TLS handshake with Kafka failed ({reason}); check [kafka] ssl_ca (the brokers' CA) and, for mutual TLS, ssl_cert and ssl_key"
+        ))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,28 +344,5 @@ mod tests {
             auth_problem(&e, "Connect to ipv4#127.0.0.1:9 failed: Connection refused"),
             None
         );
-    }
-}
-
-/// An operator-facing explanation when a Kafka client error means the broker
-/// refused who we are (SASL credentials or the TLS handshake), for `/readyz`
-/// and the log; `None` for every other error. Retrying cannot fix these, so
-/// they say which settings to check.
-pub fn auth_problem(error: &rdkafka::error::KafkaError, reason: &str) -> Option<String> {
-    use rdkafka::types::RDKafkaErrorCode as C;
-    let code = error.rdkafka_error_code();
-    let sasl = matches!(code, Some(C::Authentication | C::SaslAuthenticationFailed))
-        || reason.contains("SASL authentication error");
-    let tls = !sasl && reason.contains("SSL handshake failed");
-    if sasl {
-        Some(format!(
-            "Kafka refused the SASL credentials ({reason}); check [kafka] sasl_mechanism, sasl_username and sasl_password"
-        ))
-    } else if tls {
-        Some(format!(
-            "the TLS handshake with Kafka failed ({reason}); check [kafka] ssl_ca (the brokers' CA) and, for mutual TLS, ssl_cert and ssl_key"
-        ))
-    } else {
-        None
     }
 }
