@@ -66,16 +66,16 @@ impl Figure {
 /// Prints the figures as an aligned table.
 pub fn print_table(figures: &[Figure]) {
     println!(
-        "\n{:<40} {:>14} {:<10} {:>14} {:>7}  {:<28} target",
+        "\n{:<48} {:>14} {:<10} {:>14} {:>7}  {:<30} target",
         "figure", "value", "unit", "baseline", "ratio", "baseline is"
     );
     for f in figures {
         println!(
-            "{:<40} {:>14.3} {:<10} {:>14} {:>7}  {:<28} {}",
+            "{:<48} {:>14.3} {:<10} {:>14} {:>7}  {:<30} {}",
             f.name,
-            f.value,
+            f.value + 0.0, // no "-0.000"
             f.unit,
-            f.baseline.map(|b| format!("{b:.1}")).unwrap_or_default(),
+            f.baseline.map(|b| format!("{b:.3}")).unwrap_or_default(),
             f.ratio().map(|r| format!("{r:.2}")).unwrap_or_default(),
             f.baseline_name.clone().unwrap_or_default(),
             f.target.clone().unwrap_or_default()
