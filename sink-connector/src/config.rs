@@ -65,6 +65,15 @@ pub struct SinkConfig {
     /// written even if not full (humantime, e.g. `100ms`).
     #[serde(default = "default_batch_timeout", with = "humantime_serde")]
     pub batch_timeout: Duration,
+    /// PostgreSQL connections that write each batch at once (1 to
+    /// [`MAX_WRITERS`]). A batch is split by Kafka partition
+    /// (`partition % writers`) and each part is written in its own
+    /// transaction on its own connection, so PostgreSQL works on up to this
+    /// many cores; the batch's Kafka offsets are committed once every part
+    /// has committed. Each sink holds this many connections; more writers
+    /// than the partitions a sink owns bring nothing.
+    #[serde(default = "default_writers")]
+    pub writers: usize,
     /// Where a new consumer group starts: `earliest` or `latest`.
     #[serde(default)]
     pub start_from: StartFrom,
@@ -114,6 +123,9 @@ fn default_batch_max_bytes() -> usize {
 fn default_batch_timeout() -> Duration {
     Duration::from_millis(100)
 }
+fn default_writers() -> usize {
+    2
+}
 fn default_max_record_bytes() -> usize {
     1024 * 1024
 }
@@ -141,6 +153,7 @@ impl Default for SinkConfig {
             batch_size: default_batch_size(),
             batch_max_bytes: default_batch_max_bytes(),
             batch_timeout: default_batch_timeout(),
+            writers: default_writers(),
             start_from: StartFrom::default(),
             max_record_bytes: default_max_record_bytes(),
             max_url_bytes: default_max_url_bytes(),
@@ -154,6 +167,9 @@ impl Default for SinkConfig {
 /// Longest `table` name, so every derived name (`<table>_kafka_offsets`, index
 /// names) stays within PostgreSQL's 63-byte identifier limit.
 pub const MAX_TABLE_NAME_BYTES: usize = 40;
+
+/// Most `writers` (PostgreSQL connections per sink).
+pub const MAX_WRITERS: usize = 64;
 
 fn check_identifier(out: &mut Vec<Invalid>, key: String, value: &str, max: usize) {
     if value.is_empty() {
@@ -208,6 +224,15 @@ impl Validate for SinkConfig {
         if self.batch_max_bytes == 0 {
             out.push(Invalid::new(key("batch_max_bytes"), "must be at least 1"));
         }
+        if !(1..=MAX_WRITERS).contains(&self.writers) {
+            out.push(Invalid::new(
+                key("writers"),
+                format!(
+                    "{} is out of range: give 1 to {MAX_WRITERS} PostgreSQL connections to write each batch with (default 2; 1 writes every batch on one connection)",
+                    self.writers
+                ),
+            ));
+        }
         require_positive(&mut out, key("write_timeout"), self.write_timeout, "30s");
         require_positive(&mut out, key("batch_timeout"), self.batch_timeout, "100ms");
         if self.max_record_bytes == 0 {
@@ -250,6 +275,7 @@ mod tests {
         assert_eq!(c.max_record_bytes, 1024 * 1024);
         assert_eq!(c.max_url_bytes, 2048);
         assert_eq!(c.batch_max_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.writers, 2);
         assert_eq!(c.write_timeout, Duration::from_secs(30));
         assert_eq!(c.metrics_address, "127.0.0.1:9465");
     }
@@ -257,7 +283,7 @@ mod tests {
     #[test]
     fn every_key_parses() {
         let c = load(
-            "[sink]\ntopic = \"t\"\ngroup_id = \"g\"\npostgres_uri = \"postgres://u@h/db?sslmode=verify-full&sslrootcert=/x/ca.pem\"\nschema = \"S p\"\ntable = \"My \\\"T\"\nbatch_size = 10\nbatch_timeout = \"1s\"\nstart_from = \"latest\"\nmax_record_bytes = 100\nmax_url_bytes = 50\nshutdown_timeout = \"5s\"\nwrite_timeout = \"7s\"\nbatch_max_bytes = 1000\nmetrics_address = \"127.0.0.1:0\"\n",
+            "[sink]\ntopic = \"t\"\ngroup_id = \"g\"\npostgres_uri = \"postgres://u@h/db?sslmode=verify-full&sslrootcert=/x/ca.pem\"\nschema = \"S p\"\ntable = \"My \\\"T\"\nbatch_size = 10\nbatch_timeout = \"1s\"\nstart_from = \"latest\"\nmax_record_bytes = 100\nmax_url_bytes = 50\nshutdown_timeout = \"5s\"\nwrite_timeout = \"7s\"\nbatch_max_bytes = 1000\nwriters = 8\nmetrics_address = \"127.0.0.1:0\"\n",
         )
         .unwrap();
         assert_eq!(c.table, "My \"T");
@@ -268,6 +294,7 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
         assert_eq!(c.write_timeout, Duration::from_secs(7));
         assert_eq!(c.batch_max_bytes, 1000);
+        assert_eq!(c.writers, 8);
     }
 
     #[test]
@@ -347,6 +374,21 @@ mod tests {
         assert!(load("[sink]\nbatch_size = 0\n")
             .unwrap_err()
             .contains("sink.batch_size"));
+    }
+
+    #[test]
+    fn writers_out_of_range_are_refused_naming_the_key() {
+        let err = load("[sink]\nwriters = 0\n").unwrap_err();
+        assert!(
+            err.contains("c.toml:2")
+                && err.contains("key `sink.writers`")
+                && err.contains("give 1 to 64"),
+            "{err}"
+        );
+        let err = load("[sink]\nwriters = 65\n").unwrap_err();
+        assert!(err.contains("sink.writers") && err.contains("65"), "{err}");
+        assert_eq!(load("[sink]\nwriters = 1\n").unwrap().writers, 1);
+        assert_eq!(load("[sink]\nwriters = 64\n").unwrap().writers, 64);
     }
 
     #[test]

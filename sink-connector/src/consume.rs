@@ -2,10 +2,12 @@
 //! while the previous one is written and committed).
 //!
 //! The consumer is in a group with `enable.auto.offset.store=false` and
-//! `enable.auto.commit=false`: a batch's offsets are stored and committed
-//! only after its PostgreSQL transaction has committed. A crash between the
-//! two redelivers the batch, and the offsets table (see [`crate::write`])
-//! drops the records already written, so nothing is stored twice.
+//! `enable.auto.commit=false`: a batch is split by partition over the
+//! `writers` connections ([`crate::writer`]), and its offsets are stored and
+//! committed only after every part's PostgreSQL transaction has committed. A
+//! crash (or a shutdown that leaves a part unwritten) in between redelivers
+//! the batch, and the offsets table (see [`crate::write`]) drops the records
+//! already written, so nothing is stored twice.
 //!
 //! Rebalances: records of partitions revoked while a batch is being collected
 //! are dropped from it (the rebalance happens inside `recv()`; librdkafka
@@ -18,13 +20,14 @@
 //! back by such a late commit; that only causes a harmless re-read.
 //!
 //! Every attempt to connect or write is bounded by `write_timeout` (and, after
-//! SIGTERM, by what is left of `shutdown_timeout`); the Kafka commit and the
-//! consumer's close are bounded too, so a dead peer can neither hang the sink
-//! while `/readyz` says ready nor stop it from exiting.
+//! SIGTERM, by what is left of `shutdown_timeout`, see [`crate::writer`]);
+//! the Kafka commit and the consumer's close are bounded too, so a dead peer
+//! can neither hang the sink while `/readyz` says ready nor stop it from
+//! exiting.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use connector_common::KafkaConfig;
@@ -45,8 +48,8 @@ use crate::db::PgTarget;
 use crate::decode::Limits;
 use crate::metrics as m;
 use crate::metrics::Readiness;
-use crate::migrate::{migrate, Tables};
-use crate::write::{commit_positions, db_message, write_batch, Conn, Msg, Outcome, Skipped, Sql};
+use crate::write::{commit_positions, Msg, Outcome, Skipped};
+use crate::writer::{split_by_partition, Shared, Writer};
 use crate::SinkError;
 
 /// librdkafka callbacks: statistics (consumer lag, broker state), errors,
@@ -196,147 +199,20 @@ pub fn consumer(
     Ok(consumer)
 }
 
-/// Backoff between failed attempts: 100 ms doubling to 10 s.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-    fn new() -> Self {
-        Self(Self::MIN)
-    }
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        d
-    }
-}
-
 /// Longest wait for one synchronous Kafka offset commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the consumer to leave the group at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What is left of `shutdown_timeout` once shutdown has begun.
-#[derive(Debug, Clone)]
-struct Budget {
-    shutdown: CancellationToken,
-    timeout: Duration,
-    at: Arc<OnceLock<tokio::time::Instant>>,
-}
-
-impl Budget {
-    /// When the budget ends; starts counting the first time it is asked
-    /// after shutdown fired.
-    fn end(&self) -> Option<tokio::time::Instant> {
-        self.shutdown.is_cancelled().then(|| {
-            *self
-                .at
-                .get_or_init(|| tokio::time::Instant::now() + self.timeout)
-        })
-    }
-
-    fn passed(&self) -> bool {
-        self.end()
-            .is_some_and(|at| tokio::time::Instant::now() >= at)
-    }
-
-    /// `limit`, cut to what is left of the budget after shutdown.
-    fn limit(&self, limit: Duration) -> Duration {
-        match self.end() {
-            Some(at) => limit.min(at.saturating_duration_since(tokio::time::Instant::now())),
-            None => limit,
-        }
-    }
-
-    /// Resolves when shutdown has fired and the budget is spent.
-    async fn ended(self) {
-        self.shutdown.cancelled().await;
-        if let Some(at) = self.end() {
-            tokio::time::sleep_until(at).await;
-        }
-    }
-}
-
 /// Everything the loop needs, made once at start.
 pub struct Pipeline {
-    cfg: SinkConfig,
-    tables: Tables,
-    sql: Sql,
-    target: PgTarget,
-    tls: MakeRustlsConnect,
-    readiness: Readiness,
-    shutdown: CancellationToken,
-    budget: Budget,
-    conn: Option<Conn>,
+    shared: Arc<Shared>,
+    /// One per `[sink] writers`; writer `i` writes the partitions `p` with
+    /// `p % writers == i`.
+    writers: Vec<Writer>,
     limits: Limits,
     last_commit: Arc<AtomicU64>,
-    /// Set after the first successful connect: from then on a migration or
-    /// prepare error is retried (an operator may be mid-change), not fatal.
-    started: bool,
     committing: Arc<AtomicBool>,
-}
-
-/// Whether a PostgreSQL error is about the connection (retry) rather than the SQL.
-fn is_connection_error(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        None => true,
-        Some(c) => {
-            let c = c.code();
-            c.starts_with("08")
-                || c.starts_with("57P")
-                || c.starts_with("53")
-                || c.starts_with("40")
-        }
-    }
-}
-
-/// Connects, bounds abandoned transactions on the server side, migrates and
-/// prepares. `Ok(Err(message))` is worth retrying; a migration PostgreSQL
-/// refuses is fatal unless `started`.
-async fn open(
-    target: &PgTarget,
-    tls: &MakeRustlsConnect,
-    tables: &Tables,
-    sql: &Sql,
-    write_timeout: Duration,
-    started: bool,
-) -> Result<Result<Conn, String>, SinkError> {
-    let mut client = match target.connect(tls).await {
-        Ok(c) => c,
-        Err(e) => return Ok(Err(format!("unreachable: {}", db_message(&e)))),
-    };
-    // A transaction whose client vanished half-way (a half-open connection)
-    // would keep its row locks until the server notices; let the server end
-    // it once the client would have given up anyway.
-    let ms = write_timeout.as_millis().clamp(1_000, i32::MAX as u128);
-    if let Err(e) = client
-        .batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
-        .await
-    {
-        if is_connection_error(&e) {
-            return Ok(Err(db_message(&e)));
-        }
-        tracing::warn!(error = %db_message(&e), "cannot set idle_in_transaction_session_timeout; continuing without it");
-    }
-    match migrate(&mut client, tables).await {
-        Ok(applied) if !applied.versions.is_empty() => {
-            tracing::info!(versions = ?applied.versions, "migrations applied");
-        }
-        Ok(_) => {}
-        Err(e) if is_connection_error(&e) || started => {
-            return Ok(Err(format!("migrating: {}", db_message(&e))))
-        }
-        Err(e) => return Err(SinkError::Migrate(db_message(&e))),
-    }
-    match Conn::prepare(client, sql).await {
-        Ok(c) => Ok(Ok(c)),
-        Err(e) if is_connection_error(&e) || started => {
-            Ok(Err(format!("preparing statements: {}", db_message(&e))))
-        }
-        Err(e) => Err(SinkError::Migrate(db_message(&e))),
-    }
 }
 
 impl Pipeline {
@@ -349,174 +225,61 @@ impl Pipeline {
         shutdown: CancellationToken,
         last_commit: Arc<AtomicU64>,
     ) -> Self {
-        let tables = Tables::new(&cfg.schema, &cfg.table);
-        let sql = Sql::new(&tables);
         let limits = Limits {
             max_record_bytes: cfg.max_record_bytes,
             max_url_bytes: cfg.max_url_bytes,
         };
-        let budget = Budget {
-            shutdown: shutdown.clone(),
-            timeout: cfg.shutdown_timeout,
-            at: Arc::new(OnceLock::new()),
-        };
+        let n = cfg.writers.max(1);
+        let shared = Arc::new(Shared::new(cfg, target, tls, readiness, shutdown));
+        let writers = (0..n)
+            .map(|i| Writer::new(Arc::clone(&shared), i))
+            .collect();
         Self {
-            cfg,
-            tables,
-            sql,
-            target,
-            tls,
-            readiness,
-            shutdown,
-            budget,
-            conn: None,
+            shared,
+            writers,
             limits,
             last_commit,
-            started: false,
             committing: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    /// One bounded connect attempt. `Ok(Err(message))` is worth retrying.
-    async fn connect(&mut self) -> Result<Result<(), String>, SinkError> {
-        let limit = self.budget.limit(self.cfg.write_timeout);
-        let ended = self.budget.clone().ended();
-        let attempt = open(
-            &self.target,
-            &self.tls,
-            &self.tables,
-            &self.sql,
-            self.cfg.write_timeout,
-            self.started,
-        );
-        let result = tokio::select! {
-            r = tokio::time::timeout(limit, attempt) => match r {
-                Ok(r) => r?,
-                Err(_) => Err(format!("connecting and migrating took longer than {} (write_timeout)", humantime::format_duration(limit))),
-            },
-            () = ended => Err("shutdown_timeout passed while connecting".to_owned()),
-        };
-        match result {
-            Ok(conn) => {
-                self.conn = Some(conn);
-                self.started = true;
-                tracing::info!(target = %self.target.describe(), "connected to PostgreSQL");
-                Ok(Ok(()))
-            }
-            Err(m) => Ok(Err(m)),
-        }
-    }
-
-    /// Connects at start, retrying until it works or shutdown. `false` on shutdown.
+    /// Connects every writer at start, retrying until they all work or
+    /// shutdown; `false` on shutdown. The first connects (and migrates) alone,
+    /// so a migration PostgreSQL refuses stops the sink; the others then
+    /// connect at once.
     pub async fn connect_until_ready(&mut self) -> Result<bool, SinkError> {
-        let mut backoff = Backoff::new();
-        let shutdown = self.shutdown.clone();
-        loop {
-            let attempt = tokio::select! {
-                r = self.connect() => r?,
-                _ = shutdown.cancelled() => return Ok(false),
-            };
-            match attempt {
-                Ok(()) => {
-                    self.readiness.set_db(None);
-                    return Ok(true);
-                }
-                Err(e) => {
-                    metrics::counter!(m::DB_ERRORS).increment(1);
-                    let msg = format!("PostgreSQL at {}: {e}", self.target.describe());
-                    tracing::warn!("{msg}; retrying");
-                    self.readiness.set_db(Some(msg));
-                }
-            }
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(false),
-                _ = tokio::time::sleep(backoff.next()) => {}
+        let Some((first, rest)) = self.writers.split_first_mut() else {
+            return Ok(true);
+        };
+        if !first.connect_until_ready().await? {
+            return Ok(false);
+        }
+        let rest =
+            futures::future::join_all(rest.iter_mut().map(Writer::connect_until_ready)).await;
+        for connected in rest {
+            if !connected? {
+                return Ok(false);
             }
         }
-    }
-
-    /// Writes `batch`, retrying failures with backoff until it commits. Each
-    /// attempt is bounded by `write_timeout`. Returns `None` when shutdown
-    /// came and `shutdown_timeout` passed first (nothing was committed; the
-    /// batch will be redelivered).
-    async fn write_until_done(&mut self, batch: &[Msg]) -> Result<Option<Outcome>, SinkError> {
-        let mut backoff = Backoff::new();
-        loop {
-            if self.budget.passed() {
-                tracing::warn!(
-                    records = batch.len(),
-                    "shutdown_timeout passed; leaving the batch unwritten (it will be redelivered)"
-                );
-                return Ok(None);
-            }
-            let attempt = match self.conn.as_mut() {
-                Some(conn) => {
-                    let started = Instant::now();
-                    let limit = self.budget.limit(self.cfg.write_timeout);
-                    let ended = self.budget.clone().ended();
-                    tokio::select! {
-                        r = tokio::time::timeout(limit, write_batch(conn, batch)) => match r {
-                            Ok(Ok(o)) => {
-                                metrics::histogram!(m::BATCH_WRITE_SECONDS)
-                                    .record(started.elapsed().as_secs_f64());
-                                Ok(o)
-                            }
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err(format!(
-                                "the write took longer than {} (write_timeout); abandoning the connection",
-                                humantime::format_duration(limit)
-                            )),
-                        },
-                        () = ended => Err("shutdown_timeout passed during the write".to_owned()),
-                    }
-                }
-                None => match self.connect().await? {
-                    Ok(()) => continue,
-                    Err(e) => Err(e),
-                },
-            };
-            match attempt {
-                Ok(o) => {
-                    self.readiness.set_db(None);
-                    return Ok(Some(o));
-                }
-                Err(e) => {
-                    metrics::counter!(m::DB_ERRORS).increment(1);
-                    metrics::counter!(m::DB_RETRIES).increment(1);
-                    let msg = format!("PostgreSQL at {}: {e}", self.target.describe());
-                    tracing::warn!(records = batch.len(), "batch not written: {msg}; retrying");
-                    self.readiness.set_db(Some(msg));
-                    // Start from a fresh connection: the old one may be dead or
-                    // half-way through a failed transaction.
-                    self.conn = None;
-                }
-            }
-            let wait = backoff.next();
-            let ended = self.budget.clone().ended();
-            let shutting_down = self.shutdown.is_cancelled();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                () = ended => {}
-                _ = self.shutdown.cancelled(), if !shutting_down => {}
-            }
-        }
+        Ok(true)
     }
 
     /// Runs until shutdown: consume, write, commit — and, while a batch is
     /// written and committed, collect the next one.
     pub async fn run(mut self, consumer: SinkConsumer) -> Result<(), SinkError> {
         let consumer = Arc::new(consumer);
+        let cfg = &self.shared.cfg;
         let collector = Collector {
-            batch_size: self.cfg.batch_size,
-            batch_max_bytes: self.cfg.batch_max_bytes,
-            batch_timeout: self.cfg.batch_timeout,
+            batch_size: cfg.batch_size,
+            batch_max_bytes: cfg.batch_max_bytes,
+            batch_timeout: cfg.batch_timeout,
             limits: self.limits,
-            shutdown: self.shutdown.clone(),
+            shutdown: self.shared.shutdown.clone(),
         };
         let mut pending = Vec::new();
         loop {
             if pending.is_empty() {
-                if self.shutdown.is_cancelled() {
+                if collector.shutdown.is_cancelled() {
                     break;
                 }
                 pending = collector.collect(&consumer).await;
@@ -533,7 +296,7 @@ impl Pipeline {
                     collector.collect(&consumer).await
                 }
             };
-            let (written, next) = tokio::join!(self.write_and_commit(&consumer, &batch), next);
+            let (written, next) = tokio::join!(self.write_and_commit(&consumer, batch), next);
             pending = next;
             if written?.is_none() {
                 break;
@@ -553,24 +316,44 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Writes `batch` (retrying until it commits), then commits its offsets
-    /// to Kafka. `None` when shutdown left it unwritten.
+    /// Writes `batch` — split by partition, each part on its own writer, all
+    /// at once, each retried until it commits — then commits the offsets of
+    /// the whole batch to Kafka. `None` when shutdown left a part unwritten:
+    /// then nothing is committed to Kafka, and the parts already in
+    /// PostgreSQL are skipped by the offsets table when redelivered.
     async fn write_and_commit(
         &mut self,
         consumer: &Arc<SinkConsumer>,
-        batch: &[Msg],
+        batch: Vec<Msg>,
     ) -> Result<Option<()>, SinkError> {
-        let Some(outcome) = self.write_until_done(batch).await? else {
-            return Ok(None);
-        };
+        let positions = commit_positions(&batch);
+        let parts = split_by_partition(batch, self.writers.len());
+        let writes = self
+            .writers
+            .iter_mut()
+            .zip(&parts)
+            .filter(|(_, part)| !part.is_empty())
+            .map(|(writer, part)| writer.write_until_done(part));
+        let mut outcome = Outcome::default();
+        let mut complete = true;
+        for written in futures::future::join_all(writes).await {
+            match written? {
+                Some(o) => outcome.merge(o),
+                None => complete = false,
+            }
+        }
+        // What did commit is counted either way.
         self.record(&outcome);
+        if !complete {
+            return Ok(None);
+        }
         self.check_positions(consumer, &outcome.skipped).await;
-        commit(consumer, batch, &self.last_commit, &self.committing).await;
+        commit(consumer, positions, &self.last_commit, &self.committing).await;
         Ok(Some(()))
     }
 
     fn record(&self, o: &Outcome) {
-        let t = &self.cfg.table;
+        let t = &self.shared.cfg.table;
         metrics::counter!(m::ROWS_WRITTEN, "table" => t.clone()).increment(o.site_rows);
         metrics::counter!(m::ROWS_WRITTEN, "table" => format!("{t}_check")).increment(o.check_rows);
         let rejected: u64 = o.rejected.values().sum();
@@ -638,10 +421,10 @@ impl Pipeline {
                 topic = s.topic,
                 partition = s.partition,
                 next = s.next_offset,
-                check = self.tables.check,
-                rejected = self.tables.rejected,
-                offsets = self.tables.offsets,
-                group = self.cfg.group_id,
+                check = self.shared.tables.check,
+                rejected = self.shared.tables.rejected,
+                offsets = self.shared.tables.offsets,
+                group = self.shared.cfg.group_id,
             );
         }
     }
@@ -660,7 +443,8 @@ fn mark_committed(last_commit: &AtomicU64) {
     metrics::gauge!(m::LAST_COMMIT_TIMESTAMP).set(now);
 }
 
-/// Stores and commits the offsets after `batch` (the batch is in PostgreSQL).
+/// Stores and commits `positions` — the next offset per partition of a batch
+/// that is in PostgreSQL ([`commit_positions`]).
 ///
 /// The commit is synchronous (on a blocking thread) so its result is known:
 /// the StreamConsumer does not deliver asynchronous commit results. One
@@ -669,12 +453,12 @@ fn mark_committed(last_commit: &AtomicU64) {
 /// a redelivery is skipped by the offsets table).
 async fn commit(
     consumer: &Arc<SinkConsumer>,
-    batch: &[Msg],
+    positions: Vec<(Arc<str>, i32, i64)>,
     last_commit: &AtomicU64,
     committing: &Arc<AtomicBool>,
 ) {
     let mut tpl = TopicPartitionList::new();
-    for (topic, p, next) in commit_positions(batch) {
+    for (topic, p, next) in positions {
         if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Offset(next)) {
             tracing::warn!(error = %e, "cannot build the offset list");
             return;

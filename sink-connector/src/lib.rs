@@ -9,11 +9,16 @@
 //! - [`migrate`]: table names (always quoted) and versioned migrations under an
 //!   advisory lock.
 //! - [`decode`]: record bytes → typed columns, or a reject reason.
-//! - [`write`]: one transaction per batch; exactly-once through a per-partition
-//!   offsets table locked in the same transaction.
+//! - [`write`](mod@write): one transaction per batch (or per writer's part of
+//!   it); exactly-once through a per-partition offsets table locked in the
+//!   same transaction.
 //! - [`collect`]: cutting the record stream into batches (size, bytes, age).
-//! - [`consume`]: the Kafka group consumer and the loop: write a batch and
-//!   commit it while the next one is collected; retries.
+//! - [`writer`]: the `writers` PostgreSQL connections, each writing its
+//!   partitions' part of a batch at the same time as the others; connecting,
+//!   migrating, bounded attempts and retries.
+//! - [`consume`]: the Kafka group consumer and the loop: split a batch over the
+//!   writers, commit its offsets once every part is written, and meanwhile
+//!   collect the next one.
 //! - [`metrics`]: metric names and readiness.
 //!
 //! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
@@ -27,6 +32,7 @@ pub mod decode;
 pub mod metrics;
 pub mod migrate;
 pub mod write;
+pub mod writer;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -94,7 +100,7 @@ pub async fn start(
     let handle = telemetry::install_recorder();
     metrics::describe();
     let health = Health::new();
-    let readiness = metrics::Readiness::new(health.clone());
+    let readiness = metrics::Readiness::new(health.clone(), cfg.writers);
     // The telemetry server outlives `shutdown` until the sink has finished.
     let telemetry_stop = CancellationToken::new();
     let server =
@@ -120,6 +126,7 @@ pub async fn start(
         table = %cfg.table,
         schema = %cfg.schema,
         postgres = %target.describe(),
+        writers = cfg.writers,
         "sink starting"
     );
     let pipeline = consume::Pipeline::new(cfg, target, tls, readiness, shutdown, last_commit);

@@ -1,7 +1,7 @@
 //! Metric names and readiness.
 //!
-//! Every name starts with `website_monitor_` and is listed, with its labels, in
-//! `sink-connector/README-sink.md`.
+//! Every name starts with `website_monitor_` and is listed, with its labels,
+//! under "Metrics" in the sink's part of README.md.
 
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,7 +23,8 @@ pub const RECORDS_DUPLICATE: &str = "website_monitor_records_duplicate_total";
 pub const RECORDS_POSITION_AHEAD: &str = "website_monitor_records_position_ahead_total";
 /// Records per written batch (histogram).
 pub const BATCH_SIZE: &str = "website_monitor_batch_size";
-/// Seconds to write one batch, from BEGIN to COMMIT (histogram).
+/// Seconds to write one batch transaction, from BEGIN to COMMIT — one per
+/// writer with records in the batch (histogram).
 pub const BATCH_WRITE_SECONDS: &str = "website_monitor_batch_write_seconds";
 /// Failed database operations (connect, migrate, batch write) (counter).
 pub const DB_ERRORS: &str = "website_monitor_db_errors_total";
@@ -62,7 +63,7 @@ pub fn describe() {
     describe_histogram!(
         BATCH_WRITE_SECONDS,
         Unit::Seconds,
-        "Time to write one batch transaction."
+        "Time to write one batch transaction (one per writer with records in the batch)."
     );
     describe_counter!(DB_ERRORS, "Failed PostgreSQL operations.");
     describe_counter!(
@@ -93,46 +94,107 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Readiness from two sides: PostgreSQL and Kafka. `/readyz` is 200 only when
-/// both are fine, and otherwise names what is wrong.
+/// Readiness from two sides: PostgreSQL (each of the `writers` connections)
+/// and Kafka. `/readyz` is 200 only when every connection and Kafka are fine,
+/// and otherwise names what is wrong.
 #[derive(Debug, Clone)]
 pub struct Readiness {
     health: Health,
-    state: Arc<Mutex<(Option<String>, Option<String>)>>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// One entry per PostgreSQL connection: fine (`None`) or the problem.
+    db: Vec<Option<String>>,
+    kafka: Option<String>,
 }
 
 impl Readiness {
-    /// Not ready until both sides report in.
-    pub fn new(health: Health) -> Self {
+    /// Not ready until Kafka and each of `connections` PostgreSQL
+    /// connections report in.
+    pub fn new(health: Health, connections: usize) -> Self {
         let r = Self {
             health,
-            state: Arc::new(Mutex::new((
-                Some("PostgreSQL: not connected yet".to_owned()),
-                Some("Kafka: no broker reached yet".to_owned()),
-            ))),
+            state: Arc::new(Mutex::new(State {
+                db: vec![Some("PostgreSQL: not connected yet".to_owned()); connections.max(1)],
+                kafka: Some("Kafka: no broker reached yet".to_owned()),
+            })),
         };
         r.publish();
         r
     }
 
-    /// PostgreSQL is fine (`None`) or not (the reason).
-    pub fn set_db(&self, problem: Option<String>) {
-        self.state.lock().expect("readiness lock").0 = problem;
+    /// PostgreSQL connection number `connection` (from 0) is fine (`None`)
+    /// or not (the reason).
+    pub fn set_db(&self, connection: usize, problem: Option<String>) {
+        {
+            let mut s = self.state.lock().expect("readiness lock");
+            if connection >= s.db.len() {
+                s.db.resize(connection + 1, None);
+            }
+            s.db[connection] = problem;
+        }
         self.publish();
     }
 
     /// Kafka is fine (`None`) or not (the reason).
     pub fn set_kafka(&self, problem: Option<String>) {
-        self.state.lock().expect("readiness lock").1 = problem;
+        self.state.lock().expect("readiness lock").kafka = problem;
         self.publish();
     }
 
     fn publish(&self) {
         let s = self.state.lock().expect("readiness lock");
-        match (&s.0, &s.1) {
+        let mut failing = s.db.iter().flatten();
+        let db = failing.next().map(|first| match failing.count() {
+            0 if s.db.len() == 1 => first.clone(),
+            0 => format!("{first} (1 of {} connections)", s.db.len()),
+            more => format!("{first} ({} of {} connections)", more + 1, s.db.len()),
+        });
+        match (db, &s.kafka) {
             (None, None) => self.health.set_ready(),
-            (Some(a), None) | (None, Some(a)) => self.health.set_not_ready(a.clone()),
+            (Some(a), None) => self.health.set_not_ready(a),
+            (None, Some(a)) => self.health.set_not_ready(a.clone()),
             (Some(a), Some(b)) => self.health.set_not_ready(format!("{a}; {b}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_every_connection_and_kafka_are() {
+        let health = Health::new();
+        let r = Readiness::new(health.clone(), 2);
+        let reason = || health.not_ready_reason();
+        r.set_kafka(None);
+        assert_eq!(
+            reason().as_deref(),
+            Some("PostgreSQL: not connected yet (2 of 2 connections)")
+        );
+        r.set_db(0, None);
+        assert_eq!(
+            reason().as_deref(),
+            Some("PostgreSQL: not connected yet (1 of 2 connections)"),
+            "connection 1 has not reported yet"
+        );
+        r.set_db(1, None);
+        assert_eq!(reason(), None);
+        r.set_db(1, Some("PostgreSQL at h: down".to_owned()));
+        r.set_db(0, None);
+        assert!(reason().is_some(), "one failing connection is enough");
+        r.set_db(1, None);
+        r.set_kafka(Some("Kafka: down".to_owned()));
+        assert_eq!(reason().as_deref(), Some("Kafka: down"));
+        let single = Readiness::new(Health::new(), 1);
+        single.set_kafka(None);
+        assert_eq!(
+            single.health.not_ready_reason().as_deref(),
+            Some("PostgreSQL: not connected yet"),
+            "one connection: the message as it always was"
+        );
     }
 }

@@ -86,6 +86,20 @@ pub struct Outcome {
     pub skipped: Vec<Skipped>,
 }
 
+impl Outcome {
+    /// Adds what another part of the same batch wrote (the parts hold
+    /// disjoint partitions, so nothing is counted twice).
+    pub fn merge(&mut self, other: Outcome) {
+        self.site_rows += other.site_rows;
+        self.check_rows += other.check_rows;
+        for (reason, n) in other.rejected {
+            *self.rejected.entry(reason).or_default() += n;
+        }
+        self.duplicates += other.duplicates;
+        self.skipped.extend(other.skipped);
+    }
+}
+
 /// Records of one partition skipped because they were below `next_offset`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
@@ -705,6 +719,40 @@ mod tests {
         assert_eq!(
             commit_positions(&msgs),
             vec![(Arc::from("a"), 0, 2), (t.clone(), 0, 8), (t, 1, 4)]
+        );
+    }
+
+    #[test]
+    fn outcomes_of_the_parts_of_a_batch_add_up() {
+        let skipped = |p: i32| Skipped {
+            topic: Arc::from("t"),
+            partition: p,
+            next_offset: 9,
+            records: 1,
+        };
+        let mut a = Outcome {
+            site_rows: 1,
+            check_rows: 2,
+            rejected: HashMap::from([("empty", 1)]),
+            duplicates: 3,
+            skipped: vec![skipped(0)],
+        };
+        a.merge(Outcome {
+            site_rows: 10,
+            check_rows: 20,
+            rejected: HashMap::from([("empty", 2), ("not_json", 5)]),
+            duplicates: 30,
+            skipped: vec![skipped(1)],
+        });
+        assert_eq!(
+            a,
+            Outcome {
+                site_rows: 11,
+                check_rows: 22,
+                rejected: HashMap::from([("empty", 3), ("not_json", 5)]),
+                duplicates: 33,
+                skipped: vec![skipped(0), skipped(1)],
+            }
         );
     }
 

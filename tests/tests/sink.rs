@@ -1012,6 +1012,128 @@ async fn two_sinks_starting_at_once_on_an_empty_schema_migrate_once_and_both_wor
     let _ = (a, b);
 }
 
+/// With `writers = 4` the parts of one batch (split by partition) are written
+/// on four PostgreSQL connections at once: all four of the sink's backends
+/// are seen waiting on one lock together. The records are not keyed by url
+/// (record `i` goes to partition `i % 4`, url `i % 101`), so every url is in
+/// every part and the writers upsert the same rows concurrently; still each
+/// record is stored once and `site` holds the newest record of each url.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_writers_write_the_partitions_of_a_batch_at_once_and_each_record_once() {
+    use rdkafka::producer::FutureRecord;
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_writers").await;
+    let topic = unique("sink-writers");
+    create_topic(&s.brokers, &topic, 4).await;
+    const N: usize = 4_000;
+    const URLS: usize = 101;
+    // The sink's connections, told apart from every other test's by name.
+    let app = unique_ident("sinkwriters");
+    let sep = if s.postgres_uri.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
+    let uri = format!("{}{sep}application_name={app}", s.postgres_uri);
+    // A long batch_timeout: every record produced below lands in one batch.
+    let text = config_text(&plain_kafka(&s), &topic, &schema, &uri, "writers = 4\n")
+        .replace("batch_timeout = \"50ms\"", "batch_timeout = \"3s\"");
+    let (running, token) = start(&text).await;
+    wait_ready(&running.metrics_addr.to_string()).await;
+    let connections: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(connections, 4, "the sink holds one connection per writer");
+
+    // Hold the latest-state table, so every part's transaction waits on it.
+    let mut blocker = pg(&s.postgres_uri).await;
+    let lock = blocker.transaction().await.unwrap();
+    lock.batch_execute(&format!(
+        "LOCK TABLE \"{schema}\".site IN ACCESS EXCLUSIVE MODE"
+    ))
+    .await
+    .unwrap();
+    let producer = website_monitor_tests::producer(&s.brokers);
+    let records: Vec<Vec<u8>> = (0..N).map(|i| numbered(i, URLS)).collect();
+    let sends = records.iter().enumerate().map(|(i, r)| {
+        let partition = i32::try_from(i % 4).unwrap();
+        producer.send(
+            FutureRecord::<[u8], [u8]>::to(&topic)
+                .partition(partition)
+                .payload(r),
+            Duration::from_secs(30),
+        )
+    });
+    for sent in futures::future::join_all(sends).await {
+        sent.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+    let waiting = eventually(
+        "four of the sink's connections to wait on the lock at once",
+        WAIT,
+        || async {
+            let waiting: i64 = db
+                .query_one(
+                    "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                     WHERE NOT l.granted AND a.application_name = $1",
+                    &[&app],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (waiting >= 4).then_some(waiting)
+        },
+    )
+    .await;
+    assert_eq!(waiting, 4, "one transaction per writer");
+    lock.rollback().await.unwrap();
+
+    wait_rows(&db, &schema, "site_check", N as i64).await;
+    // Let anything redelivered arrive, then check nothing doubled.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&db, &schema, N as i64).await;
+    let newest: Vec<(String, i64)> = db
+        .query(
+            &format!("SELECT url, (data->>'n')::int8 FROM \"{schema}\".site ORDER BY url"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let mut expected: Vec<(String, i64)> = (0..URLS)
+        .map(|u| {
+            let last = (0..N).rev().find(|i| i % URLS == u).unwrap();
+            (format!("http://site-{u}/"), last as i64)
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(newest, expected, "site holds the newest record of each url");
+    let positions: Vec<(i32, i64)> = db
+        .query(
+            &format!("SELECT \"partition\", next_offset FROM \"{schema}\".site_kafka_offsets WHERE topic = $1 ORDER BY 1"),
+            &[&topic],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        positions,
+        (0..4).map(|p| (p, (N / 4) as i64)).collect::<Vec<_>>(),
+        "each partition's position is past its last record"
+    );
+    stop(running, token).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_restart_while_running_loses_and_doubles_nothing() {
     let s = stack();

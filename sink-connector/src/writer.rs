@@ -1,0 +1,430 @@
+//! The PostgreSQL connections that write batches: `[sink] writers` of them,
+//! each a [`Writer`] with its own connection, sharing the read-only [`Shared`].
+//!
+//! [`crate::consume`] splits every batch with [`split_by_partition`] and has
+//! each writer write its part at the same time, so PostgreSQL runs up to
+//! `writers` batch transactions on as many backends (cores). Each part is
+//! an ordinary batch transaction of [`crate::write`]:
+//!
+//! - a partition is in exactly one part, so two writers never lock the same
+//!   offsets row, and each part skips its own already-written records;
+//! - a url in two parts (only when producers did not key by url) is upserted
+//!   by both, each in url order, so the lock order is the same and they only
+//!   wait on each other; a deadlock or serialization failure would still be
+//!   retried like any failed write (by that writer, for its part only).
+//!
+//! A writer whose connection fails retries its own part with backoff on a
+//! fresh connection; the others are not disturbed. PostgreSQL counts as ready
+//! only while every writer is connected and its last write succeeded.
+//!
+//! Every attempt to connect or write is bounded by `write_timeout` (and, after
+//! SIGTERM, by what is left of `shutdown_timeout`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SinkConfig;
+use crate::db::PgTarget;
+use crate::metrics as m;
+use crate::metrics::Readiness;
+use crate::migrate::{migrate, Tables};
+use crate::write::{db_message, write_batch, Conn, Msg, Outcome, Sql};
+use crate::SinkError;
+
+/// Backoff between failed attempts: 100 ms doubling to 10 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(10);
+    fn new() -> Self {
+        Self(Self::MIN)
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        d
+    }
+}
+
+/// What is left of `shutdown_timeout` once shutdown has begun (one budget
+/// for all writers).
+#[derive(Debug, Clone)]
+struct Budget {
+    shutdown: CancellationToken,
+    timeout: Duration,
+    at: Arc<OnceLock<tokio::time::Instant>>,
+}
+
+impl Budget {
+    /// When the budget ends; starts counting the first time it is asked
+    /// after shutdown fired.
+    fn end(&self) -> Option<tokio::time::Instant> {
+        self.shutdown.is_cancelled().then(|| {
+            *self
+                .at
+                .get_or_init(|| tokio::time::Instant::now() + self.timeout)
+        })
+    }
+
+    fn passed(&self) -> bool {
+        self.end()
+            .is_some_and(|at| tokio::time::Instant::now() >= at)
+    }
+
+    /// `limit`, cut to what is left of the budget after shutdown.
+    fn limit(&self, limit: Duration) -> Duration {
+        match self.end() {
+            Some(at) => limit.min(at.saturating_duration_since(tokio::time::Instant::now())),
+            None => limit,
+        }
+    }
+
+    /// Resolves when shutdown has fired and the budget is spent.
+    async fn ended(self) {
+        self.shutdown.cancelled().await;
+        if let Some(at) = self.end() {
+            tokio::time::sleep_until(at).await;
+        }
+    }
+}
+
+/// What every writer reads, made once at start.
+pub struct Shared {
+    /// The `[sink]` settings.
+    pub cfg: SinkConfig,
+    /// The quoted table names.
+    pub tables: Tables,
+    sql: Sql,
+    target: PgTarget,
+    tls: MakeRustlsConnect,
+    readiness: Readiness,
+    /// Fires on SIGTERM.
+    pub shutdown: CancellationToken,
+    budget: Budget,
+    /// Set after the first successful connect of any writer: from then on a
+    /// migration or prepare error is retried (an operator may be mid-change),
+    /// not fatal.
+    started: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("target", &self.target.describe())
+            .field("tables", &self.tables)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Builds the shared state (no I/O).
+    pub fn new(
+        cfg: SinkConfig,
+        target: PgTarget,
+        tls: MakeRustlsConnect,
+        readiness: Readiness,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let tables = Tables::new(&cfg.schema, &cfg.table);
+        let sql = Sql::new(&tables);
+        let budget = Budget {
+            shutdown: shutdown.clone(),
+            timeout: cfg.shutdown_timeout,
+            at: Arc::new(OnceLock::new()),
+        };
+        Self {
+            cfg,
+            tables,
+            sql,
+            target,
+            tls,
+            readiness,
+            shutdown,
+            budget,
+            started: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Whether a PostgreSQL error is about the connection (retry) rather than the
+/// SQL: no SQLSTATE (I/O), or class 08 (connection), 57P (operator
+/// intervention, e.g. a restart), 53 (insufficient resources, e.g. too many
+/// connections) or 40 (transaction rollback: serialization failure, deadlock).
+fn is_connection_error(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => true,
+        Some(c) => {
+            let c = c.code();
+            c.starts_with("08")
+                || c.starts_with("57P")
+                || c.starts_with("53")
+                || c.starts_with("40")
+        }
+    }
+}
+
+/// Connects, bounds abandoned transactions on the server side, migrates and
+/// prepares. `Ok(Err(message))` is worth retrying; a migration PostgreSQL
+/// refuses is fatal unless `started`.
+async fn open(shared: &Shared, started: bool) -> Result<Result<Conn, String>, SinkError> {
+    let mut client = match shared.target.connect(&shared.tls).await {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(format!("unreachable: {}", db_message(&e)))),
+    };
+    // A transaction whose client vanished half-way (a half-open connection)
+    // would keep its row locks until the server notices; let the server end
+    // it once the client would have given up anyway.
+    let ms = shared
+        .cfg
+        .write_timeout
+        .as_millis()
+        .clamp(1_000, i32::MAX as u128);
+    if let Err(e) = client
+        .batch_execute(&format!("SET idle_in_transaction_session_timeout = {ms}"))
+        .await
+    {
+        if is_connection_error(&e) {
+            return Ok(Err(db_message(&e)));
+        }
+        tracing::warn!(error = %db_message(&e), "cannot set idle_in_transaction_session_timeout; continuing without it");
+    }
+    // Every writer runs this; it is idempotent, and the first to get the
+    // advisory lock applies what is missing.
+    match migrate(&mut client, &shared.tables).await {
+        Ok(applied) if !applied.versions.is_empty() => {
+            tracing::info!(versions = ?applied.versions, "migrations applied");
+        }
+        Ok(_) => {}
+        Err(e) if is_connection_error(&e) || started => {
+            return Ok(Err(format!("migrating: {}", db_message(&e))))
+        }
+        Err(e) => return Err(SinkError::Migrate(db_message(&e))),
+    }
+    match Conn::prepare(client, &shared.sql).await {
+        Ok(c) => Ok(Ok(c)),
+        Err(e) if is_connection_error(&e) || started => {
+            Ok(Err(format!("preparing statements: {}", db_message(&e))))
+        }
+        Err(e) => Err(SinkError::Migrate(db_message(&e))),
+    }
+}
+
+/// `batch` split into `n` parts by `partition % n`, each keeping the
+/// batch's order; a partition's records all land in one part. Some parts may
+/// be empty.
+pub fn split_by_partition(batch: Vec<Msg>, n: usize) -> Vec<Vec<Msg>> {
+    if n <= 1 {
+        return vec![batch];
+    }
+    let mut parts: Vec<Vec<Msg>> = (0..n).map(|_| Vec::new()).collect();
+    let modulus = i64::try_from(n).unwrap_or(i64::MAX);
+    for msg in batch {
+        // rem_euclid of a positive modulus is in 0..n.
+        let i = usize::try_from(i64::from(msg.partition).rem_euclid(modulus)).unwrap_or(0);
+        parts[i].push(msg);
+    }
+    parts
+}
+
+/// One PostgreSQL connection writing its part of each batch.
+#[derive(Debug)]
+pub struct Writer {
+    shared: Arc<Shared>,
+    /// Its number, from 0: its readiness slot and its share of partitions.
+    index: usize,
+    conn: Option<Conn>,
+}
+
+impl Writer {
+    /// Writer number `index` (no I/O yet).
+    pub fn new(shared: Arc<Shared>, index: usize) -> Self {
+        Self {
+            shared,
+            index,
+            conn: None,
+        }
+    }
+
+    fn problem(&self, e: &str) -> String {
+        format!("PostgreSQL at {}: {e}", self.shared.target.describe())
+    }
+
+    /// One bounded connect attempt. `Ok(Err(message))` is worth retrying.
+    async fn connect(&mut self) -> Result<Result<(), String>, SinkError> {
+        let shared = &*self.shared;
+        let limit = shared.budget.limit(shared.cfg.write_timeout);
+        let ended = shared.budget.clone().ended();
+        let attempt = open(shared, shared.started.load(Ordering::Acquire));
+        let result = tokio::select! {
+            r = tokio::time::timeout(limit, attempt) => match r {
+                Ok(r) => r?,
+                Err(_) => Err(format!("connecting and migrating took longer than {} (write_timeout)", humantime::format_duration(limit))),
+            },
+            () = ended => Err("shutdown_timeout passed while connecting".to_owned()),
+        };
+        match result {
+            Ok(conn) => {
+                self.conn = Some(conn);
+                shared.started.store(true, Ordering::Release);
+                tracing::info!(target = %shared.target.describe(), writer = self.index, "connected to PostgreSQL");
+                Ok(Ok(()))
+            }
+            Err(m) => Ok(Err(m)),
+        }
+    }
+
+    /// Connects at start, retrying until it works or shutdown. `false` on shutdown.
+    pub async fn connect_until_ready(&mut self) -> Result<bool, SinkError> {
+        let mut backoff = Backoff::new();
+        let shutdown = self.shared.shutdown.clone();
+        loop {
+            let attempt = tokio::select! {
+                r = self.connect() => r?,
+                _ = shutdown.cancelled() => return Ok(false),
+            };
+            match attempt {
+                Ok(()) => {
+                    self.shared.readiness.set_db(self.index, None);
+                    return Ok(true);
+                }
+                Err(e) => {
+                    metrics::counter!(m::DB_ERRORS).increment(1);
+                    let msg = self.problem(&e);
+                    tracing::warn!(writer = self.index, "{msg}; retrying");
+                    self.shared.readiness.set_db(self.index, Some(msg));
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(backoff.next()) => {}
+            }
+        }
+    }
+
+    /// Writes `batch`, retrying failures with backoff until it commits. Each
+    /// attempt is bounded by `write_timeout`. Returns `None` when shutdown
+    /// came and `shutdown_timeout` passed first (nothing was committed; the
+    /// batch will be redelivered).
+    pub async fn write_until_done(&mut self, batch: &[Msg]) -> Result<Option<Outcome>, SinkError> {
+        let mut backoff = Backoff::new();
+        let shared = Arc::clone(&self.shared);
+        loop {
+            if shared.budget.passed() {
+                tracing::warn!(
+                    writer = self.index,
+                    records = batch.len(),
+                    "shutdown_timeout passed; leaving the batch unwritten (it will be redelivered)"
+                );
+                return Ok(None);
+            }
+            let attempt = match self.conn.as_mut() {
+                Some(conn) => {
+                    let started = Instant::now();
+                    let limit = shared.budget.limit(shared.cfg.write_timeout);
+                    let ended = shared.budget.clone().ended();
+                    tokio::select! {
+                        r = tokio::time::timeout(limit, write_batch(conn, batch)) => match r {
+                            Ok(Ok(o)) => {
+                                metrics::histogram!(m::BATCH_WRITE_SECONDS)
+                                    .record(started.elapsed().as_secs_f64());
+                                Ok(o)
+                            }
+                            Ok(Err(e)) => Err(e.to_string()),
+                            Err(_) => Err(format!(
+                                "the write took longer than {} (write_timeout); abandoning the connection",
+                                humantime::format_duration(limit)
+                            )),
+                        },
+                        () = ended => Err("shutdown_timeout passed during the write".to_owned()),
+                    }
+                }
+                None => match self.connect().await? {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+            };
+            match attempt {
+                Ok(o) => {
+                    shared.readiness.set_db(self.index, None);
+                    return Ok(Some(o));
+                }
+                Err(e) => {
+                    metrics::counter!(m::DB_ERRORS).increment(1);
+                    metrics::counter!(m::DB_RETRIES).increment(1);
+                    let msg = self.problem(&e);
+                    tracing::warn!(
+                        writer = self.index,
+                        records = batch.len(),
+                        "batch not written: {msg}; retrying"
+                    );
+                    shared.readiness.set_db(self.index, Some(msg));
+                    // Start from a fresh connection: the old one may be dead or
+                    // half-way through a failed transaction.
+                    self.conn = None;
+                }
+            }
+            let wait = backoff.next();
+            let ended = shared.budget.clone().ended();
+            let shutting_down = shared.shutdown.is_cancelled();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                () = ended => {}
+                _ = shared.shutdown.cancelled(), if !shutting_down => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{Decoded, Reason, Rejected};
+
+    fn msg(partition: i32, offset: i64) -> Msg {
+        Msg {
+            topic: Arc::from("t"),
+            partition,
+            offset,
+            key: None,
+            timestamp: None,
+            payload: None,
+            decoded: Decoded::Rejected(Rejected {
+                reason: Reason::Empty,
+                detail: String::new(),
+            }),
+        }
+    }
+
+    fn positions(part: &[Msg]) -> Vec<(i32, i64)> {
+        part.iter().map(|m| (m.partition, m.offset)).collect()
+    }
+
+    #[test]
+    fn a_batch_splits_by_partition_keeping_its_order() {
+        let batch = vec![
+            msg(0, 10),
+            msg(5, 1),
+            msg(2, 7),
+            msg(4, 3),
+            msg(0, 11),
+            msg(3, 2),
+            msg(2, 8),
+        ];
+        let parts = split_by_partition(batch.clone(), 3);
+        assert_eq!(parts.len(), 3);
+        assert_eq!(positions(&parts[0]), [(0, 10), (0, 11), (3, 2)]);
+        assert_eq!(positions(&parts[1]), [(4, 3)]);
+        assert_eq!(positions(&parts[2]), [(5, 1), (2, 7), (2, 8)]);
+        let one = split_by_partition(batch.clone(), 1);
+        assert_eq!(one.len(), 1);
+        assert_eq!(positions(&one[0]), positions(&batch));
+        let many = split_by_partition(batch, 64);
+        assert_eq!(many.iter().filter(|p| !p.is_empty()).count(), 5);
+    }
+}
