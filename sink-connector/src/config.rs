@@ -66,8 +66,9 @@ pub struct SinkConfig {
     #[serde(default = "default_batch_timeout", with = "humantime_serde")]
     pub batch_timeout: Duration,
     /// PostgreSQL connections that write each batch at once (1 to
-    /// [`MAX_WRITERS`]). A batch is split by Kafka partition
-    /// (`partition % writers`) and each part is written in its own
+    /// [`MAX_WRITERS`]). A batch is split by Kafka partition (a partition's
+    /// records all in one part, partitions dealt out evenly by size) and each
+    /// part is written in its own
     /// transaction on its own connection, so PostgreSQL works on up to this
     /// many cores; the batch's Kafka offsets are committed once every part
     /// has committed. Each sink holds this many connections; more writers

@@ -207,8 +207,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything the loop needs, made once at start.
 pub struct Pipeline {
     shared: Arc<Shared>,
-    /// One per `[sink] writers`; writer `i` writes the partitions `p` with
-    /// `p % writers == i`.
+    /// One per `[sink] writers`; each writes one part of every batch (see
+    /// [`crate::writer::split_by_partition`]).
     writers: Vec<Writer>,
     limits: Limits,
     last_commit: Arc<AtomicU64>,

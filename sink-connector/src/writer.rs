@@ -20,6 +20,7 @@
 //! Every attempt to connect or write is bounded by `write_timeout` (and, after
 //! SIGTERM, by what is left of `shutdown_timeout`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -215,18 +216,41 @@ async fn open(shared: &Shared, started: bool) -> Result<Result<Conn, String>, Si
     }
 }
 
-/// `batch` split into `n` parts by `partition % n`, each keeping the
-/// batch's order; a partition's records all land in one part. Some parts may
-/// be empty.
+/// `batch` split into at most `n` parts, each keeping the batch's order; all
+/// records of one (topic, partition) land in one part, so the parts never
+/// touch the same offsets row. Partitions are dealt out by size, largest
+/// first, each to the part with the fewest records so far: a sink that owns,
+/// say, partitions 0, 2 and 4 still uses two writers (a fixed
+/// `partition % n` would put them all on one). Safe because a batch's parts
+/// are all committed before the next batch is split. Some parts may be empty.
 pub fn split_by_partition(batch: Vec<Msg>, n: usize) -> Vec<Vec<Msg>> {
     if n <= 1 {
         return vec![batch];
     }
-    let mut parts: Vec<Vec<Msg>> = (0..n).map(|_| Vec::new()).collect();
-    let modulus = i64::try_from(n).unwrap_or(i64::MAX);
+    let mut sizes: HashMap<(Arc<str>, i32), usize> = HashMap::new();
+    for m in &batch {
+        *sizes.entry((m.topic.clone(), m.partition)).or_default() += 1;
+    }
+    let mut by_size: Vec<((Arc<str>, i32), usize)> = sizes.into_iter().collect();
+    // Largest first; ties in (topic, partition) order, so the split is deterministic.
+    by_size.sort_by(|(ka, a), (kb, b)| b.cmp(a).then_with(|| ka.cmp(kb)));
+    let mut load = vec![0usize; n];
+    let mut part_of: HashMap<(Arc<str>, i32), usize> = HashMap::new();
+    for (key, size) in by_size {
+        let (i, _) = load
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, l)| (**l, *i))
+            .unwrap_or((0, &0));
+        load[i] += size;
+        part_of.insert(key, i);
+    }
+    let mut parts: Vec<Vec<Msg>> = load.iter().map(|l| Vec::with_capacity(*l)).collect();
     for msg in batch {
-        // rem_euclid of a positive modulus is in 0..n.
-        let i = usize::try_from(i64::from(msg.partition).rem_euclid(modulus)).unwrap_or(0);
+        let i = part_of
+            .get(&(msg.topic.clone(), msg.partition))
+            .copied()
+            .unwrap_or(0);
         parts[i].push(msg);
     }
     parts
@@ -418,13 +442,35 @@ mod tests {
         ];
         let parts = split_by_partition(batch.clone(), 3);
         assert_eq!(parts.len(), 3);
-        assert_eq!(positions(&parts[0]), [(0, 10), (0, 11), (3, 2)]);
-        assert_eq!(positions(&parts[1]), [(4, 3)]);
-        assert_eq!(positions(&parts[2]), [(5, 1), (2, 7), (2, 8)]);
+        // Largest partitions first, each to the least loaded part.
+        assert_eq!(positions(&parts[0]), [(0, 10), (5, 1), (0, 11)]);
+        assert_eq!(positions(&parts[1]), [(2, 7), (2, 8)]);
+        assert_eq!(positions(&parts[2]), [(4, 3), (3, 2)]);
         let one = split_by_partition(batch.clone(), 1);
         assert_eq!(one.len(), 1);
         assert_eq!(positions(&one[0]), positions(&batch));
         let many = split_by_partition(batch, 64);
         assert_eq!(many.iter().filter(|p| !p.is_empty()).count(), 5);
+    }
+
+    #[test]
+    fn partitions_with_the_same_remainder_still_spread_over_the_writers() {
+        // A sink owning partitions 0, 2 and 4 of a topic, with two writers.
+        let batch = vec![
+            msg(0, 1),
+            msg(2, 1),
+            msg(4, 1),
+            msg(0, 2),
+            msg(2, 2),
+            msg(4, 2),
+        ];
+        let parts = split_by_partition(batch, 2);
+        let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            [4, 2],
+            "{:?}",
+            parts.iter().map(|p| positions(p)).collect::<Vec<_>>()
+        );
     }
 }
