@@ -62,6 +62,8 @@ pub struct SinkContext {
     revoked: Mutex<Vec<(String, i32)>>,
     /// Each partition's end (high watermark), from the latest statistics.
     ends: Mutex<HashMap<(String, i32), i64>>,
+    /// Why the brokers refuse us (credentials, TLS), until a broker is up.
+    auth: Mutex<Option<String>>,
 }
 
 impl SinkContext {
@@ -117,12 +119,27 @@ impl ClientContext for SinkContext {
             .brokers
             .values()
             .any(|b| b.state == "UP" && b.source != "internal" && b.source != "logical");
-        self.readiness
-            .set_kafka((!up).then(|| "Kafka: no broker connection is up".to_owned()));
+        let mut auth = self.auth.lock().expect("auth lock");
+        if up {
+            *auth = None;
+        }
+        self.readiness.set_kafka((!up).then(|| {
+            auth.clone()
+                .unwrap_or_else(|| "Kafka: no broker connection is up".to_owned())
+        }));
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(m::KAFKA_ERRORS).increment(1);
+        if let Some(problem) = connector_common::kafka::auth_problem(&error, reason) {
+            // Retrying cannot fix refused credentials: say so on /readyz.
+            self.readiness.set_kafka(Some(problem.clone()));
+            *self.auth.lock().expect("auth lock") = Some(problem.clone());
+            if self.warn_limit.allow() {
+                tracing::error!("{problem}");
+            }
+            return;
+        }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.readiness
                 .set_kafka(Some(format!("Kafka: all brokers are down ({reason})")));
@@ -191,6 +208,7 @@ pub fn consumer(
             warn_limit: RateLimit::default(),
             revoked: Mutex::new(Vec::new()),
             ends: Mutex::new(HashMap::new()),
+            auth: Mutex::new(None),
         })
         .map_err(SinkError::Kafka)?;
     consumer

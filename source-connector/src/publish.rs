@@ -85,6 +85,8 @@ pub struct DeliveryContext {
     health: Health,
     delivering: AtomicBool,
     log_limit: OncePerSecond,
+    /// Why the brokers refused us (credentials, TLS), if they did.
+    auth: std::sync::Mutex<Option<String>>,
 }
 
 /// Lets one log line a second through, so a broker outage that fails
@@ -135,6 +137,7 @@ impl ClientContext for DeliveryContext {
         if let Some(problem) = connector_common::kafka::auth_problem(&error, reason) {
             // Retrying cannot fix refused credentials: say so on /readyz.
             self.health.set_not_ready(problem.clone());
+            *self.auth.lock().expect("auth lock") = Some(problem.clone());
             if self.log_limit.allow() {
                 tracing::error!("{problem}");
             }
@@ -199,6 +202,7 @@ impl KafkaPublisher {
             health: health.clone(),
             delivering: AtomicBool::new(false),
             log_limit: OncePerSecond::new(),
+            auth: std::sync::Mutex::new(None),
         };
         let producer: ThreadedProducer<DeliveryContext> =
             config.create_with_context(context).map_err(PublishError)?;
@@ -219,8 +223,13 @@ impl KafkaPublisher {
                     }
                 },
                 Err(e) => {
-                    tracing::warn!(error = %e, brokers = %brokers, "Kafka does not answer yet; checks go on and records wait in the producer queue");
-                    health.set_not_ready(format!("Kafka at {brokers} does not answer: {e}"));
+                    let refused = probe.context().auth.lock().expect("auth lock").clone();
+                    if let Some(problem) = refused {
+                        health.set_not_ready(problem);
+                    } else {
+                        tracing::warn!(error = %e, brokers = %brokers, "Kafka does not answer yet; checks go on and records wait in the producer queue");
+                        health.set_not_ready(format!("Kafka at {brokers} does not answer: {e}"));
+                    }
                 }
             }
         });

@@ -5,8 +5,9 @@
 //! The stack is described by `.stack/env`, written by `scripts/stack.sh up`;
 //! `WM_*` variables in the environment take precedence, so the same tests run
 //! against another Kafka/PostgreSQL. Test files live in `tests/tests/`:
-//! `smoke.rs` (the harness reaches the services), `source.rs`, `sink.rs` and
-//! `pipeline.rs` (the pair end to end).
+//! `smoke.rs` (the harness reaches the services), `source.rs`, `sink.rs`,
+//! `pipeline.rs` (the pair end to end) and `sasl.rs` (the pair over SASL_SSL
+//! with SCRAM).
 
 pub mod http;
 
@@ -29,6 +30,12 @@ pub struct Stack {
     pub brokers: String,
     /// mTLS bootstrap address.
     pub ssl_brokers: String,
+    /// SASL_SSL (SCRAM) bootstrap address; its TLS is verified with `ca.pem`.
+    pub sasl_brokers: String,
+    /// The SCRAM user that listener accepts.
+    pub sasl_username: String,
+    /// Its password.
+    pub sasl_password: String,
     /// Folder with `ca.pem`, `client.pem`, `client.key`.
     pub tls_dir: PathBuf,
     /// PostgreSQL connection string (database `website_monitor`).
@@ -71,6 +78,9 @@ pub fn stack() -> Stack {
     Stack {
         brokers: get("WM_KAFKA_BROKERS"),
         ssl_brokers: get("WM_KAFKA_SSL_BROKERS"),
+        sasl_brokers: get("WM_KAFKA_SASL_BROKERS"),
+        sasl_username: get("WM_KAFKA_SASL_USERNAME"),
+        sasl_password: get("WM_KAFKA_SASL_PASSWORD"),
         tls_dir: PathBuf::from(get("WM_TLS_DIR")),
         postgres_uri: get("WM_POSTGRES_URI"),
         pg_ours: vars.get("WM_PG_OURS").is_some_and(|v| v == "1"),

@@ -1,0 +1,161 @@
+//! The pair over SASL_SSL with SCRAM, as managed Kafka services offer it: the
+//! local broker's SASL_SSL listener (`make up` creates its SCRAM user), TLS
+//! verified with the stack's CA, no client certificate.
+
+use std::path::Path;
+use std::time::Duration;
+
+use connector_common::config::{load_str, Section};
+use connector_common::Loaded;
+use tokio_util::sync::CancellationToken;
+use website_monitor_sink::SinkConfig;
+use website_monitor_source::{RunOptions, SourceConfig};
+use website_monitor_tests::http::TestServer;
+use website_monitor_tests::{create_topic, eventually, fresh_schema, pg, stack, unique, Stack};
+
+/// A `[kafka]` section for the SASL_SSL listener with `mechanism` and `password`.
+fn sasl_kafka(s: &Stack, mechanism: &str, password: &str) -> String {
+    format!(
+        "[kafka]\nbrokers = \"{}\"\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"{mechanism}\"\nsasl_username = \"{}\"\nsasl_password = \"{password}\"\nssl_ca = \"{}\"\n",
+        s.sasl_brokers,
+        s.sasl_username,
+        s.tls_dir.join("ca.pem").display(),
+    )
+}
+
+fn source_config(kafka: &str, target: &TestServer, topic: &str) -> Loaded<SourceConfig> {
+    let text = format!(
+        "{kafka}\n[source]\ntopic = \"{topic}\"\ninterval = \"200ms\"\ntimeout = \"2s\"\nmetrics_address = \"127.0.0.1:0\"\n[[source.sites]]\nurl = \"{}\"\n",
+        target.url("/text")
+    );
+    load_str::<SourceConfig>(&text, Path::new("sasl.toml"), Section::Source, &|_| None)
+        .expect("source config")
+}
+
+fn sink_config(kafka: &str, topic: &str, schema: &str, uri: &str) -> Loaded<SinkConfig> {
+    let text = format!(
+        "{kafka}\n[sink]\ntopic = \"{topic}\"\ngroup_id = \"{}\"\npostgres_uri = \"{uri}\"\nschema = \"{schema}\"\nbatch_timeout = \"50ms\"\nmetrics_address = \"127.0.0.1:0\"\n",
+        unique("sasl-group")
+    );
+    load_str::<SinkConfig>(&text, Path::new("sasl.toml"), Section::Sink, &|_| None)
+        .expect("sink config")
+}
+
+/// `GET /readyz` on `addr`: (status, body).
+async fn readyz(addr: std::net::SocketAddr) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.ok()?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_and_sink_over_sasl_ssl_with_scram_store_every_delivered_check() {
+    let s = stack();
+    let target = TestServer::http().await;
+    let topic = unique("sasl");
+    create_topic(&s.brokers, &topic, 2).await;
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sasl").await;
+    // Both mechanisms the listener offers: the source with SHA-256, the sink with SHA-512.
+    let source_cfg = source_config(
+        &sasl_kafka(&s, "SCRAM-SHA-256", &s.sasl_password),
+        &target,
+        &topic,
+    );
+    let sink_cfg = sink_config(
+        &sasl_kafka(&s, "SCRAM-SHA-512", &s.sasl_password),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+    );
+    let (stop_source, stop_sink) = (CancellationToken::new(), CancellationToken::new());
+    let sink = website_monitor_sink::start(sink_cfg, stop_sink.clone())
+        .await
+        .expect("sink starts");
+    let source =
+        website_monitor_source::start(source_cfg, RunOptions::default(), stop_source.clone())
+            .await
+            .expect("source starts");
+    let count_sql = format!("SELECT count(*) FROM \"{schema}\".site_check");
+    eventually(
+        "5 checks stored over SASL_SSL",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 = db.query_one(&count_sql, &[]).await.ok()?.get(0);
+            (n >= 5).then_some(())
+        },
+    )
+    .await;
+    stop_source.cancel();
+    let summary = source.wait().await.expect("source stops cleanly");
+    assert_eq!(summary.failed, 0, "every record delivered over SASL_SSL");
+    let stored: i64 = eventually(
+        "every delivered record stored",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = db.query_one(&count_sql, &[]).await.ok()?.get(0);
+            (n as u64 >= summary.delivered).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(
+        stored as u64, summary.delivered,
+        "history rows == delivered records"
+    );
+    stop_sink.cancel();
+    sink.wait().await.expect("sink stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_scram_password_keeps_both_connectors_not_ready_and_says_which_settings() {
+    let s = stack();
+    let target = TestServer::http().await;
+    let topic = unique("sasl-wrong");
+    create_topic(&s.brokers, &topic, 1).await;
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sasl_wrong").await;
+    let kafka = sasl_kafka(&s, "SCRAM-SHA-256", "not-the-password");
+    let stop = CancellationToken::new();
+    let source = website_monitor_source::start(
+        source_config(&kafka, &target, &topic),
+        RunOptions::default(),
+        stop.clone(),
+    )
+    .await
+    .expect("the source starts (Kafka problems are reported, not fatal)");
+    let sink = website_monitor_sink::start(
+        sink_config(&kafka, &topic, &schema, &s.postgres_uri),
+        stop.clone(),
+    )
+    .await
+    .expect("the sink starts (Kafka problems are reported, not fatal)");
+    for (name, addr) in [
+        (
+            "source",
+            source.metrics_address.expect("source serves telemetry"),
+        ),
+        ("sink", sink.metrics_addr),
+    ] {
+        let body = eventually(
+            &format!("the {name}'s /readyz to name the refused credentials"),
+            Duration::from_secs(30),
+            || async {
+                let (status, body) = readyz(addr).await?;
+                (status == 503 && body.contains("sasl_password")).then_some(body)
+            },
+        )
+        .await;
+        assert!(body.contains("SASL"), "{name}: {body}");
+    }
+    stop.cancel();
+    source.wait().await.expect("source stops");
+    sink.wait().await.expect("sink stops");
+}
