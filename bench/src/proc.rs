@@ -185,6 +185,18 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// User + system CPU seconds of this process's children that have exited and
+/// been waited for (`cutime` + `cstime` of `/proc/self/stat`): how `ab`'s own
+/// CPU is measured.
+pub fn waited_children_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // cutime and cstime are fields 16 and 17 of stat; index 13 and 14 here.
+    (ticks(13) + ticks(14)) / 100.0
+}
+
 /// CPU seconds used so far by every live process, summed per command name
 /// (`comm`: "java" is the Kafka broker, "nginx", "postgres", "ab", the
 /// connectors...). A process that exits between two samples drops out.

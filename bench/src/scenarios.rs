@@ -93,11 +93,13 @@ fn ab(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<AbRun> {
         cmd.arg("-k");
     }
     let before = CpuSample::now();
+    let children0 = crate::proc::waited_children_cpu_seconds();
     let out = cmd
         .arg(format!("http://{}/", ctx.http))
         .output()
         .context("running ab")?;
     let after = CpuSample::now();
+    let ab_cpu = crate::proc::waited_children_cpu_seconds() - children0;
     let text = String::from_utf8_lossy(&out.stdout);
     let rate: f64 = text
         .lines()
@@ -108,7 +110,7 @@ fn ab(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<AbRun> {
         rate,
         machine_busy: after.busy_since(&before),
         machine_cpu_per_1000: after.busy_seconds_since(&before) / requests as f64 * 1000.0,
-        client_cpu_per_1000: after.used_by(&before, "ab") / requests as f64 * 1000.0,
+        client_cpu_per_1000: ab_cpu / requests as f64 * 1000.0,
         nginx_cpu_per_1000: after.used_by(&before, "nginx") / requests as f64 * 1000.0,
     })
 }
@@ -318,7 +320,13 @@ async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f
     use std::sync::Arc;
     let mut builder = reqwest::Client::builder().no_proxy();
     if !keep_alive {
-        builder = builder.pool_max_idle_per_host(0);
+        // As the source does: no idle pool, and `Connection: close`.
+        let mut close = reqwest::header::HeaderMap::new();
+        close.insert(
+            reqwest::header::CONNECTION,
+            reqwest::header::HeaderValue::from_static("close"),
+        );
+        builder = builder.pool_max_idle_per_host(0).default_headers(close);
     }
     let client = builder.build()?;
     let url = format!("http://{}/", ctx.http);
@@ -527,12 +535,9 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
             "ratio >= 0.5",
         ),
         Figure::plain("sink.latest_rows", latest as f64, "rows"),
-        Figure::plain("sink.batches", batches, "batches"),
-        Figure::plain(
-            "sink.share_in_batch_transactions",
-            write_s / elapsed,
-            "fraction",
-        ),
+        // Both per writer: each part of a batch is one writer's transaction.
+        Figure::plain("sink.writer_transactions", batches, "transactions"),
+        Figure::plain("sink.writers_busy_on_average", write_s / elapsed, "writers"),
         Figure::plain(
             "sink.cpu_s_per_1000_records",
             cpu / n as f64 * 1000.0,
