@@ -363,6 +363,13 @@ kafka_format() {
   printf '%s\n' "$id" >"$KDIR/cluster-id"
 }
 
+# kafka_fingerprint: what the broker reads at start (its config, its key and
+# certificate chain, the CA); a running broker started with another one is
+# restarted by `up`.
+kafka_fingerprint() {
+  cat "$KDIR/server.properties" "$TLS/broker-keystore.pem" "$TLS/ca.pem" 2>/dev/null | sha256sum | cut -d' ' -f1
+}
+
 # kafka_pid: prints the pid if .stack/pids/kafka.pid names our running broker.
 kafka_pid() {
   local pid
@@ -386,11 +393,11 @@ kafka_ready() {
 kafka_start() {
   local pid
   if pid=$(kafka_pid); then
-    if cmp -s "$KDIR/server.properties" "$KDIR/server.properties.running"; then
+    if [ "$(kafka_fingerprint)" = "$(cat "$KDIR/running.fingerprint" 2>/dev/null)" ]; then
       say "Kafka already running (pid $pid)"
       return 0
     fi
-    say "Kafka's configuration changed since it started; restarting it"
+    say "Kafka's configuration or certificates changed since it started; restarting it"
     kafka_stop
   fi
   rm -f "$PIDS/kafka.pid"
@@ -399,7 +406,7 @@ kafka_start() {
     port_open "$p" && die "127.0.0.1:$p is already in use by a process this script did not start; stop it first"
   done
   kafka_format
-  cp "$KDIR/server.properties" "$KDIR/server.properties.running"
+  kafka_fingerprint >"$KDIR/running.fingerprint"
   say "starting Kafka $KAFKA_VERSION (log: $LOGS/kafka.log)"
   printf '\n=== %s starting kafka.Kafka ===\n' "$(date -u +%FT%TZ)" >>"$LOGS/kafka.out"
   # setsid: its own session, so a Ctrl-C in the shell that ran `up` does not
@@ -447,8 +454,16 @@ kafka_scram_user() {
   say "creating SCRAM user $KAFKA_SASL_USER for the SASL_SSL listener"
   : >"$LOGS/kafka-scram.log"
   # One mechanism per request: Kafka refuses to alter one user's credentials twice in a request.
+  # The tool logs to its own stderr (kafka-scram.log), not to the broker's log.
+  cat >"$KDIR/tools-log4j2.xml" <<'XML'
+<?xml version="1.0" encoding="UTF-8"?>
+<Configuration status="WARN">
+  <Appenders><Console name="err" target="SYSTEM_ERR"><PatternLayout pattern="[%d] %p %m (%c)%n"/></Console></Appenders>
+  <Loggers><Root level="WARN"><AppenderRef ref="err"/></Root></Loggers>
+</Configuration>
+XML
   for mech in SCRAM-SHA-256 SCRAM-SHA-512; do
-    java -Dlog4j2.configurationFile="$KDIR/log4j2.xml" -cp "$KAFKA_LIB/*" kafka.admin.ConfigCommand \
+    java -Dlog4j2.configurationFile="$KDIR/tools-log4j2.xml" -cp "$KAFKA_LIB/*" kafka.admin.ConfigCommand \
       --bootstrap-server "$KAFKA_HOST:$KAFKA_PORT" --alter --entity-type users --entity-name "$KAFKA_SASL_USER" \
       --add-config "$mech=[password=$KAFKA_SASL_PASSWORD]" \
       >>"$LOGS/kafka-scram.log" 2>&1 || die_with_log "$LOGS/kafka-scram.log" "creating the $mech credential of SCRAM user $KAFKA_SASL_USER failed"
@@ -461,11 +476,18 @@ sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule require
 ssl.truststore.type=PEM
 ssl.truststore.location=$TLS/ca.pem
 PROPS
-  java -Dlog4j2.configurationFile="$KDIR/log4j2.xml" -cp "$KAFKA_LIB/*" kafka.admin.ConfigCommand \
-    --bootstrap-server "$KAFKA_HOST:$KAFKA_SASL_PORT" --command-config "$props" \
-    --describe --entity-type users --entity-name "$KAFKA_SASL_USER" >>"$LOGS/kafka-scram.log" 2>&1 \
-    || die_with_log "$LOGS/kafka-scram.log" "the SASL_SSL listener $KAFKA_HOST:$KAFKA_SASL_PORT does not accept SCRAM user $KAFKA_SASL_USER"
-  touch "$marker"
+  # The credential reaches the broker through the metadata log: allow a few tries.
+  local try
+  for try in 1 2 3 4 5; do
+    if java -Dlog4j2.configurationFile="$KDIR/tools-log4j2.xml" -cp "$KAFKA_LIB/*" kafka.admin.ConfigCommand \
+      --bootstrap-server "$KAFKA_HOST:$KAFKA_SASL_PORT" --command-config "$props" \
+      --describe --entity-type users --entity-name "$KAFKA_SASL_USER" >>"$LOGS/kafka-scram.log" 2>&1; then
+      touch "$marker"
+      return 0
+    fi
+    sleep "$try"
+  done
+  die_with_log "$LOGS/kafka-scram.log" "the SASL_SSL listener $KAFKA_HOST:$KAFKA_SASL_PORT does not accept SCRAM user $KAFKA_SASL_USER"
 }
 
 kafka_stop() {
@@ -482,7 +504,7 @@ kafka_stop() {
   elif [ -e "$PIDS/kafka.pid" ]; then
     say "Kafka not running (removing stale pid file)"
   fi
-  rm -f "$PIDS/kafka.pid" "$KDIR/server.properties.running"
+  rm -f "$PIDS/kafka.pid" "$KDIR/running.fingerprint"
 }
 
 # ---------------------------------------------------------------- PostgreSQL

@@ -233,7 +233,9 @@ pub fn auth_problem(error: &rdkafka::error::KafkaError, reason: &str) -> Option<
     let code = error.rdkafka_error_code();
     let sasl = matches!(code, Some(C::Authentication | C::SaslAuthenticationFailed))
         || reason.contains("SASL authentication error");
-    let tls = !sasl && reason.contains("SSL handshake failed");
+    // A connection dropped mid-handshake ("SSL handshake failed: Disconnected",
+    // e.g. a broker restarting) is a transport error that a retry fixes.
+    let tls = !sasl && reason.contains("SSL handshake failed") && !reason.contains("Disconnected");
     if sasl {
         Some(format!(
             "Kafka refused the SASL credentials ({reason}); check [kafka] sasl_mechanism, sasl_username and sasl_password"
@@ -343,6 +345,11 @@ mod tests {
         assert_eq!(
             auth_problem(&e, "Connect to ipv4#127.0.0.1:9 failed: Connection refused"),
             None
+        );
+        assert_eq!(
+            auth_problem(&e, "127.0.0.1:9094/1: SSL handshake failed: Disconnected: connecting to a PLAINTEXT broker listener?"),
+            None,
+            "a dropped connection is retried, not reported as a setup error"
         );
     }
 }

@@ -76,6 +76,11 @@ impl Collector {
                         let m = self.to_msg(&msg, &mut topic);
                         bytes += m.size();
                         batch.push(m);
+                        if batch.len() % 256 == 0 {
+                            // With a backlog recv() is always ready: let the
+                            // write running beside this collection progress.
+                            tokio::task::yield_now().await;
+                        }
                     }
                     Err(e) => { kafka_error(&e); break; }
                 },

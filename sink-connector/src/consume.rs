@@ -49,7 +49,7 @@ use crate::decode::Limits;
 use crate::metrics as m;
 use crate::metrics::Readiness;
 use crate::write::{commit_positions, Msg, Outcome, Skipped};
-use crate::writer::{split_by_partition, Shared, Writer};
+use crate::writer::{split_by_partition, Shared, Writer, Written};
 use crate::SinkError;
 
 /// librdkafka callbacks: statistics (consumer lag, broker state), errors,
@@ -64,6 +64,8 @@ pub struct SinkContext {
     ends: Mutex<HashMap<(String, i32), i64>>,
     /// Why the brokers refuse us (credentials, TLS), until a broker is up.
     auth: Mutex<Option<String>>,
+    /// Whether the latest statistics saw a broker connection up.
+    any_up: AtomicBool,
 }
 
 impl SinkContext {
@@ -119,6 +121,7 @@ impl ClientContext for SinkContext {
             .brokers
             .values()
             .any(|b| b.state == "UP" && b.source != "internal" && b.source != "logical");
+        self.any_up.store(up, Ordering::Relaxed);
         let mut auth = self.auth.lock().expect("auth lock");
         if up {
             *auth = None;
@@ -132,9 +135,12 @@ impl ClientContext for SinkContext {
     fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(m::KAFKA_ERRORS).increment(1);
         if let Some(problem) = connector_common::kafka::auth_problem(&error, reason) {
-            // Retrying cannot fix refused credentials: say so on /readyz.
-            self.readiness.set_kafka(Some(problem.clone()));
-            *self.auth.lock().expect("auth lock") = Some(problem.clone());
+            // Retrying cannot fix refused credentials: say so on /readyz
+            // (unless another broker connection works).
+            if !self.any_up.load(Ordering::Relaxed) {
+                self.readiness.set_kafka(Some(problem.clone()));
+                *self.auth.lock().expect("auth lock") = Some(problem.clone());
+            }
             if self.warn_limit.allow() {
                 tracing::error!("{problem}");
             }
@@ -209,6 +215,7 @@ pub fn consumer(
             revoked: Mutex::new(Vec::new()),
             ends: Mutex::new(HashMap::new()),
             auth: Mutex::new(None),
+            any_up: AtomicBool::new(false),
         })
         .map_err(SinkError::Kafka)?;
     consumer
@@ -261,10 +268,11 @@ impl Pipeline {
         }
     }
 
-    /// Connects every writer at start, retrying until they all work or
-    /// shutdown; `false` on shutdown. The first connects (and migrates) alone,
-    /// so a migration PostgreSQL refuses stops the sink; the others then
-    /// connect at once.
+    /// Connects at start: writer 0 retries until it works (or shutdown:
+    /// `false`), alone, so a migration PostgreSQL refuses stops the sink; the
+    /// others then try once, at once. A writer that cannot connect (say
+    /// `max_connections` is reached) retries at its next part, and until
+    /// then writer 0 writes its parts: one connection is enough to run.
     pub async fn connect_until_ready(&mut self) -> Result<bool, SinkError> {
         let Some((first, rest)) = self.writers.split_first_mut() else {
             return Ok(true);
@@ -272,11 +280,13 @@ impl Pipeline {
         if !first.connect_until_ready().await? {
             return Ok(false);
         }
-        let rest =
-            futures::future::join_all(rest.iter_mut().map(Writer::connect_until_ready)).await;
-        for connected in rest {
-            if !connected? {
-                return Ok(false);
+        let rest = futures::future::join_all(rest.iter_mut().map(Writer::connect)).await;
+        for (i, connected) in rest.into_iter().enumerate() {
+            if let Err(e) = connected? {
+                tracing::warn!(
+                    writer = i + 1,
+                    "cannot connect yet: {e}; writer 0 writes its parts until it can"
+                );
             }
         }
         Ok(true)
@@ -315,10 +325,13 @@ impl Pipeline {
                 }
             };
             let (written, next) = tokio::join!(self.write_and_commit(&consumer, batch), next);
-            pending = next;
-            if written?.is_none() {
+            if written?.is_none() || collector.shutdown.is_cancelled() {
+                // A batch collected while SIGTERM came is left unwritten and
+                // uncommitted (it is redelivered): stopping stays within
+                // one write of shutdown_timeout.
                 break;
             }
+            pending = next;
         }
         // Leaving the group blocks (librdkafka's close), so off the runtime,
         // and bounded: a dead coordinator must not keep the sink from exiting.
@@ -346,18 +359,31 @@ impl Pipeline {
     ) -> Result<Option<()>, SinkError> {
         let positions = commit_positions(&batch);
         let parts = split_by_partition(batch, self.writers.len());
-        let writes = self
-            .writers
-            .iter_mut()
-            .zip(&parts)
-            .filter(|(_, part)| !part.is_empty())
-            .map(|(writer, part)| writer.write_until_done(part));
+        // Writer 0 retries until its part commits; the others try once and
+        // hand a part they cannot write back, for writer 0 to write after.
+        let writes =
+            self.writers
+                .iter_mut()
+                .zip(&parts)
+                .enumerate()
+                .filter(|(_, (_, part))| !part.is_empty())
+                .map(|(i, (writer, part))| async move {
+                    (i, writer.write_until_done(part, i == 0).await)
+                });
         let mut outcome = Outcome::default();
         let mut complete = true;
-        for written in futures::future::join_all(writes).await {
+        let mut handed_back = Vec::new();
+        for (i, written) in futures::future::join_all(writes).await {
             match written? {
-                Some(o) => outcome.merge(o),
-                None => complete = false,
+                Written::Done(o) => outcome.merge(o),
+                Written::Unwritten => complete = false,
+                Written::GaveUp => handed_back.push(i),
+            }
+        }
+        for i in handed_back {
+            match self.writers[0].write_until_done(&parts[i], true).await? {
+                Written::Done(o) => outcome.merge(o),
+                Written::Unwritten | Written::GaveUp => complete = false,
             }
         }
         // What did commit is counted either way.

@@ -100,7 +100,9 @@ pub async fn start(
     let handle = telemetry::install_recorder();
     metrics::describe();
     let health = Health::new();
-    let readiness = metrics::Readiness::new(health.clone(), cfg.writers);
+    // Writer 0 is the one that must work (it writes what the others cannot),
+    // so readiness follows its connection.
+    let readiness = metrics::Readiness::new(health.clone(), 1);
     // The telemetry server outlives `shutdown` until the sink has finished.
     let telemetry_stop = CancellationToken::new();
     let server =

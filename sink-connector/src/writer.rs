@@ -256,6 +256,17 @@ pub fn split_by_partition(batch: Vec<Msg>, n: usize) -> Vec<Vec<Msg>> {
     parts
 }
 
+/// What became of one part of a batch.
+#[derive(Debug)]
+pub enum Written {
+    /// Committed.
+    Done(Outcome),
+    /// Left unwritten because `shutdown_timeout` passed (it is redelivered).
+    Unwritten,
+    /// A non-persistent writer failed once and handed the part back.
+    GaveUp,
+}
+
 /// One PostgreSQL connection writing its part of each batch.
 #[derive(Debug)]
 pub struct Writer {
@@ -280,7 +291,7 @@ impl Writer {
     }
 
     /// One bounded connect attempt. `Ok(Err(message))` is worth retrying.
-    async fn connect(&mut self) -> Result<Result<(), String>, SinkError> {
+    pub async fn connect(&mut self) -> Result<Result<(), String>, SinkError> {
         let shared = &*self.shared;
         let limit = shared.budget.limit(shared.cfg.write_timeout);
         let ended = shared.budget.clone().ended();
@@ -331,11 +342,15 @@ impl Writer {
         }
     }
 
-    /// Writes `batch`, retrying failures with backoff until it commits. Each
-    /// attempt is bounded by `write_timeout`. Returns `None` when shutdown
-    /// came and `shutdown_timeout` passed first (nothing was committed; the
-    /// batch will be redelivered).
-    pub async fn write_until_done(&mut self, batch: &[Msg]) -> Result<Option<Outcome>, SinkError> {
+    /// Writes `batch`, retrying failures with backoff until it commits — or,
+    /// unless `persistent`, giving up after the first failed attempt (the
+    /// caller hands the part to a persistent writer). Each attempt is bounded
+    /// by `write_timeout`.
+    pub async fn write_until_done(
+        &mut self,
+        batch: &[Msg],
+        persistent: bool,
+    ) -> Result<Written, SinkError> {
         let mut backoff = Backoff::new();
         let shared = Arc::clone(&self.shared);
         loop {
@@ -345,7 +360,7 @@ impl Writer {
                     records = batch.len(),
                     "shutdown_timeout passed; leaving the batch unwritten (it will be redelivered)"
                 );
-                return Ok(None);
+                return Ok(Written::Unwritten);
             }
             let attempt = match self.conn.as_mut() {
                 Some(conn) => {
@@ -376,7 +391,20 @@ impl Writer {
             match attempt {
                 Ok(o) => {
                     shared.readiness.set_db(self.index, None);
-                    return Ok(Some(o));
+                    return Ok(Written::Done(o));
+                }
+                Err(e) if !persistent => {
+                    // Not counted against readiness: another writer takes
+                    // the part, so records still flow.
+                    metrics::counter!(m::DB_ERRORS).increment(1);
+                    tracing::warn!(
+                        writer = self.index,
+                        records = batch.len(),
+                        "part not written: {}; writer 0 writes it instead",
+                        self.problem(&e)
+                    );
+                    self.conn = None;
+                    return Ok(Written::GaveUp);
                 }
                 Err(e) => {
                     metrics::counter!(m::DB_ERRORS).increment(1);

@@ -154,7 +154,8 @@ impl ProducerContext for DeliveryContext {
         match result {
             Ok(_) => {
                 self.counts.delivered();
-                if !self.delivering.swap(true, Ordering::Relaxed) {
+                let was_refused = self.auth.lock().expect("auth lock").take().is_some();
+                if !self.delivering.swap(true, Ordering::Relaxed) || was_refused {
                     self.health.set_ready();
                 }
             }

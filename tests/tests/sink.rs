@@ -1842,3 +1842,51 @@ async fn a_black_holed_postgres_connection_times_out_and_shutdown_stays_bounded(
     assert_exactly_once(&db, &schema, 10).await;
     stop(running, token).await;
 }
+
+/// With two writers but room for one connection (a role limited to one),
+/// writer 1 cannot connect; writer 0 writes its parts too, and every record
+/// is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_room_for_one_connection_two_writers_still_store_everything_once() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_one_conn").await;
+    let role = unique_ident("sink_one_conn_role");
+    db.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN CONNECTION LIMIT 1;
+         GRANT ALL ON SCHEMA \"{schema}\" TO \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    let topic = unique("sink-one-conn");
+    create_topic(&s.brokers, &topic, 2).await;
+    let n = 400;
+    let records: Vec<Vec<u8>> = (0..n).map(|i| numbered(i, 37)).collect();
+    // Keys spread the records over both partitions, so both writers get parts.
+    produce_json(&s.brokers, &topic, &records).await;
+    let uri = kv_uri(&s.postgres_uri, Some(&role), None, None, None);
+    let (running, token) = start(&config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &uri,
+        "writers = 2",
+    ))
+    .await;
+    wait_rows(&db, &schema, "site_check", n as i64).await;
+    assert_exactly_once(&db, &schema, n as i64).await;
+    let partitions: i64 = db
+        .query_one(
+            &format!("SELECT count(DISTINCT \"partition\") FROM \"{schema}\".site_check"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(partitions, 2, "both partitions' records were written");
+    stop(running, token).await;
+    db.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"))
+        .await
+        .unwrap();
+}
