@@ -433,31 +433,39 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
         .collect();
     let avg_bytes = records.iter().map(String::len).sum::<usize>() as f64 / n as f64;
 
-    // Baseline: COPY the same JSON into a plain table.
+    // Baseline: COPY the same JSON into a plain table, three times (a fresh
+    // table each time); the fastest counts, so the ratio is against the
+    // baseline at its best (single runs moved 2x between runs here).
     let client = pg(&ctx.stack.postgres_uri).await;
-    let table = unique_ident("bench_copy");
-    client
-        .batch_execute(&format!(
-            "CREATE TABLE \"{table}\" (id bigserial primary key, data jsonb)"
-        ))
-        .await?;
     let mut text = String::with_capacity(n * 300);
     for r in &records {
         text.push_str(&r.replace('\\', "\\\\"));
         text.push('\n');
     }
-    let started = Instant::now();
-    let sink = client
-        .copy_in(&format!("COPY \"{table}\" (data) FROM STDIN"))
-        .await?;
-    futures::pin_mut!(sink);
-    use futures::SinkExt;
-    sink.send(bytes_of(text)).await?;
-    let copied = sink.finish().await?;
-    let copy_rate = copied as f64 / started.elapsed().as_secs_f64();
-    client
-        .batch_execute(&format!("DROP TABLE \"{table}\""))
-        .await?;
+    let text = bytes_of(text);
+    let mut copy_rates = Vec::new();
+    for _ in 0..3 {
+        let table = unique_ident("bench_copy");
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE \"{table}\" (id bigserial primary key, data jsonb)"
+            ))
+            .await?;
+        let started = Instant::now();
+        let sink = client
+            .copy_in(&format!("COPY \"{table}\" (data) FROM STDIN"))
+            .await?;
+        futures::pin_mut!(sink);
+        use futures::SinkExt;
+        sink.send(text.clone()).await?;
+        let copied = sink.finish().await?;
+        copy_rates.push(copied as f64 / started.elapsed().as_secs_f64());
+        client
+            .batch_execute(&format!("DROP TABLE \"{table}\""))
+            .await?;
+    }
+    let copy_rate = copy_rates.iter().copied().fold(0.0, f64::max);
+    let copy_slowest = copy_rates.iter().copied().fold(f64::INFINITY, f64::min);
 
     // Fill a topic, then time the sink from its start to the last row.
     let topic = unique("bench-sink");
@@ -531,9 +539,10 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
             rate,
             "records/s",
             copy_rate,
-            "raw COPY into (data jsonb)",
+            "fastest of 3 raw COPYs (jsonb)",
             "ratio >= 0.5",
         ),
+        Figure::plain("sink.copy_baseline_slowest_of_3", copy_slowest, "rows/s"),
         Figure::plain("sink.latest_rows", latest as f64, "rows"),
         // Both per writer: each part of a batch is one writer's transaction.
         Figure::plain("sink.writer_transactions", batches, "transactions"),
