@@ -374,7 +374,7 @@ pub async fn source_scale(ctx: &Ctx) -> Result<Vec<Figure>> {
         SOURCE_METRICS,
         &ctx.work.join("source-scale.log"),
     )?;
-    let run = Duration::from_secs((150.0 * ctx.scale.max(0.2)) as u64);
+    let run = Duration::from_secs((120.0 * ctx.scale.max(0.2)) as u64);
     let w = measure_window(&c, Duration::from_secs(10), run)?;
     let text = c.scrape()?;
     let p50 = histogram_quantile(&text, LATENESS, 0.5).unwrap_or(f64::NAN);
