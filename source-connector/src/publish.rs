@@ -87,6 +87,9 @@ pub struct DeliveryContext {
     log_limit: OncePerSecond,
     /// Why the brokers refused us (credentials, TLS), if they did.
     auth: std::sync::Mutex<Option<String>>,
+    /// Whether `auth` holds a reason: read on every delivery, so the
+    /// mutex is only taken once the brokers refused us.
+    refused: AtomicBool,
 }
 
 /// Lets one log line a second through, so a broker outage that fails
@@ -138,6 +141,7 @@ impl ClientContext for DeliveryContext {
             // Retrying cannot fix refused credentials: say so on /readyz.
             self.health.set_not_ready(problem.clone());
             *self.auth.lock().expect("auth lock") = Some(problem.clone());
+            self.refused.store(true, Ordering::Relaxed);
             if self.log_limit.allow() {
                 tracing::error!("{problem}");
             }
@@ -154,7 +158,11 @@ impl ProducerContext for DeliveryContext {
         match result {
             Ok(_) => {
                 self.counts.delivered();
-                let was_refused = self.auth.lock().expect("auth lock").take().is_some();
+                let was_refused = self.refused.load(Ordering::Relaxed)
+                    && self.refused.swap(false, Ordering::Relaxed);
+                if was_refused {
+                    self.auth.lock().expect("auth lock").take();
+                }
                 if !self.delivering.swap(true, Ordering::Relaxed) || was_refused {
                     self.health.set_ready();
                 }
@@ -204,6 +212,7 @@ impl KafkaPublisher {
             delivering: AtomicBool::new(false),
             log_limit: OncePerSecond::new(),
             auth: std::sync::Mutex::new(None),
+            refused: AtomicBool::new(false),
         };
         let producer: ThreadedProducer<DeliveryContext> =
             config.create_with_context(context).map_err(PublishError)?;

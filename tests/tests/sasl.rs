@@ -11,7 +11,9 @@ use tokio_util::sync::CancellationToken;
 use website_monitor_sink::SinkConfig;
 use website_monitor_source::{RunOptions, SourceConfig};
 use website_monitor_tests::http::TestServer;
-use website_monitor_tests::{create_topic, eventually, fresh_schema, pg, stack, unique, Stack};
+use website_monitor_tests::{
+    create_topic, eventually, fresh_schema, http_get, pg, stack, unique, Stack,
+};
 
 /// A `[kafka]` section for the SASL_SSL listener with `mechanism` and `password`.
 fn sasl_kafka(s: &Stack, mechanism: &str, password: &str) -> String {
@@ -39,21 +41,6 @@ fn sink_config(kafka: &str, topic: &str, schema: &str, uri: &str) -> Loaded<Sink
     );
     load_str::<SinkConfig>(&text, Path::new("sasl.toml"), Section::Sink, &|_| None)
         .expect("sink config")
-}
-
-/// `GET /readyz` on `addr`: (status, body).
-async fn readyz(addr: std::net::SocketAddr) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,7 +135,7 @@ async fn a_wrong_scram_password_keeps_both_connectors_not_ready_and_says_which_s
             &format!("the {name}'s /readyz to name the refused credentials"),
             Duration::from_secs(30),
             || async {
-                let (status, body) = readyz(addr).await?;
+                let (status, body) = http_get(&addr.to_string(), "/readyz").await?;
                 (status == 503 && body.contains("sasl_password")).then_some(body)
             },
         )

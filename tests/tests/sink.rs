@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use website_monitor_sink::{Running, SinkConfig};
 use website_monitor_tests::{
-    binary, column, create_topic, eventually, fresh_schema, pg, produce, repo_root, stack, unique,
-    unique_ident, Stack,
+    binary, column, create_topic, eventually, fresh_schema, http_get, pg, produce, repo_root,
+    stack, unique, unique_ident, Stack,
 };
 
 /// The PostgreSQL restart test takes this for writing; every other test reads
@@ -91,23 +91,6 @@ async fn wait_rows(db: &tokio_postgres::Client, schema: &str, table: &str, n: i6
         (c == n).then_some(())
     })
     .await;
-}
-
-/// `GET path` on a local HTTP server: (status, body).
-async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.ok()?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
 }
 
 async fn wait_ready(addr: &str) {
