@@ -20,6 +20,11 @@ mod scenarios;
 
 use anyhow::{Context, Result};
 
+/// The source's allocator, so the bare reqwest loop measures the HTTP client
+/// under the same allocator as the connector it is compared with.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let ctx = scenarios::Ctx::from_env()?;

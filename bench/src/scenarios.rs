@@ -197,7 +197,7 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     let sites = sites_file(ctx, "throughput-sites.txt", ctx.n(8_000))?;
     let config = ctx.write(
         &format!("source-{label}.toml"),
-        &source_config(ctx, &topic, &sites, "250ms", 64, keep_alive),
+        &source_config(ctx, &topic, &sites, "100ms", 64, keep_alive),
     )?;
     let c = Connector::start(
         &ctx.bin("website-monitor-source"),
@@ -212,7 +212,7 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     // instead of Kafka, and a bare reqwest loop (no scheduler, no records).
     let stdout_config = ctx.write(
         &format!("source-{label}-stdout.toml"),
-        &source_config(ctx, &topic, &sites, "250ms", 64, keep_alive),
+        &source_config(ctx, &topic, &sites, "100ms", 64, keep_alive),
     )?;
     let c = Connector::start_with(
         &ctx.bin("website-monitor-source"),

@@ -56,6 +56,8 @@ pub struct CheckHandles {
     fail: [Counter; ERROR_KINDS.len()],
     duration: Histogram,
     lateness: Histogram,
+    skipped_behind: Counter,
+    skipped_in_flight: Counter,
 }
 
 impl CheckHandles {
@@ -67,6 +69,8 @@ impl CheckHandles {
                 .map(|k| counter!(CHECKS_TOTAL, "outcome" => "fail", "error_kind" => k.as_str())),
             duration: histogram!(CHECK_DURATION_SECONDS),
             lateness: histogram!(SCHEDULE_LATENESS_SECONDS),
+            skipped_behind: counter!(SKIPPED_TICKS_TOTAL, "reason" => "behind"),
+            skipped_in_flight: counter!(SKIPPED_TICKS_TOTAL, "reason" => "in_flight"),
         }
     }
 
@@ -92,6 +96,17 @@ impl CheckHandles {
     /// Records how late a check started.
     pub fn lateness(&self, late: Duration) {
         self.lateness.record(late.as_secs_f64());
+    }
+
+    /// Counts `n` skipped ticks: `in_flight` (the site's previous check still
+    /// runs) when `in_flight`, `behind` otherwise.
+    pub fn skipped(&self, in_flight: bool, n: u64) {
+        if in_flight {
+            &self.skipped_in_flight
+        } else {
+            &self.skipped_behind
+        }
+        .increment(n);
     }
 }
 
@@ -134,10 +149,6 @@ impl SiteGauges {
     }
 }
 
-/// Records skipped ticks.
-pub fn skipped(reason: &'static str, n: u64) {
-    counter!(SKIPPED_TICKS_TOTAL, "reason" => reason).increment(n);
-}
 
 /// The [`CHECKS_IN_FLIGHT`] handle (register once, move per check).
 pub fn in_flight() -> Gauge {

@@ -128,10 +128,10 @@ pub async fn run(
             *top = Reverse((next, idx));
             drop(top);
             if missed > 0 {
-                skip(&shared, "behind", missed);
+                skip(&shared, false, missed);
             }
             if site.running.swap(true, Ordering::AcqRel) {
-                skip(&shared, "in_flight", 1);
+                skip(&shared, true, 1);
                 continue;
             }
             let Some(permit) = acquire(&permits, &shutdown).await else {
@@ -183,10 +183,10 @@ pub fn next_tick(due: Instant, interval: Duration, now: Instant) -> (Instant, u6
     (next, missed)
 }
 
-fn skip(shared: &Shared, reason: &'static str, n: u64) {
+fn skip(shared: &Shared, in_flight: bool, n: u64) {
     shared.skipped.fetch_add(n, Ordering::Relaxed);
-    metrics::skipped(reason, n);
-    tracing::debug!(reason, n, "skipped ticks");
+    shared.metrics.skipped(in_flight, n);
+    tracing::debug!(in_flight, n, "skipped ticks");
 }
 
 async fn acquire(
