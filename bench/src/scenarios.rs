@@ -209,7 +209,8 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     let rss = c.peak_rss() as f64 / 1048576.0;
     c.stop()?;
     // Diagnostics, same run: the same source writing JSON lines to /dev/null
-    // instead of Kafka, and a bare reqwest loop (no scheduler, no records).
+    // instead of Kafka, a bare reqwest loop (no scheduler, no records) and
+    // the same loop on hyper-util, the engine under reqwest.
     let stdout_config = ctx.write(
         &format!("source-{label}-stdout.toml"),
         &source_config(ctx, &topic, &sites, "100ms", 64, keep_alive),
@@ -223,12 +224,9 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     )?;
     let no_kafka = measure_window(&c, Duration::from_secs(3), Duration::from_secs(10))?;
     c.stop()?;
-    let (bare, bare_cpu) = reqwest_loop(
-        ctx,
-        ctx.n(if keep_alive { 200_000 } else { 40_000 }),
-        keep_alive,
-    )
-    .await?;
+    let requests = ctx.n(if keep_alive { 200_000 } else { 40_000 });
+    let (bare, bare_cpu) = reqwest_loop(ctx, requests, keep_alive).await?;
+    let (hyper, hyper_cpu) = hyper_loop(ctx, requests, keep_alive).await?;
     let (baseline_name, target) = if keep_alive {
         ("ab -k -c 64 (keep-alive)", "ratio >= 0.3")
     } else {
@@ -309,41 +307,46 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
             "ab's own CPU per 1,000 requests",
             "diagnostic: HTTP client alone",
         ),
+        Figure::against(
+            &format!("source.{label}.bare_hyper_per_s"),
+            hyper,
+            "req/s",
+            baseline,
+            baseline_name,
+            "diagnostic: reqwest's engine alone",
+        ),
+        Figure::against(
+            &format!("source.{label}.bare_hyper_cpu_s_per_1000"),
+            hyper_cpu,
+            "cpu-s",
+            ab_run.client_cpu_per_1000,
+            "ab's own CPU per 1,000 requests",
+            "diagnostic: reqwest's engine alone",
+        ),
     ])
 }
 
-/// A bare reqwest loop: 64 tasks, GET until `requests` are done; requests/s
-/// and this process's CPU seconds per 1,000 requests.
-/// Fresh connections (no idle pool) unless `keep_alive`.
-async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64, f64)> {
+/// 64 tasks calling `one` until `requests` calls are done; calls/s and this
+/// process's CPU seconds per 1,000 calls.
+async fn drive<F, Fut>(requests: usize, one: F) -> Result<(f64, f64)>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
-    let mut builder = reqwest::Client::builder().no_proxy();
-    if !keep_alive {
-        // As the source does: no idle pool, and `Connection: close`.
-        let mut close = reqwest::header::HeaderMap::new();
-        close.insert(
-            reqwest::header::CONNECTION,
-            reqwest::header::HeaderValue::from_static("close"),
-        );
-        builder = builder.pool_max_idle_per_host(0).default_headers(close);
-    }
-    let client = builder.build()?;
-    let url = format!("http://{}/", ctx.http);
     let left = Arc::new(AtomicUsize::new(requests));
     let started = Instant::now();
     let cpu0 = crate::proc::cpu_seconds(std::process::id());
     let tasks: Vec<_> = (0..64)
         .map(|_| {
-            let (client, url, left) = (client.clone(), url.clone(), Arc::clone(&left));
+            let (one, left) = (one.clone(), Arc::clone(&left));
             tokio::spawn(async move {
                 while left
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                     .is_ok()
                 {
-                    if let Ok(r) = client.get(&url).send().await {
-                        let _ = r.bytes().await;
-                    }
+                    one().await;
                 }
             })
         })
@@ -356,6 +359,73 @@ async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f
         requests as f64 / started.elapsed().as_secs_f64(),
         cpu / requests as f64 * 1000.0,
     ))
+}
+
+/// Fails unless the target answers 200 (a stopped target would make a bare
+/// loop "fast").
+async fn target_answers(ctx: &Ctx) -> Result<()> {
+    let status = reqwest::get(format!("http://{}/", ctx.http)).await?.status();
+    if status != reqwest::StatusCode::OK {
+        bail!("the bench target at {} answered {status}", ctx.http);
+    }
+    Ok(())
+}
+
+/// A bare reqwest loop (64 tasks, nothing else): requests/s and CPU per 1,000.
+/// Fresh connections (no idle pool, `Connection: close`, as the source does)
+/// unless `keep_alive`.
+async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64, f64)> {
+    target_answers(ctx).await?;
+    let mut builder = reqwest::Client::builder().no_proxy();
+    if !keep_alive {
+        let mut close = reqwest::header::HeaderMap::new();
+        close.insert(
+            reqwest::header::CONNECTION,
+            reqwest::header::HeaderValue::from_static("close"),
+        );
+        builder = builder.pool_max_idle_per_host(0).default_headers(close);
+    }
+    let client = builder.build()?;
+    let url: reqwest::Url = format!("http://{}/", ctx.http).parse()?;
+    drive(requests, move || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            if let Ok(r) = client.get(url).send().await {
+                let _ = r.bytes().await;
+            }
+        }
+    })
+    .await
+}
+
+/// The same loop on hyper-util's client, the HTTP/1 engine under reqwest:
+/// what reqwest's own layers cost.
+async fn hyper_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64, f64)> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    target_answers(ctx).await?;
+    let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
+    if !keep_alive {
+        builder.pool_max_idle_per_host(0);
+    }
+    let client: Client<_, Empty<bytes::Bytes>> = builder.build_http();
+    let uri: hyper::Uri = format!("http://{}/", ctx.http).parse()?;
+    drive(requests, move || {
+        let (client, uri) = (client.clone(), uri.clone());
+        async move {
+            let mut request = hyper::Request::get(uri);
+            if !keep_alive {
+                request = request.header(hyper::header::CONNECTION, "close");
+            }
+            let Ok(request) = request.body(Empty::new()) else {
+                return;
+            };
+            if let Ok(r) = client.request(request).await {
+                let _ = r.into_body().collect().await;
+            }
+        }
+    })
+    .await
 }
 
 /// 100,000 sites at a 60 s interval: lateness, skipped ticks, memory, rate.
