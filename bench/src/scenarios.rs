@@ -364,7 +364,9 @@ where
 /// Fails unless the target answers 200 (a stopped target would make a bare
 /// loop "fast").
 async fn target_answers(ctx: &Ctx) -> Result<()> {
-    let status = reqwest::get(format!("http://{}/", ctx.http)).await?.status();
+    let status = reqwest::get(format!("http://{}/", ctx.http))
+        .await?
+        .status();
     if status != reqwest::StatusCode::OK {
         bail!("the bench target at {} answered {status}", ctx.http);
     }

@@ -21,7 +21,8 @@
 //!
 //! Every attempt to connect or write is bounded by `write_timeout` (and, after
 //! SIGTERM, by what is left of `shutdown_timeout`, see [`crate::writer`]);
-//! the Kafka commit and the consumer's close are bounded too, so a dead peer
+//! the Kafka commit, the watermark check and the consumer's close are bounded
+//! too (after SIGTERM by what is left of the same budget), so a dead peer
 //! can neither hang the sink while `/readyz` says ready nor stop it from
 //! exiting.
 
@@ -224,6 +225,8 @@ pub fn consumer(
     Ok(consumer)
 }
 
+/// Longest wait for a partition's watermarks from the broker.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait for one synchronous Kafka offset commit.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the consumer to leave the group at shutdown.
@@ -296,6 +299,7 @@ impl Pipeline {
     /// written and committed, collect the next one.
     pub async fn run(mut self, consumer: SinkConsumer) -> Result<(), SinkError> {
         let consumer = Arc::new(consumer);
+        tokio::spawn(self.shared.start_clock_on_shutdown());
         let cfg = &self.shared.cfg;
         let collector = Collector {
             batch_size: cfg.batch_size,
@@ -335,12 +339,13 @@ impl Pipeline {
         }
         // Leaving the group blocks (librdkafka's close), so off the runtime,
         // and bounded: a dead coordinator must not keep the sink from exiting.
+        let limit = self.shared.limit(CLOSE_TIMEOUT);
         let closing = tokio::task::spawn_blocking(move || drop(consumer));
-        match tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+        match tokio::time::timeout(limit, closing).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "closing the Kafka consumer failed"),
             Err(_) => tracing::warn!(
-                "leaving the consumer group did not finish within {CLOSE_TIMEOUT:?}; stopping anyway (the group notices after session.timeout.ms)"
+                "leaving the consumer group did not finish within {limit:?} (what was left of shutdown_timeout, at most {CLOSE_TIMEOUT:?}); stopping anyway (the group notices after session.timeout.ms)"
             ),
         }
         tracing::info!("sink stopped");
@@ -392,7 +397,15 @@ impl Pipeline {
             return Ok(None);
         }
         self.check_positions(consumer, &outcome.skipped).await;
-        commit(consumer, positions, &self.last_commit, &self.committing).await;
+        let limit = self.shared.limit(COMMIT_TIMEOUT);
+        commit(
+            consumer,
+            positions,
+            &self.last_commit,
+            &self.committing,
+            limit,
+        )
+        .await;
         Ok(Some(()))
     }
 
@@ -433,11 +446,11 @@ impl Pipeline {
             }
             let c = Arc::clone(consumer);
             let (topic, partition) = (s.topic.clone(), s.partition);
+            // Within what is left of shutdown_timeout once shutdown began.
+            let limit = self.shared.limit(WATERMARK_TIMEOUT);
             let fetched = tokio::time::timeout(
-                Duration::from_secs(6),
-                tokio::task::spawn_blocking(move || {
-                    c.fetch_watermarks(&topic, partition, Duration::from_secs(5))
-                }),
+                limit,
+                tokio::task::spawn_blocking(move || c.fetch_watermarks(&topic, partition, limit)),
             )
             .await;
             let high = match fetched {
@@ -492,7 +505,8 @@ fn mark_committed(last_commit: &AtomicU64) {
 ///
 /// The commit is synchronous (on a blocking thread) so its result is known:
 /// the StreamConsumer does not deliver asynchronous commit results. One
-/// round trip per batch, bounded by [`COMMIT_TIMEOUT`]; while a commit is
+/// round trip per batch, awaited at most `limit` ([`COMMIT_TIMEOUT`], less
+/// once shutdown has begun); while a commit is
 /// still outstanding the next batch's is skipped (a later one covers it, and
 /// a redelivery is skipped by the offsets table).
 async fn commit(
@@ -500,6 +514,7 @@ async fn commit(
     positions: Vec<(Arc<str>, i32, i64)>,
     last_commit: &AtomicU64,
     committing: &Arc<AtomicBool>,
+    limit: Duration,
 ) {
     let mut tpl = TopicPartitionList::new();
     for (topic, p, next) in positions {
@@ -523,7 +538,7 @@ async fn commit(
         flag.store(false, Ordering::Release);
         r
     });
-    match tokio::time::timeout(COMMIT_TIMEOUT, task).await {
+    match tokio::time::timeout(limit, task).await {
         Ok(Ok(Ok(()))) => mark_committed(last_commit),
         Ok(Ok(Err(e))) => tracing::warn!(
             error = %e,
@@ -531,7 +546,7 @@ async fn commit(
         ),
         Ok(Err(e)) => tracing::warn!(error = %e, "Kafka offset commit task failed"),
         Err(_) => tracing::warn!(
-            "Kafka offset commit did not answer within {COMMIT_TIMEOUT:?}; continuing (the records are in PostgreSQL and will be skipped if redelivered)"
+            "Kafka offset commit did not answer within {limit:?}; continuing (the records are in PostgreSQL and will be skipped if redelivered)"
         ),
     }
 }

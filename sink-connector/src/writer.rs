@@ -86,6 +86,12 @@ impl Budget {
         }
     }
 
+    /// Starts the clock the moment shutdown fires.
+    async fn start_clock_on_shutdown(self) {
+        self.shutdown.cancelled().await;
+        self.end();
+    }
+
     /// Resolves when shutdown has fired and the budget is spent.
     async fn ended(self) {
         self.shutdown.cancelled().await;
@@ -150,6 +156,24 @@ impl Shared {
             budget,
             started: AtomicBool::new(false),
         }
+    }
+}
+
+impl Shared {
+    /// `limit`, cut to what is left of `shutdown_timeout` once shutdown has
+    /// begun: for the steps after a write (the Kafka commit, the watermark
+    /// check, leaving the group), so stopping stays within the budget.
+    pub(crate) fn limit(&self, limit: Duration) -> Duration {
+        self.budget.limit(limit)
+    }
+
+    /// Resolves once shutdown has fired, after starting the
+    /// `shutdown_timeout` clock at that moment (not at the first step that
+    /// asks for its limit, which may come a batch later). Run it in its own task.
+    pub(crate) fn start_clock_on_shutdown(
+        &self,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.budget.clone().start_clock_on_shutdown()
     }
 }
 
@@ -437,6 +461,29 @@ impl Writer {
 mod tests {
     use super::*;
     use crate::decode::{Decoded, Reason, Rejected};
+
+    #[tokio::test]
+    async fn after_shutdown_every_limit_is_cut_to_what_is_left_of_shutdown_timeout_counted_from_the_signal(
+    ) {
+        let shutdown = CancellationToken::new();
+        let budget = Budget {
+            shutdown: shutdown.clone(),
+            timeout: Duration::from_millis(400),
+            at: Arc::new(OnceLock::new()),
+        };
+        let ten = Duration::from_secs(10);
+        assert_eq!(budget.limit(ten), ten, "no cut before shutdown");
+        tokio::spawn(budget.clone().start_clock_on_shutdown());
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Asked for the first time 200 ms after the signal: 200 ms are left
+        // at most (a clock started by this first ask would leave 400 ms).
+        let left = budget.limit(ten);
+        assert!(left <= Duration::from_millis(200), "{left:?} left");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(budget.limit(ten), Duration::ZERO);
+        assert!(budget.passed());
+    }
 
     fn msg(partition: i32, offset: i64) -> Msg {
         Msg {
