@@ -149,7 +149,6 @@ impl SiteGauges {
     }
 }
 
-
 /// The [`CHECKS_IN_FLIGHT`] handle (register once, move per check).
 pub fn in_flight() -> Gauge {
     gauge!(CHECKS_IN_FLIGHT)

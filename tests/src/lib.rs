@@ -269,6 +269,30 @@ where
     }
 }
 
+/// Waits (up to 30 s) until `schema`'s history table (`site_check`) holds
+/// `delivered` rows, then asserts it holds exactly that many: nothing the
+/// source had acknowledged by Kafka is lost, nothing is stored twice.
+pub async fn assert_history_holds_exactly(
+    db: &tokio_postgres::Client,
+    schema: &str,
+    delivered: u64,
+) {
+    let count_sql = format!("SELECT count(*) FROM \"{schema}\".site_check");
+    let stored: i64 = eventually(
+        "history to hold every delivered record",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = db.query_one(&count_sql, &[]).await.ok()?.get(0);
+            (n as u64 >= delivered).then_some(n)
+        },
+    )
+    .await;
+    assert_eq!(
+        stored as u64, delivered,
+        "history rows == delivered records"
+    );
+}
+
 /// Path of a workspace binary (`website-monitor-source` or `website-monitor-sink`)
 /// for tests that need a real process (kill -9, SIGTERM). `make test` builds the
 /// binaries before the tests; run `cargo build --bins` first when calling

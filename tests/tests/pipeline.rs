@@ -10,7 +10,9 @@ use tokio_util::sync::CancellationToken;
 use website_monitor_sink::SinkConfig;
 use website_monitor_source::{RunOptions, SourceConfig};
 use website_monitor_tests::http::TestServer;
-use website_monitor_tests::{create_topic, eventually, fresh_schema, pg, stack, unique};
+use website_monitor_tests::{
+    assert_history_holds_exactly, create_topic, eventually, fresh_schema, pg, stack, unique,
+};
 
 fn config(target: &TestServer, topic: &str, schema: &str, group: &str) -> String {
     let s = stack();
@@ -99,20 +101,7 @@ async fn checks_flow_from_source_through_kafka_into_latest_and_history_tables() 
 
     // Nothing lost, nothing doubled: history ends up holding exactly the
     // records the source had acknowledged by Kafka.
-    let count_sql = format!("SELECT count(*) FROM \"{schema}\".site_check");
-    let stored: i64 = eventually(
-        "history to hold every delivered record",
-        Duration::from_secs(30),
-        || async {
-            let n: i64 = client.query_one(&count_sql, &[]).await.ok()?.get(0);
-            (n as u64 >= summary.delivered).then_some(n)
-        },
-    )
-    .await;
-    assert_eq!(
-        stored as u64, summary.delivered,
-        "history rows == delivered records"
-    );
+    assert_history_holds_exactly(&client, &schema, summary.delivered).await;
     stop_sink.cancel();
     sink.wait().await.expect("sink stops cleanly");
 

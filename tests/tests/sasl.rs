@@ -12,7 +12,8 @@ use website_monitor_sink::SinkConfig;
 use website_monitor_source::{RunOptions, SourceConfig};
 use website_monitor_tests::http::TestServer;
 use website_monitor_tests::{
-    create_topic, eventually, fresh_schema, http_get, pg, stack, unique, Stack,
+    assert_history_holds_exactly, create_topic, eventually, fresh_schema, http_get, pg, stack,
+    unique, Stack,
 };
 
 /// A `[kafka]` section for the SASL_SSL listener with `mechanism` and `password`.
@@ -84,19 +85,7 @@ async fn source_and_sink_over_sasl_ssl_with_scram_store_every_delivered_check() 
     stop_source.cancel();
     let summary = source.wait().await.expect("source stops cleanly");
     assert_eq!(summary.failed, 0, "every record delivered over SASL_SSL");
-    let stored: i64 = eventually(
-        "every delivered record stored",
-        Duration::from_secs(30),
-        || async {
-            let n: i64 = db.query_one(&count_sql, &[]).await.ok()?.get(0);
-            (n as u64 >= summary.delivered).then_some(n)
-        },
-    )
-    .await;
-    assert_eq!(
-        stored as u64, summary.delivered,
-        "history rows == delivered records"
-    );
+    assert_history_holds_exactly(&db, &schema, summary.delivered).await;
     stop_sink.cancel();
     sink.wait().await.expect("sink stops cleanly");
 }
