@@ -79,16 +79,9 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
         .parent()
         .map(Path::to_path_buf)
         .unwrap_or_default();
-    let mut declared: Vec<(Origin, SiteConfig)> = config
-        .sites
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, s)| (Origin::Inline(i), s))
-        .collect();
     let file = config.sites_file.as_ref().map(|f| dir.join(f));
-    if let Some(file) = &file {
-        let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
+    let text = match &file {
+        Some(file) => Some(std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
             path: loaded.path.clone(),
             key: "source.sites_file".into(),
             line: std::fs::read_to_string(&loaded.path)
@@ -98,9 +91,30 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
                 "cannot read {}: {e}; the path is relative to the configuration file's directory",
                 file.display()
             ),
-        })?;
-        declared.extend(parse_sites_file(&text, file)?);
-        if declared.is_empty() {
+        })?),
+        None => None,
+    };
+    // Each site is resolved as it is read, so only the resolved sites stay
+    // in memory (100,000 lines held as parsed entries first doubled the
+    // start-up peak).
+    let declared = config.sites.len()
+        + text
+            .as_deref()
+            .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count() + 1);
+    let mut resolving = Resolving {
+        loaded,
+        resolver: Resolver::new(config, &dir),
+        config_text: std::cell::OnceCell::new(),
+        sites_file: file.clone().unwrap_or_default(),
+        first_seen: HashMap::with_capacity(declared),
+        out: Vec::with_capacity(declared / config.shard.map_or(1, |s| s.count as usize).max(1)),
+    };
+    for (i, site) in config.sites.iter().cloned().enumerate() {
+        resolving.add(Origin::Inline(i), &site)?;
+    }
+    if let (Some(file), Some(text)) = (&file, &text) {
+        let found = for_each_site_line(text, file, |origin, site| resolving.add(origin, &site))?;
+        if found == 0 && config.sites.is_empty() {
             return Err(ConfigError::Invalid {
                 path: file.clone(),
                 key: "source.sites_file".into(),
@@ -110,22 +124,34 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
             });
         }
     }
+    let mut out = resolving.out;
+    out.shrink_to_fit();
+    Ok(out)
+}
 
-    let mut resolver = Resolver::new(config, &dir);
-    let config_text = std::cell::OnceCell::new();
-    let config_line = |key: &str| {
-        config_text
-            .get_or_init(|| std::fs::read_to_string(&loaded.path).ok())
+/// The state of [`resolve`] while sites are added one by one.
+struct Resolving<'a> {
+    loaded: &'a Loaded<SourceConfig>,
+    resolver: Resolver<'a>,
+    config_text: std::cell::OnceCell<Option<String>>,
+    sites_file: PathBuf,
+    /// Where each url was first declared: one url twice would be two checks
+    /// of one site in flight and two records per interval.
+    first_seen: HashMap<Box<str>, Origin>,
+    /// The sites of this instance (after sharding).
+    out: Vec<SiteSpec>,
+}
+
+impl Resolving<'_> {
+    fn config_line(&self, key: &str) -> Option<usize> {
+        self.config_text
+            .get_or_init(|| std::fs::read_to_string(&self.loaded.path).ok())
             .as_deref()
             .and_then(|t| locate(t, key))
-    };
-    let sites_file = file.clone().unwrap_or_default();
-    // Where each url was first declared: one url twice would be two checks of
-    // one site in flight and two records per interval.
-    let mut first_seen: HashMap<String, Origin> = HashMap::with_capacity(declared.len());
-    let mut out = Vec::new();
-    for (origin, site) in declared {
-        let refuse = |problem: Invalid| match origin {
+    }
+
+    fn refuse(&self, origin: Origin, problem: Invalid) -> ConfigError {
+        match origin {
             Origin::Inline(i) => {
                 let key = if problem.key.starts_with("source.") {
                     problem.key
@@ -133,55 +159,71 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
                     format!("source.sites[{i}].{}", problem.key)
                 };
                 ConfigError::Invalid {
-                    path: loaded.path.clone(),
-                    line: config_line(&key),
+                    path: self.loaded.path.clone(),
+                    line: self.config_line(&key),
                     key,
                     message: problem.message,
                 }
             }
             Origin::File(line) => ConfigError::Invalid {
-                path: sites_file.clone(),
+                path: self.sites_file.clone(),
                 key: problem.key,
                 line: Some(line),
                 message: problem.message,
             },
+        }
+    }
+
+    /// Resolves one declared site; keeps it when this instance's shard has it.
+    fn add(&mut self, origin: Origin, site: &SiteConfig) -> Result<(), ConfigError> {
+        let spec = match self.resolver.site(site) {
+            Ok(spec) => spec,
+            Err(problem) => return Err(self.refuse(origin, problem)),
         };
-        let spec = resolver.site(&site).map_err(&refuse)?;
-        if let Some(first) = first_seen.insert(spec.url.to_string(), origin) {
+        if let Some(first) = self.first_seen.insert(spec.url.as_str().into(), origin) {
             let place = match first {
                 Origin::Inline(i) => {
                     let key = format!("source.sites[{i}].url");
-                    let line = config_line(&key)
+                    let line = self
+                        .config_line(&key)
                         .map(|l| format!(":{l}"))
                         .unwrap_or_default();
-                    format!("{}{line} (key `{key}`)", loaded.path.display())
+                    format!("{}{line} (key `{key}`)", self.loaded.path.display())
                 }
-                Origin::File(line) => format!("{}:{line}", sites_file.display()),
+                Origin::File(line) => format!("{}:{line}", self.sites_file.display()),
             };
-            return Err(refuse(Invalid::new(
+            let problem = Invalid::new(
                 "url",
                 format!(
                     "`{}` is listed twice, also at {place} (after normalisation); \
                      list each url once: two entries would check the site twice per interval",
                     spec.url
                 ),
-            )));
+            );
+            return Err(self.refuse(origin, problem));
         }
-        let keep = config
+        let keep = self
+            .loaded
+            .section
             .shard
             .is_none_or(|s| shard_of(spec.url.as_str(), s.count) == s.index);
         if keep {
-            out.push(spec);
+            self.out.push(spec);
         }
+        Ok(())
     }
-    Ok(out)
 }
 
-/// Parses `sites_file`: blank lines and `#` comments are skipped; a line
-/// starting with `{` is a JSON object with the per-site keys, any other line
-/// is a url.
-fn parse_sites_file(text: &str, path: &Path) -> Result<Vec<(Origin, SiteConfig)>, ConfigError> {
-    let mut out = Vec::new();
+/// Reads `sites_file`, handing each site to `add` as it is parsed: blank
+/// lines and `#` comments are skipped; a line starting with `{` is a JSON
+/// object with the per-site keys, any other line is a url. Returns how many
+/// sites the file declared.
+fn for_each_site_line(
+    text: &str,
+    path: &Path,
+    mut add: impl FnMut(Origin, SiteConfig) -> Result<(), ConfigError>,
+) -> Result<usize, ConfigError> {
+    let mut found = 0;
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -206,9 +248,10 @@ fn parse_sites_file(text: &str, path: &Path) -> Result<Vec<(Origin, SiteConfig)>
         if let Some(p) = problems.into_iter().next() {
             return Err(invalid(&p.key, p.message));
         }
-        out.push((Origin::File(n + 1), site));
+        add(Origin::File(n + 1), site)?;
+        found += 1;
     }
-    Ok(out)
+    Ok(found)
 }
 
 /// Deserialises one JSON line, naming the key of a problem (the path to the
