@@ -81,16 +81,18 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
         .unwrap_or_default();
     let file = config.sites_file.as_ref().map(|f| dir.join(f));
     let text = match &file {
-        Some(file) => Some(std::fs::read_to_string(file).map_err(|e| ConfigError::Invalid {
-            path: loaded.path.clone(),
-            key: "source.sites_file".into(),
-            line: std::fs::read_to_string(&loaded.path)
-                .ok()
-                .and_then(|t| locate(&t, "source.sites_file")),
-            message: format!(
+        Some(file) => Some(std::fs::read_to_string(file).map_err(|e| {
+            ConfigError::Invalid {
+                path: loaded.path.clone(),
+                key: "source.sites_file".into(),
+                line: std::fs::read_to_string(&loaded.path)
+                    .ok()
+                    .and_then(|t| locate(&t, "source.sites_file")),
+                message: format!(
                 "cannot read {}: {e}; the path is relative to the configuration file's directory",
                 file.display()
             ),
+            }
         })?),
         None => None,
     };
