@@ -364,7 +364,11 @@ where
 /// Fails unless the target answers 200 (a stopped target would make a bare
 /// loop "fast").
 async fn target_answers(ctx: &Ctx) -> Result<()> {
-    let status = reqwest::get(format!("http://{}/", ctx.http))
+    let status = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .get(format!("http://{}/", ctx.http))
+        .send()
         .await?
         .status();
     if status != reqwest::StatusCode::OK {
@@ -410,7 +414,10 @@ async fn hyper_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64
     if !keep_alive {
         builder.pool_max_idle_per_host(0);
     }
-    let client: Client<_, Empty<bytes::Bytes>> = builder.build_http();
+    // TCP_NODELAY, as reqwest sets it.
+    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<_, Empty<bytes::Bytes>> = builder.build(connector);
     let uri: hyper::Uri = format!("http://{}/", ctx.http).parse()?;
     drive(requests, move || {
         let (client, uri) = (client.clone(), uri.clone());

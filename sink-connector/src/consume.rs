@@ -399,6 +399,7 @@ impl Pipeline {
         self.check_positions(consumer, &outcome.skipped).await;
         let limit = self.shared.limit(COMMIT_TIMEOUT);
         commit(
+            self.shared.ended(),
             consumer,
             positions,
             &self.last_commit,
@@ -446,15 +447,22 @@ impl Pipeline {
             }
             let c = Arc::clone(consumer);
             let (topic, partition) = (s.topic.clone(), s.partition);
-            // Within what is left of shutdown_timeout once shutdown began.
+            // Within what is left of shutdown_timeout once shutdown began;
+            // with nothing left, no alarm from the cache alone.
             let limit = self.shared.limit(WATERMARK_TIMEOUT);
-            let fetched = tokio::time::timeout(
+            if limit.is_zero() {
+                return;
+            }
+            let fetch = tokio::time::timeout(
                 limit,
                 tokio::task::spawn_blocking(move || c.fetch_watermarks(&topic, partition, limit)),
-            )
-            .await;
+            );
+            let fetched = tokio::select! {
+                f = fetch => f.ok(),
+                () = self.shared.ended() => return,
+            };
             let high = match fetched {
-                Ok(Ok(Ok((_, high)))) => high,
+                Some(Ok(Ok((_, high)))) => high,
                 _ => match cached {
                     Some(high) => high,
                     None => continue,
@@ -510,6 +518,7 @@ fn mark_committed(last_commit: &AtomicU64) {
 /// still outstanding the next batch's is skipped (a later one covers it, and
 /// a redelivery is skipped by the offsets table).
 async fn commit(
+    ended: impl std::future::Future<Output = ()>,
     consumer: &Arc<SinkConsumer>,
     positions: Vec<(Arc<str>, i32, i64)>,
     last_commit: &AtomicU64,
@@ -538,15 +547,19 @@ async fn commit(
         flag.store(false, Ordering::Release);
         r
     });
-    match tokio::time::timeout(limit, task).await {
-        Ok(Ok(Ok(()))) => mark_committed(last_commit),
-        Ok(Ok(Err(e))) => tracing::warn!(
+    let waited = tokio::select! {
+        r = tokio::time::timeout(limit, task) => r.ok(),
+        () = ended => None,
+    };
+    match waited {
+        Some(Ok(Ok(()))) => mark_committed(last_commit),
+        Some(Ok(Err(e))) => tracing::warn!(
             error = %e,
             "Kafka offset commit failed; the records are in PostgreSQL and will be skipped if redelivered"
         ),
-        Ok(Err(e)) => tracing::warn!(error = %e, "Kafka offset commit task failed"),
-        Err(_) => tracing::warn!(
-            "Kafka offset commit did not answer within {limit:?}; continuing (the records are in PostgreSQL and will be skipped if redelivered)"
+        Some(Err(e)) => tracing::warn!(error = %e, "Kafka offset commit task failed"),
+        None => tracing::warn!(
+            "Kafka offset commit did not answer within {limit:?} (at most {COMMIT_TIMEOUT:?}, less what shutdown_timeout left); continuing without waiting (the records are in PostgreSQL and will be skipped if redelivered)"
         ),
     }
 }

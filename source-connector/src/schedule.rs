@@ -186,7 +186,8 @@ pub fn next_tick(due: Instant, interval: Duration, now: Instant) -> (Instant, u6
 fn skip(shared: &Shared, in_flight: bool, n: u64) {
     shared.skipped.fetch_add(n, Ordering::Relaxed);
     shared.metrics.skipped(in_flight, n);
-    tracing::debug!(in_flight, n, "skipped ticks");
+    let reason = if in_flight { "in_flight" } else { "behind" };
+    tracing::debug!(reason, n, "skipped ticks");
 }
 
 async fn acquire(

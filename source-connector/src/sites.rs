@@ -109,10 +109,15 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
         config_text: std::cell::OnceCell::new(),
         sites_file: file.clone().unwrap_or_default(),
         first_seen: HashMap::with_capacity(declared),
-        out: Vec::with_capacity(declared / config.shard.map_or(1, |s| s.count as usize).max(1)),
+        // A shard's share, with 10 % slack: a shard a little over its share
+        // must not double the vector.
+        out: Vec::with_capacity({
+            let share = declared / config.shard.map_or(1, |s| s.count as usize).max(1);
+            share + share / 10 + 1
+        }),
     };
-    for (i, site) in config.sites.iter().cloned().enumerate() {
-        resolving.add(Origin::Inline(i), &site)?;
+    for (i, site) in config.sites.iter().enumerate() {
+        resolving.add(Origin::Inline(i), site)?;
     }
     if let (Some(file), Some(text)) = (&file, &text) {
         let found = for_each_site_line(text, file, |origin, site| resolving.add(origin, &site))?;
@@ -133,9 +138,13 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
 
 /// The state of [`resolve`] while sites are added one by one.
 struct Resolving<'a> {
+    /// The configuration (for its path, and the shard).
     loaded: &'a Loaded<SourceConfig>,
+    /// Defaults, shared headers and compiled regexes.
     resolver: Resolver<'a>,
+    /// The configuration file's text, read on the first error that needs a line.
     config_text: std::cell::OnceCell<Option<String>>,
+    /// `sites_file`'s path, for errors.
     sites_file: PathBuf,
     /// Where each url was first declared: one url twice would be two checks
     /// of one site in flight and two records per interval.
