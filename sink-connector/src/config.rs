@@ -87,7 +87,8 @@ pub struct SinkConfig {
     #[serde(default = "default_max_url_bytes")]
     pub max_url_bytes: usize,
     /// How long, after SIGTERM, the sink keeps trying to write the batch in hand
-    /// before giving it up (it is then redelivered on the next start).
+    /// before giving it up (it is then redelivered on the next start); the
+    /// Kafka commit after it and leaving the group get only what is left.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Longest one attempt to write a batch (or to connect and migrate) may

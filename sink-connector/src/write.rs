@@ -691,11 +691,13 @@ pub fn commit_positions(msgs: &[Msg]) -> Vec<(Arc<str>, i32, i64)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::{Duration, UNIX_EPOCH};
 
-    fn msg(partition: i32, offset: i64) -> Msg {
+    /// A rejected (empty) record of topic `t` at `partition`/`offset`, for
+    /// tests of batching and positions.
+    pub(crate) fn msg(partition: i32, offset: i64) -> Msg {
         Msg {
             topic: Arc::from("t"),
             partition,

@@ -467,7 +467,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{Decoded, Reason, Rejected};
+    use crate::write::tests::msg;
 
     #[tokio::test]
     async fn after_shutdown_every_limit_is_cut_to_what_is_left_of_shutdown_timeout_counted_from_the_signal(
@@ -490,21 +490,6 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(budget.limit(ten), Duration::ZERO);
         assert!(budget.passed());
-    }
-
-    fn msg(partition: i32, offset: i64) -> Msg {
-        Msg {
-            topic: Arc::from("t"),
-            partition,
-            offset,
-            key: None,
-            timestamp: None,
-            payload: None,
-            decoded: Decoded::Rejected(Rejected {
-                reason: Reason::Empty,
-                detail: String::new(),
-            }),
-        }
     }
 
     fn positions(part: &[Msg]) -> Vec<(i32, i64)> {

@@ -6,13 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use connector_common::config::{load_str, Section};
-use tokio_util::sync::CancellationToken;
 use website_monitor_sink::SinkConfig;
-use website_monitor_source::{RunOptions, SourceConfig};
+use website_monitor_source::SourceConfig;
 use website_monitor_tests::http::TestServer;
-use website_monitor_tests::{
-    assert_history_holds_exactly, create_topic, eventually, fresh_schema, pg, stack, unique,
-};
+use website_monitor_tests::{create_topic, eventually, fresh_schema, pg, stack, unique, Pair};
 
 fn config(target: &TestServer, topic: &str, schema: &str, group: &str) -> String {
     let s = stack();
@@ -71,14 +68,7 @@ async fn checks_flow_from_source_through_kafka_into_latest_and_history_tables() 
         load_str::<SinkConfig>(&text, Path::new("pipeline.toml"), Section::Sink, &|_| None)
             .expect("sink config");
 
-    let (stop_source, stop_sink) = (CancellationToken::new(), CancellationToken::new());
-    let sink = website_monitor_sink::start(sink_cfg, stop_sink.clone())
-        .await
-        .expect("sink starts");
-    let source =
-        website_monitor_source::start(source_cfg, RunOptions::default(), stop_source.clone())
-            .await
-            .expect("source starts");
+    let pair = Pair::start(source_cfg, sink_cfg).await;
 
     // Every site shows up in the latest-state table, with at least 3 checks each in history.
     let sql = format!(
@@ -95,15 +85,10 @@ async fn checks_flow_from_source_through_kafka_into_latest_and_history_tables() 
         },
     )
     .await;
-    stop_source.cancel();
-    let summary = source.wait().await.expect("source stops cleanly");
-    assert_eq!(summary.failed, 0, "every record delivered to Kafka");
-
     // Nothing lost, nothing doubled: history ends up holding exactly the
     // records the source had acknowledged by Kafka.
-    assert_history_holds_exactly(&client, &schema, summary.delivered).await;
-    stop_sink.cancel();
-    sink.wait().await.expect("sink stops cleanly");
+    pair.stop_and_assert_history_holds_every_delivered_record(&client, &schema)
+        .await;
 
     // The latest row of each site holds a whole source record with the right verdict.
     let rows = client

@@ -12,8 +12,7 @@ use website_monitor_sink::SinkConfig;
 use website_monitor_source::{RunOptions, SourceConfig};
 use website_monitor_tests::http::TestServer;
 use website_monitor_tests::{
-    assert_history_holds_exactly, create_topic, eventually, fresh_schema, http_get, pg, stack,
-    unique, Stack,
+    create_topic, eventually, fresh_schema, http_get, pg, stack, unique, Pair, Stack,
 };
 
 /// A `[kafka]` section for the SASL_SSL listener with `mechanism` and `password`.
@@ -64,14 +63,7 @@ async fn source_and_sink_over_sasl_ssl_with_scram_store_every_delivered_check() 
         &schema,
         &s.postgres_uri,
     );
-    let (stop_source, stop_sink) = (CancellationToken::new(), CancellationToken::new());
-    let sink = website_monitor_sink::start(sink_cfg, stop_sink.clone())
-        .await
-        .expect("sink starts");
-    let source =
-        website_monitor_source::start(source_cfg, RunOptions::default(), stop_source.clone())
-            .await
-            .expect("source starts");
+    let pair = Pair::start(source_cfg, sink_cfg).await;
     let count_sql = format!("SELECT count(*) FROM \"{schema}\".site_check");
     eventually(
         "5 checks stored over SASL_SSL",
@@ -82,12 +74,8 @@ async fn source_and_sink_over_sasl_ssl_with_scram_store_every_delivered_check() 
         },
     )
     .await;
-    stop_source.cancel();
-    let summary = source.wait().await.expect("source stops cleanly");
-    assert_eq!(summary.failed, 0, "every record delivered over SASL_SSL");
-    assert_history_holds_exactly(&db, &schema, summary.delivered).await;
-    stop_sink.cancel();
-    sink.wait().await.expect("sink stops cleanly");
+    pair.stop_and_assert_history_holds_every_delivered_record(&db, &schema)
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,6 +69,27 @@ async fn count(db: &tokio_postgres::Client, schema: &str, table: &str, filter: &
     .get(0)
 }
 
+/// A connection holding `ACCESS EXCLUSIVE` on a schema's latest-state table,
+/// so every write of the sink waits on it until [`LatestTableLock::release`].
+struct LatestTableLock(tokio_postgres::Client);
+
+impl LatestTableLock {
+    async fn take(uri: &str, schema: &str) -> Self {
+        let client = pg(uri).await;
+        client
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE \"{schema}\".site IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+        Self(client)
+    }
+
+    async fn release(self) {
+        self.0.batch_execute("ROLLBACK").await.unwrap();
+    }
+}
+
 /// Waits until `schema.table` holds exactly `n` rows (and fails at once if it holds more).
 async fn wait_rows(db: &tokio_postgres::Client, schema: &str, table: &str, n: i64) {
     eventually(&format!("{n} rows in {schema}.{table}"), WAIT, || async {
@@ -478,13 +499,7 @@ async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
     let (running, token) = start(&text).await;
     wait_ready(&running.metrics_addr.to_string()).await;
     // Hold the latest-state table so the first batch's write waits.
-    let mut blocker = pg(&s.postgres_uri).await;
-    let lock = blocker.transaction().await.unwrap();
-    lock.batch_execute(&format!(
-        "LOCK TABLE \"{schema}\".site IN ACCESS EXCLUSIVE MODE"
-    ))
-    .await
-    .unwrap();
+    let lock = LatestTableLock::take(&s.postgres_uri, &schema).await;
     let rec = |url: &str| json_rec(serde_json::json!({"url": url, "checked_at": 1000.0}));
     produce_json(&s.brokers, &topic, &[rec("http://first/")]).await;
     let site = format!("\"{schema}\".site");
@@ -508,7 +523,7 @@ async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
     // More than batch_timeout: the second batch is complete before the first
     // write can finish.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    lock.rollback().await.unwrap();
+    lock.release().await;
     wait_rows(&db, &schema, "site_check", 2).await;
     let gap: f64 = db
         .query_one(
@@ -1036,13 +1051,7 @@ async fn four_writers_write_the_partitions_of_a_batch_at_once_and_each_record_on
     assert_eq!(connections, 4, "the sink holds one connection per writer");
 
     // Hold the latest-state table, so every part's transaction waits on it.
-    let mut blocker = pg(&s.postgres_uri).await;
-    let lock = blocker.transaction().await.unwrap();
-    lock.batch_execute(&format!(
-        "LOCK TABLE \"{schema}\".site IN ACCESS EXCLUSIVE MODE"
-    ))
-    .await
-    .unwrap();
+    let lock = LatestTableLock::take(&s.postgres_uri, &schema).await;
     let producer = website_monitor_tests::producer(&s.brokers);
     let records: Vec<Vec<u8>> = (0..N).map(|i| numbered(i, URLS)).collect();
     let sends = records.iter().enumerate().map(|(i, r)| {
@@ -1075,7 +1084,7 @@ async fn four_writers_write_the_partitions_of_a_batch_at_once_and_each_record_on
     )
     .await;
     assert_eq!(waiting, 4, "one transaction per writer");
-    lock.rollback().await.unwrap();
+    lock.release().await;
 
     wait_rows(&db, &schema, "site_check", N as i64).await;
     // Let anything redelivered arrive, then check nothing doubled.
