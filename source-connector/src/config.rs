@@ -19,6 +19,9 @@ use serde::{Deserialize, Serialize};
 /// The largest `concurrency` accepted.
 pub const MAX_CONCURRENCY: usize = 1_000_000;
 
+/// The largest `threads` accepted.
+pub const MAX_THREADS: usize = 1024;
+
 /// The largest `timeout` accepted: a check that takes longer is not a check of
 /// a website any more, and shutdown (bounded by `shutdown_timeout`) would cut
 /// it anyway.
@@ -44,6 +47,11 @@ pub struct SourceConfig {
     /// At most this many checks run at once, across all sites.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Threads that run the checks, each with its own share of the sites, of
+    /// `concurrency`, its own scheduler and HTTP clients (a check never hops
+    /// threads); default: one per CPU core. Never more than `concurrency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
     /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a free one.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: String,
@@ -261,6 +269,15 @@ impl Validate for SourceConfig {
             out.push(Invalid::new(
                 key("concurrency"),
                 format!("must be between 1 and {MAX_CONCURRENCY}"),
+            ));
+        }
+        if self
+            .threads
+            .is_some_and(|t| !(1..=MAX_THREADS).contains(&t))
+        {
+            out.push(Invalid::new(
+                key("threads"),
+                format!("must be between 1 and {MAX_THREADS}; leave it out for one per CPU core"),
             ));
         }
         if !address_is_valid(&self.metrics_address) {
@@ -498,6 +515,8 @@ mod tests {
         let site = "[[source.sites]]\nurl = \"https://a.example/\"\n";
         for (section, key) in [
             ("concurrency = 0", "source.concurrency"),
+            ("threads = 0", "source.threads"),
+            ("threads = 5000", "source.threads"),
             ("metrics_address = \"nope\"", "source.metrics_address"),
             ("method = \"GE T\"", "source.method"),
             ("expected_status = [200, 999]", "source.expected_status"),

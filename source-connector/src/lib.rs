@@ -10,12 +10,15 @@
 //!   cap, TLS facts, error kinds — producing a [`record::Record`];
 //! - [`record`]: the record, the contract with the sink (DESIGN §3);
 //! - [`schedule`]: per-site intervals, skipped ticks, the concurrency cap;
+//! - [`lanes`]: the check threads, each with its share of the sites, of
+//!   `concurrency`, its own scheduler, runtime and HTTP clients;
 //! - [`publish`]: the Kafka producer (or stdout) and delivery accounting;
 //! - [`metrics`]: metric names and their recording.
 //!
-//! [`start`] wires them: it resolves the sites, builds one HTTP client per
-//! distinct TLS/keep-alive setting, serves `/metrics`, `/healthz` and
-//! `/readyz`, creates the producer and starts the scheduler; it also raises the
+//! [`start`] wires them: it resolves the sites, deals them over the check
+//! threads (each builds one HTTP client per distinct TLS/keep-alive setting),
+//! serves `/metrics`, `/healthz` and `/readyz`, creates the producer and
+//! starts the threads' schedulers; it also raises the
 //! open-file limit ([`limits`]). On `shutdown` it stops scheduling, lets the
 //! checks in flight finish for at most `shutdown_timeout`, then cuts those
 //! still running short (each still yields its record, of kind `timeout`,
@@ -27,6 +30,7 @@
 pub mod check;
 pub mod config;
 pub mod hash;
+pub mod lanes;
 pub mod limits;
 pub mod metrics;
 pub mod publish;
@@ -41,7 +45,6 @@ use std::time::Duration;
 
 use connector_common::config::{ConfigError, Loaded};
 use connector_common::telemetry::{self, Health, TelemetryError};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SourceConfig;
@@ -78,9 +81,9 @@ pub enum SourceError {
     /// The configuration cannot be used (binaries exit with code 2).
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// An HTTP client could not be built.
+    /// An HTTP client or a check thread could not be set up.
     #[error(transparent)]
-    Setup(#[from] check::SetupError),
+    Lanes(#[from] lanes::LaneError),
     /// The Kafka producer could not be created.
     #[error(transparent)]
     Kafka(#[from] publish::PublishError),
@@ -118,15 +121,9 @@ pub async fn start(
 ) -> Result<Running, SourceError> {
     let source = &config.section;
     let specs = sites::resolve(&config)?;
-    let clients = check::build_clients(&specs)?;
-    let sites: Arc<[schedule::Site]> = specs
-        .into_iter()
-        .map(|spec| {
-            let client = clients[&spec.client].clone();
-            schedule::Site::new(spec, client)
-        })
-        .collect();
-    drop(clients);
+    let site_count = specs.len();
+    let threads = source.threads.unwrap_or_else(lanes::default_threads);
+    let prepared = lanes::Prepared::new(specs, threads, source.concurrency)?;
 
     let health = Health::new();
     let telemetry_stop = CancellationToken::new();
@@ -155,25 +152,7 @@ pub async fn start(
             health.clone(),
         )?)
     });
-    metrics::sites(sites.len());
-    tracing::info!(
-        sites = sites.len(),
-        shard = %source.shard.map(|s| s.to_string()).unwrap_or_else(|| "all".into()),
-        topic = %source.topic,
-        probe = %source.probe,
-        output = if opts.stdout { "stdout" } else { "kafka" },
-        "source started"
-    );
-    if sites.is_empty() {
-        tracing::warn!("no site falls in this shard; nothing to check");
-    }
-    let open_files = limits::raise_open_files();
-    if let Some(warning) =
-        limits::open_files_warning(source.concurrency.min(sites.len()), open_files)
-    {
-        tracing::warn!("{warning}");
-    }
-
+    metrics::sites(site_count);
     let shared = Arc::new(schedule::Shared {
         publisher: Arc::clone(&publisher),
         probe: source.probe.clone(),
@@ -184,41 +163,55 @@ pub async fn start(
         skipped: Default::default(),
         abort: CancellationToken::new(),
     });
-    // Validated to 1..=MAX_CONCURRENCY, so it fits.
-    let concurrency = u32::try_from(source.concurrency).unwrap_or(u32::MAX);
-    let permits = Arc::new(Semaphore::new(concurrency as usize));
+    let open_files = limits::raise_open_files();
+    if let Some(warning) =
+        limits::open_files_warning(source.concurrency.min(site_count), open_files)
+    {
+        tracing::warn!("{warning}");
+    }
+    let lanes = prepared.start(&shared, opts.once, &shutdown)?;
+    tracing::info!(
+        sites = site_count,
+        threads = lanes.count(),
+        shard = %source.shard.map(|s| s.to_string()).unwrap_or_else(|| "all".into()),
+        topic = %source.topic,
+        probe = %source.probe,
+        output = if opts.stdout { "stdout" } else { "kafka" },
+        "source started"
+    );
+    if site_count == 0 {
+        tracing::warn!("no site falls in this shard; nothing to check");
+    }
+
     let flush_timeout = source.flush_timeout;
     let shutdown_timeout = source.shutdown_timeout;
     let task = tokio::spawn(async move {
-        let stopping = shutdown.clone();
-        if opts.once {
-            schedule::run_once(sites, Arc::clone(&shared), Arc::clone(&permits), shutdown).await;
-        } else {
-            schedule::run(sites, Arc::clone(&shared), Arc::clone(&permits), shutdown).await;
-        }
+        // Scheduling stops at shutdown (or, with `once`, the lanes end by
+        // themselves once every site was checked).
+        let mut done = tokio::select! {
+            () = shutdown.cancelled() => false,
+            () = lanes.finished() => true,
+        };
         health.set_not_ready("shutting down");
-        // Every permit back means no check is running any more.
-        let all = permits.acquire_many(concurrency);
-        tokio::pin!(all);
-        let deadline = async {
-            stopping.cancelled().await;
-            tokio::time::sleep(shutdown_timeout).await;
-        };
-        let drained = tokio::select! {
-            _ = &mut all => true,
-            () = deadline => false,
-        };
-        if !drained {
-            let running = (concurrency as usize).saturating_sub(permits.available_permits());
+        if !done {
+            done = tokio::select! {
+                () = lanes.finished() => true,
+                () = tokio::time::sleep(shutdown_timeout) => false,
+            };
+        }
+        if !done {
             tracing::warn!(
-                checks_running = running,
+                checks_running = lanes.running(),
                 "shutdown_timeout ({}) passed: cancelling the checks still running (each is recorded as a timeout, \"{}\")",
                 humantime::format_duration(shutdown_timeout),
                 check::CANCELLED_AT_SHUTDOWN
             );
             shared.abort.cancel();
             publisher.stop_waiting();
-            if tokio::time::timeout(CANCEL_GRACE, &mut all).await.is_err() {
+            if tokio::time::timeout(CANCEL_GRACE, lanes.finished())
+                .await
+                .is_err()
+            {
                 tracing::warn!("some cancelled checks did not hand their record over in time; stopping without them");
             }
         }

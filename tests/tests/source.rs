@@ -729,6 +729,71 @@ async fn sigterm_mid_run_exits_0_with_every_finished_check_in_the_topic() {
     );
 }
 
+/// The names of the threads of process `pid` that start with `prefix`, sorted.
+fn threads_named(pid: u32, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("the process's threads")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn checks_run_on_the_configured_threads_and_concurrency_stays_global() {
+    let s = TestServer::http().await;
+    let topic = unique("src-threads");
+    create_topic(&stack().brokers, &topic, 1).await;
+    // Six slow sites, three threads sharing `concurrency = 3`: one check per
+    // thread at a time, three at once in all, never more.
+    let sites: String = (0..6)
+        .map(|i| site(&s.url(&format!("/slow/1500?site={i}")), "interval = \"1s\""))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config(&topic, "threads = 3\nconcurrency = 3", &sites),
+    );
+    let child = source(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the source");
+    let pid = child.id().expect("a pid");
+    eventually(
+        "six checks of the slow sites",
+        Duration::from_secs(30),
+        || async { (s.hits("/slow/1500") >= 6).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        threads_named(pid, "check-"),
+        ["check-0", "check-1", "check-2"]
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        s.max_in_flight(),
+        3,
+        "concurrency is the cap across threads"
+    );
+    let (finished, delivered, _) = final_counts(&stderr);
+    assert_eq!(
+        (finished, delivered),
+        (s.hits("/slow/1500"), finished),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn mtls_through_9094_with_pem_paths_from_the_environment() {
     let st = stack();
