@@ -326,34 +326,57 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     ])
 }
 
-/// 64 tasks calling `one` until `requests` calls are done; calls/s and this
-/// process's CPU seconds per 1,000 calls.
-async fn drive<F, Fut>(requests: usize, one: F) -> Result<(f64, f64)>
+/// 64 tasks calling a per-thread `one` until `requests` calls are done;
+/// calls/s and this process's CPU seconds per 1,000 calls. Shaped like the
+/// source's check threads: one single-threaded runtime per CPU core, each
+/// with its own `one` (its own client, from `make`) and its share of the 64
+/// tasks.
+async fn drive<M, F, Fut>(requests: usize, make: M) -> Result<(f64, f64)>
 where
+    M: Fn() -> Result<F>,
     F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = ()> + 'static,
 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+    const TASKS: usize = 64;
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let left = Arc::new(AtomicUsize::new(requests));
     let started = Instant::now();
     let cpu0 = crate::proc::cpu_seconds(std::process::id());
-    let tasks: Vec<_> = (0..64)
-        .map(|_| {
-            let (one, left) = (one.clone(), Arc::clone(&left));
-            tokio::spawn(async move {
-                while left
-                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
-                    .is_ok()
-                {
-                    one().await;
+    let mut handles = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let (one, left) = (make()?, Arc::clone(&left));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let tasks = TASKS / threads + usize::from(t < TASKS % threads);
+        handles.push(std::thread::spawn(move || {
+            runtime.block_on(async move {
+                let local = tokio::task::LocalSet::new();
+                for _ in 0..tasks {
+                    let (one, left) = (one.clone(), Arc::clone(&left));
+                    local.spawn_local(async move {
+                        while left
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_ok()
+                        {
+                            one().await;
+                        }
+                    });
                 }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await?;
+                local.await;
+            });
+        }));
     }
+    tokio::task::spawn_blocking(move || {
+        for h in handles {
+            let _ = h.join();
+        }
+    })
+    .await?;
     let cpu = crate::proc::cpu_seconds(std::process::id()) - cpu0;
     Ok((
         requests as f64 / started.elapsed().as_secs_f64(),
@@ -379,27 +402,29 @@ async fn target_answers(ctx: &Ctx) -> Result<()> {
 
 /// A bare reqwest loop (64 tasks, nothing else): requests/s and CPU per 1,000.
 /// Fresh connections (no idle pool, `Connection: close`, as the source does)
-/// unless `keep_alive`.
+/// unless `keep_alive`. One client per thread, as in the source.
 async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64, f64)> {
     target_answers(ctx).await?;
-    let mut builder = reqwest::Client::builder().no_proxy();
-    if !keep_alive {
-        let mut close = reqwest::header::HeaderMap::new();
-        close.insert(
-            reqwest::header::CONNECTION,
-            reqwest::header::HeaderValue::from_static("close"),
-        );
-        builder = builder.pool_max_idle_per_host(0).default_headers(close);
-    }
-    let client = builder.build()?;
     let url: reqwest::Url = format!("http://{}/", ctx.http).parse()?;
-    drive(requests, move || {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            if let Ok(r) = client.get(url).send().await {
-                let _ = r.bytes().await;
-            }
+    drive(requests, || {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if !keep_alive {
+            let mut close = reqwest::header::HeaderMap::new();
+            close.insert(
+                reqwest::header::CONNECTION,
+                reqwest::header::HeaderValue::from_static("close"),
+            );
+            builder = builder.pool_max_idle_per_host(0).default_headers(close);
         }
+        let (client, url) = (builder.build()?, url.clone());
+        Ok(move || {
+            let (client, url) = (client.clone(), url.clone());
+            async move {
+                if let Ok(r) = client.get(url).send().await {
+                    let _ = r.bytes().await;
+                }
+            }
+        })
     })
     .await
 }
@@ -410,29 +435,32 @@ async fn hyper_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     target_answers(ctx).await?;
-    let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
-    if !keep_alive {
-        builder.pool_max_idle_per_host(0);
-    }
-    // TCP_NODELAY, as reqwest sets it.
-    let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<_, Empty<bytes::Bytes>> = builder.build(connector);
     let uri: hyper::Uri = format!("http://{}/", ctx.http).parse()?;
-    drive(requests, move || {
-        let (client, uri) = (client.clone(), uri.clone());
-        async move {
-            let mut request = hyper::Request::get(uri);
-            if !keep_alive {
-                request = request.header(hyper::header::CONNECTION, "close");
-            }
-            let Ok(request) = request.body(Empty::new()) else {
-                return;
-            };
-            if let Ok(r) = client.request(request).await {
-                let _ = r.into_body().collect().await;
-            }
+    drive(requests, || {
+        let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
+        if !keep_alive {
+            builder.pool_max_idle_per_host(0);
         }
+        // TCP_NODELAY, as reqwest sets it.
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<_, Empty<bytes::Bytes>> = builder.build(connector);
+        let uri = uri.clone();
+        Ok(move || {
+            let (client, uri) = (client.clone(), uri.clone());
+            async move {
+                let mut request = hyper::Request::get(uri);
+                if !keep_alive {
+                    request = request.header(hyper::header::CONNECTION, "close");
+                }
+                let Ok(request) = request.body(Empty::new()) else {
+                    return;
+                };
+                if let Ok(r) = client.request(request).await {
+                    let _ = r.into_body().collect().await;
+                }
+            }
+        })
     })
     .await
 }
