@@ -209,8 +209,9 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     let rss = c.peak_rss() as f64 / 1048576.0;
     c.stop()?;
     // Diagnostics, same run: the same source writing JSON lines to /dev/null
-    // instead of Kafka, a bare reqwest loop (no scheduler, no records) and
-    // the same loop on hyper-util, the engine under reqwest.
+    // instead of Kafka, a bare reqwest loop (no scheduler, no records) on a
+    // work-stealing runtime (the calibration) and shaped like the
+    // source's check threads, and the latter on hyper-util, reqwest's engine.
     let stdout_config = ctx.write(
         &format!("source-{label}-stdout.toml"),
         &source_config(ctx, &topic, &sites, "100ms", 64, keep_alive),
@@ -225,7 +226,8 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     let no_kafka = measure_window(&c, Duration::from_secs(3), Duration::from_secs(10))?;
     c.stop()?;
     let requests = ctx.n(if keep_alive { 200_000 } else { 40_000 });
-    let (bare, bare_cpu) = reqwest_loop(ctx, requests, keep_alive).await?;
+    let (bare, bare_cpu) = reqwest_loop(ctx, requests, keep_alive, Shape::WorkStealing).await?;
+    let (per_core, per_core_cpu) = reqwest_loop(ctx, requests, keep_alive, Shape::PerCore).await?;
     let (hyper, hyper_cpu) = hyper_loop(ctx, requests, keep_alive).await?;
     let (baseline_name, target) = if keep_alive {
         ("ab -k -c 64 (keep-alive)", "ratio >= 0.3")
@@ -308,6 +310,22 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
             "diagnostic: HTTP client alone",
         ),
         Figure::against(
+            &format!("source.{label}.bare_reqwest_per_core_per_s"),
+            per_core,
+            "req/s",
+            baseline,
+            baseline_name,
+            "diagnostic: HTTP client alone, shaped like the source",
+        ),
+        Figure::against(
+            &format!("source.{label}.bare_reqwest_per_core_cpu_s_per_1000"),
+            per_core_cpu,
+            "cpu-s",
+            ab_run.client_cpu_per_1000,
+            "ab's own CPU per 1,000 requests",
+            "diagnostic: HTTP client alone, shaped like the source",
+        ),
+        Figure::against(
             &format!("source.{label}.bare_hyper_per_s"),
             hyper,
             "req/s",
@@ -326,57 +344,104 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     ])
 }
 
-/// 64 tasks calling a per-thread `one` until `requests` calls are done;
-/// calls/s and this process's CPU seconds per 1,000 calls. Shaped like the
-/// source's check threads: one single-threaded runtime per CPU core, each
-/// with its own `one` (its own client, from `make`) and its share of the 64
-/// tasks.
-async fn drive<M, F, Fut>(requests: usize, make: M) -> Result<(f64, f64)>
+/// How a bare loop runs its 64 tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// On the bench's own work-stealing runtime, one client: the issue's
+    /// calibration ("a bare reqwest loop").
+    WorkStealing,
+    /// Like the source's check threads: one single-threaded runtime and one
+    /// client per CPU core, each with its share of the tasks.
+    PerCore,
+}
+
+/// 64 tasks calling `one` until `requests` calls are done, shaped as `shape`
+/// (`make` gives each thread its `one`, with its own client); calls/s and
+/// this process's CPU seconds per 1,000 calls.
+async fn drive<M, F, Fut>(requests: usize, shape: Shape, make: M) -> Result<(f64, f64)>
 where
     M: Fn() -> Result<F>,
     F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = ()> + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     const TASKS: usize = 64;
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    fn tasks<F, Fut>(n: usize, one: F, left: &Arc<AtomicUsize>) -> Vec<tokio::task::JoinHandle<()>>
+    where
+        F: Fn() -> Fut + Clone + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        (0..n)
+            .map(|_| {
+                let (one, left) = (one.clone(), Arc::clone(left));
+                tokio::spawn(async move {
+                    while left
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        one().await;
+                    }
+                })
+            })
+            .collect()
+    }
+    let threads = match shape {
+        Shape::WorkStealing => 1,
+        Shape::PerCore => std::thread::available_parallelism().map_or(1, usize::from),
+    };
+    // Every client and runtime first, so nothing runs when one fails.
+    let mut ready = Vec::with_capacity(threads);
+    for t in 0..threads {
+        let runtime = match shape {
+            Shape::WorkStealing => None,
+            Shape::PerCore => Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+            ),
+        };
+        ready.push((
+            make()?,
+            runtime,
+            TASKS / threads + usize::from(t < TASKS % threads),
+        ));
+    }
     let left = Arc::new(AtomicUsize::new(requests));
     let started = Instant::now();
     let cpu0 = crate::proc::cpu_seconds(std::process::id());
-    let mut handles = Vec::with_capacity(threads);
-    for t in 0..threads {
-        let (one, left) = (make()?, Arc::clone(&left));
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let tasks = TASKS / threads + usize::from(t < TASKS % threads);
-        handles.push(std::thread::spawn(move || {
-            runtime.block_on(async move {
-                let local = tokio::task::LocalSet::new();
-                for _ in 0..tasks {
-                    let (one, left) = (one.clone(), Arc::clone(&left));
-                    local.spawn_local(async move {
-                        while left
-                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                                n.checked_sub(1)
-                            })
-                            .is_ok()
-                        {
-                            one().await;
-                        }
-                    });
+    let mut threads = Vec::new();
+    for (one, runtime, n) in ready {
+        let left = Arc::clone(&left);
+        match runtime {
+            None => {
+                for t in tasks(n, one, &left) {
+                    t.await?;
                 }
-                local.await;
-            });
-        }));
-    }
-    tokio::task::spawn_blocking(move || {
-        for h in handles {
-            let _ = h.join();
+            }
+            Some(rt) => threads.push(std::thread::spawn(move || {
+                rt.block_on(async move {
+                    for t in tasks(n, one, &left) {
+                        t.await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    Ok::<(), anyhow::Error>(())
+                })
+            })),
         }
+    }
+    for t in tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a bare-loop thread panicked"))
+            })
+            .collect::<Vec<_>>()
     })
-    .await?;
+    .await?
+    {
+        t??;
+    }
     let cpu = crate::proc::cpu_seconds(std::process::id()) - cpu0;
     Ok((
         requests as f64 / started.elapsed().as_secs_f64(),
@@ -402,11 +467,16 @@ async fn target_answers(ctx: &Ctx) -> Result<()> {
 
 /// A bare reqwest loop (64 tasks, nothing else): requests/s and CPU per 1,000.
 /// Fresh connections (no idle pool, `Connection: close`, as the source does)
-/// unless `keep_alive`. One client per thread, as in the source.
-async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64, f64)> {
+/// unless `keep_alive`. One client per thread.
+async fn reqwest_loop(
+    ctx: &Ctx,
+    requests: usize,
+    keep_alive: bool,
+    shape: Shape,
+) -> Result<(f64, f64)> {
     target_answers(ctx).await?;
     let url: reqwest::Url = format!("http://{}/", ctx.http).parse()?;
-    drive(requests, || {
+    drive(requests, shape, || {
         let mut builder = reqwest::Client::builder().no_proxy();
         if !keep_alive {
             let mut close = reqwest::header::HeaderMap::new();
@@ -429,14 +499,14 @@ async fn reqwest_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f
     .await
 }
 
-/// The same loop on hyper-util's client, the HTTP/1 engine under reqwest:
-/// what reqwest's own layers cost.
+/// The same loop on hyper-util's client, the HTTP/1 engine under reqwest,
+/// shaped like the source: what reqwest's own layers cost.
 async fn hyper_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64, f64)> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     target_answers(ctx).await?;
     let uri: hyper::Uri = format!("http://{}/", ctx.http).parse()?;
-    drive(requests, || {
+    drive(requests, Shape::PerCore, || {
         let mut builder = Client::builder(hyper_util::rt::TokioExecutor::new());
         if !keep_alive {
             builder.pool_max_idle_per_host(0);

@@ -44,7 +44,8 @@ pub struct SourceConfig {
     /// the check is an error of kind `timeout`.
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
-    /// At most this many checks run at once, across all sites.
+    /// At most this many checks run at once, across all sites; split evenly
+    /// over the check `threads`, each using only its own share.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// Threads that run the checks, each with its own share of the sites, of

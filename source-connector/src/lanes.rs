@@ -6,9 +6,10 @@
 //! scheduler ([`schedule::run`]) and its own HTTP clients; so a check, its
 //! connection and the connection's background task stay on one thread from
 //! start to end. On tokio's work-stealing runtime they hopped between cores:
-//! a bare reqwest loop did 1.3–1.6× the requests per second on two
-//! single-threaded runtimes than on one work-stealing runtime, at 0.6–0.8 of
-//! the CPU per request (docs/benchmarks.md, session 4).
+//! on the 2-core dev machine a bare reqwest loop (64 tasks) did 1.2–1.7× the
+//! requests per second on two single-threaded runtimes than on one
+//! work-stealing runtime, at 0.6–0.8 of the CPU per request, and the source
+//! itself gained 35–55 % checks/s (docs/benchmarks.md, session 4).
 //!
 //! What the lanes share is thread-safe and cheap to share: the publisher, the
 //! metric handles, the counters, the shutdown and abort tokens. A lane ends
@@ -17,8 +18,10 @@
 //! waits for all of them.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::runtime::Runtime;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -56,25 +59,57 @@ pub fn default_threads() -> usize {
 
 /// Running lanes.
 pub struct Lanes {
-    /// Each lane's `concurrency` permits and how many it has.
-    permits: Vec<(Arc<Semaphore>, u32)>,
+    count: usize,
     /// One permit per lane that has ended.
     ended: Arc<Semaphore>,
+    /// A lane's thread panicked.
+    crashed: Arc<AtomicBool>,
 }
 
-/// Adds its lane's permit to `ended` when the lane's thread ends, even by a
-/// panic.
-struct EndGuard(Arc<Semaphore>);
+/// When its lane's thread ends, even by a panic: adds the lane's permit to
+/// `ended`; after a panic also marks the lanes crashed and cancels `stop`, so
+/// the other lanes stop scheduling and the source stops with an error.
+struct EndGuard {
+    ended: Arc<Semaphore>,
+    crashed: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
 
 impl Drop for EndGuard {
     fn drop(&mut self) {
-        self.0.add_permits(1);
+        if std::thread::panicking() {
+            tracing::error!("a check thread panicked; the source stops (a bug: please report it with the log above)");
+            self.crashed.store(true, Ordering::Release);
+            self.stop.cancel();
+        }
+        self.ended.add_permits(1);
     }
+}
+
+/// A lane's runtime that may be dropped anywhere: a tokio runtime dropped
+/// inside another runtime's task (a failed start) would panic, so it is shut
+/// down in the background instead.
+struct LaneRuntime(Option<Runtime>);
+
+impl Drop for LaneRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// One lane, set up.
+struct Lane {
+    sites: Arc<[Site]>,
+    runtime: LaneRuntime,
+    /// Its share of `concurrency`.
+    size: u32,
 }
 
 /// Lanes set up but not started: sites dealt, clients built, runtimes made.
 pub struct Prepared {
-    lanes: Vec<(Arc<[Site]>, tokio::runtime::Runtime, u32)>,
+    lanes: Vec<Lane>,
 }
 
 impl Prepared {
@@ -107,73 +142,87 @@ impl Prepared {
                 .enable_all()
                 .build()
                 .map_err(LaneError::Thread)?;
-            // Validated to 1..=MAX_CONCURRENCY, so it fits.
-            let size = u32::try_from(*share).unwrap_or(u32::MAX);
-            lanes.push((sites, runtime, size));
+            lanes.push(Lane {
+                sites,
+                runtime: LaneRuntime(Some(runtime)),
+                // Validated to 1..=MAX_CONCURRENCY, so it fits.
+                size: u32::try_from(*share).unwrap_or(u32::MAX),
+            });
         }
         Ok(Prepared { lanes })
     }
 
-    /// How many lanes will run.
-    pub fn count(&self) -> usize {
-        self.lanes.len()
-    }
-
-    /// Starts each lane's thread, scheduling until `shutdown` (or checking
-    /// every site once with `once`). If a thread cannot be started, the lanes
-    /// already started stop with `shutdown`.
+    /// Starts each lane's thread, scheduling until `stop` (or checking every
+    /// site once with `once`). If a thread cannot be started, `stop` is
+    /// cancelled, so the lanes already started stop too.
     pub fn start(
         self,
         shared: &Arc<Shared>,
         once: bool,
-        shutdown: &CancellationToken,
+        stop: &CancellationToken,
     ) -> Result<Lanes, LaneError> {
+        let count = self.lanes.len();
         let ended = Arc::new(Semaphore::new(0));
-        let mut permits = Vec::with_capacity(self.lanes.len());
-        for (i, (sites, runtime, size)) in self.lanes.into_iter().enumerate() {
-            let lane_permits = Arc::new(Semaphore::new(size as usize));
-            permits.push((Arc::clone(&lane_permits), size));
-            let (shared, shutdown) = (Arc::clone(shared), shutdown.clone());
-            let guard = EndGuard(Arc::clone(&ended));
-            std::thread::Builder::new()
+        let crashed = Arc::new(AtomicBool::new(false));
+        for (i, lane) in self.lanes.into_iter().enumerate() {
+            let (shared, lane_stop) = (Arc::clone(shared), stop.clone());
+            let guard = EndGuard {
+                ended: Arc::clone(&ended),
+                crashed: Arc::clone(&crashed),
+                stop: stop.clone(),
+            };
+            let spawned = std::thread::Builder::new()
                 .name(format!("check-{i}"))
                 .spawn(move || {
                     let _guard = guard;
-                    runtime.block_on(async move {
-                        let all = Arc::clone(&lane_permits);
+                    let Lane {
+                        sites,
+                        runtime,
+                        size,
+                    } = lane;
+                    let Some(rt) = runtime.0.as_ref() else {
+                        return;
+                    };
+                    rt.block_on(async move {
+                        let permits = Arc::new(Semaphore::new(size as usize));
+                        let all = Arc::clone(&permits);
                         if once {
-                            schedule::run_once(sites, shared, all, shutdown).await;
+                            schedule::run_once(sites, shared, all, lane_stop).await;
                         } else {
-                            schedule::run(sites, shared, all, shutdown).await;
+                            schedule::run(sites, shared, all, lane_stop).await;
                         }
                         // Every permit back: no check of this lane runs any more.
-                        let _all = lane_permits.acquire_many(size).await;
+                        let _all = permits.acquire_many(size).await;
                     });
-                })
-                .map_err(LaneError::Thread)?;
+                });
+            if let Err(e) = spawned {
+                stop.cancel();
+                return Err(LaneError::Thread(e));
+            }
         }
-        Ok(Lanes { permits, ended })
+        Ok(Lanes {
+            count,
+            ended,
+            crashed,
+        })
     }
 }
 
 impl Lanes {
     /// How many lanes run.
     pub fn count(&self) -> usize {
-        self.permits.len()
+        self.count
     }
 
-    /// How many checks run now, across the lanes.
-    pub fn running(&self) -> usize {
-        self.permits
-            .iter()
-            .map(|(p, size)| (*size as usize).saturating_sub(p.available_permits()))
-            .sum()
+    /// Whether a lane's thread panicked (its sites are no longer checked).
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::Acquire)
     }
 
     /// Waits until every lane has ended: its scheduler stopped and each check
     /// it started handed its record over. Cancel-safe; may be called again.
     pub async fn finished(&self) {
-        let all = u32::try_from(self.permits.len()).unwrap_or(u32::MAX);
+        let all = u32::try_from(self.count).unwrap_or(u32::MAX);
         if let Ok(p) = self.ended.acquire_many(all).await {
             // Leave them for the next caller.
             drop(p);
@@ -184,6 +233,41 @@ impl Lanes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lane_that_panics_ends_marks_the_lanes_crashed_and_stops_the_others() {
+        let (ended, crashed, stop) = (
+            Arc::new(Semaphore::new(0)),
+            Arc::new(AtomicBool::new(false)),
+            CancellationToken::new(),
+        );
+        let guard = |ended: &Arc<Semaphore>| EndGuard {
+            ended: Arc::clone(ended),
+            crashed: Arc::clone(&crashed),
+            stop: stop.clone(),
+        };
+        // A lane that ends normally: ended, nothing else.
+        std::thread::spawn({
+            let g = guard(&ended);
+            move || drop(g)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(ended.available_permits(), 1);
+        assert!(!crashed.load(Ordering::Acquire) && !stop.is_cancelled());
+        // A lane that panics: ended too, and the crash is seen.
+        let panicked = std::thread::spawn({
+            let g = guard(&ended);
+            move || {
+                let _g = g;
+                panic!("a bug in a scheduler");
+            }
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert_eq!(ended.available_permits(), 2);
+        assert!(crashed.load(Ordering::Acquire) && stop.is_cancelled());
+    }
 
     #[test]
     fn shares_split_concurrency_exactly_over_at_most_threads_lanes() {

@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use connector_common::config::{ConfigError, Loaded};
 use connector_common::telemetry::{self, Health, TelemetryError};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 pub use config::SourceConfig;
 
@@ -100,7 +100,9 @@ pub struct Running {
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`None` only in
     /// `--once` mode when the address was taken).
     pub metrics_address: Option<SocketAddr>,
-    task: tokio::task::JoinHandle<RunSummary>,
+    task: tokio::task::JoinHandle<Result<RunSummary, SourceError>>,
+    /// Stops the check threads if this is dropped without a shutdown.
+    _lanes: DropGuard,
 }
 
 impl Running {
@@ -109,7 +111,7 @@ impl Running {
     pub async fn wait(self) -> Result<RunSummary, SourceError> {
         self.task
             .await
-            .map_err(|e| SourceError::Crashed(e.to_string()))
+            .map_err(|e| SourceError::Crashed(e.to_string()))?
     }
 }
 
@@ -127,6 +129,8 @@ pub async fn start(
 
     let health = Health::new();
     let telemetry_stop = CancellationToken::new();
+    // Stops the telemetry server if start-up fails past this point.
+    let telemetry_guard = telemetry_stop.clone().drop_guard();
     let served = telemetry::serve(
         &source.metrics_address,
         telemetry::install_recorder(),
@@ -159,6 +163,7 @@ pub async fn start(
         per_site_metrics: source.per_site_metrics,
         metrics: metrics::CheckHandles::register(),
         in_flight: metrics::in_flight(),
+        started: Default::default(),
         finished: Default::default(),
         skipped: Default::default(),
         abort: CancellationToken::new(),
@@ -169,7 +174,11 @@ pub async fn start(
     {
         tracing::warn!("{warning}");
     }
-    let lanes = prepared.start(&shared, opts.once, &shutdown)?;
+    // The lanes' own stop: shutdown, a crashed lane, a failed start, or
+    // `Running` dropped.
+    let stop = shutdown.child_token();
+    let lanes = prepared.start(&shared, opts.once, &stop)?;
+    telemetry_guard.disarm();
     tracing::info!(
         sites = site_count,
         threads = lanes.count(),
@@ -185,14 +194,19 @@ pub async fn start(
 
     let flush_timeout = source.flush_timeout;
     let shutdown_timeout = source.shutdown_timeout;
+    let stopping = stop.clone();
     let task = tokio::spawn(async move {
         // Scheduling stops at shutdown (or, with `once`, the lanes end by
         // themselves once every site was checked).
         let mut done = tokio::select! {
-            () = shutdown.cancelled() => false,
+            () = stopping.cancelled() => false,
             () = lanes.finished() => true,
         };
-        health.set_not_ready("shutting down");
+        health.set_not_ready(if lanes.crashed() {
+            "a check thread crashed"
+        } else {
+            "shutting down"
+        });
         if !done {
             done = tokio::select! {
                 () = lanes.finished() => true,
@@ -201,7 +215,7 @@ pub async fn start(
         }
         if !done {
             tracing::warn!(
-                checks_running = lanes.running(),
+                checks_running = shared.running(),
                 "shutdown_timeout ({}) passed: cancelling the checks still running (each is recorded as a timeout, \"{}\")",
                 humantime::format_duration(shutdown_timeout),
                 check::CANCELLED_AT_SHUTDOWN
@@ -231,11 +245,17 @@ pub async fn start(
             summary.skipped_ticks
         );
         telemetry_stop.cancel();
-        summary
+        if lanes.crashed() {
+            return Err(SourceError::Crashed(
+                "a check thread panicked (see the error logged before)".into(),
+            ));
+        }
+        Ok(summary)
     });
     Ok(Running {
         metrics_address,
         task,
+        _lanes: stop.drop_guard(),
     })
 }
 

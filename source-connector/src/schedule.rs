@@ -1,8 +1,9 @@
 //! When each site is checked.
 //!
-//! One scheduler task holds a min-heap of `(next due instant, site index)` —
-//! 24 bytes a site, so 100,000 sites cost a few MiB and one timer, not
-//! 100,000 sleeping tasks. Each site runs on its own interval; its first
+//! Each check thread ([`crate::lanes`]) runs one scheduler task over its
+//! share of the sites: a min-heap of `(next due instant, site index)` — 24
+//! bytes a site, so 100,000 sites cost a few MiB and one timer per thread,
+//! not 100,000 sleeping tasks. Each site runs on its own interval; its first
 //! check is offset by a stable hash of its url across the interval
 //! ([`crate::hash::offset_in`]), so sites do not all fire at once.
 //!
@@ -12,9 +13,10 @@
 //! - if the scheduler fell more than an interval behind (a paused process, an
 //!   overloaded machine), the missed ticks are skipped and counted
 //!   (`reason="behind"`) instead of being run in a burst;
-//! - otherwise the scheduler takes a permit of the global `concurrency`
-//!   semaphore (waiting while the cap is reached) and spawns the check; so at
-//!   most `concurrency` check tasks exist at any time. Lateness (actual start
+//! - otherwise the scheduler takes a permit of its thread's share of
+//!   `concurrency` (waiting while that share is used up) and spawns the
+//!   check; so at most `concurrency` check tasks exist at any time, across
+//!   the threads. Lateness (actual start
 //!   minus planned start) is recorded when the check starts.
 //!
 //! A check task checks, records metrics, hands the record to the publisher,
@@ -87,6 +89,8 @@ pub struct Shared {
     pub metrics: metrics::CheckHandles,
     /// The [`metrics::CHECKS_IN_FLIGHT`] gauge, registered once.
     pub in_flight: ::metrics::Gauge,
+    /// Checks started.
+    pub started: AtomicU64,
     /// Checks finished and handed to the publisher.
     pub finished: AtomicU64,
     /// Ticks skipped, for any reason.
@@ -94,6 +98,16 @@ pub struct Shared {
     /// Fired when `shutdown_timeout` has passed: the checks still running stop
     /// and report `timeout` "cancelled at shutdown".
     pub abort: CancellationToken,
+}
+
+impl Shared {
+    /// Checks started and not yet handed over (or lost to a panic).
+    pub fn running(&self) -> u64 {
+        let finished = self.finished.load(Ordering::Relaxed);
+        self.started
+            .load(Ordering::Relaxed)
+            .saturating_sub(finished)
+    }
 }
 
 /// Checks every site on its interval until `shutdown`; returns as soon as it
@@ -208,6 +222,7 @@ fn spawn_check(
     permit: OwnedSemaphorePermit,
     planned: Instant,
 ) {
+    shared.started.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let mut guard = InFlight::start(Arc::clone(&sites), idx, permit, shared.in_flight.clone());
         let site = &sites[idx];

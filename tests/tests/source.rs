@@ -12,7 +12,7 @@ use tokio::process::Command;
 use connector_common::config::{load_str, Loaded, Section};
 use tokio_util::sync::CancellationToken;
 use website_monitor_source::record::{ErrorKind, Record};
-use website_monitor_source::{RunOptions, RunSummary, SourceConfig};
+use website_monitor_source::{RunOptions, RunSummary, SourceConfig, SourceError};
 use website_monitor_tests::http::{Pki, TestServer, TEXT};
 use website_monitor_tests::{
     binary, consume_all, create_topic, eventually, repo_root, stack, unique, Consumed,
@@ -631,7 +631,8 @@ fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
 
 fn source(config: &Path) -> Command {
     let mut c = Command::new(binary("website-monitor-source"));
-    c.arg("--config").arg(config);
+    // A test that fails half-way leaves no source running.
+    c.arg("--config").arg(config).kill_on_drop(true);
     for var in [
         "kafka_host",
         "kafka_topic",
@@ -742,14 +743,23 @@ fn threads_named(pid: u32, prefix: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn checks_run_on_the_configured_threads_and_concurrency_stays_global() {
-    let s = TestServer::http().await;
+async fn checks_run_on_the_configured_threads_and_concurrency_is_split_over_them() {
+    // Sites are dealt by position: with three threads, sites 0 and 3 go to
+    // the first, 1 and 4 to the second, 2 and 5 to the third. The first
+    // thread's two sites are slow and on a server of their own.
+    let slow = TestServer::http().await;
+    let fast = TestServer::http().await;
     let topic = unique("src-threads");
     create_topic(&stack().brokers, &topic, 1).await;
-    // Six slow sites, three threads sharing `concurrency = 3`: one check per
-    // thread at a time, three at once in all, never more.
     let sites: String = (0..6)
-        .map(|i| site(&s.url(&format!("/slow/1500?site={i}")), "interval = \"1s\""))
+        .map(|i| {
+            let url = if i % 3 == 0 {
+                slow.url(&format!("/slow/800?site={i}"))
+            } else {
+                fast.url(&format!("/slow/300?site={i}"))
+            };
+            site(&url, "interval = \"500ms\"")
+        })
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(
@@ -763,9 +773,9 @@ async fn checks_run_on_the_configured_threads_and_concurrency_stays_global() {
         .expect("start the source");
     let pid = child.id().expect("a pid");
     eventually(
-        "six checks of the slow sites",
+        "two checks of each slow site",
         Duration::from_secs(30),
-        || async { (s.hits("/slow/1500") >= 6).then_some(()) },
+        || async { (slow.hits("/slow/800") >= 4).then_some(()) },
     )
     .await;
     assert_eq!(
@@ -781,17 +791,54 @@ async fn checks_run_on_the_configured_threads_and_concurrency_stays_global() {
     let out = child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert_eq!(
-        s.max_in_flight(),
-        3,
-        "concurrency is the cap across threads"
-    );
+    // The first thread has one slot: its two slow sites never ran at once,
+    // although the other threads had slots free.
+    assert_eq!(slow.max_in_flight(), 1, "a thread used another's slot");
+    // The other two threads, one slot each: never more than two at once.
+    assert_eq!(fast.max_in_flight(), 2, "the shares add up to concurrency");
     let (finished, delivered, _) = final_counts(&stderr);
-    assert_eq!(
-        (finished, delivered),
-        (s.hits("/slow/1500"), finished),
-        "{stderr}"
+    let hits = slow.hits("/slow/800") + fast.hits("/slow/300");
+    assert_eq!((finished, delivered), (hits, finished), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_failed_start_is_an_error_not_a_panic() {
+    let s = TestServer::http().await;
+    let topic = unique("src-failed-start");
+    let sites: String = (0..4)
+        .map(|i| site(&s.url(&format!("/?{i}")), ""))
+        .collect();
+    // The metrics address is taken (and this is no --once run).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let text = config(&topic, "threads = 2", &sites).replace(
+        "metrics_address = \"127.0.0.1:0\"",
+        &format!("metrics_address = \"{}\"", taken.local_addr().unwrap()),
     );
+    let e =
+        website_monitor_source::start(load(&text), RunOptions::default(), CancellationToken::new())
+            .await
+            .err()
+            .expect("the address is taken");
+    assert!(matches!(e, SourceError::Telemetry(_)), "{e}");
+    // A CA file without a certificate on a site of the second thread.
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let bad = site(
+        &s.url("/?bad"),
+        &format!("tls_ca = \"{}\"", empty.display()),
+    );
+    let text = config(
+        &topic,
+        "threads = 2",
+        &[site(&s.url("/?ok"), ""), bad].concat(),
+    );
+    let e =
+        website_monitor_source::start(load(&text), RunOptions::default(), CancellationToken::new())
+            .await
+            .err()
+            .expect("the CA file is empty");
+    assert!(e.to_string().contains("empty.pem"), "{e}");
 }
 
 #[tokio::test]
