@@ -21,9 +21,14 @@ pub enum LogFormat {
 pub fn init(level: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (stderr closed: the log shipper died)
+    // is dropped. By default tracing-subscriber reports the failure with
+    // `eprintln!`, which panics when stderr is gone — in whatever task was
+    // logging, the signal handler's included, so SIGTERM was then ignored.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

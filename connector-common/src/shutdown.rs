@@ -14,10 +14,11 @@ pub fn on_signal() -> CancellationToken {
     let fire = token.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
+        // Cancel first: nothing after the signal may keep shutdown from starting.
+        fire.cancel();
         tracing::info!(
             "shutdown requested: finishing in-flight work (signal again to exit at once)"
         );
-        fire.cancel();
         wait_for_signal().await;
         tracing::warn!("second signal: exiting without finishing");
         std::process::exit(130);

@@ -842,6 +842,42 @@ async fn a_failed_start_is_an_error_not_a_panic() {
 }
 
 #[tokio::test]
+async fn sigterm_stops_the_source_even_when_its_stderr_is_closed() {
+    // The log shipper on the other end of stderr died: log lines cannot be
+    // written any more, and shutdown must still happen.
+    let s = TestServer::http().await;
+    let topic = unique("src-stderr-closed");
+    create_topic(&stack().brokers, &topic, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(
+        dir.path(),
+        &config(&topic, "", &site(&s.url("/"), "interval = \"100ms\"")),
+    );
+    let mut child = source(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the source");
+    let pid = child.id().expect("a pid");
+    eventually("a first check", Duration::from_secs(30), || async {
+        (s.hits("/") >= 1).then_some(())
+    })
+    .await;
+    drop(child.stderr.take());
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("the source stops after SIGTERM although it cannot log")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
 async fn mtls_through_9094_with_pem_paths_from_the_environment() {
     let st = stack();
     let s = TestServer::http().await;
