@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use connector_common::cli::{CommonArgs, EXIT_CONFIG};
 use connector_common::config::{self, process_env, render_masked, Section};
-use website_monitor_source::{sites, RunOptions, SourceConfig, SourceError};
+use website_monitor_source::{lanes, sites, RunOptions, SourceConfig, SourceError};
 
 /// mimalloc: the check path allocates and frees per request (hyper, reqwest,
 /// the record); glibc malloc spent ~16 % of a keep-alive profile, and
@@ -66,7 +66,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => return refuse(&e),
         };
         print!("{}", render_masked(&loaded, Section::Source));
-        println!("# {} site(s) to check in this instance", resolved.len());
+        let section = &loaded.section;
+        let threads = lanes::shares(
+            section.threads.unwrap_or_else(lanes::default_threads),
+            section.concurrency,
+            resolved.len(),
+        )
+        .len();
+        println!(
+            "# {} site(s) to check in this instance, on {threads} check thread(s)",
+            resolved.len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     connector_common::logging::init(&loaded.log_level, loaded.log_format);

@@ -766,6 +766,13 @@ async fn checks_run_on_the_configured_threads_and_concurrency_is_split_over_them
         dir.path(),
         &config(&topic, "threads = 3\nconcurrency = 3", &sites),
     );
+    let shown = source(&path).arg("--check-config").output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        stdout.contains("threads = 3")
+            && stdout.contains("6 site(s) to check in this instance, on 3 check thread(s)"),
+        "{stdout}"
+    );
     let child = source(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
