@@ -204,9 +204,11 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     let w = measure_window(&c, Duration::from_secs(5), Duration::from_secs(15))?;
     let rss = c.peak_rss() as f64 / 1048576.0;
     c.stop()?;
-    // ab again right after the window: the baseline is the mean of the runs
-    // before and after, so a drift of the machine during the window (ab's
-    // rate moved 14k-27k req/s between runs) hits both sides alike.
+    // ab again right after the window: the baseline of the source's rate is
+    // the mean of the runs before and after, so a drift of the machine during
+    // the window (ab's rate moved 14k-27k req/s between runs) hits both sides
+    // alike. The diagnostics below run after it; the CPU baselines are ab's
+    // first run.
     let ab_after = ab(ctx, ab_requests, keep_alive)?;
     let baseline = (ab_run.rate + ab_after.rate) / 2.0;
     // Diagnostics, same run: the same source writing JSON lines to /dev/null
@@ -329,7 +331,7 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
             "diagnostic: HTTP client alone, shaped like the source",
         ),
         Figure::against(
-            &format!("source.{label}.bare_hyper_per_s"),
+            &format!("source.{label}.bare_hyper_per_core_per_s"),
             hyper,
             "req/s",
             baseline,
@@ -337,7 +339,7 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
             "diagnostic: reqwest's engine alone",
         ),
         Figure::against(
-            &format!("source.{label}.bare_hyper_cpu_s_per_1000"),
+            &format!("source.{label}.bare_hyper_per_core_cpu_s_per_1000"),
             hyper_cpu,
             "cpu-s",
             ab_run.client_cpu_per_1000,
@@ -389,13 +391,15 @@ where
             })
             .collect()
     }
-    let threads = match shape {
+    let lanes = match shape {
         Shape::WorkStealing => 1,
         Shape::PerCore => std::thread::available_parallelism().map_or(1, usize::from),
     };
-    // Every client and runtime first, so nothing runs when one fails.
-    let mut ready = Vec::with_capacity(threads);
-    for t in 0..threads {
+    // Every client, then every runtime, so nothing runs when one fails (and
+    // no runtime is dropped here, inside async code, where that panics).
+    let clients = (0..lanes).map(|_| make()).collect::<Result<Vec<_>>>()?;
+    let mut ready = Vec::with_capacity(lanes);
+    for (t, one) in clients.into_iter().enumerate() {
         let runtime = match shape {
             Shape::WorkStealing => None,
             Shape::PerCore => Some(
@@ -404,16 +408,12 @@ where
                     .build()?,
             ),
         };
-        ready.push((
-            make()?,
-            runtime,
-            TASKS / threads + usize::from(t < TASKS % threads),
-        ));
+        ready.push((one, runtime, TASKS / lanes + usize::from(t < TASKS % lanes)));
     }
     let left = Arc::new(AtomicUsize::new(requests));
     let started = Instant::now();
     let cpu0 = crate::proc::cpu_seconds(std::process::id());
-    let mut threads = Vec::new();
+    let mut joins = Vec::new();
     for (one, runtime, n) in ready {
         let left = Arc::clone(&left);
         match runtime {
@@ -422,7 +422,7 @@ where
                     t.await?;
                 }
             }
-            Some(rt) => threads.push(std::thread::spawn(move || {
+            Some(rt) => joins.push(std::thread::spawn(move || {
                 rt.block_on(async move {
                     for t in tasks(n, one, &left) {
                         t.await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -433,7 +433,7 @@ where
         }
     }
     for t in tokio::task::spawn_blocking(move || {
-        threads
+        joins
             .into_iter()
             .map(|t| {
                 t.join()

@@ -50,7 +50,8 @@ pub struct SourceConfig {
     pub concurrency: usize,
     /// Threads that run the checks, each with its own share of the sites, of
     /// `concurrency`, its own scheduler and HTTP clients (a check never hops
-    /// threads); default: one per CPU core. Never more than `concurrency`.
+    /// threads); default: one per CPU core. Never more than `concurrency` or
+    /// the number of sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a free one.

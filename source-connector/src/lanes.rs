@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::check::{self, SetupError};
+use crate::config::MAX_THREADS;
 use crate::schedule::{self, Shared, Site};
 use crate::sites::SiteSpec;
 
@@ -52,9 +53,18 @@ pub fn shares(threads: usize, concurrency: usize, sites: usize) -> Vec<usize> {
         .collect()
 }
 
-/// The number of CPU cores this process may use (1 when unknown).
+/// The number of CPU cores this process may use (1 when unknown), at most
+/// [`MAX_THREADS`].
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_THREADS)
+}
+
+/// How many check threads run for `threads` (`None`: the default), given
+/// `concurrency` and the number of sites (see [`shares`]).
+pub fn count(threads: Option<usize>, concurrency: usize, sites: usize) -> usize {
+    shares(threads.unwrap_or_else(default_threads), concurrency, sites).len()
 }
 
 /// Running lanes.
@@ -153,8 +163,9 @@ impl Prepared {
     }
 
     /// Starts each lane's thread, scheduling until `stop` (or checking every
-    /// site once with `once`). If a thread cannot be started, `stop` is
-    /// cancelled, so the lanes already started stop too.
+    /// site once with `once`). The threads start scheduling only once all of
+    /// them exist: if one cannot be started, the others end without having
+    /// checked anything, and `stop` is cancelled.
     pub fn start(
         self,
         shared: &Arc<Shared>,
@@ -164,7 +175,12 @@ impl Prepared {
         let count = self.lanes.len();
         let ended = Arc::new(Semaphore::new(0));
         let crashed = Arc::new(AtomicBool::new(false));
+        // One "go" per lane, sent once every thread exists; a thread whose
+        // sender is dropped unsent ends without scheduling.
+        let mut go = Vec::with_capacity(count);
         for (i, lane) in self.lanes.into_iter().enumerate() {
+            let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+            go.push(go_tx);
             let (shared, lane_stop) = (Arc::clone(shared), stop.clone());
             let guard = EndGuard {
                 ended: Arc::clone(&ended),
@@ -180,7 +196,8 @@ impl Prepared {
                         runtime,
                         size,
                     } = lane;
-                    let Some(rt) = runtime.0.as_ref() else {
+                    // `None` only once dropped; here it is always there.
+                    let (Some(rt), Ok(())) = (runtime.0.as_ref(), go_rx.recv()) else {
                         return;
                     };
                     rt.block_on(async move {
@@ -197,8 +214,13 @@ impl Prepared {
                 });
             if let Err(e) = spawned {
                 stop.cancel();
+                // `go` is dropped unsent: the threads started end at once.
                 return Err(LaneError::Thread(e));
             }
+        }
+        for g in go {
+            // A thread that is gone already panicked; its guard reports it.
+            let _ = g.send(());
         }
         Ok(Lanes {
             count,

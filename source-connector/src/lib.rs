@@ -75,7 +75,7 @@ pub struct RunSummary {
     pub skipped_ticks: u64,
 }
 
-/// Why the source could not start.
+/// Why the source could not start, or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The configuration cannot be used (binaries exit with code 2).
@@ -90,7 +90,7 @@ pub enum SourceError {
     /// The telemetry server could not start.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
-    /// The run task panicked.
+    /// The run task or a check thread panicked.
     #[error("the source stopped unexpectedly: {0}")]
     Crashed(String),
 }

@@ -3,6 +3,7 @@
 //! Thin on purpose: flags, configuration, logging, signals; the work is in the
 //! `website_monitor_source` library.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -39,18 +40,32 @@ struct Args {
     stdout: bool,
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+fn main() -> ExitCode {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => {
+            say(&format_args!(
+                "website-monitor-source: cannot start the async runtime: {e}"
+            ));
+            ExitCode::FAILURE
+        }
+    }
 }
 
-async fn run(args: Args) -> anyhow::Result<ExitCode> {
+/// Writes `message` to stderr; a closed stderr is no reason to fail
+/// (`eprintln!` would panic there).
+fn say(message: &dyn std::fmt::Display) {
+    let _ = writeln!(std::io::stderr(), "{message}");
+}
+
+async fn run(args: Args) -> ExitCode {
     let refuse = |e: &dyn std::fmt::Display| {
-        eprintln!("{e}");
-        Ok(ExitCode::from(EXIT_CONFIG))
+        say(e);
+        ExitCode::from(EXIT_CONFIG)
     };
     let path = match config::resolve_path(args.common.config.as_deref(), &process_env) {
         Ok(p) => p,
@@ -67,17 +82,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         print!("{}", render_masked(&loaded, Section::Source));
         let section = &loaded.section;
-        let threads = lanes::shares(
-            section.threads.unwrap_or_else(lanes::default_threads),
-            section.concurrency,
-            resolved.len(),
-        )
-        .len();
+        let threads = lanes::count(section.threads, section.concurrency, resolved.len());
         println!(
             "# {} site(s) to check in this instance, on {threads} check thread(s)",
             resolved.len()
         );
-        return Ok(ExitCode::SUCCESS);
+        return ExitCode::SUCCESS;
     }
     connector_common::logging::init(&loaded.log_level, loaded.log_format);
     let shutdown = connector_common::shutdown::on_signal();
@@ -86,9 +96,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         stdout: args.stdout,
     };
     match website_monitor_source::run(loaded, opts, shutdown).await {
-        Ok(summary) if args.once && summary.failed > 0 => Ok(ExitCode::FAILURE),
-        Ok(_) => Ok(ExitCode::SUCCESS),
+        Ok(summary) if args.once && summary.failed > 0 => ExitCode::FAILURE,
+        Ok(_) => ExitCode::SUCCESS,
         Err(SourceError::Config(e)) => refuse(&e),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            tracing::error!("{:#}", anyhow::Error::from(e));
+            ExitCode::FAILURE
+        }
     }
 }

@@ -809,6 +809,35 @@ async fn checks_run_on_the_configured_threads_and_concurrency_is_split_over_them
 }
 
 #[tokio::test]
+async fn dropping_running_without_a_shutdown_stops_the_check_threads() {
+    let s = TestServer::http().await;
+    let topic = unique("src-dropped");
+    create_topic(&stack().brokers, &topic, 1).await;
+    let sites = site(&s.url("/slow/50"), "interval = \"100ms\"");
+    let running = website_monitor_source::start(
+        load(&config(&topic, "", &sites)),
+        RunOptions::default(),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    eventually("a few checks", Duration::from_secs(30), || async {
+        (s.hits("/slow/50") >= 3).then_some(())
+    })
+    .await;
+    drop(running);
+    // A check in flight at the drop may still finish; then nothing more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = s.hits("/slow/50");
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert_eq!(
+        s.hits("/slow/50"),
+        after,
+        "the check threads went on checking"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_start_is_an_error_not_a_panic() {
     let s = TestServer::http().await;
     let topic = unique("src-failed-start");
