@@ -37,6 +37,7 @@ lint: toolchain
 	  else echo "WARNING: rustfmt is not installed and could not be installed; skipping the format check" >&2; fi
 	@if $(CARGO) clippy --version >/dev/null 2>&1; then $(CARGO) clippy --workspace --all-targets -- -D warnings; \
 	  else echo "WARNING: clippy is not installed and could not be installed; skipping lints" >&2; fi
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps --quiet
 
 fmt:
 	$(CARGO) fmt --all

@@ -308,7 +308,7 @@ const STDOUT_LINGER: Duration = Duration::from_millis(2);
 ///
 /// A dedicated thread owns a locked, buffered stdout and writes whatever the
 /// bounded channel holds; once the channel is empty it waits
-/// [`STDOUT_LINGER`] for more and then flushes: no blocking-pool hop and no
+/// a moment (2 ms) for more and then flushes: no blocking-pool hop and no
 /// system call per record.
 pub struct StdoutPublisher {
     tx: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
