@@ -395,55 +395,54 @@ where
         Shape::WorkStealing => 1,
         Shape::PerCore => std::thread::available_parallelism().map_or(1, usize::from),
     };
-    // Every client, then every runtime, so nothing runs when one fails (and
-    // no runtime is dropped here, inside async code, where that panics).
+    // Every client first, so nothing runs when one cannot be made.
     let clients = (0..lanes).map(|_| make()).collect::<Result<Vec<_>>>()?;
-    let mut ready = Vec::with_capacity(lanes);
-    for (t, one) in clients.into_iter().enumerate() {
-        let runtime = match shape {
-            Shape::WorkStealing => None,
-            Shape::PerCore => Some(
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?,
-            ),
-        };
-        ready.push((one, runtime, TASKS / lanes + usize::from(t < TASKS % lanes)));
-    }
     let left = Arc::new(AtomicUsize::new(requests));
     let started = Instant::now();
     let cpu0 = crate::proc::cpu_seconds(std::process::id());
-    let mut joins = Vec::new();
-    for (one, runtime, n) in ready {
-        let left = Arc::clone(&left);
-        match runtime {
-            None => {
-                for t in tasks(n, one, &left) {
+    match shape {
+        Shape::WorkStealing => {
+            for one in clients {
+                for t in tasks(TASKS, one, &left) {
                     t.await?;
                 }
             }
-            Some(rt) => joins.push(std::thread::spawn(move || {
-                rt.block_on(async move {
-                    for t in tasks(n, one, &left) {
-                        t.await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                    }
-                    Ok::<(), anyhow::Error>(())
-                })
-            })),
         }
-    }
-    for t in tokio::task::spawn_blocking(move || {
-        joins
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .map_err(|_| anyhow::anyhow!("a bare-loop thread panicked"))
+        Shape::PerCore => {
+            let joins: Vec<_> = clients
+                .into_iter()
+                .enumerate()
+                .map(|(i, one)| {
+                    let left = Arc::clone(&left);
+                    let n = TASKS / lanes + usize::from(i < TASKS % lanes);
+                    std::thread::spawn(move || -> Result<()> {
+                        // Made and dropped on its own thread, outside async code.
+                        let rt = tokio::runtime::Builder::new_current_thread()
+                            .enable_all()
+                            .build()?;
+                        rt.block_on(async move {
+                            for t in tasks(n, one, &left) {
+                                t.await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                })
+                .collect();
+            let joined = tokio::task::spawn_blocking(move || {
+                joins
+                    .into_iter()
+                    .map(|t| {
+                        t.join()
+                            .map_err(|_| anyhow::anyhow!("a bare-loop thread panicked"))
+                    })
+                    .collect::<Vec<_>>()
             })
-            .collect::<Vec<_>>()
-    })
-    .await?
-    {
-        t??;
+            .await?;
+            for result in joined {
+                result??;
+            }
+        }
     }
     let cpu = crate::proc::cpu_seconds(std::process::id()) - cpu0;
     Ok((

@@ -61,10 +61,16 @@ pub fn default_threads() -> usize {
         .min(MAX_THREADS)
 }
 
-/// How many check threads run for `threads` (`None`: the default), given
-/// `concurrency` and the number of sites (see [`shares`]).
+/// The shares for `source.threads` (`None`: [`default_threads`]); see
+/// [`shares`].
+fn plan(threads: Option<usize>, concurrency: usize, sites: usize) -> Vec<usize> {
+    shares(threads.unwrap_or_else(default_threads), concurrency, sites)
+}
+
+/// How many check threads run for `source.threads` (`None`: the default),
+/// given `concurrency` and the number of sites.
 pub fn count(threads: Option<usize>, concurrency: usize, sites: usize) -> usize {
-    shares(threads.unwrap_or_else(default_threads), concurrency, sites).len()
+    plan(threads, concurrency, sites).len()
 }
 
 /// Running lanes.
@@ -123,14 +129,15 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Deals `specs` over the lanes ([`shares`]) and builds each lane's HTTP
+    /// Deals `specs` over the lanes for `threads` (`source.threads`; see
+    /// [`shares`]) and builds each lane's HTTP
     /// clients and runtime; everything that can fail, before any thread runs.
     pub fn new(
         specs: Vec<SiteSpec>,
-        threads: usize,
+        threads: Option<usize>,
         concurrency: usize,
     ) -> Result<Self, LaneError> {
-        let shares = shares(threads, concurrency, specs.len());
+        let shares = plan(threads, concurrency, specs.len());
         let mut dealt: Vec<Vec<SiteSpec>> = shares
             .iter()
             .map(|_| Vec::with_capacity(specs.len() / shares.len() + 1))

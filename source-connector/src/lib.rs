@@ -124,8 +124,7 @@ pub async fn start(
     let source = &config.section;
     let specs = sites::resolve(&config)?;
     let site_count = specs.len();
-    let threads = source.threads.unwrap_or_else(lanes::default_threads);
-    let prepared = lanes::Prepared::new(specs, threads, source.concurrency)?;
+    let prepared = lanes::Prepared::new(specs, source.threads, source.concurrency)?;
 
     let health = Health::new();
     let telemetry_stop = CancellationToken::new();

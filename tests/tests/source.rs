@@ -646,6 +646,25 @@ fn source(config: &Path) -> Command {
     c
 }
 
+/// Starts the source binary on `config`: stdout discarded, stderr captured.
+fn spawn_source(config: &Path) -> tokio::process::Child {
+    source(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the source")
+}
+
+/// Sends SIGTERM to `pid`.
+async fn sigterm(pid: u32) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(killed.success());
+}
+
 /// Parses `source stopped checks_finished=N delivered=N failed=N` from the log.
 fn final_counts(stderr: &str) -> (u64, u64, u64) {
     let line = stderr
@@ -685,11 +704,7 @@ async fn sigterm_mid_run_exits_0_with_every_finished_check_in_the_topic() {
     .concat();
     let dir = tempfile::tempdir().unwrap();
     let path = write_config(dir.path(), &config(&topic, "", &sites));
-    let child = source(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the source");
+    let child = spawn_source(&path);
     let pid = child.id().expect("a pid");
     // Let it run until the slow site has a check in flight for sure.
     eventually(
@@ -698,12 +713,7 @@ async fn sigterm_mid_run_exits_0_with_every_finished_check_in_the_topic() {
         || async { (s.hits("/slow/1500") >= 2).then_some(()) },
     )
     .await;
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(killed.success());
+    sigterm(pid).await;
     let out = child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -773,11 +783,7 @@ async fn checks_run_on_the_configured_threads_and_concurrency_is_split_over_them
             && stdout.contains("6 site(s) to check in this instance, on 3 check thread(s)"),
         "{stdout}"
     );
-    let child = source(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the source");
+    let child = spawn_source(&path);
     let pid = child.id().expect("a pid");
     eventually(
         "two checks of each slow site",
@@ -789,12 +795,7 @@ async fn checks_run_on_the_configured_threads_and_concurrency_is_split_over_them
         threads_named(pid, "check-"),
         ["check-0", "check-1", "check-2"]
     );
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(killed.success());
+    sigterm(pid).await;
     let out = child.wait_with_output().await.unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -889,23 +890,14 @@ async fn sigterm_stops_the_source_even_when_its_stderr_is_closed() {
         dir.path(),
         &config(&topic, "", &site(&s.url("/"), "interval = \"100ms\"")),
     );
-    let mut child = source(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the source");
+    let mut child = spawn_source(&path);
     let pid = child.id().expect("a pid");
     eventually("a first check", Duration::from_secs(30), || async {
         (s.hits("/") >= 1).then_some(())
     })
     .await;
     drop(child.stderr.take());
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .expect("kill");
-    assert!(killed.success());
+    sigterm(pid).await;
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
         .await
         .expect("the source stops after SIGTERM although it cannot log")
