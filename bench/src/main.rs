@@ -32,38 +32,48 @@ async fn main() -> Result<()> {
         .ok()
         .map(|v| v.split(',').map(|s| s.trim().to_owned()).collect());
     let wanted = |name: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == name));
+    let figures = run(&ctx, &wanted).await;
+    if let Err(e) = ctx.delete_topics().await {
+        eprintln!("warning: the bench's topics were not deleted: {e}");
+    }
+    let figures = figures?;
+    report::print_table(&figures);
+    let path = report::write_json(&ctx.root, &figures)?;
+    println!("\nwrote {}", path.display());
+    Ok(())
+}
+
+/// Every wanted scenario, in order; the first error stops the run.
+async fn run(ctx: &scenarios::Ctx, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<report::Figure>> {
     let mut figures = Vec::new();
     if wanted("source") {
         figures.extend(
-            scenarios::source_throughput(&ctx, false)
+            scenarios::source_throughput(ctx, false)
                 .await
                 .context("source throughput")?,
         );
         figures.extend(
-            scenarios::source_throughput(&ctx, true)
+            scenarios::source_throughput(ctx, true)
                 .await
                 .context("source keep-alive")?,
         );
     }
     if wanted("scale") {
         figures.extend(
-            scenarios::source_scale(&ctx)
+            scenarios::source_scale(ctx)
                 .await
                 .context("source at scale")?,
         );
     }
     if wanted("sink") {
         figures.extend(
-            scenarios::sink_throughput(&ctx)
+            scenarios::sink_throughput(ctx)
                 .await
                 .context("sink throughput")?,
         );
     }
     if wanted("e2e") {
-        figures.extend(scenarios::end_to_end(&ctx).await.context("end to end")?);
+        figures.extend(scenarios::end_to_end(ctx).await.context("end to end")?);
     }
-    report::print_table(&figures);
-    let path = report::write_json(&ctx.root, &figures)?;
-    println!("\nwrote {}", path.display());
-    Ok(())
+    Ok(figures)
 }

@@ -33,6 +33,9 @@ pub struct Ctx {
     pub work: PathBuf,
     /// Extra `[sink]` lines for experiments (`WM_BENCH_SINK_EXTRA`).
     pub sink_extra: String,
+    /// Topics this run made, deleted by [`Ctx::delete_topics`] at the end
+    /// (a full run writes a few GB into them).
+    topics: std::sync::Mutex<Vec<String>>,
 }
 
 impl Ctx {
@@ -54,7 +57,25 @@ impl Ctx {
             scale,
             work,
             sink_extra: std::env::var("WM_BENCH_SINK_EXTRA").unwrap_or_default(),
+            topics: std::sync::Mutex::default(),
         })
+    }
+
+    /// A new 4-partition topic named after `prefix`, deleted at the end of
+    /// the run.
+    async fn topic(&self, prefix: &str) -> String {
+        let topic = unique(prefix);
+        create_topic(&self.stack.brokers, &topic, 4).await;
+        self.topics.lock().expect("topic list").push(topic.clone());
+        topic
+    }
+
+    /// Deletes every topic this run made.
+    pub async fn delete_topics(&self) -> Result<()> {
+        let topics = std::mem::take(&mut *self.topics.lock().expect("topic list"));
+        website_monitor_tests::delete_topics(&self.stack.brokers, &topics)
+            .await
+            .map_err(anyhow::Error::msg)
     }
 
     fn n(&self, full: usize) -> usize {
@@ -188,8 +209,7 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     let label = if keep_alive { "keepalive" } else { "fresh" };
     let ab_requests = ctx.n(if keep_alive { 200_000 } else { 40_000 });
     let ab_run = ab(ctx, ab_requests, keep_alive)?;
-    let topic = unique("bench-source");
-    create_topic(&ctx.stack.brokers, &topic, 4).await;
+    let topic = ctx.topic("bench-source").await;
     let sites = sites_file(ctx, "throughput-sites.txt", ctx.n(8_000))?;
     let config = ctx.write(
         &format!("source-{label}.toml"),
@@ -539,8 +559,7 @@ async fn hyper_loop(ctx: &Ctx, requests: usize, keep_alive: bool) -> Result<(f64
 
 /// 100,000 sites at a 60 s interval: lateness, skipped ticks, memory, rate.
 pub async fn source_scale(ctx: &Ctx) -> Result<Vec<Figure>> {
-    let topic = unique("bench-scale");
-    create_topic(&ctx.stack.brokers, &topic, 4).await;
+    let topic = ctx.topic("bench-scale").await;
     let count = ctx.n(100_000);
     let sites = sites_file(ctx, "scale-sites.txt", count)?;
     let config = ctx.write(
@@ -647,8 +666,7 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
     let copy_slowest = copy_rates.iter().copied().fold(f64::INFINITY, f64::min);
 
     // Fill a topic, then time the sink from its start to the last row.
-    let topic = unique("bench-sink");
-    create_topic(&ctx.stack.brokers, &topic, 4).await;
+    let topic = ctx.topic("bench-sink").await;
     fill_topic(&producer(&ctx.stack.brokers), &topic, &records).await?;
     read_through(&ctx.stack.brokers, &topic, n).await?;
     let schema = unique_ident("bench_sink");
@@ -791,8 +809,7 @@ async fn fill_topic(p: &FutureProducer, topic: &str, records: &[String]) -> Resu
 /// Source → Kafka → sink at 5,000 checks/s: p50/p99 of (row insert time − checked_at),
 /// measured in the database.
 pub async fn end_to_end(ctx: &Ctx) -> Result<Vec<Figure>> {
-    let topic = unique("bench-e2e");
-    create_topic(&ctx.stack.brokers, &topic, 4).await;
+    let topic = ctx.topic("bench-e2e").await;
     let sites = sites_file(ctx, "e2e-sites.txt", ctx.n(5_000))?;
     let schema = unique_ident("bench_e2e");
     let client = pg(&ctx.stack.postgres_uri).await;

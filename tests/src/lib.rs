@@ -128,6 +128,37 @@ pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     }
 }
 
+/// Deletes `topics` (those that exist); a failure is returned, not a panic,
+/// so a caller cleaning up can report it and go on.
+pub async fn delete_topics(brokers: &str, topics: &[String]) -> Result<(), String> {
+    if topics.is_empty() {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| format!("admin client for {brokers}: {e}"))?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let results = admin
+        .delete_topics(
+            &names,
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))),
+        )
+        .await
+        .map_err(|e| format!("deleting topics {names:?}: {e}"))?;
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(Result::err)
+        .filter(|(_, code)| *code != rdkafka::types::RDKafkaErrorCode::UnknownTopicOrPartition)
+        .map(|(name, code)| format!("{name}: {code}"))
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("deleting topics: {}", failed.join(", ")))
+    }
+}
+
 /// A producer to `brokers` with acks=all, for tests.
 pub fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()
