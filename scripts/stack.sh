@@ -146,6 +146,9 @@ missing_packages() {
   have pkg-config || pkgs+=(pkg-config)
   { have pkg-config && pkg-config --exists openssl; } || pkgs+=(libssl-dev)
   { have pkg-config && pkg-config --exists zlib; } || [ -e /usr/include/zlib.h ] || pkgs+=(zlib1g-dev)
+  # rdkafka's zstd codec links the system libzstd (building the vendored one
+  # took a minute of a clean build).
+  { have pkg-config && pkg-config --exists libzstd; } || pkgs+=(libzstd-dev)
   have nginx || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
   have ab || pkgs+=(apache2-utils)
   have runuser || pkgs+=(util-linux)

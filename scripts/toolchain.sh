@@ -18,6 +18,11 @@ for component in rustfmt clippy; do
     fi
   fi
 done
+# rdkafka links the system libzstd (zstd-pkg-config); `make up` installs it.
+if ! { command -v pkg-config >/dev/null 2>&1 && pkg-config --exists libzstd; }; then
+  echo "WARNING: libzstd-dev (found with pkg-config) is missing, so rdkafka-sys will not build;" \
+    "run 'make up' (it installs it as root) or: sudo apt-get install -y pkg-config libzstd-dev" >&2
+fi
 # A clean build of the workspace (debug, clippy, docs) writes about 3 GB
 # under target/; say so up front instead of failing mid-build with ENOSPC.
 need_kb=$((4 * 1024 * 1024))

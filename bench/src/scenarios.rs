@@ -474,8 +474,7 @@ where
 /// Fails unless the target answers 200 (a stopped target would make a bare
 /// loop "fast").
 async fn target_answers(ctx: &Ctx) -> Result<()> {
-    let status = reqwest::Client::builder()
-        .no_proxy()
+    let status = website_monitor_tests::http_client_builder()
         .build()?
         .get(format!("http://{}/", ctx.http))
         .send()
@@ -499,7 +498,7 @@ async fn reqwest_loop(
     target_answers(ctx).await?;
     let url: reqwest::Url = format!("http://{}/", ctx.http).parse()?;
     drive(requests, shape, || {
-        let mut builder = reqwest::Client::builder().no_proxy();
+        let mut builder = website_monitor_tests::http_client_builder();
         if !keep_alive {
             let mut close = reqwest::header::HeaderMap::new();
             close.insert(

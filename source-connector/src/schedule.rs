@@ -341,7 +341,12 @@ mod tests {
     use super::*;
 
     fn sites(n: usize) -> Arc<[Site]> {
-        let client = reqwest::Client::new();
+        let key = crate::sites::ClientKey {
+            keep_alive: false,
+            tls_ca: None,
+            tls_verify: true,
+        };
+        let client = crate::check::build_client(&key).unwrap();
         (0..n)
             .map(|i| {
                 let spec = SiteSpec {
@@ -356,11 +361,7 @@ mod tests {
                     follow_redirects: true,
                     max_redirects: 5,
                     max_body_bytes: 1024,
-                    client: crate::sites::ClientKey {
-                        keep_alive: false,
-                        tls_ca: None,
-                        tls_verify: true,
-                    },
+                    client: key.clone(),
                 };
                 Site::new(spec, client.clone())
             })

@@ -159,6 +159,16 @@ pub async fn delete_topics(brokers: &str, topics: &[String]) -> Result<(), Strin
     }
 }
 
+/// A reqwest client builder for tests and the bench (loopback HTTP, no
+/// proxy). The workspace's reqwest carries no crypto provider of its own (the
+/// source hands it a complete rustls config), so this installs ring's as the
+/// process default first.
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    // Err only when a default is already installed: fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().no_proxy()
+}
+
 /// A producer to `brokers` with acks=all, for tests.
 pub fn producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()

@@ -116,7 +116,7 @@ async fn postgres_tls_with_verify_full_against_the_stack_ca() {
         roots.add(cert.expect("pem cert")).expect("add root");
     }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
+        rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("protocols")

@@ -474,7 +474,9 @@ async fn metrics_counters_move() {
         "http://{}",
         running.metrics_address.expect("metrics served")
     );
-    let client = reqwest::Client::new();
+    let client = website_monitor_tests::http_client_builder()
+        .build()
+        .unwrap();
     let get = |path: &'static str| {
         let (client, base) = (client.clone(), base.clone());
         async move {
