@@ -46,6 +46,13 @@ async fn main() -> Result<()> {
 /// Every wanted scenario, in order; the first error stops the run.
 async fn run(ctx: &scenarios::Ctx, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<report::Figure>> {
     let mut figures = Vec::new();
+    if wanted("source") || wanted("e2e") {
+        figures.extend(
+            scenarios::warm_up_broker(ctx)
+                .await
+                .context("warming the broker up")?,
+        );
+    }
     if wanted("source") {
         figures.extend(
             scenarios::source_throughput(ctx, false)

@@ -203,6 +203,44 @@ fn measure_window(c: &Connector, warmup: Duration, window: Duration) -> Result<W
     })
 }
 
+/// Runs the source flat out (keep-alive, 8,000 sites at 100 ms) into a
+/// throw-away topic for about 20 s before anything is measured: a broker that
+/// has just started compiles its produce path (JIT) under the first load and
+/// spent 2-3x its steady CPU per record in the first scenario of a clean-clone
+/// run (0.011-0.014 against 0.004-0.005 CPU-s per 1,000 fresh checks), on the
+/// cores the measured source needs. Reports the broker's CPU per 1,000 records
+/// in the first and the last of three windows.
+pub async fn warm_up_broker(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let topic = ctx.topic("bench-warm-up").await;
+    let sites = sites_file(ctx, "throughput-sites.txt", ctx.n(8_000))?;
+    let config = ctx.write(
+        "source-warm-up.toml",
+        &source_config(ctx, &topic, &sites, "100ms", 64, true),
+    )?;
+    let c = Connector::start(
+        &ctx.bin("website-monitor-source"),
+        &config,
+        SOURCE_METRICS,
+        &ctx.work.join("source-warm-up.log"),
+    )?;
+    let first = measure_window(&c, Duration::from_secs(2), Duration::from_secs(6))?;
+    measure_window(&c, Duration::ZERO, Duration::from_secs(6))?;
+    let last = measure_window(&c, Duration::ZERO, Duration::from_secs(6))?;
+    c.stop()?;
+    Ok(vec![
+        Figure::plain(
+            "warm_up.broker_cpu_s_per_1000_first",
+            first.broker_cpu_per_1000,
+            "cpu-s",
+        ),
+        Figure::plain(
+            "warm_up.broker_cpu_s_per_1000_last",
+            last.broker_cpu_per_1000,
+            "cpu-s",
+        ),
+    ])
+}
+
 /// Source checks/s (acknowledged by Kafka) with fresh connections or keep-alive,
 /// against ApacheBench on the same nginx in the same run.
 pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure>> {
