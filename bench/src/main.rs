@@ -8,7 +8,10 @@
 //! (lateness, memory), sink throughput (baseline: a raw `COPY` of the same rows),
 //! end-to-end latency at 5,000 checks/s. Every connector runs as a real release
 //! process ([`proc`]); the figures go to a table on stdout and to
-//! `target/bench/results.json` ([`report`]).
+//! `target/bench/results.json` ([`report`]). Before the source and
+//! end-to-end scenarios the broker is warmed up with 20 s of source traffic
+//! ([`scenarios::warm_up_broker`]); every topic the run made is deleted at its
+//! end, also when a scenario fails.
 //!
 //! Environment: `WM_BENCH_HTTP` (the nginx target, set by `scripts/bench.sh`),
 //! `WM_BENCH_ONLY` (comma-separated scenario names to run), `WM_BENCH_SCALE`
