@@ -106,8 +106,70 @@ pub fn unique_ident(prefix: &str) -> String {
     unique(prefix).replace('-', "_").to_ascii_lowercase()
 }
 
+/// Whether `topic` is a name from [`unique`] made before `cutoff_ms`
+/// (milliseconds since the epoch): `<prefix>-<pid>-<13-digit time>-<n>`.
+pub fn made_by_unique_before(topic: &str, cutoff_ms: u128) -> bool {
+    let mut parts = topic.rsplitn(4, '-');
+    let (Some(n), Some(t), Some(pid), Some(prefix)) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    !prefix.is_empty()
+        && digits(n)
+        && digits(pid)
+        && t.len() == 13
+        && digits(t)
+        && t.parse::<u128>().is_ok_and(|t| t < cutoff_ms)
+}
+
+/// Deletes the topics that tests and benchmarks made (names from [`unique`])
+/// more than `age` ago, and returns how many. A long-lived local stack
+/// otherwise keeps every test run's topics (about 80 MB per `make test`).
+pub async fn delete_stale_topics(brokers: &str, age: Duration) -> Result<usize, String> {
+    let cutoff = SystemTime::now()
+        .checked_sub(age)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis());
+    let brokers_owned = brokers.to_owned();
+    let names = tokio::task::spawn_blocking(move || -> Result<Vec<String>, String> {
+        let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers_owned)
+            .create()
+            .map_err(|e| format!("metadata client for {brokers_owned}: {e}"))?;
+        let metadata = consumer
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map_err(|e| format!("listing topics on {brokers_owned}: {e}"))?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect())
+    })
+    .await
+    .map_err(|e| format!("listing topics: {e}"))??;
+    let stale: Vec<String> = names
+        .into_iter()
+        .filter(|name| made_by_unique_before(name, cutoff))
+        .collect();
+    delete_topics(brokers, &stale).await?;
+    Ok(stale.len())
+}
+
 /// Creates `topic` with `partitions` partitions and waits until it exists.
+/// The first call in a process first deletes the topics earlier runs left
+/// behind more than an hour ago ([`delete_stale_topics`]; a failure there is
+/// only printed).
 pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            if let Err(e) = delete_stale_topics(brokers, Duration::from_secs(3600)).await {
+                eprintln!("warning: old test topics were not deleted: {e}");
+            }
+        })
+        .await;
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
@@ -415,4 +477,28 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Some((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_from_unique_made_before_the_cutoff_are_stale() {
+        let name = unique("sink-group");
+        assert!(made_by_unique_before(&name, u128::MAX));
+        assert!(!made_by_unique_before(&name, 0), "made after the cutoff");
+        let old = "bench-source-16273-1795831349266-1";
+        assert!(made_by_unique_before(old, 1_795_831_349_267));
+        assert!(!made_by_unique_before(old, 1_795_831_349_266));
+        for other in [
+            "website-monitor",
+            "my-topic-1795840943776-3", // no pid
+            "a-1-123-4",                // not a millisecond time
+            "-1-1795840943776-3",       // no prefix
+            "x-1-1795840943776-",       // no counter
+        ] {
+            assert!(!made_by_unique_before(other, u128::MAX), "{other}");
+        }
+    }
 }

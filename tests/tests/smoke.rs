@@ -140,3 +140,56 @@ async fn postgres_tls_with_verify_full_against_the_stack_ca() {
         .expect("query");
     assert!(row.get::<_, bool>(0), "the connection must be encrypted");
 }
+
+/// Topic names on the broker, from its metadata.
+fn topic_names(brokers: &str) -> Vec<String> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("metadata client");
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(10))
+        .expect("metadata");
+    metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn topics_left_by_runs_over_an_hour_ago_are_deleted_and_recent_ones_kept() {
+    let s = stack();
+    let two_hours_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        - 2 * 3600 * 1000;
+    let old = format!("sweep-old-{}-{two_hours_ago}-0", std::process::id());
+    let recent = unique("sweep-recent");
+    let kept = "sweep-not-from-unique";
+    for t in [old.as_str(), recent.as_str(), kept] {
+        create_topic(&s.brokers, t, 1).await;
+    }
+    let deleted = website_monitor_tests::delete_stale_topics(&s.brokers, Duration::from_secs(3600))
+        .await
+        .expect("sweep");
+    assert!(deleted >= 1, "the old topic counts: {deleted}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let names = topic_names(&s.brokers);
+        assert!(names.contains(&recent), "a recent test topic is kept");
+        assert!(
+            names.iter().any(|n| n == kept),
+            "a topic not named by unique() is kept"
+        );
+        if !names.contains(&old) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{old} still listed 30 s after its deletion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
