@@ -26,10 +26,10 @@ fi
 # A clean build of the workspace (debug, clippy, docs) writes about 3 GB
 # under target/; say so up front instead of failing mid-build with ENOSPC.
 need_kb=$((4 * 1024 * 1024))
-dir=${CARGO_TARGET_DIR:-target}
-mkdir -p "$dir"
-free_kb=$(df -Pk "$dir" | awk 'NR == 2 { print $4 }')
-if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+dir=${CARGO_TARGET_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target}
+mkdir -p "$dir" 2>/dev/null || true
+free_kb=$(df -Pk "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }') || true
+if [[ "$free_kb" =~ ^[0-9]+$ ]] && [ "$free_kb" -lt "$need_kb" ]; then
   echo "WARNING: only $((free_kb / 1024)) MiB free for $dir; a clean build needs about 4 GiB." \
     "Free some space (e.g. cargo clean in other checkouts) if the build fails with 'No space left on device'." >&2
 fi

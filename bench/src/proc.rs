@@ -95,6 +95,17 @@ impl Connector {
     }
 }
 
+/// A connector a failed scenario did not stop is killed, so it cannot keep
+/// loading the machine (or re-create a deleted topic) after the bench.
+impl Drop for Connector {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A plain HTTP/1.0 GET on loopback; returns the body of a 200.
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;

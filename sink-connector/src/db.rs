@@ -166,7 +166,7 @@ impl PgTarget {
 
     /// The rustls connector for this target. Reads the root certificate file.
     pub fn tls(&self) -> Result<MakeRustlsConnect, TlsError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Rustls(e.to_string()))?;

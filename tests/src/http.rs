@@ -273,7 +273,7 @@ impl Pki {
             .expect("self-signed cert");
 
         let config = |cert: &rcgen::Certificate, key: &KeyPair| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
             let mut c = ServerConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .expect("protocol versions")

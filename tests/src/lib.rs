@@ -124,8 +124,18 @@ pub fn made_by_unique_before(topic: &str, cutoff_ms: u128) -> bool {
         && t.parse::<u128>().is_ok_and(|t| t < cutoff_ms)
 }
 
+/// Whether the process whose pid a [`unique`] name holds still runs here (a
+/// bench or test run longer than the sweep's age keeps its topics).
+fn maker_alive(topic: &str) -> bool {
+    topic
+        .rsplit('-')
+        .nth(2)
+        .is_some_and(|pid| Path::new("/proc").join(pid).exists())
+}
+
 /// Deletes the topics that tests and benchmarks made (names from [`unique`])
-/// more than `age` ago, and returns how many. A long-lived local stack
+/// more than `age` ago by a process that is no longer running, and returns
+/// how many. A long-lived local stack
 /// otherwise keeps every test run's topics (about 80 MB per `make test`).
 pub async fn delete_stale_topics(brokers: &str, age: Duration) -> Result<usize, String> {
     let cutoff = SystemTime::now()
@@ -151,7 +161,7 @@ pub async fn delete_stale_topics(brokers: &str, age: Duration) -> Result<usize, 
     .map_err(|e| format!("listing topics: {e}"))??;
     let stale: Vec<String> = names
         .into_iter()
-        .filter(|name| made_by_unique_before(name, cutoff))
+        .filter(|name| made_by_unique_before(name, cutoff) && !maker_alive(name))
         .collect();
     delete_topics(brokers, &stale).await?;
     Ok(stale.len())
@@ -222,12 +232,8 @@ pub async fn delete_topics(brokers: &str, topics: &[String]) -> Result<(), Strin
 }
 
 /// A reqwest client builder for tests and the bench (loopback HTTP, no
-/// proxy). The workspace's reqwest carries no crypto provider of its own (the
-/// source hands it a complete rustls config), so this installs ring's as the
-/// process default first.
+/// proxy).
 pub fn http_client_builder() -> reqwest::ClientBuilder {
-    // Err only when a default is already installed: fine.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().no_proxy()
 }
 

@@ -28,7 +28,7 @@ pub fn client_config(
     tls_ca: Option<&Path>,
     verify: bool,
 ) -> Result<rustls::ClientConfig, SetupError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
         .map_err(|e| SetupError::Tls(e.to_string()))?;
