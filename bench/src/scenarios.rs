@@ -159,6 +159,19 @@ fn source_config(
     )
 }
 
+/// Writes `config` to `source-{name}.toml` and starts the release source on
+/// it with `flags`, logging to `source-{name}.log`.
+fn start_source(ctx: &Ctx, name: &str, config: &str, flags: &[&str]) -> Result<Connector> {
+    let path = ctx.write(&format!("source-{name}.toml"), config)?;
+    Connector::start_with(
+        &ctx.bin("website-monitor-source"),
+        &path,
+        flags,
+        SOURCE_METRICS,
+        &ctx.work.join(format!("source-{name}.log")),
+    )
+}
+
 /// Acknowledged records/s and CPU per 1,000 checks over a steady window.
 struct Window {
     rate: f64,
@@ -213,16 +226,8 @@ fn measure_window(c: &Connector, warmup: Duration, window: Duration) -> Result<W
 pub async fn warm_up_broker(ctx: &Ctx) -> Result<Vec<Figure>> {
     let topic = ctx.topic("bench-warm-up").await;
     let sites = sites_file(ctx, "throughput-sites.txt", ctx.n(8_000))?;
-    let config = ctx.write(
-        "source-warm-up.toml",
-        &source_config(ctx, &topic, &sites, "100ms", 64, true),
-    )?;
-    let c = Connector::start(
-        &ctx.bin("website-monitor-source"),
-        &config,
-        SOURCE_METRICS,
-        &ctx.work.join("source-warm-up.log"),
-    )?;
+    let config = source_config(ctx, &topic, &sites, "100ms", 64, true);
+    let c = start_source(ctx, "warm-up", &config, &[])?;
     let first = measure_window(&c, Duration::from_secs(2), Duration::from_secs(6))?;
     measure_window(&c, Duration::ZERO, Duration::from_secs(6))?;
     let last = measure_window(&c, Duration::ZERO, Duration::from_secs(6))?;
@@ -249,16 +254,8 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     let ab_run = ab(ctx, ab_requests, keep_alive)?;
     let topic = ctx.topic("bench-source").await;
     let sites = sites_file(ctx, "throughput-sites.txt", ctx.n(8_000))?;
-    let config = ctx.write(
-        &format!("source-{label}.toml"),
-        &source_config(ctx, &topic, &sites, "100ms", 64, keep_alive),
-    )?;
-    let c = Connector::start(
-        &ctx.bin("website-monitor-source"),
-        &config,
-        SOURCE_METRICS,
-        &ctx.work.join(format!("source-{label}.log")),
-    )?;
+    let config = source_config(ctx, &topic, &sites, "100ms", 64, keep_alive);
+    let c = start_source(ctx, label, &config, &[])?;
     let w = measure_window(&c, Duration::from_secs(5), Duration::from_secs(15))?;
     let rss = c.peak_rss() as f64 / 1048576.0;
     c.stop()?;
@@ -273,17 +270,7 @@ pub async fn source_throughput(ctx: &Ctx, keep_alive: bool) -> Result<Vec<Figure
     // instead of Kafka, a bare reqwest loop (no scheduler, no records) on a
     // work-stealing runtime (the calibration) and shaped like the
     // source's check threads, and the latter on hyper-util, reqwest's engine.
-    let stdout_config = ctx.write(
-        &format!("source-{label}-stdout.toml"),
-        &source_config(ctx, &topic, &sites, "100ms", 64, keep_alive),
-    )?;
-    let c = Connector::start_with(
-        &ctx.bin("website-monitor-source"),
-        &stdout_config,
-        &["--stdout"],
-        SOURCE_METRICS,
-        &ctx.work.join(format!("source-{label}-stdout.log")),
-    )?;
+    let c = start_source(ctx, &format!("{label}-stdout"), &config, &["--stdout"])?;
     let no_kafka = measure_window(&c, Duration::from_secs(3), Duration::from_secs(10))?;
     c.stop()?;
     let requests = ctx.n(if keep_alive { 200_000 } else { 40_000 });
@@ -599,16 +586,8 @@ pub async fn source_scale(ctx: &Ctx) -> Result<Vec<Figure>> {
     let topic = ctx.topic("bench-scale").await;
     let count = ctx.n(100_000);
     let sites = sites_file(ctx, "scale-sites.txt", count)?;
-    let config = ctx.write(
-        "source-scale.toml",
-        &source_config(ctx, &topic, &sites, "60s", 1024, false),
-    )?;
-    let c = Connector::start(
-        &ctx.bin("website-monitor-source"),
-        &config,
-        SOURCE_METRICS,
-        &ctx.work.join("source-scale.log"),
-    )?;
+    let config = source_config(ctx, &topic, &sites, "60s", 1024, false);
+    let c = start_source(ctx, "scale", &config, &[])?;
     let run = Duration::from_secs((120.0 * ctx.scale.max(0.2)) as u64);
     let w = measure_window(&c, Duration::from_secs(10), run)?;
     let text = c.scrape()?;
