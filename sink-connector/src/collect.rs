@@ -7,14 +7,14 @@
 //! writes back to back (measured in `make bench`, docs/benchmarks.md).
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::consume::{kafka_error, SinkConsumer};
-use crate::decode::{decode, Limits};
+use crate::decode::{decode, kafka_time, Limits};
 use crate::write::Msg;
 
 /// When a batch is complete: whichever of the three limits comes first.
@@ -103,11 +103,7 @@ impl Collector {
             partition: msg.partition(),
             offset: msg.offset(),
             key: msg.key().map(<[u8]>::to_vec),
-            timestamp: msg
-                .timestamp()
-                .to_millis()
-                .filter(|ms| *ms >= 0)
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms as u64)),
+            timestamp: msg.timestamp().to_millis().and_then(kafka_time),
             payload: payload.map(<[u8]>::to_vec),
             decoded,
         }

@@ -402,15 +402,18 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// Whether a failed statement is the data's fault (a record PostgreSQL refuses)
-/// rather than the connection's or the server's: SQLSTATE classes 22 (data
-/// exception) and 23 (integrity constraint violation), and 54000 (a value over a
-/// program limit).
-pub fn is_data_error(e: &tokio_postgres::Error) -> bool {
-    e.code().is_some_and(|c| {
-        let c = c.code();
-        c.starts_with("22") || c.starts_with("23") || c == "54000"
-    })
+/// Whether a failed statement may have been refused for something in a
+/// record rather than for the connection, the server or the schema: SQLSTATE
+/// classes 22 (data exception: text `jsonb` refuses, a value out of range),
+/// 23 (integrity constraint: a `CHECK` an operator added), 54 (program
+/// limit: stack depth, a value too large), P0 (raised by PL/pgSQL, e.g. an
+/// operator's trigger), 2F, 38 and 39 (raised in or by a function a trigger
+/// calls). Only a candidate: the batch writer rejects a record only when it
+/// fails on its own ([`crate::refuse`]).
+pub fn is_record_refusal(e: &tokio_postgres::Error) -> bool {
+    const CLASSES: [&str; 7] = ["22", "23", "54", "P0", "2F", "38", "39"];
+    e.code()
+        .is_some_and(|c| CLASSES.iter().any(|class| c.code().starts_with(class)))
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
+use crate::jsonb::{self, Refusal};
+
 /// Why a record was not stored as a check. The label of
 /// `website_monitor_records_rejected_total` and the `reason` column of the
 /// rejects table.
@@ -38,6 +40,12 @@ pub enum Reason {
     UrlTooLong,
     /// A string holds `\u0000`, which PostgreSQL's `jsonb` cannot store.
     NulInString,
+    /// A string holds an escaped UTF-16 surrogate without its pair.
+    UnpairedSurrogate,
+    /// Arrays and objects nested deeper than [`jsonb::MAX_DEPTH`].
+    TooDeep,
+    /// A number PostgreSQL's `numeric` cannot hold.
+    NumberOutOfRange,
     /// PostgreSQL itself refused the record; the detail is its message.
     Database,
 }
@@ -56,6 +64,9 @@ impl Reason {
             Reason::EmptyUrl => "empty_url",
             Reason::UrlTooLong => "url_too_long",
             Reason::NulInString => "nul_in_string",
+            Reason::UnpairedSurrogate => "unpaired_surrogate",
+            Reason::TooDeep => "too_deep",
+            Reason::NumberOutOfRange => "number_out_of_range",
             Reason::Database => "database",
         }
     }
@@ -148,13 +159,14 @@ pub fn decode(payload: Option<&[u8]>, limits: Limits) -> Decoded {
         Ok(f) => f,
         Err(e) => return reject(Reason::NotJson, format!("not JSON: {e}")),
     };
-    // jsonb refuses \u0000 in any string or key; check precisely only when the
-    // escape appears at all.
-    if text.contains("\\u0000") && has_nul_string(text) {
-        return reject(
-            Reason::NulInString,
-            "a string contains \\u0000, which PostgreSQL jsonb cannot store",
-        );
+    if let Err(refusal) = jsonb::check(bytes) {
+        let reason = match refusal {
+            Refusal::Nul => Reason::NulInString,
+            Refusal::LoneSurrogate => Reason::UnpairedSurrogate,
+            Refusal::TooDeep => Reason::TooDeep,
+            Refusal::NumberOutOfRange => Reason::NumberOutOfRange,
+        };
+        return reject(reason, refusal.detail());
     }
     let url = match fields.url {
         None | Some(Loose::Null) => return reject(Reason::NoUrl, "the object has no `url`"),
@@ -189,16 +201,19 @@ pub fn decode(payload: Option<&[u8]>, limits: Limits) -> Decoded {
     })
 }
 
-fn has_nul_string(text: &str) -> bool {
-    fn walk(v: &serde_json::Value) -> bool {
-        match v {
-            serde_json::Value::String(s) => s.contains('\0'),
-            serde_json::Value::Array(a) => a.iter().any(walk),
-            serde_json::Value::Object(o) => o.iter().any(|(k, v)| k.contains('\0') || walk(v)),
-            _ => false,
-        }
-    }
-    serde_json::from_str::<serde_json::Value>(text).is_ok_and(|v| walk(&v))
+/// 0001-01-01T00:00:00Z in Unix seconds: the earliest time the sink stores.
+const FIRST_SECOND: i64 = -62_135_596_800;
+/// 9999-12-31T23:59:59Z in Unix seconds: the latest time the sink stores
+/// (well inside PostgreSQL's `timestamptz` range, and what RFC 3339 can write).
+const LAST_SECOND: i64 = 253_402_300_799;
+
+/// A Kafka record timestamp (milliseconds since the Unix epoch) as a time the
+/// sink can store, or `None` outside years 1970 to 9999 (a negative value is
+/// Kafka's "no timestamp"; a larger one cannot be a real time, and PostgreSQL
+/// could not hold the largest).
+pub fn kafka_time(ms: i64) -> Option<SystemTime> {
+    let ms = u64::try_from(ms).ok()?;
+    (ms / 1000 <= LAST_SECOND as u64).then(|| UNIX_EPOCH + Duration::from_millis(ms))
 }
 
 /// The fields the sink reads; every other key is skipped (but still checked
@@ -242,7 +257,7 @@ impl Loose<'_> {
             Loose::Str(s) => humantime::parse_rfc3339_weak(s.trim()).ok(),
             _ => {
                 let secs = self.as_f64()?;
-                if !(-62_135_596_800.0..=253_402_300_799.0).contains(&secs) {
+                if !(FIRST_SECOND as f64..=LAST_SECOND as f64).contains(&secs) {
                     return None;
                 }
                 let d = Duration::from_secs_f64(secs.abs());
@@ -419,6 +434,36 @@ mod tests {
         assert_eq!(
             reason(br#"{"url":"u","n":{"k\u0000":1}}"#),
             Reason::NulInString
+        );
+    }
+
+    #[test]
+    fn kafka_timestamps_outside_years_1970_to_9999_are_no_timestamp() {
+        assert_eq!(kafka_time(-1), None);
+        assert_eq!(kafka_time(0), Some(UNIX_EPOCH));
+        assert_eq!(
+            kafka_time(253_402_300_799_999),
+            Some(UNIX_EPOCH + Duration::from_millis(253_402_300_799_999))
+        );
+        assert_eq!(kafka_time(253_402_300_800_000), None);
+        assert_eq!(kafka_time(i64::MAX), None);
+    }
+
+    #[test]
+    fn text_jsonb_would_refuse_is_rejected_with_its_reason() {
+        assert_eq!(
+            reason(br#"{"url":"u","s":"\ud800"}"#),
+            Reason::UnpairedSurrogate
+        );
+        let deep = format!(
+            "{{\"url\":\"u\",\"d\":{}{}}}",
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        assert_eq!(reason(deep.as_bytes()), Reason::TooDeep);
+        assert_eq!(
+            reason(br#"{"url":"u","n":1e999999}"#),
+            Reason::NumberOutOfRange
         );
     }
 

@@ -29,8 +29,10 @@ pub mod config;
 pub mod consume;
 pub mod db;
 pub mod decode;
+pub mod jsonb;
 pub mod metrics;
 pub mod migrate;
+pub mod refuse;
 pub mod write;
 pub mod writer;
 

@@ -144,6 +144,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "history_keyed_by_position",
         sql: include_str!("../migrations/0004_history_keyed_by_position.sql"),
     },
+    Migration {
+        version: 5,
+        name: "rejects_bounded",
+        sql: include_str!("../migrations/0005_rejects_bounded.sql"),
+    },
 ];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).

@@ -21,14 +21,12 @@
 //!    `jsonb`) and the rejects;
 //! 5. advance `next_offset`; COMMIT.
 //!
-//! Only after this returns does the caller store and commit Kafka offsets. If
-//! PostgreSQL refuses a record (SQLSTATE class 22 or 23, e.g. text jsonb cannot
-//! hold), the batch is bisected with rolled-back probe transactions (which skip
-//! the records below `next_offset` too) to find it, and it is written to the
-//! rejects table with the database's message instead. When no record fails on
-//! its own, nothing is rejected: the error is returned and the batch retried.
+//! Only after this returns does the caller store and commit Kafka offsets.
+//! Finding the records PostgreSQL refuses, and writing them as rejects, is
+//! [`crate::refuse`]'s part: it calls [`write_tx`] with the refused records
+//! and, to find them, in rolled-back probe mode.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -39,8 +37,8 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement, Transaction};
 
-use crate::db::is_data_error;
-use crate::decode::{Decoded, Good, Reason, Rejected};
+use crate::db::is_record_refusal;
+use crate::decode::{Decoded, Good, Rejected};
 use crate::migrate::Tables;
 
 /// One consumed Kafka record and what decoding made of it.
@@ -128,9 +126,9 @@ pub enum WriteError {
 }
 
 impl WriteError {
-    /// Whether PostgreSQL refused the data (see [`is_data_error`]).
-    pub fn is_data(&self) -> bool {
-        matches!(self, WriteError::Db(e) if is_data_error(e))
+    /// Whether PostgreSQL's refusal may lie in a record (see [`is_record_refusal`]).
+    pub fn is_record_refusal(&self) -> bool {
+        matches!(self, WriteError::Db(e) if is_record_refusal(e))
     }
 }
 
@@ -214,7 +212,7 @@ impl Sql {
                 c = t.check
             ),
             copy_rejected: format!(
-                "COPY {r} (topic, \"partition\", \"offset\", key, raw, reason, detail, kafka_timestamp) FROM STDIN (FORMAT binary)",
+                "COPY {r} (topic, \"partition\", \"offset\", key, raw, raw_length, raw_sha256, reason, detail, kafka_timestamp) FROM STDIN (FORMAT binary)",
                 r = t.rejected
             ),
             update_offsets: format!(
@@ -262,8 +260,9 @@ impl Conn {
     }
 }
 
+/// What a batch transaction does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     /// Write everything and commit.
     Commit,
     /// Write only the good records of a subset that are not written yet, and
@@ -271,112 +270,46 @@ enum Mode {
     Probe,
 }
 
-/// `msgs` without repeats of a Kafka position (the first is kept), or `None`
-/// when there are none.
-fn dedupe(msgs: &[Msg]) -> Option<Vec<Msg>> {
-    let mut seen = HashSet::with_capacity(msgs.len());
-    if msgs
-        .iter()
-        .all(|m| seen.insert((&*m.topic, m.partition, m.offset)))
-    {
-        return None;
-    }
-    seen.clear();
-    Some(
-        msgs.iter()
-            .filter(|m| seen.insert((&*m.topic, m.partition, m.offset)))
-            .cloned()
-            .collect(),
-    )
+/// Most bytes of a rejected record's value (and key) kept in the rejects
+/// table: one huge record cannot fill the disk. `raw_length` and
+/// `raw_sha256` still describe the whole value.
+pub const MAX_KEPT_BYTES: usize = 1 << 20;
+
+/// Most bytes of a reject's `detail` (PostgreSQL's message can quote the value).
+pub const MAX_DETAIL_BYTES: usize = 4096;
+
+/// What the rejects table keeps of a record's value.
+struct Kept<'a> {
+    raw: Option<&'a [u8]>,
+    length: Option<i64>,
+    sha256: Option<[u8; 32]>,
 }
 
-/// Writes `msgs` in one transaction. A record PostgreSQL refuses on its own
-/// is found and rejected; any other error — including a refusal no single
-/// record explains — is returned for the caller to retry (nothing was
-/// committed then).
-pub async fn write_batch(conn: &mut Conn, msgs: &[Msg]) -> Result<Outcome, WriteError> {
-    let deduped = dedupe(msgs);
-    let repeated = deduped.as_ref().map_or(0, |d| msgs.len() - d.len()) as u64;
-    if repeated > 0 {
-        tracing::info!(
-            records = repeated,
-            "dropped repeats of a Kafka position within one batch (a rebalance re-fetched them)"
-        );
+impl<'a> Kept<'a> {
+    fn of(payload: Option<&'a [u8]>) -> Self {
+        use sha2::Digest;
+        Self {
+            raw: payload.map(|p| prefix(p, MAX_KEPT_BYTES)),
+            length: payload.map(|p| i64::try_from(p.len()).unwrap_or(i64::MAX)),
+            sha256: payload.map(|p| sha2::Sha256::digest(p).into()),
+        }
     }
-    let msgs = deduped.as_deref().unwrap_or(msgs);
-    let mut out = write_refusing(conn, msgs).await?;
-    out.duplicates += repeated;
-    Ok(out)
 }
 
-async fn write_refusing(conn: &mut Conn, msgs: &[Msg]) -> Result<Outcome, WriteError> {
-    let mut refused: HashMap<usize, Rejected> = HashMap::new();
-    const ROUNDS: usize = 4;
-    for _ in 0..ROUNDS {
-        let err = match write_tx(conn, msgs, &refused, Mode::Commit, None).await {
-            Ok(o) => return Ok(o),
-            Err(e) if e.is_data() => e,
-            Err(e) => return Err(e),
-        };
-        let candidates: Vec<usize> = msgs
-            .iter()
-            .enumerate()
-            .filter(|(i, m)| matches!(m.decoded, Decoded::Good(_)) && !refused.contains_key(i))
-            .map(|(i, _)| i)
-            .collect();
-        tracing::warn!(error = %err, candidates = candidates.len(), "PostgreSQL refused a record of the batch; looking for it");
-        let found = find_refused(conn, msgs, candidates).await?;
-        if found.is_empty() {
-            // No record fails on its own (records conflicting with each
-            // other, or a transient refusal): rejecting good records would
-            // lose them, so retry the batch instead.
-            tracing::warn!(error = %err, "no single record of the batch is refused on its own; the batch will be retried");
-            return Err(err);
-        }
-        for (i, detail) in found {
-            tracing::warn!(topic = %msgs[i].topic, partition = msgs[i].partition, offset = msgs[i].offset, %detail, "record refused by PostgreSQL; rejecting it");
-            refused.insert(
-                i,
-                Rejected {
-                    reason: Reason::Database,
-                    detail,
-                },
-            );
-        }
-    }
-    write_tx(conn, msgs, &refused, Mode::Commit, None).await
+fn prefix(bytes: &[u8], max: usize) -> &[u8] {
+    &bytes[..bytes.len().min(max)]
 }
 
-/// Bisects `candidates` with rolled-back probes (which skip what is already
-/// written, as a commit would); returns the records that fail on their own,
-/// with PostgreSQL's message.
-async fn find_refused(
-    conn: &mut Conn,
-    msgs: &[Msg],
-    candidates: Vec<usize>,
-) -> Result<Vec<(usize, String)>, WriteError> {
-    let mut found = Vec::new();
-    let mut stack = vec![candidates];
-    let none = HashMap::new();
-    while let Some(set) = stack.pop() {
-        if set.is_empty() {
-            continue;
-        }
-        match write_tx(conn, msgs, &none, Mode::Probe, Some(&set)).await {
-            Ok(_) => {}
-            Err(e) if e.is_data() => {
-                if set.len() == 1 {
-                    found.push((set[0], e.to_string()));
-                } else {
-                    let (a, b) = set.split_at(set.len() / 2);
-                    stack.push(b.to_vec());
-                    stack.push(a.to_vec());
-                }
-            }
-            Err(e) => return Err(e),
-        }
+/// `s` cut to at most `max` bytes at a character boundary.
+fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
-    Ok(found)
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// PostgreSQL's message, code and detail, for the rejects table.
@@ -411,7 +344,10 @@ fn effective_time(m: &Msg, g: &Good, now: SystemTime) -> SystemTime {
     g.checked_at.or(m.timestamp).unwrap_or(now)
 }
 
-async fn write_tx(
+/// One batch transaction over `msgs` (or only the records `only` lists):
+/// the steps of the module doc. `refused` holds the records PostgreSQL was
+/// found to refuse, by index in `msgs`; they are written as rejects.
+pub(crate) async fn write_tx(
     conn: &mut Conn,
     msgs: &[Msg],
     refused: &HashMap<usize, Rejected>,
@@ -594,6 +530,8 @@ async fn write_tx(
                 Type::INT8,
                 Type::BYTEA,
                 Type::BYTEA,
+                Type::INT8,
+                Type::BYTEA,
                 Type::TEXT,
                 Type::TEXT,
                 Type::TIMESTAMPTZ,
@@ -604,16 +542,20 @@ async fn write_tx(
             let m = &msgs[i];
             let reason = r.reason.as_str();
             let topic: &str = &m.topic;
+            let payload = m.payload.as_deref();
+            let kept = Kept::of(payload);
             writer
                 .as_mut()
                 .write(&[
                     &topic,
                     &m.partition,
                     &m.offset,
-                    &m.key.as_deref(),
-                    &m.payload.as_deref(),
+                    &m.key.as_deref().map(|k| prefix(k, MAX_KEPT_BYTES)),
+                    &kept.raw,
+                    &kept.length,
+                    &kept.sha256.as_ref().map(|h| &h[..]),
                     &reason,
-                    &r.detail,
+                    &truncate_str(&r.detail, MAX_DETAIL_BYTES),
                     &m.timestamp,
                 ])
                 .await?;
@@ -693,6 +635,7 @@ pub fn commit_positions(msgs: &[Msg]) -> Vec<(Arc<str>, i32, i64)> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::decode::Reason;
     use std::time::{Duration, UNIX_EPOCH};
 
     /// A rejected (empty) record of topic `t` at `partition`/`offset`, for
@@ -759,22 +702,6 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn repeats_of_a_position_are_dropped_keeping_the_first() {
-        assert!(dedupe(&[msg(0, 1), msg(1, 1), msg(0, 2)]).is_none());
-        let mut first = msg(0, 1);
-        first.key = Some(b"first".to_vec());
-        let mut other_topic = msg(0, 1);
-        other_topic.topic = Arc::from("u");
-        let d = dedupe(&[first, msg(0, 2), msg(0, 1), other_topic, msg(0, 2)]).unwrap();
-        let got: Vec<(&str, i32, i64)> = d
-            .iter()
-            .map(|m| (&*m.topic, m.partition, m.offset))
-            .collect();
-        assert_eq!(got, [("t", 0, 1), ("t", 0, 2), ("u", 0, 1)]);
-        assert_eq!(d[0].key.as_deref(), Some(&b"first"[..]));
-    }
-
-    #[test]
     fn effective_time_prefers_record_then_kafka() {
         let m = msg(0, 0);
         let now = UNIX_EPOCH + Duration::from_secs(100);
@@ -797,6 +724,19 @@ pub(crate) mod tests {
         let mut m2 = m.clone();
         m2.timestamp = None;
         assert_eq!(effective_time(&m2, &g, now), now);
+    }
+
+    #[test]
+    fn rejects_keep_a_bounded_prefix_with_the_whole_length_and_hash() {
+        let big = vec![b'x'; MAX_KEPT_BYTES + 10];
+        let kept = Kept::of(Some(&big));
+        assert_eq!(kept.raw.map(<[u8]>::len), Some(MAX_KEPT_BYTES));
+        assert_eq!(kept.length, Some(big.len() as i64));
+        assert_eq!(kept.sha256.map(|h| h[0]), Some(0x54));
+        let none = Kept::of(None);
+        assert!(none.raw.is_none() && none.length.is_none() && none.sha256.is_none());
+        assert_eq!(truncate_str("aé", 2), "a");
+        assert_eq!(truncate_str("abc", 9), "abc");
     }
 
     #[test]

@@ -33,7 +33,8 @@ use crate::db::PgTarget;
 use crate::metrics as m;
 use crate::metrics::Readiness;
 use crate::migrate::{migrate, Tables};
-use crate::write::{db_message, write_batch, Conn, Msg, Outcome, Sql};
+use crate::refuse::{write_batch, Search};
+use crate::write::{db_message, Conn, Msg, Outcome, Sql};
 use crate::SinkError;
 
 /// Backoff between failed attempts: 100 ms doubling to 10 s.
@@ -305,6 +306,8 @@ pub struct Writer {
     /// Its number, from 0: its readiness slot and its share of partitions.
     index: usize,
     conn: Option<Conn>,
+    /// What the search for refused records learnt about the part in hand.
+    search: Search,
 }
 
 impl Writer {
@@ -314,6 +317,7 @@ impl Writer {
             shared,
             index,
             conn: None,
+            search: Search::default(),
         }
     }
 
@@ -399,7 +403,7 @@ impl Writer {
                     let limit = shared.budget.limit(shared.cfg.write_timeout);
                     let ended = shared.budget.clone().ended();
                     tokio::select! {
-                        r = tokio::time::timeout(limit, write_batch(conn, batch)) => match r {
+                        r = tokio::time::timeout(limit, write_batch(conn, batch, &mut self.search)) => match r {
                             Ok(Ok(o)) => {
                                 metrics::histogram!(m::BATCH_WRITE_SECONDS)
                                     .record(started.elapsed().as_secs_f64());
@@ -435,6 +439,7 @@ impl Writer {
                         self.problem(&e)
                     );
                     self.conn = None;
+                    self.search.clear();
                     return Ok(Written::GaveUp);
                 }
                 Err(e) => {

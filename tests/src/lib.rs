@@ -9,7 +9,12 @@
 //! `pipeline.rs` (the pair end to end) and `sasl.rs` (the pair over SASL_SSL
 //! with SCRAM).
 
+pub mod hostile;
 pub mod http;
+mod process;
+pub mod sink;
+
+pub use process::SinkProcess;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

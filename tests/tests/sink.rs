@@ -6,7 +6,7 @@
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use connector_common::config::{load_str, Section};
@@ -14,9 +14,10 @@ use connector_common::Loaded;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use website_monitor_sink::{Running, SinkConfig};
+use website_monitor_tests::sink::{batch_conn, batch_msg};
 use website_monitor_tests::{
-    binary, column, create_topic, eventually, fresh_schema, http_get, pg, produce, repo_root,
-    stack, unique, unique_ident, Stack,
+    column, create_topic, eventually, fresh_schema, http_get, pg, produce, repo_root, stack,
+    unique, unique_ident, SinkProcess, Stack,
 };
 
 /// The PostgreSQL restart test takes this for writing; every other test reads
@@ -687,73 +688,6 @@ async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_st
 
 // --- real processes --------------------------------------------------------
 
-struct Proc {
-    child: Child,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Proc {
-    fn spawn(config: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("connector.toml");
-        std::fs::write(&path, config).unwrap();
-        let log = dir.path().join("sink.log");
-        let child = Command::new(binary("website-monitor-sink"))
-            .arg("--config")
-            .arg(&path)
-            .current_dir(repo_root())
-            .env_remove("kafka_host")
-            .env_remove("kafka_topic")
-            .env_remove("postgres_uri")
-            .env_remove("log_level")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start website-monitor-sink");
-        Self {
-            child,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM, then the exit code.
-    fn term(&mut self) -> Option<i32> {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        for _ in 0..600 {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        self.kill9();
-        panic!(
-            "sink did not stop within 60 s of SIGTERM; log:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -807,7 +741,7 @@ async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
         "batch_size = 300\n",
     );
 
-    let mut sink = Proc::spawn(&config);
+    let mut sink = SinkProcess::spawn(&config);
     // Produce in chunks while the sink runs, and kill it once it is part way.
     let mut killed_at = None;
     for chunk in (0..N).collect::<Vec<_>>().chunks(2_000) {
@@ -842,7 +776,7 @@ async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
     );
     eprintln!("killed with {stored_at_kill} of {N} stored");
 
-    let mut sink = Proc::spawn(&config);
+    let mut sink = SinkProcess::spawn(&config);
     wait_rows(&db, &schema, "site_check", N as i64).await;
     // Let anything redelivered arrive, then check nothing doubled.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -885,10 +819,10 @@ async fn two_sinks_in_one_group_store_every_record_exactly_once() {
             s.postgres_uri
         )
     };
-    let mut a = Proc::spawn(&cfg(port_a));
-    let mut b = Proc::spawn(&cfg(port_b));
+    let mut a = SinkProcess::spawn(&cfg(port_a));
+    let mut b = SinkProcess::spawn(&cfg(port_b));
     // Produce only once both are members, so both get partitions with records.
-    let assigned = |p: &Proc| {
+    let assigned = |p: &SinkProcess| {
         p.log()
             .lines()
             .any(|l| l.contains("partitions assigned") && !l.trim_end().ends_with("[]"))
@@ -1423,48 +1357,6 @@ async fn not_ready_while_kafka_is_unreachable() {
 
 // --- the batch writer, called directly ----------------------------------------
 
-/// A fresh schema with the sink's tables, and a prepared batch connection to it.
-async fn batch_conn(
-    s: &Stack,
-    prefix: &str,
-) -> (
-    tokio_postgres::Client,
-    String,
-    website_monitor_sink::write::Conn,
-) {
-    use website_monitor_sink::migrate::{migrate, Tables};
-    use website_monitor_sink::write::{Conn, Sql};
-    let db = pg(&s.postgres_uri).await;
-    let schema = fresh_schema(&db, prefix).await;
-    let tables = Tables::new(&schema, "site");
-    let mut client = pg(&s.postgres_uri).await;
-    migrate(&mut client, &tables).await.expect("migrate");
-    let conn = Conn::prepare(client, &Sql::new(&tables))
-        .await
-        .expect("prepare");
-    (db, schema, conn)
-}
-
-/// A consumed record at `offset` of partition 0 of `topic`.
-fn batch_msg(topic: &str, offset: i64, json: &str) -> website_monitor_sink::write::Msg {
-    use website_monitor_sink::decode::{decode, Limits};
-    website_monitor_sink::write::Msg {
-        topic: topic.into(),
-        partition: 0,
-        offset,
-        key: None,
-        timestamp: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-        payload: Some(json.as_bytes().to_vec()),
-        decoded: decode(
-            Some(json.as_bytes()),
-            Limits {
-                max_record_bytes: 1 << 20,
-                max_url_bytes: 2048,
-            },
-        ),
-    }
-}
-
 async fn next_offset(db: &tokio_postgres::Client, schema: &str, topic: &str) -> Option<i64> {
     db.query_opt(
         &format!("SELECT next_offset FROM \"{schema}\".site_kafka_offsets WHERE topic = $1 AND \"partition\" = 0"),
@@ -1477,7 +1369,8 @@ async fn next_offset(db: &tokio_postgres::Client, schema: &str, topic: &str) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholesale() {
-    use website_monitor_sink::write::{write_batch, WriteError};
+    use website_monitor_sink::refuse::{write_batch, Search};
+    use website_monitor_sink::write::WriteError;
     let _g = PG_RESTART.read().await;
     let s = stack();
     let (db, schema, mut conn) = batch_conn(&s, "sink_writer").await;
@@ -1488,7 +1381,7 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     let a = batch_msg(t, 0, r#"{"url": "http://a/", "n": 0}"#);
     let b = batch_msg(t, 1, r#"{"url": "http://b/", "n": 1}"#);
     let batch = vec![a.clone(), b.clone(), a.clone()];
-    let out = write_batch(&mut conn, &batch)
+    let out = write_batch(&mut conn, &batch, &mut Search::default())
         .await
         .unwrap_or_else(|e| panic!("a batch holding one position twice is written: {e}"));
     assert_eq!((out.check_rows, out.duplicates), (2, 1));
@@ -1496,7 +1389,9 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     assert_eq!(count(&db, &schema, "site_rejected", "").await, 0);
     assert_eq!(next_offset(&db, &schema, t).await, Some(2));
     // Replayed whole: nothing new.
-    let out = write_batch(&mut conn, &batch).await.expect("replay");
+    let out = write_batch(&mut conn, &batch, &mut Search::default())
+        .await
+        .expect("replay");
     assert_eq!((out.check_rows, out.duplicates), (0, 3));
     assert!(out.skipped.iter().all(|k| k.next_offset == 2));
 
@@ -1511,10 +1406,10 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
         batch_msg(t, 2, r#"{"url": "http://c/", "n": 7}"#),
         batch_msg(t, 3, r#"{"url": "http://d/", "n": 7}"#),
     ];
-    let err = write_batch(&mut conn, &pair)
+    let err = write_batch(&mut conn, &pair, &mut Search::default())
         .await
         .expect_err("records that conflict only with each other fail the batch");
-    assert!(err.is_data(), "{err}");
+    assert!(err.is_record_refusal(), "{err}");
     assert_eq!(
         count(&db, &schema, "site_rejected", "").await,
         0,
@@ -1538,7 +1433,9 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
         batch_msg(t, 2, r#"{"url": "http://c/", "n": 2}"#),
         batch_msg(t, 3, r#"{"url": "http://refused/", "status_code": 599}"#),
     ];
-    let out = write_batch(&mut conn, &mixed).await.expect("mixed batch");
+    let out = write_batch(&mut conn, &mixed, &mut Search::default())
+        .await
+        .expect("mixed batch");
     assert_eq!(out.duplicates, 2);
     assert_eq!(out.check_rows, 1);
     assert_eq!(out.rejected.get("database"), Some(&1));
@@ -1562,7 +1459,7 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     .await
     .unwrap();
     let vanish = vec![batch_msg(t, 4, r#"{"url": "http://vanish/"}"#)];
-    let err = write_batch(&mut conn, &vanish)
+    let err = write_batch(&mut conn, &vanish, &mut Search::default())
         .await
         .expect_err("a url without a site row fails the batch");
     assert!(matches!(err, WriteError::SiteMissing { .. }), "{err}");
