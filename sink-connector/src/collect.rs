@@ -13,9 +13,9 @@ use rdkafka::consumer::Consumer;
 use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::Msg;
 use crate::consume::{kafka_error, SinkConsumer};
 use crate::decode::{decode, kafka_time, Limits};
-use crate::write::Msg;
 
 /// When a batch is complete: whichever of the three limits comes first.
 #[derive(Debug, Clone)]

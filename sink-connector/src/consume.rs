@@ -43,14 +43,15 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::split_by_partition;
+use crate::batch::{commit_positions, Msg, Outcome, Skipped};
 use crate::collect::Collector;
 use crate::config::SinkConfig;
 use crate::db::PgTarget;
 use crate::decode::Limits;
 use crate::metrics as m;
 use crate::metrics::Readiness;
-use crate::write::{commit_positions, Msg, Outcome, Skipped};
-use crate::writer::{split_by_partition, Shared, Writer, Written};
+use crate::writer::{Shared, Writer, Written};
 use crate::SinkError;
 
 /// librdkafka callbacks: statistics (consumer lag, broker state), errors,
@@ -236,7 +237,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Pipeline {
     shared: Arc<Shared>,
     /// One per `[sink] writers`; each writes one part of every batch (see
-    /// [`crate::writer::split_by_partition`]).
+    /// [`crate::batch::split_by_partition`]).
     writers: Vec<Writer>,
     limits: Limits,
     last_commit: Arc<AtomicU64>,

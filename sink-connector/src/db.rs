@@ -241,7 +241,7 @@ impl PgTarget {
         let (client, connection) = self.config.connect(tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::warn!(error = %crate::write::db_message(&e), "PostgreSQL connection ended");
+                tracing::warn!(error = %crate::postgres_error::db_message(&e), "PostgreSQL connection ended");
             }
         });
         Ok(client)
@@ -400,20 +400,6 @@ impl ServerCertVerifier for ChainOnly {
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_verify_schemes()
     }
-}
-
-/// Whether a failed statement may have been refused for something in a
-/// record rather than for the connection, the server or the schema: SQLSTATE
-/// classes 22 (data exception: text `jsonb` refuses, a value out of range),
-/// 23 (integrity constraint: a `CHECK` an operator added), 54 (program
-/// limit: stack depth, a value too large), P0 (raised by PL/pgSQL, e.g. an
-/// operator's trigger), 2F, 38 and 39 (raised in or by a function a trigger
-/// calls). Only a candidate: the batch writer rejects a record only when it
-/// fails on its own ([`crate::refuse`]).
-pub fn is_record_refusal(e: &tokio_postgres::Error) -> bool {
-    const CLASSES: [&str; 7] = ["22", "23", "54", "P0", "2F", "38", "39"];
-    e.code()
-        .is_some_and(|c| CLASSES.iter().any(|class| c.code().starts_with(class)))
 }
 
 #[cfg(test)]

@@ -3,27 +3,34 @@
 //! that cannot be stored — committing Kafka offsets only after the rows are
 //! committed.
 //!
-//! Layout:
+//! Layout, in the order a record passes through:
 //! - [`config`]: the `[sink]` section of `connector.toml`.
-//! - [`db`]: connecting to PostgreSQL, TLS as libpq's `sslmode` means it.
-//! - [`migrate`]: table names (always quoted) and versioned migrations under an
-//!   advisory lock.
-//! - [`decode`]: record bytes → typed columns, or a reject reason.
-//! - [`write`](mod@write): one transaction per batch (or per writer's part of
-//!   it); exactly-once through a per-partition offsets table locked in the
-//!   same transaction.
+//! - [`consume`]: the Kafka group consumer and the loop: collect a batch,
+//!   split it over the writers, commit its offsets once every part is
+//!   written, and meanwhile collect the next one.
 //! - [`collect`]: cutting the record stream into batches (size, bytes, age).
+//! - [`decode`]: record bytes → typed columns, or a reject reason; [`jsonb`]:
+//!   what PostgreSQL's `jsonb` would refuse, found before it is sent.
+//! - [`batch`]: the batch (records, outcome, Kafka positions to commit) and
+//!   its split by partition over the writers.
 //! - [`writer`]: the `writers` PostgreSQL connections, each writing its
-//!   partitions' part of a batch at the same time as the others; connecting,
-//!   migrating, bounded attempts and retries.
-//! - [`consume`]: the Kafka group consumer and the loop: split a batch over the
-//!   writers, commit its offsets once every part is written, and meanwhile
-//!   collect the next one.
+//!   part of a batch at the same time as the others; connecting, migrating,
+//!   bounded attempts and retries.
+//! - [`refuse`]: writing a part whose records PostgreSQL may refuse: the
+//!   search for them, kept across attempts.
+//! - [`write`](mod@write): one transaction per part; exactly-once through a
+//!   per-partition offsets table locked in the same transaction.
+//! - [`sql`]: the statements of that transaction, prepared per connection.
+//! - [`db`]: connecting to PostgreSQL, TLS as libpq's `sslmode` means it;
+//!   [`migrate`]: table names (always quoted) and versioned migrations under
+//!   an advisory lock; [`postgres_error`]: what an error means (retry,
+//!   reconnect, or look for a refused record).
 //! - [`metrics`]: metric names and readiness.
 //!
 //! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
 //! address and stop the sink with the shutdown token.
 
+pub mod batch;
 pub mod collect;
 pub mod config;
 pub mod consume;
@@ -32,7 +39,9 @@ pub mod decode;
 pub mod jsonb;
 pub mod metrics;
 pub mod migrate;
+pub mod postgres_error;
 pub mod refuse;
+pub mod sql;
 pub mod write;
 pub mod writer;
 

@@ -3,7 +3,7 @@
 //! good ones around them are stored.
 //!
 //! A batch transaction ([`write_tx`]) that fails with a refusal that can lie
-//! in a record ([`crate::db::is_record_refusal`]: data exceptions, constraint
+//! in a record ([`crate::postgres_error::is_record_refusal`]: data exceptions, constraint
 //! violations, program limits such as jsonb's stack depth, errors raised by
 //! an operator's trigger) is followed by a search: the records not yet
 //! known good or refused are bisected with rolled-back probe transactions,
@@ -21,8 +21,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use crate::batch::{Msg, Outcome};
 use crate::decode::{Decoded, Reason, Rejected};
-use crate::write::{write_tx, Conn, Mode, Msg, Outcome, WriteError};
+use crate::sql::Conn;
+use crate::write::{write_tx, Mode, WriteError};
 
 /// A record's Kafka position: topic, partition, offset.
 type Position = (Arc<str>, i32, i64);
@@ -192,7 +194,7 @@ async fn find_refused(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::write::tests::msg;
+    use crate::batch::tests::msg;
 
     #[test]
     fn what_a_search_learnt_is_found_again_by_position() {

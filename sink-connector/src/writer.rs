@@ -1,7 +1,7 @@
 //! The PostgreSQL connections that write batches: `[sink] writers` of them,
 //! each a [`Writer`] with its own connection, sharing the read-only [`Shared`].
 //!
-//! [`crate::consume`] splits every batch with [`split_by_partition`] and has
+//! [`crate::consume`] splits every batch with [`crate::batch::split_by_partition`] and has
 //! each writer write its part at the same time, so PostgreSQL runs up to
 //! `writers` batch transactions on as many backends (cores). Each part is
 //! an ordinary batch transaction of [`crate::write`]:
@@ -10,17 +10,20 @@
 //!   offsets row, and each part skips its own already-written records;
 //! - a url in two parts (only when producers did not key by url) is upserted
 //!   by both, each in url order, so the lock order is the same and they only
-//!   wait on each other; a deadlock or serialization failure would still be
-//!   retried like any failed write (by that writer, for its part only).
+//!   wait on each other; a deadlock or serialization failure is retried like
+//!   any failed write.
 //!
-//! A writer whose connection fails retries its own part with backoff on a
-//! fresh connection; the others are not disturbed. PostgreSQL counts as ready
-//! only while every writer is connected and its last write succeeded.
+//! Writer 0 is persistent: it retries its part with backoff on a fresh
+//! connection until it commits. Another writer whose attempt fails hands its
+//! part back, and writer 0 writes it after its own, so one working
+//! connection is enough. PostgreSQL counts as ready while writer 0 is
+//! connected and its last write succeeded (the others' failures only cost
+//! parallelism). Each writer keeps the [`Search`] for refused records of the
+//! part in hand across its attempts.
 //!
 //! Every attempt to connect or write is bounded by `write_timeout` (and, after
 //! SIGTERM, by what is left of `shutdown_timeout`).
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -28,13 +31,15 @@ use std::time::{Duration, Instant};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
+use crate::batch::{Msg, Outcome};
 use crate::config::SinkConfig;
 use crate::db::PgTarget;
 use crate::metrics as m;
 use crate::metrics::Readiness;
 use crate::migrate::{migrate, Tables};
+use crate::postgres_error::{db_message, is_connection_error};
 use crate::refuse::{write_batch, Search};
-use crate::write::{db_message, Conn, Msg, Outcome, Sql};
+use crate::sql::{Conn, Sql};
 use crate::SinkError;
 
 /// Backoff between failed attempts: 100 ms doubling to 10 s.
@@ -185,23 +190,6 @@ impl Shared {
     }
 }
 
-/// Whether a PostgreSQL error is about the connection (retry) rather than the
-/// SQL: no SQLSTATE (I/O), or class 08 (connection), 57P (operator
-/// intervention, e.g. a restart), 53 (insufficient resources, e.g. too many
-/// connections) or 40 (transaction rollback: serialization failure, deadlock).
-fn is_connection_error(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        None => true,
-        Some(c) => {
-            let c = c.code();
-            c.starts_with("08")
-                || c.starts_with("57P")
-                || c.starts_with("53")
-                || c.starts_with("40")
-        }
-    }
-}
-
 /// Connects, bounds abandoned transactions on the server side, migrates and
 /// prepares. `Ok(Err(message))` is worth retrying; a migration PostgreSQL
 /// refuses is fatal unless `started`.
@@ -246,46 +234,6 @@ async fn open(shared: &Shared, started: bool) -> Result<Result<Conn, String>, Si
         }
         Err(e) => Err(SinkError::Migrate(db_message(&e))),
     }
-}
-
-/// `batch` split into at most `n` parts, each keeping the batch's order; all
-/// records of one (topic, partition) land in one part, so the parts never
-/// touch the same offsets row. Partitions are dealt out by size, largest
-/// first, each to the part with the fewest records so far: a sink that owns,
-/// say, partitions 0, 2 and 4 still uses two writers (a fixed
-/// `partition % n` would put them all on one). Safe because a batch's parts
-/// are all committed before the next batch is split. Some parts may be empty.
-pub fn split_by_partition(batch: Vec<Msg>, n: usize) -> Vec<Vec<Msg>> {
-    if n <= 1 {
-        return vec![batch];
-    }
-    let mut sizes: HashMap<(Arc<str>, i32), usize> = HashMap::new();
-    for m in &batch {
-        *sizes.entry((m.topic.clone(), m.partition)).or_default() += 1;
-    }
-    let mut by_size: Vec<((Arc<str>, i32), usize)> = sizes.into_iter().collect();
-    // Largest first; ties in (topic, partition) order, so the split is deterministic.
-    by_size.sort_by(|(ka, a), (kb, b)| b.cmp(a).then_with(|| ka.cmp(kb)));
-    let mut load = vec![0usize; n];
-    let mut part_of: HashMap<(Arc<str>, i32), usize> = HashMap::new();
-    for (key, size) in by_size {
-        let (i, _) = load
-            .iter()
-            .enumerate()
-            .min_by_key(|(i, l)| (**l, *i))
-            .unwrap_or((0, &0));
-        load[i] += size;
-        part_of.insert(key, i);
-    }
-    let mut parts: Vec<Vec<Msg>> = load.iter().map(|l| Vec::with_capacity(*l)).collect();
-    for msg in batch {
-        let i = part_of
-            .get(&(msg.topic.clone(), msg.partition))
-            .copied()
-            .unwrap_or(0);
-        parts[i].push(msg);
-    }
-    parts
 }
 
 /// What became of one part of a batch.
@@ -472,7 +420,6 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::write::tests::msg;
 
     #[tokio::test]
     async fn after_shutdown_every_limit_is_cut_to_what_is_left_of_shutdown_timeout_counted_from_the_signal(
@@ -495,54 +442,5 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert_eq!(budget.limit(ten), Duration::ZERO);
         assert!(budget.passed());
-    }
-
-    fn positions(part: &[Msg]) -> Vec<(i32, i64)> {
-        part.iter().map(|m| (m.partition, m.offset)).collect()
-    }
-
-    #[test]
-    fn a_batch_splits_by_partition_keeping_its_order() {
-        let batch = vec![
-            msg(0, 10),
-            msg(5, 1),
-            msg(2, 7),
-            msg(4, 3),
-            msg(0, 11),
-            msg(3, 2),
-            msg(2, 8),
-        ];
-        let parts = split_by_partition(batch.clone(), 3);
-        assert_eq!(parts.len(), 3);
-        // Largest partitions first, each to the least loaded part.
-        assert_eq!(positions(&parts[0]), [(0, 10), (5, 1), (0, 11)]);
-        assert_eq!(positions(&parts[1]), [(2, 7), (2, 8)]);
-        assert_eq!(positions(&parts[2]), [(4, 3), (3, 2)]);
-        let one = split_by_partition(batch.clone(), 1);
-        assert_eq!(one.len(), 1);
-        assert_eq!(positions(&one[0]), positions(&batch));
-        let many = split_by_partition(batch, 64);
-        assert_eq!(many.iter().filter(|p| !p.is_empty()).count(), 5);
-    }
-
-    #[test]
-    fn partitions_with_the_same_remainder_still_spread_over_the_writers() {
-        // A sink owning partitions 0, 2 and 4 of a topic, with two writers.
-        let batch = vec![
-            msg(0, 1),
-            msg(2, 1),
-            msg(4, 1),
-            msg(0, 2),
-            msg(2, 2),
-            msg(4, 2),
-        ];
-        let parts = split_by_partition(batch, 2);
-        let sizes: Vec<usize> = parts.iter().map(Vec::len).collect();
-        assert_eq!(
-            sizes,
-            [4, 2],
-            "{:?}",
-            parts.iter().map(|p| positions(p)).collect::<Vec<_>>()
-        );
     }
 }

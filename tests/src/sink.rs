@@ -11,7 +11,7 @@ pub async fn batch_conn(
 ) -> (
     tokio_postgres::Client,
     String,
-    website_monitor_sink::write::Conn,
+    website_monitor_sink::sql::Conn,
 ) {
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, prefix).await;
@@ -20,9 +20,9 @@ pub async fn batch_conn(
 }
 
 /// A new prepared batch connection to `schema` (its tables created when missing).
-pub async fn batch_conn_on(s: &Stack, schema: &str) -> website_monitor_sink::write::Conn {
+pub async fn batch_conn_on(s: &Stack, schema: &str) -> website_monitor_sink::sql::Conn {
     use website_monitor_sink::migrate::{migrate, Tables};
-    use website_monitor_sink::write::{Conn, Sql};
+    use website_monitor_sink::sql::{Conn, Sql};
     let tables = Tables::new(schema, "site");
     let mut client = pg(&s.postgres_uri).await;
     migrate(&mut client, &tables).await.expect("migrate");
@@ -33,14 +33,14 @@ pub async fn batch_conn_on(s: &Stack, schema: &str) -> website_monitor_sink::wri
 
 /// A consumed record at `offset` of partition 0 of `topic`, decoded with
 /// `max_record_bytes` 1 MiB and `max_url_bytes` 2048.
-pub fn batch_msg(topic: &str, offset: i64, json: &str) -> website_monitor_sink::write::Msg {
+pub fn batch_msg(topic: &str, offset: i64, json: &str) -> website_monitor_sink::batch::Msg {
     batch_msg_bytes(topic, offset, json.as_bytes())
 }
 
 /// [`batch_msg`] for any bytes.
-pub fn batch_msg_bytes(topic: &str, offset: i64, value: &[u8]) -> website_monitor_sink::write::Msg {
+pub fn batch_msg_bytes(topic: &str, offset: i64, value: &[u8]) -> website_monitor_sink::batch::Msg {
     use website_monitor_sink::decode::{decode, Limits};
-    website_monitor_sink::write::Msg {
+    website_monitor_sink::batch::Msg {
         topic: topic.into(),
         partition: 0,
         offset,
