@@ -2,7 +2,7 @@
 //! to the rejects table with reason `database` and PostgreSQL's message, the
 //! good ones around them are stored.
 //!
-//! A batch transaction ([`write_tx`]) that fails with a refusal that can lie
+//! A batch transaction (`write_tx`) that fails with a refusal that can lie
 //! in a record ([`crate::postgres_error::is_record_refusal`]: data exceptions, constraint
 //! violations, program limits such as jsonb's stack depth, errors raised by
 //! an operator's trigger) is followed by a search: the records not yet

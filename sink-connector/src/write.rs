@@ -1,6 +1,6 @@
 //! Writing one batch of records in one PostgreSQL transaction.
 //!
-//! Per batch, inside one transaction ([`write_tx`]):
+//! Per batch, inside one transaction (`write_tx`):
 //!
 //! 1. lock the offsets-table rows of the batch's (topic, partition) pairs, in
 //!    sorted order (`SELECT ... ORDER BY ... FOR UPDATE`; missing rows are
@@ -20,7 +20,7 @@
 //!
 //! Only after this returns does the caller store and commit Kafka offsets.
 //! Repeats of a position within a batch, and finding the records PostgreSQL
-//! refuses, are [`crate::refuse`]'s part: it calls [`write_tx`] with the
+//! refuses, are [`crate::refuse`]'s part: it calls `write_tx` with the
 //! refused records and, to find them, in rolled-back probe mode.
 
 use std::collections::{BTreeMap, HashMap};
