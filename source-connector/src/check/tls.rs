@@ -13,9 +13,10 @@
 //! check is timed, and shared by every client: reading the system's roots,
 //! and seeding the crypto provider's random number generator. AWS-LC seeds
 //! its process-wide generator from CPU jitter entropy on the first random
-//! bytes anyone asks for, ~100 ms of CPU in a debug build and ~65 ms in a
-//! release build; left to the first handshake (its ClientHello random and key
-//! share), that time was in the first check's `timings.tls` (issue 17).
+//! bytes anyone asks for (~100 ms of CPU measured in a debug build; issue 17
+//! saw ~65 ms with a release build); left to the first handshake (its
+//! ClientHello random and key share), that time was in the first check's
+//! `timings.tls`. Measurements: docs/timings.md.
 
 use std::path::Path;
 use std::sync::Arc;
