@@ -145,9 +145,12 @@ impl Prepared {
         for (i, spec) in specs.into_iter().enumerate() {
             dealt[i % shares.len()].push(spec);
         }
+        // TLS's one-time work (the system's roots, seeding the random number
+        // generator), once for every lane's clients and before any check.
+        let tls = check::tls::TlsBase::load()?;
         let mut lanes = Vec::with_capacity(shares.len());
         for (specs, share) in dealt.into_iter().zip(&shares) {
-            let clients = check::build_clients(&specs)?;
+            let clients = check::build_clients(&specs, &tls)?;
             let sites: Arc<[Site]> = specs
                 .into_iter()
                 .map(|spec| {

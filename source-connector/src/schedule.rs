@@ -346,7 +346,8 @@ mod tests {
             tls_ca: None,
             tls_verify: true,
         };
-        let client = crate::check::build_client(&key).unwrap();
+        let base = crate::check::tls::TlsBase::load().unwrap();
+        let client = crate::check::build_client(&key, &base).unwrap();
         (0..n)
             .map(|i| {
                 let spec = SiteSpec {

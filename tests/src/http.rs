@@ -9,7 +9,13 @@
 //! - `/redirect/{n}` — 302 to `/redirect/{n-1}`, and `/redirect/0` is 200 `arrived`;
 //! - `/text` — 200 with a known sentence ([`TEXT`]), for regexes;
 //! - `/big/{bytes}` — 200 with a body of that many bytes, streamed in 16 KiB
-//!   chunks; [`TestServer::bytes_sent`] counts the chunks handed to the socket.
+//!   chunks; [`TestServer::bytes_sent`] counts the chunks handed to the socket;
+//! - `/phases/{headers_ms}/{gap_ms}` — 200 after `headers_ms` milliseconds,
+//!   with a body of two chunks `gap_ms` milliseconds apart (a stall before the
+//!   headers and one between body chunks, for the phase timings).
+//!
+//! [`TestServer::https_stalling_handshake`] also stalls inside the TLS
+//! handshake: the server's first flight (ServerHello … Finished) is held back.
 //!
 //! Every server counts connections, requests per path and the most requests
 //! it ever had open at once ([`TestServer::max_in_flight`]). [`Pki`] makes the TLS side: a
@@ -17,9 +23,12 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,7 +39,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 
 /// The body of `/text`.
 pub const TEXT: &str = "The quick brown fox jumps over the lazy dog.";
@@ -64,15 +74,23 @@ impl Drop for TestServer {
 impl TestServer {
     /// A plain HTTP server.
     pub async fn http() -> Self {
-        Self::start(None).await
+        Self::start(None, Duration::ZERO).await
     }
 
     /// An HTTPS server presenting the certificate of `tls`.
     pub async fn https(tls: Arc<ServerConfig>) -> Self {
-        Self::start(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+        Self::start(Some(tokio_rustls::TlsAcceptor::from(tls)), Duration::ZERO).await
     }
 
-    async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+    /// [`TestServer::https`] that stalls `stall` inside every TLS handshake:
+    /// its first write on a connection (the server's flight after the
+    /// ClientHello) waits that long, so a client sees the stall between its
+    /// ClientHello and the ServerHello.
+    pub async fn https_stalling_handshake(tls: Arc<ServerConfig>, stall: Duration) -> Self {
+        Self::start(Some(tokio_rustls::TlsAcceptor::from(tls)), stall).await
+    }
+
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>, handshake_stall: Duration) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
@@ -99,6 +117,7 @@ impl TestServer {
                             let _ = http.serve_connection(TokioIo::new(stream), service).await;
                         }
                         Some(acceptor) => {
+                            let stream = StallFirstWrite::new(stream, handshake_stall);
                             if let Ok(tls_stream) = acceptor.accept(stream).await {
                                 let _ = http
                                     .serve_connection(TokioIo::new(tls_stream), service)
@@ -156,6 +175,61 @@ impl TestServer {
             .get(path)
             .copied()
             .unwrap_or(0)
+    }
+}
+
+/// A TCP stream whose first write waits `stall` (none when zero).
+struct StallFirstWrite {
+    inner: TcpStream,
+    stall: Option<Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl StallFirstWrite {
+    fn new(inner: TcpStream, stall: Duration) -> Self {
+        StallFirstWrite {
+            inner,
+            stall: (!stall.is_zero()).then_some(stall),
+            sleep: None,
+        }
+    }
+}
+
+impl AsyncRead for StallFirstWrite {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for StallFirstWrite {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if let Some(stall) = self.stall {
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.stall = None;
+            self.sleep = None;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -223,6 +297,25 @@ async fn answer(path: &str, st: &Arc<State>) -> Response<Body> {
             Response::builder()
                 .status(StatusCode::OK)
                 .header("content-length", total.to_string())
+                .body(BodyExt::boxed(StreamBody::new(chunks)))
+                .expect("valid response")
+        }
+        "phases" => {
+            tokio::time::sleep(Duration::from_millis(number(1).unwrap_or(0))).await;
+            let gap = Duration::from_millis(number(2).unwrap_or(0));
+            let chunks = futures::stream::unfold(0u8, move |n| async move {
+                let text: &'static str = match n {
+                    0 => "first chunk\n",
+                    1 => {
+                        tokio::time::sleep(gap).await;
+                        "second chunk\n"
+                    }
+                    _ => return None,
+                };
+                Some((Ok::<_, Infallible>(Frame::data(Bytes::from(text))), n + 1))
+            });
+            Response::builder()
+                .status(StatusCode::OK)
                 .body(BodyExt::boxed(StreamBody::new(chunks)))
                 .expect("valid response")
         }

@@ -60,9 +60,10 @@ pub enum SetupError {
     Client(#[source] reqwest::Error),
 }
 
-/// Builds the client for sites with these settings.
-pub fn build_client(key: &ClientKey) -> Result<Client, SetupError> {
-    let tls = tls::client_config(key.tls_ca.as_deref(), key.tls_verify)?;
+/// Builds the client for sites with these settings, on the process's
+/// [`tls::TlsBase`].
+pub fn build_client(key: &ClientKey, base: &tls::TlsBase) -> Result<Client, SetupError> {
+    let tls = base.client_config(key.tls_ca.as_deref(), key.tls_verify)?;
     let mut builder = Client::builder()
         .tls_backend_preconfigured(tls)
         .tls_info(true)
@@ -86,11 +87,14 @@ pub fn build_client(key: &ClientKey) -> Result<Client, SetupError> {
 }
 
 /// Builds every distinct client `sites` need, once.
-pub fn build_clients(sites: &[SiteSpec]) -> Result<HashMap<ClientKey, Client>, SetupError> {
+pub fn build_clients(
+    sites: &[SiteSpec],
+    base: &tls::TlsBase,
+) -> Result<HashMap<ClientKey, Client>, SetupError> {
     let mut clients = HashMap::new();
     for site in sites {
         if !clients.contains_key(&site.client) {
-            clients.insert(site.client.clone(), build_client(&site.client)?);
+            clients.insert(site.client.clone(), build_client(&site.client, base)?);
         }
     }
     Ok(clients)
@@ -465,7 +469,7 @@ mod tests {
         });
         let mut s = site(&format!("http://127.0.0.1:{port}/"));
         s.timeout = Duration::from_secs(60);
-        let client = build_client(&s.client).unwrap();
+        let client = build_client(&s.client, &tls::TlsBase::load().unwrap()).unwrap();
         let cancel = CancellationToken::new();
         let stop = cancel.clone();
         tokio::spawn(async move {
@@ -493,7 +497,8 @@ mod tests {
 
     #[tokio::test]
     async fn closed_port_is_connect_and_unresolvable_host_is_dns() {
-        let client = build_client(&site("http://x/").client).unwrap();
+        let client =
+            build_client(&site("http://x/").client, &tls::TlsBase::load().unwrap()).unwrap();
         // Bind then drop: nothing listens on that port any more.
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()

@@ -2,18 +2,28 @@
 //!
 //! Each client gets its own `rustls::ClientConfig`, handed to reqwest as a
 //! preconfigured backend so that the session store can be the
-//! [`TlsStartMarker`] that times the handshake. Certificates are verified like
-//! reqwest does by default (the system's roots, through
-//! `rustls-platform-verifier`), plus the site's `tls_ca`; on a system without
-//! roots the Mozilla roots of `webpki-roots` are used instead. With
-//! `tls_verify = false` any certificate is accepted (its handshake signature is
-//! still checked).
+//! [`TlsStartMarker`] that times the handshake. Certificates are verified with
+//! webpki against the system's roots (read by `rustls-native-certs`, as
+//! `rustls-platform-verifier` does on Linux), plus the site's `tls_ca`; on a
+//! system without roots the Mozilla roots of `webpki-roots` are used instead.
+//! With `tls_verify = false` any certificate is accepted (its handshake
+//! signature is still checked).
+//!
+//! What is done once per process is done in [`TlsBase::load`], before any
+//! check is timed, and shared by every client: reading the system's roots,
+//! and seeding the crypto provider's random number generator. AWS-LC seeds
+//! its process-wide generator from CPU jitter entropy on the first random
+//! bytes anyone asks for (~100 ms of CPU measured in a debug build; issue 17
+//! saw ~65 ms with a release build); left to the first handshake (its
+//! ClientHello random and key share), that time was in the first check's
+//! `timings.tls`. Measurements: docs/timings.md.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
@@ -23,50 +33,100 @@ use connector_common::tls::AcceptAnyServerCert;
 use super::phases::TlsStartMarker;
 use super::SetupError;
 
-/// The rustls configuration for clients with these TLS settings.
-pub fn client_config(
-    tls_ca: Option<&Path>,
-    verify: bool,
-) -> Result<rustls::ClientConfig, SetupError> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| SetupError::Tls(e.to_string()))?;
-    let verifier: Arc<dyn ServerCertVerifier> = if verify {
-        let extra = match tls_ca {
-            Some(path) => read_certs(path)?,
-            None => Vec::new(),
-        };
-        match rustls_platform_verifier::Verifier::new_with_extra_roots(
-            extra.clone(),
-            Arc::clone(&provider),
-        ) {
-            Ok(v) => Arc::new(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "no usable system CA certificates; using the Mozilla roots built in");
-                let mut roots = RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                };
-                for cert in extra {
-                    roots
-                        .add(cert)
-                        .map_err(|e| SetupError::Tls(e.to_string()))?;
+/// What every check client's TLS shares, made once per process (see the
+/// module documentation): the crypto provider, its random number generator
+/// seeded, and the roots trusted besides a site's `tls_ca`.
+#[derive(Debug, Clone)]
+pub struct TlsBase {
+    provider: Arc<CryptoProvider>,
+    /// The system's roots, or the Mozilla roots when the system has none.
+    roots: Arc<RootCertStore>,
+}
+
+impl TlsBase {
+    /// Makes the provider, seeds its random number generator and reads the
+    /// system's roots: the one-time work of TLS, done here so that no check's
+    /// handshake carries it.
+    pub fn load() -> Result<Self, SetupError> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        // The first random bytes of the process seed AWS-LC's generator (CPU
+        // jitter entropy, tens of ms); every handshake draws from it.
+        provider
+            .secure_random
+            .fill(&mut [0u8; 32])
+            .map_err(|_| SetupError::Tls("the random number generator failed".to_owned()))?;
+        Ok(TlsBase {
+            provider,
+            roots: Arc::new(system_roots()),
+        })
+    }
+
+    /// How many roots are trusted besides a site's `tls_ca`.
+    pub fn root_count(&self) -> usize {
+        self.roots.len()
+    }
+
+    /// The rustls configuration for clients with these TLS settings.
+    pub fn client_config(
+        &self,
+        tls_ca: Option<&Path>,
+        verify: bool,
+    ) -> Result<rustls::ClientConfig, SetupError> {
+        let provider = &self.provider;
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(provider))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| SetupError::Tls(e.to_string()))?;
+        let verifier: Arc<dyn ServerCertVerifier> = if verify {
+            let roots = match tls_ca {
+                None => Arc::clone(&self.roots),
+                Some(path) => {
+                    let mut roots = RootCertStore::clone(&self.roots);
+                    for cert in read_certs(path)? {
+                        roots.add(cert).map_err(|e| SetupError::TlsCa {
+                            path: path.to_path_buf(),
+                            message: e.to_string(),
+                        })?;
+                    }
+                    Arc::new(roots)
                 }
-                WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-                    .build()
-                    .map_err(|e| SetupError::Tls(e.to_string()))?
-            }
-        }
-    } else {
-        Arc::new(AcceptAnyServerCert::new(provider))
-    };
-    let mut config = builder
-        .dangerous()
-        .with_custom_certificate_verifier(verifier)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.resumption = Resumption::store(Arc::new(TlsStartMarker));
-    Ok(config)
+            };
+            WebPkiServerVerifier::builder_with_provider(roots, Arc::clone(provider))
+                .build()
+                .map_err(|e| SetupError::Tls(e.to_string()))?
+        } else {
+            Arc::new(AcceptAnyServerCert::new(Arc::clone(provider)))
+        };
+        let mut config = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.resumption = Resumption::store(Arc::new(TlsStartMarker));
+        Ok(config)
+    }
+}
+
+/// The system's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` or the usual places);
+/// the Mozilla roots of `webpki-roots` when none is usable.
+fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(found.certs);
+    for error in &found.errors {
+        tracing::debug!(%error, "a system CA certificate could not be read");
+    }
+    if added == 0 {
+        tracing::warn!(
+            ignored,
+            errors = found.errors.len(),
+            "no usable system CA certificates; using the Mozilla roots built in"
+        );
+        return RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+    }
+    tracing::debug!(added, ignored, "system CA certificates loaded");
+    roots
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SetupError> {
@@ -142,8 +202,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty.pem");
         std::fs::write(&empty, "nothing here\n").unwrap();
-        assert!(client_config(Some(&empty), true).is_err());
-        assert!(client_config(Some(&dir.path().join("nope.pem")), true).is_err());
-        assert!(client_config(None, false).is_ok());
+        let base = TlsBase::load().unwrap();
+        assert!(base.client_config(Some(&empty), true).is_err());
+        assert!(base
+            .client_config(Some(&dir.path().join("nope.pem")), true)
+            .is_err());
+        assert!(base.client_config(None, false).is_ok());
+        assert!(base.client_config(None, true).is_ok());
+        assert!(base.root_count() > 0);
     }
 }
