@@ -9,7 +9,13 @@
 //! - `/redirect/{n}` — 302 to `/redirect/{n-1}`, and `/redirect/0` is 200 `arrived`;
 //! - `/text` — 200 with a known sentence ([`TEXT`]), for regexes;
 //! - `/big/{bytes}` — 200 with a body of that many bytes, streamed in 16 KiB
-//!   chunks; [`TestServer::bytes_sent`] counts the chunks handed to the socket.
+//!   chunks; [`TestServer::bytes_sent`] counts the chunks handed to the socket;
+//! - `/to/{port}/{path}` — 302 to `http://localhost:{port}/{path}` (another
+//!   origin than `127.0.0.1`, even on the same port);
+//! - `/long-location/{bytes}` — 302 with a `Location` of that many bytes that
+//!   is no usable url.
+//!
+//! [`TestServer::requests`] gives the headers of every request to a path.
 //!
 //! Every server counts connections, requests per path and the most requests
 //! it ever had open at once ([`TestServer::max_in_flight`]). [`Pki`] makes the TLS side: a
@@ -44,6 +50,7 @@ struct State {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     hits: Mutex<HashMap<String, u64>>,
+    requests: Mutex<HashMap<String, Vec<hyper::HeaderMap>>>,
 }
 
 /// A running test server; stops when dropped.
@@ -147,6 +154,17 @@ impl TestServer {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// The headers of every request received for exactly `path`, in order.
+    pub fn requests(&self, path: &str) -> Vec<hyper::HeaderMap> {
+        self.state
+            .requests
+            .lock()
+            .expect("requests lock")
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Requests received for exactly `path`.
     pub fn hits(&self, path: &str) -> u64 {
         self.state
@@ -173,6 +191,12 @@ async fn route(req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
         .expect("hits lock")
         .entry(path.clone())
         .or_default() += 1;
+    st.requests
+        .lock()
+        .expect("requests lock")
+        .entry(path.clone())
+        .or_default()
+        .push(req.headers().clone());
     let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let response = answer(&path, &st).await;
@@ -205,6 +229,25 @@ async fn answer(path: &str, st: &Arc<State>) -> Response<Body> {
                 .expect("valid response"),
             None => full(StatusCode::BAD_REQUEST, "redirect/{n}\n"),
         },
+        "to" => {
+            let rest = segments.get(2..).map(|s| s.join("/")).unwrap_or_default();
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header(
+                    "location",
+                    format!("http://localhost:{}/{rest}", number(1).unwrap_or(0)),
+                )
+                .body(Full::new(Bytes::new()).boxed())
+                .expect("valid response")
+        }
+        "long-location" => Response::builder()
+            .status(StatusCode::FOUND)
+            .header(
+                "location",
+                format!("http://[{}", "x".repeat(number(1).unwrap_or(10) as usize)),
+            )
+            .body(Full::new(Bytes::new()).boxed())
+            .expect("valid response"),
         "big" => {
             let total = number(1).unwrap_or(0);
             let st = Arc::clone(st);
