@@ -461,8 +461,9 @@ pub fn locate(text: &str, key: &str) -> Option<usize> {
     let mut best: Option<usize> = None;
     let mut current: Option<&DeValue<'_>> = None;
     let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
-    for segment in split_key(key) {
-        match segment {
+    let segments = split_key(key);
+    for (at, segment) in segments.iter().enumerate() {
+        match *segment {
             Segment::Key(k) => {
                 let t = match (table, current) {
                     (Some(t), _) => t,
@@ -470,6 +471,18 @@ pub fn locate(text: &str, key: &str) -> Option<usize> {
                     _ => break,
                 };
                 let Some((name, value)) = t.get_key_value(k) else {
+                    // A quoted key with dots (`"linger.ms"` in
+                    // `[kafka.options]`): the rest of the path is its name.
+                    let rest: Vec<&str> = segments[at..]
+                        .iter()
+                        .map_while(|s| match s {
+                            Segment::Key(k) => Some(*k),
+                            Segment::Index(_) => None,
+                        })
+                        .collect();
+                    if let Some((name, _)) = t.get_key_value(rest.join(".").as_str()) {
+                        best = Some(line_col(text, name.span().start).0);
+                    }
                     break;
                 };
                 best = Some(line_col(text, name.span().start).0);
@@ -682,6 +695,13 @@ mod tests {
             out,
             [Invalid::new("s.a", "must be more than zero, e.g. \"5s\"")]
         );
+    }
+
+    #[test]
+    fn a_quoted_dotted_key_is_located_on_its_own_line() {
+        let text = "[kafka]\nbrokers = \"k:1\"\n[kafka.options]\n\"acks\" = \"1\"\n\"linger.ms\" = \"soon\"\n";
+        assert_eq!(locate(text, "kafka.options.linger.ms"), Some(5));
+        assert_eq!(locate(text, "kafka.options.nope.x"), Some(3));
     }
 
     #[test]

@@ -191,7 +191,7 @@ impl Validate for KafkaConfig {
                         other => other.to_string(),
                     };
                     out.push(Invalid::new(
-                        format!("{prefix}.options"),
+                        format!("{prefix}.options.{k}"),
                         format!(
                             "librdkafka refuses option `{k}`: {}",
                             crate::limits::truncate(&why, 300)

@@ -116,7 +116,8 @@ fn assign(key: &str, v: &toml::Value) -> String {
 }
 
 /// Loads `text` for `section`; panics (failing the property) when a refusal
-/// does not name the file and line (and the key past TOML syntax).
+/// does not name the file and line (and the key past TOML syntax); only a key
+/// the file does not write at all (nor any parent of it) has no line.
 fn check(text: &str, section: Section) {
     let path = Path::new("c.toml");
     let result = match section {
@@ -143,7 +144,23 @@ fn check(text: &str, section: Section) {
             );
             assert!(!key.is_empty(), "{shown}");
         }
-        Err(e) => panic!("a refusal without a line: {e}\n--- text:\n{text}"),
+        // A key the file does not write (e.g. no `[source]` and so no
+        // sites): the file and the key are named, and no line can be.
+        Err(e @ ConfigError::Invalid { line: None, .. }) => {
+            let ConfigError::Invalid { key, .. } = &e else {
+                unreachable!()
+            };
+            assert_eq!(
+                connector_common::config::locate(text, key),
+                None,
+                "a key the file writes, named without its line: {e}\n--- text:\n{text}"
+            );
+            assert!(
+                e.to_string().starts_with(&format!("c.toml: key `{key}`: ")),
+                "{e}"
+            );
+        }
+        Err(e) => panic!("neither a syntax error nor a named key: {e}\n--- text:\n{text}"),
     }
 }
 

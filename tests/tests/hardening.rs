@@ -432,12 +432,12 @@ async fn source_settings_out_of_bounds_exit_2_naming_file_line_and_key() {
         ),
         (
             format!("[kafka.options]\n\"linger.ms\" = \"soon\"\n{site}"),
-            "kafka.options",
+            "kafka.options.linger.ms",
             2,
         ),
         (
             format!("[kafka.options]\n\"no.such.option\" = \"1\"\n{site}"),
-            "kafka.options",
+            "kafka.options.no.such.option",
             2,
         ),
     ];
