@@ -247,8 +247,9 @@ where
     let invalid = |key: String, message: String| ConfigError::Invalid {
         line: locate(text, &key),
         path: path.to_path_buf(),
-        key,
-        message,
+        // A key is the file's own text: bounded like any other.
+        key: crate::limits::truncate(&key, 256),
+        message: crate::limits::truncate(&message, crate::limits::MAX_FOREIGN_TEXT_BYTES),
     };
     let mut table: toml::Table = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
@@ -324,13 +325,24 @@ fn unknown_field(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
+/// serde's message, made for an operator: an unknown field says what to do;
+/// a string of the wrong type is not repeated (it may be a secret written in
+/// the wrong place, or huge); the whole is at most 1 KiB.
 fn friendly(message: &str) -> String {
     let message = message.trim();
-    if message.starts_with("unknown field") {
+    let message = if message.starts_with("unknown field") {
         format!("{message}; remove it or fix its spelling")
+    } else if let (Some(what), Some(at)) = (
+        ["invalid type", "invalid value"]
+            .into_iter()
+            .find(|w| message.starts_with(&format!("{w}: string "))),
+        message.rfind(", expected"),
+    ) {
+        format!("{what}: a string{}", &message[at..])
     } else {
         message.to_owned()
-    }
+    };
+    crate::limits::truncate(&message, crate::limits::MAX_FOREIGN_TEXT_BYTES)
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` in every string of `table`.
@@ -702,6 +714,33 @@ mod tests {
         let text = "[kafka]\nbrokers = \"k:1\"\n[kafka.options]\n\"acks\" = \"1\"\n\"linger.ms\" = \"soon\"\n";
         assert_eq!(locate(text, "kafka.options.linger.ms"), Some(5));
         assert_eq!(locate(text, "kafka.options.nope.x"), Some(3));
+    }
+
+    #[test]
+    fn a_string_of_the_wrong_type_is_not_repeated_and_messages_are_bounded() {
+        let err = load_sink(
+            "[sink]\ntopic = \"t\"\ninterval = \"Bearer hunter2\"\n",
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("sink.interval") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = load_sink("[sink]\ntopic = \"t\"\npostgres_uri = [\"x\"]\n", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sink.postgres_uri"), "{err}");
+        let long = "x".repeat(100_000);
+        let err = load_sink(&format!("[sink]\ntopic = \"t\"\n{long} = 1\n"), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.len() < 1600 && err.contains("truncated"),
+            "{} bytes",
+            err.len()
+        );
     }
 
     #[test]

@@ -302,7 +302,7 @@ impl SiteUrl {
         // The url itself is not repeated in the message when it may hold a
         // password; the key and line say which it is.
         let named = if text.contains('@') {
-            "the url".to_owned()
+            "the url (not repeated: it may hold a password)".to_owned()
         } else {
             format!("`{}`", truncate(text, 200))
         };
