@@ -257,6 +257,18 @@ impl Validate for KafkaConfig {
                 ),
             ));
         }
+        for (key, value) in [
+            ("sasl_username", self.sasl_username.as_deref()),
+            (
+                "sasl_password",
+                self.sasl_password.as_ref().map(|p| p.expose().as_str()),
+            ),
+        ] {
+            // The message never repeats the value.
+            if let Some(problem) = value.and_then(|v| text_problem(v, 1024)) {
+                out.push(Invalid::new(format!("{prefix}.{key}"), problem));
+            }
+        }
         if let Some(m) = &self.sasl_mechanism {
             if !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
                 out.push(Invalid::new(
@@ -372,6 +384,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(k.validate("kafka")[0].key, "kafka.sasl_username");
+    }
+
+    #[test]
+    fn a_control_character_in_sasl_credentials_is_refused_without_showing_them() {
+        let k = KafkaConfig {
+            sasl_mechanism: Some("PLAIN".into()),
+            sasl_username: Some("u".into()),
+            sasl_password: Some("hunter\u{0}2".into()),
+            ..Default::default()
+        };
+        let problems = k.validate("kafka");
+        assert_eq!(problems[0].key, "kafka.sasl_password");
+        assert!(
+            !problems[0].message.contains("hunter"),
+            "{}",
+            problems[0].message
+        );
     }
 
     #[test]
