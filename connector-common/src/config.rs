@@ -247,8 +247,9 @@ where
     let invalid = |key: String, message: String| ConfigError::Invalid {
         line: locate(text, &key),
         path: path.to_path_buf(),
-        key,
-        message,
+        // A key is the file's own text: bounded like any other.
+        key: crate::limits::truncate(&key, 256),
+        message: crate::limits::truncate(&message, crate::limits::MAX_FOREIGN_TEXT_BYTES),
     };
     let mut table: toml::Table = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
@@ -264,14 +265,8 @@ where
 
     let top: TopLevel =
         from_value(toml::Value::Table(table), "").map_err(|i| invalid(i.key, i.message))?;
-    if !crate::logging::level_is_valid(&top.log_level) {
-        return Err(invalid(
-            "log_level".into(),
-            format!(
-                "`{}` is not a log level; use error, warn, info, debug or trace (or a tracing filter such as `info,website_monitor_sink=debug`)",
-                top.log_level
-            ),
-        ));
+    if let Some(problem) = crate::logging::level_problem(&top.log_level) {
+        return Err(invalid("log_level".into(), problem));
     }
     if let Some(problem) = top.kafka.validate("kafka").into_iter().next() {
         return Err(invalid(problem.key, problem.message));
@@ -330,13 +325,24 @@ fn unknown_field(message: &str) -> Option<&str> {
     rest.split('`').next()
 }
 
+/// serde's message, made for an operator: an unknown field says what to do;
+/// a string of the wrong type is not repeated (it may be a secret written in
+/// the wrong place, or huge); the whole is at most 1 KiB.
 fn friendly(message: &str) -> String {
     let message = message.trim();
-    if message.starts_with("unknown field") {
+    let message = if message.starts_with("unknown field") {
         format!("{message}; remove it or fix its spelling")
+    } else if let (Some(what), Some(at)) = (
+        ["invalid type", "invalid value"]
+            .into_iter()
+            .find(|w| message.starts_with(&format!("{w}: string "))),
+        message.rfind(", expected"),
+    ) {
+        format!("{what}: a string{}", &message[at..])
     } else {
         message.to_owned()
-    }
+    };
+    crate::limits::truncate(&message, crate::limits::MAX_FOREIGN_TEXT_BYTES)
 }
 
 /// Expands `${VAR}` and `${VAR:-default}` in every string of `table`.
@@ -467,8 +473,9 @@ pub fn locate(text: &str, key: &str) -> Option<usize> {
     let mut best: Option<usize> = None;
     let mut current: Option<&DeValue<'_>> = None;
     let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
-    for segment in split_key(key) {
-        match segment {
+    let segments = split_key(key);
+    for (at, segment) in segments.iter().enumerate() {
+        match *segment {
             Segment::Key(k) => {
                 let t = match (table, current) {
                     (Some(t), _) => t,
@@ -476,6 +483,18 @@ pub fn locate(text: &str, key: &str) -> Option<usize> {
                     _ => break,
                 };
                 let Some((name, value)) = t.get_key_value(k) else {
+                    // A quoted key with dots (`"linger.ms"` in
+                    // `[kafka.options]`): the rest of the path is its name.
+                    let rest: Vec<&str> = segments[at..]
+                        .iter()
+                        .map_while(|s| match s {
+                            Segment::Key(k) => Some(*k),
+                            Segment::Index(_) => None,
+                        })
+                        .collect();
+                    if let Some((name, _)) = t.get_key_value(rest.join(".").as_str()) {
+                        best = Some(line_col(text, name.span().start).0);
+                    }
                     break;
                 };
                 best = Some(line_col(text, name.span().start).0);
@@ -523,7 +542,8 @@ fn split_key(key: &str) -> Vec<Segment<'_>> {
 }
 
 /// Renders a loaded configuration as TOML for `--check-config`, with every
-/// secret masked.
+/// secret masked: the secret-holding types ([`crate::secret`]) serialise
+/// masked, so what is printed here is what they allow and nothing else.
 pub fn render_masked<S: Serialize>(loaded: &Loaded<S>, section: Section) -> String {
     let mut value = match toml::Value::try_from(loaded) {
         Ok(v) => v,
@@ -533,7 +553,6 @@ pub fn render_masked<S: Serialize>(loaded: &Loaded<S>, section: Section) -> Stri
         if let Some(s) = t.remove("section") {
             t.insert(section.name().to_owned(), s);
         }
-        mask_secrets(t);
     }
     format!(
         "# effective configuration of {} (secrets masked)\n{}",
@@ -542,51 +561,7 @@ pub fn render_masked<S: Serialize>(loaded: &Loaded<S>, section: Section) -> Stri
     )
 }
 
-fn mask_secrets(table: &mut toml::Table) {
-    for (k, v) in table.iter_mut() {
-        match v {
-            toml::Value::Table(t) => mask_secrets(t),
-            toml::Value::String(s) if is_secret_key(k) && !s.is_empty() => {
-                *s = "********".to_owned();
-            }
-            toml::Value::String(s) if k.ends_with("uri") || k.ends_with("url") => {
-                *s = mask_uri_password(s);
-            }
-            _ => {}
-        }
-    }
-}
-
-fn is_secret_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.contains("token")
-}
-
-/// `scheme://user:pass@host` → `scheme://user:********@host`; also masks a
-/// `password=` query parameter.
-pub fn mask_uri_password(uri: &str) -> String {
-    let mut out = uri.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |e| auth_start + e);
-        if let Some(at) = out[auth_start..auth_end].rfind('@') {
-            let userinfo = &out[auth_start..auth_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                let start = auth_start + colon + 1;
-                out.replace_range(start..auth_start + at, "********");
-            }
-        }
-    }
-    if let Some(q) = out.find("password=") {
-        let end = out[q..].find('&').map_or(out.len(), |e| q + e);
-        out.replace_range(q + "password=".len()..end, "********");
-    }
-    out
-}
-
-/// A plain string map, for `[kafka.options]` and HTTP headers.
+/// A plain string map.
 pub type StringMap = BTreeMap<String, String>;
 
 #[cfg(test)]
@@ -600,7 +575,7 @@ mod tests {
         #[serde(default, with = "humantime_serde")]
         interval: Option<std::time::Duration>,
         #[serde(default)]
-        postgres_uri: Option<String>,
+        postgres_uri: Option<crate::secret::ConnectionString>,
     }
     impl Validate for Sec {
         fn validate(&self, prefix: &str) -> Vec<Invalid> {
@@ -665,7 +640,10 @@ mod tests {
         let c = load_sink("[sink]\ntopic = \"t\"\n", &env).unwrap();
         assert_eq!(c.kafka.brokers, "k:1");
         assert_eq!(c.section.topic, "from-env");
-        assert_eq!(c.section.postgres_uri.as_deref(), Some("postgres://x@y/z"));
+        assert_eq!(
+            c.section.postgres_uri.as_ref().map(|u| u.expose()),
+            Some("postgres://x@y/z")
+        );
         assert_eq!(c.log_level, "debug");
     }
 
@@ -693,21 +671,23 @@ mod tests {
     }
 
     #[test]
-    fn masks_uri_passwords_and_secret_keys() {
-        assert_eq!(
-            mask_uri_password("postgres://u:secret@h:5432/db?sslmode=require"),
-            "postgres://u:********@h:5432/db?sslmode=require"
-        );
-        assert_eq!(mask_uri_password("postgres://u@h/db"), "postgres://u@h/db");
+    fn check_config_output_masks_every_secret() {
         let env = |k: &str| (k == "P").then(|| "hunter2".to_owned());
-        let c = load_sink(
-            "[kafka]\nsasl_username = \"u\"\nsasl_password = \"${P}\"\nsasl_mechanism = \"SCRAM-SHA-256\"\n[sink]\ntopic = \"t\"\npostgres_uri = \"postgres://a:b@c/d\"\n",
+        let c = load_str::<Sec>(
+            "[kafka]\nsasl_username = \"u\"\nsasl_password = \"${P}\"\nsasl_mechanism = \"SCRAM-SHA-256\"\n[kafka.options]\n\"ssl.key.pem\" = \"-----BEGIN PRIVATE KEY-----MIIEsecret\"\n\"ssl.key.location\" = \"/etc/k.pem\"\n[sink]\ntopic = \"t\"\npostgres_uri = \"postgres://a:b/c@d/e\"\n",
+            Path::new("c.toml"),
+            Section::Sink,
             &env,
         )
         .unwrap();
         let shown = render_masked(&c, Section::Sink);
+        let debug = format!("{c:?}");
+        for secret in ["hunter2", "MIIEsecret", "b/c"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
         assert!(
-            !shown.contains("hunter2") && !shown.contains(":b@"),
+            shown.contains("/etc/k.pem") && shown.contains("postgres://a:********@d/e"),
             "{shown}"
         );
         assert!(shown.contains("[sink]"), "{shown}");
@@ -726,6 +706,40 @@ mod tests {
         assert_eq!(
             out,
             [Invalid::new("s.a", "must be more than zero, e.g. \"5s\"")]
+        );
+    }
+
+    #[test]
+    fn a_quoted_dotted_key_is_located_on_its_own_line() {
+        let text = "[kafka]\nbrokers = \"k:1\"\n[kafka.options]\n\"acks\" = \"1\"\n\"linger.ms\" = \"soon\"\n";
+        assert_eq!(locate(text, "kafka.options.linger.ms"), Some(5));
+        assert_eq!(locate(text, "kafka.options.nope.x"), Some(3));
+    }
+
+    #[test]
+    fn a_string_of_the_wrong_type_is_not_repeated_and_messages_are_bounded() {
+        let err = load_sink(
+            "[sink]\ntopic = \"t\"\ninterval = \"Bearer hunter2\"\n",
+            &no_env,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("sink.interval") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = load_sink("[sink]\ntopic = \"t\"\npostgres_uri = [\"x\"]\n", &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sink.postgres_uri"), "{err}");
+        let long = "x".repeat(100_000);
+        let err = load_sink(&format!("[sink]\ntopic = \"t\"\n{long} = 1\n"), &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.len() < 1600 && err.contains("truncated"),
+            "{} bytes",
+            err.len()
         );
     }
 

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Invalid, StringMap, Validate};
+use crate::config::{Invalid, Validate};
+use crate::limits::text_problem;
+use crate::secret::{KafkaOptionRule, KafkaOptions, MaskRule, Secret};
 
 /// How the connectors reach Kafka. Shared by both connectors.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,12 +36,16 @@ pub struct KafkaConfig {
     #[serde(default)]
     pub sasl_username: Option<String>,
     /// SASL password; write `${KAFKA_PASSWORD}` to keep it out of the file.
+    /// Never printed (`--check-config` shows `********`).
     #[serde(default)]
-    pub sasl_password: Option<String>,
+    pub sasl_password: Option<Secret<String>>,
     /// Any librdkafka property, passed through as-is (e.g. `"compression.type" = "zstd"`).
-    /// These win over everything the connector sets itself.
+    /// These win over everything the connector sets itself. Checked by
+    /// librdkafka at load (an unknown name or a bad value is refused); values
+    /// of names that hold credentials (`*.pem`, `*password*`, `*secret*`,
+    /// `*key*` but not `*.location`) are never printed.
     #[serde(default)]
-    pub options: StringMap,
+    pub options: KafkaOptions,
 }
 
 fn default_brokers() -> String {
@@ -57,7 +63,7 @@ impl Default for KafkaConfig {
             sasl_mechanism: None,
             sasl_username: None,
             sasl_password: None,
-            options: StringMap::new(),
+            options: KafkaOptions::new(),
         }
     }
 }
@@ -127,7 +133,7 @@ impl KafkaConfig {
                 c.set("sasl.username", u);
             }
             if let Some(p) = &self.sasl_password {
-                c.set("sasl.password", p);
+                c.set("sasl.password", p.expose());
             }
         }
         c
@@ -135,7 +141,7 @@ impl KafkaConfig {
 
     /// Applies `[kafka.options]` last, so an operator can override anything.
     pub fn apply_options(&self, c: &mut ClientConfig) {
-        for (k, v) in &self.options {
+        for (k, v) in self.options.iter() {
             c.set(k, v);
         }
     }
@@ -149,6 +155,51 @@ impl Validate for KafkaConfig {
                 format!("{prefix}.brokers"),
                 "no brokers; write host:port (several comma separated) or set kafka_host",
             ));
+        } else if let Some(problem) = text_problem(&self.brokers, 4096) {
+            out.push(Invalid::new(format!("{prefix}.brokers"), problem));
+        } else if let Some(bad) = self
+            .brokers
+            .split(',')
+            .map(str::trim)
+            .find(|b| !broker_is_valid(b))
+        {
+            out.push(Invalid::new(
+                format!("{prefix}.brokers"),
+                format!("`{bad}` is not host:port; write host:port, several comma separated (e.g. \"k1:9092,k2:9092\")"),
+            ));
+        }
+        for (name, value) in self.options.iter() {
+            if let Some(problem) = text_problem(name, 256).or_else(|| text_problem(value, 1 << 20))
+            {
+                out.push(Invalid::new(
+                    format!("{prefix}.options"),
+                    format!("option `{}`: {problem}", crate::limits::truncate(name, 100)),
+                ));
+            }
+        }
+        if out.is_empty() {
+            // librdkafka itself checks every option's name and value, without
+            // connecting; a mistake is refused now rather than at start.
+            let mut c = ClientConfig::new();
+            for (k, v) in self.options.iter() {
+                c.set(k, v);
+                if let Err(e) = c.create_native_config() {
+                    // librdkafka's message repeats the value: not for a secret.
+                    let why = match &e {
+                        _ if KafkaOptionRule::is_secret(k) => "(the value is not shown)".to_owned(),
+                        rdkafka::error::KafkaError::ClientConfig(_, why, _, _) => why.clone(),
+                        other => other.to_string(),
+                    };
+                    out.push(Invalid::new(
+                        format!("{prefix}.options.{k}"),
+                        format!(
+                            "librdkafka refuses option `{k}`: {}",
+                            crate::limits::truncate(&why, 300)
+                        ),
+                    ));
+                    break;
+                }
+            }
         }
         for (key, path) in [
             ("ssl_ca", &self.ssl_ca),
@@ -206,6 +257,18 @@ impl Validate for KafkaConfig {
                 ),
             ));
         }
+        for (key, value) in [
+            ("sasl_username", self.sasl_username.as_deref()),
+            (
+                "sasl_password",
+                self.sasl_password.as_ref().map(|p| p.expose().as_str()),
+            ),
+        ] {
+            // The message never repeats the value.
+            if let Some(problem) = value.and_then(|v| text_problem(v, 1024)) {
+                out.push(Invalid::new(format!("{prefix}.{key}"), problem));
+            }
+        }
         if let Some(m) = &self.sasl_mechanism {
             if !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
                 out.push(Invalid::new(
@@ -222,6 +285,14 @@ impl Validate for KafkaConfig {
         }
         out
     }
+}
+
+/// `host:port` with an optional `scheme://` in front (librdkafka accepts both).
+fn broker_is_valid(b: &str) -> bool {
+    let b = b.split_once("://").map_or(b, |(_, rest)| rest);
+    b.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(char::is_whitespace) && port.parse::<u16>().is_ok()
+    })
 }
 
 /// An operator-facing explanation when a Kafka client error means the broker
@@ -279,7 +350,7 @@ mod tests {
     #[test]
     fn options_override_connector_settings() {
         let mut k = KafkaConfig::default();
-        k.options.insert("bootstrap.servers".into(), "x:1".into());
+        k.options.insert("bootstrap.servers", "x:1");
         let mut c = k.client_config();
         k.apply_options(&mut c);
         assert_eq!(c.get("bootstrap.servers"), Some("x:1"));
@@ -313,6 +384,23 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(k.validate("kafka")[0].key, "kafka.sasl_username");
+    }
+
+    #[test]
+    fn a_control_character_in_sasl_credentials_is_refused_without_showing_them() {
+        let k = KafkaConfig {
+            sasl_mechanism: Some("PLAIN".into()),
+            sasl_username: Some("u".into()),
+            sasl_password: Some("hunter\u{0}2".into()),
+            ..Default::default()
+        };
+        let problems = k.validate("kafka");
+        assert_eq!(problems[0].key, "kafka.sasl_password");
+        assert!(
+            !problems[0].message.contains("hunter"),
+            "{}",
+            problems[0].message
+        );
     }
 
     #[test]

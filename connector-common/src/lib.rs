@@ -17,11 +17,15 @@
 //! - [`logging`]: `tracing` subscriber, text or JSON.
 //! - [`cli`]: the flags both binaries share.
 //! - [`tls`]: rustls pieces both connectors use.
+//! - [`secret`]: secrets in types that cannot print them.
+//! - [`limits`]: the bounds shared by both connectors' settings, and bounded text.
 
 pub mod cli;
 pub mod config;
 pub mod kafka;
+pub mod limits;
 pub mod logging;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

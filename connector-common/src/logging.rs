@@ -35,7 +35,56 @@ pub fn init(level: &str, format: LogFormat) {
     };
 }
 
-/// Whether `level` is a valid `EnvFilter` directive.
-pub fn level_is_valid(level: &str) -> bool {
-    tracing_subscriber::EnvFilter::try_new(level).is_ok()
+/// The level names `log_level` accepts on their own.
+pub const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Why `level` cannot be used as `log_level`, if it cannot: it must be a
+/// level name, or a `tracing` filter whose every part is a level name or
+/// `target=level` (e.g. `info,website_monitor_sink=debug`). A bare word that
+/// is not a level (`loud`) would be read as a module name and silence every
+/// other line, so it is refused.
+pub fn level_problem(level: &str) -> Option<String> {
+    let allowed = format!(
+        "use one of {} (or a tracing filter such as `info,website_monitor_sink=debug`)",
+        LEVELS.join(", ")
+    );
+    let shown = crate::limits::truncate(level, 100);
+    if level.len() > 1024 {
+        return Some(format!("{} bytes long; {allowed}", level.len()));
+    }
+    if level.trim().is_empty() {
+        return Some(format!("empty; {allowed}"));
+    }
+    for part in level.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let is_level = LEVELS.iter().any(|l| l.eq_ignore_ascii_case(part));
+        if !is_level && !part.contains('=') {
+            return Some(format!("`{part}` is not a log level; {allowed}"));
+        }
+    }
+    if tracing_subscriber::EnvFilter::try_new(level).is_err() {
+        return Some(format!("`{shown}` is not a log filter; {allowed}"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_word_that_is_not_a_level_is_refused_with_the_allowed_values() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,website_monitor_sink=debug",
+            "off",
+            "rdkafka=trace,info",
+        ] {
+            assert_eq!(level_problem(ok), None, "{ok}");
+        }
+        for bad in ["loud", "", "info,loud", "x=notalevel"] {
+            let p = level_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(p.contains("error, warn, info, debug"), "{p}");
+        }
+    }
 }

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use connector_common::config::{require_positive, Invalid, Validate};
+use connector_common::config::{Invalid, Validate};
+use connector_common::limits::{
+    check_duration, check_number, listen_address_problem, text_problem, topic_problem,
+};
+use connector_common::secret::ConnectionString;
 use serde::{Deserialize, Serialize};
 
 use crate::db::PgTarget;
@@ -44,8 +48,9 @@ pub struct SinkConfig {
     /// or `key=value` form. Env: `postgres_uri`. `sslmode` may be `disable`,
     /// `prefer`, `require`, `verify-ca` or `verify-full`; `sslrootcert` names the
     /// CA file (PEM) that verifies the server (`system` for the public web roots).
+    /// Its password is never printed (`--check-config` shows `********`).
     #[serde(default = "default_postgres_uri")]
-    pub postgres_uri: String,
+    pub postgres_uri: ConnectionString,
     /// PostgreSQL schema holding the tables; created when missing.
     #[serde(default = "default_schema")]
     pub schema: String,
@@ -107,8 +112,8 @@ fn default_topic() -> String {
 fn default_group_id() -> String {
     "website-monitor-sink".to_owned()
 }
-fn default_postgres_uri() -> String {
-    "postgres://postgres@127.0.0.1:5432/website_monitor".to_owned()
+fn default_postgres_uri() -> ConnectionString {
+    ConnectionString::new("postgres://postgres@127.0.0.1:5432/website_monitor")
 }
 fn default_schema() -> String {
     "public".to_owned()
@@ -173,6 +178,25 @@ pub const MAX_TABLE_NAME_BYTES: usize = 40;
 /// Most `writers` (PostgreSQL connections per sink).
 pub const MAX_WRITERS: usize = 64;
 
+/// Most `batch_size`.
+pub const MAX_BATCH_SIZE: usize = 1_000_000;
+
+/// Most `batch_max_bytes`: 1 GiB.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024 * 1024;
+
+/// Most `max_record_bytes`: 100 MiB.
+pub const MAX_RECORD_BYTES: usize = 100 * 1024 * 1024;
+
+/// Most `max_url_bytes`: PostgreSQL's btree entry limit (about 2704 bytes)
+/// caps what the unique index on `url` can hold.
+pub const MAX_URL_BYTES: usize = 2700;
+
+/// Longest `batch_timeout`.
+pub const MAX_BATCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// Longest `shutdown_timeout` and `write_timeout`.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
 fn check_identifier(out: &mut Vec<Invalid>, key: String, value: &str, max: usize) {
     if value.is_empty() {
         out.push(Invalid::new(key, "must not be empty"));
@@ -208,24 +232,40 @@ impl Validate for SinkConfig {
                 key("topic"),
                 format!("`{}` starts with `^`, which librdkafka reads as a regular expression over topic names; the sink drains one literal topic (run one sink per topic)", self.topic),
             ));
+        } else if let Some(problem) = topic_problem(&self.topic) {
+            out.push(Invalid::new(key("topic"), problem));
         }
         if self.group_id.trim().is_empty() {
             out.push(Invalid::new(
                 key("group_id"),
                 "must not be empty; name the Kafka consumer group",
             ));
+        } else if let Some(problem) = text_problem(&self.group_id, 255) {
+            out.push(Invalid::new(key("group_id"), problem));
         }
         check_identifier(&mut out, key("schema"), &self.schema, 63);
         check_identifier(&mut out, key("table"), &self.table, MAX_TABLE_NAME_BYTES);
-        if let Err(e) = PgTarget::parse(&self.postgres_uri) {
+        if let Some(problem) = text_problem(self.postgres_uri.expose(), 8192) {
+            out.push(Invalid::new(key("postgres_uri"), problem));
+        } else if let Err(e) = PgTarget::parse(self.postgres_uri.expose()) {
             out.push(Invalid::new(key("postgres_uri"), e.to_string()));
         }
-        if self.batch_size == 0 {
-            out.push(Invalid::new(key("batch_size"), "must be at least 1"));
-        }
-        if self.batch_max_bytes == 0 {
-            out.push(Invalid::new(key("batch_max_bytes"), "must be at least 1"));
-        }
+        check_number(
+            &mut out,
+            key("batch_size"),
+            self.batch_size,
+            1,
+            MAX_BATCH_SIZE,
+            "records",
+        );
+        check_number(
+            &mut out,
+            key("batch_max_bytes"),
+            self.batch_max_bytes,
+            1,
+            MAX_BATCH_BYTES,
+            "bytes (1 GiB)",
+        );
         if !(1..=MAX_WRITERS).contains(&self.writers) {
             out.push(Invalid::new(
                 key("writers"),
@@ -235,19 +275,49 @@ impl Validate for SinkConfig {
                 ),
             ));
         }
-        require_positive(&mut out, key("write_timeout"), self.write_timeout, "30s");
-        require_positive(&mut out, key("batch_timeout"), self.batch_timeout, "100ms");
-        if self.max_record_bytes == 0 {
-            out.push(Invalid::new(key("max_record_bytes"), "must be at least 1"));
-        }
-        if self.max_url_bytes == 0 {
-            out.push(Invalid::new(key("max_url_bytes"), "must be at least 1"));
-        }
-        if self.metrics_address.trim().is_empty() {
-            out.push(Invalid::new(
-                key("metrics_address"),
-                "must not be empty; write host:port such as 127.0.0.1:9465 (port 0 picks one)",
-            ));
+        let ms = Duration::from_millis;
+        check_duration(
+            &mut out,
+            key("write_timeout"),
+            self.write_timeout,
+            ms(1),
+            MAX_TIMEOUT,
+            "30s",
+        );
+        check_duration(
+            &mut out,
+            key("shutdown_timeout"),
+            self.shutdown_timeout,
+            ms(1),
+            MAX_TIMEOUT,
+            "30s",
+        );
+        check_duration(
+            &mut out,
+            key("batch_timeout"),
+            self.batch_timeout,
+            ms(1),
+            MAX_BATCH_TIMEOUT,
+            "100ms",
+        );
+        check_number(
+            &mut out,
+            key("max_record_bytes"),
+            self.max_record_bytes,
+            1,
+            MAX_RECORD_BYTES,
+            "bytes (100 MiB)",
+        );
+        check_number(
+            &mut out,
+            key("max_url_bytes"),
+            self.max_url_bytes,
+            1,
+            MAX_URL_BYTES,
+            "bytes (PostgreSQL's index entry limit)",
+        );
+        if let Some(problem) = listen_address_problem(&self.metrics_address) {
+            out.push(Invalid::new(key("metrics_address"), problem));
         }
         out
     }
@@ -394,6 +464,48 @@ mod tests {
     }
 
     #[test]
+    fn every_duration_and_number_has_bounds_named_with_its_line() {
+        for (line, key) in [
+            ("batch_timeout = \"500000000000y\"", "sink.batch_timeout"),
+            (
+                "shutdown_timeout = \"500000000000y\"",
+                "sink.shutdown_timeout",
+            ),
+            ("write_timeout = \"2h\"", "sink.write_timeout"),
+            ("shutdown_timeout = \"0s\"", "sink.shutdown_timeout"),
+            ("batch_size = 1000001", "sink.batch_size"),
+            ("batch_max_bytes = 1073741825", "sink.batch_max_bytes"),
+            ("max_record_bytes = 0", "sink.max_record_bytes"),
+            ("max_record_bytes = 104857601", "sink.max_record_bytes"),
+            ("max_url_bytes = 2701", "sink.max_url_bytes"),
+            ("metrics_address = \"nope\"", "sink.metrics_address"),
+            ("topic = \"a b\"", "sink.topic"),
+            ("topic = \"..\"", "sink.topic"),
+            ("group_id = \"a\\nb\"", "sink.group_id"),
+        ] {
+            let err = load(&format!("[sink]\n{line}\n")).unwrap_err();
+            assert!(
+                err.starts_with(&format!("c.toml:2: key `{key}`")),
+                "{line}: {err}"
+            );
+        }
+        assert_eq!(
+            load("[sink]\nmax_url_bytes = 2700\n")
+                .unwrap()
+                .max_url_bytes,
+            2700
+        );
+    }
+
+    #[test]
+    fn the_postgres_password_never_prints() {
+        let c = load("[sink]\npostgres_uri = \"postgres://u:se/cr@h/db\"\n").unwrap();
+        assert!(!format!("{c:?}").contains("se/cr"));
+        assert_eq!(c.postgres_uri.expose(), "postgres://u:se/cr@h/db");
+        assert_eq!(c.postgres_uri.to_string(), "postgres://u:********@h/db");
+    }
+
+    #[test]
     fn env_overrides_topic_and_uri() {
         let env = |k: &str| match k {
             "kafka_topic" => Some("from-env".to_owned()),
@@ -409,6 +521,6 @@ mod tests {
         .unwrap()
         .section;
         assert_eq!(c.topic, "from-env");
-        assert_eq!(c.postgres_uri, "postgres://x@y/z");
+        assert_eq!(c.postgres_uri.expose(), "postgres://x@y/z");
     }
 }

@@ -105,7 +105,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, SinkError> {
     let cfg = config.section;
-    let target = db::PgTarget::parse(&cfg.postgres_uri)?;
+    let target = db::PgTarget::parse(cfg.postgres_uri.expose())?;
     let tls = target.tls()?;
 
     let handle = telemetry::install_recorder();

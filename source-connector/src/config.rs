@@ -13,8 +13,12 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use connector_common::config::{require_positive, Invalid, StringMap, Validate};
-use serde::{Deserialize, Serialize};
+use connector_common::config::{Invalid, StringMap, Validate};
+use connector_common::limits::{
+    check_duration, check_number, listen_address_problem, text_problem, topic_problem, truncate,
+};
+use connector_common::secret::Headers;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The largest `concurrency` accepted.
 pub const MAX_CONCURRENCY: usize = 1_000_000;
@@ -26,6 +30,41 @@ pub const MAX_THREADS: usize = 1024;
 /// a website any more, and shutdown (bounded by `shutdown_timeout`) would cut
 /// it anyway.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// The shortest `interval`: ten checks a second of one site is a load test,
+/// not monitoring.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The longest `interval`: a site checked less than daily is not monitored.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// The longest `shutdown_timeout` and `flush_timeout`.
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(60 * 60);
+
+/// The longest site url, in bytes (as shown, i.e. in the record): the sink's
+/// default `max_url_bytes`, so no configured url is a record the sink rejects.
+pub const MAX_URL_BYTES: usize = 2048;
+
+/// The largest `max_body_bytes`: 64 MiB (a body is held in memory when the
+/// site has a regex).
+pub const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The most redirects `max_redirects` may allow (curl's default limit).
+pub const MAX_REDIRECTS: u32 = 50;
+
+/// The longest `probe`, in bytes.
+pub const MAX_PROBE_BYTES: usize = 255;
+
+/// The most request headers of one site, and the longest value.
+pub const MAX_HEADERS: usize = 100;
+/// See [`MAX_HEADERS`].
+pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+
+/// The longest request `body`.
+pub const MAX_REQUEST_BODY_BYTES: usize = 1024 * 1024;
+
+/// The longest `regex`.
+pub const MAX_REGEX_BYTES: usize = 64 * 1024;
 
 /// The `[source]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,9 +120,11 @@ pub struct SourceConfig {
     #[serde(default = "default_method")]
     pub method: String,
     /// Default extra request headers; a site's own headers are added to these
-    /// (a site's value wins for the same name).
+    /// (a site's value wins for the same name). Values of credential-bearing
+    /// headers are never printed; all of them are dropped when a redirect
+    /// leaves the site's origin.
     #[serde(default, skip_serializing_if = "StringMap::is_empty")]
-    pub headers: StringMap,
+    pub headers: Headers,
     /// Default request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -121,11 +162,12 @@ pub struct SourceConfig {
 
 /// One `[[source.sites]]` entry (or one JSON line of `sites_file`): a url and
 /// optional overrides of the `[source]` defaults.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteConfig {
-    /// The page to check; `http` or `https`. It is the record's `url` and its Kafka key.
-    pub url: String,
+    /// The page to check; `http` or `https`. Its shown form (password
+    /// masked) is the record's `url` and its Kafka key.
+    pub url: SiteUrl,
     /// Time between two checks of this site.
     #[serde(
         default,
@@ -145,7 +187,7 @@ pub struct SiteConfig {
     pub method: Option<String>,
     /// Extra request headers, added to the default ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<StringMap>,
+    pub headers: Option<Headers>,
     /// Request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
@@ -214,6 +256,136 @@ impl fmt::Display for Shard {
     }
 }
 
+impl SiteConfig {
+    /// A site with this url and no overrides.
+    pub fn new(url: SiteUrl) -> Self {
+        SiteConfig {
+            url,
+            interval: None,
+            timeout: None,
+            method: None,
+            headers: None,
+            body: None,
+            regex: None,
+            expected_status: None,
+            follow_redirects: None,
+            max_redirects: None,
+            max_body_bytes: None,
+            keep_alive: None,
+            tls_ca: None,
+            tls_verify: None,
+        }
+    }
+}
+
+/// A site url, parsed once when the configuration is read: the url requests
+/// go to (with its credentials) and the form every output shows.
+///
+/// A url with a password (`http://alice:secret@host/`) is shown with the
+/// password replaced by `***` (`http://alice:***@host/`): in the record's
+/// `url`, the Kafka key, the metric labels, log lines and `--check-config`.
+/// The request still sends the real credentials (as `Authorization: Basic`).
+/// The shown form is also what identifies the site (duplicates, shards, the
+/// sink's latest-state row), so it is stable across restarts and password
+/// changes. `Debug` and `Display` print the shown form; only
+/// [`SiteUrl::request`] gives the real url.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SiteUrl {
+    request: url::Url,
+    shown: url::Url,
+}
+
+impl SiteUrl {
+    /// Parses a site url: absolute, `http` or `https`, with a host, at most
+    /// [`MAX_URL_BYTES`] long.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        // The url itself is not repeated in the message when it may hold a
+        // password; the key and line say which it is.
+        let named = if text.contains('@') {
+            "the url (not repeated: it may hold a password)".to_owned()
+        } else {
+            format!("`{}`", truncate(text, 200))
+        };
+        if text.len() > MAX_URL_BYTES {
+            return Err(format!(
+                "the url is {} bytes; at most {MAX_URL_BYTES} are allowed (the sink rejects longer urls)",
+                text.len()
+            ));
+        }
+        let request = url::Url::parse(text.trim()).map_err(|e| {
+            format!("{named} is not a url ({e}); write e.g. \"https://example.com/\"")
+        })?;
+        if !matches!(request.scheme(), "http" | "https") {
+            return Err(format!(
+                "{named} has scheme `{}`; only http and https urls can be checked",
+                request.scheme()
+            ));
+        }
+        if request.host_str().is_none_or(str::is_empty) {
+            return Err(format!("{named} has no host"));
+        }
+        let mut shown = request.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        if shown.as_str().len() > MAX_URL_BYTES {
+            return Err(format!(
+                "the url is {} bytes once normalised; at most {MAX_URL_BYTES} are allowed (the sink rejects longer urls)",
+                shown.as_str().len()
+            ));
+        }
+        Ok(SiteUrl { request, shown })
+    }
+
+    /// The url the request goes to, credentials included: only for sending it.
+    pub fn request(&self) -> &url::Url {
+        &self.request
+    }
+
+    /// The url as every output shows it (password masked).
+    pub fn shown(&self) -> &url::Url {
+        &self.shown
+    }
+
+    /// [`SiteUrl::shown`] as text.
+    pub fn as_str(&self) -> &str {
+        self.shown.as_str()
+    }
+}
+
+impl fmt::Display for SiteUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for SiteUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl std::str::FromStr for SiteUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        SiteUrl::parse(s)
+    }
+}
+
+impl Serialize for SiteUrl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SiteUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        SiteUrl::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 fn default_topic() -> String {
     "site-status".to_owned()
 }
@@ -260,12 +432,16 @@ impl Validate for SourceConfig {
                 key("topic"),
                 "no topic; name the Kafka topic to write to (or set kafka_topic)",
             ));
+        } else if let Some(problem) = topic_problem(&self.topic) {
+            out.push(Invalid::new(key("topic"), problem));
         }
         if self.probe.trim().is_empty() {
             out.push(Invalid::new(
                 key("probe"),
                 "empty probe name; name this checker instance, e.g. \"eu-west-1\"",
             ));
+        } else if let Some(problem) = text_problem(&self.probe, MAX_PROBE_BYTES) {
+            out.push(Invalid::new(key("probe"), problem));
         }
         if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
             out.push(Invalid::new(
@@ -282,17 +458,24 @@ impl Validate for SourceConfig {
                 format!("must be between 1 and {MAX_THREADS}; leave it out for one per CPU core"),
             ));
         }
-        if !address_is_valid(&self.metrics_address) {
-            out.push(Invalid::new(
-                key("metrics_address"),
-                format!("`{}` is not host:port; write e.g. \"127.0.0.1:9464\" (port 0 picks a free one)", self.metrics_address),
-            ));
+        if let Some(problem) = listen_address_problem(&self.metrics_address) {
+            out.push(Invalid::new(key("metrics_address"), problem));
         }
-        require_positive(&mut out, key("flush_timeout"), self.flush_timeout, "30s");
-        require_positive(
+        let ms = Duration::from_millis;
+        check_duration(
+            &mut out,
+            key("flush_timeout"),
+            self.flush_timeout,
+            ms(1),
+            MAX_SHUTDOWN_TIMEOUT,
+            "30s",
+        );
+        check_duration(
             &mut out,
             key("shutdown_timeout"),
             self.shutdown_timeout,
+            ms(1),
+            MAX_SHUTDOWN_TIMEOUT,
             "10s",
         );
         if self.tls_ca.is_some() && !self.tls_verify {
@@ -301,16 +484,16 @@ impl Validate for SourceConfig {
                 format!("is ignored with {} = false (no certificate is verified then); remove one of the two", key("tls_verify")),
             ));
         }
-        let defaults = SiteConfig {
-            url: String::new(),
+        let defaults = Overrides {
             interval: Some(self.interval),
             timeout: Some(self.timeout),
-            method: Some(self.method.clone()),
-            headers: Some(self.headers.clone()),
-            body: None,
-            regex: self.regex.clone(),
-            expected_status: self.expected_status.clone(),
-            ..SiteConfig::default()
+            method: Some(&self.method),
+            headers: Some(&self.headers),
+            body: self.body.as_deref(),
+            regex: self.regex.as_deref(),
+            expected_status: self.expected_status.as_deref(),
+            max_redirects: Some(self.max_redirects),
+            max_body_bytes: Some(self.max_body_bytes),
         };
         validate_overrides(&defaults, prefix, &mut out);
         if self.sites.is_empty() && self.sites_file.is_none() {
@@ -326,76 +509,130 @@ impl Validate for SourceConfig {
     }
 }
 
-/// Checks one site (url and overrides); `prefix` is the key path of the
-/// site (`source.sites[3]`), or empty for a line of `sites_file`.
+/// Checks one site's overrides (its url was checked when it was parsed);
+/// `prefix` is the key path of the site (`source.sites[3]`), or empty for a
+/// line of `sites_file`.
 pub fn validate_site(site: &SiteConfig, prefix: &str, out: &mut Vec<Invalid>) {
-    if let Err(message) = parse_url(&site.url) {
-        out.push(Invalid::new(join(prefix, "url"), message));
-    }
-    validate_overrides(site, prefix, out);
+    let overrides = Overrides {
+        interval: site.interval,
+        timeout: site.timeout,
+        method: site.method.as_deref(),
+        headers: site.headers.as_ref(),
+        body: site.body.as_deref(),
+        regex: site.regex.as_deref(),
+        expected_status: site.expected_status.as_deref(),
+        max_redirects: site.max_redirects,
+        max_body_bytes: site.max_body_bytes,
+    };
+    validate_overrides(&overrides, prefix, out);
 }
 
-/// Parses a site url: absolute, `http` or `https`, with a host.
-pub fn parse_url(url: &str) -> Result<url::Url, String> {
-    let parsed = url::Url::parse(url.trim())
-        .map_err(|e| format!("`{url}` is not a url ({e}); write e.g. \"https://example.com/\""))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "`{url}` has scheme `{}`; only http and https urls can be checked",
-            parsed.scheme()
-        ));
-    }
-    if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("`{url}` has no host"));
-    }
-    Ok(parsed)
+/// Parses a site url: absolute, `http` or `https`, with a host. See [`SiteUrl`].
+pub fn parse_url(url: &str) -> Result<SiteUrl, String> {
+    SiteUrl::parse(url)
 }
 
-fn validate_overrides(site: &SiteConfig, prefix: &str, out: &mut Vec<Invalid>) {
+/// The settings a site may override, as `[source]` or a site gives them.
+struct Overrides<'a> {
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+    method: Option<&'a str>,
+    headers: Option<&'a Headers>,
+    body: Option<&'a str>,
+    regex: Option<&'a str>,
+    expected_status: Option<&'a [u16]>,
+    max_redirects: Option<u32>,
+    max_body_bytes: Option<u64>,
+}
+
+fn validate_overrides(site: &Overrides<'_>, prefix: &str, out: &mut Vec<Invalid>) {
     let key = |k: &str| join(prefix, k);
     if let Some(d) = site.interval {
-        require_positive(out, key("interval"), d, "1s");
+        check_duration(out, key("interval"), d, MIN_INTERVAL, MAX_INTERVAL, "1s");
     }
-    if let Some(d) = site.timeout {
-        require_positive(out, key("timeout"), d, "5s");
+    if let Some(t) = site.timeout {
+        if t > MAX_TIMEOUT {
+            out.push(Invalid::new(
+                key("timeout"),
+                format!(
+                    "{} is more than the limit of {}; a check must finish within minutes",
+                    humantime::format_duration(t),
+                    humantime::format_duration(MAX_TIMEOUT)
+                ),
+            ));
+        } else {
+            check_duration(
+                out,
+                key("timeout"),
+                t,
+                Duration::from_millis(1),
+                MAX_TIMEOUT,
+                "5s",
+            );
+        }
     }
-    if let Some(t) = site.timeout.filter(|t| *t > MAX_TIMEOUT) {
-        out.push(Invalid::new(
-            key("timeout"),
-            format!(
-                "{} is more than the limit of {}; a check must finish within minutes",
-                humantime::format_duration(t),
-                humantime::format_duration(MAX_TIMEOUT)
-            ),
-        ));
-    }
-    if let Some(m) = &site.method {
-        if m.is_empty() || reqwest::Method::from_bytes(m.as_bytes()).is_err() {
+    if let Some(m) = site.method {
+        if m.is_empty() || m.len() > 32 || reqwest::Method::from_bytes(m.as_bytes()).is_err() {
             out.push(Invalid::new(
                 key("method"),
-                format!("`{m}` is not an HTTP method; write e.g. \"GET\" or \"HEAD\""),
+                format!(
+                    "`{}` is not an HTTP method; write e.g. \"GET\" or \"HEAD\"",
+                    truncate(m, 40)
+                ),
             ));
         }
     }
-    for (name, value) in site.headers.iter().flatten() {
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+    if let Some(headers) = site.headers {
+        if headers.len() > MAX_HEADERS {
             out.push(Invalid::new(
                 key("headers"),
-                format!("`{name}` is not a valid header name"),
+                format!(
+                    "{} headers; at most {MAX_HEADERS} are allowed",
+                    headers.len()
+                ),
             ));
-        } else if reqwest::header::HeaderValue::from_str(value).is_err() {
+        }
+        for (name, value) in headers.iter() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                out.push(Invalid::new(
+                    key("headers"),
+                    format!("`{}` is not a valid header name", truncate(name, 100)),
+                ));
+            } else if value.len() > MAX_HEADER_VALUE_BYTES
+                || reqwest::header::HeaderValue::from_str(value).is_err()
+            {
+                out.push(Invalid::new(
+                    key("headers"),
+                    format!("the value of `{name}` is not a valid header value (printable text of at most {MAX_HEADER_VALUE_BYTES} bytes)"),
+                ));
+            }
+        }
+    }
+    if let Some(body) = site.body {
+        if body.len() > MAX_REQUEST_BODY_BYTES {
             out.push(Invalid::new(
-                key("headers"),
-                format!("the value of `{name}` is not a valid header value"),
+                key("body"),
+                format!(
+                    "{} bytes; at most {MAX_REQUEST_BODY_BYTES} are allowed",
+                    body.len()
+                ),
             ));
         }
     }
-    if let Some(re) = &site.regex {
-        if let Err(e) = regex::Regex::new(re) {
-            out.push(Invalid::new(key("regex"), format!("does not compile: {e}")));
+    if let Some(re) = site.regex {
+        if re.len() > MAX_REGEX_BYTES {
+            out.push(Invalid::new(
+                key("regex"),
+                format!("{} bytes; at most {MAX_REGEX_BYTES} are allowed", re.len()),
+            ));
+        } else if let Err(e) = regex::Regex::new(re) {
+            out.push(Invalid::new(
+                key("regex"),
+                format!("does not compile: {}", truncate(&e.to_string(), 1024)),
+            ));
         }
     }
-    if let Some(codes) = &site.expected_status {
+    if let Some(codes) = site.expected_status {
         if codes.is_empty() {
             out.push(Invalid::new(
                 key("expected_status"),
@@ -409,6 +646,19 @@ fn validate_overrides(site: &SiteConfig, prefix: &str, out: &mut Vec<Invalid>) {
             ));
         }
     }
+    if let Some(n) = site.max_redirects {
+        check_number(out, key("max_redirects"), n, 0, MAX_REDIRECTS, "redirects");
+    }
+    if let Some(n) = site.max_body_bytes {
+        check_number(
+            out,
+            key("max_body_bytes"),
+            n,
+            0,
+            MAX_BODY_BYTES,
+            "bytes (64 MiB)",
+        );
+    }
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -417,11 +667,6 @@ fn join(prefix: &str, key: &str) -> String {
     } else {
         format!("{prefix}.{key}")
     }
-}
-
-fn address_is_valid(addr: &str) -> bool {
-    addr.rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
 }
 
 #[cfg(test)]
@@ -573,6 +818,98 @@ mod tests {
             m.contains("key `source.tls_ca`") && m.contains("source.tls_verify = false"),
             "{m}"
         );
+    }
+
+    #[test]
+    fn a_url_password_is_shown_masked_everywhere_but_kept_for_the_request() {
+        let u = SiteUrl::parse("http://alice:s3cret@Example.com/x").unwrap();
+        assert_eq!(u.as_str(), "http://alice:***@example.com/x");
+        assert_eq!(u.to_string(), u.as_str());
+        assert_eq!(format!("{u:?}"), "\"http://alice:***@example.com/x\"");
+        assert_eq!(u.request().password(), Some("s3cret"));
+        // Stable: another password shows the same.
+        let v = SiteUrl::parse("http://alice:other@example.com/x").unwrap();
+        assert_eq!(u.as_str(), v.as_str());
+        // No password: shown as is.
+        let w = SiteUrl::parse("http://alice@example.com/").unwrap();
+        assert_eq!(w.as_str(), "http://alice@example.com/");
+        let c = load("[[source.sites]]\nurl = \"http://alice:s3cret@example.com/\"\n").unwrap();
+        let shown = connector_common::config::render_masked(&c, Section::Source);
+        assert!(
+            !shown.contains("s3cret") && shown.contains("alice:***@"),
+            "{shown}"
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let m = err("[[source.sites]]\nurl = \"ftp://alice:s3cret@example.com/\"\n");
+        assert!(
+            !m.contains("s3cret") && m.contains("source.sites[0].url"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn a_site_url_over_2048_bytes_is_refused_at_load() {
+        let long = format!("https://a.example/{}", "x".repeat(2048));
+        let m = err(&format!("[[source.sites]]\nurl = \"{long}\"\n"));
+        assert!(
+            m.starts_with("c.toml:2: key `source.sites[0].url`") && m.contains("at most 2048"),
+            "{}",
+            &m[..m.len().min(300)]
+        );
+        assert!(m.len() < 400, "the url is not repeated: {} bytes", m.len());
+        let ok = format!("https://a.example/{}", "x".repeat(2000));
+        assert!(load(&format!("[[source.sites]]\nurl = \"{ok}\"\n")).is_ok());
+    }
+
+    #[test]
+    fn every_duration_and_number_has_bounds() {
+        let site = "[[source.sites]]\nurl = \"https://a.example/\"\n";
+        for (line, key) in [
+            ("interval = \"1ns\"", "source.interval"),
+            ("interval = \"99ms\"", "source.interval"),
+            ("interval = \"25h\"", "source.interval"),
+            ("interval = \"500000000000y\"", "source.interval"),
+            (
+                "shutdown_timeout = \"500000000000y\"",
+                "source.shutdown_timeout",
+            ),
+            ("flush_timeout = \"500000000000y\"", "source.flush_timeout"),
+            ("flush_timeout = \"0s\"", "source.flush_timeout"),
+            ("timeout = \"500000000000y\"", "source.timeout"),
+            ("max_redirects = 51", "source.max_redirects"),
+            ("max_body_bytes = 67108865", "source.max_body_bytes"),
+            ("concurrency = 1000001", "source.concurrency"),
+            ("topic = \"a b\"", "source.topic"),
+            ("topic = \"..\"", "source.topic"),
+            ("probe = \"a\\u0000b\"", "source.probe"),
+            ("probe = \"a\\tb\"", "source.probe"),
+            ("metrics_address = \"127.0.0.1\"", "source.metrics_address"),
+            (
+                "method = \"GETGETGETGETGETGETGETGETGETGETGETGET\"",
+                "source.method",
+            ),
+        ] {
+            let m = err(&format!("[source]\n{line}\n{site}"));
+            assert!(
+                m.starts_with(&format!("c.toml:2: key `{key}`")),
+                "{line}: {m}"
+            );
+        }
+        let m = err(&format!("{site}interval = \"50ms\"\n"));
+        assert!(
+            m.starts_with("c.toml:3: key `source.sites[0].interval`"),
+            "{m}"
+        );
+        for line in [
+            "interval = \"100ms\"",
+            "interval = \"24h\"",
+            "max_redirects = 50",
+            "max_body_bytes = 67108864",
+            "max_body_bytes = 0",
+            "metrics_address = \"localhost:0\"",
+        ] {
+            assert!(load(&format!("[source]\n{line}\n{site}")).is_ok(), "{line}");
+        }
     }
 
     #[test]

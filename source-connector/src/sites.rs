@@ -13,11 +13,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use connector_common::config::{locate, ConfigError, Invalid, Loaded, StringMap};
+use connector_common::secret::{HeaderRule, MaskRule};
 use regex::Regex;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::Method;
 
-use crate::config::{validate_site, SiteConfig, SourceConfig};
+use crate::config::{validate_site, SiteConfig, SiteUrl, SourceConfig};
 use crate::hash::shard_of;
 
 /// Settings that need a reqwest `Client` of their own; sites that agree on
@@ -36,8 +37,9 @@ pub struct ClientKey {
 #[derive(Debug, Clone)]
 pub struct SiteSpec {
     /// The url, normalised (`https://Example.com` → `https://example.com/`).
-    /// It is the record's `url` and the Kafka key.
-    pub url: url::Url,
+    /// Its shown form (password masked) is the record's `url` and the Kafka
+    /// key; requests go to [`SiteUrl::request`].
+    pub url: SiteUrl,
     /// Time between two checks.
     pub interval: Duration,
     /// Limit on the whole check.
@@ -249,10 +251,7 @@ fn for_each_site_line(
         let site = if line.starts_with('{') {
             parse_site_json(line).map_err(|(key, m)| invalid(&key, m))?
         } else {
-            SiteConfig {
-                url: line.to_owned(),
-                ..SiteConfig::default()
-            }
+            SiteConfig::new(SiteUrl::parse(line).map_err(|m| invalid("url", m))?)
         };
         let mut problems = Vec::new();
         validate_site(&site, "", &mut problems);
@@ -314,7 +313,7 @@ impl<'a> Resolver<'a> {
 
     fn site(&mut self, site: &SiteConfig) -> Result<SiteSpec, Invalid> {
         let c = self.config;
-        let url = crate::config::parse_url(&site.url).map_err(|m| Invalid::new("url", m))?;
+        let url = site.url.clone();
         let method = site.method.as_deref().unwrap_or(&c.method);
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|_| Invalid::new("method", format!("`{method}` is not an HTTP method")))?;
@@ -398,13 +397,16 @@ impl<'a> Resolver<'a> {
 }
 
 /// Headers from the defaults, then the site's own (validated before).
+/// Credential-bearing values are marked sensitive, so not even a `Debug` of
+/// the map shows them.
 fn header_map(defaults: &StringMap, own: &StringMap) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in defaults.iter().chain(own) {
-        if let (Ok(name), Ok(value)) = (
+        if let (Ok(name), Ok(mut value)) = (
             HeaderName::from_bytes(k.as_bytes()),
             HeaderValue::from_str(v),
         ) {
+            value.set_sensitive(HeaderRule::is_secret(k));
             map.insert(name, value);
         }
     }

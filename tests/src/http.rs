@@ -13,9 +13,14 @@
 //! - `/phases/{headers_ms}/{gap_ms}` — 200 after `headers_ms` milliseconds,
 //!   with a body of two chunks `gap_ms` milliseconds apart (a stall before the
 //!   headers and one between body chunks, for the phase timings).
+//! - `/to/{port}/{path}` — 302 to `http://localhost:{port}/{path}` (another
+//!   origin than `127.0.0.1`, even on the same port);
+//! - `/long-location/{bytes}` — 302 with a `Location` of that many bytes that
+//!   is no usable url.
 //!
 //! [`TestServer::https_stalling_handshake`] also stalls inside the TLS
 //! handshake: the server's first flight (ServerHello … Finished) is held back.
+//! [`TestServer::requests`] gives the headers of every request to a path.
 //!
 //! Every server counts connections, requests per path and the most requests
 //! it ever had open at once ([`TestServer::max_in_flight`]). [`Pki`] makes the TLS side: a
@@ -54,6 +59,7 @@ struct State {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     hits: Mutex<HashMap<String, u64>>,
+    requests: Mutex<HashMap<String, Vec<hyper::HeaderMap>>>,
 }
 
 /// A running test server; stops when dropped.
@@ -166,6 +172,17 @@ impl TestServer {
         self.state.max_in_flight.load(Ordering::SeqCst)
     }
 
+    /// The headers of every request received for exactly `path`, in order.
+    pub fn requests(&self, path: &str) -> Vec<hyper::HeaderMap> {
+        self.state
+            .requests
+            .lock()
+            .expect("requests lock")
+            .get(path)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// Requests received for exactly `path`.
     pub fn hits(&self, path: &str) -> u64 {
         self.state
@@ -247,6 +264,12 @@ async fn route(req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
         .expect("hits lock")
         .entry(path.clone())
         .or_default() += 1;
+    st.requests
+        .lock()
+        .expect("requests lock")
+        .entry(path.clone())
+        .or_default()
+        .push(req.headers().clone());
     let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_in_flight.fetch_max(now, Ordering::SeqCst);
     let response = answer(&path, &st).await;
@@ -279,6 +302,25 @@ async fn answer(path: &str, st: &Arc<State>) -> Response<Body> {
                 .expect("valid response"),
             None => full(StatusCode::BAD_REQUEST, "redirect/{n}\n"),
         },
+        "to" => {
+            let rest = segments.get(2..).map(|s| s.join("/")).unwrap_or_default();
+            Response::builder()
+                .status(StatusCode::FOUND)
+                .header(
+                    "location",
+                    format!("http://localhost:{}/{rest}", number(1).unwrap_or(0)),
+                )
+                .body(Full::new(Bytes::new()).boxed())
+                .expect("valid response")
+        }
+        "long-location" => Response::builder()
+            .status(StatusCode::FOUND)
+            .header(
+                "location",
+                format!("http://[{}", "x".repeat(number(1).unwrap_or(10) as usize)),
+            )
+            .body(Full::new(Bytes::new()).boxed())
+            .expect("valid response"),
         "big" => {
             let total = number(1).unwrap_or(0);
             let st = Arc::clone(st);

@@ -6,8 +6,16 @@
 //!   fresh connection and its DNS, connect and TLS timings are real.
 //! - Redirects are followed here, not by reqwest, so they can be counted and
 //!   limited: up to `max_redirects`, one more is an `http` error. 301/302 turn
-//!   a POST into a GET, 303 turns anything but HEAD into a GET, and
-//!   `authorization`/`cookie` headers are dropped when the origin changes.
+//!   a POST into a GET, 303 turns anything but HEAD into a GET. When a
+//!   redirect leaves the origin (scheme, host and port), every header that
+//!   came from the configuration (`authorization`, `cookie`,
+//!   `proxy-authorization`, `x-api-key`... all of them) is dropped for the rest
+//!   of the check, as curl does; credentials in the url's userinfo are not
+//!   carried to another origin either.
+//! - Requests go to the site's real url ([`crate::config::SiteUrl::request`],
+//!   credentials included); the record shows its masked form.
+//! - An error message is at most 1 KiB ([`MAX_FOREIGN_TEXT_BYTES`]): what a
+//!   server sends (a 300 KB `Location`) cannot make a record huge.
 //! - The body of the last response is read chunk by chunk and reading stops
 //!   once more than `max_body_bytes` have come; the regex sees at most
 //!   `max_body_bytes` bytes, decoded as UTF-8 (invalid bytes replaced).
@@ -26,7 +34,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, LOCATION};
+use connector_common::limits::{truncate, MAX_FOREIGN_TEXT_BYTES};
+use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use reqwest::{Client, Method, Response};
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -188,6 +197,13 @@ pub async fn check_until(
             })
         }
     };
+    // What a server sent may be in the message: keep it bounded.
+    let error = error.map(|mut e| {
+        if e.message.len() > MAX_FOREIGN_TEXT_BYTES {
+            e.message = truncate(&e.message, MAX_FOREIGN_TEXT_BYTES);
+        }
+        e
+    });
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     Record {
         url: site.url.as_str().to_owned(),
@@ -243,7 +259,7 @@ async fn attempt(
 ) -> Result<(), CheckError> {
     // Borrowed from the site until a redirect changes them: the first hop
     // copies only what reqwest must own.
-    let mut url: Cow<'_, Url> = Cow::Borrowed(&site.url);
+    let mut url: Cow<'_, Url> = Cow::Borrowed(site.url.request());
     let mut method = site.method.clone();
     let mut body = site.body.as_ref();
     let mut headers: Cow<'_, HeaderMap> = Cow::Borrowed(&site.headers);
@@ -282,8 +298,12 @@ async fn attempt(
                 .and_then(|l| url.join(l).ok())
                 .filter(|u| matches!(u.scheme(), "http" | "https"))
                 .ok_or_else(|| {
+                    let shown = location.map_or_else(String::new, |l| {
+                        String::from_utf8_lossy(l.as_bytes()).into_owned()
+                    });
                     http_error(format!(
-                        "redirect {status} with an unusable Location header"
+                        "redirect {status} with an unusable Location header ({:?})",
+                        truncate(&shown, 256)
                     ))
                 })?;
             p.redirects += 1;
@@ -298,9 +318,9 @@ async fn attempt(
                 h.remove(CONTENT_LENGTH);
             }
             if next.origin() != url.origin() {
-                let h = headers.to_mut();
-                h.remove(AUTHORIZATION);
-                h.remove(COOKIE);
+                // Another origin gets none of the configured headers
+                // (credentials, cookies, API keys, proxy-authorization).
+                headers = Cow::Owned(HeaderMap::new());
             }
             url = Cow::Owned(next);
             continue;
