@@ -18,3 +18,14 @@ pub struct CommonArgs {
 
 /// Exit code for a configuration that cannot be used.
 pub const EXIT_CONFIG: u8 = 2;
+
+/// Exit code after a second SIGTERM/SIGINT cut shutdown short (128 + SIGINT).
+pub const EXIT_FORCED: u8 = 130;
+
+/// Writes `message` and a newline to stderr, dropping it if stderr is closed
+/// (`eprintln!` would panic there, e.g. when the log shipper at its other end
+/// has died).
+pub fn say(message: &dyn std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{message}");
+}

@@ -1,29 +1,41 @@
 //! Turning SIGTERM / SIGINT into a [`CancellationToken`].
 //!
-//! Libraries never install signal handlers themselves: a binary calls
-//! [`on_signal`] and passes the token to `run`, tests cancel a token of their own.
+//! Libraries never install signal handlers themselves, and never exit the
+//! process: a binary calls [`on_signal`], passes the graceful token to `run`
+//! and exits itself when the forced one fires; tests cancel a token of their own.
 
 use tokio_util::sync::CancellationToken;
 
-/// Returns a token that is cancelled at the first SIGTERM or SIGINT.
-///
-/// A second signal while shutting down exits the process at once with code 130,
-/// for an operator who does not want to wait for in-flight work.
-pub fn on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let fire = token.clone();
+/// The tokens the signals fire.
+#[derive(Debug, Clone)]
+pub struct Signals {
+    /// Cancelled at the first SIGTERM or SIGINT: stop after the work in hand.
+    pub graceful: CancellationToken,
+    /// Cancelled at a second one while shutting down: the operator does not
+    /// want to wait; the binary exits at once (with
+    /// [`crate::cli::EXIT_FORCED`]).
+    pub forced: CancellationToken,
+}
+
+/// Starts listening for SIGTERM / SIGINT; returns the tokens they fire.
+pub fn on_signal() -> Signals {
+    let signals = Signals {
+        graceful: CancellationToken::new(),
+        forced: CancellationToken::new(),
+    };
+    let fire = signals.clone();
     tokio::spawn(async move {
         wait_for_signal().await;
         // Cancel first: nothing after the signal may keep shutdown from starting.
-        fire.cancel();
+        fire.graceful.cancel();
         tracing::info!(
             "shutdown requested: finishing in-flight work (signal again to exit at once)"
         );
         wait_for_signal().await;
+        fire.forced.cancel();
         tracing::warn!("second signal: exiting without finishing");
-        std::process::exit(130);
     });
-    token
+    signals
 }
 
 async fn wait_for_signal() {

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use connector_common::cli::{CommonArgs, EXIT_CONFIG};
+use connector_common::cli::{say, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
 use connector_common::config::{load, process_env, render_masked, resolve_path, Section};
 use website_monitor_sink::SinkConfig;
 
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("website-monitor-sink: {e}");
+            say(&format_args!("website-monitor-sink: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -45,18 +45,23 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("website-monitor-sink: cannot start the async runtime: {e}");
+            say(&format_args!(
+                "website-monitor-sink: cannot start the async runtime: {e}"
+            ));
             return ExitCode::FAILURE;
         }
     };
     let code = runtime.block_on(async {
-        let shutdown = connector_common::shutdown::on_signal();
-        match website_monitor_sink::run(config, shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!("{:#}", anyhow::Error::from(e));
-                ExitCode::FAILURE
-            }
+        let signals = connector_common::shutdown::on_signal();
+        tokio::select! {
+            result = website_monitor_sink::run(config, signals.graceful.clone()) => match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{:#}", anyhow::Error::from(e));
+                    ExitCode::FAILURE
+                }
+            },
+            () = signals.forced.cancelled() => ExitCode::from(EXIT_FORCED),
         }
     });
     // A blocking Kafka call that outlived its timeout (a commit or the

@@ -3,11 +3,10 @@
 //! Thin on purpose: flags, configuration, logging, signals; the work is in the
 //! `website_monitor_source` library.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
-use connector_common::cli::{CommonArgs, EXIT_CONFIG};
+use connector_common::cli::{say, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
 use connector_common::config::{self, process_env, render_masked, Section};
 use website_monitor_source::{lanes, sites, RunOptions, SourceConfig, SourceError};
 
@@ -56,12 +55,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Writes `message` to stderr; a closed stderr is no reason to fail
-/// (`eprintln!` would panic there).
-fn say(message: &dyn std::fmt::Display) {
-    let _ = writeln!(std::io::stderr(), "{message}");
-}
-
 async fn run(args: Args) -> ExitCode {
     let refuse = |e: &dyn std::fmt::Display| {
         say(e);
@@ -90,12 +83,16 @@ async fn run(args: Args) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     connector_common::logging::init(&loaded.log_level, loaded.log_format);
-    let shutdown = connector_common::shutdown::on_signal();
+    let signals = connector_common::shutdown::on_signal();
     let opts = RunOptions {
         once: args.once,
         stdout: args.stdout,
     };
-    match website_monitor_source::run(loaded, opts, shutdown).await {
+    let result = tokio::select! {
+        r = website_monitor_source::run(loaded, opts, signals.graceful.clone()) => r,
+        () = signals.forced.cancelled() => return ExitCode::from(EXIT_FORCED),
+    };
+    match result {
         Ok(summary) if args.once && summary.failed > 0 => ExitCode::FAILURE,
         Ok(_) => ExitCode::SUCCESS,
         Err(SourceError::Config(e)) => refuse(&e),
