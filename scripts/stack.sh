@@ -69,7 +69,8 @@ PG_DEFAULT_URI=postgres://postgres@$PG_HOST:$PG_PORT/$PG_DB
 
 IS_ROOT=0
 [ "$(id -u)" -eq 0 ] && IS_ROOT=1
-REPO_HASH=$(printf '%s' "$REPO" | sha256sum | cut -c1-12)
+# The checkout that owns the stack (the symlink's target for a worktree).
+REPO_HASH=$(printf '%s' "$(dirname "$STACK")" | sha256sum | cut -c1-12)
 if [ "$IS_ROOT" -eq 1 ]; then
   PG_ROOT=/var/tmp/website-monitor-pg
 else

@@ -32,11 +32,14 @@ const BUFFER: usize = 300_000;
 /// The second source's buffer: far too small for the outage, so it drops.
 const SMALL_BUFFER: usize = 100;
 
+/// `n` sites on the test server, with keep-alive: a debug build on a shared
+/// 2-core machine gets closer to 1,000 checks/s without a TCP handshake per
+/// check (the connection mode is not what this test is about).
 fn sites(server: &TestServer, n: usize, tag: &str) -> String {
     (0..n)
         .map(|i| {
             format!(
-                "[[source.sites]]\nurl = \"{}\"\n",
+                "[[source.sites]]\nurl = \"{}\"\nkeep_alive = true\n",
                 server.url(&format!("/?{tag}={i}"))
             )
         })
@@ -100,6 +103,7 @@ async fn a_60_s_broker_outage_loses_nothing_under_the_buffer_limit_and_counts_dr
     )
     .unwrap_or_else(|e| panic!("source config: {e}"));
     let stop_source = CancellationToken::new();
+    let source_started = Instant::now();
     let source =
         website_monitor_source::start(source_cfg, RunOptions::default(), stop_source.clone())
             .await
@@ -107,6 +111,7 @@ async fn a_60_s_broker_outage_loses_nothing_under_the_buffer_limit_and_counts_dr
     let source_addr = source.metrics_address.expect("metrics address").to_string();
 
     // The second source: a real process with a buffer of 100 records.
+    let small_started = Instant::now();
     let small_port = free_port();
     let small_addr = format!("127.0.0.1:{small_port}");
     let mut small = Proc::spawn(
@@ -193,8 +198,17 @@ async fn a_60_s_broker_outage_loses_nothing_under_the_buffer_limit_and_counts_dr
         .await
         .expect("source /metrics");
     stop_source.cancel();
+    let ran = source_started.elapsed().as_secs_f64();
     let summary = source.wait().await.expect("source stops cleanly");
-    eprintln!("source under test: {summary:?}");
+    eprintln!(
+        "source under test: {summary:?} in {ran:.0} s: {:.0} checks/s; skipped ticks: {}",
+        summary.checks_finished as f64 / ran,
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("website_monitor_skipped_ticks_total"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     assert_eq!(
         summary.failed,
         0,
@@ -233,17 +247,21 @@ async fn a_60_s_broker_outage_loses_nothing_under_the_buffer_limit_and_counts_dr
         .await
         .unwrap();
     let (rows, distinct, during): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let window = up_unix - down_unix;
     eprintln!(
-        "stored {stored} rows first seen; now {rows} rows, {distinct} distinct checks, {during} of them made while the broker was down or restarting"
+        "stored {stored} rows first seen; now {rows} rows, {distinct} distinct checks, {during} of them made in the {window:.0} s the broker was down or restarting ({:.0} checks/s)",
+        during as f64 / window
     );
     assert_eq!(
         rows as u64, summary.delivered,
         "history rows == delivered records"
     );
     assert_eq!(distinct, rows, "no check stored twice");
+    // Not a speed bound: the source checks on during the outage at no less
+    // than half its own average rate of the whole run.
     assert!(
-        during as f64 >= SITES as f64 * OUTAGE.as_secs_f64() * 0.5,
-        "the source kept checking during the outage ({during} checks stored from it)"
+        during as f64 / window >= 0.5 * summary.checks_finished as f64 / ran,
+        "the source kept checking during the outage ({during} checks stored from its {window:.0} s)"
     );
     stop_sink.cancel();
     sink.wait().await.expect("sink stops cleanly");
@@ -277,9 +295,10 @@ async fn a_60_s_broker_outage_loses_nothing_under_the_buffer_limit_and_counts_dr
         finished,
         "every check delivered or counted dropped"
     );
+    let small_ran = small_started.elapsed().as_secs();
     assert!(
-        drop_lines >= 1 && drop_lines as u64 <= OUTAGE.as_secs() + 60,
-        "drops are logged, at most once a second ({drop_lines} lines)"
+        drop_lines >= 1 && drop_lines as u64 <= small_ran + 1,
+        "drops are logged, at most once a second ({drop_lines} lines in {small_ran} s)"
     );
     if let Err(e) = delete_topics(&s.brokers, &[topic, small_topic]).await {
         eprintln!("warning: {e}");
