@@ -116,7 +116,7 @@ impl SinkContext {
         std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
     }
 
-    /// The fatal error raised so far, explained (see [`SinkContext::fatal`]).
+    /// The fatal error raised so far, explained.
     pub(crate) fn fatal(&self) -> Option<String> {
         self.fatal.lock().expect("fatal lock").clone()
     }

@@ -85,7 +85,7 @@ pub struct SourceConfig {
     pub flush_timeout: Duration,
     /// The memory bound of a broker outage: at most this many records wait
     /// for Kafka (librdkafka's `queue.buffering.max.messages`, and
-    /// `queue.buffering.max.kbytes` = 2 KiB per record); past it new records
+    /// `queue.buffering.max.kbytes` = 2 KiB per record, at least 1 MiB); past it new records
     /// are dropped, counted in `website_monitor_records_dropped_total` with
     /// reason `buffer_full`, and logged once a second.
     #[serde(default = "default_max_buffered_records")]

@@ -8,7 +8,7 @@
 //!
 //! Broker outages: records wait in librdkafka's queue, which [`Buffer`] bounds
 //! (`max_buffered_records` → `queue.buffering.max.messages`, and 2 KiB a
-//! record → `queue.buffering.max.kbytes`; `delivery_timeout` →
+//! record, at least 1 MiB → `queue.buffering.max.kbytes`; `delivery_timeout` →
 //! `message.timeout.ms`), so memory is bounded too. When the queue is full
 //! while Kafka is taking records (a delivery report came within
 //! [`DRAINING_WINDOW`]) a send is retried with backoff for up to
@@ -50,6 +50,10 @@ pub const DRAINING_WINDOW: Duration = Duration::from_secs(1);
 /// times a typical record, so the count is the limit that binds.
 pub const BUFFER_BYTES_PER_RECORD: u64 = 2048;
 
+/// The least `queue.buffering.max.kbytes`: a record larger than the whole
+/// byte budget could never be queued, whatever the count.
+pub const MIN_BUFFER_KBYTES: u64 = 1024;
+
 /// How much the producer holds while Kafka does not take records.
 #[derive(Debug, Clone, Copy)]
 pub struct Buffer {
@@ -74,7 +78,7 @@ impl Buffer {
         let kbytes = (self.max_records as u64)
             .saturating_mul(BUFFER_BYTES_PER_RECORD)
             .div_ceil(1024)
-            .clamp(1, i32::MAX as u64);
+            .clamp(MIN_BUFFER_KBYTES, i32::MAX as u64);
         [
             (
                 "queue.buffering.max.messages",
@@ -641,6 +645,15 @@ mod tests {
                 "queue.buffering.max.kbytes=2000",
                 "message.timeout.ms=90000",
             ]
+        );
+        let small = Buffer {
+            max_records: 10,
+            ..b
+        };
+        assert_eq!(
+            small.properties()[1].1,
+            MIN_BUFFER_KBYTES.to_string(),
+            "a byte budget that holds any record"
         );
         let huge = Buffer {
             max_records: usize::MAX,

@@ -816,6 +816,8 @@ async fn resume_after_kill_9(
     produce_json(&s.brokers, topic, &first).await;
     stored_at_least(db, schema, 1_000).await;
     sink.kill9();
+    // A COMMIT the dead process had already sent may still land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let at_kill = count(db, schema, "site_check", "").await;
     let rest: Vec<Vec<u8>> = (n / 2..n).map(|i| numbered(i, 500)).collect();
     produce_json(&s.brokers, topic, &rest).await;
