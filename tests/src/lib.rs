@@ -6,8 +6,11 @@
 //! `WM_*` variables in the environment take precedence, so the same tests run
 //! against another Kafka/PostgreSQL. Test files live in `tests/tests/`:
 //! `smoke.rs` (the harness reaches the services), `source.rs`, `sink.rs`,
-//! `pipeline.rs` (the pair end to end) and `sasl.rs` (the pair over SASL_SSL
-//! with SCRAM).
+//! `pipeline.rs` (the pair end to end), `sasl.rs` (the pair over SASL_SSL
+//! with SCRAM) and `outage.rs` (a 60 s broker outage: it stops and restarts
+//! the local broker, alone in its test binary). Child processes of the
+//! connector binaries: [`Proc`]; stopping a service of the stack and starting
+//! it again: [`stack_script`], [`RestartOnDrop`].
 
 pub mod http;
 
