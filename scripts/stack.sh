@@ -8,6 +8,8 @@
 #   scripts/stack.sh status    say what runs where; exit 0 only if all is ready
 #   scripts/stack.sh pg-stop   stop only our PostgreSQL (tests: simulate a DB restart)
 #   scripts/stack.sh pg-start  start it again and wait until it answers
+#   scripts/stack.sh kafka-stop   stop only our Kafka broker (tests: a broker outage)
+#   scripts/stack.sh kafka-start  start it again (same data) and wait until it answers
 #   scripts/stack.sh env       print .stack/env
 #   scripts/stack.sh purge     down, then delete .stack/ and our PostgreSQL data dir
 #
@@ -36,6 +38,10 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 REPO=$(cd "$SCRIPT_DIR/.." && pwd -P)
 STACK=$REPO/.stack
+# A .stack that is a symlink (a git worktree sharing another checkout's
+# running stack) is used by its real path: the broker is recognised by the
+# config path on its command line.
+[ -L "$STACK" ] && STACK=$(cd "$STACK" && pwd -P)
 LOGS=$STACK/logs
 PIDS=$STACK/pids
 TLS=$STACK/tls
@@ -63,7 +69,8 @@ PG_DEFAULT_URI=postgres://postgres@$PG_HOST:$PG_PORT/$PG_DB
 
 IS_ROOT=0
 [ "$(id -u)" -eq 0 ] && IS_ROOT=1
-REPO_HASH=$(printf '%s' "$REPO" | sha256sum | cut -c1-12)
+# The checkout that owns the stack (the symlink's target for a worktree).
+REPO_HASH=$(printf '%s' "$(dirname "$STACK")" | sha256sum | cut -c1-12)
 if [ "$IS_ROOT" -eq 1 ]; then
   PG_ROOT=/var/tmp/website-monitor-pg
 else
@@ -798,6 +805,22 @@ cmd_pg_start() {
   say "PostgreSQL ready at $PG_DEFAULT_URI"
 }
 
+cmd_kafka_stop() {
+  take_lock
+  kafka_pid >/dev/null || die "no Kafka broker started by this script is running (pid file $PIDS/kafka.pid); refusing to stop anything else"
+  kafka_stop
+}
+
+cmd_kafka_start() {
+  take_lock
+  mkdir -p "$LOGS" "$PIDS" "$KDIR"
+  [ -f "$KDIR/server.properties" ] || die "no $KDIR/server.properties: run scripts/stack.sh up first"
+  [ -d "$KAFKA_LIB" ] || die "no Kafka jars in $KAFKA_LIB: run scripts/stack.sh up first"
+  kafka_start
+  kafka_wait
+  say "Kafka ready at $KAFKA_HOST:$KAFKA_PORT (pid $(kafka_pid))"
+}
+
 cmd_env() {
   [ -f "$ENV_FILE" ] || die "no $ENV_FILE yet: run scripts/stack.sh up"
   cat "$ENV_FILE"
@@ -816,10 +839,12 @@ case ${1:-} in
   status) cmd_status ;;
   pg-stop) cmd_pg_stop ;;
   pg-start) cmd_pg_start ;;
+  kafka-stop) cmd_kafka_stop ;;
+  kafka-start) cmd_kafka_start ;;
   env) cmd_env ;;
   purge) cmd_purge ;;
   *)
-    printf 'usage: %s up|down|status|pg-stop|pg-start|env|purge\n' "$0" >&2
+    printf 'usage: %s up|down|status|pg-stop|pg-start|kafka-stop|kafka-start|env|purge\n' "$0" >&2
     exit 2
     ;;
 esac

@@ -6,7 +6,8 @@
 //! Scenarios ([`scenarios`]): source throughput with fresh connections and with
 //! keep-alive (baseline: ApacheBench on the same nginx), source at 100,000 sites
 //! (lateness, memory), sink throughput (baseline: a raw `COPY` of the same rows),
-//! end-to-end latency at 5,000 checks/s. Every connector runs as a real release
+//! a sink's resume after kill -9 with static membership (baseline: dynamic
+//! membership), end-to-end latency at 5,000 checks/s. Every connector runs as a real release
 //! process ([`proc`]); the figures go to a table on stdout and to
 //! `target/bench/results.json` ([`report`]). Before the source and
 //! end-to-end scenarios the broker is warmed up with 20 s of source traffic
@@ -80,6 +81,13 @@ async fn run(ctx: &scenarios::Ctx, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
             scenarios::sink_throughput(ctx)
                 .await
                 .context("sink throughput")?,
+        );
+    }
+    if wanted("resume") {
+        figures.extend(
+            scenarios::sink_resume(ctx)
+                .await
+                .context("sink resume after kill -9")?,
         );
     }
     if wanted("e2e") {

@@ -77,6 +77,13 @@ impl Connector {
         cpu_seconds(self.pid())
     }
 
+    /// SIGKILL (a crash), and wait for it.
+    pub fn kill9(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// SIGTERM, then wait (SIGKILL after 30 s).
     pub fn stop(mut self) -> Result<()> {
         let _ = Command::new("kill")

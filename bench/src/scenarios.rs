@@ -765,6 +765,107 @@ pub async fn sink_throughput(ctx: &Ctx) -> Result<Vec<Figure>> {
     ])
 }
 
+/// A sink killed with -9 and started again in the same group: seconds from
+/// the new process's start to its first stored record, with static
+/// membership (`group_instance_id`, the same id again) against the baseline
+/// of dynamic membership, where the dead member's partitions wait for its
+/// session timeout (librdkafka default 45 s).
+pub async fn sink_resume(ctx: &Ctx) -> Result<Vec<Figure>> {
+    let client = pg(&ctx.stack.postgres_uri).await;
+    let p = producer(&ctx.stack.brokers);
+    let n = ctx.n(20_000).max(2_000);
+    let mut took = Vec::new();
+    for with_id in [true, false] {
+        let topic = ctx.topic("bench-resume").await;
+        let schema = unique_ident("bench_resume");
+        client
+            .batch_execute(&format!("CREATE SCHEMA \"{schema}\""))
+            .await?;
+        let t0 = now_secs();
+        let records: Vec<String> = (0..n)
+            .map(|i| record(i, 100, t0 + i as f64 / 1000.0))
+            .collect();
+        let id = if with_id {
+            format!("group_instance_id = \"{}\"\n", unique("bench-sink"))
+        } else {
+            String::new()
+        };
+        let config = ctx.write(
+            "sink-resume.toml",
+            &format!(
+                "log_level = \"warn\"\n[kafka]\nbrokers = \"{}\"\n[sink]\ntopic = \"{topic}\"\ngroup_id = \"{}\"\npostgres_uri = \"{}\"\nschema = \"{schema}\"\nbatch_size = 500\nmetrics_address = \"{SINK_METRICS}\"\n{id}",
+                ctx.stack.brokers,
+                unique("bench-group"),
+                ctx.stack.postgres_uri,
+            ),
+        )?;
+        let log = ctx.work.join("sink-resume.log");
+        let stored_sql = format!(
+            "SELECT coalesce(sum(next_offset), 0)::int8 FROM \"{schema}\".site_kafka_offsets WHERE topic = $1"
+        );
+        let stored = || stored_records(&client, &stored_sql, &topic);
+        let (first, rest) = records.split_at(n / 2);
+        fill_topic(&p, &topic, first).await?;
+        let crashed = Connector::start(
+            &ctx.bin("website-monitor-sink"),
+            &config,
+            SINK_METRICS,
+            &log,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while stored().await == 0 {
+            if Instant::now() > deadline {
+                bail!(
+                    "the sink stored nothing within 120 s; see {}",
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        crashed.kill9()?;
+        fill_topic(&p, &topic, rest).await?;
+        let at_kill = stored().await;
+        let started = Instant::now();
+        let again = Connector::start(
+            &ctx.bin("website-monitor-sink"),
+            &config,
+            SINK_METRICS,
+            &log,
+        )?;
+        let deadline = Instant::now() + Duration::from_secs(180);
+        while stored().await <= at_kill {
+            if Instant::now() > deadline {
+                bail!(
+                    "the restarted sink stored nothing within 180 s; see {}",
+                    log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        took.push(started.elapsed().as_secs_f64());
+        again.stop()?;
+        client
+            .batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+            .await?;
+    }
+    Ok(vec![Figure::against(
+        "sink.resume_after_kill9_s",
+        took[0],
+        "s",
+        took[1],
+        "dynamic membership (no group_instance_id)",
+        "< 5 s",
+    )])
+}
+
+/// What `sql` (a sum of `next_offset` for `topic`) says is stored; 0 before the tables exist.
+async fn stored_records(client: &tokio_postgres::Client, sql: &str, topic: &str) -> i64 {
+    client
+        .query_one(sql, &[&topic])
+        .await
+        .map_or(0, |r| r.get::<_, i64>(0))
+}
+
 fn bytes_of(text: String) -> bytes::Bytes {
     bytes::Bytes::from(text)
 }

@@ -44,6 +44,14 @@ pub struct SinkConfig {
     /// Kafka consumer group. Sink instances sharing it split the partitions.
     #[serde(default = "default_group_id")]
     pub group_id: String,
+    /// Static group membership (librdkafka `group.instance.id`): a stable name
+    /// for this sink instance within `group_id`, e.g. the pod name of a
+    /// StatefulSet. A sink restarted after a crash with the same id takes its
+    /// partitions back at once instead of after the dead member's
+    /// `session.timeout.ms`. Unset: dynamic membership. Two live sinks with one
+    /// id fence each other: the older one stops with an error (exit 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_instance_id: Option<String>,
     /// PostgreSQL connection string, URL (`postgres://user:pass@host:5432/db?sslmode=require`)
     /// or `key=value` form. Env: `postgres_uri`. `sslmode` may be `disable`,
     /// `prefer`, `require`, `verify-ca` or `verify-full`; `sslrootcert` names the
@@ -154,6 +162,7 @@ impl Default for SinkConfig {
         Self {
             topic: default_topic(),
             group_id: default_group_id(),
+            group_instance_id: None,
             postgres_uri: default_postgres_uri(),
             schema: default_schema(),
             table: default_table(),
@@ -218,6 +227,26 @@ fn check_identifier(out: &mut Vec<Invalid>, key: String, value: &str, max: usize
     }
 }
 
+/// Kafka's rule for a `group.instance.id` (the same as for a topic name):
+/// 1 to 249 of `[A-Za-z0-9._-]`.
+fn check_group_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 249 {
+        return Err(format!(
+            "must be 1 to 249 characters (it is {}); leave it out for dynamic membership",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "`{id}` contains {c:?}; Kafka allows only ASCII letters, digits, `.`, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
 impl Validate for SinkConfig {
     fn validate(&self, prefix: &str) -> Vec<Invalid> {
         let mut out = Vec::new();
@@ -242,6 +271,11 @@ impl Validate for SinkConfig {
             ));
         } else if let Some(problem) = text_problem(&self.group_id, 255) {
             out.push(Invalid::new(key("group_id"), problem));
+        }
+        if let Some(id) = &self.group_instance_id {
+            if let Err(why) = check_group_instance_id(id) {
+                out.push(Invalid::new(key("group_instance_id"), why));
+            }
         }
         check_identifier(&mut out, key("schema"), &self.schema, 63);
         check_identifier(&mut out, key("table"), &self.table, MAX_TABLE_NAME_BYTES);
@@ -367,6 +401,22 @@ mod tests {
         assert_eq!(c.write_timeout, Duration::from_secs(7));
         assert_eq!(c.batch_max_bytes, 1000);
         assert_eq!(c.writers, 8);
+        assert_eq!(c.group_instance_id, None);
+    }
+
+    #[test]
+    fn group_instance_id_follows_kafkas_rule() {
+        let c = load("[sink]\ngroup_instance_id = \"sink-0.eu_1\"\n").unwrap();
+        assert_eq!(c.group_instance_id.as_deref(), Some("sink-0.eu_1"));
+        for bad in [
+            "\"\"",
+            "\"a b\"",
+            "\"é\"",
+            &format!("\"{}\"", "x".repeat(250)),
+        ] {
+            let e = load(&format!("[sink]\ngroup_instance_id = {bad}\n")).unwrap_err();
+            assert!(e.contains("sink.group_instance_id"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -19,6 +19,14 @@
 //! and then this member skips them. Kafka's committed offset may briefly move
 //! back by such a late commit; that only causes a harmless re-read.
 //!
+//! Membership: dynamic by default; with `group_instance_id`, static
+//! (KIP-345), so a sink restarted after a crash with the same id gets its
+//! partitions back at once. A clean stop of a static member unsubscribes
+//! before closing, which makes librdkafka send the LeaveGroup a static
+//! member's close would not (`leave_static_group`). Fenced by a newer member
+//! with the same id (a fatal librdkafka error), the loop stops, `/readyz`
+//! says why, and [`Pipeline::run`] returns [`SinkError::KafkaFatal`].
+//!
 //! Every attempt to connect or write is bounded by `write_timeout` (and, after
 //! SIGTERM, by what is left of `shutdown_timeout`, see [`crate::writer`]);
 //! the Kafka commit, the watermark check and the consumer's close are bounded
@@ -68,12 +76,62 @@ pub struct SinkContext {
     auth: Mutex<Option<String>>,
     /// Whether the latest statistics saw a broker connection up.
     any_up: AtomicBool,
+    /// The fatal error librdkafka raised (for a sink: fenced by another
+    /// member with the same `group_instance_id`); the consumer is unusable
+    /// from then on and `/readyz` keeps saying why.
+    fatal: Mutex<Option<String>>,
+    /// Cancelled with `fatal`: wakes the loop waiting for records.
+    dead: CancellationToken,
+    /// What a fatal error is explained with (group and instance id).
+    membership: Membership,
+}
+
+/// The group membership of this sink, for messages.
+#[derive(Debug, Clone)]
+struct Membership {
+    group_id: String,
+    instance_id: Option<String>,
+}
+
+impl Membership {
+    /// What a fatal consumer error (`reason`, librdkafka's words) means here.
+    fn explain_fatal(&self, code: Option<RDKafkaErrorCode>, reason: &str) -> String {
+        let fenced = code == Some(RDKafkaErrorCode::FencedInstanceId)
+            || reason.contains("fenced")
+            || reason.contains("Fenced");
+        match (&self.instance_id, fenced) {
+            (Some(id), true) => format!(
+                "Kafka: this sink was fenced: another sink joined consumer group \"{group}\" with the same group_instance_id \"{id}\" and took over its partitions ({reason}). Each running sink needs its own [sink] group_instance_id; this one stops",
+                group = self.group_id
+            ),
+            _ => format!(
+                "Kafka: the consumer hit a fatal error and cannot go on ({reason}); this sink stops"
+            ),
+        }
+    }
 }
 
 impl SinkContext {
     /// Takes the partitions revoked since the last call.
     pub(crate) fn take_revoked(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
+    }
+
+    /// The fatal error raised so far, explained.
+    pub(crate) fn fatal(&self) -> Option<String> {
+        self.fatal.lock().expect("fatal lock").clone()
+    }
+
+    fn set_fatal(&self, code: Option<RDKafkaErrorCode>, reason: &str) {
+        let mut fatal = self.fatal.lock().expect("fatal lock");
+        if fatal.is_some() {
+            return;
+        }
+        let problem = self.membership.explain_fatal(code, reason);
+        tracing::error!("{problem}");
+        self.readiness.set_kafka(Some(problem.clone()));
+        *fatal = Some(problem);
+        self.dead.cancel();
     }
 
     /// The partition's end as of the latest statistics, if known.
@@ -124,6 +182,10 @@ impl ClientContext for SinkContext {
             .values()
             .any(|b| b.state == "UP" && b.source != "internal" && b.source != "logical");
         self.any_up.store(up, Ordering::Relaxed);
+        if self.fatal.lock().expect("fatal lock").is_some() {
+            // The consumer is dead whatever the connections say.
+            return;
+        }
         let mut auth = self.auth.lock().expect("auth lock");
         if up {
             *auth = None;
@@ -136,6 +198,10 @@ impl ClientContext for SinkContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(m::KAFKA_ERRORS).increment(1);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.set_fatal(None, reason);
+            return;
+        }
         if let Some(problem) = connector_common::kafka::auth_problem(&error, reason) {
             // Retrying cannot fix refused credentials: say so on /readyz
             // (unless another broker connection works).
@@ -202,6 +268,12 @@ pub fn consumer(
     last_commit: Arc<AtomicU64>,
 ) -> Result<SinkConsumer, SinkError> {
     let mut c = kafka.client_config();
+    if let Some(id) = &cfg.group_instance_id {
+        // Static membership: a restart with this id takes the partitions
+        // back without waiting for session.timeout.ms (see `run` for the
+        // clean shutdown).
+        c.set("group.instance.id", id);
+    }
     c.set("group.id", &cfg.group_id)
         .set("client.id", "website-monitor-sink")
         .set("enable.auto.offset.store", "false")
@@ -218,6 +290,12 @@ pub fn consumer(
             ends: Mutex::new(HashMap::new()),
             auth: Mutex::new(None),
             any_up: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            dead: CancellationToken::new(),
+            membership: Membership {
+                group_id: cfg.group_id.clone(),
+                instance_id: cfg.group_instance_id.clone(),
+            },
         })
         .map_err(SinkError::Kafka)?;
     consumer
@@ -302,15 +380,33 @@ impl Pipeline {
         let consumer = Arc::new(consumer);
         tokio::spawn(self.shared.start_clock_on_shutdown());
         let cfg = &self.shared.cfg;
+        // Collecting stops at shutdown, and when the consumer dies (fenced).
+        let stop = self.shared.shutdown.child_token();
+        let dead = consumer.context().dead.clone();
+        let stop_on_death = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = dead.cancelled() => stop_on_death.cancel(),
+                () = stop_on_death.cancelled() => {}
+            }
+        });
         let collector = Collector {
             batch_size: cfg.batch_size,
             batch_max_bytes: cfg.batch_max_bytes,
             batch_timeout: cfg.batch_timeout,
             limits: self.limits,
-            shutdown: self.shared.shutdown.clone(),
+            shutdown: stop,
         };
         let mut pending = Vec::new();
+        let mut fatal = None;
         loop {
+            if let Some(problem) = fatal_error(&consumer) {
+                // Fenced (or another fatal error): the consumer is dead and
+                // the partitions are someone else's. What was collected is
+                // left uncommitted; the new owner reads it again.
+                fatal = Some(problem);
+                break;
+            }
             if pending.is_empty() {
                 if collector.shutdown.is_cancelled() {
                     break;
@@ -338,9 +434,13 @@ impl Pipeline {
             }
             pending = next;
         }
+        let fatal = fatal.or_else(|| fatal_error(&consumer));
         // Leaving the group blocks (librdkafka's close), so off the runtime,
         // and bounded: a dead coordinator must not keep the sink from exiting.
         let limit = self.shared.limit(CLOSE_TIMEOUT);
+        if fatal.is_none() && self.shared.cfg.group_instance_id.is_some() {
+            leave_static_group(&consumer, limit).await;
+        }
         let closing = tokio::task::spawn_blocking(move || drop(consumer));
         match tokio::time::timeout(limit, closing).await {
             Ok(Ok(())) => {}
@@ -348,6 +448,9 @@ impl Pipeline {
             Err(_) => tracing::warn!(
                 "leaving the consumer group did not finish within {limit:?} (what was left of shutdown_timeout, at most {CLOSE_TIMEOUT:?}); stopping anyway (the group notices after session.timeout.ms)"
             ),
+        }
+        if let Some(problem) = fatal {
+            return Err(SinkError::KafkaFatal(problem));
         }
         tracing::info!("sink stopped");
         Ok(())
@@ -494,6 +597,41 @@ impl Pipeline {
             );
         }
     }
+}
+
+/// A static member's close does not leave the group (KIP-345): its
+/// partitions would wait `session.timeout.ms` for it to come back.
+/// Unsubscribing first makes librdkafka send the LeaveGroup once the
+/// partitions are revoked (served here, within `limit`), so a clean stop hands
+/// them over at once, as with dynamic membership; a crash does not, and a
+/// restart with the same `group_instance_id` takes them back at once.
+async fn leave_static_group(consumer: &SinkConsumer, limit: Duration) {
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + limit;
+    // The revocation is an event on the consumer's queue: poll to serve it.
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        let revoked = consumer.assignment().is_ok_and(|a| a.count() == 0);
+        if revoked || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    // librdkafka sends the LeaveGroup after the unassignment completes, on
+    // its own thread; once close() starts, a static member no longer would.
+    tokio::time::sleep(Duration::from_millis(200).min(limit)).await;
+    tracing::info!("left the consumer group (static member, clean stop)");
+}
+
+/// The consumer's fatal error, explained, if librdkafka raised one (read from
+/// the client as well as from the error callback, whichever came first).
+fn fatal_error(consumer: &SinkConsumer) -> Option<String> {
+    let ctx = consumer.context();
+    if let Some(problem) = ctx.fatal() {
+        return Some(problem);
+    }
+    let (code, reason) = consumer.client().fatal_error()?;
+    ctx.set_fatal(Some(code), &reason);
+    ctx.fatal()
 }
 
 /// A consumer error from `recv`; the client context has already logged it

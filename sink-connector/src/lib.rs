@@ -71,6 +71,10 @@ pub enum SinkError {
     /// The Kafka consumer cannot be created or subscribed.
     #[error("Kafka consumer: {0}; check [kafka] and sink.topic")]
     Kafka(rdkafka::error::KafkaError),
+    /// The Kafka consumer raised a fatal error and cannot go on: fenced by
+    /// another sink with the same `group_instance_id` (the message says so).
+    #[error("{0}")]
+    KafkaFatal(String),
     /// PostgreSQL refused a schema migration.
     #[error("migrating the sink's tables failed: {0}; check that the PostgreSQL user may create tables in sink.schema, and that existing tables of the same names are the sink's own")]
     Migrate(String),
@@ -136,6 +140,7 @@ pub async fn start(
     tracing::info!(
         topic = %cfg.topic,
         group = %cfg.group_id,
+        group_instance_id = cfg.group_instance_id.as_deref().unwrap_or("(dynamic membership)"),
         table = %cfg.table,
         schema = %cfg.schema,
         postgres = %target.describe(),

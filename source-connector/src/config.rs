@@ -23,6 +23,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The largest `concurrency` accepted.
 pub const MAX_CONCURRENCY: usize = 1_000_000;
 
+/// The largest `max_buffered_records` accepted (at 2 KiB each, 20 GiB).
+pub const MAX_BUFFERED_RECORDS: usize = 10_000_000;
+
+/// The longest `delivery_timeout` accepted (librdkafka's limit is ~24.8 days).
+pub const MAX_DELIVERY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// The largest `threads` accepted.
 pub const MAX_THREADS: usize = 1024;
 
@@ -116,6 +122,17 @@ pub struct SourceConfig {
     /// On shutdown, wait at most this long for Kafka to acknowledge what was sent.
     #[serde(default = "default_flush_timeout", with = "humantime_serde")]
     pub flush_timeout: Duration,
+    /// The memory bound of a broker outage: at most this many records wait
+    /// for Kafka (librdkafka's `queue.buffering.max.messages`, and
+    /// `queue.buffering.max.kbytes` = 2 KiB per record, at least 1 MiB); past it new records
+    /// are dropped, counted in `website_monitor_records_dropped_total` with
+    /// reason `buffer_full`, and logged once a second.
+    #[serde(default = "default_max_buffered_records")]
+    pub max_buffered_records: usize,
+    /// How long a record may wait for Kafka before it is dropped (reason
+    /// `delivery_timeout`): librdkafka's `message.timeout.ms`.
+    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    pub delivery_timeout: Duration,
     /// Default HTTP method.
     #[serde(default = "default_method")]
     pub method: String,
@@ -410,6 +427,12 @@ fn default_true() -> bool {
 fn default_flush_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_max_buffered_records() -> usize {
+    100_000
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
+}
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -478,6 +501,18 @@ impl Validate for SourceConfig {
             MAX_SHUTDOWN_TIMEOUT,
             "10s",
         );
+        if !(1..=MAX_BUFFERED_RECORDS).contains(&self.max_buffered_records) {
+            out.push(Invalid::new(
+                key("max_buffered_records"),
+                format!("must be between 1 and {MAX_BUFFERED_RECORDS}: the records that may wait for Kafka during an outage (default 100000)"),
+            ));
+        }
+        if !(Duration::from_secs(1)..=MAX_DELIVERY_TIMEOUT).contains(&self.delivery_timeout) {
+            out.push(Invalid::new(
+                key("delivery_timeout"),
+                "must be between 1s and 24h: how long a record may wait for Kafka (default 5m)",
+            ));
+        }
         if self.tls_ca.is_some() && !self.tls_verify {
             out.push(Invalid::new(
                 key("tls_ca"),
@@ -764,6 +799,13 @@ mod tests {
             ("concurrency = 0", "source.concurrency"),
             ("threads = 0", "source.threads"),
             ("threads = 5000", "source.threads"),
+            ("max_buffered_records = 0", "source.max_buffered_records"),
+            (
+                "max_buffered_records = 10000001",
+                "source.max_buffered_records",
+            ),
+            ("delivery_timeout = \"10ms\"", "source.delivery_timeout"),
+            ("delivery_timeout = \"2d\"", "source.delivery_timeout"),
             ("metrics_address = \"nope\"", "source.metrics_address"),
             ("method = \"GE T\"", "source.method"),
             ("expected_status = [200, 999]", "source.expected_status"),

@@ -152,6 +152,10 @@ pub async fn start(
         publish::Publisher::Kafka(publish::KafkaPublisher::new(
             &config.kafka,
             &source.topic,
+            publish::Buffer {
+                max_records: source.max_buffered_records,
+                delivery_timeout: source.delivery_timeout,
+            },
             health.clone(),
         )?)
     });

@@ -26,6 +26,11 @@ pub const CHECKS_IN_FLIGHT: &str = "website_monitor_checks_in_flight";
 pub const RECORDS_PRODUCED_TOTAL: &str = "website_monitor_records_produced_total";
 /// Counter: records that could not be delivered.
 pub const RECORDS_FAILED_TOTAL: &str = "website_monitor_records_failed_total";
+/// Counter: the same records by label `reason`: `buffer_full` (the producer
+/// buffer, `max_buffered_records`, was full while Kafka took nothing),
+/// `delivery_timeout` (waited `delivery_timeout`), `shutdown` (still waiting
+/// after `flush_timeout`), `error` (refused).
+pub const RECORDS_DROPPED_TOTAL: &str = "website_monitor_records_dropped_total";
 /// Gauge per `url`: 1 when the last check was ok, else 0.
 pub const SITE_UP: &str = "website_monitor_site_up";
 /// Gauge per `url`: duration of the last check, seconds.
@@ -157,6 +162,11 @@ pub fn in_flight() -> Gauge {
 /// The [`RECORDS_PRODUCED_TOTAL`] handle (register once, increment per record).
 pub fn produced() -> Counter {
     counter!(RECORDS_PRODUCED_TOTAL)
+}
+
+/// The [`RECORDS_DROPPED_TOTAL`] handle of one `reason` (register once).
+pub fn dropped(reason: &'static str) -> Counter {
+    counter!(RECORDS_DROPPED_TOTAL, "reason" => reason)
 }
 
 /// The [`RECORDS_FAILED_TOTAL`] handle (register once, increment per record).

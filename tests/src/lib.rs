@@ -6,15 +6,15 @@
 //! `WM_*` variables in the environment take precedence, so the same tests run
 //! against another Kafka/PostgreSQL. Test files live in `tests/tests/`:
 //! `smoke.rs` (the harness reaches the services), `source.rs`, `sink.rs`,
-//! `pipeline.rs` (the pair end to end) and `sasl.rs` (the pair over SASL_SSL
-//! with SCRAM).
+//! `pipeline.rs` (the pair end to end), `sasl.rs` (the pair over SASL_SSL
+//! with SCRAM) and `outage.rs` (a 60 s broker outage: it stops and restarts
+//! the local broker, alone in its test binary). Child processes of the
+//! connector binaries: [`Proc`]; stopping a service of the stack and starting
+//! it again: [`stack_script`], [`RestartOnDrop`].
 
 pub mod hostile;
 pub mod http;
-mod process;
 pub mod sink;
-
-pub use process::SinkProcess;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -470,6 +470,133 @@ pub fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A connector binary running as a child process (for kill -9, SIGTERM and
+/// its exit code), its config in a temporary folder and its stderr in a log
+/// file there. Killed (SIGKILL) when dropped.
+pub struct Proc {
+    child: std::process::Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    /// Starts `website-monitor-<name>` (`sink` or `source`) with `config` as
+    /// its connector.toml, without the seed's environment overrides.
+    pub fn spawn(name: &str, config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temporary folder");
+        let path = dir.path().join("connector.toml");
+        std::fs::write(&path, config).expect("write the config");
+        let log = dir.path().join(format!("{name}.log"));
+        let child = std::process::Command::new(binary(&format!("website-monitor-{name}")))
+            .arg("--config")
+            .arg(&path)
+            .current_dir(repo_root())
+            .env_remove("kafka_host")
+            .env_remove("kafka_topic")
+            .env_remove("postgres_uri")
+            .env_remove("log_level")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("start website-monitor-{name}: {e}"));
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("wait after kill -9");
+    }
+
+    /// Its exit code if it has exited (`Some(None)`: killed by a signal).
+    pub fn exited(&mut self) -> Option<Option<i32>> {
+        self.child.try_wait().expect("try_wait").map(|st| st.code())
+    }
+
+    /// SIGTERM, then the exit code (SIGKILL and a panic after 60 s).
+    pub fn term(&mut self) -> Option<i32> {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        for _ in 0..600 {
+            if let Some(code) = self.exited() {
+                return code;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.kill9();
+        panic!(
+            "the connector did not stop within 60 s of SIGTERM; log:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; for a child's metrics address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Runs `scripts/stack.sh <command>` (e.g. `pg-stop`, `kafka-start`) and
+/// panics if it fails.
+pub fn stack_script(command: &str) {
+    let st = std::process::Command::new("bash")
+        .arg(repo_root().join("scripts/stack.sh"))
+        .arg(command)
+        .status()
+        .unwrap_or_else(|e| panic!("scripts/stack.sh {command}: {e}"));
+    assert!(st.success(), "scripts/stack.sh {command} failed");
+}
+
+/// Runs `scripts/stack.sh <command>` when dropped unless disarmed: a test that
+/// stopped a shared service (`pg-stop`, `kafka-stop`) starts it again even if
+/// it fails while the service is down.
+#[must_use = "the service is restarted when this is dropped"]
+pub struct RestartOnDrop(Option<&'static str>);
+
+impl RestartOnDrop {
+    /// Will run `scripts/stack.sh <command>` on drop.
+    pub fn new(command: &'static str) -> Self {
+        Self(Some(command))
+    }
+
+    /// The service was restarted by the test itself.
+    pub fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        if let Some(command) = self.0 {
+            let _ = std::process::Command::new("bash")
+                .arg(repo_root().join("scripts/stack.sh"))
+                .arg(command)
+                .status();
+        }
+    }
 }
 
 /// `GET path` on a local HTTP server (a connector's `/readyz`, say): (status, body).

@@ -15,7 +15,7 @@ use website_monitor_sink::migrate::{migrate, Tables};
 use website_monitor_tests::hostile::{
     catalogue, database_refusals_sql, good, Expect, Kind, MAX_RECORD_BYTES,
 };
-use website_monitor_tests::{eventually, fresh_schema, pg, producer, stack, unique, SinkProcess};
+use website_monitor_tests::{eventually, fresh_schema, pg, producer, stack, unique, Proc};
 
 const LIMITS: Limits = Limits {
     max_record_bytes: MAX_RECORD_BYTES,
@@ -166,7 +166,7 @@ async fn hostile_records_mixed_with_good_ones_each_end_stored_or_rejected_once_a
             .unwrap();
         r.get::<_, i64>(0)
     };
-    let mut sink = SinkProcess::spawn(&config);
+    let mut sink = Proc::spawn("sink", &config);
     let at_kill = eventually(
         "the sink to be part way",
         Duration::from_secs(120),
@@ -182,7 +182,7 @@ async fn hostile_records_mixed_with_good_ones_each_end_stored_or_rejected_once_a
         "the kill came mid-stream ({at_kill} of {total})"
     );
 
-    let mut sink = SinkProcess::spawn(&config);
+    let mut sink = Proc::spawn("sink", &config);
     eventually(
         &format!("history rows + rejected rows == {total} records produced"),
         Duration::from_secs(300),

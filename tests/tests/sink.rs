@@ -5,8 +5,7 @@
 //! it first: `cargo build --bins`); the others run the sink in-process.
 
 use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use connector_common::config::{load_str, Section};
@@ -16,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use website_monitor_sink::{Running, SinkConfig};
 use website_monitor_tests::sink::{batch_conn, batch_msg};
 use website_monitor_tests::{
-    column, create_topic, eventually, fresh_schema, http_get, pg, produce, repo_root, stack,
-    unique, unique_ident, SinkProcess, Stack,
+    column, create_topic, eventually, free_port, fresh_schema, http_get, pg, produce, stack,
+    stack_script, unique, unique_ident, Proc, RestartOnDrop, Stack,
 };
 
 /// The PostgreSQL restart test takes this for writing; every other test reads
@@ -688,14 +687,6 @@ async fn bad_records_are_rejected_with_their_reason_and_good_ones_around_them_st
 
 // --- real processes --------------------------------------------------------
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn numbered(i: usize, urls: usize) -> Vec<u8> {
     json_rec(
         serde_json::json!({"url": format!("http://site-{}/", i % urls), "checked_at": 1_700_000_000.0 + i as f64, "n": i, "ok": true}),
@@ -724,6 +715,30 @@ async fn assert_exactly_once(db: &tokio_postgres::Client, schema: &str, n: i64) 
     );
 }
 
+/// Waits until the history table exists and holds at least `n` rows; returns the count.
+async fn stored_at_least(db: &tokio_postgres::Client, schema: &str, n: i64) -> i64 {
+    eventually(
+        &format!("{n} rows in {schema}.site_check"),
+        WAIT,
+        || async {
+            let exists: bool = db
+                .query_one(
+                    "SELECT to_regclass($1) IS NOT NULL",
+                    &[&format!("\"{schema}\".site_check")],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if !exists {
+                return None;
+            }
+            let c = count(db, schema, "site_check", "").await;
+            (c >= n).then_some(c)
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
     let _g = PG_RESTART.read().await;
@@ -741,29 +756,14 @@ async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
         "batch_size = 300\n",
     );
 
-    let mut sink = SinkProcess::spawn(&config);
+    let mut sink = Proc::spawn("sink", &config);
     // Produce in chunks while the sink runs, and kill it once it is part way.
     let mut killed_at = None;
     for chunk in (0..N).collect::<Vec<_>>().chunks(2_000) {
         let recs: Vec<Vec<u8>> = chunk.iter().map(|&i| numbered(i, 700)).collect();
         produce_json(&s.brokers, &topic, &recs).await;
         if killed_at.is_none() {
-            let stored = eventually("the sink to be writing", WAIT, || async {
-                let exists: bool = db
-                    .query_one(
-                        "SELECT to_regclass($1) IS NOT NULL",
-                        &[&format!("\"{schema}\".site_check")],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                if !exists {
-                    return None;
-                }
-                let c = count(&db, &schema, "site_check", "").await;
-                (c >= 1_000).then_some(c)
-            })
-            .await;
+            let stored = stored_at_least(&db, &schema, 1_000).await;
             sink.kill9();
             killed_at = Some(stored);
         }
@@ -776,7 +776,7 @@ async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
     );
     eprintln!("killed with {stored_at_kill} of {N} stored");
 
-    let mut sink = SinkProcess::spawn(&config);
+    let mut sink = Proc::spawn("sink", &config);
     wait_rows(&db, &schema, "site_check", N as i64).await;
     // Let anything redelivered arrive, then check nothing doubled.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -800,6 +800,171 @@ async fn kill_9_mid_stream_then_restart_stores_each_record_exactly_once() {
     );
 }
 
+/// Runs a sink with `config`, kills it with -9 once it stored 1,000 of the
+/// first `n / 2` records, produces the rest while no sink runs, starts it
+/// again and returns how long after its start it stored its first new record;
+/// then checks every record is stored exactly once.
+async fn resume_after_kill_9(
+    db: &tokio_postgres::Client,
+    schema: &str,
+    topic: &str,
+    config: &str,
+    n: usize,
+) -> Duration {
+    let s = stack();
+    let mut sink = Proc::spawn("sink", config);
+    let first: Vec<Vec<u8>> = (0..n / 2).map(|i| numbered(i, 500)).collect();
+    produce_json(&s.brokers, topic, &first).await;
+    stored_at_least(db, schema, 1_000).await;
+    sink.kill9();
+    // A COMMIT the dead process had already sent may still land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_kill = count(db, schema, "site_check", "").await;
+    let rest: Vec<Vec<u8>> = (n / 2..n).map(|i| numbered(i, 500)).collect();
+    produce_json(&s.brokers, topic, &rest).await;
+    assert_eq!(
+        count(db, schema, "site_check", "").await,
+        at_kill,
+        "nothing is stored while no sink runs"
+    );
+    let started = std::time::Instant::now();
+    let mut sink = Proc::spawn("sink", config);
+    let resumed = eventually("the restarted sink to store new records", WAIT, || async {
+        (count(db, schema, "site_check", "").await > at_kill).then(|| started.elapsed())
+    })
+    .await;
+    eprintln!("killed with {at_kill} of {n} stored; the restarted sink stored new records {resumed:?} after its start");
+    wait_rows(db, schema, "site_check", n as i64).await;
+    // Let anything redelivered arrive, then check nothing doubled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_exactly_once(db, schema, n as i64).await;
+    assert_eq!(
+        sink.term(),
+        Some(0),
+        "SIGTERM exits 0; log:\n{}",
+        sink.log()
+    );
+    resumed
+}
+
+/// Static group membership (issue 11, part 4): a sink killed with -9 and
+/// started again with the same `group_instance_id` takes its partitions back
+/// at once, instead of after the dead member's session timeout (45 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_after_kill_9_with_its_group_instance_id_a_sink_resumes_within_5_s() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_static").await;
+    let topic = unique("sink-static");
+    create_topic(&s.brokers, &topic, 3).await;
+    let config = config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        &format!(
+            "batch_size = 300\ngroup_instance_id = \"{}\"\n",
+            unique("sink")
+        ),
+    );
+    let resumed = resume_after_kill_9(&db, &schema, &topic, &config, 20_000).await;
+    assert!(
+        resumed < Duration::from_secs(5),
+        "the restarted sink stored new records only {resumed:?} after its start (dynamic membership waits ~45 s)"
+    );
+}
+
+/// Two live sinks with one `group_instance_id`: the broker fences the older,
+/// which stops with exit code 1 and says why; the newer stores everything,
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_sinks_with_one_group_instance_id_the_older_stops_with_a_clear_error() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_fenced").await;
+    let topic = unique("sink-fenced");
+    create_topic(&s.brokers, &topic, 2).await;
+    let id = unique("sink");
+    let config = config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        &format!("group_instance_id = \"{id}\"\n"),
+    );
+    let mut older = Proc::spawn("sink", &config);
+    let first: Vec<Vec<u8>> = (0..1_000).map(|i| numbered(i, 100)).collect();
+    produce_json(&s.brokers, &topic, &first).await;
+    wait_rows(&db, &schema, "site_check", 1_000).await;
+
+    let mut newer = Proc::spawn("sink", &config);
+    let mut code = None;
+    for _ in 0..600 {
+        code = older.exited();
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = older.log();
+    assert_eq!(
+        code,
+        Some(Some(1)),
+        "the fenced sink exits 1 within 60 s; log:\n{log}"
+    );
+    assert!(
+        log.contains("fenced") && log.contains(&id) && log.contains("group_instance_id"),
+        "the fenced sink says why, naming the id; log:\n{log}"
+    );
+    let second: Vec<Vec<u8>> = (1_000..2_000).map(|i| numbered(i, 100)).collect();
+    produce_json(&s.brokers, &topic, &second).await;
+    wait_rows(&db, &schema, "site_check", 2_000).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_exactly_once(&db, &schema, 2_000).await;
+    assert_eq!(newer.term(), Some(0), "log:\n{}", newer.log());
+}
+
+/// A static member that stops cleanly leaves the group (it does not keep its
+/// partitions for session.timeout.ms): another sink of the group stores the
+/// records that come after within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_stopped_with_sigterm_hands_its_partitions_over_at_once() {
+    let _g = PG_RESTART.read().await;
+    let s = stack();
+    let db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "sink_static_term").await;
+    let topic = unique("sink-static-term");
+    create_topic(&s.brokers, &topic, 2).await;
+    let config = config_text(
+        &plain_kafka(&s),
+        &topic,
+        &schema,
+        &s.postgres_uri,
+        "group_instance_id = \"GROUP_INSTANCE\"\n",
+    );
+    let mut first = Proc::spawn("sink", &config.replace("GROUP_INSTANCE", &unique("a")));
+    let mut second = Proc::spawn("sink", &config.replace("GROUP_INSTANCE", &unique("b")));
+    let records: Vec<Vec<u8>> = (0..1_000).map(|i| numbered(i, 100)).collect();
+    produce_json(&s.brokers, &topic, &records).await;
+    wait_rows(&db, &schema, "site_check", 1_000).await;
+    assert_eq!(first.term(), Some(0), "log:\n{}", first.log());
+    let stopped = std::time::Instant::now();
+    let records: Vec<Vec<u8>> = (1_000..2_000).map(|i| numbered(i, 100)).collect();
+    produce_json(&s.brokers, &topic, &records).await;
+    wait_rows(&db, &schema, "site_check", 2_000).await;
+    let took = stopped.elapsed();
+    eprintln!("every record stored {took:?} after the first sink stopped");
+    assert!(
+        took < Duration::from_secs(15),
+        "the remaining sink took the partitions over only after {took:?} (session.timeout.ms is 45 s); its log:\n{}",
+        second.log()
+    );
+    assert_exactly_once(&db, &schema, 2_000).await;
+    assert_eq!(second.term(), Some(0), "log:\n{}", second.log());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sinks_in_one_group_store_every_record_exactly_once() {
     let _g = PG_RESTART.read().await;
@@ -819,10 +984,10 @@ async fn two_sinks_in_one_group_store_every_record_exactly_once() {
             s.postgres_uri
         )
     };
-    let mut a = SinkProcess::spawn(&cfg(port_a));
-    let mut b = SinkProcess::spawn(&cfg(port_b));
+    let mut a = Proc::spawn("sink", &cfg(port_a));
+    let mut b = Proc::spawn("sink", &cfg(port_b));
     // Produce only once both are members, so both get partitions with records.
-    let assigned = |p: &SinkProcess| {
+    let assigned = |p: &Proc| {
         p.log()
             .lines()
             .any(|l| l.contains("partitions assigned") && !l.trim_end().ends_with("[]"))
@@ -1087,14 +1252,8 @@ async fn postgres_restart_while_running_loses_and_doubles_nothing() {
     wait_ready(&addr).await;
     drop(db);
 
-    let script = repo_root().join("scripts/stack.sh");
-    let st = Command::new("bash")
-        .arg(&script)
-        .arg("pg-stop")
-        .status()
-        .expect("pg-stop");
-    assert!(st.success(), "scripts/stack.sh pg-stop failed");
-    let restart = scopeguard(script.clone());
+    stack_script("pg-stop");
+    let restart = RestartOnDrop::new("pg-start");
     let second: Vec<Vec<u8>> = (2_000..5_000).map(|i| numbered(i, 100)).collect();
     produce_json(&s.brokers, &topic, &second).await;
     eventually("/readyz to report PostgreSQL down", WAIT, || async {
@@ -1105,13 +1264,8 @@ async fn postgres_restart_while_running_loses_and_doubles_nothing() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let st = Command::new("bash")
-        .arg(&script)
-        .arg("pg-start")
-        .status()
-        .expect("pg-start");
-    assert!(st.success(), "scripts/stack.sh pg-start failed");
-    std::mem::forget(restart);
+    stack_script("pg-start");
+    restart.disarm();
 
     let db = pg(&s.postgres_uri).await;
     wait_rows(&db, &schema, "site_check", 5_000).await;
@@ -1124,17 +1278,6 @@ async fn postgres_restart_while_running_loses_and_doubles_nothing() {
         "retries are counted"
     );
     stop(running, token).await;
-}
-
-/// Starts PostgreSQL again if the restart test fails while it is stopped.
-struct PgStartOnDrop(PathBuf);
-fn scopeguard(script: PathBuf) -> PgStartOnDrop {
-    PgStartOnDrop(script)
-}
-impl Drop for PgStartOnDrop {
-    fn drop(&mut self) {
-        let _ = Command::new("bash").arg(&self.0).arg("pg-start").status();
-    }
 }
 
 /// `s.postgres_uri` as a `key=value` string with `user`, the host name the
