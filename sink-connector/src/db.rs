@@ -27,6 +27,7 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use connector_common::secret::percent_decoded;
 use connector_common::tls::AcceptAnyServerCert;
 
 /// A connection string that cannot be used.
@@ -278,29 +279,11 @@ fn split_url(uri: &str) -> Result<(String, Params), UriError> {
         let (k, v) = pair
             .split_once('=')
             .ok_or_else(|| UriError::Syntax(pair.to_owned()))?;
-        params.push((percent_decode(k), percent_decode(v), pair.to_owned()));
+        params.push((percent_decoded(k), percent_decoded(v), pair.to_owned()));
     }
     Ok((base.to_owned(), params))
 }
 
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Splits `host=h port=5432 dbname='my db'` into decoded pairs; the original
 /// text of each is re-quoted so the rest can be handed to tokio-postgres.
@@ -502,7 +485,7 @@ mod tests {
 
     #[test]
     fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
-        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decoded("a%2Fb%20c"), "a/b c");
+        assert_eq!(percent_decoded("100%"), "100%");
     }
 }

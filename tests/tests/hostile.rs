@@ -149,9 +149,11 @@ async fn hostile_records_mixed_with_good_ones_each_end_stored_or_rejected_once_a
     let total = records.len() as i64;
 
     let config = format!(
-        "[kafka]\nbrokers = \"{}\"\n[sink]\ntopic = \"{topic}\"\ngroup_id = \"{group}\"\npostgres_uri = \"{uri}\"\nschema = \"{schema}\"\nbatch_size = 100\nbatch_timeout = \"50ms\"\nwrite_timeout = \"5s\"\nmax_record_bytes = {MAX_RECORD_BYTES}\nmetrics_address = \"127.0.0.1:0\"\n",
+        "[kafka]\nbrokers = \"{}\"\n[sink]\ntopic = \"{topic}\"\ngroup_id = \"{group}\"\ngroup_instance_id = \"{instance}\"\npostgres_uri = \"{uri}\"\nschema = \"{schema}\"\nbatch_size = 100\nbatch_timeout = \"50ms\"\nwrite_timeout = \"5s\"\nmax_record_bytes = {MAX_RECORD_BYTES}\nmetrics_address = \"127.0.0.1:0\"\n",
         s.brokers,
         group = unique("hostile-group"),
+        // Static membership: the restarted sink takes the partition back at once.
+        instance = unique("hostile-sink"),
         uri = s.postgres_uri,
     );
     let written = || async {
