@@ -284,7 +284,6 @@ fn split_url(uri: &str) -> Result<(String, Params), UriError> {
     Ok((base.to_owned(), params))
 }
 
-
 /// Splits `host=h port=5432 dbname='my db'` into decoded pairs; the original
 /// text of each is re-quoted so the rest can be handed to tokio-postgres.
 fn split_key_values(s: &str) -> Result<(String, Params), UriError> {

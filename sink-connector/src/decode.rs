@@ -10,8 +10,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::jsonb::{self, Refusal};
 
@@ -273,52 +274,32 @@ impl Loose<'_> {
 
 impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(LooseVisitor(std::marker::PhantomData))
+        // Read as raw text, not as a number serde_json must fit in an f64: a
+        // `duration` of 1e400 is valid JSON (jsonb stores it) and becomes a
+        // NULL column, not a reason to reject the record.
+        let raw: &'a RawValue = Deserialize::deserialize(d)?;
+        Ok(Loose::parse(raw.get()))
     }
 }
 
-struct LooseVisitor<'a>(std::marker::PhantomData<&'a ()>);
-
-impl<'de: 'a, 'a> Visitor<'de> for LooseVisitor<'a> {
-    type Value = Loose<'a>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Loose::Bool(v))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Loose::Int(v))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        Ok(i64::try_from(v).map_or(Loose::Float(v as f64), Loose::Int))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(Loose::Float(v))
-    }
-    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Loose::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Loose::Str(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Loose::Str(Cow::Owned(v)))
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Loose::Null)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Loose::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Loose::Other)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Loose::Other)
+impl<'a> Loose<'a> {
+    /// The value of valid JSON text.
+    fn parse(text: &'a str) -> Self {
+        match text.as_bytes().first() {
+            Some(b'"') if !text.contains('\\') => {
+                Loose::Str(Cow::Borrowed(&text[1..text.len() - 1]))
+            }
+            Some(b'"') => serde_json::from_str::<String>(text)
+                .map_or(Loose::Other, |s| Loose::Str(Cow::Owned(s))),
+            Some(b't') => Loose::Bool(true),
+            Some(b'f') => Loose::Bool(false),
+            Some(b'n') => Loose::Null,
+            Some(b'[' | b'{') | None => Loose::Other,
+            Some(_) => match text.parse::<i64>() {
+                Ok(i) => Loose::Int(i),
+                Err(_) => text.parse::<f64>().map_or(Loose::Other, Loose::Float),
+            },
+        }
     }
 }
 
@@ -434,6 +415,21 @@ mod tests {
         assert_eq!(
             reason(br#"{"url":"u","n":{"k\u0000":1}}"#),
             Reason::NulInString
+        );
+    }
+
+    #[test]
+    fn numbers_past_f64_in_the_read_fields_become_null_columns() {
+        let g = good(br#"{"url":"u","duration":1e400,"checked_at":1e400,"status_code":-1e400}"#);
+        assert_eq!(
+            (g.duration, g.checked_at, g.status_code),
+            (None, None, None)
+        );
+        let g = good(br#"{"url":"u\u00e9","duration":2.5,"status_code":204,"ok":false}"#);
+        assert_eq!(g.url, "u\u{e9}");
+        assert_eq!(
+            (g.duration, g.status_code, g.ok),
+            (Some(2.5), Some(204), Some(false))
         );
     }
 

@@ -131,15 +131,12 @@ fn number(json: &[u8], mut i: usize) -> Result<usize, Refusal> {
     }
     let int_start = i;
     i += digits_from(json, i);
-    // Leading zeros do not count: JSON allows only one, "0".
-    let int_digits = json[int_start..i]
-        .iter()
-        .skip_while(|b| **b == b'0')
-        .count();
-    let mut frac_digits = 0;
+    let int_part = &json[int_start..i];
+    let mut frac_part: &[u8] = &[];
     if json.get(i) == Some(&b'.') {
-        frac_digits = digits_from(json, i + 1);
-        i += 1 + frac_digits;
+        let n = digits_from(json, i + 1);
+        frac_part = &json[i + 1..i + 1 + n];
+        i += 1 + n;
     }
     let mut exp: i64 = 0;
     if matches!(json.get(i), Some(b'e' | b'E')) {
@@ -157,9 +154,18 @@ fn number(json: &[u8], mut i: usize) -> Result<usize, Refusal> {
         }
         i += n;
     }
-    let weight = exp.saturating_add(int_digits as i64);
-    let scale = (frac_digits as i64).saturating_sub(exp);
-    if weight > MAX_WEIGHT_DIGITS || scale > MAX_SCALE {
+    // Digits before the point, counted from the first significant one: 0.01e5
+    // is 1e3. Zero has none, whatever its exponent.
+    let significant_int = int_part.iter().skip_while(|b| **b == b'0').count();
+    let leading_frac_zeros = frac_part.iter().take_while(|b| **b == b'0').count();
+    let zero = significant_int == 0 && leading_frac_zeros == frac_part.len();
+    let weight = if significant_int > 0 {
+        exp.saturating_add(significant_int as i64)
+    } else {
+        exp.saturating_sub(leading_frac_zeros as i64)
+    };
+    let scale = (frac_part.len() as i64).saturating_sub(exp);
+    if (!zero && weight > MAX_WEIGHT_DIGITS) || scale > MAX_SCALE {
         return Err(Refusal::NumberOutOfRange);
     }
     Ok(i)
@@ -222,6 +228,30 @@ mod tests {
         );
         let long = format!("{{\"n\":{}}}", "9".repeat(140_000));
         assert_eq!(check(long.as_bytes()), Err(Refusal::NumberOutOfRange));
+    }
+
+    #[test]
+    fn numbers_are_judged_by_their_significant_digits_as_postgresql_does() {
+        // Each pair checked against `SELECT '<n>'::jsonb` in psql.
+        for ok in [
+            "0e99999999",
+            "0.01e131073",
+            "1e131071",
+            "-0",
+            "1E+5",
+            "-0.0e-5",
+        ] {
+            let rec = format!("{{\"n\":{ok}}}");
+            assert_eq!(check(rec.as_bytes()), Ok(()), "{ok}");
+        }
+        for bad in ["1e131072", "0e-16384", "1.5e-16383", "1.0e-16383"] {
+            let rec = format!("{{\"n\":{bad}}}");
+            assert_eq!(
+                check(rec.as_bytes()),
+                Err(Refusal::NumberOutOfRange),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

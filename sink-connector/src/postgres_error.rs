@@ -48,15 +48,24 @@ pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
 }
 
 /// Whether a failed statement may have been refused for something in a
-/// record rather than for the connection, the server or the schema: SQLSTATE
-/// classes 22 (data exception: text `jsonb` refuses, a value out of range),
-/// 23 (integrity constraint: a `CHECK` an operator added), 54 (program
-/// limit: stack depth, a value too large), P0 (raised by PL/pgSQL, e.g. an
-/// operator's trigger), 2F, 38 and 39 (raised in or by a function a trigger
-/// calls). Only a candidate: the batch writer rejects a record only when it
-/// fails on its own ([`crate::refuse`]).
+/// record: any SQLSTATE outside the classes that speak of the connection,
+/// the server or the session — 08 connection, 25 transaction state, 28
+/// authorization, 3D/3F missing database or schema, 40 rollback
+/// (serialization, deadlock), 53 resources, 55 object state (a lock not
+/// available), 57 operator intervention (a restart, a statement timeout), 58
+/// system error, F0 configuration, XX internal. Data exceptions (22),
+/// constraints (23), program limits (54), anything an operator's trigger
+/// raises (P0001, a custom `45000`, a 42 from its dynamic SQL) are candidates.
+/// Only candidates: the batch writer first writes a canary record (a
+/// refusal that hits it too lies in the schema, not in a record: a column
+/// added `NOT NULL`, a revoked privilege, a dropped table) and then rejects a
+/// record only when it fails on its own or in order ([`crate::refuse`]).
 pub fn is_record_refusal(e: &tokio_postgres::Error) -> bool {
-    const CLASSES: [&str; 7] = ["22", "23", "54", "P0", "2F", "38", "39"];
-    e.code()
-        .is_some_and(|c| CLASSES.iter().any(|class| c.code().starts_with(class)))
+    const ENVIRONMENT: [&str; 13] = [
+        "08", "25", "28", "3D", "3F", "40", "53", "55", "57", "58", "F0", "XX", "HV",
+    ];
+    e.code().is_some_and(|c| {
+        let c = c.code();
+        !ENVIRONMENT.iter().any(|class| c.starts_with(class))
+    })
 }

@@ -44,17 +44,26 @@ pub enum WriteError {
     #[error("{}", db_message(.0))]
     Db(#[from] tokio_postgres::Error),
     /// A url had no row in the latest-state table right after the upsert.
-    #[error("url {url:?} has no row in the latest-state table right after the upsert (deleted concurrently, or skipped by a trigger); retrying the batch")]
+    #[error("url {url:?} has no row in the latest-state table right after the upsert (deleted concurrently, or skipped by a trigger)")]
     SiteMissing {
         /// The url.
         url: String,
     },
+    /// PostgreSQL refused the batch, but no record fails on its own or in
+    /// the batch's order (the refusal went away): retried.
+    #[error("{0}; no record of the batch is refused on its own or in order, so nothing is rejected and the batch is retried")]
+    NoCulprit(String),
 }
 
 impl WriteError {
-    /// Whether PostgreSQL's refusal may lie in a record (see [`is_record_refusal`]).
+    /// Whether the refusal may lie in a record (see [`is_record_refusal`]; a
+    /// url left without its row also may: an operator's trigger skipping it).
     pub fn is_record_refusal(&self) -> bool {
-        matches!(self, WriteError::Db(e) if is_record_refusal(e))
+        match self {
+            WriteError::Db(e) => is_record_refusal(e),
+            WriteError::SiteMissing { .. } => true,
+            WriteError::NoCulprit(_) => false,
+        }
     }
 }
 

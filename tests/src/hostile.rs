@@ -57,7 +57,10 @@ pub fn database_refusals_sql(schema: &str) -> String {
     format!(
         "ALTER TABLE \"{schema}\".site_check ADD CONSTRAINT no_599 CHECK (status_code IS DISTINCT FROM 599);
          CREATE FUNCTION \"{schema}\".refuse_raise() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.url = 'http://raise.test/' THEN RAISE EXCEPTION 'this url is refused by a trigger'; END IF; RETURN NEW; END $$;
+         BEGIN IF NEW.url = 'http://raise.test/' THEN RAISE EXCEPTION 'this url is refused by a trigger'; END IF;
+         IF NEW.url = 'http://blocked.test/' THEN RAISE EXCEPTION 'url is blocked' USING ERRCODE = '45000'; END IF;
+         IF NEW.url = 'http://skip.test/' THEN RETURN NULL; END IF;
+         RETURN NEW; END $$;
          CREATE TRIGGER refuse_raise BEFORE INSERT OR UPDATE ON \"{schema}\".site
          FOR EACH ROW EXECUTE FUNCTION \"{schema}\".refuse_raise();"
     )
@@ -173,7 +176,7 @@ pub fn catalogue() -> Vec<Kind> {
         rejected(
             "lone surrogate in the url",
             r#"{"url":"http://x.test/\ud800"}"#,
-            "not_json",
+            "unpaired_surrogate",
         ),
         rejected("array", r#"["http://x.test/"]"#, "not_object"),
         rejected("string", r#""http://x.test/""#, "not_object"),
@@ -269,6 +272,24 @@ pub fn catalogue() -> Vec<Kind> {
             "refused by a trigger",
             r#"{"url":"http://raise.test/"}"#,
             "database",
+        ),
+        rejected(
+            "refused by a trigger with its own SQLSTATE",
+            r#"{"url":"http://blocked.test/"}"#,
+            "database",
+        ),
+        rejected(
+            "skipped by a trigger",
+            r#"{"url":"http://skip.test/"}"#,
+            "database",
+        ),
+        stored(
+            "duration 1e400",
+            r#"{"url":"http://s.test/o","duration":1e400,"checked_at":1e400,"status_code":-1e400}"#,
+        ),
+        stored(
+            "zero with a huge exponent",
+            r#"{"url":"http://s.test/p","n":0e99999999,"m":0.01e131073}"#,
         ),
         stored(
             "checked_at 1e300",

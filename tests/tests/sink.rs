@@ -1513,7 +1513,6 @@ async fn next_offset(db: &tokio_postgres::Client, schema: &str, topic: &str) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholesale() {
     use website_monitor_sink::refuse::{write_batch, Search};
-    use website_monitor_sink::write::WriteError;
     let _g = PG_RESTART.read().await;
     let s = stack();
     let (db, schema, mut conn) = batch_conn(&s, "sink_writer").await;
@@ -1538,8 +1537,8 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     assert_eq!((out.check_rows, out.duplicates), (0, 3));
     assert!(out.skipped.iter().all(|k| k.next_offset == 2));
 
-    // 2. Two records refused only together (no single culprit): the batch
-    // fails, to be retried; nothing is rejected, nothing advances.
+    // 2. Two records refused only together (no single culprit): the later
+    // one is rejected, as writing them one by one would do.
     db.batch_execute(&format!(
         "CREATE UNIQUE INDEX one_n ON \"{schema}\".site_check ((data->>'n'))"
     ))
@@ -1549,20 +1548,49 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
         batch_msg(t, 2, r#"{"url": "http://c/", "n": 7}"#),
         batch_msg(t, 3, r#"{"url": "http://d/", "n": 7}"#),
     ];
-    let err = write_batch(&mut conn, &pair, &mut Search::default())
+    let out = write_batch(&mut conn, &pair, &mut Search::default())
         .await
-        .expect_err("records that conflict only with each other fail the batch");
-    assert!(err.is_record_refusal(), "{err}");
+        .expect("records that conflict only with each other do not stall the batch");
     assert_eq!(
-        count(&db, &schema, "site_rejected", "").await,
-        0,
-        "no good record was rejected"
+        (out.check_rows, out.rejected.get("database")),
+        (1, Some(&1))
     );
-    assert_eq!(count(&db, &schema, "site_check", "").await, 2);
+    let rejected: Vec<i64> = column(
+        &db,
+        &format!("SELECT \"offset\" FROM \"{schema}\".site_rejected"),
+    )
+    .await;
+    assert_eq!(rejected, [3], "the later of the two is rejected");
+    assert_eq!(next_offset(&db, &schema, t).await, Some(4));
+    db.batch_execute(&format!(
+        "DROP INDEX \"{schema}\".one_n; DELETE FROM \"{schema}\".site_rejected; DELETE FROM \"{schema}\".site_check WHERE \"offset\" >= 2; UPDATE \"{schema}\".site_kafka_offsets SET next_offset = 2"
+    ))
+    .await
+    .unwrap();
+
+    // 2b. A column an operator made mandatory (for new rows) refuses every
+    // record, the sink's canary too: the schema is at fault, nothing is
+    // rejected.
+    db.batch_execute(&format!(
+        "ALTER TABLE \"{schema}\".site_check ADD COLUMN region text, ADD CONSTRAINT region_set CHECK (region IS NOT NULL) NOT VALID"
+    ))
+    .await
+    .unwrap();
+    let err = write_batch(
+        &mut conn,
+        &[batch_msg(t, 2, r#"{"url": "http://c/", "n": 2}"#)],
+        &mut Search::default(),
+    )
+    .await
+    .expect_err("a schema that refuses every record fails the batch");
+    assert!(err.to_string().contains("23514"), "{err}");
+    assert_eq!(count(&db, &schema, "site_rejected", "").await, 0);
     assert_eq!(next_offset(&db, &schema, t).await, Some(2));
-    db.batch_execute(&format!("DROP INDEX \"{schema}\".one_n"))
-        .await
-        .unwrap();
+    db.batch_execute(&format!(
+        "ALTER TABLE \"{schema}\".site_check DROP COLUMN region"
+    ))
+    .await
+    .unwrap();
 
     // 3. A refused record among already-written ones: only it is rejected.
     db.batch_execute(&format!(
@@ -1591,27 +1619,41 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     assert_eq!(next_offset(&db, &schema, t).await, Some(4));
 
     // 4. A url whose site row does not exist after the upsert (here a
-    // trigger swallows it; in production a concurrent DELETE): the batch
-    // fails instead of dropping the history row and advancing the offset.
+    // trigger swallows it), and a url an operator's trigger refuses with a
+    // SQLSTATE of its own: each is rejected, the record beside it stored.
     db.batch_execute(&format!(
         "CREATE FUNCTION \"{schema}\".swallow() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN IF NEW.url = 'http://vanish/' THEN RETURN NULL; END IF; RETURN NEW; END $$;
-         CREATE TRIGGER swallow BEFORE INSERT ON \"{schema}\".site
+         BEGIN IF NEW.url = 'http://vanish/' THEN RETURN NULL; END IF;
+         IF NEW.url = 'http://blocked/' THEN RAISE EXCEPTION 'url is blocked' USING ERRCODE = '45000'; END IF;
+         RETURN NEW; END $$;
+         CREATE TRIGGER swallow BEFORE INSERT OR UPDATE ON \"{schema}\".site
          FOR EACH ROW EXECUTE FUNCTION \"{schema}\".swallow();"
     ))
     .await
     .unwrap();
-    let vanish = vec![batch_msg(t, 4, r#"{"url": "http://vanish/"}"#)];
-    let err = write_batch(&mut conn, &vanish, &mut Search::default())
+    let batch = vec![
+        batch_msg(t, 4, r#"{"url": "http://vanish/"}"#),
+        batch_msg(t, 5, r#"{"url": "http://blocked/"}"#),
+        batch_msg(t, 6, r#"{"url": "http://kept/"}"#),
+    ];
+    let out = write_batch(&mut conn, &batch, &mut Search::default())
         .await
-        .expect_err("a url without a site row fails the batch");
-    assert!(matches!(err, WriteError::SiteMissing { .. }), "{err}");
+        .expect("records an operator's trigger refuses do not stall the batch");
     assert_eq!(
-        next_offset(&db, &schema, t).await,
-        Some(4),
-        "the offset did not advance"
+        (out.check_rows, out.rejected.get("database")),
+        (1, Some(&2))
     );
-    assert_eq!(count(&db, &schema, "site_check", "").await, 3);
+    let details: Vec<String> = column(
+        &db,
+        &format!("SELECT detail FROM \"{schema}\".site_rejected WHERE \"offset\" IN (4, 5) ORDER BY \"offset\""),
+    )
+    .await;
+    assert!(
+        details[0].contains("no row in the latest-state table"),
+        "{details:?}"
+    );
+    assert!(details[1].contains("45000"), "{details:?}");
+    assert_eq!(next_offset(&db, &schema, t).await, Some(7));
 }
 
 // --- least privilege, stale positions, half-open connections ------------------
