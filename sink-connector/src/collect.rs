@@ -1,7 +1,7 @@
 //! Cutting the record stream into batches.
 //!
 //! A [`Collector`] owns nothing but its limits, so the loop in
-//! [`crate::consume`] can collect the next batch while the previous one is
+//! [`crate::pipeline`] can collect the next batch while the previous one is
 //! being written and committed: a batch's `batch_timeout` starts when its
 //! first record arrives, not when the previous write ends, and a busy sink
 //! writes back to back (measured in `make bench`, docs/benchmarks.md).
@@ -14,8 +14,8 @@ use rdkafka::message::{BorrowedMessage, Message};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Msg;
-use crate::consume::{kafka_error, SinkConsumer};
 use crate::decode::{decode, kafka_time, Limits};
+use crate::kafka::{kafka_error, SinkConsumer};
 
 /// When a batch is complete: whichever of the three limits comes first.
 #[derive(Debug, Clone)]

@@ -5,9 +5,10 @@
 //!
 //! Layout, in the order a record passes through:
 //! - [`config`]: the `[sink]` section of `connector.toml`.
-//! - [`consume`]: the Kafka group consumer and the loop: collect a batch,
-//!   split it over the writers, commit its offsets once every part is
-//!   written, and meanwhile collect the next one.
+//! - [`pipeline`]: the loop: collect a batch, split it over the writers,
+//!   commit its offsets once every part is written, and meanwhile collect
+//!   the next one; [`kafka`]: the group consumer and its librdkafka context,
+//!   leaving the group, committing offsets.
 //! - [`collect`]: cutting the record stream into batches (size, bytes, age).
 //! - [`decode`]: record bytes → typed columns, or a reject reason; [`jsonb`]:
 //!   what PostgreSQL's `jsonb` would refuse, found before it is sent.
@@ -25,7 +26,7 @@
 //!   [`migrate`]: table names (always quoted) and versioned migrations under
 //!   an advisory lock; [`postgres_error`]: what an error means (retry,
 //!   reconnect, or look for a refused record).
-//! - [`metrics`]: metric names and readiness.
+//! - [`metrics`]: metric names and readiness; [`error`]: why the sink stopped.
 //!
 //! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
 //! address and stop the sink with the shutdown token.
@@ -33,12 +34,14 @@
 pub mod batch;
 pub mod collect;
 pub mod config;
-pub mod consume;
 pub mod db;
 pub mod decode;
+pub mod error;
 pub mod jsonb;
+pub mod kafka;
 pub mod metrics;
 pub mod migrate;
+pub mod pipeline;
 pub mod postgres_error;
 pub mod refuse;
 pub mod sql;
@@ -49,39 +52,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use connector_common::telemetry::{self, Health, TelemetryError};
+use connector_common::telemetry::{self, Health};
 use connector_common::Loaded;
 use tokio_util::sync::CancellationToken;
 
 pub use config::SinkConfig;
-
-/// Why the sink stopped with an error (configuration problems are caught
-/// earlier, by the loader).
-#[derive(Debug, thiserror::Error)]
-pub enum SinkError {
-    /// The PostgreSQL connection string cannot be used.
-    #[error("sink.postgres_uri: {0}")]
-    Uri(#[from] db::UriError),
-    /// TLS to PostgreSQL cannot be set up (e.g. the `sslrootcert` file).
-    #[error("sink.postgres_uri: {0}")]
-    Tls(#[from] db::TlsError),
-    /// The metrics server cannot listen.
-    #[error(transparent)]
-    Telemetry(#[from] TelemetryError),
-    /// The Kafka consumer cannot be created or subscribed.
-    #[error("Kafka consumer: {0}; check [kafka] and sink.topic")]
-    Kafka(rdkafka::error::KafkaError),
-    /// The Kafka consumer raised a fatal error and cannot go on: fenced by
-    /// another sink with the same `group_instance_id` (the message says so).
-    #[error("{0}")]
-    KafkaFatal(String),
-    /// PostgreSQL refused a schema migration.
-    #[error("migrating the sink's tables failed: {0}; check that the PostgreSQL user may create tables in sink.schema, and that existing tables of the same names are the sink's own")]
-    Migrate(String),
-    /// The sink's task panicked or was aborted.
-    #[error("the sink task ended abnormally: {0}")]
-    Task(String),
-}
+pub use error::SinkError;
 
 /// A sink running in the background.
 #[derive(Debug)]
@@ -125,14 +101,14 @@ pub async fn start(
 
     let last_commit = Arc::new(AtomicU64::new(0));
     let consumer =
-        match consume::consumer(&config.kafka, &cfg, readiness.clone(), last_commit.clone()) {
+        match kafka::consumer(&config.kafka, &cfg, readiness.clone(), last_commit.clone()) {
             Ok(c) => c,
             Err(e) => {
                 telemetry_stop.cancel();
                 return Err(e);
             }
         };
-    tokio::spawn(consume::commit_age_ticker(
+    tokio::spawn(kafka::commit_age_ticker(
         last_commit.clone(),
         telemetry_stop.clone(),
     ));
@@ -147,7 +123,7 @@ pub async fn start(
         writers = cfg.writers,
         "sink starting"
     );
-    let pipeline = consume::Pipeline::new(cfg, target, tls, readiness, shutdown, last_commit);
+    let pipeline = pipeline::Pipeline::new(cfg, target, tls, readiness, shutdown, last_commit);
     let task = tokio::spawn(async move {
         let result = async {
             let mut pipeline = pipeline;

@@ -1,7 +1,7 @@
 //! The PostgreSQL connections that write batches: `[sink] writers` of them,
 //! each a [`Writer`] with its own connection, sharing the read-only [`Shared`].
 //!
-//! [`crate::consume`] splits every batch with [`crate::batch::split_by_partition`] and has
+//! [`crate::pipeline`] splits every batch with [`crate::batch::split_by_partition`] and has
 //! each writer write its part at the same time, so PostgreSQL runs up to
 //! `writers` batch transactions on as many backends (cores). Each part is
 //! an ordinary batch transaction of [`crate::write`]:
@@ -34,13 +34,13 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Msg, Outcome};
 use crate::config::SinkConfig;
 use crate::db::PgTarget;
+use crate::error::SinkError;
 use crate::metrics as m;
 use crate::metrics::Readiness;
 use crate::migrate::{migrate, Tables};
 use crate::postgres_error::{db_message, is_connection_error};
 use crate::refuse::{write_batch, Search};
 use crate::sql::{Conn, Sql};
-use crate::SinkError;
 
 /// Backoff between failed attempts: 100 ms doubling to 10 s.
 #[derive(Debug)]

@@ -1,0 +1,33 @@
+//! Why the sink stopped with an error (configuration problems are caught
+//! earlier, by the loader).
+
+use crate::db;
+use connector_common::telemetry::TelemetryError;
+
+/// Why the sink stopped with an error (configuration problems are caught
+/// earlier, by the loader).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The PostgreSQL connection string cannot be used.
+    #[error("sink.postgres_uri: {0}")]
+    Uri(#[from] db::UriError),
+    /// TLS to PostgreSQL cannot be set up (e.g. the `sslrootcert` file).
+    #[error("sink.postgres_uri: {0}")]
+    Tls(#[from] db::TlsError),
+    /// The metrics server cannot listen.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The Kafka consumer cannot be created or subscribed.
+    #[error("Kafka consumer: {0}; check [kafka] and sink.topic")]
+    Kafka(rdkafka::error::KafkaError),
+    /// The Kafka consumer raised a fatal error and cannot go on: fenced by
+    /// another sink with the same `group_instance_id` (the message says so).
+    #[error("{0}")]
+    KafkaFatal(String),
+    /// PostgreSQL refused a schema migration.
+    #[error("migrating the sink's tables failed: {0}; check that the PostgreSQL user may create tables in sink.schema, and that existing tables of the same names are the sink's own")]
+    Migrate(String),
+    /// The sink's task panicked or was aborted.
+    #[error("the sink task ended abnormally: {0}")]
+    Task(String),
+}

@@ -1,0 +1,389 @@
+//! The Kafka side of the sink: the group consumer and its librdkafka
+//! context (statistics → lag, errors → readiness, rebalances), leaving the
+//! group, and committing a written batch's offsets.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use connector_common::KafkaConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::statistics::Statistics;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SinkConfig;
+use crate::error::SinkError;
+use crate::metrics as m;
+use crate::metrics::Readiness;
+
+/// librdkafka callbacks: statistics (consumer lag, broker state), errors,
+/// commit results and rebalances.
+pub struct SinkContext {
+    readiness: Readiness,
+    last_commit: Arc<AtomicU64>,
+    warn_limit: RateLimit,
+    /// Partitions revoked since the batch being collected last looked.
+    revoked: Mutex<Vec<(String, i32)>>,
+    /// Each partition's end (high watermark), from the latest statistics.
+    ends: Mutex<HashMap<(String, i32), i64>>,
+    /// Why the brokers refuse us (credentials, TLS), until a broker is up.
+    auth: Mutex<Option<String>>,
+    /// Whether the latest statistics saw a broker connection up.
+    any_up: AtomicBool,
+    /// The fatal error librdkafka raised (for a sink: fenced by another
+    /// member with the same `group_instance_id`); the consumer is unusable
+    /// from then on and `/readyz` keeps saying why.
+    fatal: Mutex<Option<String>>,
+    /// Cancelled with `fatal`: wakes the loop waiting for records.
+    pub(crate) dead: CancellationToken,
+    /// What a fatal error is explained with (group and instance id).
+    membership: Membership,
+}
+
+/// The group membership of this sink, for messages.
+#[derive(Debug, Clone)]
+struct Membership {
+    group_id: String,
+    instance_id: Option<String>,
+}
+
+impl Membership {
+    /// What a fatal consumer error (`reason`, librdkafka's words) means here.
+    fn explain_fatal(&self, code: Option<RDKafkaErrorCode>, reason: &str) -> String {
+        let fenced = code == Some(RDKafkaErrorCode::FencedInstanceId)
+            || reason.contains("fenced")
+            || reason.contains("Fenced");
+        match (&self.instance_id, fenced) {
+            (Some(id), true) => format!(
+                "Kafka: this sink was fenced: another sink joined consumer group \"{group}\" with the same group_instance_id \"{id}\" and took over its partitions ({reason}). Each running sink needs its own [sink] group_instance_id; this one stops",
+                group = self.group_id
+            ),
+            _ => format!(
+                "Kafka: the consumer hit a fatal error and cannot go on ({reason}); this sink stops"
+            ),
+        }
+    }
+}
+
+impl SinkContext {
+    /// Takes the partitions revoked since the last call.
+    pub(crate) fn take_revoked(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.revoked.lock().expect("revoked lock"))
+    }
+
+    /// The fatal error raised so far, explained.
+    pub(crate) fn fatal(&self) -> Option<String> {
+        self.fatal.lock().expect("fatal lock").clone()
+    }
+
+    fn set_fatal(&self, code: Option<RDKafkaErrorCode>, reason: &str) {
+        let mut fatal = self.fatal.lock().expect("fatal lock");
+        if fatal.is_some() {
+            return;
+        }
+        let problem = self.membership.explain_fatal(code, reason);
+        tracing::error!("{problem}");
+        self.readiness.set_kafka(Some(problem.clone()));
+        *fatal = Some(problem);
+        self.dead.cancel();
+    }
+
+    /// The partition's end as of the latest statistics, if known.
+    pub(crate) fn end_of(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.ends
+            .lock()
+            .expect("ends lock")
+            .get(&(topic.to_owned(), partition))
+            .copied()
+            .filter(|h| *h >= 0)
+    }
+}
+
+/// Lets one warning through per 10 s; librdkafka repeats a down broker's
+/// error on every poll.
+#[derive(Debug, Default)]
+struct RateLimit(std::sync::Mutex<Option<Instant>>);
+
+impl RateLimit {
+    fn allow(&self) -> bool {
+        let mut last = self.0.lock().expect("rate limit lock");
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
+}
+
+impl ClientContext for SinkContext {
+    fn stats(&self, stats: Statistics) {
+        let mut ends = self.ends.lock().expect("ends lock");
+        for (topic, t) in &stats.topics {
+            for (p, part) in &t.partitions {
+                if *p >= 0 && part.hi_offset >= 0 {
+                    ends.insert((topic.clone(), *p), part.hi_offset);
+                }
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
+                        .set(part.consumer_lag as f64);
+                }
+            }
+        }
+        drop(ends);
+        let up = stats
+            .brokers
+            .values()
+            .any(|b| b.state == "UP" && b.source != "internal" && b.source != "logical");
+        self.any_up.store(up, Ordering::Relaxed);
+        if self.fatal.lock().expect("fatal lock").is_some() {
+            // The consumer is dead whatever the connections say.
+            return;
+        }
+        let mut auth = self.auth.lock().expect("auth lock");
+        if up {
+            *auth = None;
+        }
+        self.readiness.set_kafka((!up).then(|| {
+            auth.clone()
+                .unwrap_or_else(|| "Kafka: no broker connection is up".to_owned())
+        }));
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        metrics::counter!(m::KAFKA_ERRORS).increment(1);
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.set_fatal(None, reason);
+            return;
+        }
+        if let Some(problem) = connector_common::kafka::auth_problem(&error, reason) {
+            // Retrying cannot fix refused credentials: say so on /readyz
+            // (unless another broker connection works).
+            if !self.any_up.load(Ordering::Relaxed) {
+                self.readiness.set_kafka(Some(problem.clone()));
+                *self.auth.lock().expect("auth lock") = Some(problem.clone());
+            }
+            if self.warn_limit.allow() {
+                tracing::error!("{problem}");
+            }
+            return;
+        }
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.readiness
+                .set_kafka(Some(format!("Kafka: all brokers are down ({reason})")));
+        }
+        if self.warn_limit.allow() {
+            tracing::warn!(error = %error, reason, "Kafka client error (repeats within 10 s are logged at debug level)");
+        } else {
+            tracing::debug!(error = %error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for SinkContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                self.revoked.lock().expect("revoked lock").extend(
+                    tpl.elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition())),
+                );
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => mark_committed(&self.last_commit),
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, offsets = offsets.count(), "Kafka offset commit failed; the records are already in PostgreSQL and will be skipped if redelivered")
+            }
+        }
+    }
+}
+
+/// The consumer type of the sink.
+pub type SinkConsumer = StreamConsumer<SinkContext>;
+
+/// Creates the group consumer and subscribes to the topic.
+pub fn consumer(
+    kafka: &KafkaConfig,
+    cfg: &SinkConfig,
+    readiness: Readiness,
+    last_commit: Arc<AtomicU64>,
+) -> Result<SinkConsumer, SinkError> {
+    let mut c = kafka.client_config();
+    if let Some(id) = &cfg.group_instance_id {
+        // Static membership: a restart with this id takes the partitions
+        // back without waiting for session.timeout.ms (see `run` for the
+        // clean shutdown).
+        c.set("group.instance.id", id);
+    }
+    c.set("group.id", &cfg.group_id)
+        .set("client.id", "website-monitor-sink")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", cfg.start_from.as_librdkafka())
+        .set("statistics.interval.ms", "1000");
+    kafka.apply_options(&mut c);
+    let consumer: SinkConsumer = c
+        .create_with_context(SinkContext {
+            readiness,
+            last_commit,
+            warn_limit: RateLimit::default(),
+            revoked: Mutex::new(Vec::new()),
+            ends: Mutex::new(HashMap::new()),
+            auth: Mutex::new(None),
+            any_up: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            dead: CancellationToken::new(),
+            membership: Membership {
+                group_id: cfg.group_id.clone(),
+                instance_id: cfg.group_instance_id.clone(),
+            },
+        })
+        .map_err(SinkError::Kafka)?;
+    consumer
+        .subscribe(&[&cfg.topic])
+        .map_err(SinkError::Kafka)?;
+    Ok(consumer)
+}
+
+/// Longest wait for one synchronous Kafka offset commit.
+pub(crate) const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A static member's close does not leave the group (KIP-345): its
+/// partitions would wait `session.timeout.ms` for it to come back.
+/// Unsubscribing first makes librdkafka send the LeaveGroup once the
+/// partitions are revoked (served here, within `limit`), so a clean stop hands
+/// them over at once, as with dynamic membership; a crash does not, and a
+/// restart with the same `group_instance_id` takes them back at once.
+pub(crate) async fn leave_static_group(consumer: &SinkConsumer, limit: Duration) {
+    consumer.unsubscribe();
+    let deadline = tokio::time::Instant::now() + limit;
+    // The revocation is an event on the consumer's queue: poll to serve it.
+    loop {
+        let _ = tokio::time::timeout(Duration::from_millis(50), consumer.recv()).await;
+        let revoked = consumer.assignment().is_ok_and(|a| a.count() == 0);
+        if revoked || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    // librdkafka sends the LeaveGroup after the unassignment completes, on
+    // its own thread; once close() starts, a static member no longer would.
+    tokio::time::sleep(Duration::from_millis(200).min(limit)).await;
+    tracing::info!("left the consumer group (static member, clean stop)");
+}
+
+/// The consumer's fatal error, explained, if librdkafka raised one (read from
+/// the client as well as from the error callback, whichever came first).
+pub(crate) fn fatal_error(consumer: &SinkConsumer) -> Option<String> {
+    let ctx = consumer.context();
+    if let Some(problem) = ctx.fatal() {
+        return Some(problem);
+    }
+    let (code, reason) = consumer.client().fatal_error()?;
+    ctx.set_fatal(Some(code), &reason);
+    ctx.fatal()
+}
+
+/// A consumer error from `recv`; the client context has already logged it
+/// (rate-limited), so only count it here.
+pub(crate) fn kafka_error(e: &KafkaError) {
+    metrics::counter!(m::KAFKA_ERRORS).increment(1);
+    tracing::debug!(error = %e, "Kafka consumer error");
+}
+
+fn mark_committed(last_commit: &AtomicU64) {
+    let now = m::unix_now();
+    last_commit.store(now.to_bits(), Ordering::Relaxed);
+    metrics::gauge!(m::LAST_COMMIT_TIMESTAMP).set(now);
+}
+
+/// Stores and commits `positions` — the next offset per partition of a batch
+/// that is in PostgreSQL ([`commit_positions`]).
+///
+/// The commit is synchronous (on a blocking thread) so its result is known:
+/// the StreamConsumer does not deliver asynchronous commit results. One
+/// round trip per batch, awaited at most `limit` ([`COMMIT_TIMEOUT`], less
+/// once shutdown has begun); while a commit is
+/// still outstanding the next batch's is skipped (a later one covers it, and
+/// a redelivery is skipped by the offsets table).
+pub(crate) async fn commit(
+    ended: impl std::future::Future<Output = ()>,
+    consumer: &Arc<SinkConsumer>,
+    positions: Vec<(Arc<str>, i32, i64)>,
+    last_commit: &AtomicU64,
+    committing: &Arc<AtomicBool>,
+    limit: Duration,
+) {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, p, next) in positions {
+        if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Offset(next)) {
+            tracing::warn!(error = %e, "cannot build the offset list");
+            return;
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // Partitions revoked meanwhile: their new owner skips what we wrote.
+        tracing::debug!(error = %e, "storing offsets failed");
+    }
+    if committing.swap(true, Ordering::AcqRel) {
+        tracing::debug!("the previous Kafka commit is still outstanding; skipping this one");
+        return;
+    }
+    let c = Arc::clone(consumer);
+    let flag = Arc::clone(committing);
+    let task = tokio::task::spawn_blocking(move || {
+        let r = c.commit(&tpl, CommitMode::Sync);
+        flag.store(false, Ordering::Release);
+        r
+    });
+    let waited = tokio::select! {
+        r = tokio::time::timeout(limit, task) => r.ok(),
+        () = ended => None,
+    };
+    match waited {
+        Some(Ok(Ok(()))) => mark_committed(last_commit),
+        Some(Ok(Err(e))) => tracing::warn!(
+            error = %e,
+            "Kafka offset commit failed; the records are in PostgreSQL and will be skipped if redelivered"
+        ),
+        Some(Err(e)) => tracing::warn!(error = %e, "Kafka offset commit task failed"),
+        None => tracing::warn!(
+            "Kafka offset commit did not answer within {limit:?} (at most {COMMIT_TIMEOUT:?}, less what shutdown_timeout left); continuing without waiting (the records are in PostgreSQL and will be skipped if redelivered)"
+        ),
+    }
+}
+
+/// Keeps `website_monitor_last_commit_age_seconds` current until `stop`.
+pub async fn commit_age_ticker(last_commit: Arc<AtomicU64>, stop: CancellationToken) {
+    let started = m::unix_now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                let last = f64::from_bits(last_commit.load(Ordering::Relaxed));
+                let since = if last > 0.0 { last } else { started };
+                metrics::gauge!(m::LAST_COMMIT_AGE).set((m::unix_now() - since).max(0.0));
+            }
+        }
+    }
+}
