@@ -5,8 +5,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use connector_common::retry::RateLimit;
 use connector_common::KafkaConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
@@ -103,23 +104,6 @@ impl SinkContext {
             .get(&(topic.to_owned(), partition))
             .copied()
             .filter(|h| *h >= 0)
-    }
-}
-
-/// Lets one warning through per 10 s; librdkafka repeats a down broker's
-/// error on every poll.
-#[derive(Debug, Default)]
-struct RateLimit(std::sync::Mutex<Option<Instant>>);
-
-impl RateLimit {
-    fn allow(&self) -> bool {
-        let mut last = self.0.lock().expect("rate limit lock");
-        let now = Instant::now();
-        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
-            return false;
-        }
-        *last = Some(now);
-        true
     }
 }
 
@@ -246,7 +230,8 @@ pub fn consumer(
         .create_with_context(SinkContext {
             readiness,
             last_commit,
-            warn_limit: RateLimit::default(),
+            // librdkafka repeats a down broker's error on every poll.
+            warn_limit: RateLimit::new(Duration::from_secs(10)),
             revoked: Mutex::new(Vec::new()),
             ends: Mutex::new(HashMap::new()),
             auth: Mutex::new(None),

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use connector_common::retry::Backoff;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
@@ -42,21 +43,9 @@ use crate::postgres_error::{db_message, is_connection_error};
 use crate::refuse::{write_batch, Search};
 use crate::sql::{Conn, Sql};
 
-/// Backoff between failed attempts: 100 ms doubling to 10 s.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(10);
-    fn new() -> Self {
-        Self(Self::MIN)
-    }
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        d
-    }
+/// Backoff between failed attempts: 100 ms doubling to 10 s, with jitter.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 /// What is left of `shutdown_timeout` once shutdown has begun (one budget
@@ -299,7 +288,7 @@ impl Writer {
 
     /// Connects at start, retrying until it works or shutdown. `false` on shutdown.
     pub async fn connect_until_ready(&mut self) -> Result<bool, SinkError> {
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         let shutdown = self.shared.shutdown.clone();
         loop {
             let attempt = tokio::select! {
@@ -320,7 +309,7 @@ impl Writer {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Ok(false),
-                _ = tokio::time::sleep(backoff.next()) => {}
+                _ = tokio::time::sleep(backoff.next_wait()) => {}
             }
         }
     }
@@ -334,7 +323,7 @@ impl Writer {
         batch: &[Msg],
         persistent: bool,
     ) -> Result<Written, SinkError> {
-        let mut backoff = Backoff::new();
+        let mut backoff = backoff();
         let shared = Arc::clone(&self.shared);
         loop {
             if shared.budget.passed() {
@@ -405,7 +394,7 @@ impl Writer {
                     self.conn = None;
                 }
             }
-            let wait = backoff.next();
+            let wait = backoff.next_wait();
             let ended = shared.budget.clone().ended();
             let shutting_down = shared.shutdown.is_cancelled();
             tokio::select! {

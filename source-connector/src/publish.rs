@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use connector_common::retry::{Backoff, RateLimit};
 use connector_common::telemetry::Health;
 use connector_common::KafkaConfig;
 use rdkafka::client::ClientContext;
@@ -219,13 +220,15 @@ pub struct DeliveryContext {
     counts: Arc<Counts>,
     health: Health,
     delivering: AtomicBool,
-    log_limit: OncePerSecond,
+    log_limit: RateLimit,
     /// Why the brokers refused us (credentials, TLS), if they did.
     auth: std::sync::Mutex<Option<String>>,
     /// Whether `auth` holds a reason: read on every delivery, so the
     /// mutex is only taken once the brokers refused us.
     refused: AtomicBool,
-    /// When the last delivery report came (ms since `log_limit.start`), or
+    /// When the context was made: the clock of `last_report_ms`.
+    started: Instant,
+    /// When the last delivery report came (ms since `started`), or
     /// `u64::MAX` before the first: a full queue is worth waiting on only
     /// while Kafka takes records.
     last_report_ms: AtomicU64,
@@ -235,7 +238,7 @@ pub struct DeliveryContext {
 
 impl DeliveryContext {
     fn reported(&self) {
-        let now = self.log_limit.start.elapsed().as_millis() as u64;
+        let now = self.started.elapsed().as_millis() as u64;
         self.last_report_ms.store(now, Ordering::Relaxed);
     }
 
@@ -243,31 +246,8 @@ impl DeliveryContext {
     fn draining(&self) -> bool {
         let last = self.last_report_ms.load(Ordering::Relaxed);
         last != u64::MAX
-            && self.log_limit.start.elapsed().as_millis() as u64
+            && self.started.elapsed().as_millis() as u64
                 <= last.saturating_add(DRAINING_WINDOW.as_millis() as u64)
-    }
-}
-
-/// Lets one log line a second through, so a broker outage that fails
-/// thousands of queued records does not flood the log (the counters keep
-/// every failure).
-#[derive(Debug)]
-struct OncePerSecond {
-    start: Instant,
-    last: AtomicU64,
-}
-
-impl OncePerSecond {
-    fn new() -> Self {
-        OncePerSecond {
-            start: Instant::now(),
-            last: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    fn allow(&self) -> bool {
-        let now = self.start.elapsed().as_secs();
-        self.last.swap(now, Ordering::Relaxed) != now
     }
 }
 
@@ -385,7 +365,10 @@ impl KafkaPublisher {
             counts: Arc::clone(&counts),
             health: health.clone(),
             delivering: AtomicBool::new(false),
-            log_limit: OncePerSecond::new(),
+            // A broker outage fails thousands of queued records: one line a
+            // second (the counters keep every failure).
+            log_limit: RateLimit::new(Duration::from_secs(1)),
+            started: Instant::now(),
             auth: std::sync::Mutex::new(None),
             refused: AtomicBool::new(false),
             last_report_ms: AtomicU64::new(u64::MAX),
@@ -430,7 +413,7 @@ impl KafkaPublisher {
 
     async fn send(&self, key: &str, payload: &[u8], timestamp_ms: i64) {
         let deadline = Instant::now() + ENQUEUE_TIMEOUT;
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Backoff::new(Duration::from_millis(5), Duration::from_millis(200));
         loop {
             let record = BaseRecord::to(&self.topic)
                 .key(key)
@@ -444,10 +427,9 @@ impl KafkaPublisher {
                         && self.producer.context().draining() =>
                 {
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(backoff.next_wait()) => {}
                         () = self.stop_waiting.cancelled() => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
                 }
                 Err((e, _)) => {
                     let reason = DropReason::of(&e);
