@@ -84,20 +84,39 @@ pub trait MaskRule {
     fn is_secret(name: &str) -> bool;
 }
 
-/// Request headers that carry credentials: `authorization`,
-/// `proxy-authorization`, `cookie`, `x-api-key`, and any name containing
-/// `token`, `secret`, `key`, `auth`, `password`, `session` or `cookie`.
+/// Request headers whose values may carry credentials: every header but a
+/// short list of well-known ones that never do (`accept*`, `user-agent`,
+/// `content-type`, `cache-control`, …). Credential headers have too many
+/// names (`x-jwt`, `x-sas`, `x-goog-iap-jwt-assertion`, …) to list.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HeaderRule;
 
 impl MaskRule for HeaderRule {
     fn is_secret(name: &str) -> bool {
+        const HARMLESS: [&str; 20] = [
+            "accept",
+            "accept-charset",
+            "accept-encoding",
+            "accept-language",
+            "cache-control",
+            "connection",
+            "content-encoding",
+            "content-language",
+            "content-length",
+            "content-type",
+            "dnt",
+            "host",
+            "if-modified-since",
+            "if-none-match",
+            "origin",
+            "pragma",
+            "range",
+            "referer",
+            "user-agent",
+            "x-requested-with",
+        ];
         let n = name.to_ascii_lowercase();
-        [
-            "auth", "cookie", "token", "secret", "key", "password", "passwd", "session",
-        ]
-        .iter()
-        .any(|w| n.contains(w))
+        !HARMLESS.contains(&n.as_str())
     }
 }
 
@@ -130,6 +149,12 @@ impl MaskRule for KafkaOptionRule {
             "token",
             "jaas",
             "credential",
+            "oauthbearer",
+            "bearer",
+            "jwt",
+            "pass",
+            "pwd",
+            "signature",
         ]
         .iter()
         .any(|w| n.contains(w))
@@ -415,6 +440,25 @@ fn mask_key_values(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_header_but_well_known_harmless_ones_is_masked() {
+        for secret in [
+            "authorization",
+            "x-jwt",
+            "x-sas",
+            "X-Credentials",
+            "x-goog-iap-jwt-assertion",
+            "x-pwd",
+        ] {
+            assert!(HeaderRule::is_secret(secret), "{secret}");
+        }
+        for shown in ["accept", "User-Agent", "content-type", "cache-control"] {
+            assert!(!HeaderRule::is_secret(shown), "{shown}");
+        }
+        assert!(KafkaOptionRule::is_secret("sasl.oauthbearer.config"));
+        assert!(!KafkaOptionRule::is_secret("ssl.ca.location"));
+    }
 
     #[test]
     fn a_secret_never_prints() {

@@ -278,6 +278,16 @@ impl Validate for SinkConfig {
             }
         }
         check_identifier(&mut out, key("schema"), &self.schema, 63);
+        let lower = self.schema.to_ascii_lowercase();
+        if lower.starts_with("pg_") || lower == "information_schema" {
+            out.push(Invalid::new(
+                key("schema"),
+                format!(
+                    "`{}` is a PostgreSQL system schema; give a schema of your own (default \"public\")",
+                    self.schema.escape_debug()
+                ),
+            ));
+        }
         check_identifier(&mut out, key("table"), &self.table, MAX_TABLE_NAME_BYTES);
         if let Some(problem) = text_problem(self.postgres_uri.expose(), 8192) {
             out.push(Invalid::new(key("postgres_uri"), problem));
@@ -314,7 +324,9 @@ impl Validate for SinkConfig {
             &mut out,
             key("write_timeout"),
             self.write_timeout,
-            ms(1),
+            // Connecting, migrating and writing a batch take more than a
+            // few milliseconds: below a second nothing would ever succeed.
+            Duration::from_secs(1),
             MAX_TIMEOUT,
             "30s",
         );

@@ -299,7 +299,9 @@ impl SiteConfig {
 /// go to (with its credentials) and the form every output shows.
 ///
 /// A url with a password (`http://alice:secret@host/`) is shown with the
-/// password replaced by `***` (`http://alice:***@host/`): in the record's
+/// password replaced by `***` (`http://alice:***@host/`), and one with a
+/// user name alone (often a token: `https://TOKEN@host/`) with the user name
+/// replaced (`https://***@host/`): in the record's
 /// `url`, the Kafka key, the metric labels, log lines and `--check-config`.
 /// The request still sends the real credentials (as `Authorization: Basic`).
 /// The shown form is also what identifies the site (duplicates, shards, the
@@ -344,6 +346,10 @@ impl SiteUrl {
         let mut shown = request.clone();
         if shown.password().is_some() {
             let _ = shown.set_password(Some("***"));
+        } else if !shown.username().is_empty() {
+            // A user name alone is often the secret itself (an API token
+            // given as `https://TOKEN@host/`, or `KEY:` with an empty password).
+            let _ = shown.set_username("***");
         }
         if shown.as_str().len() > MAX_URL_BYTES {
             return Err(format!(
@@ -866,15 +872,20 @@ mod tests {
     fn a_url_password_is_shown_masked_everywhere_but_kept_for_the_request() {
         let u = SiteUrl::parse("http://alice:s3cret@Example.com/x").unwrap();
         assert_eq!(u.as_str(), "http://alice:***@example.com/x");
+        let token = SiteUrl::parse("https://ghp_SEKRIT@example.com/").unwrap();
+        assert_eq!(token.as_str(), "https://***@example.com/");
+        assert_eq!(token.request().username(), "ghp_SEKRIT");
+        let key_colon = SiteUrl::parse("https://sk_live_x:@example.com/").unwrap();
+        assert_eq!(key_colon.as_str(), "https://***@example.com/");
         assert_eq!(u.to_string(), u.as_str());
         assert_eq!(format!("{u:?}"), "\"http://alice:***@example.com/x\"");
         assert_eq!(u.request().password(), Some("s3cret"));
         // Stable: another password shows the same.
         let v = SiteUrl::parse("http://alice:other@example.com/x").unwrap();
         assert_eq!(u.as_str(), v.as_str());
-        // No password: shown as is.
+        // A user name alone may be the secret: masked.
         let w = SiteUrl::parse("http://alice@example.com/").unwrap();
-        assert_eq!(w.as_str(), "http://alice@example.com/");
+        assert_eq!(w.as_str(), "http://***@example.com/");
         let c = load("[[source.sites]]\nurl = \"http://alice:s3cret@example.com/\"\n").unwrap();
         let shown = connector_common::config::render_masked(&c, Section::Source);
         assert!(

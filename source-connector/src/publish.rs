@@ -221,6 +221,8 @@ pub struct DeliveryContext {
     health: Health,
     delivering: AtomicBool,
     log_limit: RateLimit,
+    /// Paces librdkafka's client errors.
+    error_limit: RateLimit,
     /// Why the brokers refused us (credentials, TLS), if they did.
     auth: std::sync::Mutex<Option<String>>,
     /// Whether `auth` holds a reason: read on every delivery, so the
@@ -292,7 +294,10 @@ impl ClientContext for DeliveryContext {
                 self.max_buffered
             ));
         }
-        tracing::warn!(error = %error, "Kafka client error: {reason}");
+        // librdkafka repeats a down broker's error many times a second.
+        if self.error_limit.allow() {
+            tracing::warn!(error = %error, "Kafka client error: {reason} (repeats are not logged for 10 s)");
+        }
     }
 }
 
@@ -368,6 +373,7 @@ impl KafkaPublisher {
             // A broker outage fails thousands of queued records: one line a
             // second (the counters keep every failure).
             log_limit: RateLimit::new(Duration::from_secs(1)),
+            error_limit: RateLimit::new(Duration::from_secs(10)),
             started: Instant::now(),
             auth: std::sync::Mutex::new(None),
             refused: AtomicBool::new(false),

@@ -73,6 +73,29 @@ enum Origin {
     File(usize),
 }
 
+/// Largest `sites_file` read: a million sites of a few hundred bytes each fit
+/// well below it; `/dev/zero` or a runaway file does not fill the memory.
+const MAX_SITES_FILE_BYTES: u64 = 1 << 30;
+
+/// Reads `sites_file`: a regular file of at most [`MAX_SITES_FILE_BYTES`].
+fn read_sites_file(file: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let f = std::fs::File::open(file)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    f.take(MAX_SITES_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SITES_FILE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_SITES_FILE_BYTES} bytes; split the sites over several instances (`shard`)"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Resolves the sites of `loaded` for this instance (after sharding).
 pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigError> {
     let config = &loaded.section;
@@ -83,7 +106,7 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
         .unwrap_or_default();
     let file = config.sites_file.as_ref().map(|f| dir.join(f));
     let text = match &file {
-        Some(file) => Some(std::fs::read_to_string(file).map_err(|e| {
+        Some(file) => Some(read_sites_file(file).map_err(|e| {
             ConfigError::Invalid {
                 path: loaded.path.clone(),
                 key: "source.sites_file".into(),
