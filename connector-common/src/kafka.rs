@@ -207,14 +207,21 @@ impl Validate for KafkaConfig {
             ("ssl_key", &self.ssl_key),
         ] {
             if let Some(p) = path {
-                if !p.is_file() {
-                    out.push(Invalid::new(
-                        format!("{prefix}.{key}"),
-                        format!(
-                            "file {} does not exist or is not a file; give the path of a PEM file",
-                            p.display()
-                        ),
-                    ));
+                let problem = if !p.is_file() {
+                    Some(format!(
+                        "file {} does not exist or is not a file; give the path of a PEM file",
+                        p.display()
+                    ))
+                } else {
+                    let read = match key {
+                        "ssl_ca" => crate::tls::read_ca_certs(p).map(|_| ()),
+                        "ssl_cert" => crate::tls::read_pem_certs(p).map(|_| ()),
+                        _ => crate::tls::check_pem_key(p),
+                    };
+                    read.err().map(|e| format!("{e}; give a PEM file"))
+                };
+                if let Some(message) = problem {
+                    out.push(Invalid::new(format!("{prefix}.{key}"), message));
                 }
             }
         }

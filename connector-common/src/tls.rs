@@ -65,3 +65,42 @@ impl ServerCertVerifier for AcceptAnyServerCert {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// The CA certificates of a PEM file, each checked to be a usable trust
+/// anchor: read when the configuration is loaded, so a file that is not a
+/// CA certificate is refused there, with the key that names it.
+pub fn read_ca_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = read_pem_certs(path)?;
+    let mut store = rustls::RootCertStore::empty();
+    for cert in &certs {
+        store.add(cert.clone()).map_err(|e| {
+            format!(
+                "{}: a certificate cannot be used as a CA: {e}",
+                path.display()
+            )
+        })?;
+    }
+    Ok(certs)
+}
+
+/// The certificates of a PEM file (at least one).
+pub fn read_pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(&e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&e))?;
+    if certs.is_empty() {
+        return Err(bad(&"no CERTIFICATE block in the file"));
+    }
+    Ok(certs)
+}
+
+/// Checks that a PEM file holds a private key.
+pub fn check_pem_key(path: &std::path::Path) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::PrivateKeyDer::from_pem_file(path)
+        .map(|_| ())
+        .map_err(|e| format!("{}: no usable private key ({e})", path.display()))
+}

@@ -377,15 +377,21 @@ impl<'a> Resolver<'a> {
             None => None,
             Some(p) => {
                 let path = self.dir.join(p);
+                let key = if site.tls_ca.is_some() {
+                    "tls_ca"
+                } else {
+                    "source.tls_ca"
+                };
                 if !path.is_file() {
-                    let key = if site.tls_ca.is_some() {
-                        "tls_ca"
-                    } else {
-                        "source.tls_ca"
-                    };
                     return Err(Invalid::new(
                         key,
                         format!("file {} does not exist; give the path of a PEM file, relative to the configuration file", path.display()),
+                    ));
+                }
+                if let Err(e) = connector_common::tls::read_ca_certs(&path) {
+                    return Err(Invalid::new(
+                        key,
+                        format!("{e}; give a PEM file with the CA certificate(s)"),
                     ));
                 }
                 Some(path)

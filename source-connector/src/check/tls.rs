@@ -24,7 +24,6 @@ use std::sync::Arc;
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
@@ -130,18 +129,10 @@ fn system_roots() -> RootCertStore {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SetupError> {
-    let bad = |e: &dyn std::fmt::Display| SetupError::TlsCa {
+    connector_common::tls::read_ca_certs(path).map_err(|message| SetupError::TlsCa {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(&e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| bad(&e))?;
-    if certs.is_empty() {
-        return Err(bad(&"no CERTIFICATE block in the file"));
-    }
-    Ok(certs)
+        message,
+    })
 }
 
 /// The notAfter of a DER certificate, epoch seconds.
