@@ -61,7 +61,7 @@ pub enum ConfigError {
         message: String,
     },
     /// A key has a value that cannot be used, or is not a known key.
-    #[error("{}{}: key `{key}`: {message}", .path.display(), fmt_line(*.line))]
+    #[error("{}{}: key `{key}`: {}", .path.display(), fmt_line(*.line), printable(.message))]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -320,6 +320,20 @@ fn join_path(prefix: &str, rest: &str) -> String {
     }
 }
 
+/// `text` with its control characters escaped (`\u{1b}`): a refused value
+/// quoted in a message must not drive the operator's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn unknown_field(message: &str) -> Option<&str> {
     let rest = message.strip_prefix("unknown field `")?;
     rest.split('`').next()
@@ -328,7 +342,7 @@ fn unknown_field(message: &str) -> Option<&str> {
 /// serde's message, made for an operator: an unknown field says what to do;
 /// a string of the wrong type is not repeated (it may be a secret written in
 /// the wrong place, or huge); the whole is at most 1 KiB.
-fn friendly(message: &str) -> String {
+pub fn friendly(message: &str) -> String {
     let message = message.trim();
     let message = if message.starts_with("unknown field") {
         format!("{message}; remove it or fix its spelling")
@@ -714,6 +728,11 @@ mod tests {
         let text = "[kafka]\nbrokers = \"k:1\"\n[kafka.options]\n\"acks\" = \"1\"\n\"linger.ms\" = \"soon\"\n";
         assert_eq!(locate(text, "kafka.options.linger.ms"), Some(5));
         assert_eq!(locate(text, "kafka.options.nope.x"), Some(3));
+    }
+
+    #[test]
+    fn control_characters_in_a_message_are_escaped() {
+        assert_eq!(printable("a\u{1b}[2J\0b"), "a\\u{1b}[2J\\u{0}b");
     }
 
     #[test]

@@ -373,13 +373,13 @@ mod tests {
             ssl_ca: Some(ca),
             ..Default::default()
         };
+        // (The file is no CA certificate either: refused on its own line.)
         let problems = k.validate("kafka");
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(problems[0].key, "kafka.ssl_ca");
         assert!(
-            problems[0].message.contains("plaintext"),
-            "{}",
-            problems[0].message
+            problems
+                .iter()
+                .any(|p| p.key == "kafka.ssl_ca" && p.message.contains("plaintext")),
+            "{problems:?}"
         );
     }
 

@@ -296,7 +296,7 @@ fn parse_site_json(line: &str) -> Result<SiteConfig, (String, String)> {
     let mut de = serde_json::Deserializer::from_str(line);
     let site: SiteConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
-        let message = e.into_inner().to_string();
+        let message = connector_common::config::friendly(&e.into_inner().to_string());
         let named = |prefix: &str| {
             message
                 .strip_prefix(prefix)
@@ -448,6 +448,10 @@ mod tests {
 
     use super::*;
 
+    /// A self-signed CA certificate (P-256, made with openssl for these
+    /// tests; no key is needed to read it as a trust anchor).
+    const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAUGgAwIBAgIUH8L7DQflsEw/4GcklpL7dD8bhNswCgYIKoZIzj0EAwIw\nIjEgMB4GA1UEAwwXd2Vic2l0ZS1tb25pdG9yIHRlc3QgQ0EwIBcNMjYxMTI4MjAz\nMzU1WhgPMjEyNjExMDQyMDMzNTVaMCIxIDAeBgNVBAMMF3dlYnNpdGUtbW9uaXRv\nciB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYMdcS0xrZUg6uY0X\nvBnMV2tQ3bH3PhOlMK2ZJgkifWku+VeUpGU5i5FC4Y3fbYRkq8iJnG/qamaaHL7t\nBumwGaNTMFEwHQYDVR0OBBYEFMwMTS9ekg/kU00LOPB2hv9N/VwbMB8GA1UdIwQY\nMBaAFMwMTS9ekg/kU00LOPB2hv9N/VwbMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI\nzj0EAwIDRwAwRAIgLQ7w0hEARWwVR7lSKvby4FcUb2CmoYKNNdp5klLdFfcCIB58\ndgrJraFrgDjwRSkntnZPFVxRX2fzehZgXcq8jubY\n-----END CERTIFICATE-----\n";
+
     fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
@@ -563,6 +567,21 @@ mod tests {
     }
 
     #[test]
+    fn a_sites_file_line_of_the_wrong_type_does_not_repeat_its_value() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "s.txt",
+            "{\"url\": \"https://a.example/\", \"headers\": \"Authorization: Bearer SEKRIT\"}\n",
+        );
+        let e = resolve_in(dir.path(), "[source]\nsites_file = \"s.txt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("s.txt:1: key `headers`"), "{e}");
+        assert!(!e.contains("SEKRIT"), "{e}");
+    }
+
+    #[test]
     fn a_url_listed_twice_is_refused_naming_both_places() {
         let dir = tempfile::tempdir().unwrap();
         // Inline and in sites_file, spelled differently but the same after normalisation.
@@ -620,7 +639,7 @@ mod tests {
     #[test]
     fn tls_ca_with_tls_verify_false_on_a_site_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), "ca.pem", "-----BEGIN CERTIFICATE-----\n");
+        write(dir.path(), "ca.pem", TEST_CA_PEM);
         let e = resolve_in(
             dir.path(),
             "[[source.sites]]\nurl = \"https://a.example/\"\ntls_ca = \"ca.pem\"\ntls_verify = false\n",
