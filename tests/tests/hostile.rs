@@ -316,7 +316,7 @@ fn generated_batches_are_written_whole_each_record_stored_or_rejected_with_a_rea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_for_refused_records_cut_off_by_a_timeout_resumes_where_it_stopped() {
-    use website_monitor_tests::sink::{batch_conn, batch_msg};
+    use website_monitor_tests::sink::batch_conn;
     let s = stack();
     let (db, schema, conn) = batch_conn(&s, "hostile_resume").await;
     db.batch_execute(&format!(
@@ -327,19 +327,7 @@ async fn a_search_for_refused_records_cut_off_by_a_timeout_resumes_where_it_stop
     // 1,500 refused records among 3,000: finding them takes thousands of
     // probe transactions, far more than one attempt's limit allows.
     const N: i64 = 3_000;
-    let batch: Vec<_> = (0..N)
-        .map(|i| {
-            let status = if i % 2 == 0 { 200 } else { 599 };
-            batch_msg(
-                "resume",
-                i,
-                &format!(
-                    r#"{{"url":"http://r.test/{}","status_code":{status}}}"#,
-                    i % 40
-                ),
-            )
-        })
-        .collect();
+    let batch = status_batch("resume", N, |i| i % 2 == 1);
     let (out, attempts) =
         write_with_timeouts(&s, &schema, conn, &batch, Duration::from_millis(700)).await;
     assert!(
@@ -348,6 +336,26 @@ async fn a_search_for_refused_records_cut_off_by_a_timeout_resumes_where_it_stop
     );
     assert_eq!(out.check_rows, N as u64 / 2);
     assert_eq!(out.rejected.get("database"), Some(&(N as u64 / 2)));
+}
+
+/// `n` records of 40 urls at offsets 0.., status 599 (which the test's
+/// constraint refuses) where `refused(offset)`, else 200.
+fn status_batch(
+    topic: &str,
+    n: i64,
+    refused: impl Fn(i64) -> bool,
+) -> Vec<website_monitor_sink::batch::Msg> {
+    use website_monitor_tests::sink::batch_msg;
+    (0..n)
+        .map(|i| {
+            let status = if refused(i) { 599 } else { 200 };
+            let json = format!(
+                r#"{{"url":"http://r.test/{}","status_code":{status}}}"#,
+                i % 40
+            );
+            batch_msg(topic, i, &json)
+        })
+        .collect()
 }
 
 /// Writes `batch` as the sink's writer does: each attempt cut at `limit`,
@@ -382,7 +390,7 @@ async fn write_with_timeouts(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_progresses_even_when_the_failing_write_takes_most_of_write_timeout() {
-    use website_monitor_tests::sink::{batch_conn, batch_msg};
+    use website_monitor_tests::sink::batch_conn;
     let s = stack();
     let (db, schema, conn) = batch_conn(&s, "hostile_slow").await;
     // Every history row costs about 2 ms (a slow server, or an operator's
@@ -399,19 +407,7 @@ async fn a_search_progresses_even_when_the_failing_write_takes_most_of_write_tim
     ))
     .await
     .unwrap();
-    let batch: Vec<_> = (0..200)
-        .map(|i| {
-            let status = if i % 100 == 99 { 599 } else { 200 };
-            batch_msg(
-                "slow",
-                i,
-                &format!(
-                    r#"{{"url":"http://s.test/{}","status_code":{status}}}"#,
-                    i % 40
-                ),
-            )
-        })
-        .collect();
+    let batch = status_batch("slow", 200, |i| i % 100 == 99);
     let (out, attempts) =
         write_with_timeouts(&s, &schema, conn, &batch, Duration::from_millis(700)).await;
     assert!(
