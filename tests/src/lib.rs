@@ -617,6 +617,26 @@ pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A connector binary (`website-monitor-source` or `-sink`) on `config`, killed
+/// when dropped, with the seed's overriding environment variables removed so
+/// the file alone decides.
+pub fn connector(name: &str, config: &Path) -> tokio::process::Command {
+    let mut c = tokio::process::Command::new(binary(name));
+    c.arg("--config").arg(config).kill_on_drop(true);
+    for var in [
+        "kafka_host",
+        "kafka_topic",
+        "kafka_ssl_ca",
+        "kafka_ssl_cert",
+        "kafka_ssl_key",
+        "postgres_uri",
+        "log_level",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,31 +14,13 @@ use website_monitor_source::record::Record;
 use website_monitor_source::{RunOptions, SourceConfig};
 use website_monitor_tests::http::TestServer;
 use website_monitor_tests::{
-    binary, consume_all, create_topic, eventually, http_get, stack, unique,
+    connector, consume_all, create_topic, eventually, http_get, stack, unique,
 };
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("connector.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// A connector binary on `config`, with the seed's overriding variables removed.
-fn connector(name: &str, config: &Path) -> Command {
-    let mut c = Command::new(binary(name));
-    c.arg("--config").arg(config).kill_on_drop(true);
-    for var in [
-        "kafka_host",
-        "kafka_topic",
-        "kafka_ssl_ca",
-        "kafka_ssl_cert",
-        "kafka_ssl_key",
-        "postgres_uri",
-        "log_level",
-    ] {
-        c.env_remove(var);
-    }
-    c
 }
 
 async fn check_config(name: &str, dir: &Path, text: &str) -> Output {

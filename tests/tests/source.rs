@@ -632,20 +632,8 @@ fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
 }
 
 fn source(config: &Path) -> Command {
-    let mut c = Command::new(binary("website-monitor-source"));
     // A test that fails half-way leaves no source running.
-    c.arg("--config").arg(config).kill_on_drop(true);
-    for var in [
-        "kafka_host",
-        "kafka_topic",
-        "kafka_ssl_ca",
-        "kafka_ssl_cert",
-        "kafka_ssl_key",
-        "log_level",
-    ] {
-        c.env_remove(var);
-    }
-    c
+    website_monitor_tests::connector("website-monitor-source", config)
 }
 
 /// Starts the source binary on `config`: stdout discarded, stderr captured.
