@@ -44,6 +44,7 @@ pub mod migrate;
 pub mod pipeline;
 pub mod postgres_error;
 pub mod refuse;
+pub mod rollup;
 pub mod row;
 pub mod sql;
 pub mod write;
