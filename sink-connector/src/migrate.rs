@@ -35,6 +35,14 @@ pub struct Tables {
     pub offsets: String,
     /// Applied migrations (`<table>_migrations`).
     pub migrations: String,
+    /// Probe names and their ids (`<table>_probe`).
+    pub probe: String,
+    /// Rollups per minute (`<table>_per_minute`).
+    pub per_minute: String,
+    /// Rollups per hour (`<table>_per_hour`).
+    pub per_hour: String,
+    /// Rollups per UTC day (`<table>_per_day`).
+    pub per_day: String,
     /// The unquoted base name, for derived index and constraint names.
     base: String,
     /// The unquoted schema name, for the advisory lock key.
@@ -58,31 +66,28 @@ impl Tables {
             rejected: q("_rejected"),
             offsets: q("_kafka_offsets"),
             migrations: q("_migrations"),
+            probe: q("_probe"),
+            per_minute: q("_per_minute"),
+            per_hour: q("_per_hour"),
+            per_day: q("_per_day"),
             base: table.to_owned(),
             schema_raw: schema.to_owned(),
         }
     }
 
     /// Replaces every `{{name}}` placeholder in `sql` with its quoted
-    /// identifier, in one left-to-right pass: text already inserted (a table
-    /// name may itself contain braces) is never looked at again. An unknown
-    /// placeholder is left as it is.
+    /// identifier (`{{name:lit}}`: as an SQL string literal, for a
+    /// `::regclass` argument), in one left-to-right pass: text already
+    /// inserted (a table name may itself contain braces) is never looked at
+    /// again. An unknown placeholder is left as it is.
     pub fn substitute(&self, sql: &str) -> String {
-        let local = |suffix: &str| quote_ident(&format!("{}{suffix}", self.base));
         let lookup = |name: &str| -> Option<String> {
-            Some(match name {
-                "schema" => self.schema.clone(),
-                "site" => self.site.clone(),
-                "check" => self.check.clone(),
-                "rejected" => self.rejected.clone(),
-                "offsets" => self.offsets.clone(),
-                "check_position_key" => local("_check_position_key"),
-                "check_site_time_idx" => local("_check_site_time_idx"),
-                // PostgreSQL's own name for 0001's inline foreign key.
-                "check_site_fkey" => local("_check_site_id_fkey"),
-                "rejected_position_key" => local("_rejected_position_key"),
-                _ => return None,
-            })
+            match name.strip_suffix(":lit") {
+                Some(inner) => self
+                    .placeholder(inner)
+                    .map(|v| format!("'{}'", v.replace('\'', "''"))),
+                None => self.placeholder(name),
+            }
         };
         let mut out = String::with_capacity(sql.len() + 64);
         let mut rest = sql;
@@ -108,6 +113,48 @@ impl Tables {
         }
         out.push_str(rest);
         out
+    }
+
+    /// The quoted identifier a placeholder stands for.
+    fn placeholder(&self, name: &str) -> Option<String> {
+        let local = |suffix: &str| quote_ident(&format!("{}{suffix}", self.base));
+        let qualified = |suffix: &str| format!("{}.{}", self.schema, local(suffix));
+        Some(match name {
+            "schema" => self.schema.clone(),
+            "site" => self.site.clone(),
+            "check" => self.check.clone(),
+            "rejected" => self.rejected.clone(),
+            "offsets" => self.offsets.clone(),
+            "check_position_key" => local("_check_position_key"),
+            "check_site_time_idx" => local("_check_site_time_idx"),
+            // PostgreSQL's own name for 0001's inline foreign key.
+            "check_site_fkey" => local("_check_site_id_fkey"),
+            "rejected_position_key" => local("_rejected_position_key"),
+            // 0006: the tables renamed out of the way, unqualified (RENAME TO) and qualified.
+            "check_legacy_name" => local("_check_legacy"),
+            "check_legacy_idx_name" => local("_check_legacy_site_time_idx"),
+            "rejected_legacy_name" => local("_rejected_legacy"),
+            "rejected_legacy" => qualified("_rejected_legacy"),
+            "check_site_idx" => local("_check_site_idx"),
+            "check_time_brin" => local("_check_time_brin"),
+            "rejected_position_idx" => local("_rejected_position_idx"),
+            "probe" => self.probe.clone(),
+            "per_minute" => self.per_minute.clone(),
+            "per_hour" => self.per_hour.clone(),
+            "per_day" => self.per_day.clone(),
+            "counts_add" => qualified("_counts_add"),
+            "error_kind" => qualified("_error_kind"),
+            "make_partitions" => qualified("_make_partitions"),
+            "drop_partitions" => qualified("_drop_partitions"),
+            "check_record" => qualified("_check_record"),
+            "rollup" => qualified("_rollup"),
+            "percentile" => qualified("_percentile"),
+            "uptime" => qualified("_uptime"),
+            "latency" => qualified("_latency"),
+            "errors" => qualified("_errors"),
+            "summary" => qualified("_summary"),
+            _ => return None,
+        })
     }
 }
 
@@ -148,6 +195,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 5,
         name: "rejects_bounded",
         sql: include_str!("../migrations/0005_rejects_bounded.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "partitions_and_rollups",
+        sql: include_str!("../migrations/0006_partitions_and_rollups.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "sql_api",
+        sql: include_str!("../migrations/0007_sql_api.sql"),
     },
 ];
 
