@@ -927,11 +927,8 @@ fn written_keys(text: &str) -> Vec<(usize, String, String)> {
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim_start();
         let line = line.strip_prefix('#').map_or(line, str::trim_start);
-        if let Some(header) = line.strip_prefix('[') {
-            let header = header.trim_start_matches('[');
-            if let Some(end) = header.find(']') {
-                table = header[..end].trim().to_owned();
-            }
+        if let Some(header) = table_header(line) {
+            table = header;
             continue;
         }
         let Some((name, value)) = line.split_once('=') else {
@@ -951,6 +948,23 @@ fn written_keys(text: &str) -> Vec<(usize, String, String)> {
         }
     }
     out
+}
+
+/// The table a `[name]` or `[[name]]` line opens (a trailing comment
+/// allowed); `None` for anything else, such as prose that starts with `[`.
+fn table_header(line: &str) -> Option<String> {
+    let inner = line.strip_prefix('[')?;
+    let array = inner.starts_with('[');
+    let inner = inner.strip_prefix('[').unwrap_or(inner);
+    let end = inner.find(']')?;
+    let name = inner[..end].trim();
+    let rest = inner[end..].strip_prefix(if array { "]]" } else { "]" })?;
+    let rest = rest.trim_start();
+    let is_name = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.');
+    (is_name && (rest.is_empty() || rest.starts_with('#'))).then(|| name.to_owned())
 }
 
 /// The problems of the keys written in `text`, named `place:line`.
@@ -1052,12 +1066,12 @@ fn the_key_checker_finds_a_bogus_key_also_in_a_comment() {
     let text = "log_level = \"info\"\n[source]\ninterval = \"1s\"\n# intervall = \"2s\"\n\
                 [[source.sites]]\nurl = \"https://a.example/\"\n# regex = \"x\"\n\
                 [kafka.options]\n\"linger.ms\" = \"5\"\n# see the docs: a = b for details\n\
-                [sink]\nbogus = 1\n";
+                [sink]\n# [kafka] and [source] (prose, not a header)\ngroup_id = \"g\"\nbogus = 1\n";
     assert_eq!(
         unknown_keys(text, "t.toml", &keys),
         [
             "t.toml:4: `source.intervall` is not a configuration key",
-            "t.toml:12: `sink.bogus` is not a configuration key",
+            "t.toml:14: `sink.bogus` is not a configuration key",
         ]
     );
 }
