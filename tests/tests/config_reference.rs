@@ -110,6 +110,8 @@ struct Items {
     aliases: BTreeMap<String, Vec<syn::Type>>,
     /// Constants whose value is an integer literal (doc comments link them).
     consts: BTreeMap<String, Vec<String>>,
+    /// The source files' text, for what is easier found as text.
+    texts: Vec<String>,
 }
 
 fn repo_root() -> PathBuf {
@@ -144,6 +146,7 @@ fn read_items() -> Items {
             let parsed = syn::parse_file(&text)
                 .unwrap_or_else(|e| panic!("{}: does not parse: {e}", file.display()));
             collect(&parsed.items, &mut items);
+            items.texts.push(text);
         }
     }
     items
@@ -200,6 +203,19 @@ fn collect(list: &[syn::Item], items: &mut Items) {
 }
 
 impl Items {
+    /// Whether `name` has a hand-written `Deserialize` that reads a string
+    /// (`impl<'de> Deserialize<'de> for Name { ... String::deserialize ... }`).
+    fn deserialized_from_string(&self, name: &str) -> bool {
+        let head = format!("Deserialize<'de> for {name} ");
+        self.texts.iter().any(|text| {
+            text.match_indices(&head).any(|(at, _)| {
+                let body = &text[at..];
+                let end = body.find("\n}").unwrap_or(body.len());
+                body[..end].contains("String::deserialize(")
+            })
+        })
+    }
+
     /// `doc` with each `` `CONST` `` of an integer literal replaced by its value.
     fn resolve(&self, doc: String) -> String {
         self.consts
@@ -394,6 +410,7 @@ fn render_type(ty: &syn::Type, items: &Items) -> (String, Kind) {
         "Secret" => (format!("{}, secret", inner(0).0), Kind::Other),
         "ConnectionString" => ("connection string, password secret".into(), Kind::Other),
         "SiteUrl" | "Url" => ("url".into(), Kind::Other),
+        "Regex" => ("regex".into(), Kind::Other),
         _ => render_named(&name, items),
     }
 }
@@ -418,7 +435,7 @@ fn render_named(name: &str, items: &Items) -> (String, Kind) {
         return (variants.join(" \\| "), Kind::Other);
     }
     if let Some([s]) = items.structs.get(name).map(Vec::as_slice) {
-        if serde_attrs(&s.attrs).from_string {
+        if serde_attrs(&s.attrs).from_string || items.deserialized_from_string(name) {
             return ("string".into(), Kind::Other);
         }
     }
