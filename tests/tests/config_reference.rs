@@ -24,7 +24,8 @@
 //! comment claims an environment variable that does not override its key, and
 //! when `connector.toml`, `pipelines/*.toml` or a ```` ```toml ```` block of
 //! the docs writes a key (even in a commented-out `# key = value` line) that
-//! does not exist.
+//! does not exist, or when README or docs name a dotted key in backticks
+//! (`` `source.threads` ``) that does not exist.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
