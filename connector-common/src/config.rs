@@ -158,8 +158,12 @@ impl Section {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TopLevel {
+    /// What to log: `off`, `error`, `warn`, `info`, `debug`, `trace`, or a
+    /// `tracing` filter whose every comma-separated part is a level or
+    /// `target=level`, such as `info,website_monitor_sink=debug`. Env: `log_level`.
     #[serde(default = "default_log_level")]
     log_level: String,
+    /// Log lines on stderr: `text`, or `json` (one JSON object per line).
     #[serde(default)]
     log_format: LogFormat,
     #[serde(default)]
