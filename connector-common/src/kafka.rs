@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Invalid, Validate};
+use crate::problem::{Invalid, Validate};
 use crate::limits::text_problem;
 use crate::secret::{KafkaOptionRule, KafkaOptions, MaskRule, Secret};
 

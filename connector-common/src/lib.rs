@@ -25,6 +25,7 @@ pub mod config;
 pub mod kafka;
 pub mod limits;
 pub mod logging;
+pub mod problem;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;
