@@ -23,6 +23,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::listen::ListenAddress;
+
 /// Errors starting the telemetry server.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -108,21 +110,22 @@ pub struct TelemetryServer {
 
 /// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
 pub async fn serve(
-    addr: &str,
+    addr: &ListenAddress,
     handle: PrometheusHandle,
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<TelemetryServer, TelemetryError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| TelemetryError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })?;
+    let listener =
+        TcpListener::bind(addr.as_str())
+            .await
+            .map_err(|source| TelemetryError::Bind {
+                addr: addr.to_string(),
+                source,
+            })?;
     let local_addr = listener
         .local_addr()
         .map_err(|source| TelemetryError::Bind {
-            addr: addr.to_owned(),
+            addr: addr.to_string(),
             source,
         })?;
     let task = tokio::spawn(async move {

@@ -26,10 +26,7 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
-fn load_sink(
-    text: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Loaded<Sec>, ConfigError> {
+fn load_sink(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded<Sec>, ConfigError> {
     load_str(text, Path::new("c.toml"), Section::Sink, env)
 }
 
@@ -174,8 +171,14 @@ fn every_problem_of_the_file_is_reported_each_with_its_line() {
     let shown = err.to_string();
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(lines.len(), 3, "{shown}");
-    assert!(lines[0].starts_with("c.toml:1: key `log_level`: "), "{shown}");
-    assert!(lines[1].starts_with("c.toml:3: key `kafka.brokers`: "), "{shown}");
+    assert!(
+        lines[0].starts_with("c.toml:1: key `log_level`: "),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("c.toml:3: key `kafka.brokers`: "),
+        "{shown}"
+    );
     assert_eq!(lines[2], "c.toml:5: key `sink.topic`: must not be empty");
     let ConfigError::Several { problems, .. } = err else {
         panic!("three problems, one error: {shown}");
@@ -203,7 +206,10 @@ fn a_section_that_cannot_be_deserialised_is_reported_with_the_other_problems() {
         .to_string();
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 2, "{err}");
-    assert!(lines[1].starts_with("c.toml:3: key `sink.intervl`"), "{err}");
+    assert!(
+        lines[1].starts_with("c.toml:3: key `sink.intervl`"),
+        "{err}"
+    );
 }
 
 #[test]
