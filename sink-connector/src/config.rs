@@ -3,13 +3,11 @@
 use std::time::Duration;
 
 use connector_common::config::{Invalid, Validate};
-use connector_common::limits::{
-    check_duration, check_number, listen_address_problem, text_problem, topic_problem,
-};
-use connector_common::secret::ConnectionString;
+use connector_common::limits::{check_duration, check_number, text_problem, topic_problem};
+use connector_common::listen::ListenAddress;
 use serde::{Deserialize, Serialize};
 
-use crate::db::PgTarget;
+use crate::db::PostgresUri;
 
 /// Where a new consumer group starts reading a partition that has no committed offset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,15 +32,13 @@ impl StartFrom {
 
 /// The sink connector's settings (`[sink]`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct SinkConfig {
     /// Kafka topic to drain. Env: `kafka_topic`. May differ from the source's
     /// topic when other stages sit in between. One literal topic: a name
     /// starting with `^` (a librdkafka regex subscription) is refused.
-    #[serde(default = "default_topic")]
     pub topic: String,
     /// Kafka consumer group. Sink instances sharing it split the partitions.
-    #[serde(default = "default_group_id")]
     pub group_id: String,
     /// Static group membership (librdkafka `group.instance.id`): a stable name
     /// for this sink instance within `group_id`, e.g. the pod name of a
@@ -50,33 +46,28 @@ pub struct SinkConfig {
     /// partitions back at once instead of after the dead member's
     /// `session.timeout.ms`. Unset: dynamic membership. Two live sinks with one
     /// id fence each other: the older one stops with an error (exit 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub group_instance_id: Option<String>,
     /// PostgreSQL connection string, URL (`postgres://user:pass@host:5432/db?sslmode=require`)
     /// or `key=value` form. Env: `postgres_uri`. `sslmode` may be `disable`,
     /// `prefer`, `require`, `verify-ca` or `verify-full`; `sslrootcert` names the
     /// CA file (PEM) that verifies the server (`system` for the public web roots).
     /// Its password is never printed (`--check-config` shows `********`).
-    #[serde(default = "default_postgres_uri")]
-    pub postgres_uri: ConnectionString,
+    pub postgres_uri: PostgresUri,
     /// PostgreSQL schema holding the tables; created when missing.
-    #[serde(default = "default_schema")]
     pub schema: String,
     /// Latest-state table. History, rejects, Kafka positions and migrations take
     /// derived names: `<table>_check`, `<table>_rejected`, `<table>_kafka_offsets`,
     /// `<table>_migrations`. Any name is allowed; it is always quoted.
-    #[serde(default = "default_table")]
     pub table: String,
     /// Most records written in one transaction.
-    #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// Most bytes (Kafka values and keys) collected into one batch; a batch
     /// always takes at least one record.
-    #[serde(default = "default_batch_max_bytes")]
     pub batch_max_bytes: usize,
     /// Longest wait, after the first record of a batch, before the batch is
     /// written even if not full (humantime, e.g. `100ms`).
-    #[serde(default = "default_batch_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub batch_timeout: Duration,
     /// PostgreSQL connections that write each batch at once (1 to
     /// [`MAX_WRITERS`]). A batch is split by Kafka partition (a partition's
@@ -86,96 +77,53 @@ pub struct SinkConfig {
     /// many cores; the batch's Kafka offsets are committed once every part
     /// has committed. Each sink holds this many connections; more writers
     /// than the partitions a sink owns bring nothing.
-    #[serde(default = "default_writers")]
     pub writers: usize,
     /// Where a new consumer group starts: `earliest` or `latest`.
-    #[serde(default)]
     pub start_from: StartFrom,
     /// Records larger than this many bytes go to the rejects table.
-    #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
     /// Records whose `url` is longer than this many bytes go to the rejects
     /// table. The default (2048) stays below PostgreSQL's btree entry limit
     /// (about 2704 bytes), which the unique index on `url` would otherwise hit.
-    #[serde(default = "default_max_url_bytes")]
     pub max_url_bytes: usize,
     /// How long, after SIGTERM, the sink keeps trying to write the batch in hand
     /// before giving it up (it is then redelivered on the next start); the
     /// Kafka commit after it and leaving the group get only what is left.
-    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
     /// Longest one attempt to write a batch (or to connect and migrate) may
     /// take before it is abandoned and retried on a fresh connection; after
     /// SIGTERM never longer than what is left of `shutdown_timeout`.
-    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
     /// Address of the `/metrics`, `/healthz` and `/readyz` server (port 0 picks one).
-    #[serde(default = "default_metrics_address")]
-    pub metrics_address: String,
-}
-
-fn default_topic() -> String {
-    "site-status".to_owned()
-}
-fn default_group_id() -> String {
-    "website-monitor-sink".to_owned()
-}
-fn default_postgres_uri() -> ConnectionString {
-    ConnectionString::new("postgres://postgres@127.0.0.1:5432/website_monitor")
-}
-fn default_schema() -> String {
-    "public".to_owned()
-}
-fn default_table() -> String {
-    "site".to_owned()
-}
-fn default_batch_size() -> usize {
-    20_000
-}
-fn default_batch_max_bytes() -> usize {
-    64 * 1024 * 1024
-}
-fn default_batch_timeout() -> Duration {
-    Duration::from_millis(100)
-}
-fn default_writers() -> usize {
-    2
-}
-fn default_max_record_bytes() -> usize {
-    1024 * 1024
-}
-fn default_max_url_bytes() -> usize {
-    2048
-}
-fn default_shutdown_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_write_timeout() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_metrics_address() -> String {
-    "127.0.0.1:9465".to_owned()
+    pub metrics_address: ListenAddress,
 }
 
 impl Default for SinkConfig {
+    /// The value of every key the file leaves out.
     fn default() -> Self {
         Self {
-            topic: default_topic(),
-            group_id: default_group_id(),
+            topic: "site-status".to_owned(),
+            group_id: "website-monitor-sink".to_owned(),
             group_instance_id: None,
-            postgres_uri: default_postgres_uri(),
-            schema: default_schema(),
-            table: default_table(),
-            batch_size: default_batch_size(),
-            batch_max_bytes: default_batch_max_bytes(),
-            batch_timeout: default_batch_timeout(),
-            writers: default_writers(),
+            postgres_uri: "postgres://postgres@127.0.0.1:5432/website_monitor"
+                .parse()
+                .expect("the default postgres_uri parses"),
+            schema: "public".to_owned(),
+            table: "site".to_owned(),
+            batch_size: 20_000,
+            batch_max_bytes: 64 * 1024 * 1024,
+            batch_timeout: Duration::from_millis(100),
+            writers: 2,
             start_from: StartFrom::default(),
-            max_record_bytes: default_max_record_bytes(),
-            max_url_bytes: default_max_url_bytes(),
-            shutdown_timeout: default_shutdown_timeout(),
-            write_timeout: default_write_timeout(),
-            metrics_address: default_metrics_address(),
+            max_record_bytes: 1024 * 1024,
+            max_url_bytes: 2048,
+            shutdown_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            metrics_address: "127.0.0.1:9465"
+                .parse()
+                .expect("the default metrics_address parses"),
         }
     }
 }
@@ -251,6 +199,18 @@ impl Validate for SinkConfig {
     fn validate(&self, prefix: &str) -> Vec<Invalid> {
         let mut out = Vec::new();
         let key = |k: &str| format!("{prefix}.{k}");
+        self.check_kafka_names(&mut out, &key);
+        self.check_table_names(&mut out, &key);
+        self.check_sizes(&mut out, &key);
+        self.check_timeouts(&mut out, &key);
+        self.check_record_limits(&mut out, &key);
+        out
+    }
+}
+
+impl SinkConfig {
+    /// `topic`, `group_id` and `group_instance_id`: names Kafka accepts.
+    fn check_kafka_names(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
         if self.topic.trim().is_empty() {
             out.push(Invalid::new(
                 key("topic"),
@@ -277,7 +237,12 @@ impl Validate for SinkConfig {
                 out.push(Invalid::new(key("group_instance_id"), why));
             }
         }
-        check_identifier(&mut out, key("schema"), &self.schema, 63);
+    }
+
+    /// `schema` and `table`: names the sink can quote and derive from, and
+    /// no PostgreSQL system schema.
+    fn check_table_names(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
+        check_identifier(out, key("schema"), &self.schema, 63);
         let lower = self.schema.to_ascii_lowercase();
         if lower.starts_with("pg_") || lower == "information_schema" {
             out.push(Invalid::new(
@@ -288,14 +253,13 @@ impl Validate for SinkConfig {
                 ),
             ));
         }
-        check_identifier(&mut out, key("table"), &self.table, MAX_TABLE_NAME_BYTES);
-        if let Some(problem) = text_problem(self.postgres_uri.expose(), 8192) {
-            out.push(Invalid::new(key("postgres_uri"), problem));
-        } else if let Err(e) = PgTarget::parse(self.postgres_uri.expose()) {
-            out.push(Invalid::new(key("postgres_uri"), e.to_string()));
-        }
+        check_identifier(out, key("table"), &self.table, MAX_TABLE_NAME_BYTES);
+    }
+
+    /// Batch sizes and the number of writers within bounds.
+    fn check_sizes(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
         check_number(
-            &mut out,
+            out,
             key("batch_size"),
             self.batch_size,
             1,
@@ -303,7 +267,7 @@ impl Validate for SinkConfig {
             "records",
         );
         check_number(
-            &mut out,
+            out,
             key("batch_max_bytes"),
             self.batch_max_bytes,
             1,
@@ -319,19 +283,24 @@ impl Validate for SinkConfig {
                 ),
             ));
         }
+    }
+
+    /// `write_timeout`, `shutdown_timeout` and `batch_timeout` within bounds.
+    fn check_timeouts(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
         let ms = Duration::from_millis;
+        // Connecting, migrating and writing a batch take more than a few
+        // milliseconds: below a second nothing would ever succeed.
+        let write_min = Duration::from_secs(1);
         check_duration(
-            &mut out,
+            out,
             key("write_timeout"),
             self.write_timeout,
-            // Connecting, migrating and writing a batch take more than a
-            // few milliseconds: below a second nothing would ever succeed.
-            Duration::from_secs(1),
+            write_min,
             MAX_TIMEOUT,
             "30s",
         );
         check_duration(
-            &mut out,
+            out,
             key("shutdown_timeout"),
             self.shutdown_timeout,
             ms(1),
@@ -339,15 +308,19 @@ impl Validate for SinkConfig {
             "30s",
         );
         check_duration(
-            &mut out,
+            out,
             key("batch_timeout"),
             self.batch_timeout,
             ms(1),
             MAX_BATCH_TIMEOUT,
             "100ms",
         );
+    }
+
+    /// `max_record_bytes` and `max_url_bytes` within bounds.
+    fn check_record_limits(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
         check_number(
-            &mut out,
+            out,
             key("max_record_bytes"),
             self.max_record_bytes,
             1,
@@ -355,17 +328,13 @@ impl Validate for SinkConfig {
             "bytes (100 MiB)",
         );
         check_number(
-            &mut out,
+            out,
             key("max_url_bytes"),
             self.max_url_bytes,
             1,
             MAX_URL_BYTES,
             "bytes (PostgreSQL's index entry limit)",
         );
-        if let Some(problem) = listen_address_problem(&self.metrics_address) {
-            out.push(Invalid::new(key("metrics_address"), problem));
-        }
-        out
     }
 }
 

@@ -16,7 +16,9 @@
 //! `sslrootcert=system` trusts the public web roots (for managed services
 //! signed by a public CA).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -27,8 +29,10 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use connector_common::secret::percent_decoded;
+use connector_common::limits::text_problem;
+use connector_common::secret::{percent_decoded, ConnectionString};
 use connector_common::tls::AcceptAnyServerCert;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A connection string that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +267,74 @@ impl PgTarget {
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
         let db = self.config.get_dbname().unwrap_or("");
         format!("{host}:{port}/{db} (sslmode={})", self.sslmode)
+    }
+}
+
+/// `postgres_uri` as the configuration holds it: parsed once, at load, into
+/// the [`PgTarget`] every connection is made from, next to the text it came
+/// from. `Debug`, `Display` and `Serialize` show the text with its password
+/// masked ([`ConnectionString`]); nothing prints the password.
+#[derive(Clone)]
+pub struct PostgresUri {
+    text: ConnectionString,
+    target: PgTarget,
+}
+
+impl PostgresUri {
+    /// Longest connection string accepted.
+    pub const MAX_BYTES: usize = 8192;
+
+    /// The parsed target: what to connect to, and how TLS is checked.
+    pub fn target(&self) -> &PgTarget {
+        &self.target
+    }
+
+    /// The string itself, password included: only for tests and tools that
+    /// must hand it on.
+    pub fn expose(&self) -> &str {
+        self.text.expose()
+    }
+}
+
+impl FromStr for PostgresUri {
+    type Err = String;
+
+    /// Checks `text` is plain one-line text, then parses it ([`PgTarget::parse`]);
+    /// the error is the message for `sink.postgres_uri`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(problem) = text_problem(text, Self::MAX_BYTES) {
+            return Err(problem);
+        }
+        let target = PgTarget::parse(text).map_err(|e| e.to_string())?;
+        Ok(Self {
+            text: ConnectionString::new(text),
+            target,
+        })
+    }
+}
+
+impl fmt::Debug for PostgresUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+impl fmt::Display for PostgresUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.text, f)
+    }
+}
+
+impl Serialize for PostgresUri {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.text.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PostgresUri {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -8,9 +8,6 @@ use connector_common::telemetry::TelemetryError;
 /// earlier, by the loader).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The PostgreSQL connection string cannot be used.
-    #[error("sink.postgres_uri: {0}")]
-    Uri(#[from] db::UriError),
     /// TLS to PostgreSQL cannot be set up (e.g. the `sslrootcert` file).
     #[error("sink.postgres_uri: {0}")]
     Tls(#[from] db::TlsError),

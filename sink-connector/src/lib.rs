@@ -85,7 +85,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, SinkError> {
     let cfg = config.section;
-    let target = db::PgTarget::parse(cfg.postgres_uri.expose())?;
+    let target = cfg.postgres_uri.target().clone();
     let tls = target.tls()?;
 
     let handle = telemetry::install_recorder();
