@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SinkConfig;
 use crate::error::SinkError;
 use crate::metrics as m;
-use crate::metrics::Readiness;
+use crate::readiness::Readiness;
 
 /// librdkafka callbacks: statistics (consumer lag, broker state), errors,
 /// commit results and rebalances.

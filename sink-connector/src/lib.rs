@@ -42,6 +42,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod migrate;
 pub mod pipeline;
+pub mod readiness;
 pub mod postgres_error;
 pub mod refuse;
 pub mod sql;
@@ -93,7 +94,7 @@ pub async fn start(
     let health = Health::new();
     // Writer 0 is the one that must work (it writes what the others cannot),
     // so readiness follows its connection.
-    let readiness = metrics::Readiness::new(health.clone(), 1);
+    let readiness = readiness::Readiness::new(health.clone());
     // The telemetry server outlives `shutdown` until the sink has finished.
     let telemetry_stop = CancellationToken::new();
     let server =

@@ -52,7 +52,7 @@ use crate::decode::Limits;
 use crate::error::SinkError;
 use crate::kafka::{commit, fatal_error, leave_static_group, SinkConsumer, COMMIT_TIMEOUT};
 use crate::metrics as m;
-use crate::metrics::Readiness;
+use crate::readiness::Readiness;
 use crate::writer::{Shared, Writer, Written};
 
 /// Longest wait for a partition's watermarks from the broker.
