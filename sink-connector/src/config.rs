@@ -7,7 +7,7 @@ use connector_common::limits::{check_duration, check_number, text_problem, topic
 use connector_common::listen::ListenAddress;
 use serde::{Deserialize, Serialize};
 
-use crate::db::PostgresUri;
+use crate::uri::PostgresUri;
 
 /// Where a new consumer group starts reading a partition that has no committed offset.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

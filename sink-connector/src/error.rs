@@ -1,7 +1,7 @@
 //! Why the sink stopped with an error (configuration problems are caught
 //! earlier, by the loader).
 
-use crate::db;
+use crate::uri;
 use connector_common::telemetry::TelemetryError;
 
 /// Why the sink stopped with an error (configuration problems are caught
@@ -10,7 +10,7 @@ use connector_common::telemetry::TelemetryError;
 pub enum SinkError {
     /// TLS to PostgreSQL cannot be set up (e.g. the `sslrootcert` file).
     #[error("sink.postgres_uri: {0}")]
-    Tls(#[from] db::TlsError),
+    Tls(#[from] uri::TlsError),
     /// The metrics server cannot listen.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),

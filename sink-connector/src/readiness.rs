@@ -11,7 +11,7 @@ use connector_common::telemetry::Health;
 /// PostgreSQL is writer 0's connection: that writer retries until its part
 /// commits and writes the parts the others hand back, so records flow as
 /// long as it works; the other writers' failures only cost parallelism and
-/// are not reported here (see [`crate::writer`]).
+/// are not reported here (see [`crate::postgres::writer`]).
 #[derive(Debug, Clone)]
 pub struct Readiness {
     health: Health,

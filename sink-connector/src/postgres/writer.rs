@@ -4,7 +4,7 @@
 //! [`crate::pipeline`] splits every batch with [`crate::batch::split_by_partition`] and has
 //! each writer write its part at the same time, so PostgreSQL runs up to
 //! `writers` batch transactions on as many backends (cores). Each part is
-//! an ordinary batch transaction of [`crate::write`]:
+//! an ordinary batch transaction of [`crate::postgres::write`]:
 //!
 //! - a partition is in exactly one part, so two writers never lock the same
 //!   offsets row, and each part skips its own already-written records;
@@ -34,14 +34,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Msg, Outcome};
 use crate::config::SinkConfig;
-use crate::db::PgTarget;
 use crate::error::SinkError;
 use crate::metrics as m;
+use crate::postgres::error::{db_message, is_connection_error};
+use crate::postgres::migrate::{migrate, Tables};
+use crate::postgres::refuse::{write_batch, Search};
+use crate::postgres::sql::{connect, Conn, Sql};
 use crate::readiness::Readiness;
-use crate::migrate::{migrate, Tables};
-use crate::postgres_error::{db_message, is_connection_error};
-use crate::refuse::{write_batch, Search};
-use crate::sql::{Conn, Sql};
+use crate::uri::PgTarget;
 
 /// Backoff between failed attempts: 100 ms doubling to 10 s, with jitter.
 fn backoff() -> Backoff {
@@ -183,7 +183,7 @@ impl Shared {
 /// prepares. `Ok(Err(message))` is worth retrying; a migration PostgreSQL
 /// refuses is fatal unless `started`.
 async fn open(shared: &Shared, started: bool) -> Result<Result<Conn, String>, SinkError> {
-    let mut client = match shared.target.connect(&shared.tls).await {
+    let mut client = match connect(&shared.target, &shared.tls).await {
         Ok(c) => c,
         Err(e) => return Ok(Err(format!("unreachable: {}", db_message(&e)))),
     };

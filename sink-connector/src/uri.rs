@@ -1,4 +1,5 @@
-//! Connecting to PostgreSQL, with TLS as libpq understands `sslmode`.
+//! `postgres_uri`, parsed once at load ([`PostgresUri`]): where PostgreSQL
+//! is, and the TLS to reach it with, as libpq understands `sslmode`.
 //!
 //! `tokio-postgres` parses only `sslmode=disable|prefer|require` and knows no
 //! `sslrootcert`, so [`PgTarget::parse`] takes those two out of the connection
@@ -26,7 +27,6 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use connector_common::limits::text_problem;
@@ -239,17 +239,6 @@ impl PgTarget {
             return Err(root_err("holds no certificate".to_owned()));
         }
         Ok(store)
-    }
-
-    /// Connects once and drives the connection on a background task.
-    pub async fn connect(&self, tls: &MakeRustlsConnect) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(tls.clone()).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %crate::postgres_error::db_message(&e), "PostgreSQL connection ended");
-            }
-        });
-        Ok(client)
     }
 
     /// `host:port/db` for log lines (no credentials).
