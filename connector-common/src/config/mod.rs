@@ -23,8 +23,8 @@
 //! The environment is passed in as a lookup function, so tests need not touch
 //! the process environment.
 //!
-//! Inside: [`expand`](mod@expand) (steps 3 and 4), `typed` (step 5, serde's
-//! errors as key and message), [`locate`](mod@locate) (key paths and their
+//! Inside: `expand` (steps 3 and 4), `typed` (step 5, serde's
+//! errors as key and message), `locate` (key paths and their
 //! lines). They import each other one way only, and none of them this module.
 
 mod expand;
