@@ -8,7 +8,8 @@
 //!
 //! Layout:
 //! - [`config`]: file selection, `${VAR}` expansion, the seed's environment
-//!   overrides, typed deserialisation and errors that name file, line and key.
+//!   overrides, typed deserialisation, and every problem of a file reported at
+//!   once, each naming file, line and key.
 //! - [`kafka`]: the `[kafka]` section and its translation into librdkafka settings
 //!   (plaintext, mTLS with PEM files, SASL).
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics`, `/healthz`,

@@ -115,19 +115,12 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<TelemetryServer, TelemetryError> {
-    let listener =
-        TcpListener::bind(addr.as_str())
-            .await
-            .map_err(|source| TelemetryError::Bind {
-                addr: addr.to_string(),
-                source,
-            })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| TelemetryError::Bind {
-            addr: addr.to_string(),
-            source,
-        })?;
+    let bind_error = |source| TelemetryError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr.as_str()).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
     let task = tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
