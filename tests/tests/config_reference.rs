@@ -409,7 +409,10 @@ fn render_type(ty: &syn::Type, items: &Items) -> (String, Kind) {
             ("table of strings".into(), Kind::Other)
         }
         "Secret" => (format!("{}, secret", inner(0).0), Kind::Other),
-        "ConnectionString" => ("connection string, password secret".into(), Kind::Other),
+        "ConnectionString" | "PostgresUri" => {
+            ("connection string, password secret".into(), Kind::Other)
+        }
+        "ListenAddress" => ("host:port".into(), Kind::Other),
         "SiteUrl" | "Url" => ("url".into(), Kind::Other),
         "Regex" => ("regex".into(), Kind::Other),
         _ => render_named(&name, items),
@@ -763,7 +766,9 @@ fn env_overrides() -> BTreeMap<String, BTreeSet<&'static str>> {
                 let mut keys = BTreeSet::new();
                 match load(section, &file, &env) {
                     Ok(loaded) => differences(&baseline, &loaded, "", &mut keys),
-                    Err(e) => keys = refused_keys(&e),
+                    // The first problem is the variable's own key; the
+                    // others follow from it (ssl_cert without ssl_key).
+                    Err(e) => keys = refused_keys(e.lines().next().unwrap_or_default()),
                 }
                 for key in &keys {
                     out.entry(key.clone()).or_default().insert(var);
