@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use rdkafka::ClientConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Invalid, Validate};
-use crate::limits::text_problem;
+use crate::limits::{text_problem, truncate};
+use crate::problem::{Invalid, Validate};
 use crate::secret::{KafkaOptionRule, KafkaOptions, MaskRule, Secret};
 
 /// How the connectors reach Kafka. Shared by both connectors.
@@ -150,13 +150,26 @@ impl KafkaConfig {
 impl Validate for KafkaConfig {
     fn validate(&self, prefix: &str) -> Vec<Invalid> {
         let mut out = Vec::new();
+        let key = |k: &str| format!("{prefix}.{k}");
+        self.check_brokers(&mut out, key("brokers"));
+        self.check_options(&mut out, &key("options"));
+        self.check_pem_files(&mut out, &key);
+        self.check_protocol_fit(&mut out, &key);
+        self.check_sasl(&mut out, &key);
+        out
+    }
+}
+
+impl KafkaConfig {
+    /// `brokers`: one or more `host:port`.
+    fn check_brokers(&self, out: &mut Vec<Invalid>, key: String) {
         if self.brokers.trim().is_empty() {
             out.push(Invalid::new(
-                format!("{prefix}.brokers"),
+                key,
                 "no brokers; write host:port (several comma separated) or set kafka_host",
             ));
         } else if let Some(problem) = text_problem(&self.brokers, 4096) {
-            out.push(Invalid::new(format!("{prefix}.brokers"), problem));
+            out.push(Invalid::new(key, problem));
         } else if let Some(bad) = self
             .brokers
             .split(',')
@@ -164,74 +177,84 @@ impl Validate for KafkaConfig {
             .find(|b| !broker_is_valid(b))
         {
             out.push(Invalid::new(
-                format!("{prefix}.brokers"),
+                key,
                 format!("`{bad}` is not host:port; write host:port, several comma separated (e.g. \"k1:9092,k2:9092\")"),
             ));
         }
+    }
+
+    /// `[kafka.options]`: plain text, then librdkafka's own check of every
+    /// name and value (without connecting), so a mistake is refused now
+    /// rather than at start. `key` is the path of the options table.
+    fn check_options(&self, out: &mut Vec<Invalid>, key: &str) {
+        let before = out.len();
         for (name, value) in self.options.iter() {
             if let Some(problem) = text_problem(name, 256).or_else(|| text_problem(value, 1 << 20))
             {
                 out.push(Invalid::new(
-                    format!("{prefix}.options"),
-                    format!("option `{}`: {problem}", crate::limits::truncate(name, 100)),
+                    key,
+                    format!("option `{}`: {problem}", truncate(name, 100)),
                 ));
             }
         }
-        if out.is_empty() {
-            // librdkafka itself checks every option's name and value, without
-            // connecting; a mistake is refused now rather than at start.
-            let mut c = ClientConfig::new();
-            for (k, v) in self.options.iter() {
-                c.set(k, v);
-                if let Err(e) = c.create_native_config() {
-                    // librdkafka's message repeats the value: not for a secret.
-                    let why = match &e {
-                        _ if KafkaOptionRule::is_secret(k) => "(the value is not shown)".to_owned(),
-                        rdkafka::error::KafkaError::ClientConfig(_, why, _, _) => why.clone(),
-                        other => other.to_string(),
-                    };
-                    out.push(Invalid::new(
-                        format!("{prefix}.options.{k}"),
-                        format!(
-                            "librdkafka refuses option `{k}`: {}",
-                            crate::limits::truncate(&why, 300)
-                        ),
-                    ));
-                    break;
-                }
+        if out.len() > before {
+            return;
+        }
+        let mut c = ClientConfig::new();
+        for (k, v) in self.options.iter() {
+            c.set(k, v);
+            if let Err(e) = c.create_native_config() {
+                // librdkafka's message repeats the value: not for a secret.
+                let why = match &e {
+                    _ if KafkaOptionRule::is_secret(k) => "(the value is not shown)".to_owned(),
+                    rdkafka::error::KafkaError::ClientConfig(_, why, _, _) => why.clone(),
+                    other => other.to_string(),
+                };
+                out.push(Invalid::new(
+                    format!("{key}.{k}"),
+                    format!("librdkafka refuses option `{k}`: {}", truncate(&why, 300)),
+                ));
+                break;
             }
         }
-        for (key, path) in [
+    }
+
+    /// `ssl_ca`, `ssl_cert`, `ssl_key`: readable PEM files of the right kind,
+    /// the certificate and key both or neither.
+    fn check_pem_files(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
+        for (name, path) in [
             ("ssl_ca", &self.ssl_ca),
             ("ssl_cert", &self.ssl_cert),
             ("ssl_key", &self.ssl_key),
         ] {
-            if let Some(p) = path {
-                let problem = if !p.is_file() {
-                    Some(format!(
-                        "file {} does not exist or is not a file; give the path of a PEM file",
-                        p.display()
-                    ))
-                } else {
-                    let read = match key {
-                        "ssl_ca" => crate::tls::read_ca_certs(p).map(|_| ()),
-                        "ssl_cert" => crate::tls::read_pem_certs(p).map(|_| ()),
-                        _ => crate::tls::check_pem_key(p),
-                    };
-                    read.err().map(|e| format!("{e}; give a PEM file"))
+            let Some(p) = path else { continue };
+            let problem = if !p.is_file() {
+                Some(format!(
+                    "file {} does not exist or is not a file; give the path of a PEM file",
+                    p.display()
+                ))
+            } else {
+                let read = match name {
+                    "ssl_ca" => crate::tls::read_ca_certs(p).map(|_| ()),
+                    "ssl_cert" => crate::tls::read_pem_certs(p).map(|_| ()),
+                    _ => crate::tls::check_pem_key(p),
                 };
-                if let Some(message) = problem {
-                    out.push(Invalid::new(format!("{prefix}.{key}"), message));
-                }
+                read.err().map(|e| format!("{e}; give a PEM file"))
+            };
+            if let Some(message) = problem {
+                out.push(Invalid::new(key(name), message));
             }
         }
         if self.ssl_cert.is_some() != self.ssl_key.is_some() {
             out.push(Invalid::new(
-                format!("{prefix}.ssl_key"),
+                key("ssl_key"),
                 "mutual TLS needs both ssl_cert and ssl_key; set both or neither",
             ));
         }
-        // Settings the chosen protocol would silently ignore are refused.
+    }
+
+    /// Settings the chosen protocol would silently ignore are refused.
+    fn check_protocol_fit(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
         let protocol = self.effective_protocol();
         let tls = matches!(protocol, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl);
         let sasl = matches!(
@@ -239,16 +262,16 @@ impl Validate for KafkaConfig {
             SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
         );
         if !tls {
-            for (key, set) in [
+            for (name, set) in [
                 ("ssl_ca", self.ssl_ca.is_some()),
                 ("ssl_cert", self.ssl_cert.is_some()),
                 ("ssl_key", self.ssl_key.is_some()),
             ] {
                 if set {
                     out.push(Invalid::new(
-                        format!("{prefix}.{key}"),
+                        key(name),
                         format!(
-                            "is set but security_protocol is {:?}, which does not use TLS; use \"ssl\" or \"sasl_ssl\", or remove {key} (also check the kafka_{key} environment variable)",
+                            "is set but security_protocol is {:?}, which does not use TLS; use \"ssl\" or \"sasl_ssl\", or remove {name} (also check the kafka_{name} environment variable)",
                             protocol.as_librdkafka()
                         ),
                     ));
@@ -257,40 +280,43 @@ impl Validate for KafkaConfig {
         }
         if !sasl && (self.sasl_username.is_some() || self.sasl_password.is_some()) {
             out.push(Invalid::new(
-                format!("{prefix}.sasl_username"),
+                key("sasl_username"),
                 format!(
                     "SASL credentials are set but security_protocol is {:?}; set sasl_mechanism and use \"sasl_ssl\" or \"sasl_plaintext\", or remove them",
                     protocol.as_librdkafka()
                 ),
             ));
         }
-        for (key, value) in [
+    }
+
+    /// The SASL credentials: plain text (never repeated in the message), a
+    /// known mechanism, and both a user name and a password with it.
+    fn check_sasl(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
+        for (name, value) in [
             ("sasl_username", self.sasl_username.as_deref()),
             (
                 "sasl_password",
                 self.sasl_password.as_ref().map(|p| p.expose().as_str()),
             ),
         ] {
-            // The message never repeats the value.
             if let Some(problem) = value.and_then(|v| text_problem(v, 1024)) {
-                out.push(Invalid::new(format!("{prefix}.{key}"), problem));
+                out.push(Invalid::new(key(name), problem));
             }
         }
         if let Some(m) = &self.sasl_mechanism {
             if !matches!(m.as_str(), "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512") {
                 out.push(Invalid::new(
-                    format!("{prefix}.sasl_mechanism"),
+                    key("sasl_mechanism"),
                     format!("`{m}` is not supported; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"),
                 ));
             }
             if self.sasl_username.is_none() || self.sasl_password.is_none() {
                 out.push(Invalid::new(
-                    format!("{prefix}.sasl_username"),
+                    key("sasl_username"),
                     "SASL needs sasl_username and sasl_password",
                 ));
             }
         }
-        out
     }
 }
 

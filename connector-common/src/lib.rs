@@ -8,7 +8,8 @@
 //!
 //! Layout:
 //! - [`config`]: file selection, `${VAR}` expansion, the seed's environment
-//!   overrides, typed deserialisation and errors that name file, line and key.
+//!   overrides, typed deserialisation, and every problem of a file reported at
+//!   once, each naming file, line and key.
 //! - [`kafka`]: the `[kafka]` section and its translation into librdkafka settings
 //!   (plaintext, mTLS with PEM files, SASL).
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics`, `/healthz`,
@@ -19,12 +20,23 @@
 //! - [`tls`]: rustls pieces both connectors use.
 //! - [`secret`]: secrets in types that cannot print them.
 //! - [`limits`]: the bounds shared by both connectors' settings, and bounded text.
+//! - [`listen`]: `metrics_address`, a `host:port` checked once at load.
+//! - [`problem`]: a setting's problem before it is located ([`config::Invalid`]),
+//!   and the [`config::Validate`] trait every section implements.
+//!
+//! Imports run one way, from the top of this list to the bottom:
+//! [`config`] → [`kafka`] → [`tls`], [`secret`] and [`limits`] → [`problem`];
+//! [`config`] → [`logging`] → [`limits`]; [`telemetry`] → [`listen`] →
+//! [`limits`]. [`problem`], [`secret`], [`tls`], [`retry`], [`cli`] and
+//! [`shutdown`] import nothing of this crate.
 
 pub mod cli;
 pub mod config;
 pub mod kafka;
 pub mod limits;
+pub mod listen;
 pub mod logging;
+pub mod problem;
 pub mod retry;
 pub mod secret;
 pub mod shutdown;

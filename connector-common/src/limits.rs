@@ -9,7 +9,7 @@
 use std::fmt::Display;
 use std::time::Duration;
 
-use crate::config::Invalid;
+use crate::problem::Invalid;
 
 /// Longest text kept from something a remote peer sent (an error message
 /// built from a response): 1 KiB.

@@ -23,6 +23,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::listen::ListenAddress;
+
 /// Errors starting the telemetry server.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
@@ -108,23 +110,17 @@ pub struct TelemetryServer {
 
 /// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
 pub async fn serve(
-    addr: &str,
+    addr: &ListenAddress,
     handle: PrometheusHandle,
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<TelemetryServer, TelemetryError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| TelemetryError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|source| TelemetryError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })?;
+    let bind_error = |source| TelemetryError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr.as_str()).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
     let task = tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {

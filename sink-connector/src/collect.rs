@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::Msg;
 use crate::decode::{decode, kafka_time, Limits};
-use crate::kafka::{kafka_error, SinkConsumer};
+use crate::kafka::consumer::{kafka_error, SinkConsumer};
 
 /// When a batch is complete: whichever of the three limits comes first.
 #[derive(Debug, Clone)]

@@ -1,19 +1,16 @@
 //! Why the sink stopped with an error (configuration problems are caught
 //! earlier, by the loader).
 
-use crate::db;
+use crate::uri;
 use connector_common::telemetry::TelemetryError;
 
 /// Why the sink stopped with an error (configuration problems are caught
 /// earlier, by the loader).
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    /// The PostgreSQL connection string cannot be used.
-    #[error("sink.postgres_uri: {0}")]
-    Uri(#[from] db::UriError),
     /// TLS to PostgreSQL cannot be set up (e.g. the `sslrootcert` file).
     #[error("sink.postgres_uri: {0}")]
-    Tls(#[from] db::TlsError),
+    Tls(#[from] uri::TlsError),
     /// The metrics server cannot listen.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),

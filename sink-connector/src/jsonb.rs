@@ -6,7 +6,7 @@
 //! [`check`] is one linear pass over bytes that `serde_json` has already
 //! accepted as JSON, so it tracks only strings, brackets and numbers; it never
 //! recurses and never allocates. Anything PostgreSQL still refuses is found
-//! by the batch writer's bisection ([`crate::write`]); this pass keeps the
+//! by the search for refused records ([`crate::postgres::refuse`]); this pass keeps the
 //! common cases off that slower path.
 
 /// Deepest nesting of arrays and objects accepted. PostgreSQL parses `jsonb`

@@ -3,30 +3,40 @@
 //! that cannot be stored — committing Kafka offsets only after the rows are
 //! committed.
 //!
-//! Layout, in the order a record passes through:
-//! - [`config`]: the `[sink]` section of `connector.toml`.
-//! - [`pipeline`]: the loop: collect a batch, split it over the writers,
+//! # Floor plan
+//!
+//! A record's way through the sink, and who does what on it:
+//!
+//! ```text
+//!  Kafka ──► kafka::consumer ──► collect ──► batch ──► pipeline ──► postgres::writer ──► PostgreSQL
+//!                                  │                      │          (write, refuse)
+//!                               decode                    └──► kafka::commit ──► Kafka
+//!                               (jsonb)
+//! ```
+//!
+//! - [`pipeline`]: the loop — collect a batch, split it over the writers,
 //!   commit its offsets once every part is written, and meanwhile collect
-//!   the next one; [`kafka`]: the group consumer and its librdkafka context,
-//!   leaving the group, committing offsets.
+//!   the next one.
+//! - [`kafka`]: the group consumer and its librdkafka context, leaving the
+//!   group ([`kafka::consumer`]); committing offsets ([`kafka::commit`]).
 //! - [`collect`]: cutting the record stream into batches (size, bytes, age).
 //! - [`decode`]: record bytes → typed columns, or a reject reason; [`jsonb`]:
 //!   what PostgreSQL's `jsonb` would refuse, found before it is sent.
 //! - [`batch`]: the batch (records, outcome, Kafka positions to commit) and
 //!   its split by partition over the writers.
-//! - [`writer`]: the `writers` PostgreSQL connections, each writing its
-//!   part of a batch at the same time as the others; connecting, migrating,
-//!   bounded attempts and retries.
-//! - [`refuse`]: writing a part whose records PostgreSQL may refuse: the
-//!   search for them, kept across attempts.
-//! - [`write`](mod@write): one transaction per part; exactly-once through a
-//!   per-partition offsets table locked in the same transaction.
-//! - [`sql`]: the statements of that transaction, prepared per connection.
-//! - [`db`]: connecting to PostgreSQL, TLS as libpq's `sslmode` means it;
-//!   [`migrate`]: table names (always quoted) and versioned migrations under
-//!   an advisory lock; [`postgres_error`]: what an error means (retry,
-//!   reconnect, or look for a refused record).
-//! - [`metrics`]: metric names and readiness; [`error`]: why the sink stopped.
+//! - [`postgres`]: everything that talks to PostgreSQL — the writers, the
+//!   batch transaction and its exactly-once offsets table, the search for
+//!   refused records, SQL, migrations, error classification.
+//! - [`uri`]: `postgres_uri` parsed once at load, TLS as libpq's `sslmode`
+//!   means it; [`config`]: the `[sink]` section of `connector.toml`.
+//! - [`readiness`]: what `/readyz` says; [`metrics`]: metric names;
+//!   [`error`]: why the sink stopped.
+//!
+//! Imports run one way: this file (the composition root) and [`pipeline`]
+//! use everything; [`collect`] → [`kafka`]; [`kafka`] and [`postgres`] →
+//! [`config`], [`readiness`], [`metrics`], [`error`], [`batch`], [`decode`];
+//! [`config`] and [`error`] → [`uri`]; [`batch`] → [`decode`] → [`jsonb`].
+//! Nothing imports [`pipeline`] or this file.
 //!
 //! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
 //! address and stop the sink with the shutdown token.
@@ -34,21 +44,21 @@
 pub mod batch;
 pub mod collect;
 pub mod config;
-pub mod db;
 pub mod decode;
 pub mod error;
 pub mod jsonb;
 pub mod kafka;
 pub mod metrics;
-pub mod migrate;
 pub mod pipeline;
-pub mod postgres_error;
-pub mod refuse;
+pub mod postgres;
+pub mod readiness;
 pub mod rollup;
 pub mod row;
-pub mod sql;
-pub mod write;
-pub mod writer;
+pub mod uri;
+
+// The paths these modules had before they moved under `postgres`, which
+// the integration tests use.
+pub use postgres::{migrate, refuse, sql};
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -87,7 +97,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, SinkError> {
     let cfg = config.section;
-    let target = db::PgTarget::parse(cfg.postgres_uri.expose())?;
+    let target = cfg.postgres_uri.target().clone();
     let tls = target.tls()?;
 
     let handle = telemetry::install_recorder();
@@ -95,22 +105,26 @@ pub async fn start(
     let health = Health::new();
     // Writer 0 is the one that must work (it writes what the others cannot),
     // so readiness follows its connection.
-    let readiness = metrics::Readiness::new(health.clone(), 1);
+    let readiness = readiness::Readiness::new(health.clone());
     // The telemetry server outlives `shutdown` until the sink has finished.
     let telemetry_stop = CancellationToken::new();
     let server =
         telemetry::serve(&cfg.metrics_address, handle, health, telemetry_stop.clone()).await?;
 
     let last_commit = Arc::new(AtomicU64::new(0));
-    let consumer =
-        match kafka::consumer(&config.kafka, &cfg, readiness.clone(), last_commit.clone()) {
-            Ok(c) => c,
-            Err(e) => {
-                telemetry_stop.cancel();
-                return Err(e);
-            }
-        };
-    tokio::spawn(kafka::commit_age_ticker(
+    let consumer = match kafka::consumer::consumer(
+        &config.kafka,
+        &cfg,
+        readiness.clone(),
+        last_commit.clone(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            telemetry_stop.cancel();
+            return Err(e);
+        }
+    };
+    tokio::spawn(kafka::commit::commit_age_ticker(
         last_commit.clone(),
         telemetry_stop.clone(),
     ));

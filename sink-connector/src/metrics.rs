@@ -1,12 +1,10 @@
-//! Metric names and readiness.
+//! The sink's metrics: every name, and its help text.
 //!
 //! Every name starts with `website_monitor_` and is listed, with its labels,
 //! under "Metrics" in the sink's part of README.md.
 
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use connector_common::telemetry::Health;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 
 /// Records read from Kafka (counter).
@@ -92,109 +90,4 @@ pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// Readiness from two sides: PostgreSQL (each of the `writers` connections)
-/// and Kafka. `/readyz` is 200 only when every connection and Kafka are fine,
-/// and otherwise names what is wrong.
-#[derive(Debug, Clone)]
-pub struct Readiness {
-    health: Health,
-    state: Arc<Mutex<State>>,
-}
-
-#[derive(Debug)]
-struct State {
-    /// One entry per PostgreSQL connection: fine (`None`) or the problem.
-    db: Vec<Option<String>>,
-    kafka: Option<String>,
-}
-
-impl Readiness {
-    /// Not ready until Kafka and each of `connections` PostgreSQL
-    /// connections report in.
-    pub fn new(health: Health, connections: usize) -> Self {
-        let r = Self {
-            health,
-            state: Arc::new(Mutex::new(State {
-                db: vec![Some("PostgreSQL: not connected yet".to_owned()); connections.max(1)],
-                kafka: Some("Kafka: no broker reached yet".to_owned()),
-            })),
-        };
-        r.publish();
-        r
-    }
-
-    /// PostgreSQL connection number `connection` (from 0) is fine (`None`)
-    /// or not (the reason).
-    pub fn set_db(&self, connection: usize, problem: Option<String>) {
-        {
-            let mut s = self.state.lock().expect("readiness lock");
-            if connection >= s.db.len() {
-                s.db.resize(connection + 1, None);
-            }
-            s.db[connection] = problem;
-        }
-        self.publish();
-    }
-
-    /// Kafka is fine (`None`) or not (the reason).
-    pub fn set_kafka(&self, problem: Option<String>) {
-        self.state.lock().expect("readiness lock").kafka = problem;
-        self.publish();
-    }
-
-    fn publish(&self) {
-        let s = self.state.lock().expect("readiness lock");
-        let mut failing = s.db.iter().flatten();
-        let db = failing.next().map(|first| match failing.count() {
-            0 if s.db.len() == 1 => first.clone(),
-            0 => format!("{first} (1 of {} connections)", s.db.len()),
-            more => format!("{first} ({} of {} connections)", more + 1, s.db.len()),
-        });
-        match (db, &s.kafka) {
-            (None, None) => self.health.set_ready(),
-            (Some(a), None) => self.health.set_not_ready(a),
-            (None, Some(a)) => self.health.set_not_ready(a.clone()),
-            (Some(a), Some(b)) => self.health.set_not_ready(format!("{a}; {b}")),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_only_when_every_connection_and_kafka_are() {
-        let health = Health::new();
-        let r = Readiness::new(health.clone(), 2);
-        let reason = || health.not_ready_reason();
-        r.set_kafka(None);
-        assert_eq!(
-            reason().as_deref(),
-            Some("PostgreSQL: not connected yet (2 of 2 connections)")
-        );
-        r.set_db(0, None);
-        assert_eq!(
-            reason().as_deref(),
-            Some("PostgreSQL: not connected yet (1 of 2 connections)"),
-            "connection 1 has not reported yet"
-        );
-        r.set_db(1, None);
-        assert_eq!(reason(), None);
-        r.set_db(1, Some("PostgreSQL at h: down".to_owned()));
-        r.set_db(0, None);
-        assert!(reason().is_some(), "one failing connection is enough");
-        r.set_db(1, None);
-        r.set_kafka(Some("Kafka: down".to_owned()));
-        assert_eq!(reason().as_deref(), Some("Kafka: down"));
-        let single = Readiness::new(Health::new(), 1);
-        single.set_kafka(None);
-        assert_eq!(
-            single.health.not_ready_reason().as_deref(),
-            Some("PostgreSQL: not connected yet"),
-            "one connection: the message as it always was"
-        );
-    }
 }

@@ -3,16 +3,16 @@
 //!
 //! The consumer is in a group with `enable.auto.offset.store=false` and
 //! `enable.auto.commit=false`: a batch is split by partition over the
-//! `writers` connections ([`crate::writer`]), and its offsets are stored and
+//! `writers` connections ([`crate::postgres::writer`]), and its offsets are stored and
 //! committed only after every part's PostgreSQL transaction has committed. A
 //! crash (or a shutdown that leaves a part unwritten) in between redelivers
-//! the batch, and the offsets table (see [`crate::write`]) drops the records
+//! the batch, and the offsets table (see [`crate::postgres::write`]) drops the records
 //! already written, so nothing is stored twice.
 //!
 //! Rebalances: records of partitions revoked while a batch is being collected
 //! are dropped from it (the rebalance happens inside `recv()`; librdkafka
 //! re-fetches from the committed offset if the partition comes back), and a
-//! batch never holds one Kafka position twice (see [`crate::write`]). A batch
+//! batch never holds one Kafka position twice (see [`crate::postgres::write`]). A batch
 //! already being written when its partitions move is written anyway (all or
 //! nothing, one transaction); the new owner finds its records below
 //! `next_offset` under the same row lock and skips them — or wrote them first,
@@ -28,7 +28,7 @@
 //! says why, and [`Pipeline::run`] returns [`SinkError::KafkaFatal`].
 //!
 //! Every attempt to connect or write is bounded by `write_timeout` (and, after
-//! SIGTERM, by what is left of `shutdown_timeout`, see [`crate::writer`]);
+//! SIGTERM, by what is left of `shutdown_timeout`, see [`crate::postgres::writer`]);
 //! the Kafka commit, the watermark check and the consumer's close are bounded
 //! too (after SIGTERM by what is left of the same budget), so a dead peer
 //! can neither hang the sink while `/readyz` says ready nor stop it from
@@ -47,13 +47,14 @@ use crate::batch::split_by_partition;
 use crate::batch::{commit_positions, Msg, Outcome, Skipped};
 use crate::collect::Collector;
 use crate::config::SinkConfig;
-use crate::db::PgTarget;
 use crate::decode::Limits;
 use crate::error::SinkError;
-use crate::kafka::{commit, fatal_error, leave_static_group, SinkConsumer, COMMIT_TIMEOUT};
+use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
+use crate::kafka::consumer::{fatal_error, leave_static_group, SinkConsumer};
 use crate::metrics as m;
-use crate::metrics::Readiness;
-use crate::writer::{Shared, Writer, Written};
+use crate::postgres::writer::{Shared, Writer, Written};
+use crate::readiness::Readiness;
+use crate::uri::PgTarget;
 
 /// Longest wait for a partition's watermarks from the broker.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use connector_common::config::{Invalid, StringMap, Validate};
 use connector_common::limits::{
-    check_duration, check_number, listen_address_problem, text_problem, topic_problem, truncate,
+    check_duration, check_number, text_problem, topic_problem, truncate,
 };
+use connector_common::listen::ListenAddress;
 use connector_common::secret::Headers;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -101,7 +102,7 @@ pub struct SourceConfig {
     pub threads: Option<usize>,
     /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a free one.
     #[serde(default = "default_metrics_address")]
-    pub metrics_address: String,
+    pub metrics_address: ListenAddress,
     /// Whether to export the per-url gauges (up, duration, cert days left);
     /// turn off for very large site lists.
     #[serde(default = "default_true")]
@@ -424,8 +425,8 @@ fn default_timeout() -> Duration {
 fn default_concurrency() -> usize {
     1024
 }
-fn default_metrics_address() -> String {
-    "127.0.0.1:9464".to_owned()
+fn default_metrics_address() -> ListenAddress {
+    "127.0.0.1:9464".parse().expect("a valid address")
 }
 fn default_true() -> bool {
     true
@@ -486,9 +487,6 @@ impl Validate for SourceConfig {
                 key("threads"),
                 format!("must be between 1 and {MAX_THREADS}; leave it out for one per CPU core"),
             ));
-        }
-        if let Some(problem) = listen_address_problem(&self.metrics_address) {
-            out.push(Invalid::new(key("metrics_address"), problem));
         }
         let ms = Duration::from_millis;
         check_duration(

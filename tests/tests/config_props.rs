@@ -129,11 +129,37 @@ fn check(text: &str, section: Section) {
         Err(ConfigError::Syntax { line, column, .. }) => {
             assert!(line >= 1 && column >= 1);
         }
-        Err(
-            e @ ConfigError::Invalid {
-                line: Some(line), ..
-            },
-        ) => {
+        Err(e @ ConfigError::Invalid { .. }) => check_invalid(text, e),
+        // Several keys: one line each, each naming the file, the key and
+        // (when the file writes it) its line, like a single problem.
+        Err(e @ ConfigError::Several { .. }) => {
+            let shown = e.to_string();
+            let ConfigError::Several { path, problems } = e else {
+                unreachable!()
+            };
+            assert!(problems.len() >= 2, "{shown}");
+            for (p, shown) in problems.into_iter().zip(shown.lines()) {
+                let one = ConfigError::Invalid {
+                    path: path.clone(),
+                    key: p.key,
+                    line: p.line,
+                    message: p.message,
+                };
+                assert_eq!(one.to_string(), shown);
+                check_invalid(text, one);
+            }
+        }
+        Err(e) => panic!("neither a syntax error nor a named key: {e}\n--- text:\n{text}"),
+    }
+}
+
+/// One refused key: the message names the file, the key and, when the file
+/// writes the key (or a parent of it), its line.
+fn check_invalid(text: &str, e: ConfigError) {
+    match e {
+        e @ ConfigError::Invalid {
+            line: Some(line), ..
+        } => {
             let ConfigError::Invalid { key, .. } = &e else {
                 unreachable!()
             };
@@ -146,7 +172,7 @@ fn check(text: &str, section: Section) {
         }
         // A key the file does not write (e.g. no `[source]` and so no
         // sites): the file and the key are named, and no line can be.
-        Err(e @ ConfigError::Invalid { line: None, .. }) => {
+        e @ ConfigError::Invalid { line: None, .. } => {
             let ConfigError::Invalid { key, .. } = &e else {
                 unreachable!()
             };
@@ -160,7 +186,7 @@ fn check(text: &str, section: Section) {
                 "{e}"
             );
         }
-        Err(e) => panic!("neither a syntax error nor a named key: {e}\n--- text:\n{text}"),
+        e => panic!("not a refused key: {e}"),
     }
 }
 

@@ -174,37 +174,37 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "init",
-        sql: include_str!("../migrations/0001_init.sql"),
+        sql: include_str!("../../migrations/0001_init.sql"),
     },
     Migration {
         version: 2,
         name: "history_without_foreign_key",
-        sql: include_str!("../migrations/0002_history_without_foreign_key.sql"),
+        sql: include_str!("../../migrations/0002_history_without_foreign_key.sql"),
     },
     Migration {
         version: 3,
         name: "latest_fillfactor",
-        sql: include_str!("../migrations/0003_latest_fillfactor.sql"),
+        sql: include_str!("../../migrations/0003_latest_fillfactor.sql"),
     },
     Migration {
         version: 4,
         name: "history_keyed_by_position",
-        sql: include_str!("../migrations/0004_history_keyed_by_position.sql"),
+        sql: include_str!("../../migrations/0004_history_keyed_by_position.sql"),
     },
     Migration {
         version: 5,
         name: "rejects_bounded",
-        sql: include_str!("../migrations/0005_rejects_bounded.sql"),
+        sql: include_str!("../../migrations/0005_rejects_bounded.sql"),
     },
     Migration {
         version: 6,
         name: "partitions_and_rollups",
-        sql: include_str!("../migrations/0006_partitions_and_rollups.sql"),
+        sql: include_str!("../../migrations/0006_partitions_and_rollups.sql"),
     },
     Migration {
         version: 7,
         name: "sql_api",
-        sql: include_str!("../migrations/0007_sql_api.sql"),
+        sql: include_str!("../../migrations/0007_sql_api.sql"),
     },
 ];
 

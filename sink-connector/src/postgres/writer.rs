@@ -4,7 +4,7 @@
 //! [`crate::pipeline`] splits every batch with [`crate::batch::split_by_partition`] and has
 //! each writer write its part at the same time, so PostgreSQL runs up to
 //! `writers` batch transactions on as many backends (cores). Each part is
-//! an ordinary batch transaction of [`crate::write`]:
+//! an ordinary batch transaction of [`crate::postgres::write`]:
 //!
 //! - a partition is in exactly one part, so two writers never lock the same
 //!   offsets row, and each part skips its own already-written records;
@@ -34,14 +34,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Msg, Outcome};
 use crate::config::SinkConfig;
-use crate::db::PgTarget;
 use crate::error::SinkError;
 use crate::metrics as m;
-use crate::metrics::Readiness;
-use crate::migrate::{migrate, Tables};
-use crate::postgres_error::{db_message, is_connection_error};
-use crate::refuse::{write_batch, Search};
-use crate::sql::{Conn, Sql};
+use crate::postgres::error::{db_message, is_connection_error};
+use crate::postgres::migrate::{migrate, Tables};
+use crate::postgres::refuse::{write_batch, Search};
+use crate::postgres::sql::{connect, Conn, Sql};
+use crate::readiness::Readiness;
+use crate::uri::PgTarget;
 
 /// Backoff between failed attempts: 100 ms doubling to 10 s, with jitter.
 fn backoff() -> Backoff {
@@ -183,7 +183,7 @@ impl Shared {
 /// prepares. `Ok(Err(message))` is worth retrying; a migration PostgreSQL
 /// refuses is fatal unless `started`.
 async fn open(shared: &Shared, started: bool) -> Result<Result<Conn, String>, SinkError> {
-    let mut client = match shared.target.connect(&shared.tls).await {
+    let mut client = match connect(&shared.target, &shared.tls).await {
         Ok(c) => c,
         Err(e) => return Ok(Err(format!("unreachable: {}", db_message(&e)))),
     };
@@ -240,7 +240,8 @@ pub enum Written {
 #[derive(Debug)]
 pub struct Writer {
     shared: Arc<Shared>,
-    /// Its number, from 0: its readiness slot and its share of partitions.
+    /// Its number, from 0: its share of partitions; writer 0 alone reports
+    /// to readiness.
     index: usize,
     conn: Option<Conn>,
     /// What the search for refused records learnt about the part in hand.
@@ -255,6 +256,14 @@ impl Writer {
             index,
             conn: None,
             search: Search::default(),
+        }
+    }
+
+    /// Reports PostgreSQL fine (`None`) or not to readiness — writer 0
+    /// only: readiness follows the one writer that must work.
+    fn report(&self, problem: Option<String>) {
+        if self.index == 0 {
+            self.shared.readiness.set_postgres(problem);
         }
     }
 
@@ -297,14 +306,14 @@ impl Writer {
             };
             match attempt {
                 Ok(()) => {
-                    self.shared.readiness.set_db(self.index, None);
+                    self.report(None);
                     return Ok(true);
                 }
                 Err(e) => {
                     metrics::counter!(m::DB_ERRORS).increment(1);
                     let msg = self.problem(&e);
                     tracing::warn!(writer = self.index, "{msg}; retrying");
-                    self.shared.readiness.set_db(self.index, Some(msg));
+                    self.report(Some(msg));
                 }
             }
             tokio::select! {
@@ -334,35 +343,17 @@ impl Writer {
                 );
                 return Ok(Written::Unwritten);
             }
-            let attempt = match self.conn.as_mut() {
-                Some(conn) => {
-                    let started = Instant::now();
-                    let limit = shared.budget.limit(shared.cfg.write_timeout);
-                    let ended = shared.budget.clone().ended();
-                    tokio::select! {
-                        r = tokio::time::timeout(limit, write_batch(conn, batch, &mut self.search)) => match r {
-                            Ok(Ok(o)) => {
-                                metrics::histogram!(m::BATCH_WRITE_SECONDS)
-                                    .record(started.elapsed().as_secs_f64());
-                                Ok(o)
-                            }
-                            Ok(Err(e)) => Err(e.to_string()),
-                            Err(_) => Err(format!(
-                                "the write took longer than {} (write_timeout); abandoning the connection",
-                                humantime::format_duration(limit)
-                            )),
-                        },
-                        () = ended => Err("shutdown_timeout passed during the write".to_owned()),
-                    }
-                }
-                None => match self.connect().await? {
+            let attempt = if self.conn.is_some() {
+                self.attempt(batch).await
+            } else {
+                match self.connect().await? {
                     Ok(()) => continue,
                     Err(e) => Err(e),
-                },
+                }
             };
             match attempt {
                 Ok(o) => {
-                    shared.readiness.set_db(self.index, None);
+                    self.report(None);
                     return Ok(Written::Done(o));
                 }
                 Err(e) if !persistent => {
@@ -379,29 +370,65 @@ impl Writer {
                     self.search.clear();
                     return Ok(Written::GaveUp);
                 }
-                Err(e) => {
-                    metrics::counter!(m::DB_ERRORS).increment(1);
-                    metrics::counter!(m::DB_RETRIES).increment(1);
-                    let msg = self.problem(&e);
-                    tracing::warn!(
-                        writer = self.index,
-                        records = batch.len(),
-                        "batch not written: {msg}; retrying"
-                    );
-                    shared.readiness.set_db(self.index, Some(msg));
-                    // Start from a fresh connection: the old one may be dead or
-                    // half-way through a failed transaction.
-                    self.conn = None;
+                Err(e) => self.failed(&e, batch.len()),
+            }
+            self.pause(backoff.next_wait()).await;
+        }
+    }
+
+    /// One write of `batch` on the open connection, bounded by
+    /// `write_timeout` and by what is left of `shutdown_timeout`.
+    /// `Err(message)` is worth retrying.
+    async fn attempt(&mut self, batch: &[Msg]) -> Result<Outcome, String> {
+        let shared = &*self.shared;
+        let conn = self.conn.as_mut().expect("attempt needs a connection");
+        let started = Instant::now();
+        let limit = shared.budget.limit(shared.cfg.write_timeout);
+        let ended = shared.budget.clone().ended();
+        tokio::select! {
+            r = tokio::time::timeout(limit, write_batch(conn, batch, &mut self.search)) => match r {
+                Ok(Ok(o)) => {
+                    metrics::histogram!(m::BATCH_WRITE_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
+                    Ok(o)
                 }
-            }
-            let wait = backoff.next_wait();
-            let ended = shared.budget.clone().ended();
-            let shutting_down = shared.shutdown.is_cancelled();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                () = ended => {}
-                _ = shared.shutdown.cancelled(), if !shutting_down => {}
-            }
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "the write took longer than {} (write_timeout); abandoning the connection",
+                    humantime::format_duration(limit)
+                )),
+            },
+            () = ended => Err("shutdown_timeout passed during the write".to_owned()),
+        }
+    }
+
+    /// A persistent writer's failed attempt: counted, logged, reported to
+    /// readiness, and the connection dropped — the next attempt starts on a
+    /// fresh one (the old one may be dead or half-way through a failed
+    /// transaction).
+    fn failed(&mut self, e: &str, records: usize) {
+        metrics::counter!(m::DB_ERRORS).increment(1);
+        metrics::counter!(m::DB_RETRIES).increment(1);
+        let msg = self.problem(e);
+        tracing::warn!(
+            writer = self.index,
+            records,
+            "batch not written: {msg}; retrying"
+        );
+        self.report(Some(msg));
+        self.conn = None;
+    }
+
+    /// Waits `wait` before the next attempt, less when `shutdown_timeout`
+    /// ends first or shutdown begins during the wait.
+    async fn pause(&self, wait: Duration) {
+        let shared = &*self.shared;
+        let ended = shared.budget.clone().ended();
+        let shutting_down = shared.shutdown.is_cancelled();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            () = ended => {}
+            _ = shared.shutdown.cancelled(), if !shutting_down => {}
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The SQL of the batch transaction, with the sink's (quoted) table names
-//! filled in, and a connection with every statement prepared on it.
+//! filled in; connecting to PostgreSQL, and a connection with every
+//! statement prepared on it.
 
 use std::error::Error as StdError;
 
@@ -7,7 +8,25 @@ use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
-use crate::migrate::Tables;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::postgres::error::db_message;
+use crate::postgres::migrate::Tables;
+use crate::uri::PgTarget;
+
+/// Connects once to `target` and drives the connection on a background task.
+pub async fn connect(
+    target: &PgTarget,
+    tls: &MakeRustlsConnect,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = target.config.connect(tls.clone()).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %db_message(&e), "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
 
 /// A `jsonb`/`json` parameter from JSON text already validated in Rust:
 /// sent as-is, never re-serialised.

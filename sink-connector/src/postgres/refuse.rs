@@ -31,8 +31,9 @@ use std::time::SystemTime;
 
 use crate::batch::{Msg, Outcome};
 use crate::decode::{Decoded, Good, Reason, Rejected};
-use crate::sql::Conn;
-use crate::write::{write_tx, Mode, WriteError};
+use crate::postgres::kept::truncate_str;
+use crate::postgres::sql::Conn;
+use crate::postgres::write::{write_tx, Mode, WriteError};
 
 /// A record's Kafka position: topic, partition, offset.
 type Position = (Arc<str>, i32, i64);
@@ -191,7 +192,7 @@ async fn write_refusing(
         }
         let found = search.refused.len() - before;
         if let Some(detail) = search.refused.values().next() {
-            tracing::warn!(records = found, refused = search.refused.len(), example = %truncated(detail), "records refused by PostgreSQL; rejecting them (reason `database`)");
+            tracing::warn!(records = found, refused = search.refused.len(), example = %truncate_str(detail, 512), "records refused by PostgreSQL; rejecting them (reason `database`)");
         }
     }
 }
@@ -311,14 +312,6 @@ async fn in_order(conn: &mut Conn, msgs: &[Msg], search: &mut Search) -> Result<
         format!("{detail} (refused together with the records before it in the batch)"),
     );
     Ok(())
-}
-
-fn truncated(detail: &str) -> &str {
-    let mut end = detail.len().min(512);
-    while !detail.is_char_boundary(end) {
-        end -= 1;
-    }
-    &detail[..end]
 }
 
 #[cfg(test)]

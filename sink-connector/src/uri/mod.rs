@@ -1,4 +1,5 @@
-//! Connecting to PostgreSQL, with TLS as libpq understands `sslmode`.
+//! `postgres_uri`, parsed once at load ([`PostgresUri`]): where PostgreSQL
+//! is, and the TLS to reach it with, as libpq understands `sslmode`.
 //!
 //! `tokio-postgres` parses only `sslmode=disable|prefer|require` and knows no
 //! `sslrootcert`, so [`PgTarget::parse`] takes those two out of the connection
@@ -16,7 +17,9 @@
 //! `sslrootcert=system` trusts the public web roots (for managed services
 //! signed by a public CA).
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -24,11 +27,12 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode;
-use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use connector_common::secret::percent_decoded;
+use connector_common::limits::text_problem;
+use connector_common::secret::{percent_decoded, ConnectionString};
 use connector_common::tls::AcceptAnyServerCert;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A connection string that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -237,17 +241,6 @@ impl PgTarget {
         Ok(store)
     }
 
-    /// Connects once and drives the connection on a background task.
-    pub async fn connect(&self, tls: &MakeRustlsConnect) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(tls.clone()).await?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %crate::postgres_error::db_message(&e), "PostgreSQL connection ended");
-            }
-        });
-        Ok(client)
-    }
-
     /// `host:port/db` for log lines (no credentials).
     pub fn describe(&self) -> String {
         let host = self
@@ -263,6 +256,74 @@ impl PgTarget {
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
         let db = self.config.get_dbname().unwrap_or("");
         format!("{host}:{port}/{db} (sslmode={})", self.sslmode)
+    }
+}
+
+/// `postgres_uri` as the configuration holds it: parsed once, at load, into
+/// the [`PgTarget`] every connection is made from, next to the text it came
+/// from. `Debug`, `Display` and `Serialize` show the text with its password
+/// masked ([`ConnectionString`]); nothing prints the password.
+#[derive(Clone)]
+pub struct PostgresUri {
+    text: ConnectionString,
+    target: PgTarget,
+}
+
+impl PostgresUri {
+    /// Longest connection string accepted.
+    pub const MAX_BYTES: usize = 8192;
+
+    /// The parsed target: what to connect to, and how TLS is checked.
+    pub fn target(&self) -> &PgTarget {
+        &self.target
+    }
+
+    /// The string itself, password included: only for tests and tools that
+    /// must hand it on.
+    pub fn expose(&self) -> &str {
+        self.text.expose()
+    }
+}
+
+impl FromStr for PostgresUri {
+    type Err = String;
+
+    /// Checks `text` is plain one-line text, then parses it ([`PgTarget::parse`]);
+    /// the error is the message for `sink.postgres_uri`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(problem) = text_problem(text, Self::MAX_BYTES) {
+            return Err(problem);
+        }
+        let target = PgTarget::parse(text).map_err(|e| e.to_string())?;
+        Ok(Self {
+            text: ConnectionString::new(text),
+            target,
+        })
+    }
+}
+
+impl fmt::Debug for PostgresUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.text, f)
+    }
+}
+
+impl fmt::Display for PostgresUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.text, f)
+    }
+}
+
+impl Serialize for PostgresUri {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.text.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PostgresUri {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -385,106 +446,4 @@ impl ServerCertVerifier for ChainOnly {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_sslmodes_map_like_libpq() {
-        let t = PgTarget::parse("postgres://u@h:5433/db").unwrap();
-        assert_eq!(t.config.get_ssl_mode(), SslMode::Prefer);
-        assert_eq!(t.verify, Verify::None);
-        let t = PgTarget::parse("postgres://u@h/db?sslmode=require").unwrap();
-        assert_eq!(
-            (t.config.get_ssl_mode(), t.verify),
-            (SslMode::Require, Verify::None)
-        );
-        let t = PgTarget::parse("postgres://u@h/db?sslmode=verify-ca&sslrootcert=/a%20b/ca.pem")
-            .unwrap();
-        assert_eq!(
-            (t.config.get_ssl_mode(), t.verify),
-            (SslMode::Require, Verify::Ca)
-        );
-        assert_eq!(t.root_cert.as_deref(), Some("/a b/ca.pem"));
-        let t = PgTarget::parse(
-            "postgresql://u@h/db?sslrootcert=ca.pem&sslmode=verify-full&application_name=x",
-        )
-        .unwrap();
-        assert_eq!(t.verify, Verify::Full);
-        assert_eq!(t.config.get_application_name(), Some("x"));
-        let t = PgTarget::parse("postgres://u@h/db?sslmode=require&sslrootcert=ca.pem").unwrap();
-        assert_eq!(
-            t.verify,
-            Verify::Ca,
-            "require + root cert behaves as verify-ca in libpq"
-        );
-        let t = PgTarget::parse("postgres://u@h/db?sslmode=disable").unwrap();
-        assert_eq!(t.config.get_ssl_mode(), SslMode::Disable);
-    }
-
-    #[test]
-    fn key_value_form_is_understood() {
-        let t = PgTarget::parse(
-            "host=h port=5433 dbname='my db' sslmode = verify-full sslrootcert='/x y/ca.pem'",
-        )
-        .unwrap();
-        assert_eq!(t.verify, Verify::Full);
-        assert_eq!(t.root_cert.as_deref(), Some("/x y/ca.pem"));
-        assert_eq!(t.config.get_dbname(), Some("my db"));
-        assert_eq!(t.config.get_ports(), &[5433]);
-    }
-
-    #[test]
-    fn bad_strings_are_refused() {
-        assert!(matches!(
-            PgTarget::parse("postgres://h/db?sslmode=maybe"),
-            Err(UriError::SslMode(_))
-        ));
-        assert!(matches!(
-            PgTarget::parse("postgres://h/db?sslcert=c.pem"),
-            Err(UriError::Unsupported(_))
-        ));
-        assert!(matches!(
-            PgTarget::parse("postgres://h/db?port=x"),
-            Err(UriError::Parse(_))
-        ));
-        assert!(PgTarget::parse("host=h dbname='open").is_err());
-    }
-
-    #[test]
-    fn verify_without_root_cert_file_is_a_clear_error() {
-        let t =
-            PgTarget::parse("postgres://h/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem")
-                .unwrap();
-        let e = t.tls().err().expect("missing file is an error").to_string();
-        assert!(e.contains("/nonexistent/ca.pem"), "{e}");
-    }
-
-    #[test]
-    fn keepalives_and_user_timeout_default_short_but_the_uri_wins() {
-        let t = PgTarget::parse("postgres://u@h/db").unwrap();
-        assert!(t.config.get_keepalives());
-        assert_eq!(
-            t.config.get_keepalives_idle(),
-            std::time::Duration::from_secs(30)
-        );
-        assert_eq!(
-            t.config.get_tcp_user_timeout(),
-            Some(&std::time::Duration::from_secs(60))
-        );
-        let t = PgTarget::parse("host=h keepalives_idle=99 tcp_user_timeout=7").unwrap();
-        assert_eq!(
-            t.config.get_keepalives_idle(),
-            std::time::Duration::from_secs(99)
-        );
-        assert_eq!(
-            t.config.get_tcp_user_timeout(),
-            Some(&std::time::Duration::from_secs(7))
-        );
-    }
-
-    #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decoded("a%2Fb%20c"), "a/b c");
-        assert_eq!(percent_decoded("100%"), "100%");
-    }
-}
+mod tests;

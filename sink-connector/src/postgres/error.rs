@@ -59,7 +59,7 @@ pub fn is_connection_error(e: &tokio_postgres::Error) -> bool {
 /// Only candidates: the batch writer first writes a canary record (a
 /// refusal that hits it too lies in the schema, not in a record: a column
 /// added `NOT NULL`, a revoked privilege, a dropped table) and then rejects a
-/// record only when it fails on its own or in order ([`crate::refuse`]).
+/// record only when it fails on its own or in order ([`crate::postgres::refuse`]).
 pub fn is_record_refusal(e: &tokio_postgres::Error) -> bool {
     const ENVIRONMENT: [&str; 13] = [
         "08", "25", "28", "3D", "3F", "40", "53", "55", "57", "58", "F0", "XX", "HV",

@@ -20,7 +20,7 @@
 //!
 //! Only after this returns does the caller store and commit Kafka offsets.
 //! Repeats of a position within a batch, and finding the records PostgreSQL
-//! refuses, are [`crate::refuse`]'s part: it calls `write_tx` with the
+//! refuses, are [`crate::postgres::refuse`]'s part: it calls `write_tx` with the
 //! refused records and, to find them, in rolled-back probe mode.
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,8 +34,9 @@ use tokio_postgres::{Statement, Transaction};
 
 use crate::batch::{Msg, Outcome, Skipped};
 use crate::decode::{Decoded, Good, Rejected};
-use crate::postgres_error::{db_message, is_record_refusal};
-use crate::sql::{Conn, RawJson, Statements};
+use crate::postgres::error::{db_message, is_record_refusal};
+use crate::postgres::kept::{prefix, truncate_str, Kept, MAX_DETAIL_BYTES, MAX_KEPT_BYTES};
+use crate::postgres::sql::{Conn, RawJson, Statements};
 
 /// Why a batch was not written. Nothing was committed; retry it.
 #[derive(Debug, thiserror::Error)]
@@ -75,48 +76,6 @@ pub(crate) enum Mode {
     /// Write only the good records of a subset that are not written yet, and
     /// roll back: used to find the record PostgreSQL refuses.
     Probe,
-}
-
-/// Most bytes of a rejected record's value (and key) kept in the rejects
-/// table: one huge record cannot fill the disk. `raw_length` and
-/// `raw_sha256` still describe the whole value.
-pub const MAX_KEPT_BYTES: usize = 1 << 20;
-
-/// Most bytes of a reject's `detail` (PostgreSQL's message can quote the value).
-pub const MAX_DETAIL_BYTES: usize = 4096;
-
-/// What the rejects table keeps of a record's value.
-struct Kept<'a> {
-    raw: Option<&'a [u8]>,
-    length: Option<i64>,
-    sha256: Option<[u8; 32]>,
-}
-
-impl<'a> Kept<'a> {
-    fn of(payload: Option<&'a [u8]>) -> Self {
-        use sha2::Digest;
-        Self {
-            raw: payload.map(|p| prefix(p, MAX_KEPT_BYTES)),
-            length: payload.map(|p| i64::try_from(p.len()).unwrap_or(i64::MAX)),
-            sha256: payload.map(|p| sha2::Sha256::digest(p).into()),
-        }
-    }
-}
-
-fn prefix(bytes: &[u8], max: usize) -> &[u8] {
-    &bytes[..bytes.len().min(max)]
-}
-
-/// `s` cut to at most `max` bytes at a character boundary.
-fn truncate_str(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The time a record counts as checked at: its own `checked_at`, else its
@@ -484,18 +443,5 @@ mod tests {
         let mut m2 = m.clone();
         m2.timestamp = None;
         assert_eq!(effective_time(&m2, &g, now), now);
-    }
-
-    #[test]
-    fn rejects_keep_a_bounded_prefix_with_the_whole_length_and_hash() {
-        let big = vec![b'x'; MAX_KEPT_BYTES + 10];
-        let kept = Kept::of(Some(&big));
-        assert_eq!(kept.raw.map(<[u8]>::len), Some(MAX_KEPT_BYTES));
-        assert_eq!(kept.length, Some(big.len() as i64));
-        assert_eq!(kept.sha256.map(|h| h[0]), Some(0x54));
-        let none = Kept::of(None);
-        assert!(none.raw.is_none() && none.length.is_none() && none.sha256.is_none());
-        assert_eq!(truncate_str("aé", 2), "a");
-        assert_eq!(truncate_str("abc", 9), "abc");
     }
 }

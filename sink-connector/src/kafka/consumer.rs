@@ -1,6 +1,5 @@
-//! The Kafka side of the sink: the group consumer and its librdkafka
-//! context (statistics → lag, errors → readiness, rebalances), leaving the
-//! group, and committing a written batch's offsets.
+//! The group consumer and its librdkafka context (statistics → lag, errors →
+//! readiness, rebalances, fatal errors), and leaving the group.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,19 +9,17 @@ use std::time::Duration;
 use connector_common::retry::RateLimit;
 use connector_common::KafkaConfig;
 use rdkafka::client::ClientContext;
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
 use crate::error::SinkError;
 use crate::metrics as m;
-use crate::metrics::Readiness;
+use crate::readiness::Readiness;
 
 /// librdkafka callbacks: statistics (consumer lag, broker state), errors,
 /// commit results and rebalances.
@@ -250,9 +247,6 @@ pub fn consumer(
     Ok(consumer)
 }
 
-/// Longest wait for one synchronous Kafka offset commit.
-pub(crate) const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A static member's close does not leave the group (KIP-345): its
 /// partitions would wait `session.timeout.ms` for it to come back.
 /// Unsubscribing first makes librdkafka send the LeaveGroup once the
@@ -295,80 +289,9 @@ pub(crate) fn kafka_error(e: &KafkaError) {
     tracing::debug!(error = %e, "Kafka consumer error");
 }
 
-fn mark_committed(last_commit: &AtomicU64) {
+/// Records a successful commit: for the commit-age metric and its gauge.
+pub(crate) fn mark_committed(last_commit: &AtomicU64) {
     let now = m::unix_now();
     last_commit.store(now.to_bits(), Ordering::Relaxed);
     metrics::gauge!(m::LAST_COMMIT_TIMESTAMP).set(now);
-}
-
-/// Stores and commits `positions` — the next offset per partition of a batch
-/// that is in PostgreSQL ([`commit_positions`]).
-///
-/// The commit is synchronous (on a blocking thread) so its result is known:
-/// the StreamConsumer does not deliver asynchronous commit results. One
-/// round trip per batch, awaited at most `limit` ([`COMMIT_TIMEOUT`], less
-/// once shutdown has begun); while a commit is
-/// still outstanding the next batch's is skipped (a later one covers it, and
-/// a redelivery is skipped by the offsets table).
-pub(crate) async fn commit(
-    ended: impl std::future::Future<Output = ()>,
-    consumer: &Arc<SinkConsumer>,
-    positions: Vec<(Arc<str>, i32, i64)>,
-    last_commit: &AtomicU64,
-    committing: &Arc<AtomicBool>,
-    limit: Duration,
-) {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, p, next) in positions {
-        if let Err(e) = tpl.add_partition_offset(&topic, p, Offset::Offset(next)) {
-            tracing::warn!(error = %e, "cannot build the offset list");
-            return;
-        }
-    }
-    if let Err(e) = consumer.store_offsets(&tpl) {
-        // Partitions revoked meanwhile: their new owner skips what we wrote.
-        tracing::debug!(error = %e, "storing offsets failed");
-    }
-    if committing.swap(true, Ordering::AcqRel) {
-        tracing::debug!("the previous Kafka commit is still outstanding; skipping this one");
-        return;
-    }
-    let c = Arc::clone(consumer);
-    let flag = Arc::clone(committing);
-    let task = tokio::task::spawn_blocking(move || {
-        let r = c.commit(&tpl, CommitMode::Sync);
-        flag.store(false, Ordering::Release);
-        r
-    });
-    let waited = tokio::select! {
-        r = tokio::time::timeout(limit, task) => r.ok(),
-        () = ended => None,
-    };
-    match waited {
-        Some(Ok(Ok(()))) => mark_committed(last_commit),
-        Some(Ok(Err(e))) => tracing::warn!(
-            error = %e,
-            "Kafka offset commit failed; the records are in PostgreSQL and will be skipped if redelivered"
-        ),
-        Some(Err(e)) => tracing::warn!(error = %e, "Kafka offset commit task failed"),
-        None => tracing::warn!(
-            "Kafka offset commit did not answer within {limit:?} (at most {COMMIT_TIMEOUT:?}, less what shutdown_timeout left); continuing without waiting (the records are in PostgreSQL and will be skipped if redelivered)"
-        ),
-    }
-}
-
-/// Keeps `website_monitor_last_commit_age_seconds` current until `stop`.
-pub async fn commit_age_ticker(last_commit: Arc<AtomicU64>, stop: CancellationToken) {
-    let started = m::unix_now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {
-                let last = f64::from_bits(last_commit.load(Ordering::Relaxed));
-                let since = if last > 0.0 { last } else { started };
-                metrics::gauge!(m::LAST_COMMIT_AGE).set((m::unix_now() - since).max(0.0));
-            }
-        }
-    }
 }

@@ -1,0 +1,417 @@
+//! Loading `connector.toml`: the one entry point that turns a file into a
+//! typed, validated configuration or into messages naming file, line and key.
+//!
+//! One file declares both connectors; each binary reads the shared top level
+//! (`log_level`, `log_format`, `[kafka]`) and its own section (`[source]` or
+//! `[sink]`). Loading goes:
+//!
+//! 1. choose the file ([`resolve_path`]): `--config`, else
+//!    `pipelines/$WEBSITE_MONITOR_ENVIRONMENT.toml`, else `./connector.toml`;
+//! 2. parse TOML (syntax errors carry line and column);
+//! 3. expand `${VAR}` and `${VAR:-default}` in every string value ([`expand()`]);
+//! 4. apply the seed's environment overrides (`kafka_host`, `kafka_topic`,
+//!    `kafka_ssl_ca`, `kafka_ssl_cert`, `kafka_ssl_key`, `postgres_uri`, `log_level`);
+//! 5. deserialise into typed structs with unknown keys refused;
+//! 6. run the section's [`Validate`] checks.
+//!
+//! Every failure is a [`ConfigError`] naming the file, the key (as a dotted
+//! path such as `source.sites[2].interval`), the line where the file says it
+//! ([`locate`]), and what to do. Past TOML syntax and `${VAR}` expansion,
+//! every problem of the file is reported at once: the top level's, `[kafka]`'s
+//! and the section's, one line each. Binaries exit with code 2 on any of them.
+//!
+//! The environment is passed in as a lookup function, so tests need not touch
+//! the process environment.
+//!
+//! Inside: `expand` (steps 3 and 4), `typed` (step 5, serde's
+//! errors as key and message), `locate` (key paths and their
+//! lines). They import each other one way only, and none of them this module.
+
+mod expand;
+mod locate;
+mod typed;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::kafka::KafkaConfig;
+use crate::limits::{truncate, MAX_FOREIGN_TEXT_BYTES};
+use crate::logging::{level_problem, LogFormat};
+
+pub use crate::problem::{require_positive, Invalid, Validate};
+pub use expand::expand;
+pub use locate::locate;
+pub use typed::friendly;
+
+/// A configuration that cannot be used. Its `Display` is the message an
+/// operator reads.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No file was given and none of the default places has one.
+    #[error("no configuration file found (tried {}); pass --config PATH or create ./connector.toml", fmt_paths(.tried))]
+    NotFound {
+        /// The paths looked at, in order.
+        tried: Vec<PathBuf>,
+    },
+    /// The file could not be read.
+    #[error("{}: cannot read configuration file: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{}:{line}:{column}: not valid TOML: {message}", .path.display())]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What the parser said.
+        message: String,
+    },
+    /// A key has a value that cannot be used, or is not a known key.
+    #[error("{}", fmt_problem(.path, .key, *.line, .message))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Dotted key path, e.g. `source.sites[2].interval`.
+        key: String,
+        /// 1-based line where the key (or its closest parent) is written, when known.
+        line: Option<usize>,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// More than one key cannot be used: every problem, one line each
+    /// (`file:line: key `k`: message`), in the order found — the top level,
+    /// `[kafka]`, then the section. The first line is what
+    /// [`ConfigError::Invalid`] would say about the first problem alone.
+    #[error("{}", fmt_several(.path, .problems))]
+    Several {
+        /// The file.
+        path: PathBuf,
+        /// Every problem, at least two.
+        problems: Vec<Problem>,
+    },
+}
+
+/// One key of a file that cannot be used, located: an item of
+/// [`ConfigError::Several`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `source.sites[2].interval`.
+    pub key: String,
+    /// 1-based line where the key (or its closest parent) is written, when known.
+    pub line: Option<usize>,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// Most problems [`ConfigError::Several`] prints; the rest are counted.
+pub const MAX_PROBLEMS_SHOWN: usize = 20;
+
+impl ConfigError {
+    /// The error for `problems` (at least one) found in `text`, the file at
+    /// `path`: each located, and bounded like any other text of the file.
+    pub fn located(path: &Path, text: &str, problems: Vec<Invalid>) -> Self {
+        let mut problems: Vec<Problem> = problems
+            .into_iter()
+            .map(|i| Problem {
+                line: locate(text, &i.key),
+                // A key is the file's own text: bounded like any other.
+                key: truncate(&i.key, 256),
+                message: truncate(&i.message, MAX_FOREIGN_TEXT_BYTES),
+            })
+            .collect();
+        if problems.len() == 1 {
+            let Problem { key, line, message } = problems.remove(0);
+            return ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key,
+                line,
+                message,
+            };
+        }
+        ConfigError::Several {
+            path: path.to_path_buf(),
+            problems,
+        }
+    }
+}
+
+fn fmt_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `path:line: key `key`: message`, the line left out when unknown.
+fn fmt_problem(path: &Path, key: &str, line: Option<usize>, message: &str) -> String {
+    let line = line.map(|l| format!(":{l}")).unwrap_or_default();
+    format!(
+        "{}{line}: key `{key}`: {}",
+        path.display(),
+        printable(message)
+    )
+}
+
+fn fmt_several(path: &Path, problems: &[Problem]) -> String {
+    let mut lines: Vec<String> = problems
+        .iter()
+        .take(MAX_PROBLEMS_SHOWN)
+        .map(|p| fmt_problem(path, &p.key, p.line, &p.message))
+        .collect();
+    if problems.len() > MAX_PROBLEMS_SHOWN {
+        lines.push(format!(
+            "{}: {} more problems not shown; fix the ones above and check again",
+            path.display(),
+            problems.len() - MAX_PROBLEMS_SHOWN
+        ));
+    }
+    lines.join("\n")
+}
+
+/// `text` with its control characters escaped (`\u{1b}`): a refused value
+/// quoted in a message must not drive the operator's terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Which section a binary reads, and which environment variables override it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// `[source]`: `kafka_topic` overrides `source.topic`.
+    Source,
+    /// `[sink]`: `kafka_topic` overrides `sink.topic`, `postgres_uri` overrides `sink.postgres_uri`.
+    Sink,
+}
+
+impl Section {
+    /// The table name in the file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Section::Source => "source",
+            Section::Sink => "sink",
+        }
+    }
+
+    /// The seed's environment variables, each overriding one key, in the
+    /// order they are applied.
+    fn overrides(self) -> Vec<expand::Override> {
+        let mut all: Vec<expand::Override> = vec![
+            (&["log_level"], "log_level"),
+            (&["kafka", "brokers"], "kafka_host"),
+            (&["kafka", "ssl_ca"], "kafka_ssl_ca"),
+            (&["kafka", "ssl_cert"], "kafka_ssl_cert"),
+            (&["kafka", "ssl_key"], "kafka_ssl_key"),
+        ];
+        match self {
+            Section::Source => all.push((&["source", "topic"], "kafka_topic")),
+            Section::Sink => all.extend([
+                (&["sink", "topic"][..], "kafka_topic"),
+                (&["sink", "postgres_uri"][..], "postgres_uri"),
+            ]),
+        }
+        all
+    }
+}
+
+/// The shared top level of the file, as each binary sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopLevel {
+    /// What to log: `off`, `error`, `warn`, `info`, `debug`, `trace`, or a
+    /// `tracing` filter whose every comma-separated part is a level or
+    /// `target=level`, such as `info,website_monitor_sink=debug`. Env: `log_level`.
+    #[serde(default = "default_log_level")]
+    log_level: String,
+    /// Log lines on stderr: `text`, or `json` (one JSON object per line).
+    #[serde(default)]
+    log_format: LogFormat,
+    #[serde(default)]
+    kafka: KafkaConfig,
+    #[serde(default)]
+    source: Option<toml::Value>,
+    #[serde(default)]
+    sink: Option<toml::Value>,
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+/// A loaded, validated configuration for one connector.
+#[derive(Debug, Clone, Serialize)]
+pub struct Loaded<S> {
+    /// The file it came from.
+    #[serde(skip)]
+    pub path: PathBuf,
+    /// `tracing` filter directive (`log_level`, env `log_level`).
+    pub log_level: String,
+    /// Text or JSON log lines (`log_format`).
+    pub log_format: LogFormat,
+    /// The shared `[kafka]` section.
+    pub kafka: KafkaConfig,
+    /// The connector's own section.
+    pub section: S,
+}
+
+/// Picks the configuration file: `explicit`, else
+/// `pipelines/$WEBSITE_MONITOR_ENVIRONMENT.toml` when that variable is set,
+/// else `./connector.toml`.
+pub fn resolve_path(
+    explicit: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut tried = Vec::new();
+    if let Some(name) = env("WEBSITE_MONITOR_ENVIRONMENT").filter(|n| !n.is_empty()) {
+        let p = PathBuf::from("pipelines").join(format!("{name}.toml"));
+        if p.exists() {
+            return Ok(p);
+        }
+        tried.push(p);
+    }
+    let p = PathBuf::from("connector.toml");
+    if p.exists() {
+        return Ok(p);
+    }
+    tried.push(p);
+    Err(ConfigError::NotFound { tried })
+}
+
+/// Reads, expands, overrides, deserialises and validates the file at `path`
+/// for `section`. `env` looks up environment variables (pass
+/// [`process_env`] in binaries).
+pub fn load<S>(
+    path: &Path,
+    section: Section,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded<S>, ConfigError>
+where
+    S: DeserializeOwned + Validate,
+{
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    load_str(&text, path, section, env)
+}
+
+/// Like [`load`], from text already read; `path` is only used in messages.
+pub fn load_str<S>(
+    text: &str,
+    path: &Path,
+    section: Section,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Loaded<S>, ConfigError>
+where
+    S: DeserializeOwned + Validate,
+{
+    let located = |problems: Vec<Invalid>| ConfigError::located(path, text, problems);
+    let mut table = parse(text, path)?;
+    let mut problems = Vec::new();
+    expand::expand_table(&mut table, "", env, &mut problems);
+    if !problems.is_empty() {
+        // An unexpanded `${VAR}` would only cause more, misleading problems.
+        return Err(located(problems));
+    }
+    expand::apply_env_overrides(&mut table, &section.overrides(), env);
+    let top: TopLevel =
+        typed::from_value(toml::Value::Table(table), "").map_err(|i| located(vec![i]))?;
+    if let Some(problem) = level_problem(&top.log_level) {
+        problems.push(Invalid::new("log_level", problem));
+    }
+    problems.extend(top.kafka.validate("kafka"));
+    let name = section.name();
+    let raw = match section {
+        Section::Source => top.source,
+        Section::Sink => top.sink,
+    }
+    .unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+    let parsed: Option<S> = match typed::from_value(raw, name) {
+        Ok(parsed) => {
+            problems.extend(Validate::validate(&parsed, name));
+            Some(parsed)
+        }
+        Err(problem) => {
+            problems.push(problem);
+            None
+        }
+    };
+    match parsed {
+        Some(section) if problems.is_empty() => Ok(Loaded {
+            path: path.to_path_buf(),
+            log_level: top.log_level,
+            log_format: top.log_format,
+            kafka: top.kafka,
+            section,
+        }),
+        _ => Err(located(problems)),
+    }
+}
+
+/// Step 2: the file's text as a TOML table, or where its syntax fails.
+fn parse(text: &str, path: &Path) -> Result<toml::Table, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let (line, column) = e
+            .span()
+            .map(|s| locate::line_col(text, s.start))
+            .unwrap_or((1, 1));
+        ConfigError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_owned(),
+        }
+    })
+}
+
+/// Looks a variable up in the process environment; what binaries pass as `env`.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Renders a loaded configuration as TOML for `--check-config`, with every
+/// secret masked: the secret-holding types ([`crate::secret`]) serialise
+/// masked, so what is printed here is what they allow and nothing else.
+pub fn render_masked<S: Serialize>(loaded: &Loaded<S>, section: Section) -> String {
+    let mut value = match toml::Value::try_from(loaded) {
+        Ok(v) => v,
+        Err(e) => return format!("# could not render the configuration: {e}\n"),
+    };
+    if let toml::Value::Table(t) = &mut value {
+        if let Some(s) = t.remove("section") {
+            t.insert(section.name().to_owned(), s);
+        }
+    }
+    format!(
+        "# effective configuration of {} (secrets masked)\n{}",
+        loaded.path.display(),
+        toml::to_string_pretty(&value).unwrap_or_default()
+    )
+}
+
+/// A plain string map.
+pub type StringMap = BTreeMap<String, String>;

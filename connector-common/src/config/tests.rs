@@ -1,0 +1,247 @@
+//! Unit tests of loading: messages, expansion, overrides, masking.
+
+use super::*;
+use std::path::Path;
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Sec {
+    topic: String,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<std::time::Duration>,
+    #[serde(default)]
+    postgres_uri: Option<crate::secret::ConnectionString>,
+}
+impl Validate for Sec {
+    fn validate(&self, prefix: &str) -> Vec<Invalid> {
+        if self.topic.is_empty() {
+            vec![Invalid::new(format!("{prefix}.topic"), "must not be empty")]
+        } else {
+            vec![]
+        }
+    }
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn load_sink(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Loaded<Sec>, ConfigError> {
+    load_str(text, Path::new("c.toml"), Section::Sink, env)
+}
+
+#[test]
+fn unknown_key_names_file_line_and_key() {
+    let err = load_sink("[sink]\ntopic = \"t\"\nintervl = \"1s\"\n", &no_env).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("c.toml:3: key `sink.intervl`"), "{msg}");
+}
+
+#[test]
+fn bad_duration_names_key_and_line() {
+    let err = load_sink("[sink]\ntopic = \"t\"\n\ninterval = \"soon\"\n", &no_env).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.starts_with("c.toml:4: key `sink.interval`"), "{msg}");
+}
+
+#[test]
+fn syntax_error_has_line_and_column() {
+    let err = load_sink("[sink]\ntopic = \n", &no_env).unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { line: 2, .. }), "{err}");
+}
+
+#[test]
+fn validation_error_is_located() {
+    let err = load_sink("log_level = \"info\"\n[sink]\ntopic = \"\"\n", &no_env).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("c.toml:3: key `sink.topic`: must not be empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn seed_env_vars_override_the_file() {
+    let env = |k: &str| match k {
+        "kafka_host" => Some("k:1".to_owned()),
+        "kafka_topic" => Some("from-env".to_owned()),
+        "postgres_uri" => Some("postgres://x@y/z".to_owned()),
+        "log_level" => Some("debug".to_owned()),
+        _ => None,
+    };
+    let c = load_sink("[sink]\ntopic = \"t\"\n", &env).unwrap();
+    assert_eq!(c.kafka.brokers, "k:1");
+    assert_eq!(c.section.topic, "from-env");
+    assert_eq!(
+        c.section.postgres_uri.as_ref().map(|u| u.expose()),
+        Some("postgres://x@y/z")
+    );
+    assert_eq!(c.log_level, "debug");
+}
+
+#[test]
+fn dollar_brace_expands_with_default() {
+    let env = |k: &str| (k == "T").then(|| "tt".to_owned());
+    let c = load_sink("[sink]\ntopic = \"${T}-${U:-u}\"\n", &env).unwrap();
+    assert_eq!(c.section.topic, "tt-u");
+}
+
+#[test]
+fn unset_variable_without_default_is_an_error_naming_it() {
+    let err = load_sink("[sink]\ntopic = \"${NOPE}\"\n", &no_env).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("sink.topic") && msg.contains("`NOPE` is not set"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_top_level_key_is_refused() {
+    let err = load_sink("wat = 1\n[sink]\ntopic = \"t\"\n", &no_env).unwrap_err();
+    assert!(err.to_string().starts_with("c.toml:1: key `wat`"), "{err}");
+}
+
+#[test]
+fn check_config_output_masks_every_secret() {
+    let env = |k: &str| (k == "P").then(|| "hunter2".to_owned());
+    let c = load_str::<Sec>(
+        "[kafka]\nsasl_username = \"u\"\nsasl_password = \"${P}\"\nsasl_mechanism = \"SCRAM-SHA-256\"\n[kafka.options]\n\"ssl.key.pem\" = \"-----BEGIN PRIVATE KEY-----MIIEsecret\"\n\"ssl.key.location\" = \"/etc/k.pem\"\n[sink]\ntopic = \"t\"\npostgres_uri = \"postgres://a:b/c@d/e\"\n",
+        Path::new("c.toml"),
+        Section::Sink,
+        &env,
+    )
+    .unwrap();
+    let shown = render_masked(&c, Section::Sink);
+    let debug = format!("{c:?}");
+    for secret in ["hunter2", "MIIEsecret", "b/c"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+        assert!(!debug.contains(secret), "{secret} in {debug}");
+    }
+    assert!(
+        shown.contains("/etc/k.pem") && shown.contains("postgres://a:********@d/e"),
+        "{shown}"
+    );
+    assert!(shown.contains("[sink]"), "{shown}");
+}
+
+#[test]
+fn control_characters_in_a_message_are_escaped() {
+    assert_eq!(printable("a\u{1b}[2J\0b"), "a\\u{1b}[2J\\u{0}b");
+}
+
+#[test]
+fn a_string_of_the_wrong_type_is_not_repeated_and_messages_are_bounded() {
+    let err = load_sink(
+        "[sink]\ntopic = \"t\"\ninterval = \"Bearer hunter2\"\n",
+        &no_env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("sink.interval") && !err.contains("hunter2"),
+        "{err}"
+    );
+    let err = load_sink("[sink]\ntopic = \"t\"\npostgres_uri = [\"x\"]\n", &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sink.postgres_uri"), "{err}");
+    let long = "x".repeat(100_000);
+    let err = load_sink(&format!("[sink]\ntopic = \"t\"\n{long} = 1\n"), &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.len() < 1600 && err.contains("truncated"),
+        "{} bytes",
+        err.len()
+    );
+}
+
+#[test]
+fn environment_file_is_chosen_by_variable() {
+    let env = |k: &str| (k == "WEBSITE_MONITOR_ENVIRONMENT").then(|| "nope-xyz".to_owned());
+    let err = resolve_path(None, &env).unwrap_err();
+    assert!(err.to_string().contains("pipelines/nope-xyz.toml"), "{err}");
+}
+
+#[test]
+fn every_problem_of_the_file_is_reported_each_with_its_line() {
+    let text = "log_level = \"loud\"\n[kafka]\nbrokers = \"nohostport\"\n[sink]\ntopic = \"\"\n";
+    let err = load_sink(text, &no_env).unwrap_err();
+    let shown = err.to_string();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines.len(), 3, "{shown}");
+    assert!(
+        lines[0].starts_with("c.toml:1: key `log_level`: "),
+        "{shown}"
+    );
+    assert!(
+        lines[1].starts_with("c.toml:3: key `kafka.brokers`: "),
+        "{shown}"
+    );
+    assert_eq!(lines[2], "c.toml:5: key `sink.topic`: must not be empty");
+    let ConfigError::Several { problems, .. } = err else {
+        panic!("three problems, one error: {shown}");
+    };
+    let at: Vec<Option<usize>> = problems.iter().map(|p| p.line).collect();
+    assert_eq!(at, [Some(1), Some(3), Some(5)]);
+}
+
+#[test]
+fn the_first_line_of_several_is_the_message_of_the_first_alone() {
+    let one = load_sink("log_level = \"loud\"\n[sink]\ntopic = \"t\"\n", &no_env)
+        .unwrap_err()
+        .to_string();
+    assert!(!one.contains('\n'), "{one}");
+    let several = load_sink("log_level = \"loud\"\n[sink]\ntopic = \"\"\n", &no_env)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(several.lines().next(), Some(one.as_str()));
+}
+
+#[test]
+fn a_section_that_cannot_be_deserialised_is_reported_with_the_other_problems() {
+    let err = load_sink("log_level = \"loud\"\n[sink]\nintervl = \"1s\"\n", &no_env)
+        .unwrap_err()
+        .to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[1].starts_with("c.toml:3: key `sink.intervl`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_unset_variable_is_named_and_nothing_past_them_is_checked() {
+    let err = load_sink(
+        "log_level = \"loud\"\n[sink]\ntopic = \"${A}\"\ninterval = \"${B}\"\n",
+        &no_env,
+    )
+    .unwrap_err()
+    .to_string();
+    let mut lines: Vec<&str> = err.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("c.toml:3: key `sink.topic`") && lines[0].contains("`A`"),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("c.toml:4: key `sink.interval`") && lines[1].contains("`B`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_long_list_of_problems_is_cut_and_counted() {
+    let problems = (0..MAX_PROBLEMS_SHOWN + 5)
+        .map(|i| Invalid::new(format!("k{i}"), "bad"))
+        .collect();
+    let shown = ConfigError::located(Path::new("c.toml"), "", problems).to_string();
+    assert_eq!(shown.lines().count(), MAX_PROBLEMS_SHOWN + 1, "{shown}");
+    assert!(
+        shown.ends_with("c.toml: 5 more problems not shown; fix the ones above and check again"),
+        "{shown}"
+    );
+}

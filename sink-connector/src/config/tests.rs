@@ -1,0 +1,246 @@
+//! Unit tests of the `[sink]` section: defaults, every key, and each refusal.
+
+use super::*;
+use connector_common::config::{load_str, Section};
+use std::path::Path;
+
+fn load(text: &str) -> Result<SinkConfig, String> {
+    load_str::<SinkConfig>(text, Path::new("c.toml"), Section::Sink, &|_| None)
+        .map(|l| l.section)
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults_when_section_is_empty() {
+    let c = load("").unwrap();
+    assert_eq!(c.topic, "site-status");
+    assert_eq!(c.group_id, "website-monitor-sink");
+    assert_eq!(c.table, "site");
+    assert_eq!(c.schema, "public");
+    assert_eq!(c.batch_timeout, Duration::from_millis(100));
+    assert_eq!(c.start_from, StartFrom::Earliest);
+    assert_eq!(c.max_record_bytes, 1024 * 1024);
+    assert_eq!(c.max_url_bytes, 2048);
+    assert_eq!(c.batch_max_bytes, 64 * 1024 * 1024);
+    assert_eq!(c.writers, 2);
+    assert_eq!(c.write_timeout, Duration::from_secs(30));
+    assert_eq!(c.metrics_address, "127.0.0.1:9465");
+}
+
+#[test]
+fn every_key_parses() {
+    let c = load(
+        "[sink]\ntopic = \"t\"\ngroup_id = \"g\"\npostgres_uri = \"postgres://u@h/db?sslmode=verify-full&sslrootcert=/x/ca.pem\"\nschema = \"S p\"\ntable = \"My \\\"T\"\nbatch_size = 10\nbatch_timeout = \"1s\"\nstart_from = \"latest\"\nmax_record_bytes = 100\nmax_url_bytes = 50\nshutdown_timeout = \"5s\"\nwrite_timeout = \"7s\"\nbatch_max_bytes = 1000\nwriters = 8\nmetrics_address = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.table, "My \"T");
+    assert_eq!(c.schema, "S p");
+    assert_eq!(c.batch_size, 10);
+    assert_eq!(c.batch_timeout, Duration::from_secs(1));
+    assert_eq!(c.start_from, StartFrom::Latest);
+    assert_eq!(c.shutdown_timeout, Duration::from_secs(5));
+    assert_eq!(c.write_timeout, Duration::from_secs(7));
+    assert_eq!(c.batch_max_bytes, 1000);
+    assert_eq!(c.writers, 8);
+    assert_eq!(c.group_instance_id, None);
+}
+
+#[test]
+fn group_instance_id_follows_kafkas_rule() {
+    let c = load("[sink]\ngroup_instance_id = \"sink-0.eu_1\"\n").unwrap();
+    assert_eq!(c.group_instance_id.as_deref(), Some("sink-0.eu_1"));
+    for bad in [
+        "\"\"",
+        "\"a b\"",
+        "\"é\"",
+        &format!("\"{}\"", "x".repeat(250)),
+    ] {
+        let e = load(&format!("[sink]\ngroup_instance_id = {bad}\n")).unwrap_err();
+        assert!(e.contains("sink.group_instance_id"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn regex_topic_is_refused() {
+    let err = load("[sink]\ntopic = \"^site-.*\"\n").unwrap_err();
+    assert!(
+        err.contains("sink.topic") && err.contains("regular expression"),
+        "{err}"
+    );
+}
+
+#[test]
+fn braces_in_names_are_refused() {
+    let err = load("[sink]\ntable = \"a{{rejected}}\"\n").unwrap_err();
+    assert!(err.contains("sink.table"), "{err}");
+    let err = load("[sink]\nschema = \"s}\"\n").unwrap_err();
+    assert!(err.contains("sink.schema"), "{err}");
+}
+
+#[test]
+fn zero_write_timeout_and_batch_bytes_are_refused() {
+    assert!(load("[sink]\nwrite_timeout = \"0s\"\n")
+        .unwrap_err()
+        .contains("sink.write_timeout"));
+    assert!(load("[sink]\nbatch_max_bytes = 0\n")
+        .unwrap_err()
+        .contains("sink.batch_max_bytes"));
+}
+
+#[test]
+fn unknown_key_is_refused_with_line() {
+    let err = load("[sink]\ntopic = \"t\"\nbatchsize = 3\n").unwrap_err();
+    assert!(err.starts_with("c.toml:3: key `sink.batchsize`"), "{err}");
+}
+
+#[test]
+fn bad_start_from_is_refused() {
+    let err = load("[sink]\nstart_from = \"middle\"\n").unwrap_err();
+    assert!(err.contains("sink.start_from"), "{err}");
+}
+
+#[test]
+fn bad_batch_timeout_is_refused() {
+    let err = load("[sink]\nbatch_timeout = \"soon\"\n").unwrap_err();
+    assert!(err.contains("sink.batch_timeout"), "{err}");
+}
+
+#[test]
+fn bad_sslmode_is_refused() {
+    let err = load("[sink]\npostgres_uri = \"postgres://h/db?sslmode=sometimes\"\n").unwrap_err();
+    assert!(
+        err.contains("sink.postgres_uri") && err.contains("sslmode"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unparsable_uri_is_refused() {
+    let err = load("[sink]\npostgres_uri = \"postgres://h/db?port=notaport\"\n").unwrap_err();
+    assert!(err.contains("sink.postgres_uri"), "{err}");
+}
+
+#[test]
+fn empty_or_long_table_is_refused() {
+    assert!(load("[sink]\ntable = \"\"\n")
+        .unwrap_err()
+        .contains("sink.table"));
+    let long = "x".repeat(MAX_TABLE_NAME_BYTES + 1);
+    assert!(load(&format!("[sink]\ntable = \"{long}\"\n"))
+        .unwrap_err()
+        .contains("sink.table"));
+}
+
+#[test]
+fn zero_batch_size_is_refused() {
+    assert!(load("[sink]\nbatch_size = 0\n")
+        .unwrap_err()
+        .contains("sink.batch_size"));
+}
+
+#[test]
+fn writers_out_of_range_are_refused_naming_the_key() {
+    let err = load("[sink]\nwriters = 0\n").unwrap_err();
+    assert!(
+        err.contains("c.toml:2")
+            && err.contains("key `sink.writers`")
+            && err.contains("give 1 to 64"),
+        "{err}"
+    );
+    let err = load("[sink]\nwriters = 65\n").unwrap_err();
+    assert!(err.contains("sink.writers") && err.contains("65"), "{err}");
+    assert_eq!(load("[sink]\nwriters = 1\n").unwrap().writers, 1);
+    assert_eq!(load("[sink]\nwriters = 64\n").unwrap().writers, 64);
+}
+
+#[test]
+fn every_duration_and_number_has_bounds_named_with_its_line() {
+    for (line, key) in [
+        ("batch_timeout = \"500000000000y\"", "sink.batch_timeout"),
+        (
+            "shutdown_timeout = \"500000000000y\"",
+            "sink.shutdown_timeout",
+        ),
+        ("write_timeout = \"2h\"", "sink.write_timeout"),
+        ("shutdown_timeout = \"0s\"", "sink.shutdown_timeout"),
+        ("batch_size = 1000001", "sink.batch_size"),
+        ("batch_max_bytes = 1073741825", "sink.batch_max_bytes"),
+        ("max_record_bytes = 0", "sink.max_record_bytes"),
+        ("max_record_bytes = 104857601", "sink.max_record_bytes"),
+        ("max_url_bytes = 2701", "sink.max_url_bytes"),
+        ("metrics_address = \"nope\"", "sink.metrics_address"),
+        ("topic = \"a b\"", "sink.topic"),
+        ("topic = \"..\"", "sink.topic"),
+        ("group_id = \"a\\nb\"", "sink.group_id"),
+    ] {
+        let err = load(&format!("[sink]\n{line}\n")).unwrap_err();
+        assert!(
+            err.starts_with(&format!("c.toml:2: key `{key}`")),
+            "{line}: {err}"
+        );
+    }
+    assert_eq!(
+        load("[sink]\nmax_url_bytes = 2700\n")
+            .unwrap()
+            .max_url_bytes,
+        2700
+    );
+}
+
+#[test]
+fn the_postgres_password_never_prints() {
+    let c = load("[sink]\npostgres_uri = \"postgres://u:se/cr@h/db\"\n").unwrap();
+    assert!(!format!("{c:?}").contains("se/cr"));
+    assert_eq!(c.postgres_uri.expose(), "postgres://u:se/cr@h/db");
+    assert_eq!(c.postgres_uri.to_string(), "postgres://u:********@h/db");
+}
+
+#[test]
+fn env_overrides_topic_and_uri() {
+    let env = |k: &str| match k {
+        "kafka_topic" => Some("from-env".to_owned()),
+        "postgres_uri" => Some("postgres://x@y/z".to_owned()),
+        _ => None,
+    };
+    let c = load_str::<SinkConfig>(
+        "[sink]\ntopic = \"t\"\n",
+        Path::new("c.toml"),
+        Section::Sink,
+        &env,
+    )
+    .unwrap()
+    .section;
+    assert_eq!(c.topic, "from-env");
+    assert_eq!(c.postgres_uri.expose(), "postgres://x@y/z");
+}
+
+#[test]
+fn postgres_uri_is_parsed_once_into_the_target_start_uses() {
+    let c = load("[sink]\npostgres_uri = \"postgres://u:pw@h:5433/db?sslmode=verify-full&sslrootcert=/x/ca.pem\"\n").unwrap();
+    let target = c.postgres_uri.target();
+    assert_eq!(target.verify, crate::uri::Verify::Full);
+    assert_eq!(target.root_cert.as_deref(), Some("/x/ca.pem"));
+    assert_eq!(target.config.get_ports(), &[5433]);
+    assert_eq!(c.metrics_address.as_str(), "127.0.0.1:9465");
+    let shown = toml::to_string(&c).unwrap();
+    assert!(
+        shown.contains("postgres://u:********@h:5433/db") && !shown.contains("pw"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn every_bad_key_of_the_section_is_reported_on_its_own_line() {
+    let err = load("[sink]\nbatch_size = 0\nwriters = 65\ntable = \"\"\n").unwrap_err();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    assert!(lines[0].starts_with("c.toml:4: key `sink.table`"), "{err}");
+    assert!(
+        lines[1].starts_with("c.toml:2: key `sink.batch_size`"),
+        "{err}"
+    );
+    assert!(
+        lines[2].starts_with("c.toml:3: key `sink.writers`"),
+        "{err}"
+    );
+}

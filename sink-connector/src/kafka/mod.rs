@@ -1,0 +1,8 @@
+//! The Kafka side of the sink: [`consumer`] — the group consumer, its
+//! librdkafka context (lag, readiness, rebalances, fatal errors) and leaving
+//! the group; [`commit`](mod@commit) — committing a written batch's offsets
+//! and keeping the commit-age metric current. `commit` uses `consumer`,
+//! never the other way.
+
+pub mod commit;
+pub mod consumer;

@@ -1,0 +1,25 @@
+//! The PostgreSQL side of the sink, from the bottom up:
+//!
+//! - [`error`]: what a PostgreSQL error means (retry, reconnect, or look for
+//!   a refused record), and its message for logs and the rejects table;
+//! - [`migrate`]: table names (always quoted) and versioned migrations under
+//!   an advisory lock;
+//! - [`sql`]: connecting, and the statements of the batch transaction,
+//!   prepared per connection;
+//! - [`kept`]: what the rejects table keeps of a refused record;
+//! - [`write`](mod@write): one batch transaction — exactly-once through a
+//!   per-partition offsets table locked in the same transaction;
+//! - [`refuse`]: writing a part whose records PostgreSQL may refuse, and the
+//!   search for them, kept across attempts;
+//! - [`writer`]: the `writers` connections, each writing its part of a batch
+//!   at once with the others; bounded attempts, retries, readiness.
+//!
+//! Each module imports only the ones above it in this list.
+
+pub mod error;
+pub mod kept;
+pub mod migrate;
+pub mod refuse;
+pub mod sql;
+pub mod write;
+pub mod writer;
