@@ -12,7 +12,9 @@
 -- written once because its partition's row in {{offsets}} is locked and
 -- advanced in the same transaction as the rows; a unique key on a
 -- partitioned table would have to include the time column and would cost
--- 30-46 bytes per check for nothing the offsets table does not give.
+-- 30-46 bytes per check for nothing the offsets table does not give. The
+-- Kafka partition and offset stay (12 bytes, no index) to trace a row back;
+-- the topic does not (a sink reads one topic).
 SET LOCAL lock_timeout = '30s';
 
 ALTER TABLE {{check}} RENAME TO {{check_legacy_name}};
@@ -28,6 +30,8 @@ CREATE TABLE IF NOT EXISTS {{probe}} (
 CREATE TABLE {{check}} (
     checked_at     timestamptz NOT NULL,
     site_id        int8 NOT NULL,
+    "offset"       int8 NOT NULL,
+    "partition"    int4 NOT NULL,
     probe_id       int4,
     present        int4 NOT NULL,
     duration_us    int4,
