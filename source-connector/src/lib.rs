@@ -9,8 +9,13 @@
 //!                   checked   sharded    clients   permits     request    contract
 //! ```
 //!
-//! Layout, one role per module (a module imports only modules to its right
-//! in the flow, plus the leaves `hash`, `metrics` and `limits`):
+//! Imports run one way, with no circle: `lanes` → `schedule` → `check` →
+//! `sites` → `config`; `schedule` → `publish` → `metrics` → `record`;
+//! `check` → `record`; `sites` and `schedule` → `hash`; only this file
+//! imports `limits`. Inside a folder module the files import each other one
+//! way too (each folder's doc lists them in order).
+//!
+//! Layout, one role per module:
 //! - [`config`]: the `[source]` section read into typed, validated values
 //!   (a url is a [`config::SiteUrl`], a regex a compiled [`config::Pattern`],
 //!   a method a [`config::Method`]), every problem named by its key;
@@ -22,7 +27,7 @@
 //! - [`schedule`]: per-site intervals, skipped ticks, the concurrency cap;
 //! - [`check`]: one HTTP check with reqwest — phase timings, redirects, body
 //!   cap, TLS facts, error kinds — producing a [`record::Record`];
-//! - [`record`]: the record, the contract with the sink (DESIGN §3);
+//! - [`record`]: the record, the contract with the sink;
 //! - [`publish`]: the Kafka producer (or stdout), delivery accounting and
 //!   backpressure;
 //! - [`metrics`]: metric names and their recording;
