@@ -23,7 +23,7 @@ pub const ENQUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long one metadata request of the probe waits: between two, the probe
-/// sees whether the output is closing, so it never holds a shutdown up for
+/// sees whether the output has closed, so it never holds an exit up for
 /// longer than this.
 const PROBE_SLICE: Duration = Duration::from_millis(250);
 
@@ -88,7 +88,8 @@ pub struct KafkaPublisher {
     topic: String,
     counts: Arc<Counts>,
     stop_waiting: CancellationToken,
-    /// Cancelled when the output closes (finish, or drop): the probe stops.
+    /// Cancelled once the output has closed (flushed, or dropped): the
+    /// probe stops.
     closing: CancellationToken,
 }
 
@@ -185,9 +186,8 @@ impl KafkaPublisher {
     }
 
     /// Waits at most `timeout` for Kafka to acknowledge what was queued;
-    /// purges the rest (counted failed). Stops the probe first.
+    /// purges the rest (counted failed). Then stops the probe.
     pub async fn finish(&self, timeout: Duration) {
-        self.closing.cancel();
         let producer = Arc::clone(&self.producer);
         let flushed = tokio::task::spawn_blocking(move || {
             let result = producer.flush(timeout);
@@ -206,6 +206,7 @@ impl KafkaPublisher {
             }
             Err(e) => tracing::warn!(error = %e, "flush task failed"),
         }
+        self.closing.cancel();
     }
 }
 
@@ -227,8 +228,8 @@ struct Probe {
 
 impl Probe {
     /// Asks for the topic's metadata for up to [`PROBE_TIMEOUT`], in slices
-    /// of [`PROBE_SLICE`]; says nothing once the output is closing (readiness
-    /// then belongs to the shutdown). Blocking: run it off the runtime.
+    /// of [`PROBE_SLICE`]; says nothing once the output has closed (the
+    /// source has stopped). Blocking: run it off the runtime.
     fn run(self) {
         let deadline = Instant::now() + PROBE_TIMEOUT;
         let answer = loop {

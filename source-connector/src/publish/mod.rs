@@ -22,8 +22,8 @@
 //!
 //! At start the Kafka output asks the brokers for the topic's metadata in
 //! the background (for up to [`PROBE_TIMEOUT`]), so `/readyz` says what is
-//! wrong before a delivery report would; the probe stops as soon as the
-//! output closes, so it never holds a `--once` run or a shutdown up.
+//! wrong before a delivery report would; the probe stops once the output has
+//! flushed, so it never holds a `--once` run or a shutdown up.
 //!
 //! Layout (each file imports only the ones listed before it):
 //! - `counts`: [`Counts`] and [`DropReason`], shared by both outputs;
