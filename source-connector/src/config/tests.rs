@@ -265,3 +265,36 @@ fn renders_for_check_config() {
         "{shown}"
     );
 }
+
+#[test]
+fn typed_values_are_used_as_parsed_and_render_back_to_their_text() {
+    let c = load("[source]\nmethod = \"PURGE\"\nregex = \"a+b\"\n[[source.sites]]\nurl = \"https://a.example/\"\nmethod = \"HEAD\"\n").unwrap();
+    assert_eq!(c.section.method.get().as_str(), "PURGE");
+    assert!(c.section.regex.as_ref().unwrap().regex().is_match("xaab"));
+    assert_eq!(
+        c.section.sites[0].method.as_ref().map(Method::get),
+        Some(&reqwest::Method::HEAD)
+    );
+    let shown = connector_common::config::render_masked(&c, Section::Source);
+    assert!(
+        shown.contains("method = \"PURGE\"")
+            && shown.contains("regex = \"a+b\"")
+            && shown.contains("method = \"HEAD\""),
+        "{shown}"
+    );
+    assert_eq!(
+        Method::parse("GE T").unwrap_err(),
+        "`GE T` is not an HTTP method; write e.g. \"GET\" or \"HEAD\""
+    );
+    assert!(Pattern::parse("(")
+        .unwrap_err()
+        .starts_with("does not compile: regex parse error"));
+    let long = "a".repeat(MAX_REGEX_BYTES + 1);
+    assert_eq!(
+        Pattern::parse(&long).unwrap_err(),
+        format!(
+            "{} bytes; at most {MAX_REGEX_BYTES} are allowed",
+            long.len()
+        )
+    );
+}

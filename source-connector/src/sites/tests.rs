@@ -292,3 +292,35 @@ fn headers_merge_with_site_winning() {
     assert_eq!(sites[0].headers.get("b").unwrap(), "3");
     assert_eq!(sites[1].headers.get("b").unwrap(), "2");
 }
+
+#[test]
+fn a_bad_regex_or_method_on_a_json_line_reads_as_in_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    for (line, expected) in [
+        (
+            "{\"url\": \"https://a.example/\", \"regex\": \"(\"}",
+            "s.txt:1: key `regex`: does not compile: regex parse error",
+        ),
+        (
+            "{\"url\": \"https://a.example/\", \"method\": \"GE T\"}",
+            "s.txt:1: key `method`: `GE T` is not an HTTP method; write e.g. \"GET\" or \"HEAD\"",
+        ),
+    ] {
+        write(dir.path(), "s.txt", &format!("{line}\n"));
+        let e = resolve_in(dir.path(), "[source]\nsites_file = \"s.txt\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expected), "{e}");
+        assert!(!e.contains("not a site") && !e.contains(" column "), "{e}");
+    }
+    // A value of the wrong type is a line of the wrong shape.
+    write(
+        dir.path(),
+        "s.txt",
+        "{\"url\": \"https://a.example/\", \"method\": 5}\n",
+    );
+    let e = resolve_in(dir.path(), "[source]\nsites_file = \"s.txt\"\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("s.txt:1: key `method`: not a site"), "{e}");
+}
