@@ -1,19 +1,37 @@
 //! The source connector of website-monitor: checks websites on a schedule and
 //! writes one JSON record per check — failures included — into a Kafka topic.
 //!
+//! The flow, one way:
+//!
+//! ```text
+//! connector.toml ─▶ config ─▶ sites ─▶ lanes ─▶ schedule ─▶ check ─▶ record ─▶ publish ─▶ Kafka
+//!  (+ sites_file)   typed,    resolved,  threads,  ticks,      one HTTP   the       (or stdout)
+//!                   checked   sharded    clients   permits     request    contract
+//! ```
+//!
+//! Imports run one way, with no circle: `lanes` → `schedule` → `check` →
+//! `sites` → `config`; `schedule` → `publish` → `metrics` → `record`;
+//! `check` → `record`; `sites` and `schedule` → `hash`; only this file
+//! imports `limits`. Inside a folder module the files import each other one
+//! way too (each folder's doc lists them in order).
+//!
 //! Layout, one role per module:
-//! - [`config`]: the `[source]` section (defaults, per-site overrides, validation);
+//! - [`config`]: the `[source]` section read into typed, validated values
+//!   (a url is a [`config::SiteUrl`], a regex a compiled [`config::Pattern`],
+//!   a method a [`config::Method`]), every problem named by its key;
 //! - [`sites`]: from the section to the sites of this instance (`sites_file`,
-//!   defaults applied, `shard`);
+//!   defaults applied, `shard`), using those values as they are;
 //! - [`hash`]: the stable url hash behind shards and first-check offsets;
-//! - [`check`]: one HTTP check with reqwest — phase timings, redirects, body
-//!   cap, TLS facts, error kinds — producing a [`record::Record`];
-//! - [`record`]: the record, the contract with the sink (DESIGN §3);
-//! - [`schedule`]: per-site intervals, skipped ticks, the concurrency cap;
 //! - [`lanes`]: the check threads, each with its share of the sites, of
 //!   `concurrency`, its own scheduler, runtime and HTTP clients;
-//! - [`publish`]: the Kafka producer (or stdout) and delivery accounting;
-//! - [`metrics`]: metric names and their recording.
+//! - [`schedule`]: per-site intervals, skipped ticks, the concurrency cap;
+//! - [`check`]: one HTTP check with reqwest — phase timings, redirects, body
+//!   cap, TLS facts, error kinds — producing a [`record::Record`];
+//! - [`record`]: the record, the contract with the sink;
+//! - [`publish`]: the Kafka producer (or stdout), delivery accounting and
+//!   backpressure;
+//! - [`metrics`]: metric names and their recording;
+//! - [`limits`]: the open-file limit.
 //!
 //! [`start`] wires them: it resolves the sites, deals them over the check
 //! threads (each builds one HTTP client per distinct TLS/keep-alive setting),
@@ -146,19 +164,7 @@ pub async fn start(
         Err(e) => return Err(e.into()),
     };
 
-    let publisher = Arc::new(if opts.stdout {
-        publish::Publisher::Stdout(publish::StdoutPublisher::new(&health))
-    } else {
-        publish::Publisher::Kafka(publish::KafkaPublisher::new(
-            &config.kafka,
-            &source.topic,
-            publish::Buffer {
-                max_records: source.max_buffered_records,
-                delivery_timeout: source.delivery_timeout,
-            },
-            health.clone(),
-        )?)
-    });
+    let publisher = Arc::new(publisher(&config, opts, &health)?);
     metrics::sites(site_count);
     let shared = Arc::new(schedule::Shared {
         publisher: Arc::clone(&publisher),
@@ -182,9 +188,53 @@ pub async fn start(
     let stop = shutdown.child_token();
     let lanes = prepared.start(&shared, opts.once, &stop)?;
     telemetry_guard.disarm();
+    log_started(source, site_count, lanes.count(), opts);
+    let ending = Ending {
+        lanes,
+        shared,
+        publisher,
+        health,
+        telemetry_stop,
+        flush_timeout: source.flush_timeout,
+        shutdown_timeout: source.shutdown_timeout,
+    };
+    let task = tokio::spawn(ending.run(stop.clone()));
+    Ok(Running {
+        metrics_address,
+        task,
+        _lanes: stop.drop_guard(),
+    })
+}
+
+/// The output `opts` asks for: stdout, or a Kafka producer for the topic.
+fn publisher(
+    config: &Loaded<SourceConfig>,
+    opts: RunOptions,
+    health: &Health,
+) -> Result<publish::Publisher, SourceError> {
+    if opts.stdout {
+        return Ok(publish::Publisher::Stdout(publish::StdoutPublisher::new(
+            health,
+        )));
+    }
+    let source = &config.section;
+    let kafka = publish::KafkaPublisher::new(
+        &config.kafka,
+        &source.topic,
+        publish::Buffer {
+            max_records: source.max_buffered_records,
+            delivery_timeout: source.delivery_timeout,
+        },
+        health.clone(),
+    )?;
+    Ok(publish::Publisher::Kafka(kafka))
+}
+
+/// Logs `source started` with what this instance does.
+fn log_started(source: &SourceConfig, site_count: usize, threads: usize, opts: RunOptions) {
     tracing::info!(
         sites = site_count,
-        threads = lanes.count(),
+        threads,
         shard = %source.shard.map(|s| s.to_string()).unwrap_or_else(|| "all".into()),
         topic = %source.topic,
         probe = %source.probe,
@@ -194,51 +244,44 @@ pub async fn start(
     if site_count == 0 {
         tracing::warn!("no site falls in this shard; nothing to check");
     }
+}
 
-    let flush_timeout = source.flush_timeout;
-    let shutdown_timeout = source.shutdown_timeout;
-    let stopping = stop.clone();
-    let task = tokio::spawn(async move {
-        // Scheduling stops at shutdown (or, with `once`, the lanes end by
-        // themselves once every site was checked).
-        let mut done = tokio::select! {
-            () = stopping.cancelled() => false,
-            () = lanes.finished() => true,
+/// What a started source needs to stop: its check threads, their shared
+/// state, the output, readiness and the telemetry server.
+struct Ending {
+    lanes: lanes::Lanes,
+    shared: Arc<schedule::Shared>,
+    publisher: Arc<publish::Publisher>,
+    health: Health,
+    telemetry_stop: CancellationToken,
+    flush_timeout: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Ending {
+    /// Waits for `stop` (or, with `once`, for the lanes to end by
+    /// themselves once every site was checked), then stops: see the crate
+    /// documentation.
+    async fn run(self, stop: CancellationToken) -> Result<RunSummary, SourceError> {
+        let done = tokio::select! {
+            () = stop.cancelled() => false,
+            () = self.lanes.finished() => true,
         };
-        health.set_not_ready(if lanes.crashed() {
+        self.health.set_not_ready(if self.lanes.crashed() {
             "a check thread crashed"
         } else {
             "shutting down"
         });
         if !done {
-            done = tokio::select! {
-                () = lanes.finished() => true,
-                () = tokio::time::sleep(shutdown_timeout) => false,
-            };
+            self.let_checks_finish().await;
         }
-        if !done {
-            tracing::warn!(
-                checks_running = shared.running(),
-                "shutdown_timeout ({}) passed: cancelling the checks still running (each is recorded as a timeout, \"{}\")",
-                humantime::format_duration(shutdown_timeout),
-                check::CANCELLED_AT_SHUTDOWN
-            );
-            shared.abort.cancel();
-            publisher.stop_waiting();
-            if tokio::time::timeout(CANCEL_GRACE, lanes.finished())
-                .await
-                .is_err()
-            {
-                tracing::warn!("some cancelled checks did not hand their record over in time; stopping without them");
-            }
-        }
-        publisher.finish(flush_timeout).await;
-        let (delivered, failed) = publisher.counts();
+        self.publisher.finish(self.flush_timeout).await;
+        let (delivered, failed) = self.publisher.counts();
         let summary = RunSummary {
-            checks_finished: shared.finished.load(Ordering::Relaxed),
+            checks_finished: self.shared.finished.load(Ordering::Relaxed),
             delivered,
             failed,
-            skipped_ticks: shared.skipped.load(Ordering::Relaxed),
+            skipped_ticks: self.shared.skipped.load(Ordering::Relaxed),
         };
         tracing::info!(
             "source stopped checks_finished={} delivered={} failed={} skipped_ticks={}",
@@ -247,19 +290,41 @@ pub async fn start(
             summary.failed,
             summary.skipped_ticks
         );
-        telemetry_stop.cancel();
-        if lanes.crashed() {
+        self.telemetry_stop.cancel();
+        if self.lanes.crashed() {
             return Err(SourceError::Crashed(
                 "a check thread panicked (see the error logged before)".into(),
             ));
         }
         Ok(summary)
-    });
-    Ok(Running {
-        metrics_address,
-        task,
-        _lanes: stop.drop_guard(),
-    })
+    }
+
+    /// Lets the checks in flight finish for at most `shutdown_timeout`, then
+    /// cancels those still running and waits [`CANCEL_GRACE`] for their
+    /// records.
+    async fn let_checks_finish(&self) {
+        let finished = tokio::select! {
+            () = self.lanes.finished() => true,
+            () = tokio::time::sleep(self.shutdown_timeout) => false,
+        };
+        if finished {
+            return;
+        }
+        tracing::warn!(
+            checks_running = self.shared.running(),
+            "shutdown_timeout ({}) passed: cancelling the checks still running (each is recorded as a timeout, \"{}\")",
+            humantime::format_duration(self.shutdown_timeout),
+            check::CANCELLED_AT_SHUTDOWN
+        );
+        self.shared.abort.cancel();
+        self.publisher.stop_waiting();
+        if tokio::time::timeout(CANCEL_GRACE, self.lanes.finished())
+            .await
+            .is_err()
+        {
+            tracing::warn!("some cancelled checks did not hand their record over in time; stopping without them");
+        }
+    }
 }
 
 /// Runs the source until `shutdown` (or one round with `opts.once`).

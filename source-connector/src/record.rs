@@ -1,5 +1,5 @@
 //! The record: one JSON object per check, the contract with the sink and with
-//! every stage chained after the source (DESIGN §3).
+//! every stage chained after the source.
 //!
 //! Every field is always present; what could not be known is `null`. Times
 //! are seconds as floats, instants are epoch seconds, as in the seed. The

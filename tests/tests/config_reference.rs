@@ -414,7 +414,8 @@ fn render_type(ty: &syn::Type, items: &Items) -> (String, Kind) {
         }
         "ListenAddress" => ("host:port".into(), Kind::Other),
         "SiteUrl" | "Url" => ("url".into(), Kind::Other),
-        "Regex" => ("regex".into(), Kind::Other),
+        "Regex" | "Pattern" => ("regex".into(), Kind::Other),
+        "Method" => ("HTTP method".into(), Kind::Other),
         _ => render_named(&name, items),
     }
 }

@@ -37,6 +37,12 @@ fn unknown_field(message: &str) -> Option<&str> {
 /// the wrong place, or huge); the whole is at most 1 KiB.
 pub fn friendly(message: &str) -> String {
     let message = message.trim();
+    // The toml crate appends the key it was reading (`\nin `sites.regex``);
+    // the loader names the key already, with its full path.
+    let message = match message.rfind("\nin `") {
+        Some(at) if message.ends_with('`') => &message[..at],
+        _ => message,
+    };
     let message = if message.starts_with("unknown field") {
         format!("{message}; remove it or fix its spelling")
     } else if let (Some(what), Some(at)) = (
@@ -50,4 +56,18 @@ pub fn friendly(message: &str) -> String {
         message.to_owned()
     };
     truncate(&message, MAX_FOREIGN_TEXT_BYTES)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::friendly;
+
+    #[test]
+    fn the_key_the_toml_crate_appends_is_not_repeated() {
+        assert_eq!(
+            friendly("does not compile: unclosed group\nin `sites.regex`"),
+            "does not compile: unclosed group"
+        );
+        assert_eq!(friendly("a `b`"), "a `b`");
+    }
 }

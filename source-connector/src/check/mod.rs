@@ -1,8 +1,8 @@
 //! One HTTP check of one site, turned into a [`Record`].
 //!
-//! - Clients: one `reqwest::Client` per distinct [`ClientKey`] (keep-alive,
-//!   extra CA, verification), built once at start by [`build_clients`], never
-//!   per check. Without keep-alive the pool is off, so every check opens a
+//! - Clients: one `reqwest::Client` per distinct [`crate::sites::ClientKey`]
+//!   (keep-alive, extra CA, verification), built once at start by
+//!   [`build_clients`], never per check. Without keep-alive the pool is off, so every check opens a
 //!   fresh connection and its DNS, connect and TLS timings are real.
 //! - Redirects are followed here, not by reqwest, so they can be counted and
 //!   limited: up to `max_redirects`, one more is an `http` error. 301/302 turn
@@ -25,89 +25,31 @@
 //!   settings and certificate facts from [`tls`].
 
 pub mod classify;
+mod client;
+mod error;
 pub mod phases;
 pub mod tls;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use connector_common::limits::{truncate, MAX_FOREIGN_TEXT_BYTES};
-use reqwest::header::{HeaderMap, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
-use reqwest::{Client, Method, Response};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{Client, Method, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::record::{CheckError, ErrorKind, Record, Timings, TlsFacts, SCHEMA_VERSION};
-use crate::sites::{ClientKey, SiteSpec};
+use crate::sites::SiteSpec;
 use phases::Recorder;
+
+pub use client::{build_client, build_clients, USER_AGENT};
+pub use error::SetupError;
 
 /// `error.message` of a check cut short by shutdown (`shutdown_timeout`).
 pub const CANCELLED_AT_SHUTDOWN: &str = "cancelled at shutdown";
-
-/// The `User-Agent` of checks unless a site sets its own.
-pub const USER_AGENT: &str = concat!("website-monitor/", env!("CARGO_PKG_VERSION"));
-
-/// A client that cannot be built.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// The TLS configuration could not be made.
-    #[error("cannot set up TLS for site checks: {0}")]
-    Tls(String),
-    /// A `tls_ca` file is unusable.
-    #[error("tls_ca {}: {message}; give a PEM file with the CA certificate(s)", .path.display())]
-    TlsCa {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        message: String,
-    },
-    /// reqwest refused the settings.
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
-}
-
-/// Builds the client for sites with these settings, on the process's
-/// [`tls::TlsBase`].
-pub fn build_client(key: &ClientKey, base: &tls::TlsBase) -> Result<Client, SetupError> {
-    let tls = base.client_config(key.tls_ca.as_deref(), key.tls_verify)?;
-    let mut builder = Client::builder()
-        .tls_backend_preconfigured(tls)
-        .tls_info(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .dns_resolver(phases::TimingResolver)
-        .connector_layer(phases::TimingLayer)
-        .user_agent(USER_AGENT);
-    if !key.keep_alive {
-        // Say so: the server closes after its response, as it would for
-        // ab's HTTP/1.0, instead of keeping an idle connection until we drop
-        // it (nginx then spent twice the CPU per check, `make bench`).
-        let mut close = reqwest::header::HeaderMap::new();
-        close.insert(
-            reqwest::header::CONNECTION,
-            reqwest::header::HeaderValue::from_static("close"),
-        );
-        builder = builder.pool_max_idle_per_host(0).default_headers(close);
-    }
-    builder.build().map_err(SetupError::Client)
-}
-
-/// Builds every distinct client `sites` need, once.
-pub fn build_clients(
-    sites: &[SiteSpec],
-    base: &tls::TlsBase,
-) -> Result<HashMap<ClientKey, Client>, SetupError> {
-    let mut clients = HashMap::new();
-    for site in sites {
-        if !clients.contains_key(&site.client) {
-            clients.insert(site.client.clone(), build_client(&site.client, base)?);
-        }
-    }
-    Ok(clients)
-}
 
 /// What a check learnt so far; kept outside the timeout so a check cut short
 /// still reports it.
@@ -250,27 +192,42 @@ fn http_error(message: String) -> CheckError {
     }
 }
 
-async fn attempt(
-    site: &SiteSpec,
-    client: &Client,
-    recorder: &Recorder,
-    p: &mut Progress,
-    now: f64,
-) -> Result<(), CheckError> {
-    // Borrowed from the site until a redirect changes them: the first hop
-    // copies only what reqwest must own.
-    let mut url: Cow<'_, Url> = Cow::Borrowed(site.url.request());
-    let mut method = site.method.clone();
-    let mut body = site.body.as_ref();
-    let mut headers: Cow<'_, HeaderMap> = Cow::Borrowed(&site.headers);
-    loop {
+/// The request of one hop, borrowed from the site until a redirect changes
+/// it: the first hop copies only what reqwest must own.
+struct HopRequest<'s> {
+    url: Cow<'s, Url>,
+    method: Method,
+    body: Option<&'s Bytes>,
+    headers: Cow<'s, HeaderMap>,
+}
+
+impl<'s> HopRequest<'s> {
+    fn first(site: &'s SiteSpec) -> Self {
+        HopRequest {
+            url: Cow::Borrowed(site.url.request()),
+            method: site.method.clone(),
+            body: site.body.as_ref(),
+            headers: Cow::Borrowed(&site.headers),
+        }
+    }
+
+    /// Sends the request; notes the hop's phases, its time to first byte and
+    /// what the response tells. Returns the response and when its headers
+    /// came.
+    async fn send(
+        &self,
+        client: &Client,
+        recorder: &Recorder,
+        p: &mut Progress,
+        now: f64,
+    ) -> Result<(Response, Instant), CheckError> {
         recorder.take_hop();
         let hop_start = Instant::now();
-        let mut request = client.request(method.clone(), url.as_ref().clone());
-        if !headers.is_empty() {
-            request = request.headers(headers.as_ref().clone());
+        let mut request = client.request(self.method.clone(), self.url.as_ref().clone());
+        if !self.headers.is_empty() {
+            request = request.headers(self.headers.as_ref().clone());
         }
-        if let Some(b) = body {
+        if let Some(b) = self.body {
             request = request.body(b.clone());
         }
         let sent = request.send().await;
@@ -283,83 +240,120 @@ async fn attempt(
             Some(headers_at - hop.ready_at().unwrap_or(hop_start)),
         );
         note_response(p, &response, now);
+        Ok((response, headers_at))
+    }
 
+    /// Turns this request into the one a `status` redirect to `location`
+    /// asks for, within `max_redirects`.
+    fn redirect(
+        &mut self,
+        site: &SiteSpec,
+        p: &mut Progress,
+        status: StatusCode,
+        location: Option<&HeaderValue>,
+    ) -> Result<(), CheckError> {
+        if p.redirects >= site.max_redirects {
+            return Err(http_error(format!(
+                "more than {} redirects; raise max_redirects or check the final url instead",
+                site.max_redirects
+            )));
+        }
+        let next = location
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| self.url.join(l).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| {
+                let shown = location.map_or_else(String::new, |l| {
+                    String::from_utf8_lossy(l.as_bytes()).into_owned()
+                });
+                http_error(format!(
+                    "redirect {status} with an unusable Location header ({:?})",
+                    truncate(&shown, 256)
+                ))
+            })?;
+        p.redirects += 1;
+        let code = status.as_u16();
+        if (code == 303 && self.method != Method::HEAD)
+            || (matches!(code, 301 | 302) && self.method == Method::POST)
+        {
+            self.method = Method::GET;
+            self.body = None;
+            let h = self.headers.to_mut();
+            h.remove(CONTENT_TYPE);
+            h.remove(CONTENT_LENGTH);
+        }
+        if next.origin() != self.url.origin() {
+            // Another origin gets none of the configured headers
+            // (credentials, cookies, API keys, proxy-authorization).
+            self.headers = Cow::Owned(HeaderMap::new());
+        }
+        self.url = Cow::Owned(next);
+        Ok(())
+    }
+}
+
+/// The check without its timeout: hops until a response that is not a
+/// redirect to follow, reads its body, judges it.
+async fn attempt(
+    site: &SiteSpec,
+    client: &Client,
+    recorder: &Recorder,
+    p: &mut Progress,
+    now: f64,
+) -> Result<(), CheckError> {
+    let mut request = HopRequest::first(site);
+    loop {
+        let (response, headers_at) = request.send(client, recorder, p, now).await?;
         let status = response.status();
         let location = response.headers().get(LOCATION);
         if status.is_redirection() && site.follow_redirects && location.is_some() {
-            if p.redirects >= site.max_redirects {
-                return Err(http_error(format!(
-                    "more than {} redirects; raise max_redirects or check the final url instead",
-                    site.max_redirects
-                )));
-            }
-            let next = location
-                .and_then(|l| l.to_str().ok())
-                .and_then(|l| url.join(l).ok())
-                .filter(|u| matches!(u.scheme(), "http" | "https"))
-                .ok_or_else(|| {
-                    let shown = location.map_or_else(String::new, |l| {
-                        String::from_utf8_lossy(l.as_bytes()).into_owned()
-                    });
-                    http_error(format!(
-                        "redirect {status} with an unusable Location header ({:?})",
-                        truncate(&shown, 256)
-                    ))
-                })?;
-            p.redirects += 1;
-            let code = status.as_u16();
-            if (code == 303 && method != Method::HEAD)
-                || (matches!(code, 301 | 302) && method == Method::POST)
-            {
-                method = Method::GET;
-                body = None;
-                let h = headers.to_mut();
-                h.remove(CONTENT_TYPE);
-                h.remove(CONTENT_LENGTH);
-            }
-            if next.origin() != url.origin() {
-                // Another origin gets none of the configured headers
-                // (credentials, cookies, API keys, proxy-authorization).
-                headers = Cow::Owned(HeaderMap::new());
-            }
-            url = Cow::Owned(next);
+            request.redirect(site, p, status, location)?;
             continue;
         }
-
         p.headers_at = Some(headers_at);
         let read = read_body(response, site, p).await;
         p.transfer = Some(headers_at.elapsed());
         let over_cap = read?;
-        if !status_expected(site, status.as_u16()) {
-            let expected = match &site.expected_status {
-                Some(list) => format!("{list:?}"),
-                None => "any 2xx or 3xx".to_owned(),
-            };
-            return Err(CheckError {
-                kind: ErrorKind::Status,
-                message: format!(
-                    "unexpected status {status}; expected {expected} (see expected_status)"
-                ),
-            });
-        }
-        if over_cap {
-            return Err(CheckError {
-                kind: ErrorKind::Body,
-                message: format!(
-                    "body larger than max_body_bytes ({} bytes); stopped reading there; raise max_body_bytes for this site",
-                    site.max_body_bytes
-                ),
-            });
-        }
-        if p.re_check == Some(false) {
-            let pattern = site.regex.as_ref().map(|r| r.as_str()).unwrap_or_default();
-            return Err(CheckError {
-                kind: ErrorKind::Regex,
-                message: format!("regex `{pattern}` not found in the body"),
-            });
-        }
-        return Ok(());
+        return judge(site, p, status, over_cap);
     }
+}
+
+/// The verdict on the final response: its status, the body cap, the regex.
+fn judge(
+    site: &SiteSpec,
+    p: &Progress,
+    status: StatusCode,
+    over_cap: bool,
+) -> Result<(), CheckError> {
+    if !status_expected(site, status.as_u16()) {
+        let expected = match &site.expected_status {
+            Some(list) => format!("{list:?}"),
+            None => "any 2xx or 3xx".to_owned(),
+        };
+        return Err(CheckError {
+            kind: ErrorKind::Status,
+            message: format!(
+                "unexpected status {status}; expected {expected} (see expected_status)"
+            ),
+        });
+    }
+    if over_cap {
+        return Err(CheckError {
+            kind: ErrorKind::Body,
+            message: format!(
+                "body larger than max_body_bytes ({} bytes); stopped reading there; raise max_body_bytes for this site",
+                site.max_body_bytes
+            ),
+        });
+    }
+    if p.re_check == Some(false) {
+        let pattern = site.regex.as_ref().map(|r| r.as_str()).unwrap_or_default();
+        return Err(CheckError {
+            kind: ErrorKind::Regex,
+            message: format!("regex `{pattern}` not found in the body"),
+        });
+    }
+    Ok(())
 }
 
 /// Notes what every response tells: status, version, peer address, TLS facts.
@@ -444,107 +438,4 @@ fn version_name(v: reqwest::Version) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn site(url: &str) -> SiteSpec {
-        SiteSpec {
-            url: url.parse().unwrap(),
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(5),
-            method: Method::GET,
-            headers: Arc::default(),
-            body: None,
-            regex: None,
-            expected_status: None,
-            follow_redirects: true,
-            max_redirects: 5,
-            max_body_bytes: 1024,
-            client: ClientKey {
-                keep_alive: false,
-                tls_ca: None,
-                tls_verify: true,
-            },
-        }
-    }
-
-    #[test]
-    fn default_expected_status_is_2xx_and_3xx() {
-        let mut s = site("http://127.0.0.1/");
-        assert!(status_expected(&s, 200) && status_expected(&s, 302) && !status_expected(&s, 404));
-        s.expected_status = Some(Arc::from([404u16].as_slice()));
-        assert!(status_expected(&s, 404) && !status_expected(&s, 200));
-    }
-
-    #[tokio::test]
-    async fn a_cancelled_check_is_a_timeout_cancelled_at_shutdown() {
-        // A listener that accepts and never answers.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hold = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((conn, _)) = listener.accept().await {
-                open.push(conn);
-            }
-        });
-        let mut s = site(&format!("http://127.0.0.1:{port}/"));
-        s.timeout = Duration::from_secs(60);
-        let client = build_client(&s.client, &tls::TlsBase::load().unwrap()).unwrap();
-        let cancel = CancellationToken::new();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            stop.cancel();
-        });
-        let r = tokio::time::timeout(
-            Duration::from_secs(10),
-            check_until(&s, &client, "t", &cancel),
-        )
-        .await
-        .expect("the check stops when cancelled");
-        let e = r.error.as_ref().unwrap();
-        assert_eq!(
-            (e.kind, e.message.as_str()),
-            (ErrorKind::Timeout, CANCELLED_AT_SHUTDOWN)
-        );
-        assert!(
-            !r.ok && r.status_code.is_none() && r.duration < 5.0,
-            "{r:?}"
-        );
-        assert!(r.timings.connect.is_some(), "what was learnt stays: {r:?}");
-        hold.abort();
-    }
-
-    #[tokio::test]
-    async fn closed_port_is_connect_and_unresolvable_host_is_dns() {
-        let client =
-            build_client(&site("http://x/").client, &tls::TlsBase::load().unwrap()).unwrap();
-        // Bind then drop: nothing listens on that port any more.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let r = check(&site(&format!("http://127.0.0.1:{port}/")), &client, "t").await;
-        assert_eq!(
-            r.error.as_ref().map(|e| e.kind),
-            Some(ErrorKind::Connect),
-            "{r:?}"
-        );
-        assert!(!r.ok && r.status_code.is_none());
-        assert!(
-            r.timings.connect.is_some() && r.timings.dns.is_none(),
-            "{r:?}"
-        );
-        let r = check(&site("http://no-such-host.invalid/"), &client, "t").await;
-        assert_eq!(
-            r.error.as_ref().map(|e| e.kind),
-            Some(ErrorKind::Dns),
-            "{r:?}"
-        );
-        assert!(
-            r.timings.dns.is_some() && r.timings.connect.is_none(),
-            "{r:?}"
-        );
-    }
-}
+mod tests;

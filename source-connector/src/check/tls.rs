@@ -29,8 +29,8 @@ use rustls::RootCertStore;
 
 use connector_common::tls::AcceptAnyServerCert;
 
+use super::error::SetupError;
 use super::phases::TlsStartMarker;
-use super::SetupError;
 
 /// What every check client's TLS shares, made once per process (see the
 /// module documentation): the crypto provider, its random number generator

@@ -1,0 +1,161 @@
+//! The `[source]` section: the source's own settings and the defaults of
+//! every site, each field documented with its key.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use connector_common::config::StringMap;
+use connector_common::listen::ListenAddress;
+use connector_common::secret::Headers;
+use serde::{Deserialize, Serialize};
+
+use super::site::{Shard, SiteConfig};
+use super::values::{Method, Pattern};
+
+/// The `[source]` section.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Kafka topic the records are written to. Env: `kafka_topic`.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Name of this checker instance (a region, a host); copied into every record.
+    #[serde(default = "default_probe")]
+    pub probe: String,
+    /// Default time between two checks of one site.
+    #[serde(default = "default_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// Default limit on a whole check (connect, redirects and body); past it
+    /// the check is an error of kind `timeout`.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// At most this many checks run at once, across all sites; split evenly
+    /// over the check `threads`, each using only its own share.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Threads that run the checks, each with its own share of the sites, of
+    /// `concurrency`, its own scheduler and HTTP clients (a check never hops
+    /// threads); default: one per CPU core. Never more than `concurrency` or
+    /// the number of sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threads: Option<usize>,
+    /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a free one.
+    #[serde(default = "default_metrics_address")]
+    pub metrics_address: ListenAddress,
+    /// Whether to export the per-url gauges (up, duration, cert days left);
+    /// turn off for very large site lists.
+    #[serde(default = "default_true")]
+    pub per_site_metrics: bool,
+    /// `"K/N"`: keep only the urls whose stable hash falls in shard K of N
+    /// (1-based), so N probes split one list with no coordinator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard: Option<Shard>,
+    /// More sites, one url a line or one JSON object a line with the per-site
+    /// keys; relative to the configuration file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites_file: Option<PathBuf>,
+    /// On shutdown, wait at most this long for the checks in flight to finish;
+    /// those still running then are cancelled, each giving a record with error
+    /// kind `timeout` ("cancelled at shutdown").
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// On shutdown, wait at most this long for Kafka to acknowledge what was sent.
+    #[serde(default = "default_flush_timeout", with = "humantime_serde")]
+    pub flush_timeout: Duration,
+    /// The memory bound of a broker outage: at most this many records wait
+    /// for Kafka (librdkafka's `queue.buffering.max.messages`, and
+    /// `queue.buffering.max.kbytes` = 2 KiB per record, at least 1 MiB); past it new records
+    /// are dropped, counted in `website_monitor_records_dropped_total` with
+    /// reason `buffer_full`, and logged once a second.
+    #[serde(default = "default_max_buffered_records")]
+    pub max_buffered_records: usize,
+    /// How long a record may wait for Kafka before it is dropped (reason
+    /// `delivery_timeout`): librdkafka's `message.timeout.ms`.
+    #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Default HTTP method.
+    #[serde(default = "default_method")]
+    pub method: Method,
+    /// Default extra request headers; a site's own headers are added to these
+    /// (a site's value wins for the same name). Values of credential-bearing
+    /// headers are never printed; all of them are dropped when a redirect
+    /// leaves the site's origin.
+    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
+    pub headers: Headers,
+    /// Default request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Default regex searched in the body; the result is the record's `re_check`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<Pattern>,
+    /// Statuses that count as up; default any 2xx or 3xx (after redirects).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_status: Option<Vec<u16>>,
+    /// Whether to follow 3xx responses with a `Location`.
+    #[serde(default = "default_true")]
+    pub follow_redirects: bool,
+    /// At most this many redirects are followed; one more is an error of kind `http`.
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: u32,
+    /// Never read more of a body than this; a longer body is an error of kind `body`.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// `false` (default): a fresh connection per check, so DNS, connect and
+    /// TLS timings are real; `true`: reuse connections between checks.
+    #[serde(default)]
+    pub keep_alive: bool,
+    /// Extra CA certificate(s) (PEM) trusted for https sites, beside the
+    /// system's; relative to the configuration file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+    /// `false` accepts any certificate (the record still shows its expiry);
+    /// refused together with `tls_ca`, which would then be ignored.
+    #[serde(default = "default_true")]
+    pub tls_verify: bool,
+    /// The sites, each with optional overrides of the defaults above.
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+fn default_topic() -> String {
+    "site-status".to_owned()
+}
+fn default_probe() -> String {
+    "local".to_owned()
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_concurrency() -> usize {
+    1024
+}
+fn default_metrics_address() -> ListenAddress {
+    "127.0.0.1:9464".parse().expect("a valid address")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_flush_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_buffered_records() -> usize {
+    100_000
+}
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_method() -> Method {
+    Method::default()
+}
+fn default_max_redirects() -> u32 {
+    5
+}
+fn default_max_body_bytes() -> u64 {
+    1024 * 1024
+}

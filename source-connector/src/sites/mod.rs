@@ -1,0 +1,27 @@
+//! From the `[source]` section to the list of sites this instance checks.
+//!
+//! [`resolve`] reads `sites_file` (relative to the configuration file),
+//! applies the `[source]` defaults to every site, shares each distinct
+//! compiled regex, checks that `tls_ca` files hold CA certificates, and keeps
+//! only the urls of this instance's `shard`. The sites' values come typed and
+//! checked from [`crate::config`]; nothing here parses them again. Every
+//! problem is a [`connector_common::config::ConfigError`] naming the file, the
+//! line and the key, like the loader's own.
+//!
+//! Layout (each file imports only the ones listed before it):
+//! - `spec`: [`SiteSpec`] and [`ClientKey`], a site with every setting resolved;
+//! - `file`: the `sites_file` reader (urls and JSON lines);
+//! - `defaults`: one declared site to a [`SiteSpec`];
+//! - `resolve`: [`resolve`], every declared site in order, each url once,
+//!   sharded.
+
+mod defaults;
+mod file;
+mod resolve;
+mod spec;
+
+pub use resolve::resolve;
+pub use spec::{ClientKey, SiteSpec};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! [`resolve`]: the declared sites — `[[source.sites]]`, then `sites_file` —
+//! resolved one by one, each url once, kept when this instance's `shard`
+//! has it. Every problem is a [`ConfigError`] naming the file, the line and
+//! the key, like the loader's own.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use connector_common::config::{locate, ConfigError, Invalid, Loaded};
+
+use super::defaults::Resolver;
+use super::file::{for_each_site_line, read_sites_file};
+use super::spec::SiteSpec;
+use crate::config::{validate_site, SiteConfig, SourceConfig};
+use crate::hash::shard_of;
+
+/// Where a site was declared, for error messages.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// `[[source.sites]]` entry number `i`.
+    Inline(usize),
+    /// Line `n` (1-based) of `sites_file`.
+    File(usize),
+}
+
+/// Resolves the sites of `loaded` for this instance (after sharding).
+pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigError> {
+    let config = &loaded.section;
+    let dir = loaded
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let file = config.sites_file.as_ref().map(|f| dir.join(f));
+    let text = match &file {
+        Some(file) => Some(read_sites_file(file).map_err(|e| {
+            ConfigError::Invalid {
+                path: loaded.path.clone(),
+                key: "source.sites_file".into(),
+                line: std::fs::read_to_string(&loaded.path)
+                    .ok()
+                    .and_then(|t| locate(&t, "source.sites_file")),
+                message: format!(
+                "cannot read {}: {e}; the path is relative to the configuration file's directory",
+                file.display()
+            ),
+            }
+        })?),
+        None => None,
+    };
+    // Each site is resolved as it is read, so only the resolved sites stay
+    // in memory (100,000 lines held as parsed entries first doubled the
+    // start-up peak).
+    let declared = config.sites.len()
+        + text
+            .as_deref()
+            .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count() + 1);
+    let mut resolving = Resolving {
+        loaded,
+        resolver: Resolver::new(config, &dir),
+        config_text: std::cell::OnceCell::new(),
+        sites_file: file.clone().unwrap_or_default(),
+        first_seen: HashMap::with_capacity(declared),
+        // A shard's share, with 10 % slack: a shard a little over its share
+        // must not double the vector.
+        out: Vec::with_capacity({
+            let share = declared / config.shard.map_or(1, |s| s.count as usize).max(1);
+            share + share / 10 + 1
+        }),
+    };
+    for (i, site) in config.sites.iter().enumerate() {
+        resolving.add(Origin::Inline(i), site)?;
+    }
+    if let (Some(file), Some(text)) = (&file, &text) {
+        let found = for_each_site_line(text, file, |line, site| {
+            resolving.add(Origin::File(line), &site)
+        })?;
+        if found == 0 && config.sites.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: file.clone(),
+                key: "source.sites_file".into(),
+                line: None,
+                message: "no sites in this file and none in [[source.sites]]; add one url a line"
+                    .into(),
+            });
+        }
+    }
+    let mut out = resolving.out;
+    out.shrink_to_fit();
+    Ok(out)
+}
+
+/// The state of [`resolve`] while sites are added one by one.
+struct Resolving<'a> {
+    /// The configuration (for its path, and the shard).
+    loaded: &'a Loaded<SourceConfig>,
+    /// Defaults, shared headers and compiled regexes.
+    resolver: Resolver<'a>,
+    /// The configuration file's text, read on the first error that needs a line.
+    config_text: std::cell::OnceCell<Option<String>>,
+    /// `sites_file`'s path, for errors.
+    sites_file: PathBuf,
+    /// Where each url was first declared: one url twice would be two checks
+    /// of one site in flight and two records per interval.
+    first_seen: HashMap<Box<str>, Origin>,
+    /// The sites of this instance (after sharding).
+    out: Vec<SiteSpec>,
+}
+
+impl Resolving<'_> {
+    /// The line of the configuration file where `key` is written.
+    fn config_line(&self, key: &str) -> Option<usize> {
+        self.config_text
+            .get_or_init(|| std::fs::read_to_string(&self.loaded.path).ok())
+            .as_deref()
+            .and_then(|t| locate(t, key))
+    }
+
+    /// `problem` of the site declared at `origin`, with its file, line and key.
+    fn refuse(&self, origin: Origin, problem: Invalid) -> ConfigError {
+        match origin {
+            Origin::Inline(i) => {
+                let key = if problem.key.starts_with("source.") {
+                    problem.key
+                } else {
+                    format!("source.sites[{i}].{}", problem.key)
+                };
+                ConfigError::Invalid {
+                    path: self.loaded.path.clone(),
+                    line: self.config_line(&key),
+                    key,
+                    message: problem.message,
+                }
+            }
+            Origin::File(line) => ConfigError::Invalid {
+                path: self.sites_file.clone(),
+                key: problem.key,
+                line: Some(line),
+                message: problem.message,
+            },
+        }
+    }
+
+    /// Resolves one declared site; keeps it when this instance's shard has it.
+    fn add(&mut self, origin: Origin, site: &SiteConfig) -> Result<(), ConfigError> {
+        if let Origin::File(_) = origin {
+            // The loader checked the `[[source.sites]]` entries; a line of
+            // `sites_file` is checked here, by the same rules.
+            let mut problems = Vec::new();
+            validate_site(site, &self.loaded.section, "", &mut problems);
+            if let Some(problem) = problems.into_iter().next() {
+                return Err(self.refuse(origin, problem));
+            }
+        }
+        let spec = match self.resolver.site(site) {
+            Ok(spec) => spec,
+            Err(problem) => return Err(self.refuse(origin, problem)),
+        };
+        if let Some(first) = self.first_seen.insert(spec.url.as_str().into(), origin) {
+            return Err(self.listed_twice(origin, first, &spec));
+        }
+        let keep = self
+            .loaded
+            .section
+            .shard
+            .is_none_or(|s| shard_of(spec.url.as_str(), s.count) == s.index);
+        if keep {
+            self.out.push(spec);
+        }
+        Ok(())
+    }
+
+    /// The refusal of `spec`, declared at `origin`, already declared at `first`.
+    fn listed_twice(&self, origin: Origin, first: Origin, spec: &SiteSpec) -> ConfigError {
+        let place = match first {
+            Origin::Inline(i) => {
+                let key = format!("source.sites[{i}].url");
+                let line = self
+                    .config_line(&key)
+                    .map(|l| format!(":{l}"))
+                    .unwrap_or_default();
+                format!("{}{line} (key `{key}`)", self.loaded.path.display())
+            }
+            Origin::File(line) => format!("{}:{line}", self.sites_file.display()),
+        };
+        let problem = Invalid::new(
+            "url",
+            format!(
+                "`{}` is listed twice, also at {place} (after normalisation); \
+                 list each url once: two entries would check the site twice per interval",
+                spec.url
+            ),
+        );
+        self.refuse(origin, problem)
+    }
+}
