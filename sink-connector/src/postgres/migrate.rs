@@ -115,10 +115,15 @@ impl Tables {
         out
     }
 
+    /// A function (or view) of the sink's named `<table><suffix>`, schema-qualified and quoted.
+    pub fn function(&self, suffix: &str) -> String {
+        format!("{}.{}", self.schema, quote_ident(&format!("{}{suffix}", self.base)))
+    }
+
     /// The quoted identifier a placeholder stands for.
     fn placeholder(&self, name: &str) -> Option<String> {
         let local = |suffix: &str| quote_ident(&format!("{}{suffix}", self.base));
-        let qualified = |suffix: &str| format!("{}.{}", self.schema, local(suffix));
+        let qualified = |suffix: &str| self.function(suffix);
         Some(match name {
             "schema" => self.schema.clone(),
             "site" => self.site.clone(),

@@ -63,6 +63,9 @@ pub struct Sql {
     copy_check: String,
     copy_rejected: String,
     update_offsets: String,
+    probe_ids: String,
+    add_probes: String,
+    add_rollups: [String; 3],
 }
 
 impl Sql {
@@ -79,14 +82,12 @@ impl Sql {
             ),
             init_offsets: format!(
                 "INSERT INTO {o} (topic, \"partition\", next_offset)
-                 SELECT k.t, k.p, GREATEST(
-                     COALESCE((SELECT max(c.\"offset\") + 1 FROM {c} c WHERE c.topic = k.t AND c.\"partition\" = k.p), 0),
-                     COALESCE((SELECT max(r.\"offset\") + 1 FROM {r} r WHERE r.topic = k.t AND r.\"partition\" = k.p), 0))
+                 SELECT k.t, k.p,
+                     COALESCE((SELECT max(r.\"offset\") + 1 FROM {r} r WHERE r.topic = k.t AND r.\"partition\" = k.p), 0)
                  FROM unnest($1::text[], $2::int4[]) AS k(t, p)
                  ORDER BY k.t, k.p
                  ON CONFLICT DO NOTHING",
                 o = t.offsets,
-                c = t.check,
                 r = t.rejected
             ),
             upsert_site: format!(
@@ -104,7 +105,7 @@ impl Sql {
             ),
             site_ids: format!("SELECT id::int8, url FROM {s} WHERE url = ANY($1)", s = t.site),
             copy_check: format!(
-                "COPY {c} (site_id, checked_at, ok, status_code, duration, data, topic, \"partition\", \"offset\") FROM STDIN (FORMAT binary)",
+                "COPY {c} ({HISTORY_COLUMNS}) FROM STDIN (FORMAT binary)",
                 c = t.check
             ),
             copy_rejected: format!(
@@ -117,8 +118,52 @@ impl Sql {
                  WHERE o.topic = v.t AND o.\"partition\" = v.p",
                 o = t.offsets
             ),
+            probe_ids: format!("SELECT id, name FROM {p} WHERE name = ANY($1)", p = t.probe),
+            add_probes: format!(
+                "INSERT INTO {p} (name) SELECT n FROM unnest($1::text[]) AS n ORDER BY n ON CONFLICT (name) DO NOTHING",
+                p = t.probe
+            ),
+            add_rollups: [&t.per_minute, &t.per_hour, &t.per_day]
+                .map(|table| add_rollups(table, &t.function("_counts_add"))),
         }
     }
+}
+
+/// The history columns, in the order the COPY writes them.
+pub(crate) const HISTORY_COLUMNS: &str = "checked_at, site_id, \"offset\", \"partition\", probe_id, present, \
+     duration_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, response_bytes, status_code, \
+     redirects, http_version, tls_version, cert_days_left, schema_version, ok, re_check, \
+     cert_not_after, ip, error_kind, error_message, extra";
+
+/// Adds a batch's counts to the rollup rows of `table`: one row per key,
+/// given as arrays in key order (the lock order); each row's histogram and
+/// failure counts are a slice of one flat array (`$12`, `$13`) between the
+/// bounds in `$14..$17`.
+fn add_rollups(table: &str, counts_add: &str) -> String {
+    format!(
+        "INSERT INTO {table} AS r (site_id, probe_id, bucket, checks, ok, failed, responses,
+             duration_min_us, duration_max_us, duration_sum_us, cert_days_min, latency, failures)
+         SELECT v.s, v.p, v.b, v.c, v.o, v.f, v.r, v.mn, v.mx, v.sm, v.cd,
+                CASE WHEN v.lh > v.ll THEN ($12::int8[])[v.ll + 1 : v.lh] END,
+                CASE WHEN v.fh > v.fl THEN ($13::int8[])[v.fl + 1 : v.fh] END
+         FROM unnest($1::int8[], $2::int4[], $3::timestamptz[], $4::int4[], $5::int4[], $6::int4[],
+                     $7::int4[], $8::int4[], $9::int4[], $10::int8[], $11::int2[],
+                     $14::int4[], $15::int4[], $16::int4[], $17::int4[])
+              AS v(s, p, b, c, o, f, r, mn, mx, sm, cd, ll, lh, fl, fh)
+         ON CONFLICT (site_id, probe_id, bucket) DO UPDATE SET
+             checks = r.checks + excluded.checks,
+             ok = r.ok + excluded.ok,
+             failed = r.failed + excluded.failed,
+             responses = r.responses + excluded.responses,
+             duration_min_us = LEAST(r.duration_min_us, excluded.duration_min_us),
+             duration_max_us = GREATEST(r.duration_max_us, excluded.duration_max_us),
+             duration_sum_us = r.duration_sum_us + excluded.duration_sum_us,
+             cert_days_min = LEAST(r.cert_days_min, excluded.cert_days_min),
+             latency = CASE WHEN excluded.latency IS NULL THEN r.latency
+                            ELSE {counts_add}(r.latency, excluded.latency) END,
+             failures = CASE WHEN excluded.failures IS NULL THEN r.failures
+                             ELSE {counts_add}(r.failures, excluded.failures) END"
+    )
 }
 
 /// The batch statements, prepared on one connection.
@@ -131,6 +176,10 @@ pub(crate) struct Statements {
     pub(crate) copy_check: Statement,
     pub(crate) copy_rejected: Statement,
     pub(crate) update_offsets: Statement,
+    pub(crate) probe_ids: Statement,
+    pub(crate) add_probes: Statement,
+    /// Per rollup level, finest first.
+    pub(crate) add_rollups: [Statement; 3],
 }
 
 /// A connection with the batch statements prepared on it.
@@ -157,6 +206,13 @@ impl Conn {
             copy_check: client.prepare(&sql.copy_check).await?,
             copy_rejected: client.prepare(&sql.copy_rejected).await?,
             update_offsets: client.prepare(&sql.update_offsets).await?,
+            probe_ids: client.prepare(&sql.probe_ids).await?,
+            add_probes: client.prepare(&sql.add_probes).await?,
+            add_rollups: [
+                client.prepare(&sql.add_rollups[0]).await?,
+                client.prepare(&sql.add_rollups[1]).await?,
+                client.prepare(&sql.add_rollups[2]).await?,
+            ],
         };
         Ok(Self { client, statements })
     }

@@ -1,0 +1,229 @@
+//! Time partitions of the history, rejects and rollup tables: made before a
+//! batch's transaction for the times it holds, made a day ahead, and dropped
+//! whole once past their table's retention.
+//!
+//! Both go through the SQL functions of migration 0006
+//! (`<table>_make_partitions`, `<table>_drop_partitions`), so the naming and
+//! bounds live in one place. Making a partition takes an ACCESS EXCLUSIVE
+//! lock on its parent, so it never runs inside a batch transaction (writers
+//! holding the parent would deadlock): each call is its own short
+//! transaction with a lock timeout, and a timeout is an ordinary retried
+//! error.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio_postgres::Client;
+
+use crate::postgres::migrate::Tables;
+use crate::rollup::Level;
+
+/// How long making or dropping partitions may wait for the parent's lock.
+const LOCK_TIMEOUT: &str = "10s";
+
+/// A partitioned table and the width of its partitions.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Partitioned {
+    /// The table, schema-qualified and quoted.
+    pub table: String,
+    /// The width of each partition (whole hours; aligned to the Unix epoch).
+    pub span: Duration,
+    /// How long its rows are kept.
+    pub retention: Duration,
+}
+
+impl Partitioned {
+    /// The start of the partition holding `t`.
+    pub fn start(&self, t: SystemTime) -> SystemTime {
+        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let span = self.span.as_secs().max(1);
+        UNIX_EPOCH + Duration::from_secs(secs - secs % span)
+    }
+
+    /// The earliest time a row may be written for and not be dropped by the
+    /// next retention run: the retention, less an hour of margin, before `now`.
+    pub fn keeps(&self, t: SystemTime, now: SystemTime) -> bool {
+        let margin = Duration::from_secs(3600);
+        match now.checked_sub(self.retention.saturating_sub(margin)) {
+            Some(cutoff) => t >= cutoff,
+            None => true,
+        }
+    }
+}
+
+/// The sink's partitioned tables and their settings.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// History (`<table>_check`).
+    pub history: Partitioned,
+    /// Rejects (`<table>_rejected`).
+    pub rejected: Partitioned,
+    /// Rollups, by level.
+    pub rollups: Vec<(Level, Partitioned)>,
+    /// `<table>_make_partitions`, quoted.
+    make: String,
+    /// `<table>_drop_partitions`, quoted.
+    drop: String,
+}
+
+/// Retention of each table.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// History rows.
+    pub history: Duration,
+    /// Width of the history's partitions.
+    pub history_partition: Duration,
+    /// Rejects.
+    pub rejects: Duration,
+    /// Rollups per minute.
+    pub minute: Duration,
+    /// Rollups per hour.
+    pub hour: Duration,
+    /// Rollups per day.
+    pub day: Duration,
+}
+
+impl Layout {
+    /// The layout of `tables` with `retention`.
+    pub fn new(tables: &Tables, retention: Retention) -> Self {
+        let day = Duration::from_secs(86_400);
+        let part = |table: &str, span, retention| Partitioned {
+            table: table.to_owned(),
+            span,
+            retention,
+        };
+        Self {
+            history: part(&tables.check, retention.history_partition, retention.history),
+            rejected: part(&tables.rejected, day, retention.rejects),
+            rollups: vec![
+                (Level::Minute, part(&tables.per_minute, day, retention.minute)),
+                (Level::Hour, part(&tables.per_hour, day, retention.hour)),
+                (Level::Day, part(&tables.per_day, 30 * day, retention.day)),
+            ],
+            make: tables.function("_make_partitions"),
+            drop: tables.function("_drop_partitions"),
+        }
+    }
+
+    /// The rollup levels whose retention still covers `t`.
+    pub fn levels_keeping(&self, t: SystemTime, now: SystemTime) -> Vec<Level> {
+        self.rollups
+            .iter()
+            .filter(|(_, p)| p.keeps(t, now))
+            .map(|(l, _)| *l)
+            .collect()
+    }
+
+    /// The partition of `table` each time in `times` needs.
+    pub fn needs<'a>(
+        table: &'a Partitioned,
+        times: impl IntoIterator<Item = SystemTime>,
+    ) -> BTreeSet<(&'a Partitioned, SystemTime)> {
+        times.into_iter().map(|t| (table, table.start(t))).collect()
+    }
+
+    /// Makes every partition in `needs` that does not exist yet, in one short
+    /// transaction; returns how many were made.
+    pub async fn make(
+        &self,
+        client: &mut Client,
+        needs: &BTreeSet<(&Partitioned, SystemTime)>,
+    ) -> Result<i64, tokio_postgres::Error> {
+        if needs.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "SELECT {}($1::text::regclass, $2, $2, make_interval(secs => $3))",
+            self.make
+        );
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await?;
+        let statement = tx.prepare(&sql).await?;
+        let mut made = 0i64;
+        for (table, start) in needs {
+            let secs = table.span.as_secs_f64();
+            let n: i32 = tx
+                .query_one(&statement, &[&table.table, start, &secs])
+                .await?
+                .get(0);
+            made += i64::from(n);
+        }
+        tx.commit().await?;
+        Ok(made)
+    }
+
+    /// Makes the partitions of every table for today and tomorrow, and drops
+    /// those past retention; returns (made, dropped).
+    pub async fn maintain(
+        &self,
+        client: &mut Client,
+        now: SystemTime,
+    ) -> Result<(i64, i64), tokio_postgres::Error> {
+        let tomorrow = now + Duration::from_secs(86_400);
+        let tables = self.tables();
+        let mut needs = BTreeSet::new();
+        for table in &tables {
+            needs.extend(Self::needs(table, [now, tomorrow]));
+        }
+        let made = self.make(client, &needs).await?;
+        let sql = format!("SELECT {}($1::text::regclass, $2)", self.drop);
+        let mut dropped = 0i64;
+        for table in tables {
+            let Some(before) = now.checked_sub(table.retention) else {
+                continue;
+            };
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+                .await?;
+            let n: i32 = tx.query_one(&sql, &[&table.table, &before]).await?.get(0);
+            tx.commit().await?;
+            dropped += i64::from(n);
+        }
+        Ok((made, dropped))
+    }
+
+    fn tables(&self) -> Vec<&Partitioned> {
+        let mut out = vec![&self.history, &self.rejected];
+        out.extend(self.rollups.iter().map(|(_, p)| p));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(span_h: u64, retention_h: u64) -> Partitioned {
+        Partitioned {
+            table: "t".into(),
+            span: Duration::from_secs(span_h * 3600),
+            retention: Duration::from_secs(retention_h * 3600),
+        }
+    }
+
+    #[test]
+    fn partitions_start_on_epoch_aligned_spans() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_764_264_123);
+        let start = |p: &Partitioned| p.start(t).duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(start(&table(24, 1)), 1_764_201_600);
+        assert_eq!(start(&table(1, 1)), 1_764_262_800);
+    }
+
+    #[test]
+    fn a_row_is_kept_only_when_the_next_retention_run_would_not_drop_it() {
+        let now = UNIX_EPOCH + Duration::from_secs(10 * 86_400);
+        let p = table(24, 48);
+        assert!(p.keeps(now, now));
+        assert!(p.keeps(now - Duration::from_secs(46 * 3600), now));
+        assert!(!p.keeps(now - Duration::from_secs(48 * 3600), now));
+    }
+
+    #[test]
+    fn one_need_per_partition_not_per_record() {
+        let p = table(24, 48);
+        let t = UNIX_EPOCH + Duration::from_secs(1_764_264_123);
+        let needs = Layout::needs(&p, [t, t + Duration::from_secs(60), t + Duration::from_secs(86_400)]);
+        assert_eq!(needs.len(), 2);
+    }
+}
