@@ -64,25 +64,30 @@ struct Agg {
 }
 
 impl Agg {
-    /// `checks` checks of which `ok` succeeded; `responses` took `us` µs each.
+    /// `checks` checks of which `ok` succeeded; `failures` are (error kind
+    /// code, count); `responses` are (count, µs): that many responses took
+    /// that long.
     fn one(
         checks: i64,
         ok: i64,
         failures: &[(i64, i64)],
-        responses: i64,
-        us: i64,
+        responses: &[(i64, i64)],
         cert: Option<i64>,
     ) -> Self {
+        let mut latency = BTreeMap::new();
+        for (n, us) in responses {
+            *latency.entry(bucket_of(*us)).or_default() += n;
+        }
         Self {
             checks,
             ok,
             failed: failures.iter().map(|f| f.1).sum(),
-            responses,
-            dmin: Some(us),
-            dmax: Some(us),
-            dsum: responses * us,
+            responses: responses.iter().map(|r| r.0).sum(),
+            dmin: responses.iter().map(|r| r.1).min(),
+            dmax: responses.iter().map(|r| r.1).max(),
+            dsum: responses.iter().map(|(n, us)| n * us).sum(),
             cert,
-            latency: BTreeMap::from([(bucket_of(us), responses)]),
+            latency,
             failures: failures.iter().copied().collect(),
         }
     }
@@ -144,17 +149,21 @@ impl Agg {
 /// seconds); `n` is the test's current hour. Site A: two probes, 99 of 100
 /// checks ok (1 timeout), probe eu answers in 10 ms in even hours and 30 ms
 /// in odd ones, probe us in 50 ms, certificate days left 30 + the hour's age
-/// in days. Site B: probe eu, 90 of 100 ok (6 dns, 4 status), 200 ms, 12
-/// days left. Site C: no probe (probe id 0), 60 of 60 ok, 5 ms, no TLS.
+/// in days. Site B: probe eu, 90 of 100 ok (6 dns, 4 status), 85 responses
+/// in 200 ms and 9 in 800 ms (so p90 and p95 differ), 12 days left. Site C: no probe (probe id 0), 60 of 60 ok, 5 ms, no TLS.
 /// Site D: no checks.
 fn model(h: i64, n: i64) -> Vec<(i64, i32, Agg)> {
     let cert_a = Some(30 + (n - h) / DAY);
     let eu_a = if (h / HOUR) % 2 == 0 { 10_000 } else { 30_000 };
     vec![
-        (1, 1, Agg::one(100, 99, &[(4, 1)], 99, eu_a, cert_a)),
-        (1, 2, Agg::one(100, 99, &[(4, 1)], 99, 50_000, cert_a)),
-        (2, 1, Agg::one(100, 90, &[(1, 6), (6, 4)], 94, 200_000, Some(12))),
-        (3, 0, Agg::one(60, 60, &[], 60, 5_000, None)),
+        (1, 1, Agg::one(100, 99, &[(4, 1)], &[(99, eu_a)], cert_a)),
+        (1, 2, Agg::one(100, 99, &[(4, 1)], &[(99, 50_000)], cert_a)),
+        (
+            2,
+            1,
+            Agg::one(100, 90, &[(1, 6), (6, 4)], &[(85, 200_000), (9, 800_000)], Some(12)),
+        ),
+        (3, 0, Agg::one(60, 60, &[], &[(60, 5_000)], None)),
     ]
 }
 
@@ -577,7 +586,8 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
     assert!(only_b
         .rows
         .iter()
-        .all(|r| r["p95"] == json!(mid_ms(bucket_of(200_000)))));
+        .all(|r| r["p50"] == json!(mid_ms(bucket_of(200_000)))
+            && r["p95"] == json!(mid_ms(bucket_of(800_000)))));
     add(lat_site, only_b);
     add(
         lat_site,
@@ -610,6 +620,17 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
                 .probes(&["eu"]),
             &d.hour,
             |s, p| (s == 1 && p == 1).then_some("eu"),
+        ),
+    );
+    add(
+        lat_probe,
+        series(
+            Ctx::new(n - 6 * HOUR, n)
+                .interval("1h")
+                .sites(&[B])
+                .probes(&["eu"]),
+            &d.hour,
+            |s, p| (s == 2 && p == 1).then_some("eu"),
         ),
     );
     add(
@@ -693,7 +714,7 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
                 json!({"site": D, "last check": null, "ok": null, "status": null,
                        "uptime": null, "p95": null, "cert days left": null}),
                 json!({"site": B, "last check": last, "ok": false, "status": 503,
-                       "uptime": 0.9, "p95": mid_ms(bucket_of(200_000)), "cert days left": 12}),
+                       "uptime": 0.9, "p95": mid_ms(bucket_of(800_000)), "cert days left": 12}),
                 json!({"site": A, "last check": last, "ok": true, "status": 200,
                        "uptime": 0.99, "p95": mid_ms(bucket_of(50_000)), "cert days left": 30}),
                 json!({"site": C, "last check": last, "ok": true, "status": 200,
@@ -934,6 +955,51 @@ async fn every_panel_returns_the_expected_figures() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert!(expected.is_empty(), "stale expectations: {:?}", expected.keys());
     assert!(runs >= 20, "{runs} runs");
+    db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .await
+        .expect("drop schema");
+}
+
+/// `_rollup` picks whole UTC days, hours and minutes whatever the session's
+/// time zone (Grafana's sessions use the server's default): across the
+/// spring DST change in Europe/Berlin, the hours of 29 March 2026 from 05:00
+/// UTC come from the hour level and 30 March from the day level, none lost.
+#[tokio::test]
+async fn rollup_levels_hold_across_a_dst_change() {
+    use website_monitor_sink::migrate::{migrate, Tables};
+    let s = stack();
+    let mut db = pg(&s.postgres_uri).await;
+    let schema = fresh_schema(&db, "dash_dst").await;
+    migrate(&mut db, &Tables::new(&schema, "site"))
+        .await
+        .expect("migrate");
+    db.batch_execute(&format!(
+        "SET search_path TO \"{schema}\";
+         SELECT \"site_make_partitions\"('site_per_hour'::regclass, '2026-03-29Z', '2026-03-30Z', '1 day');
+         SELECT \"site_make_partitions\"('site_per_day'::regclass, '2026-03-29Z', '2026-03-30Z', '1 day');
+         INSERT INTO \"site\" (id, url) VALUES (1, '{A}');
+         INSERT INTO \"site_per_hour\" (site_id, probe_id, bucket, checks, ok, failed, responses, duration_sum_us)
+         SELECT 1, 0, h, 10, 10, 0, 0, 0
+         FROM generate_series('2026-03-29Z'::timestamptz, '2026-03-30 23:00Z', '1 hour') AS h;
+         INSERT INTO \"site_per_day\" (site_id, probe_id, bucket, checks, ok, failed, responses, duration_sum_us)
+         VALUES (1, 0, '2026-03-29Z', 240, 240, 0, 0, 0), (1, 0, '2026-03-30Z', 240, 240, 0, 0, 0);"
+    ))
+    .await
+    .expect("data set");
+    for tz in ["UTC", "Europe/Berlin", "America/New_York"] {
+        db.batch_execute(&format!("SET TimeZone TO '{tz}'"))
+            .await
+            .expect("time zone");
+        let checks: i64 = db
+            .query_one(
+                "SELECT checks FROM \"site_uptime\"($1, '2026-03-29 05:00Z', '2026-03-31Z')",
+                &[&A],
+            )
+            .await
+            .expect("uptime")
+            .get(0);
+        assert_eq!(checks, 19 * 10 + 240, "session time zone {tz}");
+    }
     db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .await
         .expect("drop schema");
