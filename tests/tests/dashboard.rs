@@ -161,7 +161,13 @@ fn model(h: i64, n: i64) -> Vec<(i64, i32, Agg)> {
         (
             2,
             1,
-            Agg::one(100, 90, &[(1, 6), (6, 4)], &[(85, 200_000), (9, 800_000)], Some(12)),
+            Agg::one(
+                100,
+                90,
+                &[(1, 6), (6, 4)],
+                &[(85, 200_000), (9, 800_000)],
+                Some(12),
+            ),
         ),
         (3, 0, Agg::one(60, 60, &[], &[(60, 5_000)], None)),
     ]
@@ -338,9 +344,11 @@ fn frontend(sql: &str, dash: &Value, ctx: &Ctx, options: &BTreeMap<String, Vec<S
                                 .join(","),
                         }
                     }
-                    Some(values) if multi => {
-                        values.iter().map(|v| quote(v)).collect::<Vec<_>>().join(",")
-                    }
+                    Some(values) if multi => values
+                        .iter()
+                        .map(|v| quote(v))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     Some(values) => {
                         assert_eq!(values.len(), 1, "{name} takes one value");
                         values[0].replace('\'', "''")
@@ -377,7 +385,11 @@ fn backend(sql: &str, ctx: &Ctx) -> String {
         }
         let args: Vec<&str> = c[2].split(',').map(str::trim).collect();
         let group = |args: &[&str]| {
-            assert!(args.len() == 2, "{}: fill modes are not expanded by this test", &c[0]);
+            assert!(
+                args.len() == 2,
+                "{}: fill modes are not expanded by this test",
+                &c[0]
+            );
             let secs = parse_interval(args[1]);
             format!("floor(extract(epoch from {})/{secs})*{secs}", args[0])
         };
@@ -427,11 +439,7 @@ fn table(ctx: Ctx, rows: Vec<Value>) -> Case {
 /// The p50/p95 series Grafana should draw from `level`'s rows: grouped by
 /// `$__timeGroup(bucket, interval)` within the range (BETWEEN, both ends
 /// included) and by `metric` (None: the row is filtered out).
-fn series(
-    ctx: Ctx,
-    level: &Rows,
-    metric: impl Fn(i64, i32) -> Option<&'static str>,
-) -> Case {
+fn series(ctx: Ctx, level: &Rows, metric: impl Fn(i64, i32) -> Option<&'static str>) -> Case {
     let step = ctx.interval_s();
     let mut groups: BTreeMap<(i64, &'static str), Agg> = BTreeMap::new();
     for ((bucket, site, probe), agg) in level {
@@ -497,7 +505,10 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
 
     add(
         "variable:site",
-        table(Ctx::new(n - DAY, n), SITES.iter().map(|s| json!(s.1)).collect()),
+        table(
+            Ctx::new(n - DAY, n),
+            SITES.iter().map(|s| json!(s.1)).collect(),
+        ),
     );
     add(
         "variable:probe",
@@ -549,7 +560,10 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
     );
     let uptime = "Uptime per site (24 h and 30 d before the range's end)";
     add(uptime, table(uptime_ctx(None), all_rows));
-    add(uptime, table(uptime_ctx(Some(&[D, A])), uptime_rows(&[A, D])));
+    add(
+        uptime,
+        table(uptime_ctx(Some(&[D, A])), uptime_rows(&[A, D])),
+    );
 
     // Latency per site: each level, picked by the interval or the range's age.
     let per_site = |s: i64, _p: i32| Some(site_url(s));
@@ -604,7 +618,13 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
         vec![json!({"time": today - 50 * DAY, "metric": A,
                     "p50": mid_ms(bucket_of(30_000)), "p95": mid_ms(bucket_of(50_000))})]
     );
-    add(lat_site, Case { ctx: a_day.ctx.sites(&[A]), ..a_day });
+    add(
+        lat_site,
+        Case {
+            ctx: a_day.ctx.sites(&[A]),
+            ..a_day
+        },
+    );
 
     // Latency per probe.
     let lat_probe = "Latency p50 / p95 per probe";
@@ -636,7 +656,9 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
     add(
         lat_probe,
         series(
-            Ctx::new(n - 6 * HOUR, n).interval("1h").probes(&["us", "eu"]),
+            Ctx::new(n - 6 * HOUR, n)
+                .interval("1h")
+                .probes(&["us", "eu"]),
             &d.hour,
             |_, p| (p != 0).then(|| probe_name(p)),
         ),
@@ -698,10 +720,16 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
     assert_eq!(slowest[1]["p50"], json!(mid_ms(bucket_of(30_000))));
     assert_eq!(slowest[1]["p95"], json!(mid_ms(bucket_of(50_000))));
     assert_eq!(slowest[1]["responses"], json!(4752));
-    add("Slowest sites (by p95)", table(Ctx::new(n - DAY, n), slowest));
     add(
         "Slowest sites (by p95)",
-        table(Ctx::new(n - DAY, n).sites(&[C, A]), vec![lat_row(1), lat_row(3)]),
+        table(Ctx::new(n - DAY, n), slowest),
+    );
+    add(
+        "Slowest sites (by p95)",
+        table(
+            Ctx::new(n - DAY, n).sites(&[C, A]),
+            vec![lat_row(1), lat_row(3)],
+        ),
     );
 
     // Status: the latest-state rows and the last 24 hours.
@@ -819,9 +847,11 @@ async fn every_panel_returns_the_expected_figures() {
     migrate(&mut db, &Tables::new(&schema, "site"))
         .await
         .expect("migrate");
-    db.batch_execute(&format!("SET search_path TO \"{schema}\"; SET TimeZone TO 'UTC'"))
-        .await
-        .expect("search_path");
+    db.batch_execute(&format!(
+        "SET search_path TO \"{schema}\"; SET TimeZone TO 'UTC'"
+    ))
+    .await
+    .expect("search_path");
     let n: i64 = db
         .query_one(
             "SELECT extract(epoch FROM date_trunc('hour', now()))::int8",
@@ -856,8 +886,14 @@ async fn every_panel_returns_the_expected_figures() {
     let mut setup = String::new();
     for (id, url) in SITES {
         let (data, at) = match url {
-            A | C => ("'{\"ok\": true, \"status_code\": 200}'", format!("to_timestamp({})", n - 60)),
-            B => ("'{\"ok\": false, \"status_code\": 503}'", format!("to_timestamp({})", n - 60)),
+            A | C => (
+                "'{\"ok\": true, \"status_code\": 200}'",
+                format!("to_timestamp({})", n - 60),
+            ),
+            B => (
+                "'{\"ok\": false, \"status_code\": 503}'",
+                format!("to_timestamp({})", n - 60),
+            ),
             _ => ("NULL", "NULL".to_string()),
         };
         setup += &format!(
@@ -908,8 +944,9 @@ async fn every_panel_returns_the_expected_figures() {
     let mut options: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut runs = 0;
-    let (vars, panels): (Vec<_>, Vec<_>) =
-        queries.iter().partition(|(k, _)| k.starts_with("variable:"));
+    let (vars, panels): (Vec<_>, Vec<_>) = queries
+        .iter()
+        .partition(|(k, _)| k.starts_with("variable:"));
     for (key, sql) in vars.into_iter().chain(panels) {
         let cases = expected
             .remove(key)
@@ -929,12 +966,21 @@ async fn every_panel_returns_the_expected_figures() {
             if key.starts_with("variable:") {
                 rows = rows
                     .into_iter()
-                    .map(|r| r.as_object().expect("row").values().next().cloned().expect("a column"))
+                    .map(|r| {
+                        r.as_object()
+                            .expect("row")
+                            .values()
+                            .next()
+                            .cloned()
+                            .expect("a column")
+                    })
                     .collect();
                 let name = key.trim_start_matches("variable:").to_string();
                 options.insert(
                     name,
-                    rows.iter().map(|v| v.as_str().expect("text").to_string()).collect(),
+                    rows.iter()
+                        .map(|v| v.as_str().expect("text").to_string())
+                        .collect(),
                 );
             }
             let mut want = case.rows.clone();
@@ -953,7 +999,11 @@ async fn every_panel_returns_the_expected_figures() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert!(expected.is_empty(), "stale expectations: {:?}", expected.keys());
+    assert!(
+        expected.is_empty(),
+        "stale expectations: {:?}",
+        expected.keys()
+    );
     assert!(runs >= 20, "{runs} runs");
     db.batch_execute(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
         .await
