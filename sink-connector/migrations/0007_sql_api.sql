@@ -66,7 +66,9 @@ BEGIN ATOMIC
         FROM m
     ), b AS (
         SELECT m1, m2, h1, h2,
-               date_trunc('day', h1 - interval '1 microsecond', 'UTC') + interval '1 day' AS d1,
+               -- '24 hours', not '1 day': a day is added in the session's
+               -- time zone, which is not always 24 hours (DST).
+               date_trunc('day', h1 - interval '1 microsecond', 'UTC') + interval '24 hours' AS d1,
                date_trunc('day', h2, 'UTC') AS d2
         FROM h
     ), sites AS (
