@@ -47,6 +47,10 @@ pub enum Reason {
     TooDeep,
     /// A number PostgreSQL's `numeric` cannot hold.
     NumberOutOfRange,
+    /// `checked_at` (or the Kafka timestamp) is more than a day ahead of the
+    /// sink's clock: a probe's clock is wrong. Refused so that hostile times
+    /// cannot make partitions for far-future days.
+    InFuture,
     /// PostgreSQL itself refused the record; the detail is its message.
     Database,
 }
@@ -68,6 +72,7 @@ impl Reason {
             Reason::UnpairedSurrogate => "unpaired_surrogate",
             Reason::TooDeep => "too_deep",
             Reason::NumberOutOfRange => "number_out_of_range",
+            Reason::InFuture => "checked_at_in_future",
             Reason::Database => "database",
         }
     }

@@ -105,6 +105,28 @@ pub struct SinkConfig {
     pub write_timeout: Duration,
     /// Address of the `/metrics`, `/healthz` and `/readyz` server (port 0 picks one).
     pub metrics_address: ListenAddress,
+    /// How long history rows are kept: whole partitions older than this are
+    /// dropped (never `DELETE`), and a record older than this gets no history
+    /// row (it still counts in the rollups that cover its time). 1 hour to 100 years.
+    #[serde(with = "humantime_serde")]
+    pub history_retention: Duration,
+    /// The time each history partition covers: whole hours, from 1 hour to 7
+    /// days, aligned to the Unix epoch in UTC. Applies to partitions made
+    /// from now on.
+    #[serde(with = "humantime_serde")]
+    pub history_partition: Duration,
+    /// How long rejected records are kept (daily partitions). 1 hour to 100 years.
+    #[serde(with = "humantime_serde")]
+    pub rejects_retention: Duration,
+    /// How long the per-minute rollups are kept (daily partitions). 1 hour to 100 years.
+    #[serde(with = "humantime_serde")]
+    pub rollup_minute_retention: Duration,
+    /// How long the per-hour rollups are kept (daily partitions). 1 hour to 100 years.
+    #[serde(with = "humantime_serde")]
+    pub rollup_hour_retention: Duration,
+    /// How long the per-day rollups are kept (30-day partitions). 1 day to 100 years.
+    #[serde(with = "humantime_serde")]
+    pub rollup_day_retention: Duration,
 }
 
 impl Default for SinkConfig {
@@ -131,9 +153,24 @@ impl Default for SinkConfig {
             metrics_address: "127.0.0.1:9465"
                 .parse()
                 .expect("the default metrics_address parses"),
+            history_retention: DAY * 7,
+            history_partition: DAY,
+            rejects_retention: DAY * 30,
+            rollup_minute_retention: DAY * 2,
+            rollup_hour_retention: DAY * 35,
+            rollup_day_retention: DAY * 400,
         }
     }
 }
+
+/// One day.
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// Longest retention of any table: 100 years.
+pub const MAX_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Longest `history_partition`.
+pub const MAX_HISTORY_PARTITION: Duration = Duration::from_secs(7 * 86_400);
 
 /// Longest `table` name, so every derived name (`<table>_kafka_offsets`, index
 /// names) stays within PostgreSQL's 63-byte identifier limit.
@@ -214,6 +251,7 @@ impl Validate for SinkConfig {
         self.check_sizes(&mut out, &key);
         self.check_timeouts(&mut out, &key);
         self.check_record_limits(&mut out, &key);
+        self.check_storage(&mut out, &key);
         out
     }
 }
@@ -325,6 +363,28 @@ impl SinkConfig {
             MAX_BATCH_TIMEOUT,
             "100ms",
         );
+    }
+
+    /// Retentions and the history's partition width within bounds.
+    fn check_storage(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
+        let hour = Duration::from_secs(3600);
+        for (name, value, min, example) in [
+            ("history_retention", self.history_retention, hour, "7d"),
+            ("rejects_retention", self.rejects_retention, hour, "30d"),
+            ("rollup_minute_retention", self.rollup_minute_retention, hour, "2d"),
+            ("rollup_hour_retention", self.rollup_hour_retention, hour, "35d"),
+            ("rollup_day_retention", self.rollup_day_retention, DAY, "400d"),
+        ] {
+            check_duration(out, key(name), value, min, MAX_RETENTION, example);
+        }
+        let span = self.history_partition;
+        check_duration(out, key("history_partition"), span, hour, MAX_HISTORY_PARTITION, "1d");
+        if span.as_secs() % 3600 != 0 || span.subsec_nanos() != 0 {
+            out.push(Invalid::new(
+                key("history_partition"),
+                "must be whole hours (partitions are aligned to hours), e.g. \"1d\" or \"6h\"",
+            ));
+        }
     }
 
     /// `max_record_bytes` and `max_url_bytes` within bounds.

@@ -16,7 +16,6 @@ use crate::batch::Msg;
 use crate::decode::Good;
 use crate::postgres::partitions::Layout;
 use crate::postgres::sql::Statements;
-use crate::postgres::write::WriteError;
 use crate::rollup::{pack, Level, Rollups};
 use crate::row::Compact;
 
@@ -64,7 +63,7 @@ pub(crate) async fn write(
     layout: &Layout,
     checks: &[Check<'_>],
     now: SystemTime,
-) -> Result<u64, WriteError> {
+) -> Result<u64, tokio_postgres::Error> {
     let probes = probe_ids(tx, st, checks).await?;
     let probe_of = |c: &Check<'_>| c.row.probe.as_deref().and_then(|p| probes.get(p).copied());
     let rows = copy(tx, st, layout, checks, &probe_of, now).await?;
@@ -84,7 +83,7 @@ async fn probe_ids(
     tx: &Transaction<'_>,
     st: &Statements,
     checks: &[Check<'_>],
-) -> Result<HashMap<String, i32>, WriteError> {
+) -> Result<HashMap<String, i32>, tokio_postgres::Error> {
     let names: BTreeSet<&str> = checks.iter().filter_map(|c| c.row.probe.as_deref()).collect();
     if names.is_empty() {
         return Ok(HashMap::new());
@@ -109,9 +108,9 @@ async fn copy(
     st: &Statements,
     layout: &Layout,
     checks: &[Check<'_>],
-    probe_of: &dyn Fn(&Check<'_>) -> Option<i32>,
+    probe_of: &(dyn Fn(&Check<'_>) -> Option<i32> + Sync),
     now: SystemTime,
-) -> Result<u64, WriteError> {
+) -> Result<u64, tokio_postgres::Error> {
     use Type as T;
     let types = [
         T::TIMESTAMPTZ, T::INT8, T::INT8, T::INT4, T::INT4, T::INT4,
@@ -148,7 +147,7 @@ async fn add_rollups(
     statement: &tokio_postgres::Statement,
     rollups: &Rollups,
     level: Level,
-) -> Result<(), WriteError> {
+) -> Result<(), tokio_postgres::Error> {
     let mut a = RollupArrays::default();
     for (key, counts) in rollups.level(level) {
         a.site.push(key.site_id);

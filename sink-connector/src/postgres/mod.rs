@@ -6,7 +6,10 @@
 //!   an advisory lock;
 //! - [`sql`]: connecting, and the statements of the batch transaction,
 //!   prepared per connection;
+//! - [`partitions`]: making time partitions before a batch, dropping them
+//!   past retention;
 //! - [`kept`]: what the rejects table keeps of a refused record;
+//! - [`history`]: a batch's checks as compact history rows and rollup counts;
 //! - [`write`](mod@write): one batch transaction — exactly-once through a
 //!   per-partition offsets table locked in the same transaction;
 //! - [`refuse`]: writing a part whose records PostgreSQL may refuse, and the
@@ -17,8 +20,10 @@
 //! Each module imports only the ones above it in this list.
 
 pub mod error;
+pub mod history;
 pub mod kept;
 pub mod migrate;
+pub mod partitions;
 pub mod refuse;
 pub mod sql;
 pub mod write;

@@ -66,7 +66,7 @@ pub struct Layout {
     drop: String,
 }
 
-/// Retention of each table.
+/// Retention of each table (the `[sink]` keys of the same names).
 #[derive(Debug, Clone, Copy)]
 pub struct Retention {
     /// History rows.
@@ -81,6 +81,27 @@ pub struct Retention {
     pub hour: Duration,
     /// Rollups per day.
     pub day: Duration,
+}
+
+impl Default for Retention {
+    /// The defaults of `[sink]`.
+    fn default() -> Self {
+        Self::of(&crate::config::SinkConfig::default())
+    }
+}
+
+impl Retention {
+    /// The retentions `cfg` sets.
+    pub fn of(cfg: &crate::config::SinkConfig) -> Self {
+        Self {
+            history: cfg.history_retention,
+            history_partition: cfg.history_partition,
+            rejects: cfg.rejects_retention,
+            minute: cfg.rollup_minute_retention,
+            hour: cfg.rollup_hour_retention,
+            day: cfg.rollup_day_retention,
+        }
+    }
 }
 
 impl Layout {

@@ -12,6 +12,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::postgres::error::db_message;
 use crate::postgres::migrate::Tables;
+use crate::postgres::partitions::{Layout, Retention};
 use crate::uri::PgTarget;
 
 /// Connects once to `target` and drives the connection on a background task.
@@ -66,12 +67,19 @@ pub struct Sql {
     probe_ids: String,
     add_probes: String,
     add_rollups: [String; 3],
+    layout: Layout,
 }
 
 impl Sql {
-    /// Builds every statement for `tables`.
+    /// Builds every statement for `tables`, with the default retentions.
     pub fn new(t: &Tables) -> Self {
+        Self::with_retention(t, Retention::default())
+    }
+
+    /// Builds every statement for `tables`, whose partitions keep `retention`.
+    pub fn with_retention(t: &Tables, retention: Retention) -> Self {
         Self {
+            layout: Layout::new(t, retention),
             select_offsets: format!(
                 "SELECT o.topic, o.\"partition\", o.next_offset
                  FROM {o} o JOIN unnest($1::text[], $2::int4[]) AS k(t, p)
@@ -187,6 +195,8 @@ pub struct Conn {
     /// The client.
     pub client: Client,
     pub(crate) statements: Statements,
+    /// The partitioned tables, for making partitions before a batch.
+    pub(crate) layout: Layout,
 }
 
 impl std::fmt::Debug for Conn {
@@ -214,7 +224,11 @@ impl Conn {
                 client.prepare(&sql.add_rollups[2]).await?,
             ],
         };
-        Ok(Self { client, statements })
+        Ok(Self {
+            client,
+            statements,
+            layout: sql.layout.clone(),
+        })
     }
 }
 

@@ -23,9 +23,10 @@
 //! refuses, are [`crate::postgres::refuse`]'s part: it calls `write_tx` with the
 //! refused records and, to find them, in rolled-back probe mode.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::pin_mut;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -33,7 +34,9 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{Statement, Transaction};
 
 use crate::batch::{Msg, Outcome, Skipped};
-use crate::decode::{Decoded, Good, Rejected};
+use crate::decode::{Decoded, Good, Reason, Rejected};
+use crate::postgres::history::{self, Check};
+use crate::postgres::partitions::Layout;
 use crate::postgres::error::{db_message, is_record_refusal};
 use crate::postgres::kept::{prefix, truncate_str, Kept, MAX_DETAIL_BYTES, MAX_KEPT_BYTES};
 use crate::postgres::sql::{Conn, RawJson, Statements};
@@ -84,6 +87,68 @@ fn effective_time(m: &Msg, g: &Good, now: SystemTime) -> SystemTime {
     g.checked_at.or(m.timestamp).unwrap_or(now)
 }
 
+/// How far ahead of the sink's clock a record's time may be.
+const MAX_AHEAD: Duration = Duration::from_secs(86_400);
+
+/// The indices (of `only`, else of all `msgs`) of good records.
+fn good_indices<'m>(msgs: &'m [Msg], only: Option<&'m [usize]>) -> impl Iterator<Item = (usize, &'m Good)> + 'm {
+    let all: Box<dyn Iterator<Item = usize>> = match only {
+        Some(set) => Box::new(set.iter().copied()),
+        None => Box::new(0..msgs.len()),
+    };
+    all.filter_map(|i| match &msgs[i].decoded {
+        Decoded::Good(g) => Some((i, g)),
+        Decoded::Rejected(_) => None,
+    })
+}
+
+/// The good records more than [`MAX_AHEAD`] ahead of `now`, as rejects.
+fn in_future(msgs: &[Msg], only: Option<&[usize]>, now: SystemTime) -> Vec<(usize, Rejected)> {
+    good_indices(msgs, only)
+        .filter_map(|(i, g)| {
+            let at = effective_time(&msgs[i], g, now);
+            let ahead = at.duration_since(now).ok().filter(|d| *d > MAX_AHEAD)?;
+            Some((
+                i,
+                Rejected {
+                    reason: Reason::InFuture,
+                    detail: format!(
+                        "checked_at is {} ahead of the sink's clock (at most 1 day is stored); fix the clock of the probe that wrote it",
+                        humantime::format_duration(Duration::from_secs(ahead.as_secs()))
+                    ),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// Step 0: makes the partitions the batch's records need (history, each
+/// rollup level that keeps their time, and today's rejects).
+async fn make_partitions(
+    conn: &mut Conn,
+    msgs: &[Msg],
+    only: Option<&[usize]>,
+    now: SystemTime,
+) -> Result<(), WriteError> {
+    let layout = &conn.layout;
+    let mut needs = Layout::needs(&layout.rejected, [now]);
+    for (i, g) in good_indices(msgs, only) {
+        let at = effective_time(&msgs[i], g, now);
+        if at.duration_since(now).is_ok_and(|d| d > MAX_AHEAD) {
+            continue;
+        }
+        if layout.history.keeps(at, now) {
+            needs.extend(Layout::needs(&layout.history, [at]));
+        }
+        for (_, table) in layout.rollups.iter().filter(|(_, p)| p.keeps(at, now)) {
+            needs.extend(Layout::needs(table, [at]));
+        }
+    }
+    let layout = layout.clone();
+    layout.make(&mut conn.client, &needs).await?;
+    Ok(())
+}
+
 /// The last offset of each (topic, partition) in `msgs`, sorted.
 type Last<'a> = BTreeMap<(&'a str, i32), i64>;
 
@@ -109,7 +174,16 @@ pub(crate) async fn write_tx(
 ) -> Result<Outcome, WriteError> {
     let now = SystemTime::now();
     let started = Instant::now();
+    // 0. Before the transaction: it must not take the parents' exclusive lock.
+    make_partitions(conn, msgs, only, now).await?;
+    let future = in_future(msgs, only, now);
+    let refused = match future.is_empty() {
+        true => Cow::Borrowed(refused),
+        false => Cow::Owned(refused.iter().map(|(i, r)| (*i, r.clone())).chain(future).collect()),
+    };
+    let refused = refused.as_ref();
     let st = &conn.statements;
+    let layout = &conn.layout;
     let tx = conn.client.transaction().await?;
     let mut out = Outcome::default();
 
@@ -129,7 +203,14 @@ pub(crate) async fn write_tx(
     // 3–4.
     if !goods.is_empty() {
         let ids = upsert_latest(&tx, st, msgs, &goods, now, &mut out).await?;
-        out.check_rows = copy_history(&tx, st, msgs, &goods, &ids, now).await?;
+        let checks: Vec<Check<'_>> = goods
+            .iter()
+            .map(|&(i, g)| {
+                let at = effective_time(&msgs[i], g, now);
+                Check::new(&msgs[i], g, ids[g.url.as_str()], at)
+            })
+            .collect();
+        out.check_rows = history::write(&tx, st, layout, &checks, now).await?;
     }
     if mode == Mode::Probe {
         tx.rollback().await?;
@@ -280,53 +361,6 @@ async fn upsert_latest(
         });
     }
     Ok(ids)
-}
-
-/// Step 4: the history rows, binary COPY with typed columns; returns how many.
-async fn copy_history(
-    tx: &Transaction<'_>,
-    st: &Statements,
-    msgs: &[Msg],
-    goods: &[(usize, &Good)],
-    ids: &HashMap<String, i64>,
-    now: SystemTime,
-) -> Result<u64, WriteError> {
-    let sink = tx.copy_in(&st.copy_check).await?;
-    let types = [
-        Type::INT8,
-        Type::TIMESTAMPTZ,
-        Type::BOOL,
-        Type::INT4,
-        Type::FLOAT8,
-        Type::JSONB,
-        Type::TEXT,
-        Type::INT4,
-        Type::INT8,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
-    for &(i, g) in goods {
-        let m = &msgs[i];
-        let site_id = ids[g.url.as_str()];
-        let t = effective_time(m, g, now);
-        let data = RawJson(m.payload.as_deref().unwrap_or(b"null"));
-        let topic: &str = &m.topic;
-        writer
-            .as_mut()
-            .write(&[
-                &site_id,
-                &t,
-                &g.ok,
-                &g.status_code,
-                &g.duration,
-                &data,
-                &topic,
-                &m.partition,
-                &m.offset,
-            ])
-            .await?;
-    }
-    Ok(writer.finish().await?)
 }
 
 /// Step 4: the rejects, binary COPY, each value cut to [`MAX_KEPT_BYTES`].

@@ -38,6 +38,7 @@ use crate::error::SinkError;
 use crate::metrics as m;
 use crate::postgres::error::{db_message, is_connection_error};
 use crate::postgres::migrate::{migrate, Tables};
+use crate::postgres::partitions::Retention;
 use crate::postgres::refuse::{write_batch, Search};
 use crate::postgres::sql::{connect, Conn, Sql};
 use crate::readiness::Readiness;
@@ -135,7 +136,7 @@ impl Shared {
         shutdown: CancellationToken,
     ) -> Self {
         let tables = Tables::new(&cfg.schema, &cfg.table);
-        let sql = Sql::new(&tables);
+        let sql = Sql::with_retention(&tables, Retention::of(&cfg));
         let budget = Budget {
             shutdown: shutdown.clone(),
             timeout: cfg.shutdown_timeout,
