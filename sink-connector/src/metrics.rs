@@ -36,10 +36,16 @@ pub const LAST_COMMIT_TIMESTAMP: &str = "website_monitor_last_commit_timestamp_s
 pub const LAST_COMMIT_AGE: &str = "website_monitor_last_commit_age_seconds";
 /// Kafka consumer errors (counter).
 pub const KAFKA_ERRORS: &str = "website_monitor_kafka_errors_total";
+/// Partitions dropped past their table's retention (counter).
+pub const PARTITIONS_DROPPED: &str = "website_monitor_partitions_dropped_total";
 
 /// Registers help texts for every metric.
 pub fn describe() {
     describe_counter!(RECORDS_CONSUMED, "Records read from Kafka.");
+    describe_counter!(
+        PARTITIONS_DROPPED,
+        "Time partitions of history, rejects and rollups dropped past their retention."
+    );
     describe_counter!(
         ROWS_WRITTEN,
         Unit::Count,

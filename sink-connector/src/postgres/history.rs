@@ -13,16 +13,17 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Transaction;
 
 use crate::batch::Msg;
-use crate::decode::Good;
 use crate::postgres::partitions::Layout;
 use crate::postgres::sql::Statements;
 use crate::rollup::{pack, Level, Rollups};
 use crate::row::Compact;
 
-/// A check to store: its message, site, time and columns.
+/// A check to store: its Kafka position, site, time and columns.
 pub(crate) struct Check<'m> {
-    /// The message.
-    pub(crate) msg: &'m Msg,
+    /// Its Kafka partition.
+    pub(crate) partition: i32,
+    /// Its Kafka offset.
+    pub(crate) offset: i64,
     /// The site's row id.
     pub(crate) site_id: i64,
     /// The time it counts at.
@@ -35,18 +36,24 @@ impl<'m> Check<'m> {
     /// The columns of `msg`'s record (a JSON object [`crate::decode`] has
     /// checked). Should the split fail all the same, the whole record is
     /// kept in `extra`, so nothing is lost.
-    pub(crate) fn new(msg: &'m Msg, _good: &Good, site_id: i64, at: SystemTime) -> Self {
+    pub(crate) fn new(msg: &'m Msg, site_id: i64, at: SystemTime) -> Self {
         let text = msg
             .payload
             .as_deref()
             .and_then(|p| std::str::from_utf8(p).ok())
             .unwrap_or("{}");
+        Self::of_text(text, msg.partition, msg.offset, site_id, at)
+    }
+
+    /// The columns of a record's JSON `text`.
+    pub(crate) fn of_text(text: &'m str, partition: i32, offset: i64, site_id: i64, at: SystemTime) -> Self {
         let row = Compact::from_json(text).unwrap_or_else(|_| Compact {
             extra: Some(text.to_owned()),
             ..Compact::default()
         });
         Self {
-            msg,
+            partition,
+            offset,
             site_id,
             at,
             row,
@@ -130,7 +137,7 @@ async fn copy(
         writer
             .as_mut()
             .write(&[
-                &c.at, &c.site_id, &c.msg.offset, &c.msg.partition, &probe_of(c), &r.present,
+                &c.at, &c.site_id, &c.offset, &c.partition, &probe_of(c), &r.present,
                 &r.duration_us, &dns, &connect, &tls, &ttfb, &transfer, &r.response_bytes,
                 &r.status_code, &r.redirects, &r.http_version, &r.tls_version, &r.cert_days_left,
                 &r.schema_version, &r.ok, &r.re_check, &not_after, &ip,

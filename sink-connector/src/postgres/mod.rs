@@ -14,6 +14,8 @@
 //!   per-partition offsets table locked in the same transaction;
 //! - [`refuse`]: writing a part whose records PostgreSQL may refuse, and the
 //!   search for them, kept across attempts;
+//! - [`upgrade`]: moving the rows of the history table of migrations
+//!   0001–0005 into the partitioned one;
 //! - [`writer`]: the `writers` connections, each writing its part of a batch
 //!   at once with the others; bounded attempts, retries, readiness.
 //!
@@ -26,5 +28,6 @@ pub mod migrate;
 pub mod partitions;
 pub mod refuse;
 pub mod sql;
+pub mod upgrade;
 pub mod write;
 pub mod writer;

@@ -13,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::postgres::migrate::Tables;
 use crate::rollup::Level;
@@ -144,7 +144,7 @@ impl Layout {
     }
 
     /// Makes every partition in `needs` that does not exist yet, in one short
-    /// transaction; returns how many were made.
+    /// transaction with a lock timeout; returns how many were made.
     pub async fn make(
         &self,
         client: &mut Client,
@@ -153,24 +153,35 @@ impl Layout {
         if needs.is_empty() {
             return Ok(0);
         }
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await?;
+        let made = self.make_in(&tx, needs).await?;
+        tx.commit().await?;
+        Ok(made)
+    }
+
+    /// Like [`Layout::make`], in the caller's transaction (one that holds no
+    /// lock another writer waits for, such as the upgrade's).
+    pub async fn make_in(
+        &self,
+        client: &impl GenericClient,
+        needs: &BTreeSet<(&Partitioned, SystemTime)>,
+    ) -> Result<i64, tokio_postgres::Error> {
         let sql = format!(
             "SELECT {}($1::text::regclass, $2, $2, make_interval(secs => $3))",
             self.make
         );
-        let tx = client.transaction().await?;
-        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            .await?;
-        let statement = tx.prepare(&sql).await?;
+        let statement = client.prepare(&sql).await?;
         let mut made = 0i64;
         for (table, start) in needs {
             let secs = table.span.as_secs_f64();
-            let n: i32 = tx
+            let n: i32 = client
                 .query_one(&statement, &[&table.table, start, &secs])
                 .await?
                 .get(0);
             made += i64::from(n);
         }
-        tx.commit().await?;
         Ok(made)
     }
 

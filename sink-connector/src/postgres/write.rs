@@ -207,7 +207,7 @@ pub(crate) async fn write_tx(
             .iter()
             .map(|&(i, g)| {
                 let at = effective_time(&msgs[i], g, now);
-                Check::new(&msgs[i], g, ids[g.url.as_str()], at)
+                Check::new(&msgs[i], ids[g.url.as_str()], at)
             })
             .collect();
         out.check_rows = history::write(&tx, st, layout, &checks, now).await?;

@@ -41,6 +41,7 @@ use crate::postgres::migrate::{migrate, Tables};
 use crate::postgres::partitions::Retention;
 use crate::postgres::refuse::{write_batch, Search};
 use crate::postgres::sql::{connect, Conn, Sql};
+use crate::postgres::upgrade::move_legacy_history;
 use crate::readiness::Readiness;
 use crate::uri::PgTarget;
 
@@ -218,7 +219,16 @@ async fn open(shared: &Shared, started: bool) -> Result<Result<Conn, String>, Si
         Err(e) => return Err(SinkError::Migrate(db_message(&e))),
     }
     match Conn::prepare(client, &shared.sql).await {
-        Ok(c) => Ok(Ok(c)),
+        Ok(mut c) => {
+            // An upgrade from the unpartitioned history: move its rows first,
+            // within this attempt's time; a later attempt goes on.
+            let budget = shared.cfg.write_timeout / 2;
+            match move_legacy_history(&mut c, &shared.tables, budget).await {
+                Ok((_, true)) => Ok(Ok(c)),
+                Ok((_, false)) => Ok(Err("converting the old history table (going on)".to_owned())),
+                Err(e) => Ok(Err(format!("converting the old history table: {}", db_message(&e)))),
+            }
+        }
         Err(e) if is_connection_error(&e) || started => {
             Ok(Err(format!("preparing statements: {}", db_message(&e))))
         }
@@ -247,7 +257,12 @@ pub struct Writer {
     conn: Option<Conn>,
     /// What the search for refused records learnt about the part in hand.
     search: Search,
+    /// When writer 0 last made partitions ahead and dropped expired ones.
+    maintained: Option<Instant>,
 }
+
+/// How often writer 0 makes partitions ahead and applies retention.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
 
 impl Writer {
     /// Writer number `index` (no I/O yet).
@@ -257,6 +272,7 @@ impl Writer {
             index,
             conn: None,
             search: Search::default(),
+            maintained: None,
         }
     }
 
@@ -381,6 +397,7 @@ impl Writer {
     /// `write_timeout` and by what is left of `shutdown_timeout`.
     /// `Err(message)` is worth retrying.
     async fn attempt(&mut self, batch: &[Msg]) -> Result<Outcome, String> {
+        self.maintain().await;
         let shared = &*self.shared;
         let conn = self.conn.as_mut().expect("attempt needs a connection");
         let started = Instant::now();
@@ -400,6 +417,30 @@ impl Writer {
                 )),
             },
             () = ended => Err("shutdown_timeout passed during the write".to_owned()),
+        }
+    }
+
+    /// Writer 0, at most every [`MAINTAIN_EVERY`]: makes today's and
+    /// tomorrow's partitions and drops those past retention. A failure (a
+    /// lock not granted in time) is logged and tried again next time.
+    async fn maintain(&mut self) {
+        if self.index != 0 || self.maintained.is_some_and(|t| t.elapsed() < MAINTAIN_EVERY) {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        self.maintained = Some(Instant::now());
+        let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
+        let layout = conn.layout.clone();
+        let run = layout.maintain(&mut conn.client, std::time::SystemTime::now());
+        match tokio::time::timeout(limit, run).await {
+            Ok(Ok((made, dropped))) => {
+                tracing::debug!(made, dropped, "partitions made ahead and dropped past retention");
+                metrics::counter!(m::PARTITIONS_DROPPED).increment(dropped.max(0) as u64);
+            }
+            Ok(Err(e)) => tracing::warn!(error = %db_message(&e), "partition maintenance failed; trying again in 10 minutes"),
+            Err(_) => tracing::warn!("partition maintenance took longer than write_timeout; trying again in 10 minutes"),
         }
     }
 

@@ -1,0 +1,92 @@
+//! Upgrading a deployment from the history of migrations 0001–0005 (one
+//! unpartitioned table, each record whole as `jsonb`): migration 0006 renames
+//! it `<table>_check_legacy`; this moves its rows into the new history and
+//! the rollups, with the same conversion as live records
+//! ([`crate::row::Compact`]), then drops it.
+//!
+//! Rows move in chunks, each in its own transaction that deletes them from
+//! the old table and writes them to the new ones: a chunk is moved whole or
+//! not at all, a kill between chunks loses and doubles nothing (the next
+//! start goes on), and sinks started together move different rows (a row
+//! deleted by one is not returned to another). Every row is kept, whatever
+//! the retention (the next retention run applies it).
+
+use std::time::{Duration, SystemTime};
+
+use tokio_postgres::Client;
+
+use crate::postgres::history::{self, Check};
+use crate::postgres::migrate::Tables;
+use crate::postgres::partitions::{Layout, Retention};
+use crate::postgres::sql::Conn;
+
+/// Rows moved per transaction.
+const CHUNK: i64 = 5_000;
+
+/// Moves every row of the old history table, if there is one, within
+/// `budget`; returns how many were moved and whether the old table is gone.
+pub async fn move_legacy_history(
+    conn: &mut Conn,
+    tables: &Tables,
+    budget: Duration,
+) -> Result<(u64, bool), tokio_postgres::Error> {
+    let legacy = tables.function("_check_legacy");
+    if !exists(&conn.client, &legacy).await? {
+        return Ok((0, true));
+    }
+    let started = std::time::Instant::now();
+    // Every row is kept: retention applies later, to whole partitions.
+    let keep_all = Retention {
+        history: crate::config::MAX_RETENTION,
+        rejects: crate::config::MAX_RETENTION,
+        minute: crate::config::MAX_RETENTION,
+        hour: crate::config::MAX_RETENTION,
+        day: crate::config::MAX_RETENTION,
+        history_partition: conn.layout.history.span,
+    };
+    let layout = Layout::new(tables, keep_all);
+    let take = format!(
+        "DELETE FROM {legacy} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {legacy} LIMIT {CHUNK}))
+         RETURNING site_id, checked_at, \"partition\", \"offset\", data::text"
+    );
+    let mut moved = 0u64;
+    while started.elapsed() < budget {
+        let n = move_chunk(conn, &layout, &take).await?;
+        moved += n;
+        if n == 0 {
+            conn.client
+                .batch_execute(&format!("DROP TABLE IF EXISTS {legacy}"))
+                .await?;
+            tracing::info!(moved, "the old history table is converted and dropped");
+            return Ok((moved, true));
+        }
+    }
+    tracing::info!(moved, "converting the old history table; going on at the next start of a writer");
+    Ok((moved, false))
+}
+
+/// Moves one chunk in one transaction; returns how many rows.
+async fn move_chunk(conn: &mut Conn, layout: &Layout, take: &str) -> Result<u64, tokio_postgres::Error> {
+    let now = SystemTime::now();
+    let tx = conn.client.transaction().await?;
+    let rows = tx.query(take, &[]).await?;
+    let checks: Vec<Check<'_>> = rows
+        .iter()
+        .map(|r| Check::of_text(r.get(4), r.get(2), r.get(3), r.get(0), r.get(1)))
+        .collect();
+    let mut needs = Layout::needs(&layout.history, checks.iter().map(|c| c.at));
+    for (_, table) in &layout.rollups {
+        needs.extend(Layout::needs(table, checks.iter().map(|c| c.at)));
+    }
+    layout.make_in(&tx, &needs).await?;
+    history::write(&tx, &conn.statements, layout, &checks, now).await?;
+    tx.commit().await?;
+    Ok(rows.len() as u64)
+}
+
+async fn exists(client: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?;
+    Ok(row.get(0))
+}
