@@ -4,13 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use connector_common::config::StringMap;
 use connector_common::listen::ListenAddress;
-use connector_common::secret::Headers;
 use serde::{Deserialize, Serialize};
 
 use super::site::{Shard, SiteConfig};
-use super::values::{Method, Pattern};
+use super::values::{Method, Pattern, RequestHeaders};
 
 /// The `[source]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,8 +78,8 @@ pub struct SourceConfig {
     /// (a site's value wins for the same name). Values of credential-bearing
     /// headers are never printed; all of them are dropped when a redirect
     /// leaves the site's origin.
-    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
-    pub headers: Headers,
+    #[serde(default, skip_serializing_if = "RequestHeaders::is_empty")]
+    pub headers: RequestHeaders,
     /// Default request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,

@@ -6,10 +6,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use connector_common::secret::Headers;
 use serde::{Deserialize, Serialize};
 
-use super::values::{Method, Pattern, SiteUrl};
+use super::values::{Method, Pattern, RequestHeaders, SiteUrl};
 
 /// One `[[source.sites]]` entry (or one JSON line of `sites_file`): a url and
 /// optional overrides of the `[source]` defaults.
@@ -38,7 +37,7 @@ pub struct SiteConfig {
     pub method: Option<Method>,
     /// Extra request headers, added to the default ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Headers>,
+    pub headers: Option<RequestHeaders>,
     /// Request body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,

@@ -8,10 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use connector_common::config::{Invalid, StringMap};
-use connector_common::secret::{HeaderRule, MaskRule};
+use connector_common::config::Invalid;
 use regex::Regex;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 
 use super::spec::{ClientKey, SiteSpec};
 use crate::config::{SiteConfig, SourceConfig};
@@ -37,7 +36,7 @@ impl<'a> Resolver<'a> {
         Resolver {
             config,
             dir,
-            default_headers: Arc::new(header_map(&config.headers, &StringMap::new())),
+            default_headers: Arc::new(config.headers.map().clone()),
             regexes,
             expected: config.expected_status.as_deref().map(Arc::from),
         }
@@ -49,7 +48,7 @@ impl<'a> Resolver<'a> {
     pub fn site(&mut self, site: &SiteConfig) -> Result<SiteSpec, Invalid> {
         let c = self.config;
         let headers = match &site.headers {
-            Some(own) if !own.is_empty() => Arc::new(header_map(&c.headers, own)),
+            Some(own) if !own.is_empty() => Arc::new(c.headers.merged(own)),
             _ => Arc::clone(&self.default_headers),
         };
         Ok(SiteSpec {
@@ -133,21 +132,4 @@ impl<'a> Resolver<'a> {
         }
         Ok(path)
     }
-}
-
-/// Headers from the defaults, then the site's own (validated before).
-/// Credential-bearing values are marked sensitive, so not even a `Debug` of
-/// the map shows them.
-fn header_map(defaults: &StringMap, own: &StringMap) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (k, v) in defaults.iter().chain(own) {
-        if let (Ok(name), Ok(mut value)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            value.set_sensitive(HeaderRule::is_secret(k));
-            map.insert(name, value);
-        }
-    }
-    map
 }
