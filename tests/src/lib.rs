@@ -57,7 +57,9 @@ pub use kafka::{
 };
 pub use metrics::{http_get, scrape, scrape_until, wait_not_ready, wait_ready};
 pub use pair::Pair;
-pub use postgres::{column, count, fresh_schema, kv_uri, pg, pg_port, wait_rows, with_param};
+pub use postgres::{
+    column, count, fresh_schema, kv_uri, pg, pg_port, table_exists, wait_rows, with_param,
+};
 pub use process::{binary, connector, free_port, sigterm, Proc};
 pub use stack::{
     made_by_unique_before, repo_root, stack, stack_script, unique, unique_ident, RestartOnDrop,
