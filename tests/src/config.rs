@@ -23,7 +23,8 @@ use connector_common::Loaded;
 use toml::{Table, Value};
 
 /// A connector.toml under construction: `[kafka]`, the connector's own
-/// section (`[source]` or `[sink]`) and top-level keys.
+/// section (`[source]` or `[sink]`, or both: [`ConfigBuilder::section`]) and
+/// top-level keys.
 #[derive(Debug, Clone)]
 pub struct ConfigBuilder {
     root: Table,
@@ -69,7 +70,16 @@ impl ConfigBuilder {
         self
     }
 
-    /// A key of the connector's own section (`[source]` or `[sink]`).
+    /// From now on [`ConfigBuilder::set`], [`ConfigBuilder::unset`] and
+    /// [`ConfigBuilder::site`] write `[source]` or `[sink]`: one file for
+    /// both connectors, as `pipelines/*.toml` are.
+    pub fn section(mut self, section: Section) -> Self {
+        self.table(section.name());
+        self.section = section;
+        self
+    }
+
+    /// A key of the current section (`[source]` or `[sink]`).
     pub fn set(mut self, key: &str, value: impl Into<Value>) -> Self {
         let name = self.section.name();
         self.table(name).insert(key.to_owned(), value.into());
@@ -125,25 +135,25 @@ impl ConfigBuilder {
         path
     }
 
-    /// The configuration loaded as the connector loads its file (without the
-    /// environment); panics, showing the text, when it is refused.
-    fn load<S>(&self) -> Loaded<S>
+    /// The configuration loaded as the connector of `section` loads its file
+    /// (without the environment); panics, showing the text, when it is refused.
+    fn load<S>(&self, section: Section) -> Loaded<S>
     where
         S: serde::de::DeserializeOwned + connector_common::config::Validate,
     {
         let text = self.text();
-        load_str(&text, Path::new("test.toml"), self.section, &|_| None)
+        load_str(&text, Path::new("test.toml"), section, &|_| None)
             .unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
     }
 
-    /// [`ConfigBuilder::load`] for the source.
+    /// The source's view of the configuration ([`ConfigBuilder::load`]).
     pub fn source_config(&self) -> Loaded<website_monitor_source::SourceConfig> {
-        self.load()
+        self.load(Section::Source)
     }
 
-    /// [`ConfigBuilder::load`] for the sink.
+    /// The sink's view of the configuration ([`ConfigBuilder::load`]).
     pub fn sink_config(&self) -> Loaded<website_monitor_sink::SinkConfig> {
-        self.load()
+        self.load(Section::Sink)
     }
 }
 
