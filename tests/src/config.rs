@@ -146,12 +146,13 @@ impl ConfigBuilder {
             .unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
     }
 
-    /// The source's view of the configuration ([`ConfigBuilder::load`]).
+    /// The source's view of the configuration: loaded as the source loads its
+    /// file (without the environment); panics, showing the text, when refused.
     pub fn source_config(&self) -> Loaded<website_monitor_source::SourceConfig> {
         self.load(Section::Source)
     }
 
-    /// The sink's view of the configuration ([`ConfigBuilder::load`]).
+    /// The sink's view of the configuration, as [`ConfigBuilder::source_config`].
     pub fn sink_config(&self) -> Loaded<website_monitor_sink::SinkConfig> {
         self.load(Section::Sink)
     }

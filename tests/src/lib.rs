@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! - [`stack`]: where the stack's services are (`.stack/env`, `WM_*`
+//! - [`mod@stack`]: where the stack's services are (`.stack/env`, `WM_*`
 //!   overrides), names no other test uses, stopping and starting a service
 //!   ([`stack_script`], [`RestartOnDrop`]).
 //! - [`kafka`]: topics made and swept, records produced and read back.
