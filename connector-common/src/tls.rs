@@ -1,28 +1,47 @@
-//! rustls pieces both connectors need.
+//! rustls pieces both connectors need: the certificate verifiers weaker
+//! than rustls' default, and reading PEM files at configuration load.
 
+use std::fmt;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
+use rustls::client::{VerifierBuilderError, WebPkiServerVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-/// Accepts any server certificate for any name, but still checks the
-/// handshake signatures: the source's `tls_verify = false`, and the sink's
-/// `sslmode=require` without a root certificate (libpq's rule). Encrypted,
-/// not authenticated.
+/// A server-certificate verifier weaker than rustls' default (chain and
+/// name): the [`CertificateRule`] `C` decides what of the certificate is
+/// checked, while the handshake signatures are always checked with the
+/// crypto provider's algorithms. The one `ServerCertVerifier` of the
+/// workspace; its two rules are [`AcceptAnyServerCert`] and [`ChainOnly`].
 #[derive(Debug)]
-pub struct AcceptAnyServerCert(Arc<CryptoProvider>);
-
-impl AcceptAnyServerCert {
-    /// A verifier using `provider`'s signature algorithms.
-    pub fn new(provider: Arc<CryptoProvider>) -> Self {
-        Self(provider)
-    }
+pub struct RelaxedVerifier<C> {
+    certificate: C,
+    signatures: WebPkiSupportedAlgorithms,
 }
 
-impl ServerCertVerifier for AcceptAnyServerCert {
-    fn verify_server_cert(
+/// What a [`RelaxedVerifier`] checks of the server's certificate.
+pub trait CertificateRule: fmt::Debug + Send + Sync {
+    /// Whether the server's certificate (with its intermediates) is
+    /// acceptable for `server_name`; the arguments of
+    /// [`ServerCertVerifier::verify_server_cert`].
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error>;
+}
+
+/// Any certificate, for any name.
+#[derive(Debug)]
+pub struct AnyCertificate;
+
+impl CertificateRule for AnyCertificate {
+    fn verify(
         &self,
         _end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
@@ -32,6 +51,81 @@ impl ServerCertVerifier for AcceptAnyServerCert {
     ) -> Result<ServerCertVerified, rustls::Error> {
         Ok(ServerCertVerified::assertion())
     }
+}
+
+/// A chain up to trusted roots (validity dates included), whatever name the
+/// certificate is for.
+#[derive(Debug)]
+pub struct ChainNotName(Arc<WebPkiServerVerifier>);
+
+impl CertificateRule for ChainNotName {
+    fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+}
+
+/// Accepts any server certificate for any name, but still checks the
+/// handshake signatures: the source's `tls_verify = false`, and the sink's
+/// `sslmode=require` without a root certificate (libpq's rule). Encrypted,
+/// not authenticated.
+pub type AcceptAnyServerCert = RelaxedVerifier<AnyCertificate>;
+
+impl AcceptAnyServerCert {
+    /// A verifier using `provider`'s signature algorithms.
+    pub fn new(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            certificate: AnyCertificate,
+            signatures: provider.signature_verification_algorithms,
+        }
+    }
+}
+
+/// Checks the chain up to trusted roots but not the host name: the sink's
+/// `sslmode=verify-ca` (libpq's rule).
+pub type ChainOnly = RelaxedVerifier<ChainNotName>;
+
+impl ChainOnly {
+    /// A verifier trusting `roots`, using `provider`'s signature algorithms.
+    pub fn new(
+        roots: Arc<RootCertStore>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Self, VerifierBuilderError> {
+        let signatures = provider.signature_verification_algorithms;
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider).build()?;
+        Ok(Self {
+            certificate: ChainNotName(webpki),
+            signatures,
+        })
+    }
+}
+
+impl<C: CertificateRule> ServerCertVerifier for RelaxedVerifier<C> {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.certificate
+            .verify(end_entity, intermediates, server_name, ocsp_response, now)
+    }
 
     fn verify_tls12_signature(
         &self,
@@ -39,12 +133,7 @@ impl ServerCertVerifier for AcceptAnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.signatures)
     }
 
     fn verify_tls13_signature(
@@ -53,16 +142,11 @@ impl ServerCertVerifier for AcceptAnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.signatures)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.signatures.supported_schemes()
     }
 }
 

@@ -1,7 +1,7 @@
 -- 0004: the history table is keyed by its Kafka position alone. Its bigserial
 -- `id` (a sequence call and a third btree entry per row) identified nothing
 -- the position does not: dropping it made inserting 300,000 history rows
--- ~20-25 % cheaper (psql on the dev machine, docs/benchmarks.md). The
+-- ~20-25 % cheaper (psql on the dev machine, docs/benchmarks-history.md). The
 -- UNIQUE (topic, partition, offset) constraint stays and becomes the replica
 -- identity, so logical replication can still update and delete rows.
 -- Dropping a column is a catalog change: no rewrite of an existing table.

@@ -4,7 +4,8 @@
 //! [`crate::pipeline`] can collect the next batch while the previous one is
 //! being written and committed: a batch's `batch_timeout` starts when its
 //! first record arrives, not when the previous write ends, and a busy sink
-//! writes back to back (measured in `make bench`, docs/benchmarks.md).
+//! writes back to back (measured in `make bench`: docs/benchmarks-history.md,
+//! "End to end: keep-alive, `batch_timeout` 100 ms, overlapped batches").
 
 use std::sync::Arc;
 use std::time::Duration;

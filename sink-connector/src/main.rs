@@ -1,4 +1,5 @@
-//! `website-monitor-sink`: Kafka → PostgreSQL. See the crate docs and the README.
+//! `website-monitor-sink`: Kafka → PostgreSQL. See the crate docs, docs/sink.md
+//! and docs/configuration.md.
 
 use std::process::ExitCode;
 

@@ -1,7 +1,7 @@
 //! The sink's metrics: every name, and its help text.
 //!
 //! Every name starts with `website_monitor_` and is listed, with its labels,
-//! under "Metrics" in the sink's part of README.md.
+//! under "Sink" in docs/metrics.md.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

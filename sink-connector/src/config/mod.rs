@@ -39,6 +39,7 @@ pub struct SinkConfig {
     /// starting with `^` (a librdkafka regex subscription) is refused.
     pub topic: String,
     /// Kafka consumer group. Sink instances sharing it split the partitions.
+    /// 1 to 255 bytes, not blank, no control characters.
     pub group_id: String,
     /// Static group membership (librdkafka `group.instance.id`): a stable name
     /// for this sink instance within `group_id`, e.g. the pod name of a
@@ -46,6 +47,7 @@ pub struct SinkConfig {
     /// partitions back at once instead of after the dead member's
     /// `session.timeout.ms`. Unset: dynamic membership. Two live sinks with one
     /// id fence each other: the older one stops with an error (exit 1).
+    /// Kafka's rule: 1 to 249 characters of `A-Z a-z 0-9 . _ -`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub group_instance_id: Option<String>,
     /// PostgreSQL connection string, URL (`postgres://user:pass@host:5432/db?sslmode=require`)
@@ -54,11 +56,16 @@ pub struct SinkConfig {
     /// CA file (PEM) that verifies the server (`system` for the public web roots).
     /// Its password is never printed (`--check-config` shows `********`).
     pub postgres_uri: PostgresUri,
-    /// PostgreSQL schema holding the tables; created when missing.
+    /// PostgreSQL schema holding the tables; created when missing. 1 to
+    /// [`MAX_SCHEMA_NAME_BYTES`] bytes, without NUL, `{` or `}`; PostgreSQL's
+    /// system schemas (`pg_*` and `information_schema`, in any letter case) are
+    /// refused.
     pub schema: String,
     /// Latest-state table. History, rejects, Kafka positions and migrations take
     /// derived names: `<table>_check`, `<table>_rejected`, `<table>_kafka_offsets`,
-    /// `<table>_migrations`. Any name is allowed; it is always quoted.
+    /// `<table>_migrations`. 1 to [`MAX_TABLE_NAME_BYTES`] bytes (so the
+    /// derived names fit PostgreSQL's 63-byte identifiers), without NUL, `{` or
+    /// `}`; any other name is allowed, as it is always quoted.
     pub table: String,
     /// Most records written in one transaction.
     pub batch_size: usize,
@@ -131,6 +138,9 @@ impl Default for SinkConfig {
 /// Longest `table` name, so every derived name (`<table>_kafka_offsets`, index
 /// names) stays within PostgreSQL's 63-byte identifier limit.
 pub const MAX_TABLE_NAME_BYTES: usize = 40;
+
+/// Longest `schema` name: PostgreSQL's identifier limit.
+pub const MAX_SCHEMA_NAME_BYTES: usize = 63;
 
 /// Most `writers` (PostgreSQL connections per sink).
 pub const MAX_WRITERS: usize = 64;
@@ -242,7 +252,7 @@ impl SinkConfig {
     /// `schema` and `table`: names the sink can quote and derive from, and
     /// no PostgreSQL system schema.
     fn check_table_names(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
-        check_identifier(out, key("schema"), &self.schema, 63);
+        check_identifier(out, key("schema"), &self.schema, MAX_SCHEMA_NAME_BYTES);
         let lower = self.schema.to_ascii_lowercase();
         if lower.starts_with("pg_") || lower == "information_schema" {
             out.push(Invalid::new(

@@ -22,16 +22,14 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::RootCertStore;
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use connector_common::limits::text_problem;
 use connector_common::secret::{percent_decoded, ConnectionString};
-use connector_common::tls::AcceptAnyServerCert;
+use connector_common::tls::{AcceptAnyServerCert, ChainOnly};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A connection string that cannot be used.
@@ -180,19 +178,21 @@ impl PgTarget {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert::new(provider)))
                 .with_no_client_auth(),
-            Verify::Ca | Verify::Full => {
-                let roots = self.roots()?;
-                let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            Verify::Ca => {
+                let roots = Arc::new(self.roots()?);
+                let chain_only =
+                    ChainOnly::new(roots, provider).map_err(|e| TlsError::Rustls(e.to_string()))?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(chain_only))
+                    .with_no_client_auth()
+            }
+            Verify::Full => {
+                let roots = Arc::new(self.roots()?);
+                let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
                     .build()
                     .map_err(|e| TlsError::Rustls(e.to_string()))?;
-                if self.verify == Verify::Full {
-                    builder.with_webpki_verifier(webpki).with_no_client_auth()
-                } else {
-                    builder
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
-                        .with_no_client_auth()
-                }
+                builder.with_webpki_verifier(webpki).with_no_client_auth()
             }
         };
         Ok(MakeRustlsConnect::new(config))
@@ -396,53 +396,6 @@ fn split_key_values(s: &str) -> Result<(String, Params), UriError> {
         params.push((key, value, quoted));
     }
     Ok((String::new(), params))
-}
-
-/// Checks the chain but not the name (`sslmode=verify-ca`).
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
 }
 
 #[cfg(test)]
