@@ -17,7 +17,8 @@ pub struct SourceConfig {
     /// Kafka topic the records are written to. Env: `kafka_topic`.
     #[serde(default = "default_topic")]
     pub topic: String,
-    /// Name of this checker instance (a region, a host); copied into every record.
+    /// Name of this checker instance (a region, a host); copied into every
+    /// record. 1 to 255 bytes, not blank, no control characters.
     #[serde(default = "default_probe")]
     pub probe: String,
     /// Default time between two checks of one site.
@@ -37,7 +38,9 @@ pub struct SourceConfig {
     /// the number of sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
-    /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a free one.
+    /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a
+    /// free one. With `--once`, an address that cannot be bound (already
+    /// taken, say) is only a warning: that run serves no `/metrics`.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: ListenAddress,
     /// Whether to export the per-url gauges (up, duration, cert days left);
@@ -49,7 +52,8 @@ pub struct SourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
     /// More sites, one url a line or one JSON object a line with the per-site
-    /// keys; relative to the configuration file's directory.
+    /// keys; relative to the configuration file's directory. A regular file
+    /// of at most 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites_file: Option<PathBuf>,
     /// On shutdown, wait at most this long for the checks in flight to finish;
@@ -71,19 +75,23 @@ pub struct SourceConfig {
     /// `delivery_timeout`): librdkafka's `message.timeout.ms`.
     #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
     pub delivery_timeout: Duration,
-    /// Default HTTP method.
+    /// Default HTTP method: a method name (a token) of at most 32 bytes,
+    /// e.g. `GET`, `HEAD`, `POST` or an extension such as `PURGE`.
     #[serde(default = "default_method")]
     pub method: Method,
     /// Default extra request headers; a site's own headers are added to these
     /// (a site's value wins for the same name). Values of credential-bearing
     /// headers are never printed; all of them are dropped when a redirect
-    /// leaves the site's origin.
+    /// leaves the site's origin. At most 100 headers, each a valid header
+    /// name with printable text of at most 8 KiB as its value.
     #[serde(default, skip_serializing_if = "RequestHeaders::is_empty")]
     pub headers: RequestHeaders,
-    /// Default request body.
+    /// Default request body; at most 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Default regex searched in the body; the result is the record's `re_check`.
+    /// Default regex searched in the body; the result is the record's
+    /// `re_check`. At most 64 KiB of pattern; searched in the first
+    /// `max_body_bytes` of the body, with invalid UTF-8 replaced (U+FFFD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<Pattern>,
     /// Statuses that count as up; default any 2xx or 3xx (after redirects).
