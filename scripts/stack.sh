@@ -145,7 +145,7 @@ missing_packages() {
   have mvn || pkgs+=(maven)
   have openssl || pkgs+=(openssl)
   have kcat || pkgs+=(kcat)
-  # tests/tests/source.rs compares the records' phase timings with curl -w.
+  # tests/tests/source/timings.rs compares the records' phase timings with curl -w.
   have curl || pkgs+=(curl)
   pg_bin_dir >/dev/null || pkgs+=(postgresql)
   have psql || pkgs+=(postgresql-client)

@@ -1,4 +1,5 @@
-//! The `[kafka]` section and its translation into librdkafka settings.
+//! The `[kafka]` section and its translation into librdkafka settings; what
+//! both connectors' librdkafka contexts share ([`events`]).
 
 use std::path::PathBuf;
 
@@ -8,6 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::limits::{text_problem, truncate};
 use crate::problem::{Invalid, Validate};
 use crate::secret::{KafkaOptionRule, KafkaOptions, MaskRule, Secret};
+
+pub mod events;
+
+pub use events::{forward_log, ClientEvents, KafkaEvent};
 
 /// How the connectors reach Kafka. Shared by both connectors.
 #[derive(Debug, Clone, Serialize, Deserialize)]

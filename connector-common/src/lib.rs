@@ -11,7 +11,8 @@
 //!   overrides, typed deserialisation, and every problem of a file reported at
 //!   once, each naming file, line and key.
 //! - [`kafka`]: the `[kafka]` section and its translation into librdkafka settings
-//!   (plaintext, mTLS with PEM files, SASL).
+//!   (plaintext, mTLS with PEM files, SASL), and what both connectors'
+//!   librdkafka contexts share (error classification, rate-limited logging).
 //! - [`telemetry`]: the Prometheus recorder and the `/metrics`, `/healthz`,
 //!   `/readyz` HTTP server.
 //! - [`shutdown`]: SIGTERM / SIGINT into a cancellation token.
@@ -21,14 +22,16 @@
 //! - [`secret`]: secrets in types that cannot print them.
 //! - [`limits`]: the bounds shared by both connectors' settings, and bounded text.
 //! - [`listen`]: `metrics_address`, a `host:port` checked once at load.
+//! - [`retry`]: the one backoff (with jitter) and the one rate limit for log
+//!   lines.
 //! - [`problem`]: a setting's problem before it is located ([`config::Invalid`]),
 //!   and the [`config::Validate`] trait every section implements.
 //!
 //! Imports run one way, from the top of this list to the bottom:
 //! [`config`] → [`kafka`] → [`tls`], [`secret`] and [`limits`] → [`problem`];
-//! [`config`] → [`logging`] → [`limits`]; [`telemetry`] → [`listen`] →
-//! [`limits`]. [`problem`], [`secret`], [`tls`], [`retry`], [`cli`] and
-//! [`shutdown`] import nothing of this crate.
+//! [`kafka`] → [`retry`]; [`config`] → [`logging`] → [`limits`];
+//! [`telemetry`] → [`listen`] → [`limits`]. [`problem`], [`secret`], [`tls`],
+//! [`retry`], [`cli`] and [`shutdown`] import nothing of this crate.
 
 pub mod cli;
 pub mod config;

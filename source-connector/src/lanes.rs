@@ -9,7 +9,8 @@
 //! on the 2-core dev machine a bare reqwest loop (64 tasks) did 1.2–1.7× the
 //! requests per second on two single-threaded runtimes than on one
 //! work-stealing runtime, at 0.6–0.8 of the CPU per request, and the source
-//! itself gained 34–55 % checks/s (docs/benchmarks.md, session 4).
+//! itself gained 34–55 % checks/s (docs/benchmarks-history.md, "Session 4:
+//! check threads").
 //!
 //! What the lanes share is thread-safe and cheap to share: the publisher, the
 //! metric handles, the counters, the shutdown and abort tokens. A lane ends

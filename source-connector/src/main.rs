@@ -13,7 +13,7 @@ use website_monitor_source::{lanes, sites, RunOptions, SourceConfig, SourceError
 /// mimalloc: the check path allocates and frees per request (hyper, reqwest,
 /// the record); glibc malloc spent ~16 % of a keep-alive profile, and
 /// mimalloc gave +19-28 % checks/s with keep-alive (interleaved pairs, see
-/// docs/benchmarks.md).
+/// docs/benchmarks-history.md, "mimalloc as the source's allocator").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

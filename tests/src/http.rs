@@ -435,3 +435,9 @@ impl Default for Pki {
         Self::new()
     }
 }
+
+/// A reqwest client builder for tests and the bench (loopback HTTP, no
+/// proxy).
+pub fn http_client_builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().no_proxy()
+}

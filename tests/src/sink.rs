@@ -1,8 +1,223 @@
-//! Fixtures for tests of the sink's batch writer against the real PostgreSQL.
+//! The sink under test: the per-test fixture (topic, schema, connection,
+//! config), the sink run in this process, the records the tests produce and
+//! what "exactly once" means in its tables; and the batch writer called
+//! directly against the real PostgreSQL.
 
 use std::time::Duration;
 
-use crate::{fresh_schema, pg, Stack};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use tokio_util::sync::CancellationToken;
+use website_monitor_sink::Running;
+
+use crate::config::ConfigBuilder;
+use crate::kafka::{create_topic, json_rec, produce_json};
+use crate::postgres::{count, fresh_schema, pg, wait_rows};
+use crate::stack::{stack, unique, Stack};
+use crate::wait::WAIT;
+
+/// The test that stops and restarts PostgreSQL holds this for writing
+/// ([`SinkTest::restarting_postgres`]); every other [`SinkTest`] holds it for
+/// reading, so nothing else in the test binary runs while the database is down.
+pub static PG_RESTART: RwLock<()> = RwLock::const_new(());
+
+enum Hold {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+/// What a sink test starts from: the stack, a connection to its PostgreSQL,
+/// a fresh schema and a fresh topic of its own.
+pub struct SinkTest {
+    /// The local stack.
+    pub stack: Stack,
+    /// A connection to its PostgreSQL.
+    pub db: tokio_postgres::Client,
+    /// A schema made for this test (empty).
+    pub schema: String,
+    /// A topic made for this test.
+    pub topic: String,
+    _hold: Hold,
+}
+
+impl SinkTest {
+    /// A schema named like `prefix` and a topic named like it (`_` → `-`) of
+    /// `partitions` partitions; holds [`PG_RESTART`] for reading.
+    pub async fn new(prefix: &str, partitions: i32) -> Self {
+        Self::with(Hold::Shared(PG_RESTART.read().await), prefix, partitions).await
+    }
+
+    /// [`SinkTest::new`] for the test that restarts PostgreSQL: holds
+    /// [`PG_RESTART`] for writing.
+    pub async fn restarting_postgres(prefix: &str, partitions: i32) -> Self {
+        Self::with(
+            Hold::Exclusive(PG_RESTART.write().await),
+            prefix,
+            partitions,
+        )
+        .await
+    }
+
+    async fn with(hold: Hold, prefix: &str, partitions: i32) -> Self {
+        let stack = stack();
+        let db = pg(&stack.postgres_uri).await;
+        let (schema, topic) = fresh_pair(&stack, &db, prefix, partitions).await;
+        Self {
+            stack,
+            db,
+            schema,
+            topic,
+            _hold: hold,
+        }
+    }
+
+    /// Another schema and topic (`(schema, topic)`), for a test that runs
+    /// several sinks one after another.
+    pub async fn fresh(&self, prefix: &str, partitions: i32) -> (String, String) {
+        fresh_pair(&self.stack, &self.db, prefix, partitions).await
+    }
+
+    /// The sink's configuration for this test's topic and schema on the
+    /// stack's PostgreSQL ([`sink_config`]).
+    pub fn config(&self) -> ConfigBuilder {
+        sink_config(
+            &self.stack,
+            &self.topic,
+            &self.schema,
+            &self.stack.postgres_uri,
+        )
+    }
+
+    /// Creates the sink's tables in the schema as the stack's (superuser)
+    /// role would, as a DBA does before a sink with fewer rights starts.
+    pub async fn migrate(&self) {
+        let tables = website_monitor_sink::migrate::Tables::new(&self.schema, "site");
+        let mut admin = pg(&self.stack.postgres_uri).await;
+        website_monitor_sink::migrate::migrate(&mut admin, &tables)
+            .await
+            .expect("migrate as the DBA");
+    }
+
+    /// Produces `records` to the topic, keyed by url.
+    pub async fn produce(&self, records: &[Vec<u8>]) {
+        produce_json(&self.stack.brokers, &self.topic, records).await;
+    }
+
+    /// [`count`] in the schema.
+    pub async fn count(&self, table: &str, filter: &str) -> i64 {
+        count(&self.db, &self.schema, table, filter).await
+    }
+
+    /// [`wait_rows`] in the schema.
+    pub async fn wait_rows(&self, table: &str, n: i64) {
+        wait_rows(&self.db, &self.schema, table, n).await;
+    }
+
+    /// [`assert_exactly_once`] in the schema.
+    pub async fn assert_exactly_once(&self, n: i64) {
+        assert_exactly_once(&self.db, &self.schema, n).await;
+    }
+}
+
+async fn fresh_pair(
+    s: &Stack,
+    db: &tokio_postgres::Client,
+    prefix: &str,
+    partitions: i32,
+) -> (String, String) {
+    let schema = fresh_schema(db, prefix).await;
+    let topic = unique(&prefix.replace('_', "-"));
+    create_topic(&s.brokers, &topic, partitions).await;
+    (schema, topic)
+}
+
+/// A sink configuration reading `topic` from the stack's PLAINTEXT listener
+/// into `schema` at `uri`, as a connector.toml would say it: a group of its
+/// own, `batch_timeout` 50 ms, metrics on a free port.
+pub fn sink_config(s: &Stack, topic: &str, schema: &str, uri: &str) -> ConfigBuilder {
+    ConfigBuilder::sink()
+        .top("log_level", "info")
+        .brokers(&s.brokers)
+        .set("topic", topic)
+        .set("group_id", unique("sink-group"))
+        .set("postgres_uri", uri)
+        .set("schema", schema)
+        .set("batch_timeout", "50ms")
+        .set("metrics_address", "127.0.0.1:0")
+}
+
+/// Starts the sink in this process on `config`; returns it and its stop token.
+pub async fn start(config: &ConfigBuilder) -> (Running, CancellationToken) {
+    connector_common::logging::init("info,website_monitor_sink=debug", Default::default());
+    let token = CancellationToken::new();
+    let running = website_monitor_sink::start(config.sink_config(), token.clone())
+        .await
+        .expect("sink starts");
+    (running, token)
+}
+
+/// Stops a sink [`start`] started; it must stop cleanly within [`WAIT`].
+pub async fn stop(running: Running, token: CancellationToken) {
+    token.cancel();
+    tokio::time::timeout(WAIT, running.wait())
+        .await
+        .expect("sink stops within a minute")
+        .expect("sink stops without error");
+}
+
+/// Record `i` of a stream over `urls` urls: url `http://site-{i % urls}/`,
+/// `checked_at` growing with `i`, and `n = i` to tell records apart.
+pub fn numbered(i: usize, urls: usize) -> Vec<u8> {
+    json_rec(
+        serde_json::json!({"url": format!("http://site-{}/", i % urls), "checked_at": 1_700_000_000.0 + i as f64, "n": i, "ok": true}),
+    )
+}
+
+/// `schema`'s history holds `n` rows with `n` distinct `n` values (records
+/// from [`numbered`]) and nothing was rejected (a duplicate would be).
+pub async fn assert_exactly_once(db: &tokio_postgres::Client, schema: &str, n: i64) {
+    let r = db
+        .query_one(
+            &format!(
+                "SELECT count(*), count(DISTINCT (data->>'n')::int) FROM \"{schema}\".site_check"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i64>(0), r.get::<_, i64>(1)),
+        (n, n),
+        "each record exactly once in site_check"
+    );
+    assert_eq!(
+        count(db, schema, "site_rejected", "").await,
+        0,
+        "no record was rejected (a duplicate would be)"
+    );
+}
+
+/// A connection holding `ACCESS EXCLUSIVE` on a schema's latest-state table,
+/// so every write of the sink waits on it until [`LatestTableLock::release`].
+pub struct LatestTableLock(tokio_postgres::Client);
+
+impl LatestTableLock {
+    /// Takes the lock on `schema.site`.
+    pub async fn take(uri: &str, schema: &str) -> Self {
+        let client = pg(uri).await;
+        client
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE \"{schema}\".site IN ACCESS EXCLUSIVE MODE"
+            ))
+            .await
+            .unwrap();
+        Self(client)
+    }
+
+    /// Lets the waiting writes go on.
+    pub async fn release(self) {
+        self.0.batch_execute("ROLLBACK").await.unwrap();
+    }
+}
 
 /// A fresh schema with the sink's tables, and a prepared batch connection to it.
 pub async fn batch_conn(

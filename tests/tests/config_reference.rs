@@ -405,7 +405,7 @@ fn render_type(ty: &syn::Type, items: &Items) -> (String, Kind) {
         "u8" | "u16" | "u32" | "u64" | "usize" | "i32" | "i64" => ("integer".into(), Kind::Integer),
         "f32" | "f64" => ("number".into(), Kind::Other),
         "Duration" => ("duration".into(), Kind::Duration),
-        "BTreeMap" | "HashMap" | "StringMap" | "SecretMap" => {
+        "BTreeMap" | "HashMap" | "StringMap" | "SecretMap" | "RequestHeaders" => {
             ("table of strings".into(), Kind::Other)
         }
         "Secret" => (format!("{}, secret", inner(0).0), Kind::Other),

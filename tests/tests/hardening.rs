@@ -7,14 +7,13 @@ use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use connector_common::config::{load_str, Loaded, Section};
 use tokio::process::Command;
-use tokio_util::sync::CancellationToken;
 use website_monitor_source::record::Record;
-use website_monitor_source::{RunOptions, SourceConfig};
 use website_monitor_tests::http::TestServer;
+use website_monitor_tests::source::{consume, records, run_once, source_config};
 use website_monitor_tests::{
-    connector, consume_all, create_topic, eventually, http_get, stack, unique,
+    connector, consume_all, create_topic, eventually, free_port, http_get, stack, unique,
+    ConfigBuilder,
 };
 
 fn write_config(dir: &Path, text: &str) -> std::path::PathBuf {
@@ -61,39 +60,10 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn load(text: &str) -> Loaded<SourceConfig> {
-    load_str(text, Path::new("test.toml"), Section::Source, &|_| None)
-        .unwrap_or_else(|e| panic!("{e}\n{text}"))
-}
-
 /// One round (`--once`) in-process; the records of `topic`.
-async fn once(topic: &str, text: &str) -> Vec<Record> {
-    create_topic(&stack().brokers, topic, 1).await;
-    let opts = RunOptions {
-        once: true,
-        stdout: false,
-    };
-    website_monitor_source::run(load(text), opts, CancellationToken::new())
-        .await
-        .expect("run");
-    consume_all(
-        &stack().brokers,
-        topic,
-        Duration::from_secs(3),
-        Duration::from_secs(60),
-    )
-    .await
-    .iter()
-    .map(|c| serde_json::from_slice(&c.payload).expect("a record"))
-    .collect()
+async fn once(topic: &str, config: &ConfigBuilder) -> Vec<Record> {
+    run_once(topic, config).await;
+    records(&consume(topic).await)
 }
 
 #[tokio::test]
@@ -109,11 +79,13 @@ async fn a_url_password_is_in_no_record_key_metric_log_or_check_config_yet_is_se
     create_topic(&stack().brokers, &topic, 1).await;
     let metrics_port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "log_level = \"debug\"\n[kafka]\nbrokers = \"{}\"\n[source]\ntopic = \"{topic}\"\nprobe = \"p\"\ninterval = \"200ms\"\nmetrics_address = \"127.0.0.1:{metrics_port}\"\n[[source.sites]]\nurl = \"{url}\"\n[[source.sites]]\nurl = \"{failing}\"\n",
-        stack().brokers
-    );
-    let path = write_config(dir.path(), &config);
+    let path = source_config(&topic)
+        .top("log_level", "debug")
+        .set("probe", "p")
+        .set("interval", "200ms")
+        .set("metrics_address", format!("127.0.0.1:{metrics_port}"))
+        .sites([&url, &failing])
+        .write(dir.path());
 
     let checked = connector("website-monitor-source", &path)
         .arg("--check-config")
@@ -204,14 +176,22 @@ async fn a_redirect_to_another_origin_gets_none_of_the_configured_headers() {
     let a = TestServer::http().await;
     let b = TestServer::http().await;
     let topic = unique("src-redirect-origin");
-    let headers = "headers = { authorization = \"Bearer tok\", cookie = \"sid=1\", \"x-api-key\" = \"k1\", \"proxy-authorization\" = \"Basic cHJveHk=\", \"x-custom\" = \"c1\" }";
-    let text = format!(
-        "[kafka]\nbrokers = \"{}\"\n[source]\ntopic = \"{topic}\"\nprobe = \"p\"\nmetrics_address = \"127.0.0.1:0\"\n{headers}\n[[source.sites]]\nurl = \"{}\"\n[[source.sites]]\nurl = \"{}\"\n",
-        stack().brokers,
-        a.url(&format!("/to/{}/text", b.addr().port())),
-        a.url("/redirect/1"),
-    );
-    let records = once(&topic, &text).await;
+    let headers: toml::Table = [
+        ("authorization", "Bearer tok"),
+        ("cookie", "sid=1"),
+        ("x-api-key", "k1"),
+        ("proxy-authorization", "Basic cHJveHk="),
+        ("x-custom", "c1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), toml::Value::from(v)))
+    .collect();
+    let config = source_config(&topic)
+        .set("probe", "p")
+        .set("headers", headers)
+        .site(a.url(&format!("/to/{}/text", b.addr().port())))
+        .site(a.url("/redirect/1"));
+    let records = once(&topic, &config).await;
     assert_eq!(records.len(), 2, "{records:?}");
     for r in &records {
         assert!(r.ok && r.redirects == 1, "{r:?}");
@@ -259,12 +239,10 @@ async fn a_redirect_to_another_origin_gets_none_of_the_configured_headers() {
 async fn an_error_message_built_from_a_huge_location_is_truncated() {
     let s = TestServer::http().await;
     let topic = unique("src-long-location");
-    let text = format!(
-        "[kafka]\nbrokers = \"{}\"\n[source]\ntopic = \"{topic}\"\nprobe = \"p\"\nmetrics_address = \"127.0.0.1:0\"\n[[source.sites]]\nurl = \"{}\"\n",
-        stack().brokers,
-        s.url("/long-location/300000"),
-    );
-    let records = once(&topic, &text).await;
+    let config = source_config(&topic)
+        .set("probe", "p")
+        .site(s.url("/long-location/300000"));
+    let records = once(&topic, &config).await;
     assert_eq!(records.len(), 1);
     let e = records[0].error.as_ref().expect("an error");
     assert!(

@@ -15,7 +15,9 @@ use website_monitor_sink::migrate::{migrate, Tables};
 use website_monitor_tests::hostile::{
     catalogue, database_refusals_sql, good, Expect, Kind, MAX_RECORD_BYTES,
 };
-use website_monitor_tests::{eventually, fresh_schema, pg, producer, stack, unique, Proc};
+use website_monitor_tests::{
+    eventually, fresh_schema, pg, producer, stack, unique, ConfigBuilder, Proc,
+};
 
 const LIMITS: Limits = Limits {
     max_record_bytes: MAX_RECORD_BYTES,
@@ -148,14 +150,20 @@ async fn hostile_records_mixed_with_good_ones_each_end_stored_or_rejected_once_a
     produce_in_order(&s.brokers, &topic, &records).await;
     let total = records.len() as i64;
 
-    let config = format!(
-        "[kafka]\nbrokers = \"{}\"\n[sink]\ntopic = \"{topic}\"\ngroup_id = \"{group}\"\ngroup_instance_id = \"{instance}\"\npostgres_uri = \"{uri}\"\nschema = \"{schema}\"\nbatch_size = 100\nbatch_timeout = \"50ms\"\nwrite_timeout = \"5s\"\nmax_record_bytes = {MAX_RECORD_BYTES}\nmetrics_address = \"127.0.0.1:0\"\n",
-        s.brokers,
-        group = unique("hostile-group"),
+    let config = ConfigBuilder::sink()
+        .brokers(&s.brokers)
+        .set("topic", topic.as_str())
+        .set("group_id", unique("hostile-group"))
         // Static membership: the restarted sink takes the partition back at once.
-        instance = unique("hostile-sink"),
-        uri = s.postgres_uri,
-    );
+        .set("group_instance_id", unique("hostile-sink"))
+        .set("postgres_uri", s.postgres_uri.as_str())
+        .set("schema", schema.as_str())
+        .set("batch_size", 100)
+        .set("batch_timeout", "50ms")
+        .set("write_timeout", "5s")
+        .set("max_record_bytes", i64::try_from(MAX_RECORD_BYTES).unwrap())
+        .set("metrics_address", "127.0.0.1:0")
+        .text();
     let written = || async {
         let r = db
             .query_one(

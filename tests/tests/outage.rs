@@ -8,17 +8,14 @@
 //! other test runs while the broker is down. The broker is started again even
 //! if the test fails while it is stopped ([`RestartOnDrop`]).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use connector_common::config::{load_str, Section};
 use tokio_util::sync::CancellationToken;
-use website_monitor_sink::SinkConfig;
-use website_monitor_source::{RunOptions, SourceConfig};
+use website_monitor_source::RunOptions;
 use website_monitor_tests::http::TestServer;
 use website_monitor_tests::{
     create_topic, delete_topics, eventually, free_port, fresh_schema, http_get, pg, stack,
-    stack_script, unique, Proc, RestartOnDrop,
+    stack_script, unique, ConfigBuilder, Proc, RestartOnDrop, Site,
 };
 
 /// How long the broker is down: the 60 s of the issue.
@@ -35,15 +32,8 @@ const SMALL_BUFFER: usize = 100;
 /// `n` sites on the test server, with keep-alive: a debug build on a shared
 /// 2-core machine gets closer to 1,000 checks/s without a TCP handshake per
 /// check (the connection mode is not what this test is about).
-fn sites(server: &TestServer, n: usize, tag: &str) -> String {
-    (0..n)
-        .map(|i| {
-            format!(
-                "[[source.sites]]\nurl = \"{}\"\nkeep_alive = true\n",
-                server.url(&format!("/?{tag}={i}"))
-            )
-        })
-        .collect()
+fn sites<'a>(server: &'a TestServer, n: usize, tag: &'a str) -> impl Iterator<Item = Site> + 'a {
+    (0..n).map(move |i| Site::new(server.url(&format!("/?{tag}={i}"))).set("keep_alive", true))
 }
 
 /// `website_monitor_records_dropped_total{reason="<reason>"}` in a /metrics text.
@@ -75,33 +65,31 @@ async fn a_60_s_broker_outage_loses_nothing_under_the_buffer_limit_and_counts_dr
     create_topic(&s.brokers, &topic, 3).await;
     create_topic(&s.brokers, &small_topic, 1).await;
     let server = TestServer::http().await;
-    let kafka = format!("[kafka]\nbrokers = \"{}\"\n", s.brokers);
 
     // The sink, then the source under test, in this process.
-    let sink_text = format!(
-        "{kafka}[sink]\ntopic = \"{topic}\"\ngroup_id = \"{group}\"\npostgres_uri = \"{uri}\"\nschema = \"{schema}\"\nmetrics_address = \"127.0.0.1:0\"\n",
-        group = unique("outage-group"),
-        uri = s.postgres_uri,
-    );
-    let sink_cfg =
-        load_str::<SinkConfig>(&sink_text, Path::new("sink.toml"), Section::Sink, &|_| None)
-            .unwrap_or_else(|e| panic!("sink config: {e}"));
+    let sink_cfg = ConfigBuilder::sink()
+        .brokers(&s.brokers)
+        .set("topic", topic.as_str())
+        .set("group_id", unique("outage-group"))
+        .set("postgres_uri", s.postgres_uri.as_str())
+        .set("schema", schema.as_str())
+        .set("metrics_address", "127.0.0.1:0")
+        .sink_config();
     let stop_sink = CancellationToken::new();
     let sink = website_monitor_sink::start(sink_cfg, stop_sink.clone())
         .await
         .expect("sink starts");
     let sink_addr = sink.metrics_addr.to_string();
-    let source_text = format!(
-        "{kafka}[source]\ntopic = \"{topic}\"\ninterval = \"1s\"\nmetrics_address = \"127.0.0.1:0\"\nper_site_metrics = false\nmax_buffered_records = {BUFFER}\nflush_timeout = \"120s\"\n{}",
-        sites(&server, SITES, "site"),
-    );
-    let source_cfg = load_str::<SourceConfig>(
-        &source_text,
-        Path::new("source.toml"),
-        Section::Source,
-        &|_| None,
-    )
-    .unwrap_or_else(|e| panic!("source config: {e}"));
+    let source_cfg = ConfigBuilder::source()
+        .brokers(&s.brokers)
+        .set("topic", topic.as_str())
+        .set("interval", "1s")
+        .set("metrics_address", "127.0.0.1:0")
+        .set("per_site_metrics", false)
+        .set("max_buffered_records", i64::try_from(BUFFER).unwrap())
+        .set("flush_timeout", "120s")
+        .sites(sites(&server, SITES, "site"))
+        .source_config();
     let stop_source = CancellationToken::new();
     let source_started = Instant::now();
     let source =
@@ -116,10 +104,17 @@ async fn a_60_s_broker_outage_loses_nothing_under_the_buffer_limit_and_counts_dr
     let small_addr = format!("127.0.0.1:{small_port}");
     let mut small = Proc::spawn(
         "source",
-        &format!(
-            "log_level = \"info\"\n{kafka}[source]\ntopic = \"{small_topic}\"\ninterval = \"1s\"\nmetrics_address = \"{small_addr}\"\nper_site_metrics = false\nmax_buffered_records = {SMALL_BUFFER}\nflush_timeout = \"60s\"\n{}",
-            sites(&server, 200, "small"),
-        ),
+        &ConfigBuilder::source()
+            .top("log_level", "info")
+            .brokers(&s.brokers)
+            .set("topic", small_topic.as_str())
+            .set("interval", "1s")
+            .set("metrics_address", small_addr.as_str())
+            .set("per_site_metrics", false)
+            .set("max_buffered_records", i64::try_from(SMALL_BUFFER).unwrap())
+            .set("flush_timeout", "60s")
+            .sites(sites(&server, 200, "small"))
+            .text(),
     );
 
     // Everything flows before the outage.

@@ -2,52 +2,34 @@
 //! Kafka, the sink drains that topic into PostgreSQL. Real Kafka, real
 //! PostgreSQL, one topic and one schema per test.
 
-use std::path::Path;
 use std::time::Duration;
 
-use connector_common::config::{load_str, Section};
-use website_monitor_sink::SinkConfig;
-use website_monitor_source::SourceConfig;
+use connector_common::config::Section;
 use website_monitor_tests::http::TestServer;
-use website_monitor_tests::{create_topic, eventually, fresh_schema, pg, stack, unique, Pair};
+use website_monitor_tests::{
+    create_topic, eventually, fresh_schema, pg, stack, unique, ConfigBuilder, Pair, Site,
+};
 
-fn config(target: &TestServer, topic: &str, schema: &str, group: &str) -> String {
+/// One file for both connectors, as `pipelines/*.toml` are.
+fn config(target: &TestServer, topic: &str, schema: &str, group: &str) -> ConfigBuilder {
     let s = stack();
-    format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-
-[source]
-topic = "{topic}"
-probe = "pipeline-test"
-interval = "500ms"
-timeout = "2s"
-metrics_address = "127.0.0.1:0"
-
-[[source.sites]]
-url = "{up}"
-regex = "quick brown fox"
-
-[[source.sites]]
-url = "{down}"
-
-[[source.sites]]
-url = "http://127.0.0.1:9/"
-
-[sink]
-topic = "{topic}"
-group_id = "{group}"
-postgres_uri = "{pg}"
-schema = "{schema}"
-batch_timeout = "100ms"
-metrics_address = "127.0.0.1:0"
-"#,
-        brokers = s.brokers,
-        up = target.url("/text"),
-        down = target.url("/status/503"),
-        pg = s.postgres_uri,
-    )
+    ConfigBuilder::source()
+        .brokers(&s.brokers)
+        .set("topic", topic)
+        .set("probe", "pipeline-test")
+        .set("interval", "500ms")
+        .set("timeout", "2s")
+        .set("metrics_address", "127.0.0.1:0")
+        .site(Site::new(target.url("/text")).set("regex", "quick brown fox"))
+        .site(target.url("/status/503"))
+        .site("http://127.0.0.1:9/")
+        .section(Section::Sink)
+        .set("topic", topic)
+        .set("group_id", group)
+        .set("postgres_uri", s.postgres_uri.as_str())
+        .set("schema", schema)
+        .set("batch_timeout", "100ms")
+        .set("metrics_address", "127.0.0.1:0")
 }
 
 #[tokio::test]
@@ -58,15 +40,9 @@ async fn checks_flow_from_source_through_kafka_into_latest_and_history_tables() 
     create_topic(&s.brokers, &topic, 2).await;
     let client = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&client, "pipeline").await;
-    let text = config(&target, &topic, &schema, &unique("pipeline-group"));
-    let source_cfg =
-        load_str::<SourceConfig>(&text, Path::new("pipeline.toml"), Section::Source, &|_| {
-            None
-        })
-        .expect("source config");
-    let sink_cfg =
-        load_str::<SinkConfig>(&text, Path::new("pipeline.toml"), Section::Sink, &|_| None)
-            .expect("sink config");
+    let config = config(&target, &topic, &schema, &unique("pipeline-group"));
+    let source_cfg = config.source_config();
+    let sink_cfg = config.sink_config();
 
     let pair = Pair::start(source_cfg, sink_cfg).await;
 

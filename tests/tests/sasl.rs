@@ -2,45 +2,47 @@
 //! local broker's SASL_SSL listener (`make up` creates its SCRAM user), TLS
 //! verified with the stack's CA, no client certificate.
 
-use std::path::Path;
 use std::time::Duration;
 
-use connector_common::config::{load_str, Section};
 use connector_common::Loaded;
 use tokio_util::sync::CancellationToken;
 use website_monitor_sink::SinkConfig;
 use website_monitor_source::{RunOptions, SourceConfig};
 use website_monitor_tests::http::TestServer;
 use website_monitor_tests::{
-    create_topic, eventually, fresh_schema, http_get, pg, stack, unique, Pair, Stack,
+    create_topic, eventually, fresh_schema, http_get, pg, stack, unique, ConfigBuilder, Pair, Stack,
 };
 
-/// A `[kafka]` section for the SASL_SSL listener with `mechanism` and `password`.
-fn sasl_kafka(s: &Stack, mechanism: &str, password: &str) -> String {
-    format!(
-        "[kafka]\nbrokers = \"{}\"\nsecurity_protocol = \"sasl_ssl\"\nsasl_mechanism = \"{mechanism}\"\nsasl_username = \"{}\"\nsasl_password = \"{password}\"\nssl_ca = \"{}\"\n",
-        s.sasl_brokers,
-        s.sasl_username,
-        s.tls_dir.join("ca.pem").display(),
-    )
+/// `config` on the SASL_SSL listener with `mechanism` and `password`.
+fn over_sasl(config: ConfigBuilder, s: &Stack, mechanism: &str, password: &str) -> ConfigBuilder {
+    config
+        .brokers(&s.sasl_brokers)
+        .kafka("security_protocol", "sasl_ssl")
+        .kafka("sasl_mechanism", mechanism)
+        .kafka("sasl_username", s.sasl_username.as_str())
+        .kafka("sasl_password", password)
+        .kafka("ssl_ca", s.tls_dir.join("ca.pem").display().to_string())
 }
 
-fn source_config(kafka: &str, target: &TestServer, topic: &str) -> Loaded<SourceConfig> {
-    let text = format!(
-        "{kafka}\n[source]\ntopic = \"{topic}\"\ninterval = \"200ms\"\ntimeout = \"2s\"\nmetrics_address = \"127.0.0.1:0\"\n[[source.sites]]\nurl = \"{}\"\n",
-        target.url("/text")
-    );
-    load_str::<SourceConfig>(&text, Path::new("sasl.toml"), Section::Source, &|_| None)
-        .expect("source config")
+fn source_config(kafka: ConfigBuilder, target: &TestServer, topic: &str) -> Loaded<SourceConfig> {
+    kafka
+        .set("topic", topic)
+        .set("interval", "200ms")
+        .set("timeout", "2s")
+        .set("metrics_address", "127.0.0.1:0")
+        .site(target.url("/text"))
+        .source_config()
 }
 
-fn sink_config(kafka: &str, topic: &str, schema: &str, uri: &str) -> Loaded<SinkConfig> {
-    let text = format!(
-        "{kafka}\n[sink]\ntopic = \"{topic}\"\ngroup_id = \"{}\"\npostgres_uri = \"{uri}\"\nschema = \"{schema}\"\nbatch_timeout = \"50ms\"\nmetrics_address = \"127.0.0.1:0\"\n",
-        unique("sasl-group")
-    );
-    load_str::<SinkConfig>(&text, Path::new("sasl.toml"), Section::Sink, &|_| None)
-        .expect("sink config")
+fn sink_config(kafka: ConfigBuilder, topic: &str, schema: &str, uri: &str) -> Loaded<SinkConfig> {
+    kafka
+        .set("topic", topic)
+        .set("group_id", unique("sasl-group"))
+        .set("postgres_uri", uri)
+        .set("schema", schema)
+        .set("batch_timeout", "50ms")
+        .set("metrics_address", "127.0.0.1:0")
+        .sink_config()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,12 +55,17 @@ async fn source_and_sink_over_sasl_ssl_with_scram_store_every_delivered_check() 
     let schema = fresh_schema(&db, "sasl").await;
     // Both mechanisms the listener offers: the source with SHA-256, the sink with SHA-512.
     let source_cfg = source_config(
-        &sasl_kafka(&s, "SCRAM-SHA-256", &s.sasl_password),
+        over_sasl(
+            ConfigBuilder::source(),
+            &s,
+            "SCRAM-SHA-256",
+            &s.sasl_password,
+        ),
         &target,
         &topic,
     );
     let sink_cfg = sink_config(
-        &sasl_kafka(&s, "SCRAM-SHA-512", &s.sasl_password),
+        over_sasl(ConfigBuilder::sink(), &s, "SCRAM-SHA-512", &s.sasl_password),
         &topic,
         &schema,
         &s.postgres_uri,
@@ -86,17 +93,22 @@ async fn a_wrong_scram_password_keeps_both_connectors_not_ready_and_says_which_s
     create_topic(&s.brokers, &topic, 1).await;
     let db = pg(&s.postgres_uri).await;
     let schema = fresh_schema(&db, "sasl_wrong").await;
-    let kafka = sasl_kafka(&s, "SCRAM-SHA-256", "not-the-password");
+    let wrong = |config| over_sasl(config, &s, "SCRAM-SHA-256", "not-the-password");
     let stop = CancellationToken::new();
     let source = website_monitor_source::start(
-        source_config(&kafka, &target, &topic),
+        source_config(wrong(ConfigBuilder::source()), &target, &topic),
         RunOptions::default(),
         stop.clone(),
     )
     .await
     .expect("the source starts (Kafka problems are reported, not fatal)");
     let sink = website_monitor_sink::start(
-        sink_config(&kafka, &topic, &schema, &s.postgres_uri),
+        sink_config(
+            wrong(ConfigBuilder::sink()),
+            &topic,
+            &schema,
+            &s.postgres_uri,
+        ),
         stop.clone(),
     )
     .await

@@ -1,14 +1,17 @@
 //! The group consumer and its librdkafka context (statistics → lag, errors →
-//! readiness, rebalances, fatal errors), and leaving the group.
+//! readiness, rebalances, fatal errors; the classification and logging of
+//! errors and log lines shared with the source, from
+//! [`connector_common::kafka::events`]), and leaving the group.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use connector_common::retry::RateLimit;
+use connector_common::kafka::{forward_log, ClientEvents, KafkaEvent};
 use connector_common::KafkaConfig;
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
@@ -26,13 +29,13 @@ use crate::readiness::Readiness;
 pub struct SinkContext {
     readiness: Readiness,
     last_commit: Arc<AtomicU64>,
-    warn_limit: RateLimit,
+    /// Client errors logged (rate-limited) and classified; why the brokers
+    /// refuse us (credentials, TLS), until a broker is up.
+    events: ClientEvents,
     /// Partitions revoked since the batch being collected last looked.
     revoked: Mutex<Vec<(String, i32)>>,
     /// Each partition's end (high watermark), from the latest statistics.
     ends: Mutex<HashMap<(String, i32), i64>>,
-    /// Why the brokers refuse us (credentials, TLS), until a broker is up.
-    auth: Mutex<Option<String>>,
     /// Whether the latest statistics saw a broker connection up.
     any_up: AtomicBool,
     /// The fatal error librdkafka raised (for a sink: fenced by another
@@ -105,6 +108,10 @@ impl SinkContext {
 }
 
 impl ClientContext for SinkContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        forward_log(level, fac, message);
+    }
+
     fn stats(&self, stats: Statistics) {
         let mut ends = self.ends.lock().expect("ends lock");
         for (topic, t) in &stats.topics {
@@ -128,42 +135,33 @@ impl ClientContext for SinkContext {
             // The consumer is dead whatever the connections say.
             return;
         }
-        let mut auth = self.auth.lock().expect("auth lock");
         if up {
-            *auth = None;
+            self.events.clear_refusal();
         }
         self.readiness.set_kafka((!up).then(|| {
-            auth.clone()
+            self.events
+                .refusal()
                 .unwrap_or_else(|| "Kafka: no broker connection is up".to_owned())
         }));
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
         metrics::counter!(m::KAFKA_ERRORS).increment(1);
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
-            self.set_fatal(None, reason);
-            return;
-        }
-        if let Some(problem) = connector_common::kafka::auth_problem(&error, reason) {
-            // Retrying cannot fix refused credentials: say so on /readyz
-            // (unless another broker connection works).
-            if !self.any_up.load(Ordering::Relaxed) {
-                self.readiness.set_kafka(Some(problem.clone()));
-                *self.auth.lock().expect("auth lock") = Some(problem.clone());
+        match self.events.on_error(&error, reason) {
+            KafkaEvent::Fatal => self.set_fatal(None, reason),
+            KafkaEvent::Auth(problem) => {
+                // Retrying cannot fix refused credentials: say so on /readyz
+                // (unless another broker connection works).
+                if self.any_up.load(Ordering::Relaxed) {
+                    self.events.clear_refusal();
+                } else {
+                    self.readiness.set_kafka(Some(problem));
+                }
             }
-            if self.warn_limit.allow() {
-                tracing::error!("{problem}");
-            }
-            return;
-        }
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            self.readiness
-                .set_kafka(Some(format!("Kafka: all brokers are down ({reason})")));
-        }
-        if self.warn_limit.allow() {
-            tracing::warn!(error = %error, reason, "Kafka client error (repeats within 10 s are logged at debug level)");
-        } else {
-            tracing::debug!(error = %error, reason, "Kafka client error");
+            KafkaEvent::AllBrokersDown => self
+                .readiness
+                .set_kafka(Some(format!("Kafka: all brokers are down ({reason})"))),
+            KafkaEvent::Other => {}
         }
     }
 }
@@ -227,11 +225,9 @@ pub fn consumer(
         .create_with_context(SinkContext {
             readiness,
             last_commit,
-            // librdkafka repeats a down broker's error on every poll.
-            warn_limit: RateLimit::new(Duration::from_secs(10)),
+            events: ClientEvents::new(),
             revoked: Mutex::new(Vec::new()),
             ends: Mutex::new(HashMap::new()),
-            auth: Mutex::new(None),
             any_up: AtomicBool::new(false),
             fatal: Mutex::new(None),
             dead: CancellationToken::new(),

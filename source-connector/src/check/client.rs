@@ -15,7 +15,7 @@ pub const USER_AGENT: &str = concat!("website-monitor/", env!("CARGO_PKG_VERSION
 /// Builds the client for sites with these settings, on the process's
 /// [`tls::TlsBase`].
 pub fn build_client(key: &ClientKey, base: &tls::TlsBase) -> Result<Client, SetupError> {
-    let tls = base.client_config(key.tls_ca.as_deref(), key.tls_verify)?;
+    let tls = base.client_config(key.tls_ca.as_ref(), key.tls_verify)?;
     let mut builder = Client::builder()
         .tls_backend_preconfigured(tls)
         .tls_info(true)

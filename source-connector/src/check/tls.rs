@@ -18,19 +18,18 @@
 //! ClientHello random and key share), that time was in the first check's
 //! `timings.tls`. Measurements: docs/timings.md.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::ServerCertVerifier;
 use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
-use rustls::pki_types::CertificateDer;
 use rustls::RootCertStore;
 
 use connector_common::tls::AcceptAnyServerCert;
 
 use super::error::SetupError;
 use super::phases::TlsStartMarker;
+use crate::sites::CaFile;
 
 /// What every check client's TLS shares, made once per process (see the
 /// module documentation): the crypto provider, its random number generator
@@ -68,7 +67,7 @@ impl TlsBase {
     /// The rustls configuration for clients with these TLS settings.
     pub fn client_config(
         &self,
-        tls_ca: Option<&Path>,
+        tls_ca: Option<&CaFile>,
         verify: bool,
     ) -> Result<rustls::ClientConfig, SetupError> {
         let provider = &self.provider;
@@ -78,11 +77,11 @@ impl TlsBase {
         let verifier: Arc<dyn ServerCertVerifier> = if verify {
             let roots = match tls_ca {
                 None => Arc::clone(&self.roots),
-                Some(path) => {
+                Some(ca) => {
                     let mut roots = RootCertStore::clone(&self.roots);
-                    for cert in read_certs(path)? {
-                        roots.add(cert).map_err(|e| SetupError::TlsCa {
-                            path: path.to_path_buf(),
+                    for cert in ca.certs.iter() {
+                        roots.add(cert.clone()).map_err(|e| SetupError::TlsCa {
+                            path: ca.path.clone(),
                             message: e.to_string(),
                         })?;
                     }
@@ -128,13 +127,6 @@ fn system_roots() -> RootCertStore {
     roots
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, SetupError> {
-    connector_common::tls::read_ca_certs(path).map_err(|message| SetupError::TlsCa {
-        path: path.to_path_buf(),
-        message,
-    })
-}
-
 /// The notAfter of a DER certificate, epoch seconds.
 pub fn not_after(der: &[u8]) -> Option<i64> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -161,6 +153,8 @@ pub fn version_name(v: reqwest::tls::Version) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use rustls::pki_types::CertificateDer;
+
     use super::*;
 
     #[test]
@@ -189,15 +183,18 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_or_empty_ca_file_is_a_setup_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let empty = dir.path().join("empty.pem");
-        std::fs::write(&empty, "nothing here\n").unwrap();
+    fn a_ca_file_is_trusted_as_read_and_a_certificate_it_cannot_use_is_a_setup_error() {
+        // The file was read (and its certificates checked) when the sites
+        // were resolved: the client trusts what was read, without reading
+        // the file again.
         let base = TlsBase::load().unwrap();
-        assert!(base.client_config(Some(&empty), true).is_err());
-        assert!(base
-            .client_config(Some(&dir.path().join("nope.pem")), true)
-            .is_err());
+        let ca = crate::sites::CaFile {
+            path: "/nonexistent/ca.pem".into(),
+            certs: vec![CertificateDer::from(b"not der".to_vec())].into(),
+        };
+        let e = base.client_config(Some(&ca), true).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
+        assert!(base.client_config(Some(&ca), false).is_ok());
         assert!(base.client_config(None, false).is_ok());
         assert!(base.client_config(None, true).is_ok());
         assert!(base.root_count() > 0);

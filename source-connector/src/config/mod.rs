@@ -7,12 +7,12 @@
 //! work (bad urls, regexes that do not compile, zero intervals, a bad shard,
 //! no sites) with the key path of the problem, e.g. `source.sites[3].regex`.
 //! What loading yields is used as it is: a url is a [`SiteUrl`], a regex a
-//! compiled [`Pattern`], a method a [`Method`].
+//! compiled [`Pattern`], a method a [`Method`], headers [`RequestHeaders`].
 //!
 //! Layout (each file imports only the ones listed before it):
 //! - `bounds`: the limits of every setting (`MAX_*`, `MIN_INTERVAL`);
-//! - `values`: [`SiteUrl`], [`Pattern`], [`Method`], each checked as it is
-//!   parsed;
+//! - `values`: [`SiteUrl`], [`Pattern`], [`Method`], [`RequestHeaders`],
+//!   each checked as it is parsed;
 //! - `site`: [`SiteConfig`] (one declared site and its overrides) and
 //!   [`Shard`];
 //! - `section`: [`SourceConfig`], the section with its defaults;
@@ -29,7 +29,7 @@ pub use bounds::*;
 pub use section::SourceConfig;
 pub use site::{Shard, SiteConfig};
 pub use validate::validate_site;
-pub use values::{Method, Pattern, SiteUrl};
+pub use values::{Method, Pattern, RequestHeaders, SiteUrl};
 
 #[cfg(test)]
 mod tests;

@@ -4,13 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use connector_common::config::StringMap;
 use connector_common::listen::ListenAddress;
-use connector_common::secret::Headers;
 use serde::{Deserialize, Serialize};
 
 use super::site::{Shard, SiteConfig};
-use super::values::{Method, Pattern};
+use super::values::{Method, Pattern, RequestHeaders};
 
 /// The `[source]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -19,7 +17,8 @@ pub struct SourceConfig {
     /// Kafka topic the records are written to. Env: `kafka_topic`.
     #[serde(default = "default_topic")]
     pub topic: String,
-    /// Name of this checker instance (a region, a host); copied into every record.
+    /// Name of this checker instance (a region, a host); copied into every
+    /// record. 1 to 255 bytes, not blank, no control characters.
     #[serde(default = "default_probe")]
     pub probe: String,
     /// Default time between two checks of one site.
@@ -39,7 +38,9 @@ pub struct SourceConfig {
     /// the number of sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
-    /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a free one.
+    /// `host:port` of `/metrics`, `/healthz` and `/readyz`; port 0 picks a
+    /// free one. With `--once`, an address that cannot be bound (already
+    /// taken, say) is only a warning: that run serves no `/metrics`.
     #[serde(default = "default_metrics_address")]
     pub metrics_address: ListenAddress,
     /// Whether to export the per-url gauges (up, duration, cert days left);
@@ -51,7 +52,8 @@ pub struct SourceConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shard: Option<Shard>,
     /// More sites, one url a line or one JSON object a line with the per-site
-    /// keys; relative to the configuration file's directory.
+    /// keys; relative to the configuration file's directory. A regular file
+    /// of at most 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites_file: Option<PathBuf>,
     /// On shutdown, wait at most this long for the checks in flight to finish;
@@ -73,19 +75,23 @@ pub struct SourceConfig {
     /// `delivery_timeout`): librdkafka's `message.timeout.ms`.
     #[serde(default = "default_delivery_timeout", with = "humantime_serde")]
     pub delivery_timeout: Duration,
-    /// Default HTTP method.
+    /// Default HTTP method: a method name (a token) of at most 32 bytes,
+    /// e.g. `GET`, `HEAD`, `POST` or an extension such as `PURGE`.
     #[serde(default = "default_method")]
     pub method: Method,
     /// Default extra request headers; a site's own headers are added to these
     /// (a site's value wins for the same name). Values of credential-bearing
     /// headers are never printed; all of them are dropped when a redirect
-    /// leaves the site's origin.
-    #[serde(default, skip_serializing_if = "StringMap::is_empty")]
-    pub headers: Headers,
-    /// Default request body.
+    /// leaves the site's origin. At most 100 headers, each a valid header
+    /// name with printable text of at most 8 KiB as its value.
+    #[serde(default, skip_serializing_if = "RequestHeaders::is_empty")]
+    pub headers: RequestHeaders,
+    /// Default request body; at most 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Default regex searched in the body; the result is the record's `re_check`.
+    /// Default regex searched in the body; the result is the record's
+    /// `re_check`. At most 64 KiB of pattern; searched in the first
+    /// `max_body_bytes` of the body, with invalid UTF-8 replaced (U+FFFD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<Pattern>,
     /// Statuses that count as up; default any 2xx or 3xx (after redirects).

@@ -6,10 +6,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use connector_common::secret::Headers;
 use serde::{Deserialize, Serialize};
 
-use super::values::{Method, Pattern, SiteUrl};
+use super::values::{Method, Pattern, RequestHeaders, SiteUrl};
 
 /// One `[[source.sites]]` entry (or one JSON line of `sites_file`): a url and
 /// optional overrides of the `[source]` defaults.
@@ -33,16 +32,18 @@ pub struct SiteConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,
-    /// HTTP method.
+    /// HTTP method (at most 32 bytes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<Method>,
-    /// Extra request headers, added to the default ones.
+    /// Extra request headers, added to the default ones (a site's value
+    /// wins for the same name); the limits of `[source]` `headers` apply to
+    /// this table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Headers>,
-    /// Request body.
+    pub headers: Option<RequestHeaders>,
+    /// Request body; at most 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// Regex searched in the body.
+    /// Regex searched in the body (at most 64 KiB; as for `[source]` `regex`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regex: Option<Pattern>,
     /// Statuses that count as up.

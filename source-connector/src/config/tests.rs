@@ -298,3 +298,49 @@ fn typed_values_are_used_as_parsed_and_render_back_to_their_text() {
         )
     );
 }
+
+#[test]
+fn headers_are_checked_as_they_are_read_and_masked_when_shown() {
+    let site = "[[source.sites]]\nurl = \"https://a.example/\"\n";
+    let c = load(&format!(
+        "[source]\nheaders = {{ Authorization = \"Bearer SEKRIT\", accept = \"text/html\" }}\n{site}"
+    ))
+    .unwrap()
+    .section;
+    let map = c.headers.map();
+    assert_eq!(map.get("authorization").unwrap(), "Bearer SEKRIT");
+    assert!(map.get("authorization").unwrap().is_sensitive());
+    assert!(!map.get("accept").unwrap().is_sensitive());
+    let shown = format!(
+        "{:?} {} {}",
+        c.headers,
+        c.headers,
+        serde_json::to_string(&c.headers).unwrap()
+    );
+    assert!(
+        !shown.contains("SEKRIT") && shown.contains("Authorization") && shown.contains("text/html"),
+        "{shown}"
+    );
+
+    let m = err(&format!(
+        "[source]\n{site}headers = {{ \"bad name\" = \"x\", ok = \"line\\nbreak\" }}\n"
+    ));
+    assert!(
+        m.contains("key `source.sites[0].headers`")
+            && m.contains("`bad name` is not a valid header name")
+            && m.contains("the value of `ok` is not a valid header value"),
+        "{m}"
+    );
+    let many: Vec<String> = (0..=MAX_HEADERS).map(|i| format!("h{i} = \"v\"")).collect();
+    let m = err(&format!(
+        "[source]\nheaders = {{ {} }}\n{site}",
+        many.join(", ")
+    ));
+    assert!(m.contains("101 headers; at most 100 are allowed"), "{m}");
+    let long = "v".repeat(MAX_HEADER_VALUE_BYTES + 1);
+    let m = err(&format!("[source]\nheaders = {{ a = \"{long}\" }}\n{site}"));
+    assert!(
+        m.contains("the value of `a` is not a valid header value"),
+        "{m}"
+    );
+}

@@ -3,22 +3,19 @@
 //! least one site), each naming the key of the problem, e.g.
 //! `source.sites[3].interval`.
 //!
-//! Urls, regexes and methods are checked as they are parsed (see the typed
+//! Urls, regexes, methods and headers are checked as they are parsed (see the typed
 //! values); the same site checks run for a `[[source.sites]]` entry, here,
 //! and for a line of `sites_file`, through [`validate_site`].
 
 use std::time::Duration;
 
 use connector_common::config::{Invalid, Validate};
-use connector_common::limits::{
-    check_duration, check_number, text_problem, topic_problem, truncate,
-};
-use connector_common::secret::Headers;
+use connector_common::limits::{check_duration, check_number, text_problem, topic_problem};
 
 use super::bounds::{
-    MAX_BODY_BYTES, MAX_BUFFERED_RECORDS, MAX_CONCURRENCY, MAX_DELIVERY_TIMEOUT, MAX_HEADERS,
-    MAX_HEADER_VALUE_BYTES, MAX_INTERVAL, MAX_PROBE_BYTES, MAX_REDIRECTS, MAX_REQUEST_BODY_BYTES,
-    MAX_SHUTDOWN_TIMEOUT, MAX_THREADS, MAX_TIMEOUT, MIN_INTERVAL,
+    MAX_BODY_BYTES, MAX_BUFFERED_RECORDS, MAX_CONCURRENCY, MAX_DELIVERY_TIMEOUT, MAX_INTERVAL,
+    MAX_PROBE_BYTES, MAX_REDIRECTS, MAX_REQUEST_BODY_BYTES, MAX_SHUTDOWN_TIMEOUT, MAX_THREADS,
+    MAX_TIMEOUT, MIN_INTERVAL,
 };
 use super::section::SourceConfig;
 use super::site::SiteConfig;
@@ -36,7 +33,6 @@ impl Validate for SourceConfig {
         let defaults = Overrides {
             interval: Some(self.interval),
             timeout: Some(self.timeout),
-            headers: Some(&self.headers),
             body: self.body.as_deref(),
             expected_status: self.expected_status.as_deref(),
             max_redirects: Some(self.max_redirects),
@@ -145,7 +141,6 @@ pub fn validate_site(
     let overrides = Overrides {
         interval: site.interval,
         timeout: site.timeout,
-        headers: site.headers.as_ref(),
         body: site.body.as_deref(),
         expected_status: site.expected_status.as_deref(),
         max_redirects: site.max_redirects,
@@ -179,7 +174,6 @@ fn tls_ca_ignored(key: String, verify_key: &str) -> Invalid {
 struct Overrides<'a> {
     interval: Option<Duration>,
     timeout: Option<Duration>,
-    headers: Option<&'a Headers>,
     body: Option<&'a str>,
     expected_status: Option<&'a [u16]>,
     max_redirects: Option<u32>,
@@ -193,9 +187,6 @@ fn validate_overrides(site: &Overrides<'_>, prefix: &str, out: &mut Vec<Invalid>
     }
     if let Some(t) = site.timeout {
         check_timeout(out, key("timeout"), t);
-    }
-    if let Some(headers) = site.headers {
-        check_headers(out, key("headers"), headers);
     }
     if let Some(body) = site.body {
         if body.len() > MAX_REQUEST_BODY_BYTES {
@@ -238,33 +229,6 @@ fn check_timeout(out: &mut Vec<Invalid>, key: String, t: Duration) {
         ));
     } else {
         check_duration(out, key, t, Duration::from_millis(1), MAX_TIMEOUT, "5s");
-    }
-}
-
-fn check_headers(out: &mut Vec<Invalid>, key: String, headers: &Headers) {
-    if headers.len() > MAX_HEADERS {
-        out.push(Invalid::new(
-            key.clone(),
-            format!(
-                "{} headers; at most {MAX_HEADERS} are allowed",
-                headers.len()
-            ),
-        ));
-    }
-    for (name, value) in headers.iter() {
-        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            out.push(Invalid::new(
-                key.clone(),
-                format!("`{}` is not a valid header name", truncate(name, 100)),
-            ));
-        } else if value.len() > MAX_HEADER_VALUE_BYTES
-            || reqwest::header::HeaderValue::from_str(value).is_err()
-        {
-            out.push(Invalid::new(
-                key.clone(),
-                format!("the value of `{name}` is not a valid header value (printable text of at most {MAX_HEADER_VALUE_BYTES} bytes)"),
-            ));
-        }
     }
 }
 

@@ -1,15 +1,18 @@
 //! The typed values a site's settings are parsed into as the configuration
-//! is read — [`SiteUrl`], [`Pattern`], [`Method`] — each refusing what
+//! is read — [`SiteUrl`], [`Pattern`], [`Method`], [`RequestHeaders`] — each refusing what
 //! cannot be used with the message the operator reads, so the rest of the
 //! source uses them as they are and never checks them again.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
 use connector_common::limits::truncate;
+use connector_common::secret::{HeaderRule, Headers, MaskRule};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::bounds::{MAX_REGEX_BYTES, MAX_URL_BYTES};
+use super::bounds::{MAX_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_REGEX_BYTES, MAX_URL_BYTES};
 
 /// A site url, parsed once when the configuration is read: the url requests
 /// go to (with its credentials) and the form every output shows.
@@ -238,5 +241,100 @@ impl<'de> Deserialize<'de> for Method {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         Method::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Request `headers`, checked when the configuration is read: at most
+/// [`MAX_HEADERS`], each name a valid header name and each value printable
+/// text of at most [`MAX_HEADER_VALUE_BYTES`]. Held as written (for showing)
+/// and as the [`HeaderMap`] requests send, credential values (by
+/// [`HeaderRule`]) marked sensitive. `Debug`, `Display` and `Serialize` show
+/// the headers as written with credential values masked.
+#[derive(Clone, Default, PartialEq)]
+pub struct RequestHeaders {
+    /// As written, for showing (it masks credential values).
+    written: Headers,
+    /// The same headers, for requests.
+    map: HeaderMap,
+}
+
+impl RequestHeaders {
+    /// Checks `written`; the error names every header that cannot be sent.
+    pub fn parse(written: BTreeMap<String, String>) -> Result<Self, String> {
+        let mut problems = Vec::new();
+        if written.len() > MAX_HEADERS {
+            problems.push(format!(
+                "{} headers; at most {MAX_HEADERS} are allowed",
+                written.len()
+            ));
+        }
+        let mut map = HeaderMap::with_capacity(written.len());
+        for (name, value) in &written {
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+                problems.push(format!(
+                    "`{}` is not a valid header name",
+                    truncate(name, 100)
+                ));
+                continue;
+            };
+            match HeaderValue::from_str(value) {
+                Ok(mut v) if value.len() <= MAX_HEADER_VALUE_BYTES => {
+                    v.set_sensitive(HeaderRule::is_secret(name));
+                    map.insert(header, v);
+                }
+                _ => problems.push(format!("the value of `{name}` is not a valid header value (printable text of at most {MAX_HEADER_VALUE_BYTES} bytes)")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(RequestHeaders {
+            written: Headers::from(written),
+            map,
+        })
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.written.is_empty()
+    }
+
+    /// The headers requests send.
+    pub fn map(&self) -> &HeaderMap {
+        &self.map
+    }
+
+    /// These headers, then `own` (whose value wins for the same name).
+    pub fn merged(&self, own: &RequestHeaders) -> HeaderMap {
+        let mut map = self.map.clone();
+        for (name, value) in &own.map {
+            map.insert(name.clone(), value.clone());
+        }
+        map
+    }
+}
+
+impl fmt::Debug for RequestHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.written, f)
+    }
+}
+
+impl fmt::Display for RequestHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.written, f)
+    }
+}
+
+impl Serialize for RequestHeaders {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.written.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestHeaders {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let written = BTreeMap::deserialize(d)?;
+        RequestHeaders::parse(written).map_err(serde::de::Error::custom)
     }
 }

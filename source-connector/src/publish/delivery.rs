@@ -1,16 +1,19 @@
 //! The producer's librdkafka context: delivery reports counted, client
-//! errors and logs through `tracing`, `/readyz` kept in step with the last
-//! delivery, and whether Kafka is taking records (the backpressure signal).
+//! errors and logs through `tracing` (classified and rate-limited as in the
+//! sink, by [`connector_common::kafka::events`]), `/readyz` kept in step with
+//! the last delivery, and whether Kafka is taking records (the backpressure
+//! signal).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use connector_common::kafka::{forward_log, ClientEvents, KafkaEvent};
 use connector_common::retry::RateLimit;
 use connector_common::telemetry::Health;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{DeliveryResult, Message};
 use rdkafka::producer::ProducerContext;
 
@@ -28,13 +31,9 @@ pub struct DeliveryContext {
     health: Health,
     delivering: AtomicBool,
     log_limit: RateLimit,
-    /// Paces librdkafka's client errors.
-    error_limit: RateLimit,
-    /// Why the brokers refused us (credentials, TLS), if they did.
-    auth: Mutex<Option<String>>,
-    /// Whether `auth` holds a reason: read on every delivery, so the
-    /// mutex is only taken once the brokers refused us.
-    refused: AtomicBool,
+    /// Client errors logged (rate-limited) and classified; why the brokers
+    /// refused us, if they did (cleared by the next delivery).
+    events: ClientEvents,
     /// When the context was made: the clock of `last_report_ms`.
     started: Instant,
     /// When the last delivery report came (ms since `started`), or
@@ -56,10 +55,8 @@ impl DeliveryContext {
             // A broker outage fails thousands of queued records: one line a
             // second (the counters keep every failure).
             log_limit: RateLimit::new(Duration::from_secs(1)),
-            error_limit: RateLimit::new(Duration::from_secs(10)),
+            events: ClientEvents::new(),
             started: Instant::now(),
-            auth: Mutex::new(None),
-            refused: AtomicBool::new(false),
             last_report_ms: AtomicU64::new(u64::MAX),
             max_buffered,
         }
@@ -91,54 +88,32 @@ impl DeliveryContext {
 
     /// Why the brokers refused us (credentials, TLS), if they did.
     pub fn refusal(&self) -> Option<String> {
-        self.auth.lock().expect("auth lock").clone()
+        self.events.refusal()
     }
 }
 
 impl ClientContext for DeliveryContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Warning => {
-                tracing::warn!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility = fac, "{message}")
-            }
-            RDKafkaLogLevel::Debug => {
-                tracing::debug!(target: "librdkafka", facility = fac, "{message}")
-            }
-        }
+        forward_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(problem) = connector_common::kafka::auth_problem(&error, reason) {
+        match self.events.on_error(&error, reason) {
             // Retrying cannot fix refused credentials: say so on /readyz.
-            self.health.set_not_ready(problem.clone());
-            *self.auth.lock().expect("auth lock") = Some(problem.clone());
-            self.refused.store(true, Ordering::Relaxed);
-            if self.log_limit.allow() {
-                tracing::error!("{problem}");
+            KafkaEvent::Auth(problem) => self.health.set_not_ready(problem),
+            KafkaEvent::AllBrokersDown => {
+                // Records wait in the buffer; /readyz says so until one is
+                // delivered again.
+                self.delivering.store(false, Ordering::Relaxed);
+                self.health.set_not_ready(format!(
+                    "Kafka: all brokers are down; records wait in the producer buffer (at most max_buffered_records = {}, then dropped)",
+                    self.max_buffered
+                ));
             }
-            return;
-        }
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
-            // Records wait in the buffer; /readyz says so until one is
-            // delivered again.
-            self.delivering.store(false, Ordering::Relaxed);
-            self.health.set_not_ready(format!(
-                "Kafka: all brokers are down; records wait in the producer buffer (at most max_buffered_records = {}, then dropped)",
-                self.max_buffered
-            ));
-        }
-        // librdkafka repeats a down broker's error many times a second.
-        if self.error_limit.allow() {
-            tracing::warn!(error = %error, "Kafka client error: {reason} (repeats are not logged for 10 s)");
+            // The idempotent producer's fatal error: every record fails from
+            // now on, counted and logged as undelivered.
+            KafkaEvent::Fatal => self.events.log_error(&error, reason),
+            KafkaEvent::Other => {}
         }
     }
 }
@@ -151,11 +126,7 @@ impl ProducerContext for DeliveryContext {
         match result {
             Ok(_) => {
                 self.counts.delivered();
-                let was_refused = self.refused.load(Ordering::Relaxed)
-                    && self.refused.swap(false, Ordering::Relaxed);
-                if was_refused {
-                    self.auth.lock().expect("auth lock").take();
-                }
+                let was_refused = self.events.clear_refusal();
                 if !self.delivering.swap(true, Ordering::Relaxed) || was_refused {
                     self.health.set_ready();
                 }

@@ -1,6 +1,6 @@
 //! From one declared site to a [`SiteSpec`]: the `[source]` defaults applied,
 //! what many sites have in common shared (the default headers, each distinct
-//! compiled regex), the `tls_ca` file checked. The site's values were checked
+//! compiled regex, each `tls_ca` file read once). The site's values were checked
 //! when the configuration was read; nothing here parses them again.
 
 use std::collections::HashMap;
@@ -8,12 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use connector_common::config::{Invalid, StringMap};
-use connector_common::secret::{HeaderRule, MaskRule};
+use connector_common::config::Invalid;
 use regex::Regex;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::HeaderMap;
 
-use super::spec::{ClientKey, SiteSpec};
+use super::spec::{CaFile, ClientKey, SiteSpec};
 use crate::config::{SiteConfig, SourceConfig};
 
 /// Applies the defaults of one `[source]` section to its sites.
@@ -24,6 +23,8 @@ pub struct Resolver<'a> {
     default_headers: Arc<HeaderMap>,
     /// One compiled regex per distinct pattern text.
     regexes: HashMap<String, Arc<Regex>>,
+    /// Each `tls_ca` file read so far (by resolved path), read once.
+    cas: HashMap<PathBuf, CaFile>,
     expected: Option<Arc<[u16]>>,
 }
 
@@ -37,8 +38,9 @@ impl<'a> Resolver<'a> {
         Resolver {
             config,
             dir,
-            default_headers: Arc::new(header_map(&config.headers, &StringMap::new())),
+            default_headers: Arc::new(config.headers.map().clone()),
             regexes,
+            cas: HashMap::new(),
             expected: config.expected_status.as_deref().map(Arc::from),
         }
     }
@@ -49,7 +51,7 @@ impl<'a> Resolver<'a> {
     pub fn site(&mut self, site: &SiteConfig) -> Result<SiteSpec, Invalid> {
         let c = self.config;
         let headers = match &site.headers {
-            Some(own) if !own.is_empty() => Arc::new(header_map(&c.headers, own)),
+            Some(own) if !own.is_empty() => Arc::new(c.headers.merged(own)),
             _ => Arc::clone(&self.default_headers),
         };
         Ok(SiteSpec {
@@ -89,7 +91,7 @@ impl<'a> Resolver<'a> {
     }
 
     /// The client settings of the site, its `tls_ca` file checked.
-    fn client(&self, site: &SiteConfig) -> Result<ClientKey, Invalid> {
+    fn client(&mut self, site: &SiteConfig) -> Result<ClientKey, Invalid> {
         let c = self.config;
         let tls_verify = site.tls_verify.unwrap_or(c.tls_verify);
         // Without verification a CA inherited from [source] plays no part:
@@ -115,39 +117,31 @@ impl<'a> Resolver<'a> {
         })
     }
 
-    /// `tls_ca` resolved against the configuration's directory, refused
-    /// (under `key`) unless it is a PEM file with CA certificates.
-    fn ca_file(&self, file: &Path, key: &str) -> Result<PathBuf, Invalid> {
+    /// `tls_ca` resolved against the configuration's directory and read
+    /// (once per file), refused (under `key`) unless it is a PEM file with CA
+    /// certificates.
+    fn ca_file(&mut self, file: &Path, key: &str) -> Result<CaFile, Invalid> {
         let path = self.dir.join(file);
+        if let Some(read) = self.cas.get(&path) {
+            return Ok(read.clone());
+        }
         if !path.is_file() {
             return Err(Invalid::new(
                 key,
                 format!("file {} does not exist; give the path of a PEM file, relative to the configuration file", path.display()),
             ));
         }
-        if let Err(e) = connector_common::tls::read_ca_certs(&path) {
-            return Err(Invalid::new(
+        let certs = connector_common::tls::read_ca_certs(&path).map_err(|e| {
+            Invalid::new(
                 key,
                 format!("{e}; give a PEM file with the CA certificate(s)"),
-            ));
-        }
-        Ok(path)
+            )
+        })?;
+        let read = CaFile {
+            path: path.clone(),
+            certs: certs.into(),
+        };
+        self.cas.insert(path, read.clone());
+        Ok(read)
     }
-}
-
-/// Headers from the defaults, then the site's own (validated before).
-/// Credential-bearing values are marked sensitive, so not even a `Debug` of
-/// the map shows them.
-fn header_map(defaults: &StringMap, own: &StringMap) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (k, v) in defaults.iter().chain(own) {
-        if let (Ok(name), Ok(mut value)) = (
-            HeaderName::from_bytes(k.as_bytes()),
-            HeaderValue::from_str(v),
-        ) {
-            value.set_sensitive(HeaderRule::is_secret(k));
-            map.insert(name, value);
-        }
-    }
-    map
 }

@@ -64,10 +64,10 @@ pub fn for_each_site_line(
 }
 
 /// The keys whose values are checked as they are parsed ([`crate::config::Pattern`],
-/// [`crate::config::Method`]): a refusal of their value reads as it does in
+/// [`crate::config::Method`], [`crate::config::RequestHeaders`]): a refusal of their value reads as it does in
 /// `[[source.sites]]`, without the "not a site" advice meant for a line of
 /// the wrong shape.
-const VALUE_CHECKED_KEYS: [&str; 2] = ["regex", "method"];
+const VALUE_CHECKED_KEYS: [&str; 3] = ["regex", "method", "headers"];
 
 /// Deserialises one JSON line, naming the key of a problem (the path to the
 /// value that could not be used, e.g. `interval` or `expected_status[1]`).

@@ -2,14 +2,16 @@
 //!
 //! [`resolve`] reads `sites_file` (relative to the configuration file),
 //! applies the `[source]` defaults to every site, shares each distinct
-//! compiled regex, checks that `tls_ca` files hold CA certificates, and keeps
+//! compiled regex, reads each `tls_ca` file once (refused unless it holds CA
+//! certificates; the clients trust what was read), and keeps
 //! only the urls of this instance's `shard`. The sites' values come typed and
 //! checked from [`crate::config`]; nothing here parses them again. Every
 //! problem is a [`connector_common::config::ConfigError`] naming the file, the
 //! line and the key, like the loader's own.
 //!
 //! Layout (each file imports only the ones listed before it):
-//! - `spec`: [`SiteSpec`] and [`ClientKey`], a site with every setting resolved;
+//! - `spec`: [`SiteSpec`] and [`ClientKey`], a site with every setting
+//!   resolved, and [`CaFile`], a `tls_ca` file as read;
 //! - `file`: the `sites_file` reader (urls and JSON lines);
 //! - `defaults`: one declared site to a [`SiteSpec`];
 //! - `resolve`: [`resolve`], every declared site in order, each url once,
@@ -21,7 +23,7 @@ mod resolve;
 mod spec;
 
 pub use resolve::resolve;
-pub use spec::{ClientKey, SiteSpec};
+pub use spec::{CaFile, ClientKey, SiteSpec};
 
 #[cfg(test)]
 mod tests;

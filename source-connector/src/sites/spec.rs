@@ -1,5 +1,6 @@
 //! A site with every setting resolved: what the scheduler and the checks use.
 
+use std::hash::{Hash, Hasher};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use regex::Regex;
 use reqwest::header::HeaderMap;
 use reqwest::Method;
+use rustls::pki_types::CertificateDer;
 
 use crate::config::SiteUrl;
 
@@ -17,10 +19,35 @@ use crate::config::SiteUrl;
 pub struct ClientKey {
     /// Reuse connections between checks.
     pub keep_alive: bool,
-    /// Extra CA file (resolved path).
-    pub tls_ca: Option<PathBuf>,
+    /// Extra CA file, read when the sites were resolved.
+    pub tls_ca: Option<CaFile>,
     /// Verify certificates.
     pub tls_verify: bool,
+}
+
+/// A `tls_ca` file, read once when the sites are resolved (and checked to
+/// hold CA certificates): the clients trust its certificates as read. Its
+/// path identifies it.
+#[derive(Debug, Clone)]
+pub struct CaFile {
+    /// The path, resolved against the configuration's directory.
+    pub path: PathBuf,
+    /// Its CA certificates.
+    pub certs: Arc<[CertificateDer<'static>]>,
+}
+
+impl PartialEq for CaFile {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
+    }
+}
+
+impl Eq for CaFile {}
+
+impl Hash for CaFile {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.path.hash(state);
+    }
 }
 
 /// One site with every setting resolved.

@@ -1,0 +1,177 @@
+//! TLS to PostgreSQL (require, verify-ca, verify-full) and to Kafka (mTLS),
+//! and a sink role with the least privilege.
+
+use std::io::Write as _;
+
+use website_monitor_tests::sink::{self, sink_config, SinkTest};
+use website_monitor_tests::{kv_uri, table_exists, unique_ident, wait_not_ready, with_param, WAIT};
+
+/// Starts a sink on `uri` and checks it never gets PostgreSQL: `/readyz`
+/// names PostgreSQL and no table appears.
+async fn assert_refused(t: &SinkTest, uri: &str, what: &str) {
+    let (schema, topic) = t.fresh("sink_tls_bad", 1).await;
+    let (running, token) = sink::start(&sink_config(&t.stack, &topic, &schema, uri)).await;
+    let addr = running.metrics_addr.to_string();
+    wait_not_ready(
+        &addr,
+        "PostgreSQL",
+        &format!("/readyz to report the certificate problem ({what})"),
+        WAIT,
+    )
+    .await;
+    assert!(
+        !table_exists(&t.db, &schema, "site").await,
+        "{what}: no table was created through an unverified connection"
+    );
+    sink::stop(running, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_postgres_with_require_and_verify_full() {
+    let t = SinkTest::new("sink_tls", 1).await;
+    let s = &t.stack;
+    let ca = s.tls_dir.join("ca.pem");
+    // The server certificate names 127.0.0.1 and localhost only. Connecting
+    // to 127.0.0.1 while calling it `not-in-the-cert.invalid` (libpq's
+    // `hostaddr`) gives a target whose chain is good and whose name is not:
+    // verify-ca must connect there and verify-full must not.
+    let wrong_name = |mode: &str| {
+        format!(
+            "{} sslmode={mode} sslrootcert='{}'",
+            kv_uri(
+                &s.postgres_uri,
+                None,
+                Some("not-in-the-cert.invalid"),
+                Some("127.0.0.1"),
+                None
+            ),
+            ca.display()
+        )
+    };
+    for (mode, base) in [
+        ("require", with_param(&s.postgres_uri, "sslmode", "require")),
+        ("verify-ca", wrong_name("verify-ca")),
+        (
+            "verify-full",
+            format!(
+                "{}&sslrootcert={}",
+                with_param(&s.postgres_uri, "sslmode", "verify-full"),
+                ca.display()
+            ),
+        ),
+    ] {
+        let (schema, topic) = t.fresh("sink_tls", 1).await;
+        let app = unique_ident("sinktls");
+        let uri = if base.starts_with("postgres") {
+            format!("{base}&application_name={app}")
+        } else {
+            format!("{base} application_name={app}")
+        };
+        website_monitor_tests::produce_json(
+            &s.brokers,
+            &topic,
+            &[br#"{"url": "http://tls/"}"#.to_vec()],
+        )
+        .await;
+        let (running, token) = sink::start(&sink_config(s, &topic, &schema, &uri)).await;
+        website_monitor_tests::wait_rows(&t.db, &schema, "site_check", 1).await;
+        let ssl: bool = t
+            .db
+            .query_one(
+                "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<bool>>(0)
+            .expect("the sink's connection is listed");
+        assert!(ssl, "sslmode={mode}: the sink's connection is encrypted");
+        sink::stop(running, token).await;
+    }
+
+    // The same good chain under a name the certificate does not hold:
+    // verify-full checks the name, so it must not connect.
+    assert_refused(
+        &t,
+        &wrong_name("verify-full"),
+        "verify-full, name not in the certificate",
+    )
+    .await;
+
+    // verify-full against a CA that did not sign the server's certificate must not connect.
+    let wrong_ca = tempfile::NamedTempFile::new().unwrap();
+    {
+        let mut f = wrong_ca.reopen().unwrap();
+        f.write_all(&std::fs::read(s.tls_dir.join("client.pem")).unwrap())
+            .unwrap();
+    }
+    let uri = format!(
+        "{}&sslrootcert={}",
+        with_param(&s.postgres_uri, "sslmode", "verify-full"),
+        wrong_ca.path().display()
+    );
+    assert_refused(&t, &uri, "verify-full, wrong CA").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumes_through_the_mtls_listener() {
+    let t = SinkTest::new("sink_mtls", 1).await;
+    let s = &t.stack;
+    t.produce(&[br#"{"url": "http://mtls/", "ok": true}"#.to_vec()])
+        .await;
+    let config = t
+        .config()
+        .brokers(&s.ssl_brokers)
+        .kafka("ssl_ca", s.tls_dir.join("ca.pem").display().to_string())
+        .kafka(
+            "ssl_cert",
+            s.tls_dir.join("client.pem").display().to_string(),
+        )
+        .kafka(
+            "ssl_key",
+            s.tls_dir.join("client.key").display().to_string(),
+        );
+    let (running, token) = sink::start(&config).await;
+    t.wait_rows("site_check", 1).await;
+    assert_eq!(t.count("site", "WHERE url = 'http://mtls/'").await, 1);
+    sink::stop(running, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_create_rights_starts_on_tables_a_dba_created() {
+    let t = SinkTest::new("sink_lp", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    // The DBA creates the tables (the sink's own migrations, as a superuser) ...
+    t.migrate().await;
+    // ... and grants a role only what the sink needs to write.
+    let role = unique_ident("sink_lp_role");
+    db.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN;
+         GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
+         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    let may_create: bool = db
+        .query_one(
+            "SELECT has_database_privilege($1, current_database(), 'CREATE') OR has_schema_privilege($1, $2, 'CREATE')",
+            &[&role, schema],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!may_create, "the role may not create anything");
+    t.produce(&[
+        br#"{"url": "http://lp/", "n": 1}"#.to_vec(),
+        br#"{"url": "http://lp/", "n": 2}"#.to_vec(),
+    ])
+    .await;
+    let uri = kv_uri(&t.stack.postgres_uri, Some(&role), None, None, None);
+    let (running, token) = sink::start(&t.config().set("postgres_uri", uri)).await;
+    t.wait_rows("site_check", 2).await;
+    sink::stop(running, token).await;
+    db.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"))
+        .await
+        .unwrap();
+}
