@@ -371,14 +371,36 @@ impl SinkConfig {
         for (name, value, min, example) in [
             ("history_retention", self.history_retention, hour, "7d"),
             ("rejects_retention", self.rejects_retention, hour, "30d"),
-            ("rollup_minute_retention", self.rollup_minute_retention, hour, "2d"),
-            ("rollup_hour_retention", self.rollup_hour_retention, hour, "35d"),
-            ("rollup_day_retention", self.rollup_day_retention, DAY, "400d"),
+            (
+                "rollup_minute_retention",
+                self.rollup_minute_retention,
+                hour,
+                "2d",
+            ),
+            (
+                "rollup_hour_retention",
+                self.rollup_hour_retention,
+                hour,
+                "35d",
+            ),
+            (
+                "rollup_day_retention",
+                self.rollup_day_retention,
+                DAY,
+                "400d",
+            ),
         ] {
             check_duration(out, key(name), value, min, MAX_RETENTION, example);
         }
         let span = self.history_partition;
-        check_duration(out, key("history_partition"), span, hour, MAX_HISTORY_PARTITION, "1d");
+        check_duration(
+            out,
+            key("history_partition"),
+            span,
+            hour,
+            MAX_HISTORY_PARTITION,
+            "1d",
+        );
         if span.as_secs() % 3600 != 0 || span.subsec_nanos() != 0 {
             out.push(Invalid::new(
                 key("history_partition"),

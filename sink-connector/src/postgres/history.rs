@@ -46,7 +46,13 @@ impl<'m> Check<'m> {
     }
 
     /// The columns of a record's JSON `text`.
-    pub(crate) fn of_text(text: &'m str, partition: i32, offset: i64, site_id: i64, at: SystemTime) -> Self {
+    pub(crate) fn of_text(
+        text: &'m str,
+        partition: i32,
+        offset: i64,
+        site_id: i64,
+        at: SystemTime,
+    ) -> Self {
         let row = Compact::from_json(text).unwrap_or_else(|_| Compact {
             extra: Some(text.to_owned()),
             ..Compact::default()
@@ -91,7 +97,10 @@ async fn probe_ids(
     st: &Statements,
     checks: &[Check<'_>],
 ) -> Result<HashMap<String, i32>, tokio_postgres::Error> {
-    let names: BTreeSet<&str> = checks.iter().filter_map(|c| c.row.probe.as_deref()).collect();
+    let names: BTreeSet<&str> = checks
+        .iter()
+        .filter_map(|c| c.row.probe.as_deref())
+        .collect();
     if names.is_empty() {
         return Ok(HashMap::new());
     }
@@ -102,7 +111,11 @@ async fn probe_ids(
     let mut ids = read(tx.query(&st.probe_ids, &[&names]).await?);
     if ids.len() < names.len() {
         // Only names not seen before: ON CONFLICT would burn an id per name per batch.
-        let missing: Vec<&str> = names.iter().copied().filter(|n| !ids.contains_key(*n)).collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !ids.contains_key(*n))
+            .collect();
         tx.execute(&st.add_probes, &[&missing]).await?;
         ids = read(tx.query(&st.probe_ids, &[&names]).await?);
     }
@@ -120,10 +133,32 @@ async fn copy(
 ) -> Result<u64, tokio_postgres::Error> {
     use Type as T;
     let types = [
-        T::TIMESTAMPTZ, T::INT8, T::INT8, T::INT4, T::INT4, T::INT4,
-        T::INT4, T::INT4, T::INT4, T::INT4, T::INT4, T::INT4, T::INT4, T::INT2,
-        T::INT2, T::INT2, T::INT2, T::INT2, T::INT2, T::BOOL, T::BOOL,
-        T::TIMESTAMPTZ, T::INET, T::TEXT, T::TEXT, T::JSONB,
+        T::TIMESTAMPTZ,
+        T::INT8,
+        T::INT8,
+        T::INT4,
+        T::INT4,
+        T::INT4,
+        T::INT4,
+        T::INT4,
+        T::INT4,
+        T::INT4,
+        T::INT4,
+        T::INT4,
+        T::INT4,
+        T::INT2,
+        T::INT2,
+        T::INT2,
+        T::INT2,
+        T::INT2,
+        T::INT2,
+        T::BOOL,
+        T::BOOL,
+        T::TIMESTAMPTZ,
+        T::INET,
+        T::TEXT,
+        T::TEXT,
+        T::JSONB,
     ];
     let sink = tx.copy_in(&st.copy_check).await?;
     let writer = BinaryCopyInWriter::new(sink, &types);
@@ -131,17 +166,43 @@ async fn copy(
     for c in checks.iter().filter(|c| layout.history.keeps(c.at, now)) {
         let r = &c.row;
         let [dns, connect, tls, ttfb, transfer] = r.timings_us;
-        let not_after = r.cert_not_after.map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s as u64));
+        let not_after = r
+            .cert_not_after
+            .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s as u64));
         let ip: Option<IpAddr> = r.ip;
-        let extra = r.extra.as_deref().map(|e| crate::postgres::sql::RawJson(e.as_bytes()));
+        let extra = r
+            .extra
+            .as_deref()
+            .map(|e| crate::postgres::sql::RawJson(e.as_bytes()));
         writer
             .as_mut()
             .write(&[
-                &c.at, &c.site_id, &c.offset, &c.partition, &probe_of(c), &r.present,
-                &r.duration_us, &dns, &connect, &tls, &ttfb, &transfer, &r.response_bytes,
-                &r.status_code, &r.redirects, &r.http_version, &r.tls_version, &r.cert_days_left,
-                &r.schema_version, &r.ok, &r.re_check, &not_after, &ip,
-                &r.error_kind.as_deref(), &r.error_message.as_deref(), &extra,
+                &c.at,
+                &c.site_id,
+                &c.offset,
+                &c.partition,
+                &probe_of(c),
+                &r.present,
+                &r.duration_us,
+                &dns,
+                &connect,
+                &tls,
+                &ttfb,
+                &transfer,
+                &r.response_bytes,
+                &r.status_code,
+                &r.redirects,
+                &r.http_version,
+                &r.tls_version,
+                &r.cert_days_left,
+                &r.schema_version,
+                &r.ok,
+                &r.re_check,
+                &not_after,
+                &ip,
+                &r.error_kind.as_deref(),
+                &r.error_message.as_deref(),
+                &extra,
             ])
             .await?;
     }
@@ -168,8 +229,18 @@ async fn add_rollups(
         a.max.push(counts.duration_max_us);
         a.sum.push(counts.duration_sum_us);
         a.cert.push(counts.cert_days_min);
-        slice(&mut a.latency, &mut a.latency_lo, &mut a.latency_hi, pack(&counts.latency));
-        slice(&mut a.failures, &mut a.failures_lo, &mut a.failures_hi, pack(&counts.failures));
+        slice(
+            &mut a.latency,
+            &mut a.latency_lo,
+            &mut a.latency_hi,
+            pack(&counts.latency),
+        );
+        slice(
+            &mut a.failures,
+            &mut a.failures_lo,
+            &mut a.failures_hi,
+            pack(&counts.failures),
+        );
     }
     if a.site.is_empty() {
         return Ok(());
@@ -177,9 +248,23 @@ async fn add_rollups(
     tx.execute(
         statement,
         &[
-            &a.site, &a.probe, &a.bucket, &a.checks, &a.ok, &a.failed, &a.responses, &a.min,
-            &a.max, &a.sum, &a.cert, &a.latency, &a.failures, &a.latency_lo, &a.latency_hi,
-            &a.failures_lo, &a.failures_hi,
+            &a.site,
+            &a.probe,
+            &a.bucket,
+            &a.checks,
+            &a.ok,
+            &a.failed,
+            &a.responses,
+            &a.min,
+            &a.max,
+            &a.sum,
+            &a.cert,
+            &a.latency,
+            &a.failures,
+            &a.latency_lo,
+            &a.latency_hi,
+            &a.failures_lo,
+            &a.failures_hi,
         ],
     )
     .await?;

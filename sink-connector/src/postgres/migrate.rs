@@ -117,7 +117,11 @@ impl Tables {
 
     /// A function (or view) of the sink's named `<table><suffix>`, schema-qualified and quoted.
     pub fn function(&self, suffix: &str) -> String {
-        format!("{}.{}", self.schema, quote_ident(&format!("{}{suffix}", self.base)))
+        format!(
+            "{}.{}",
+            self.schema,
+            quote_ident(&format!("{}{suffix}", self.base))
+        )
     }
 
     /// The quoted identifier a placeholder stands for.

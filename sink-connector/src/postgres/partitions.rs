@@ -114,10 +114,17 @@ impl Layout {
             retention,
         };
         Self {
-            history: part(&tables.check, retention.history_partition, retention.history),
+            history: part(
+                &tables.check,
+                retention.history_partition,
+                retention.history,
+            ),
             rejected: part(&tables.rejected, day, retention.rejects),
             rollups: vec![
-                (Level::Minute, part(&tables.per_minute, day, retention.minute)),
+                (
+                    Level::Minute,
+                    part(&tables.per_minute, day, retention.minute),
+                ),
                 (Level::Hour, part(&tables.per_hour, day, retention.hour)),
                 (Level::Day, part(&tables.per_day, 30 * day, retention.day)),
             ],
@@ -255,7 +262,14 @@ mod tests {
     fn one_need_per_partition_not_per_record() {
         let p = table(24, 48);
         let t = UNIX_EPOCH + Duration::from_secs(1_764_264_123);
-        let needs = Layout::needs(&p, [t, t + Duration::from_secs(60), t + Duration::from_secs(86_400)]);
+        let needs = Layout::needs(
+            &p,
+            [
+                t,
+                t + Duration::from_secs(60),
+                t + Duration::from_secs(86_400),
+            ],
+        );
         assert_eq!(needs.len(), 2);
     }
 }

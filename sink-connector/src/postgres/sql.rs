@@ -138,7 +138,8 @@ impl Sql {
 }
 
 /// The history columns, in the order the COPY writes them.
-pub(crate) const HISTORY_COLUMNS: &str = "checked_at, site_id, \"offset\", \"partition\", probe_id, present, \
+pub(crate) const HISTORY_COLUMNS: &str =
+    "checked_at, site_id, \"offset\", \"partition\", probe_id, present, \
      duration_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, response_bytes, status_code, \
      redirects, http_version, tls_version, cert_days_left, schema_version, ok, re_check, \
      cert_not_after, ip, error_kind, error_message, extra";

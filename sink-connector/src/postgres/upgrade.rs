@@ -61,12 +61,19 @@ pub async fn move_legacy_history(
             return Ok((moved, true));
         }
     }
-    tracing::info!(moved, "converting the old history table; going on at the next start of a writer");
+    tracing::info!(
+        moved,
+        "converting the old history table; going on at the next start of a writer"
+    );
     Ok((moved, false))
 }
 
 /// Moves one chunk in one transaction; returns how many rows.
-async fn move_chunk(conn: &mut Conn, layout: &Layout, take: &str) -> Result<u64, tokio_postgres::Error> {
+async fn move_chunk(
+    conn: &mut Conn,
+    layout: &Layout,
+    take: &str,
+) -> Result<u64, tokio_postgres::Error> {
     let now = SystemTime::now();
     let tx = conn.client.transaction().await?;
     let rows = tx.query(take, &[]).await?;

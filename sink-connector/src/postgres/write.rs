@@ -35,10 +35,10 @@ use tokio_postgres::{Statement, Transaction};
 
 use crate::batch::{Msg, Outcome, Skipped};
 use crate::decode::{Decoded, Good, Reason, Rejected};
-use crate::postgres::history::{self, Check};
-use crate::postgres::partitions::Layout;
 use crate::postgres::error::{db_message, is_record_refusal};
+use crate::postgres::history::{self, Check};
 use crate::postgres::kept::{prefix, truncate_str, Kept, MAX_DETAIL_BYTES, MAX_KEPT_BYTES};
+use crate::postgres::partitions::Layout;
 use crate::postgres::sql::{Conn, RawJson, Statements};
 
 /// Why a batch was not written. Nothing was committed; retry it.
@@ -91,7 +91,10 @@ fn effective_time(m: &Msg, g: &Good, now: SystemTime) -> SystemTime {
 const MAX_AHEAD: Duration = Duration::from_secs(86_400);
 
 /// The indices (of `only`, else of all `msgs`) of good records.
-fn good_indices<'m>(msgs: &'m [Msg], only: Option<&'m [usize]>) -> impl Iterator<Item = (usize, &'m Good)> + 'm {
+fn good_indices<'m>(
+    msgs: &'m [Msg],
+    only: Option<&'m [usize]>,
+) -> impl Iterator<Item = (usize, &'m Good)> + 'm {
     let all: Box<dyn Iterator<Item = usize>> = match only {
         Some(set) => Box::new(set.iter().copied()),
         None => Box::new(0..msgs.len()),
@@ -179,7 +182,13 @@ pub(crate) async fn write_tx(
     let future = in_future(msgs, only, now);
     let refused = match future.is_empty() {
         true => Cow::Borrowed(refused),
-        false => Cow::Owned(refused.iter().map(|(i, r)| (*i, r.clone())).chain(future).collect()),
+        false => Cow::Owned(
+            refused
+                .iter()
+                .map(|(i, r)| (*i, r.clone()))
+                .chain(future)
+                .collect(),
+        ),
     };
     let refused = refused.as_ref();
     let st = &conn.statements;

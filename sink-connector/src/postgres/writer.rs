@@ -226,7 +226,10 @@ async fn open(shared: &Shared, started: bool) -> Result<Result<Conn, String>, Si
             match move_legacy_history(&mut c, &shared.tables, budget).await {
                 Ok((_, true)) => Ok(Ok(c)),
                 Ok((_, false)) => Ok(Err("converting the old history table (going on)".to_owned())),
-                Err(e) => Ok(Err(format!("converting the old history table: {}", db_message(&e)))),
+                Err(e) => Ok(Err(format!(
+                    "converting the old history table: {}",
+                    db_message(&e)
+                ))),
             }
         }
         Err(e) if is_connection_error(&e) || started => {
@@ -424,7 +427,11 @@ impl Writer {
     /// tomorrow's partitions and drops those past retention. A failure (a
     /// lock not granted in time) is logged and tried again next time.
     async fn maintain(&mut self) {
-        if self.index != 0 || self.maintained.is_some_and(|t| t.elapsed() < MAINTAIN_EVERY) {
+        if self.index != 0
+            || self
+                .maintained
+                .is_some_and(|t| t.elapsed() < MAINTAIN_EVERY)
+        {
             return;
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -436,11 +443,19 @@ impl Writer {
         let run = layout.maintain(&mut conn.client, std::time::SystemTime::now());
         match tokio::time::timeout(limit, run).await {
             Ok(Ok((made, dropped))) => {
-                tracing::debug!(made, dropped, "partitions made ahead and dropped past retention");
+                tracing::debug!(
+                    made,
+                    dropped,
+                    "partitions made ahead and dropped past retention"
+                );
                 metrics::counter!(m::PARTITIONS_DROPPED).increment(dropped.max(0) as u64);
             }
-            Ok(Err(e)) => tracing::warn!(error = %db_message(&e), "partition maintenance failed; trying again in 10 minutes"),
-            Err(_) => tracing::warn!("partition maintenance took longer than write_timeout; trying again in 10 minutes"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %db_message(&e), "partition maintenance failed; trying again in 10 minutes")
+            }
+            Err(_) => tracing::warn!(
+                "partition maintenance took longer than write_timeout; trying again in 10 minutes"
+            ),
         }
     }
 
