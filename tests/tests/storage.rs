@@ -103,3 +103,94 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
         }
     }
 }
+
+/// Applies migrations 1–5 only, as a deployment before issue 13 has them.
+async fn old_schema(db: &tokio_postgres::Client, schema: &str) {
+    use website_monitor_sink::migrate::{Tables, MIGRATIONS};
+    let tables = Tables::new(schema, "site");
+    db.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+         CREATE TABLE \"{schema}\".site_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
+    ))
+    .await
+    .unwrap();
+    for m in MIGRATIONS.iter().filter(|m| m.version <= 5) {
+        db.batch_execute(&format!("BEGIN; {} COMMIT;", tables.substitute(m.sql)))
+            .await
+            .unwrap();
+        db.execute(
+            &format!("INSERT INTO \"{schema}\".site_migrations (version, name) VALUES ($1, $2)"),
+            &[&m.version, &m.name],
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row() {
+    let t = SinkTest::new("storage_upgrade", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    old_schema(db, schema).await;
+    // 12,000 old rows over 3 sites and 3 days (more than two chunks), each
+    // record whole in `data`, as sinks before migration 6 wrote them.
+    let at = now() - 3.0 * 86_400.0;
+    db.batch_execute(&format!(
+        "INSERT INTO \"{schema}\".site (url, data, checked_at) SELECT 'http://s' || i || '/', '{{}}', now() FROM generate_series(0, 2) i;
+         INSERT INTO \"{schema}\".site_check (site_id, checked_at, ok, status_code, duration, data, topic, \"partition\", \"offset\")
+         SELECT s.id, to_timestamp({at} + n * 20), n % 7 <> 0, 200, 0.001,
+                jsonb_build_object('url', s.url, 'checked_at', {at} + n * 20, 'ok', n % 7 <> 0, 'status_code', 200,
+                                   'duration', 0.001 + (n % 50) / 1e5, 'probe', 'old', 'n', n),
+                'old-topic', 0, n
+         FROM generate_series(0, 11999) n JOIN \"{schema}\".site s ON s.url = 'http://s' || (n % 3) || '/';"
+    ))
+    .await
+    .unwrap();
+    let originals: Vec<serde_json::Value> = db
+        .query(
+            &format!("SELECT data FROM \"{schema}\".site_check ORDER BY \"offset\""),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| numbers_as_f64(r.get(0)))
+        .collect();
+
+    let (running, token) = sink::start(&t.config()).await;
+    let gone = format!("SELECT to_regclass('\"{schema}\".site_check_legacy') IS NULL AND to_regclass('\"{schema}\".site_check_record') IS NOT NULL");
+    website_monitor_tests::wait::eventually(
+        "the old history table moved and dropped",
+        website_monitor_tests::wait::WAIT,
+        || async {
+            db.query_one(&gone, &[])
+                .await
+                .unwrap()
+                .get::<_, bool>(0)
+                .then_some(())
+        },
+    )
+    .await;
+    sink::stop(running, token).await;
+    let back: Vec<serde_json::Value> = db
+        .query(
+            &format!("SELECT record FROM \"{schema}\".site_check_record ORDER BY \"offset\""),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| numbers_as_f64(r.get(0)))
+        .collect();
+    assert_eq!(back.len(), originals.len(), "no row lost or doubled");
+    assert!(back == originals, "every old record reads back as it was");
+    let per_day: i64 = db
+        .query_one(
+            &format!("SELECT sum(checks)::int8 FROM \"{schema}\".site_per_day"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(per_day, 12_000, "the old rows are counted in the rollups");
+}
