@@ -194,3 +194,80 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
         .get(0);
     assert_eq!(per_day, 12_000, "the old rows are counted in the rollups");
 }
+
+/// Asserts every rollup level holds exactly what a recount of the history gives.
+async fn assert_rollups_equal_a_recount(db: &tokio_postgres::Client, schema: &str) {
+    let recount = format!(
+        "SELECT count(*), count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok),
+                count(*) FILTER (WHERE status_code IS NOT NULL),
+                coalesce(sum(duration_us) FILTER (WHERE status_code IS NOT NULL), 0)::int8
+         FROM \"{schema}\".site_check"
+    );
+    let h = db.query_one(&recount, &[]).await.unwrap();
+    for level in ["per_minute", "per_hour", "per_day"] {
+        let r = db
+            .query_one(
+                &format!("SELECT coalesce(sum(checks), 0)::int8, coalesce(sum(ok), 0)::int8, coalesce(sum(failed), 0)::int8, coalesce(sum(responses), 0)::int8, coalesce(sum(duration_sum_us), 0)::int8 FROM \"{schema}\".site_{level}"),
+                &[],
+            )
+            .await
+            .unwrap();
+        for i in 0..5 {
+            assert_eq!(
+                r.get::<_, i64>(i),
+                h.get::<_, i64>(i),
+                "{level}: column {i} equals a recount from history"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_kill_9_and_a_restart_the_rollups_equal_a_recount_from_history() {
+    let t = SinkTest::new("storage_kill", 3).await;
+    let (db, schema) = (&t.db, &t.schema);
+    const N: u32 = 20_000;
+    let config = t.config().set("batch_size", 300).text();
+    let at = now();
+    let mut sink = website_monitor_tests::Proc::spawn("sink", &config);
+    let mut killed = false;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(2_000) {
+        let recs: Vec<Vec<u8>> = chunk
+            .iter()
+            .map(|&i| {
+                let url = format!("http://k{}/", i % 300);
+                json_rec(source_record(
+                    &url,
+                    at + f64::from(i) * 0.01,
+                    i % 13 != 0,
+                    900 + i % 400,
+                ))
+            })
+            .collect();
+        t.produce(&recs).await;
+        if !killed {
+            website_monitor_tests::postgres::rows_at_least(db, schema, "site_check", 1_000).await;
+            sink.kill9();
+            killed = true;
+        }
+    }
+    assert!(
+        t.count("site_check", "").await < i64::from(N),
+        "the kill came mid-stream"
+    );
+    let mut sink = website_monitor_tests::Proc::spawn("sink", &config);
+    t.wait_rows("site_check", i64::from(N)).await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        t.count("site_check", "").await,
+        i64::from(N),
+        "each check stored once"
+    );
+    assert_rollups_equal_a_recount(db, schema).await;
+    assert_eq!(
+        sink.term(),
+        Some(0),
+        "SIGTERM exits 0; log:\n{}",
+        sink.log()
+    );
+}
