@@ -271,3 +271,103 @@ async fn after_a_kill_9_and_a_restart_the_rollups_equal_a_recount_from_history()
         sink.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_early_and_expired_records_and_retention_by_whole_partitions() {
+    let t = SinkTest::new("storage_retention", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    t.migrate().await;
+    // A partition of 5 days ago with a row in it: past a 2-day retention.
+    let old = now() - 5.0 * 86_400.0;
+    db.batch_execute(&format!(
+        "SET search_path = \"{schema}\";
+         SELECT site_make_partitions('site_check', to_timestamp({old}), to_timestamp({old}), '1 day');
+         INSERT INTO site (url, data) VALUES ('http://old/', '{{}}');
+         INSERT INTO site_check (checked_at, site_id, \"offset\", \"partition\", present)
+         SELECT to_timestamp({old}), id, -1, -1, 1 FROM site;"
+    ))
+    .await
+    .unwrap();
+    let at = now();
+    let records = [
+        source_record("http://late/", at - 3.0 * 3600.0, true, 1000), // late: kept
+        source_record("http://expired/", at - 3.0 * 86_400.0, true, 1000), // past retention
+        source_record("http://future/", at + 3.0 * 86_400.0, true, 1000), // a wrong clock
+        source_record("http://now/", at, true, 1000),
+    ];
+    t.produce(
+        &records
+            .iter()
+            .map(|r| json_rec(r.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    let config = t
+        .config()
+        .set("history_retention", "2d")
+        .set("rollup_minute_retention", "2d");
+    let (running, token) = sink::start(&config).await;
+    t.wait_rows("site_rejected", 1).await;
+    sink::stop(running, token).await;
+
+    let urls: Vec<String> = db
+        .query(
+            &format!("SELECT url FROM \"{schema}\".site_check_record ORDER BY url"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        urls,
+        ["http://late/", "http://now/"],
+        "the late record is stored, the expired one and the old partition are not"
+    );
+    let reason: String = db
+        .query_one(
+            &format!("SELECT reason FROM \"{schema}\".site_rejected"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(reason, "checked_at_in_future");
+    let old_partition: bool = db
+        .query_one(
+            &format!("SELECT count(*) > 0 FROM pg_inherits WHERE inhparent = '\"{schema}\".site_check'::regclass AND inhrelid::regclass::text LIKE '%' || to_char(to_timestamp({old}) AT TIME ZONE 'UTC', 'YYYYMMDD')"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        !old_partition,
+        "the partition past retention is dropped whole"
+    );
+    let day_checks: i64 = db
+        .query_one(
+            &format!("SELECT coalesce(sum(checks), 0)::int8 FROM \"{schema}\".site_per_day"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        day_checks, 3,
+        "the expired record still counts in the day rollups (kept 400 days)"
+    );
+    let minute_checks: i64 = db
+        .query_one(
+            &format!("SELECT coalesce(sum(checks), 0)::int8 FROM \"{schema}\".site_per_minute"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        minute_checks, 2,
+        "but not in the minute rollups (kept 2 days)"
+    );
+}
