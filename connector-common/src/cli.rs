@@ -29,3 +29,29 @@ pub fn say(message: &dyn std::fmt::Display) {
     use std::io::Write as _;
     let _ = writeln!(std::io::stderr(), "{message}");
 }
+
+/// Writes a configuration that cannot be used to stderr, as both connectors
+/// do: each line of `error` (one a problem) prefixed by `program: `, so every
+/// line says which binary refused the file, as `grep` or a log shipper sees it.
+pub fn say_refused(program: &str, error: &dyn std::fmt::Display) {
+    say(&prefixed(program, &error.to_string()));
+}
+
+/// `text` with each line prefixed by `program: `.
+fn prefixed(program: &str, text: &str) -> String {
+    text.lines()
+        .map(|line| format!("{program}: {line}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_line_of_a_refusal_names_the_program() {
+        assert_eq!(
+            super::prefixed("p", "c.toml:1: key `a`: x\nc.toml:2: key `b`: y"),
+            "p: c.toml:1: key `a`: x\np: c.toml:2: key `b`: y"
+        );
+    }
+}

@@ -145,6 +145,11 @@ pub fn listen_address_problem(addr: &str) -> Option<String> {
     if !name_ok {
         return explain("is not an IP address or host name with a port");
     }
+    // `256.1.1.1` is no IPv4 address (it did not parse as one above), and no
+    // host name either: the resolver would refuse it only at bind time.
+    if host.contains('.') && host.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return explain("is not a valid IPv4 address (each of its four parts is 0 to 255)");
+    }
     None
 }
 
@@ -182,6 +187,9 @@ mod tests {
             "host:99999",
             "a b:1",
             "127.0.0.1:x",
+            "256.1.1.1:0",
+            "1.2.3:80",
+            "1.2.3.4.5:80",
         ] {
             assert!(listen_address_problem(bad).is_some(), "{bad}");
         }

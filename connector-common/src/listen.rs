@@ -88,4 +88,12 @@ mod tests {
             "{e}"
         );
     }
+
+    #[test]
+    fn a_dotted_number_that_is_no_ipv4_address_is_refused() {
+        let e = "256.1.1.1:0".parse::<ListenAddress>().unwrap_err();
+        assert!(e.contains("not a valid IPv4 address"), "{e}");
+        assert!("255.1.1.1:0".parse::<ListenAddress>().is_ok());
+        assert!("host1.example:0".parse::<ListenAddress>().is_ok());
+    }
 }

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use connector_common::cli::{say, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
+use connector_common::cli::{say, say_refused, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
 use connector_common::config::{load, process_env, render_masked, resolve_path, Section};
 use website_monitor_sink::SinkConfig;
 
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            say(&format_args!("website-monitor-sink: {e}"));
+            say_refused("website-monitor-sink", &e);
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use connector_common::cli::{say, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
+use connector_common::cli::{say, say_refused, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
 use connector_common::config::{self, process_env, render_masked, Section};
 use website_monitor_source::{lanes, sites, RunOptions, SourceConfig, SourceError};
 
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> ExitCode {
     let refuse = |e: &dyn std::fmt::Display| {
-        say(e);
+        say_refused("website-monitor-source", e);
         ExitCode::from(EXIT_CONFIG)
     };
     let path = match config::resolve_path(args.common.config.as_deref(), &process_env) {

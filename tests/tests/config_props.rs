@@ -134,7 +134,7 @@ fn check(text: &str, section: Section) {
         // (when the file writes it) its line, like a single problem.
         Err(e @ ConfigError::Several { .. }) => {
             let shown = e.to_string();
-            let ConfigError::Several { path, problems } = e else {
+            let ConfigError::Several { path, problems, .. } = e else {
                 unreachable!()
             };
             assert!(problems.len() >= 2, "{shown}");

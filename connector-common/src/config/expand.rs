@@ -1,20 +1,25 @@
 //! Steps 3 and 4 of loading: `${VAR}` and `${VAR:-default}` expanded in every
-//! string value, then the seed's environment variables applied over the file.
+//! string value the binary reads, then the seed's environment variables
+//! applied over the file.
 
 use crate::problem::Invalid;
 
 use super::locate::join_path;
 
-/// Expands `${VAR}` and `${VAR:-default}` in every string of `table`; one
-/// problem per string that cannot be expanded.
+/// Expands `${VAR}` and `${VAR:-default}` in every string of `table` but
+/// those under its keys named in `skip` (left as written); one problem per
+/// string that cannot be expanded.
 pub(crate) fn expand_table(
     table: &mut toml::Table,
     prefix: &str,
+    skip: &[&str],
     env: &dyn Fn(&str) -> Option<String>,
     out: &mut Vec<Invalid>,
 ) {
     for (k, v) in table.iter_mut() {
-        expand_value(v, &join_path(prefix, k), env, out);
+        if !skip.contains(&k.as_str()) {
+            expand_value(v, &join_path(prefix, k), env, out);
+        }
     }
 }
 
@@ -34,7 +39,7 @@ fn expand_value(
                 expand_value(item, &format!("{key}[{i}]"), env, out);
             }
         }
-        toml::Value::Table(t) => expand_table(t, key, env, out),
+        toml::Value::Table(t) => expand_table(t, key, &[], env, out),
         _ => {}
     }
 }

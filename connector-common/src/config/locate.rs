@@ -25,51 +25,79 @@ pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// or its deepest written parent. `None` when the file does not mention it
 /// (a value that came from the environment, or a default).
 pub fn locate(text: &str, key: &str) -> Option<usize> {
-    use toml::de::{DeTable, DeValue};
-    let root = DeTable::parse(text).ok()?;
-    let mut best: Option<usize> = None;
-    let mut current: Option<&DeValue<'_>> = None;
-    let mut table: Option<&DeTable<'_>> = Some(root.get_ref());
-    let segments = split_key(key);
-    for (at, segment) in segments.iter().enumerate() {
-        match *segment {
-            Segment::Key(k) => {
-                let t = match (table, current) {
-                    (Some(t), _) => t,
-                    (None, Some(DeValue::Table(t))) => t,
-                    _ => break,
-                };
-                let Some((name, value)) = t.get_key_value(k) else {
-                    // A quoted key with dots (`"linger.ms"` in
-                    // `[kafka.options]`): the rest of the path is its name.
-                    let rest: Vec<&str> = segments[at..]
-                        .iter()
-                        .map_while(|s| match s {
-                            Segment::Key(k) => Some(*k),
-                            Segment::Index(_) => None,
-                        })
-                        .collect();
-                    if let Some((name, _)) = t.get_key_value(rest.join(".").as_str()) {
-                        best = Some(line_col(text, name.span().start).0);
-                    }
-                    break;
-                };
-                best = Some(line_col(text, name.span().start).0);
-                current = Some(value.get_ref());
-                table = None;
-            }
-            Segment::Index(i) => {
-                let Some(DeValue::Array(items)) = current else {
-                    break;
-                };
-                let Some(item) = items.get(i) else { break };
-                best = Some(line_col(text, item.span().start).0);
-                current = Some(item.get_ref());
-                table = None;
-            }
+    Locator::new(text).line(key)
+}
+
+/// A file's text parsed once, to find the lines of many keys ([`locate`]
+/// parses it for each).
+pub(crate) struct Locator<'t> {
+    /// Byte offsets of the text's newlines.
+    newlines: Vec<usize>,
+    root: Option<toml::de::DeTable<'t>>,
+}
+
+impl<'t> Locator<'t> {
+    /// Parses `text`; a text that is not TOML has no lines to give.
+    pub(crate) fn new(text: &'t str) -> Self {
+        Self {
+            newlines: text.match_indices('\n').map(|(at, _)| at).collect(),
+            root: toml::de::DeTable::parse(text).ok().map(|r| r.into_inner()),
         }
     }
-    best
+
+    /// What [`locate`] says about `key`.
+    pub(crate) fn line(&self, key: &str) -> Option<usize> {
+        use toml::de::{DeTable, DeValue};
+        let root = self.root.as_ref()?;
+        let mut best: Option<usize> = None;
+        let mut current: Option<&DeValue<'_>> = None;
+        let mut table: Option<&DeTable<'_>> = Some(root);
+        let segments = split_key(key);
+        for (at, segment) in segments.iter().enumerate() {
+            match *segment {
+                Segment::Key(k) => {
+                    let t = match (table, current) {
+                        (Some(t), _) => t,
+                        (None, Some(DeValue::Table(t))) => t,
+                        _ => break,
+                    };
+                    let Some((name, value)) = t.get_key_value(k) else {
+                        // A quoted key with dots (`"linger.ms"` in
+                        // `[kafka.options]`): the rest of the path is its name.
+                        let rest: Vec<&str> = segments[at..]
+                            .iter()
+                            .map_while(|s| match s {
+                                Segment::Key(k) => Some(*k),
+                                Segment::Index(_) => None,
+                            })
+                            .collect();
+                        if let Some((name, _)) = t.get_key_value(rest.join(".").as_str()) {
+                            best = Some(self.line_at(name.span().start));
+                        }
+                        break;
+                    };
+                    best = Some(self.line_at(name.span().start));
+                    current = Some(value.get_ref());
+                    table = None;
+                }
+                Segment::Index(i) => {
+                    let Some(DeValue::Array(items)) = current else {
+                        break;
+                    };
+                    let Some(item) = items.get(i) else { break };
+                    best = Some(self.line_at(item.span().start));
+                    current = Some(item.get_ref());
+                    table = None;
+                }
+            }
+        }
+        best
+    }
+
+    /// The 1-based line of byte `offset`.
+    fn line_at(&self, offset: usize) -> usize {
+        self.newlines.partition_point(|&n| n < offset) + 1
+    }
 }
 
 enum Segment<'a> {

@@ -8,17 +8,23 @@
 //! 1. choose the file ([`resolve_path`]): `--config`, else
 //!    `pipelines/$WEBSITE_MONITOR_ENVIRONMENT.toml`, else `./connector.toml`;
 //! 2. parse TOML (syntax errors carry line and column);
-//! 3. expand `${VAR}` and `${VAR:-default}` in every string value ([`expand()`]);
+//! 3. expand `${VAR}` and `${VAR:-default}` in every string value of the
+//!    top level, `[kafka]` and the binary's own section ([`expand()`]; the
+//!    other connector's section is left as written, its variables need not
+//!    be set here);
 //! 4. apply the seed's environment overrides (`kafka_host`, `kafka_topic`,
 //!    `kafka_ssl_ca`, `kafka_ssl_cert`, `kafka_ssl_key`, `postgres_uri`, `log_level`);
-//! 5. deserialise into typed structs with unknown keys refused;
-//! 6. run the section's [`Validate`] checks.
+//! 5. deserialise into typed structs with unknown keys refused; when a part
+//!    fails, each key (and each element of an array) is deserialised alone,
+//!    so every key that cannot be used is named, not only the first;
+//! 6. run the [`Validate`] checks of each part that deserialised.
 //!
 //! Every failure is a [`ConfigError`] naming the file, the key (as a dotted
 //! path such as `source.sites[2].interval`), the line where the file says it
 //! ([`locate`]), and what to do. Past TOML syntax and `${VAR}` expansion,
 //! every problem of the file is reported at once: the top level's, `[kafka]`'s
-//! and the section's, one line each. Binaries exit with code 2 on any of them.
+//! and the section's, one line each, in the order of their lines. Binaries
+//! exit with code 2 on any of them.
 //!
 //! The environment is passed in as a lookup function, so tests need not touch
 //! the process environment.
@@ -92,15 +98,18 @@ pub enum ConfigError {
         message: String,
     },
     /// More than one key cannot be used: every problem, one line each
-    /// (`file:line: key `k`: message`), in the order found — the top level,
-    /// `[kafka]`, then the section. The first line is what
-    /// [`ConfigError::Invalid`] would say about the first problem alone.
-    #[error("{}", fmt_several(.path, .problems))]
+    /// (`file:line: key `k`: message`), in the order of their lines. The
+    /// first line is what [`ConfigError::Invalid`] would say about the first
+    /// problem alone. At most [`MAX_PROBLEMS_SHOWN`] are shown, the rest counted.
+    #[error("{}", fmt_several(.path, .problems, *.more))]
     Several {
         /// The file.
         path: PathBuf,
-        /// Every problem, at least two.
+        /// The problems kept (with `more`, at least two).
         problems: Vec<Problem>,
+        /// How many more were found and not kept (a reader that stops
+        /// keeping problems past those shown, such as `sites_file`'s).
+        more: usize,
     },
 }
 
@@ -122,17 +131,26 @@ pub const MAX_PROBLEMS_SHOWN: usize = 20;
 impl ConfigError {
     /// The error for `problems` (at least one) found in `text`, the file at
     /// `path`: each located, and bounded like any other text of the file.
+    /// They are put in the order of their lines (those without a line last).
     pub fn located(path: &Path, text: &str, problems: Vec<Invalid>) -> Self {
+        let lines = locate::Locator::new(text);
         let mut problems: Vec<Problem> = problems
             .into_iter()
             .map(|i| Problem {
-                line: locate(text, &i.key),
+                line: lines.line(&i.key),
                 // A key is the file's own text: bounded like any other.
                 key: truncate(&i.key, 256),
                 message: truncate(&i.message, MAX_FOREIGN_TEXT_BYTES),
             })
             .collect();
-        if problems.len() == 1 {
+        problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
+        Self::of(path, problems, 0)
+    }
+
+    /// The error for `problems` (with `more`, at least one) of the file at
+    /// `path`, already located; `more` counts those found and not kept.
+    pub fn of(path: &Path, mut problems: Vec<Problem>, more: usize) -> Self {
+        if problems.len() == 1 && more == 0 {
             let Problem { key, line, message } = problems.remove(0);
             return ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -144,6 +162,7 @@ impl ConfigError {
         ConfigError::Several {
             path: path.to_path_buf(),
             problems,
+            more,
         }
     }
 }
@@ -160,40 +179,75 @@ fn fmt_paths(paths: &[PathBuf]) -> String {
 fn fmt_problem(path: &Path, key: &str, line: Option<usize>, message: &str) -> String {
     let line = line.map(|l| format!(":{l}")).unwrap_or_default();
     format!(
-        "{}{line}: key `{key}`: {}",
+        "{}{line}: key `{}`: {}",
         path.display(),
+        printable(key),
         printable(message)
     )
 }
 
-fn fmt_several(path: &Path, problems: &[Problem]) -> String {
+fn fmt_several(path: &Path, problems: &[Problem], more: usize) -> String {
     let mut lines: Vec<String> = problems
         .iter()
         .take(MAX_PROBLEMS_SHOWN)
         .map(|p| fmt_problem(path, &p.key, p.line, &p.message))
         .collect();
-    if problems.len() > MAX_PROBLEMS_SHOWN {
+    let not_shown = problems.len().saturating_sub(MAX_PROBLEMS_SHOWN) + more;
+    if not_shown > 0 {
         lines.push(format!(
-            "{}: {} more problems not shown; fix the ones above and check again",
+            "{}: {not_shown} more problems not shown; fix the ones above and check again",
             path.display(),
-            problems.len() - MAX_PROBLEMS_SHOWN
         ));
     }
     lines.join("\n")
 }
 
-/// `text` with its control characters escaped (`\u{1b}`): a refused value
-/// quoted in a message must not drive the operator's terminal.
+/// `text` with its control characters (`\u{1b}`) and invisible format
+/// characters (Unicode category Cf: bidi overrides such as `\u{202e}`,
+/// zero-width characters such as `\u{200b}`) escaped: a key or value quoted
+/// in a message must not drive the operator's terminal, nor read as other
+/// text than it is.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else if is_format_char(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Whether `c` is of Unicode category Cf (format: invisible, yet changing
+/// how the text around it is shown), as of Unicode 15.
+fn is_format_char(c: char) -> bool {
+    matches!(
+        c,
+        '\u{ad}'
+            | '\u{600}'..='\u{605}'
+            | '\u{61c}'
+            | '\u{6dd}'
+            | '\u{70f}'
+            | '\u{890}'..='\u{891}'
+            | '\u{8e2}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0001}'
+            | '\u{e0020}'..='\u{e007f}'
+    )
 }
 
 /// Which section a binary reads, and which environment variables override it.
@@ -211,6 +265,14 @@ impl Section {
         match self {
             Section::Source => "source",
             Section::Sink => "sink",
+        }
+    }
+
+    /// The other connector's section, which this one does not read.
+    fn other(self) -> Self {
+        match self {
+            Section::Source => Section::Sink,
+            Section::Sink => Section::Source,
         }
     }
 
@@ -332,36 +394,49 @@ where
     let located = |problems: Vec<Invalid>| ConfigError::located(path, text, problems);
     let mut table = parse(text, path)?;
     let mut problems = Vec::new();
-    expand::expand_table(&mut table, "", env, &mut problems);
+    // The other connector's section is not read here: its `${VAR}`s are its
+    // own (the source need not have the sink's database password).
+    expand::expand_table(
+        &mut table,
+        "",
+        &[section.other().name()],
+        env,
+        &mut problems,
+    );
     if !problems.is_empty() {
         // An unexpanded `${VAR}` would only cause more, misleading problems.
         return Err(located(problems));
     }
     expand::apply_env_overrides(&mut table, &section.overrides(), env);
-    let top: TopLevel =
-        typed::from_value(toml::Value::Table(table), "").map_err(|i| located(vec![i]))?;
-    if let Some(problem) = level_problem(&top.log_level) {
-        problems.push(Invalid::new("log_level", problem));
-    }
-    problems.extend(top.kafka.validate("kafka"));
     let name = section.name();
-    let raw = match section {
-        Section::Source => top.source,
-        Section::Sink => top.sink,
-    }
-    .unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
-    let parsed: Option<S> = match typed::from_value(raw, name) {
+    let raw = table
+        .remove(name)
+        .unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+    let top = match typed::every_problem::<TopLevel>(toml::Value::Table(table), "") {
+        Ok(top) => {
+            if let Some(problem) = level_problem(&top.log_level) {
+                problems.push(Invalid::new("log_level", problem));
+            }
+            problems.extend(top.kafka.validate("kafka"));
+            Some(top)
+        }
+        Err(found) => {
+            problems.extend(found);
+            None
+        }
+    };
+    let parsed: Option<S> = match typed::every_problem(raw, name) {
         Ok(parsed) => {
             problems.extend(Validate::validate(&parsed, name));
             Some(parsed)
         }
-        Err(problem) => {
-            problems.push(problem);
+        Err(found) => {
+            problems.extend(found);
             None
         }
     };
-    match parsed {
-        Some(section) if problems.is_empty() => Ok(Loaded {
+    match (top, parsed) {
+        (Some(top), Some(section)) if problems.is_empty() => Ok(Loaded {
             path: path.to_path_buf(),
             log_level: top.log_level,
             log_format: top.log_format,

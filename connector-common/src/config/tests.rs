@@ -245,3 +245,166 @@ fn a_long_list_of_problems_is_cut_and_counted() {
         "{shown}"
     );
 }
+
+/// A section with typed values of several kinds, an array of tables among
+/// them, and a required field in its elements.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Rich {
+    #[serde(default)]
+    topic: String,
+    #[serde(default, with = "humantime_serde")]
+    interval: Option<std::time::Duration>,
+    #[serde(default)]
+    count: u32,
+    #[serde(default)]
+    metrics_address: Option<crate::listen::ListenAddress>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    items: Vec<Item>,
+}
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Item {
+    url: String,
+    #[serde(default)]
+    weight: u8,
+    #[serde(default)]
+    flag: bool,
+}
+impl Validate for Rich {
+    fn validate(&self, prefix: &str) -> Vec<Invalid> {
+        vec![Invalid::new(format!("{prefix}.topic"), "validated")]
+    }
+}
+
+#[test]
+fn every_key_that_cannot_be_deserialised_is_reported_with_its_line() {
+    let text = "[sink]\ntopic = 7\ninterval = \"soon\"\ncount = -1\nmetrics_address = \"nope\"\nheaders = { A = \"ok\", B = 42 }\ncolour = 1\n[[sink.items]]\nurl = \"a\"\n[[sink.items]]\nurl = \"b\"\nweight = 300\nflag = \"yes\"\n[[sink.items]]\nweight = 1\n";
+    let err = load_str::<Rich>(text, Path::new("c.toml"), Section::Sink, &no_env).unwrap_err();
+    let shown = err.to_string();
+    let ConfigError::Several { problems, .. } = err else {
+        panic!("{shown}");
+    };
+    let found: Vec<(Option<usize>, &str)> =
+        problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        found,
+        [
+            (Some(2), "sink.topic"),
+            (Some(3), "sink.interval"),
+            (Some(4), "sink.count"),
+            (Some(5), "sink.metrics_address"),
+            (Some(6), "sink.headers.B"),
+            (Some(7), "sink.colour"),
+            (Some(12), "sink.items[1].weight"),
+            (Some(13), "sink.items[1].flag"),
+            (Some(14), "sink.items[2]"),
+        ],
+        "{shown}"
+    );
+    assert!(
+        problems[8].message.contains("missing field `url`"),
+        "{shown}"
+    );
+    // The section's checks run only on a section that deserialised.
+    assert!(!shown.contains("validated"), "{shown}");
+}
+
+#[test]
+fn the_top_level_and_kafka_report_every_problem_too() {
+    let text = "log_format = \"loud\"\nwat = 1\n[kafka]\nsasl_password = 12345678\nsecurity_protocol = \"carrier pigeon\"\n[sink]\ntopic = 5\n";
+    let err = load_sink(text, &no_env).unwrap_err().to_string();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 5, "{err}");
+    for (line, key) in [
+        (1, "log_format"),
+        (2, "wat"),
+        (4, "kafka.sasl_password"),
+        (5, "kafka.security_protocol"),
+        (7, "sink.topic"),
+    ] {
+        assert!(
+            lines[line_index(line)].starts_with(&format!("c.toml:{line}: key `{key}`: ")),
+            "{err}"
+        );
+    }
+    assert!(!err.contains("12345678"), "{err}");
+}
+
+fn line_index(line: usize) -> usize {
+    [1, 2, 4, 5, 7].iter().position(|l| *l == line).unwrap()
+}
+
+#[test]
+fn one_problem_among_good_keys_reads_as_before() {
+    let text = "[sink]\ntopic = \"t\"\ninterval = \"soon\"\n";
+    let err = load_sink(text, &no_env).unwrap_err();
+    assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("c.toml:3: key `sink.interval`: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_secret_of_the_wrong_type_is_not_repeated() {
+    for text in [
+        "[kafka]\nsasl_password = 12345678\n[sink]\ntopic = \"t\"\n",
+        "[sink]\ntopic = \"t\"\npostgres_uri = 12345678\n",
+        "[sink]\ntopic = \"t\"\npostgres_uri = 1234.5678\n",
+        "[sink]\ntopic = \"t\"\npostgres_uri = [12345678]\n",
+    ] {
+        let err = load_sink(text, &no_env).unwrap_err().to_string();
+        assert!(
+            err.contains("invalid type: ") && !err.contains("1234") && !err.contains("1979"),
+            "{text}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_other_connectors_variables_need_not_be_set() {
+    let text = "[kafka]\nbrokers = \"${BROKERS:-k:9092}\"\n[source]\ntopic = \"t\"\n[sink]\ntopic = \"t\"\npostgres_uri = \"postgres://u:${PGPASSWORD}@h/d\"\n";
+    let source = load_str::<Sec>(text, Path::new("c.toml"), Section::Source, &no_env).unwrap();
+    assert_eq!(source.kafka.brokers, "k:9092");
+    let err = load_sink(text, &no_env).unwrap_err().to_string();
+    assert!(
+        err.starts_with("c.toml:7: key `sink.postgres_uri`")
+            && err.contains("`PGPASSWORD` is not set"),
+        "{err}"
+    );
+    // And the other way round.
+    let text = "[source]\ntopic = \"${NOPE}\"\n[sink]\ntopic = \"t\"\n";
+    assert!(load_sink(text, &no_env).is_ok());
+}
+
+#[test]
+fn invisible_format_characters_are_escaped_in_keys_and_values() {
+    assert_eq!(
+        printable("a\u{202e}b\u{200b}c\u{feff}\u{2066}d\u{e0041}"),
+        "a\\u{202e}b\\u{200b}c\\u{feff}\\u{2066}d\\u{e0041}"
+    );
+    assert_eq!(printable("é ü 日本 ✓"), "é ü 日本 ✓");
+    let err = load_sink(
+        "[sink]\ntopic = \"t\"\n\"\\u001b[31mRED\\u202e\" = 1\n",
+        &no_env,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("c.toml:")
+            && err.contains(
+                ": key `sink.\\u{1b}[31mRED\\u{202e}`: unknown field `\\u{1b}[31mRED\\u{202e}`"
+            ),
+        "{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\u{202e}'),
+        "{err}"
+    );
+}

@@ -234,13 +234,37 @@ fn every_bad_key_of_the_section_is_reported_on_its_own_line() {
     let err = load("[sink]\nbatch_size = 0\nwriters = 65\ntable = \"\"\n").unwrap_err();
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 3, "{err}");
-    assert!(lines[0].starts_with("c.toml:4: key `sink.table`"), "{err}");
+    // In the order of their lines.
     assert!(
-        lines[1].starts_with("c.toml:2: key `sink.batch_size`"),
+        lines[0].starts_with("c.toml:2: key `sink.batch_size`"),
         "{err}"
     );
     assert!(
-        lines[2].starts_with("c.toml:3: key `sink.writers`"),
+        lines[1].starts_with("c.toml:3: key `sink.writers`"),
+        "{err}"
+    );
+    assert!(lines[2].starts_with("c.toml:4: key `sink.table`"), "{err}");
+}
+
+#[test]
+fn every_key_that_cannot_be_parsed_is_reported_not_only_the_first() {
+    let err = load("[sink]\ntopic = \"t\"\npostgres_uri = \"postgres://u:PG-SECRET@h/db?sslmode=bogus\"\nmetrics_address = \"also nonsense\"\nbatch_size = \"many\"\nbatch_timeout = 12345\nwat = 1\n").unwrap_err();
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 5, "{err}");
+    for (line, (at, key)) in lines.iter().zip([
+        (3, "postgres_uri"),
+        (4, "metrics_address"),
+        (5, "batch_size"),
+        (6, "batch_timeout"),
+        (7, "wat"),
+    ]) {
+        assert!(
+            line.starts_with(&format!("c.toml:{at}: key `sink.{key}`: ")),
+            "{err}"
+        );
+    }
+    assert!(
+        !err.contains("PG-SECRET") && !err.contains("12345"),
         "{err}"
     );
 }

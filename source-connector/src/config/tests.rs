@@ -344,3 +344,28 @@ fn headers_are_checked_as_they_are_read_and_masked_when_shown() {
         "{m}"
     );
 }
+
+#[test]
+fn every_bad_key_of_the_section_is_reported_each_with_its_line() {
+    let text = "[source]\ntopic = \"t\"\nmethod = \"GE T\"\ninterval = \"soon\"\nregex = \"(unclosed\"\n\n[[source.sites]]\nurl = \"ftp://127.0.0.1/\"\n\n[[source.sites]]\nurl = \"https://a.example/\"\n\n[[source.sites]]\nurl = \"https://b.example/\"\nregex = \"[\"\nheaders = { Authorization = 42 }\n";
+    let e = load(text).expect_err("should be refused");
+    let shown = e.to_string();
+    let ConfigError::Several { problems, .. } = e else {
+        panic!("{shown}");
+    };
+    let at: Vec<(Option<usize>, &str)> =
+        problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        at,
+        [
+            (Some(3), "source.method"),
+            (Some(4), "source.interval"),
+            (Some(5), "source.regex"),
+            (Some(8), "source.sites[0].url"),
+            (Some(15), "source.sites[2].regex"),
+            (Some(16), "source.sites[2].headers.Authorization"),
+        ],
+        "{shown}"
+    );
+    assert!(!shown.contains("42"), "{shown}");
+}

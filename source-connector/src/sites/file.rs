@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use connector_common::config::ConfigError;
+use connector_common::config::{ConfigError, Problem, MAX_PROBLEMS_SHOWN};
 
 use crate::config::{SiteConfig, SiteUrl};
 
@@ -35,32 +35,66 @@ pub fn read_sites_file(file: &Path) -> std::io::Result<String> {
 /// comments are skipped; a line starting with `{` is a JSON object with the
 /// per-site keys, any other line is a url. Returns how many sites the file
 /// declared.
+///
+/// A line that cannot be used (or that `add` refuses with a
+/// [`ConfigError::Invalid`] of this file) does not stop the reading: every
+/// such line is reported, each with its line, the first
+/// [`MAX_PROBLEMS_SHOWN`] kept and the rest counted, as the loader does.
 pub fn for_each_site_line(
     text: &str,
     path: &Path,
     mut add: impl FnMut(usize, SiteConfig) -> Result<(), ConfigError>,
 ) -> Result<usize, ConfigError> {
     let mut found = 0;
+    let mut problems: Vec<Problem> = Vec::new();
+    let mut more = 0;
+    let mut refused = |problem: Problem| {
+        if problems.len() < MAX_PROBLEMS_SHOWN {
+            problems.push(problem);
+        } else {
+            more += 1;
+        }
+    };
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let invalid = |key: String, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
+        let invalid = |key: String, message: String| Problem {
             key,
             line: Some(n + 1),
             message,
         };
         let site = if line.starts_with('{') {
-            parse_site_json(line).map_err(|(key, m)| invalid(key, m))?
+            parse_site_json(line).map_err(|(key, m)| invalid(key, m))
         } else {
-            SiteConfig::new(SiteUrl::parse(line).map_err(|m| invalid("url".into(), m))?)
+            SiteUrl::parse(line)
+                .map(SiteConfig::new)
+                .map_err(|m| invalid("url".into(), m))
         };
-        add(n + 1, site)?;
-        found += 1;
+        let site = match site {
+            Ok(site) => site,
+            Err(problem) => {
+                refused(problem);
+                continue;
+            }
+        };
+        match add(n + 1, site) {
+            Ok(()) => found += 1,
+            Err(ConfigError::Invalid {
+                path: p,
+                key,
+                line,
+                message,
+            }) if p == path => refused(Problem { key, line, message }),
+            Err(other) => return Err(other),
+        }
     }
-    Ok(found)
+    if problems.is_empty() {
+        Ok(found)
+    } else {
+        Err(ConfigError::of(path, problems, more))
+    }
 }
 
 /// The keys whose values are checked as they are parsed ([`crate::config::Pattern`],

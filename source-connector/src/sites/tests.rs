@@ -340,3 +340,55 @@ fn a_bad_regex_method_or_header_on_a_json_line_reads_as_in_the_config() {
         .to_string();
     assert!(e.contains("s.txt:1: key `method`: not a site"), "{e}");
 }
+
+#[test]
+fn every_bad_line_of_a_sites_file_is_reported_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "s.txt",
+        "# comment\nhttps://a.example/\nftp://b.example/\nnot a url\n{\"url\": \"https://c.example/\", \"regex\": \"(\"}\nhttps://d.example/\nhttps://a.example/\n",
+    );
+    let e = resolve_in(dir.path(), "[source]\nsites_file = \"s.txt\"\n").unwrap_err();
+    let shown = e.to_string();
+    let ConfigError::Several { problems, more, .. } = e else {
+        panic!("{shown}");
+    };
+    let at: Vec<(Option<usize>, &str)> =
+        problems.iter().map(|p| (p.line, p.key.as_str())).collect();
+    assert_eq!(
+        at,
+        [
+            (Some(3), "url"),
+            (Some(4), "url"),
+            (Some(5), "regex"),
+            (Some(7), "url"),
+        ],
+        "{shown}"
+    );
+    assert_eq!(more, 0);
+    assert!(shown.lines().all(|l| l.contains("s.txt:")), "{shown}");
+    assert!(shown.contains("listed twice"), "{shown}");
+}
+
+#[test]
+fn a_sites_file_with_many_bad_lines_shows_some_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let text: String = (0..100).map(|i| format!("ftp://{i}.example/\n")).collect();
+    write(dir.path(), "s.txt", &text);
+    let e = resolve_in(dir.path(), "[source]\nsites_file = \"s.txt\"\n")
+        .unwrap_err()
+        .to_string();
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(
+        lines.len(),
+        connector_common::config::MAX_PROBLEMS_SHOWN + 1,
+        "{e}"
+    );
+    assert!(lines[0].contains("s.txt:1: key `url`"), "{e}");
+    assert!(
+        lines[lines.len() - 1]
+            .ends_with(": 80 more problems not shown; fix the ones above and check again"),
+        "{e}"
+    );
+}
