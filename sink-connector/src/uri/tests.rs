@@ -176,7 +176,7 @@ fn no_error_shows_any_part_of_a_password() {
             }
         }
         // And the message the configuration gives for it.
-        let message = uri.parse::<PostgresUri>().err().expect("refused");
+        let message = uri.parse::<PostgresUri>().expect_err("refused");
         for piece in &pieces {
             assert!(!message.contains(piece), "{uri}: {message}");
         }
