@@ -14,15 +14,7 @@ pub const BINARIES: [&str; 2] = ["website-monitor-source", "website-monitor-sink
 /// The seed's environment variables that override a connector's file; a
 /// connector started by [`connector`] or [`Proc::spawn`] runs without them so
 /// the file alone decides.
-pub const SEED_ENV: [&str; 7] = [
-    "kafka_host",
-    "kafka_topic",
-    "kafka_ssl_ca",
-    "kafka_ssl_cert",
-    "kafka_ssl_key",
-    "postgres_uri",
-    "log_level",
-];
+pub const SEED_ENV: [&str; 7] = connector_common::config::SEED_ENV_VARS;
 
 /// Where cargo puts binaries for this test process: the target folder and the
 /// profile's folder in it (`debug`, `release`, …). A test binary runs from
