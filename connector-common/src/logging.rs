@@ -1,5 +1,7 @@
 //! Logging through `tracing`, as text or JSON lines.
 
+use std::io::IsTerminal as _;
+
 use serde::{Deserialize, Serialize};
 
 /// How log lines are written to stderr.
@@ -13,7 +15,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global `tracing` subscriber.
+/// Installs the global `tracing` subscriber. Text lines are coloured only
+/// when stderr is a terminal.
 ///
 /// `level` is an `EnvFilter` directive such as `info` or
 /// `info,website_monitor_sink=debug`. Calling it twice is harmless (the first
@@ -25,9 +28,13 @@ pub fn init(level: &str, format: LogFormat) {
     // is dropped. By default tracing-subscriber reports the failure with
     // `eprintln!`, which panics when stderr is gone — in whatever task was
     // logging, the signal handler's included, so SIGTERM was then ignored.
+    //
+    // Colours only on a terminal: a log file or a shipper reading a pipe
+    // gets plain text, not ANSI escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .log_internal_errors(false);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -29,15 +29,8 @@ fn once_against_a_closed_port_exits_1_without_waiting_for_the_probe() {
     )
     .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_website-monitor-source"));
-    for var in [
-        "kafka_host",
-        "kafka_topic",
-        "kafka_ssl_ca",
-        "kafka_ssl_cert",
-        "kafka_ssl_key",
-        "postgres_uri",
-        "WEBSITE_MONITOR_ENVIRONMENT",
-    ] {
+    let seed = connector_common::config::SEED_ENV_VARS;
+    for var in seed.iter().chain(&["WEBSITE_MONITOR_ENVIRONMENT"]) {
         command.env_remove(var);
     }
     let mut child = command

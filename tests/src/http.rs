@@ -24,7 +24,8 @@
 //!
 //! Every server counts connections, requests per path and the most requests
 //! it ever had open at once ([`TestServer::max_in_flight`]). [`Pki`] makes the TLS side: a
-//! test CA, a server certificate it signed, and a self-signed one.
+//! test CA, a server certificate it signed, a self-signed one and an expired
+//! one the CA signed.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -375,10 +376,14 @@ pub struct Pki {
     pub self_signed: Arc<ServerConfig>,
     /// notAfter of both server certificates, epoch seconds.
     pub not_after: i64,
+    /// A server config whose certificate the CA signed for the same names,
+    /// but which expired (valid from 2020-01-01 to 2021-01-01).
+    pub expired: Arc<ServerConfig>,
 }
 
 impl Pki {
-    /// Makes a CA, a certificate it signs and a self-signed one, valid until 2040-01-01.
+    /// Makes a CA, a certificate it signs and a self-signed one, valid until
+    /// 2040-01-01, and an expired certificate the CA signed.
     pub fn new() -> Self {
         use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
         let not_after = rcgen::date_time_ymd(2040, 1, 1);
@@ -402,6 +407,13 @@ impl Pki {
         let signed = server_params()
             .signed_by(&signed_key, &issuer)
             .expect("signed cert");
+        let expired_key = KeyPair::generate().expect("expired key");
+        let expired = {
+            let mut p = server_params();
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+            p.signed_by(&expired_key, &issuer).expect("expired cert")
+        };
         let self_key = KeyPair::generate().expect("self-signed key");
         let self_signed = server_params()
             .self_signed(&self_key)
@@ -426,6 +438,7 @@ impl Pki {
             ca_signed: config(&signed, &signed_key),
             self_signed: config(&self_signed, &self_key),
             not_after: not_after.unix_timestamp(),
+            expired: config(&expired, &expired_key),
         }
     }
 }

@@ -11,7 +11,7 @@
 //! - [`postgres`]: connections, fresh schemas, row counts and waits,
 //!   connection strings derived from the stack's.
 //! - [`process`]: the connector binaries as child processes ([`Proc`],
-//!   [`connector`]), found — and built when missing or stale — by [`binary`].
+//!   [`connector`]), built (`cargo build`, once per test process) by [`binary`].
 //! - [`config`]: connector configurations built from typed values
 //!   ([`ConfigBuilder`]).
 //! - [`metrics`]: a connector's `/healthz`, `/readyz` and Prometheus scraping.

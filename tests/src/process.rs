@@ -1,10 +1,10 @@
-//! The connector binaries as child processes: found (and built when missing
-//! or older than their sources, once per test process), started without the
+//! The connector binaries as child processes: built by `cargo build` once
+//! per test process (cargo decides what is stale), started without the
 //! seed's environment overrides, stopped with SIGTERM or SIGKILL.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::stack::repo_root;
 
@@ -14,15 +14,7 @@ pub const BINARIES: [&str; 2] = ["website-monitor-source", "website-monitor-sink
 /// The seed's environment variables that override a connector's file; a
 /// connector started by [`connector`] or [`Proc::spawn`] runs without them so
 /// the file alone decides.
-pub const SEED_ENV: [&str; 7] = [
-    "kafka_host",
-    "kafka_topic",
-    "kafka_ssl_ca",
-    "kafka_ssl_cert",
-    "kafka_ssl_key",
-    "postgres_uri",
-    "log_level",
-];
+pub const SEED_ENV: [&str; 7] = connector_common::config::SEED_ENV_VARS;
 
 /// Where cargo puts binaries for this test process: the target folder and the
 /// profile's folder in it (`debug`, `release`, …). A test binary runs from
@@ -48,49 +40,22 @@ fn build_dirs() -> (PathBuf, PathBuf) {
     })
 }
 
-/// Whether `bin` exists and is newer than every source file its cargo
-/// dep-info (`<bin>.d`) lists.
-fn up_to_date(bin: &Path) -> bool {
-    let Ok(built) = bin.metadata().and_then(|m| m.modified()) else {
-        return false;
-    };
-    let Ok(depinfo) = std::fs::read_to_string(bin.with_extension("d")) else {
-        return false;
-    };
-    let Some((_, deps)) = depinfo.lines().next().and_then(|l| l.split_once(": ")) else {
-        return false;
-    };
-    // Paths are separated by spaces; a space inside a path is `\ `.
-    let deps = deps.replace("\\ ", "\u{0}");
-    deps.split_whitespace()
-        .map(|d| PathBuf::from(d.replace('\u{0}', " ")))
-        .all(|d| {
-            d.metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|m: SystemTime| m <= built)
-        })
-}
-
-/// Builds the connector binaries with the target folder and profile of this
-/// test process unless they are up to date. Once per process ([`OnceLock`]);
-/// cargo's lock on the target folder serialises concurrent test processes.
+/// Runs `cargo build` of the connector binaries, with the target folder and
+/// profile of this test process, in this checkout — once per process
+/// ([`OnceLock`]). Always: cargo alone knows what makes a binary stale
+/// (sources, `Cargo.toml`, `Cargo.lock`, profile, flags, another checkout
+/// sharing the target folder); when nothing changed it is a no-op of about a
+/// second. Cargo's lock on the target folder serialises concurrent test
+/// processes.
 fn ensure_built() -> &'static Result<(), String> {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     BUILT.get_or_init(|| {
         let (target, profile_dir) = build_dirs();
-        if BINARIES.iter().all(|b| up_to_date(&profile_dir.join(b))) {
-            return Ok(());
-        }
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") | None => "dev".to_owned(),
             Some(other) => other.to_owned(),
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        eprintln!(
-            "building {} ({profile} profile, {}): missing or older than their sources",
-            BINARIES.join(", "),
-            target.display()
-        );
         let out = std::process::Command::new(&cargo)
             .current_dir(repo_root())
             .args(["build", "--bins", "--profile", &profile, "--target-dir"])
@@ -113,9 +78,10 @@ fn ensure_built() -> &'static Result<(), String> {
 
 /// Path of a connector binary (`website-monitor-source` or
 /// `website-monitor-sink`) for tests that need a real process (kill -9,
-/// SIGTERM, exit codes). The first call in a process builds both when either
-/// is missing or older than its sources, with this test run's target folder
-/// and profile, so no `cargo build` is needed before `cargo test`.
+/// SIGTERM, exit codes). The first call in a process runs `cargo build` of
+/// both in this checkout, with this test run's target folder and profile (a
+/// no-op when they are current), so no `cargo build` is needed before
+/// `cargo test` and no stale or foreign binary is ever run.
 pub fn binary(name: &str) -> PathBuf {
     if let Err(e) = ensure_built() {
         panic!("{e}");

@@ -41,16 +41,8 @@ const REFERENCE: &str = "docs/configuration-reference.md";
 /// The crates whose `src/` holds the config types.
 const CRATES: [&str; 3] = ["connector-common", "source-connector", "sink-connector"];
 
-/// The seed's environment variables (`apply_env_overrides`).
-const SEED_VARS: [&str; 7] = [
-    "log_level",
-    "kafka_host",
-    "kafka_topic",
-    "kafka_ssl_ca",
-    "kafka_ssl_cert",
-    "kafka_ssl_key",
-    "postgres_uri",
-];
+/// The seed's environment variables.
+const SEED_VARS: [&str; 7] = connector_common::config::SEED_ENV_VARS;
 
 /// One table of the file and the struct that declares its keys.
 struct TableSpec {

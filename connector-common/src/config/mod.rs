@@ -276,8 +276,8 @@ impl Section {
         }
     }
 
-    /// The seed's environment variables, each overriding one key, in the
-    /// order they are applied.
+    /// The seed's environment variables ([`SEED_ENV_VARS`]), each
+    /// overriding one key, in the order they are applied.
     fn overrides(self) -> Vec<expand::Override> {
         let mut all: Vec<expand::Override> = vec![
             (&["log_level"], "log_level"),
@@ -296,6 +296,18 @@ impl Section {
         all
     }
 }
+
+/// The seed's environment variables, every one that overrides a key of
+/// either connector (see [`Section`]).
+pub const SEED_ENV_VARS: [&str; 7] = [
+    "log_level",
+    "kafka_host",
+    "kafka_ssl_ca",
+    "kafka_ssl_cert",
+    "kafka_ssl_key",
+    "kafka_topic",
+    "postgres_uri",
+];
 
 /// The shared top level of the file, as each binary sees it.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -408,3 +408,16 @@ fn invisible_format_characters_are_escaped_in_keys_and_values() {
         "{err}"
     );
 }
+
+#[test]
+fn the_seed_variables_are_exactly_those_that_override_keys() {
+    let mut used: Vec<&str> = [Section::Source, Section::Sink]
+        .iter()
+        .flat_map(|s| s.overrides().into_iter().map(|(_, var)| var))
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    let mut listed = SEED_ENV_VARS.to_vec();
+    listed.sort_unstable();
+    assert_eq!(used, listed);
+}

@@ -60,7 +60,7 @@ fn is_password_param(name: &str) -> bool {
 /// A PostgreSQL connection string with every password replaced by [`MASK`].
 ///
 /// Parsed as tokio-postgres (and libpq) read it, not sliced:
-/// - URL form (`postgres://` or `postgresql://`): the query starts at the
+/// - URL form (`postgres://` or `postgresql://`, in any case): the query starts at the
 ///   first `?`; before it, the credentials run up to the first `@` (so a
 ///   password may contain `/` or `:`), the password after the first `:` of
 ///   them; in the query, the value of any `*password*` parameter;
@@ -72,8 +72,12 @@ fn is_password_param(name: &str) -> bool {
 pub fn mask_connection_string(s: &str) -> String {
     let trimmed = s.trim_start();
     for prefix in ["postgres://", "postgresql://"] {
-        if let Some(rest) = trimmed.strip_prefix(prefix) {
-            return format!("{prefix}{}", mask_url_rest(rest));
+        // libpq reads the scheme in any case (`POSTGRES://`).
+        if let Some(head) = trimmed
+            .get(..prefix.len())
+            .filter(|head| head.eq_ignore_ascii_case(prefix))
+        {
+            return format!("{head}{}", mask_url_rest(&trimmed[prefix.len()..]));
         }
     }
     mask_key_values(s)
@@ -195,6 +199,7 @@ mod tests {
             ),
             ("postgres://u:se/cr:et@h/db", "postgres://u:********@h/db"),
             ("postgresql://u@h/db", "postgresql://u@h/db"),
+            ("POSTGRES://u:secret@h/db", "POSTGRES://u:********@h/db"),
             (
                 "postgres://h/db?user=u&password=p/q&sslmode=disable",
                 "postgres://h/db?user=u&password=********&sslmode=disable",

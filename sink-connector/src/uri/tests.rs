@@ -61,7 +61,126 @@ fn bad_strings_are_refused() {
         PgTarget::parse("postgres://h/db?port=x"),
         Err(UriError::Parse(_))
     ));
-    assert!(PgTarget::parse("host=h dbname='open").is_err());
+    assert!(matches!(
+        PgTarget::parse("host=h dbname='open"),
+        Err(UriError::UnclosedQuote(Key::Known("dbname")))
+    ));
+    assert!(matches!(
+        PgTarget::parse("host=h sslmode"),
+        Err(UriError::NoEquals(Key::Known("sslmode")))
+    ));
+    assert!(matches!(PgTarget::parse("host=h =x"), Err(UriError::NoKey)));
+    assert!(matches!(
+        PgTarget::parse("host=h colour=blue"),
+        Err(UriError::UnknownKey(Key::Other(6)))
+    ));
+    assert!(matches!(
+        PgTarget::parse("postgres://h/db?passfile=x"),
+        Err(UriError::UnknownKey(Key::Known("passfile")))
+    ));
+    assert!(matches!(
+        PgTarget::parse("postgres://h/db?sslmode"),
+        Err(UriError::UrlNoEquals(Key::Known("sslmode")))
+    ));
+}
+
+#[test]
+fn url_scheme_is_read_in_any_case() {
+    let t = PgTarget::parse("POSTGRES://u:pw@h:5433/db?sslmode=require").unwrap();
+    assert_eq!(t.config.get_ports(), &[5433]);
+    assert_eq!(t.config.get_user(), Some("u"));
+    assert_eq!(t.config.get_password(), Some(&b"pw"[..]));
+    assert_eq!(t.verify, Verify::None);
+    let t = PgTarget::parse("PostgreSQL://h/db?sslmode=verify-full&sslrootcert=ca.pem").unwrap();
+    assert_eq!(t.verify, Verify::Full);
+    assert_eq!(t.config.get_dbname(), Some("db"));
+}
+
+#[test]
+fn sslmode_errors_hint_without_quoting_the_value() {
+    for (uri, hint) in [
+        ("postgres://h/db?sslmode=Require", "lower case"),
+        ("postgres://h/db?sslmode=verify_full", "not `_`"),
+        ("host=h sslmode=''", "empty"),
+    ] {
+        let e = PgTarget::parse(uri).unwrap_err().to_string();
+        assert!(e.contains(hint), "{uri}: {e}");
+        assert!(!e.contains("Require") && !e.contains("verify_full"), "{e}");
+    }
+}
+
+/// Every window of 4 or more characters of `marker`.
+fn pieces(marker: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    for len in 4..=marker.len() {
+        for start in 0..=marker.len() - len {
+            out.push(&marker[start..start + len]);
+        }
+    }
+    out
+}
+
+#[test]
+fn no_error_shows_any_part_of_a_password() {
+    const MARKER: &str = "SECRETPW";
+    let bad = [
+        // key=value form, password quoted and unclosed.
+        "host=127.0.0.1 password='SECRETPW dbname=x",
+        // ... with an escaped quote that leaves it open.
+        "host=h password = 'SECRETPW\\' dbname=x",
+        // Unquoted password with a space in it: the rest is a key without `=`.
+        "host=h password=SECR ETPW",
+        // ... and a key that is no parameter.
+        "host=h password=SECR ETPW=1",
+        // The password taken as a key.
+        "host=h SECRETPW",
+        "host=h =SECRETPW",
+        // The password where sslmode's value should be (libpq skips the
+        // space after `=`).
+        "host=h sslmode= password=SECRETPW",
+        "host=h password=SECRETPW sslmode=verify_fulll",
+        "host=h password=SECRETPW port=x",
+        "host=h password=SECRETPW sslkey=k.pem",
+        // URL userinfo, upper-case scheme (once read as key=value).
+        "POSTGRES://u:SECRETPW@127.0.0.1/db?sslmode",
+        "POSTGRES://u:SECRETPW@127.0.0.1/db?sslmode=bogus",
+        "postgresql://u:SECRETPW@127.0.0.1:port/db",
+        "postgres://u:SECRETPW@[::1/db",
+        // `?`, `&` in an unencoded URL password.
+        "postgres://u:SEC?RETPW@h/db",
+        "postgres://u:ab?SECRETPW=1@h/db",
+        "postgres://u:SECR?ETPW&x@h/db",
+        "postgres://h/db?password=SECR&ETPW",
+        "postgres://h/db?sslmode=require&SECRETPW",
+        // Percent-encoded (P = %50), in userinfo and as a parameter.
+        "postgres://u:SECRET%50W@h/db?sslmode=nope",
+        "postgres://h/db?password=SECRET%50W&sslmode=SECRET%50W",
+        "postgres://h/db?password=SECRET%50W&SECRET%50W",
+        "postgres://h/db?SECRET%50W=1",
+        "postgres://u:SECRET%50W@h:%FF/db",
+    ];
+    let pieces = pieces(MARKER);
+    for uri in bad {
+        let err = match PgTarget::parse(uri) {
+            Ok(_) => panic!("{uri} parsed"),
+            Err(e) => e,
+        };
+        let shown = format!("{err}");
+        let debug = format!("{err:?}");
+        for text in [&shown, &debug] {
+            for piece in &pieces {
+                assert!(
+                    !text.contains(piece),
+                    "the error for {uri} shows {piece}: {text}"
+                );
+            }
+        }
+        // And the message the configuration gives for it.
+        let message = uri.parse::<PostgresUri>().expect_err("refused");
+        for piece in &pieces {
+            assert!(!message.contains(piece), "{uri}: {message}");
+        }
+    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 //! Each test has its own topic, consumer group and PostgreSQL schema
 //! ([`SinkTest`](website_monitor_tests::sink::SinkTest)). The crash and
 //! scale-out tests run the real `website-monitor-sink` binary (built by the
-//! support crate when missing or stale); the others run the sink in-process.
+//! support crate with `cargo build` once per run); the others run the sink in-process.
 //! The test that restarts PostgreSQL runs alone
 //! ([`PG_RESTART`](website_monitor_tests::sink::PG_RESTART)).
 //!

@@ -163,6 +163,33 @@ async fn tls_unknown_ca_self_signed_trusted_ca_and_no_verify() {
     );
 }
 
+/// A certificate from the trusted CA (`tls_ca`), for the right name, but
+/// expired: the check fails with `error.kind = "tls"`, and says why. (By IP
+/// and by name, so neither path skips the dates.)
+#[tokio::test]
+async fn an_expired_certificate_from_a_trusted_ca_is_a_tls_error() {
+    let pki = Pki::new();
+    let expired = TestServer::https(pki.expired.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki.ca_pem).unwrap();
+    let ca = ca.display().to_string();
+    let topic = unique("src-tls-expired");
+    let config = source_config(&topic).sites([
+        Site::new(expired.url("/")).set("tls_ca", ca.as_str()),
+        Site::new(expired.url_by_name("/")).set("tls_ca", ca.as_str()),
+    ]);
+    let (_, r) = once(&topic, &config).await;
+    for url in [expired.url("/"), expired.url_by_name("/")] {
+        let rec = &r[&url];
+        assert_eq!(kind(rec), Some(ErrorKind::Tls), "{rec:?}");
+        assert!(!rec.ok && rec.status_code.is_none(), "{rec:?}");
+        let message = &rec.error.as_ref().expect("an error").message;
+        assert!(message.to_lowercase().contains("expired"), "{message}");
+    }
+    assert_eq!(expired.hits("/"), 0, "no request went over the connection");
+}
+
 #[tokio::test]
 async fn redirects_followed_counted_and_limited() {
     let s = TestServer::http().await;

@@ -1,5 +1,6 @@
 //! The source's life: a failed start, SIGTERM mid-run, `shutdown_timeout`,
-//! dropping it without a shutdown, a closed stderr, the open-file limit.
+//! dropping it without a shutdown, a closed stderr, the open-file limit,
+//! log files without colour codes.
 
 use std::path::Path;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use website_monitor_tests::source::{
 };
 use website_monitor_tests::{binary, create_topic, eventually, sigterm, stack, unique, Site};
 
-use crate::spawn_source;
+use crate::{source_bin, spawn_source};
 
 #[tokio::test]
 async fn sigterm_mid_run_exits_0_with_every_finished_check_in_the_topic() {
@@ -280,5 +281,32 @@ async fn the_open_file_limit_is_raised_and_a_too_low_one_is_warned_about() {
             && stderr.contains("ulimit -n 96")
             && stderr.contains("LimitNOFILE=96"),
         "{stderr}"
+    );
+}
+
+/// Text log lines written to a file (stderr not a terminal) carry no ANSI
+/// colour codes: a log file or shipper gets plain text.
+#[tokio::test]
+async fn text_logs_to_a_file_have_no_colour_codes() {
+    let s = TestServer::http().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = offline_config()
+        .top("log_level", "debug")
+        .sites([Site::new(s.url("/"))])
+        .write(dir.path());
+    let log_path = dir.path().join("source.log");
+    let status = source_bin(&path)
+        .args(["--once", "--stdout"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .status()
+        .await
+        .unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("source stopped"), "the run logged: {log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no escape sequence in a log file: {log:?}"
     );
 }

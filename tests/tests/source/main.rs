@@ -10,7 +10,7 @@
 //! - [`config`]: refused configurations, the environment, mTLS settings;
 //! - [`metrics`]: `/healthz`, `/readyz` and the counters;
 //! - [`lifecycle`]: start failures, SIGTERM, shutdown_timeout, dropping,
-//!   a closed stderr, the open-file limit.
+//!   a closed stderr, the open-file limit, log files without colour codes.
 
 mod checks;
 mod config;
