@@ -164,11 +164,25 @@ pub async fn stop(running: Running, token: CancellationToken) {
         .expect("sink stops without error");
 }
 
+/// When [`numbered`] records start: an hour before the test process
+/// started, whole seconds (inside every retention, never in the future).
+pub fn numbered_start() -> f64 {
+    static START: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        (now - 3600) as f64
+    })
+}
+
 /// Record `i` of a stream over `urls` urls: url `http://site-{i % urls}/`,
-/// `checked_at` growing with `i`, and `n = i` to tell records apart.
+/// `checked_at` growing with `i` (by 10 ms from [`numbered_start`]), and
+/// `n = i` to tell records apart.
 pub fn numbered(i: usize, urls: usize) -> Vec<u8> {
     json_rec(
-        serde_json::json!({"url": format!("http://site-{}/", i % urls), "checked_at": 1_700_000_000.0 + i as f64, "n": i, "ok": true}),
+        serde_json::json!({"url": format!("http://site-{}/", i % urls), "checked_at": numbered_start() + i as f64 / 100.0, "n": i, "ok": true}),
     )
 }
 
@@ -178,7 +192,7 @@ pub async fn assert_exactly_once(db: &tokio_postgres::Client, schema: &str, n: i
     let r = db
         .query_one(
             &format!(
-                "SELECT count(*), count(DISTINCT (data->>'n')::int) FROM \"{schema}\".site_check"
+                "SELECT count(*), count(DISTINCT (record->>'n')::int) FROM \"{schema}\".site_check_record"
             ),
             &[],
         )
