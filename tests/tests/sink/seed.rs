@@ -82,7 +82,13 @@ async fn seed_system_test_two_sites_three_checks() {
     );
     assert_eq!(t.count("site_check", "").await, 3);
     assert_eq!(t.count("site_rejected", "").await, 0);
-    let history: Vec<String> = column(db, &format!("SELECT c.data->>'key' FROM \"{schema}\".site_check c JOIN \"{schema}\".site s ON s.id = c.site_id ORDER BY c.\"offset\"")).await;
+    let history: Vec<String> = column(
+        db,
+        &format!(
+            "SELECT c.record->>'key' FROM \"{schema}\".site_check_record c ORDER BY c.\"offset\""
+        ),
+    )
+    .await;
     assert_eq!(history, ["valuefoo", "valuebar", "valuefooupdated"]);
 
     wait_ready(&addr).await;
@@ -219,8 +225,10 @@ async fn source_schema_records_fill_the_columns() {
 async fn an_older_record_never_overwrites_a_newer_one() {
     let t = SinkTest::new("sink_order", 1).await;
     let (db, schema) = (&t.db, &t.schema);
+    // Times inside the history's retention.
+    let base = website_monitor_tests::sink::numbered_start();
     let rec = |url: &str, t: f64, tag: &str| {
-        json_rec(serde_json::json!({"url": url, "checked_at": t, "tag": tag}))
+        json_rec(serde_json::json!({"url": url, "checked_at": base + t, "tag": tag}))
     };
     // In one batch: newer first, then older.
     t.produce(&[
@@ -250,8 +258,8 @@ async fn an_older_record_never_overwrites_a_newer_one() {
             .unwrap();
         (r.get::<_, String>(0), r.get::<_, f64>(1))
     };
-    assert_eq!(latest("http://a/").await, ("new".to_owned(), 2000.0));
-    assert_eq!(latest("http://b/").await, ("b2".to_owned(), 20.0));
+    assert_eq!(latest("http://a/").await, ("new".to_owned(), base + 2000.0));
+    assert_eq!(latest("http://b/").await, ("b2".to_owned(), base + 20.0));
     assert_eq!(t.count("site", "").await, 2);
     sink::stop(running, token).await;
 }
