@@ -19,7 +19,8 @@ async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
     wait_ready(&running.metrics_addr.to_string()).await;
     // Hold the latest-state table so the first batch's write waits.
     let lock = LatestTableLock::take(&t.stack.postgres_uri, schema).await;
-    let rec = |url: &str| json_rec(serde_json::json!({"url": url, "checked_at": 1000.0}));
+    let at = website_monitor_tests::sink::numbered_start();
+    let rec = |url: &str| json_rec(serde_json::json!({"url": url, "checked_at": at}));
     t.produce(&[rec("http://first/")]).await;
     let site = format!("\"{schema}\".site");
     eventually(
@@ -46,7 +47,8 @@ async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
     t.wait_rows("site_check", 2).await;
     let gap: f64 = db
         .query_one(
-            &format!("SELECT extract(epoch FROM max(inserted_at) - min(inserted_at))::float8 FROM \"{schema}\".site_check"),
+            // Each batch's transaction stamps its urls' `updated_at`.
+            &format!("SELECT extract(epoch FROM max(updated_at) - min(updated_at))::float8 FROM \"{schema}\".site"),
             &[],
         )
         .await
