@@ -16,6 +16,9 @@
 //! As in libpq, `require` with an explicit `sslrootcert` behaves as `verify-ca`.
 //! `sslrootcert=system` trusts the public web roots (for managed services
 //! signed by a public CA).
+//!
+//! Taking the string apart is `split`'s; what can be wrong with it, told
+//! without quoting it, is `error`'s.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -28,217 +31,16 @@ use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use connector_common::limits::text_problem;
-use connector_common::secret::{percent_decoded, ConnectionString};
+use connector_common::secret::ConnectionString;
 use connector_common::tls::{AcceptAnyServerCert, ChainOnly};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// A connection string that cannot be used.
-///
-/// No variant holds any of the text of the connection string: a password
-/// can sit anywhere a parser gives up (an unclosed quote, a `?` or `&` in a
-/// URL password, a space in an unquoted value), so the errors name the key
-/// (only when it is one libpq knows) and the kind of problem, never the text.
-#[derive(Debug, thiserror::Error)]
-pub enum UriError {
-    /// `sslmode` has a value libpq does not know.
-    #[error("the value of `sslmode` is not one libpq knows{0}; use disable, allow, prefer, require, verify-ca or verify-full")]
-    SslMode(SslModeHint),
-    /// Client certificates are not supported.
-    #[error("`{0}` (a client certificate for PostgreSQL) is not supported; authenticate with a password")]
-    Unsupported(&'static str),
-    /// A quoted value has no closing quote.
-    #[error("an unclosed quote in the value of {0}; close it with `'` (write `\\'` for a quote inside it)")]
-    UnclosedQuote(Key),
-    /// A key with no `=` after it.
-    #[error("a key without `=`: {0}; write key=value pairs separated by spaces (a value with spaces in quotes: key='a b'), or postgres://user@host:port/db?sslmode=require")]
-    NoEquals(Key),
-    /// A URL parameter with no `=` in it.
-    #[error("a parameter without `=` after `?` in the URL: {0}; write ?key=value&key=value (a `?`, `&` or `@` in the password must be percent-encoded: %3F, %26, %40)")]
-    UrlNoEquals(Key),
-    /// A `=` with no key before it.
-    #[error("a `=` without a key before it; write key=value pairs separated by spaces")]
-    NoKey,
-    /// A key that is no connection parameter tokio-postgres understands.
-    #[error("{0} is not a connection parameter this sink understands; use host, hostaddr, port, dbname, user, password, sslmode, sslrootcert, application_name, options, connect_timeout, tcp_user_timeout, keepalives*, target_session_attrs, channel_binding, load_balance_hosts")]
-    UnknownKey(Key),
-    /// tokio-postgres refused the rest of the string.
-    #[error("not a usable PostgreSQL connection string: {0}")]
-    Parse(String),
-}
+mod error;
+mod split;
 
-/// A key of a connection string as an error names it: by name when libpq
-/// knows it (so no password can be shown), else only by its length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Key {
-    /// A libpq connection parameter.
-    Known(&'static str),
-    /// Anything else: its length in characters.
-    Other(usize),
-}
-
-impl Key {
-    fn of(key: &str) -> Self {
-        LIBPQ_KEYS
-            .iter()
-            .find(|k| **k == key)
-            .map_or_else(|| Self::Other(key.chars().count()), |k| Self::Known(k))
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Known(k) => write!(f, "`{k}`"),
-            Self::Other(n) => write!(
-                f,
-                "a key of {n} character{} (not shown: it is no libpq parameter and may be part of a password)",
-                if *n == 1 { "" } else { "s" }
-            ),
-        }
-    }
-}
-
-/// What is wrong with an `sslmode` value, told without quoting it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslModeHint {
-    /// No closer guess.
-    None,
-    /// A known mode in the wrong case (`Require`).
-    Case,
-    /// A known mode with `_` for `-` (`verify_full`).
-    Underscore,
-    /// Empty.
-    Empty,
-}
-
-impl fmt::Display for SslModeHint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::None => "",
-            Self::Case => " (write it in lower case)",
-            Self::Underscore => " (write verify-ca and verify-full with `-`, not `_`)",
-            Self::Empty => " (it is empty)",
-        })
-    }
-}
-
-const SSLMODES: [&str; 6] = [
-    "disable",
-    "allow",
-    "prefer",
-    "require",
-    "verify-ca",
-    "verify-full",
-];
-
-impl SslModeHint {
-    fn of(value: &str) -> Self {
-        let lower = value.to_ascii_lowercase();
-        if value.is_empty() {
-            Self::Empty
-        } else if SSLMODES.contains(&lower.as_str()) {
-            Self::Case
-        } else if SSLMODES.contains(&lower.replace('_', "-").as_str()) {
-            Self::Underscore
-        } else {
-            Self::None
-        }
-    }
-}
-
-/// The connection parameters libpq knows (PostgreSQL 17): an error may name
-/// these, never anything else a connection string holds.
-const LIBPQ_KEYS: &[&str] = &[
-    "host",
-    "hostaddr",
-    "port",
-    "dbname",
-    "user",
-    "password",
-    "passfile",
-    "require_auth",
-    "channel_binding",
-    "connect_timeout",
-    "client_encoding",
-    "options",
-    "application_name",
-    "fallback_application_name",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_count",
-    "tcp_user_timeout",
-    "replication",
-    "gssencmode",
-    "sslmode",
-    "sslnegotiation",
-    "sslcompression",
-    "sslcert",
-    "sslkey",
-    "sslpassword",
-    "sslcertmode",
-    "sslrootcert",
-    "sslcrl",
-    "sslcrldir",
-    "sslsni",
-    "requirepeer",
-    "ssl_min_protocol_version",
-    "ssl_max_protocol_version",
-    "krbsrvname",
-    "gsslib",
-    "gssdelegation",
-    "service",
-    "target_session_attrs",
-    "load_balance_hosts",
-    // tokio-postgres' name for libpq's keepalives_count.
-    "keepalives_retries",
-];
-
-/// The parameters handed on to tokio-postgres: those it understands.
-const TOKIO_POSTGRES_KEYS: &[&str] = &[
-    "user",
-    "password",
-    "dbname",
-    "options",
-    "application_name",
-    "sslnegotiation",
-    "host",
-    "hostaddr",
-    "port",
-    "connect_timeout",
-    "tcp_user_timeout",
-    "keepalives",
-    "keepalives_idle",
-    "keepalives_interval",
-    "keepalives_retries",
-    "target_session_attrs",
-    "channel_binding",
-    "load_balance_hosts",
-];
-
-/// `postgres://` or `postgresql://` at the start of `s`, in any case (as
-/// libpq reads it): the length of the scheme.
-fn url_scheme_len(s: &str) -> Option<usize> {
-    ["postgres://", "postgresql://"].into_iter().find_map(|p| {
-        s.get(..p.len())
-            .filter(|head| head.eq_ignore_ascii_case(p))
-            .map(|_| p.len())
-    })
-}
-
-/// tokio-postgres' error, shown without any of the text it was given. With
-/// the keys checked first its messages name an option (`invalid value for
-/// option `port``); the one that quotes a character is cut before it.
-fn parse_error(e: &tokio_postgres::Error) -> UriError {
-    let mut message = e.to_string();
-    if let Some(cause) = std::error::Error::source(e) {
-        message = format!("{message}: {cause}");
-    }
-    if let Some(at) = message.find(": expected `") {
-        message.truncate(at);
-    }
-    UriError::Parse(message)
-}
+use error::parse_error;
+pub use error::{Key, SslModeHint, UriError};
+use split::{split_key_values, split_url, url_scheme_len, TOKIO_POSTGRES_KEYS};
 
 /// TLS failures found before connecting (unreadable certificate files).
 #[derive(Debug, thiserror::Error)]
@@ -522,80 +324,6 @@ impl<'de> Deserialize<'de> for PostgresUri {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
     }
-}
-
-type Params = Vec<(String, String, String)>;
-
-/// Splits `postgres://...?a=b&c=d` into the part before `?` and its decoded
-/// parameters (key, value, original text).
-fn split_url(uri: &str) -> Result<(String, Params), UriError> {
-    let Some((base, query)) = uri.split_once('?') else {
-        return Ok((uri.to_owned(), Vec::new()));
-    };
-    let mut params = Vec::new();
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| UriError::UrlNoEquals(Key::of(&percent_decoded(pair))))?;
-        params.push((percent_decoded(k), percent_decoded(v), pair.to_owned()));
-    }
-    Ok((base.to_owned(), params))
-}
-
-/// Splits `host=h port=5432 dbname='my db'` into decoded pairs; the original
-/// text of each is re-quoted so the rest can be handed to tokio-postgres.
-fn split_key_values(s: &str) -> Result<(String, Params), UriError> {
-    let mut params = Vec::new();
-    let mut chars = s.char_indices().peekable();
-    loop {
-        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-        if chars.peek().is_none() {
-            break;
-        }
-        let mut key = String::new();
-        while let Some((_, c)) = chars.next_if(|(_, c)| *c != '=' && !c.is_whitespace()) {
-            key.push(c);
-        }
-        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-        if key.is_empty() {
-            return Err(UriError::NoKey);
-        }
-        if chars.next_if(|(_, c)| *c == '=').is_none() {
-            return Err(UriError::NoEquals(Key::of(&key)));
-        }
-        while chars.next_if(|(_, c)| c.is_whitespace()).is_some() {}
-        let mut value = String::new();
-        if chars.next_if(|(_, c)| *c == '\'').is_some() {
-            let mut closed = false;
-            while let Some((_, c)) = chars.next() {
-                match c {
-                    '\\' => {
-                        if let Some((_, n)) = chars.next() {
-                            value.push(n);
-                        }
-                    }
-                    '\'' => {
-                        closed = true;
-                        break;
-                    }
-                    c => value.push(c),
-                }
-            }
-            if !closed {
-                return Err(UriError::UnclosedQuote(Key::of(&key)));
-            }
-        } else {
-            while let Some((_, c)) = chars.next_if(|(_, c)| !c.is_whitespace()) {
-                value.push(c);
-            }
-        }
-        let quoted = format!(
-            "{key}='{}'",
-            value.replace('\\', "\\\\").replace('\'', "\\'")
-        );
-        params.push((key, value, quoted));
-    }
-    Ok((String::new(), params))
 }
 
 #[cfg(test)]

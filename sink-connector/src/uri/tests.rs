@@ -1,6 +1,7 @@
 //! Unit tests of `postgres_uri` parsing and TLS set-up.
 
 use super::*;
+use connector_common::secret::percent_decoded;
 
 #[test]
 fn url_sslmodes_map_like_libpq() {
