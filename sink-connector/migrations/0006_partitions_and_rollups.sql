@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS {{probe}} (
 -- One row per stored check; columns ordered so that they pack without padding.
 CREATE TABLE {{check}} (
     checked_at     timestamptz NOT NULL,
+    -- When the sink wrote the row (clock time, per row): end-to-end latency.
+    inserted_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
     site_id        int8 NOT NULL,
     "offset"       int8 NOT NULL,
     "partition"    int4 NOT NULL,
@@ -119,6 +121,9 @@ BEGIN
     IF to_time - from_time > 4000 * span THEN
         RAISE EXCEPTION 'refusing to make more than 4000 partitions of % at once', parent;
     END IF;
+    -- One maker per parent at a time: two writers needing the same new
+    -- partition would otherwise both see it missing and one fail.
+    PERFORM pg_advisory_xact_lock(1460994050, parent::oid::int4);  -- class 0x5715_0002 (migrations: 0x5715_0001)
     SELECT n.nspname, c.relname INTO nsp, rel
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = parent;
     start := floor(extract(epoch FROM from_time) / step) * step;

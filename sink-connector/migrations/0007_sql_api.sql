@@ -8,7 +8,7 @@
 -- the sink received it (times at microsecond precision). `present` says which
 -- known fields the record had; `extra` holds the fields kept as written.
 CREATE VIEW {{check_record}} AS
-SELECT h.checked_at, s.url, p.name AS probe, h."partition", h."offset", h.ok, h.status_code,
+SELECT h.checked_at, h.inserted_at, s.url, p.name AS probe, h."partition", h."offset", h.ok, h.status_code,
        h.duration_us / 1e3::float8 AS duration_ms, h.error_kind,
        (jsonb_build_object(
             'url', s.url,

@@ -335,12 +335,11 @@ impl Pipeline {
                 partition_end = high,
                 records = s.records,
                 "the stored position of {topic}/{partition} ({next}) is above the partition's end ({high}): the topic was re-created or its offsets reset, and its records are being SKIPPED as already written. Stop the sinks, move the old positions aside and clear them: \
-                 UPDATE {check} SET topic = topic || ' (old)' WHERE topic = '{lit}'; UPDATE {rejected} SET topic = topic || ' (old)' WHERE topic = '{lit}'; DELETE FROM {offsets} WHERE topic = '{lit}'; \
+                 UPDATE {rejected} SET topic = topic || ' (old)' WHERE topic = '{lit}'; DELETE FROM {offsets} WHERE topic = '{lit}'; \
                  then reset the consumer group to the earliest offsets (kafka-consumer-groups --reset-offsets --to-earliest --group {group} --topic {topic} --execute) and start the sinks again",
                 topic = s.topic,
                 partition = s.partition,
                 next = s.next_offset,
-                check = self.shared.tables.check,
                 rejected = self.shared.tables.rejected,
                 offsets = self.shared.tables.offsets,
                 group = self.shared.cfg.group_id,

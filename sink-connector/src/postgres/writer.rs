@@ -29,6 +29,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use connector_common::retry::Backoff;
+use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
@@ -226,6 +227,12 @@ async fn open(shared: &Shared, started: bool) -> Result<Result<Conn, String>, Si
             match move_legacy_history(&mut c, &shared.tables, budget).await {
                 Ok((_, true)) => Ok(Ok(c)),
                 Ok((_, false)) => Ok(Err("converting the old history table (going on)".to_owned())),
+                Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    Err(SinkError::Upgrade {
+                        table: shared.tables.function("_check_legacy"),
+                        message: db_message(&e),
+                    })
+                }
                 Err(e) => Ok(Err(format!(
                     "converting the old history table: {}",
                     db_message(&e)
