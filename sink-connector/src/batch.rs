@@ -41,6 +41,9 @@ pub struct Outcome {
     pub site_rows: u64,
     /// History rows written.
     pub check_rows: u64,
+    /// Good records older than `history_retention`: counted in the rollup
+    /// levels whose retention still covers their time, no history row.
+    pub past_retention: u64,
     /// Rejects written, by reason.
     pub rejected: HashMap<&'static str, u64>,
     /// Records skipped as already written, or repeated within the batch.
@@ -57,6 +60,7 @@ impl Outcome {
     pub fn merge(&mut self, other: Outcome) {
         self.site_rows += other.site_rows;
         self.check_rows += other.check_rows;
+        self.past_retention += other.past_retention;
         for (reason, n) in other.rejected {
             *self.rejected.entry(reason).or_default() += n;
         }

@@ -36,6 +36,9 @@ pub const LAST_COMMIT_TIMESTAMP: &str = "website_monitor_last_commit_timestamp_s
 pub const LAST_COMMIT_AGE: &str = "website_monitor_last_commit_age_seconds";
 /// Kafka consumer errors (counter).
 pub const KAFKA_ERRORS: &str = "website_monitor_kafka_errors_total";
+/// Good records older than `history_retention`, stored only in the rollups
+/// that still cover their time (counter).
+pub const RECORDS_PAST_RETENTION: &str = "website_monitor_records_past_retention_total";
 /// Partitions dropped past their table's retention (counter).
 pub const PARTITIONS_DROPPED: &str = "website_monitor_partitions_dropped_total";
 
@@ -45,6 +48,10 @@ pub fn describe() {
     describe_counter!(
         PARTITIONS_DROPPED,
         "Time partitions of history, rejects and rollups dropped past their retention."
+    );
+    describe_counter!(
+        RECORDS_PAST_RETENTION,
+        "Records older than history_retention: counted in the rollups that still cover their time, no history row."
     );
     describe_counter!(
         ROWS_WRITTEN,

@@ -270,6 +270,7 @@ impl Pipeline {
         metrics::counter!(m::ROWS_WRITTEN, "table" => format!("{t}_check")).increment(o.check_rows);
         let rejected: u64 = o.rejected.values().sum();
         metrics::counter!(m::ROWS_WRITTEN, "table" => format!("{t}_rejected")).increment(rejected);
+        metrics::counter!(m::RECORDS_PAST_RETENTION).increment(o.past_retention);
         let mut by_reason: HashMap<&str, u64> = HashMap::new();
         for (r, n) in &o.rejected {
             *by_reason.entry(r).or_default() += n;

@@ -97,6 +97,58 @@ impl SinkTest {
             .expect("migrate as the DBA");
     }
 
+    /// Applies only the migrations up to `version`, as a deployment of an
+    /// older sink has them.
+    pub async fn migrate_up_to(&self, version: i32) {
+        use website_monitor_sink::migrate::{Tables, MIGRATIONS};
+        let (db, schema) = (&self.db, &self.schema);
+        let tables = Tables::new(schema, "site");
+        db.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+             CREATE TABLE \"{schema}\".site_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
+        ))
+        .await
+        .expect("the migrations table");
+        for m in MIGRATIONS.iter().filter(|m| m.version <= version) {
+            db.batch_execute(&format!("BEGIN; {} COMMIT;", tables.substitute(m.sql)))
+                .await
+                .expect("an old migration");
+            db.execute(
+                &format!("INSERT INTO \"{schema}\".site_migrations (version, name) VALUES ($1, $2)"),
+                &[&m.version, &m.name],
+            )
+            .await
+            .expect("record the migration");
+        }
+    }
+
+    /// Creates a login role with only what the sink needs to write to the
+    /// schema's existing tables (no CREATE, no DELETE, not the owner) and
+    /// returns its name; drop it with [`SinkTest::drop_role`].
+    pub async fn least_privileged_role(&self) -> String {
+        let (db, schema) = (&self.db, &self.schema);
+        let role = crate::unique_ident("sink_lp_role");
+        db.batch_execute(&format!(
+            "CREATE ROLE \"{role}\" LOGIN;
+             GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
+             GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";
+             GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\";
+             GRANT EXECUTE ON FUNCTION \"{schema}\".site_make_partitions(regclass, timestamptz, timestamptz, interval),
+                                       \"{schema}\".site_drop_partitions(regclass, timestamptz) TO \"{role}\";"
+        ))
+        .await
+        .expect("the least-privileged role");
+        role
+    }
+
+    /// Drops a role made by [`SinkTest::least_privileged_role`].
+    pub async fn drop_role(&self, role: &str) {
+        self.db
+            .batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"))
+            .await
+            .expect("drop the role");
+    }
+
     /// Produces `records` to the topic, keyed by url.
     pub async fn produce(&self, records: &[Vec<u8>]) {
         produce_json(&self.stack.brokers, &self.topic, records).await;
@@ -261,7 +313,8 @@ pub async fn batch_conn_on(s: &Stack, schema: &str) -> website_monitor_sink::sql
 }
 
 /// A consumed record at `offset` of partition 0 of `topic`, decoded with
-/// `max_record_bytes` 1 MiB and `max_url_bytes` 2048.
+/// `max_record_bytes` 1 MiB and `max_url_bytes` 2048, its Kafka timestamp
+/// [`numbered_start`] (the check time of a record without `checked_at`).
 pub fn batch_msg(topic: &str, offset: i64, json: &str) -> website_monitor_sink::batch::Msg {
     batch_msg_bytes(topic, offset, json.as_bytes())
 }
@@ -274,7 +327,7 @@ pub fn batch_msg_bytes(topic: &str, offset: i64, value: &[u8]) -> website_monito
         partition: 0,
         offset,
         key: None,
-        timestamp: Some(std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+        timestamp: Some(std::time::UNIX_EPOCH + Duration::from_secs_f64(numbered_start())),
         payload: Some(value.to_vec()),
         decoded: decode(
             Some(value),
@@ -283,5 +336,18 @@ pub fn batch_msg_bytes(topic: &str, offset: i64, value: &[u8]) -> website_monito
                 max_url_bytes: 2048,
             },
         ),
+    }
+}
+
+/// The value with every number as an f64 (`1` and `1.0` are the same JSON number).
+pub fn numbers_as_f64(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Number(n) => serde_json::json!(n.as_f64().unwrap()),
+        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_f64).collect()),
+        Value::Object(o) => {
+            Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect())
+        }
+        other => other,
     }
 }

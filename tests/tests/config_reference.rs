@@ -652,7 +652,7 @@ fn show_amount(kind: Kind, n: u64) -> String {
     if kind != Kind::Duration {
         return format!("`{n}`");
     }
-    let unit = [(3_600_000, "h"), (60_000, "m"), (1_000, "s")]
+    let unit = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")]
         .into_iter()
         .find(|(ms, _)| n != 0 && n % ms == 0);
     match unit {
@@ -716,6 +716,11 @@ fn accepted_range(section: Section, key: &Key, default: Option<&toml::Value>) ->
         } else {
             bad = mid
         }
+    }
+    // Not one interval (e.g. whole hours only): the doc comment says it.
+    let inside = (1..8).map(|i| low + (good - low) / 8 * i);
+    if !inside.into_iter().all(ok) {
+        return None;
     }
     Some(format!(
         "{} to {}",
@@ -800,6 +805,10 @@ fn facts(
     } else {
         match default {
             Some(toml::Value::Table(t)) if t.is_empty() => "default: empty".to_owned(),
+            Some(toml::Value::String(d)) if key.kind == Kind::Duration => {
+                let ms = humantime::parse_duration(d).expect("a default duration parses");
+                format!("default: {}", show_amount(key.kind, ms.as_millis() as u64))
+            }
             Some(v) => format!("default: `{v}`"),
             None if key.optional => "default: unset".to_owned(),
             None => "default: empty".to_owned(),

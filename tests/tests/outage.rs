@@ -233,7 +233,7 @@ async fn a_60_s_broker_outage_loses_nothing_under_the_buffer_limit_and_counts_dr
     let row = db
         .query_one(
             &format!(
-                "SELECT count(*), count(DISTINCT (data->>'url', data->>'checked_at')), \
+                "SELECT count(*), count(DISTINCT (site_id, checked_at)), \
                  count(*) FILTER (WHERE extract(epoch FROM checked_at)::float8 BETWEEN $1::float8 AND $2::float8) \
                  FROM \"{schema}\".site_check"
             ),

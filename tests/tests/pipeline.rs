@@ -102,7 +102,7 @@ async fn checks_flow_from_source_through_kafka_into_latest_and_history_tables() 
         .query_one(
             &format!(
                 "SELECT count(*) FROM (SELECT 1 FROM \"{schema}\".site_check \
-                 GROUP BY data->>'url', data->>'checked_at' HAVING count(*) > 1) d"
+                 GROUP BY site_id, checked_at HAVING count(*) > 1) d"
             ),
             &[],
         )

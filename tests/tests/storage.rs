@@ -4,7 +4,7 @@
 
 use serde_json::json;
 use website_monitor_tests::kafka::json_rec;
-use website_monitor_tests::sink::{self, SinkTest};
+use website_monitor_tests::sink::{self, numbers_as_f64, SinkTest};
 
 fn now() -> f64 {
     std::time::SystemTime::now()
@@ -12,19 +12,6 @@ fn now() -> f64 {
         .unwrap()
         .as_secs_f64()
         .floor()
-}
-
-/// The value with every number as an f64 (`1` and `1.0` are the same JSON number).
-fn numbers_as_f64(v: serde_json::Value) -> serde_json::Value {
-    use serde_json::Value;
-    match v {
-        Value::Number(n) => json!(n.as_f64().unwrap()),
-        Value::Array(a) => Value::Array(a.into_iter().map(numbers_as_f64).collect()),
-        Value::Object(o) => {
-            Value::Object(o.into_iter().map(|(k, v)| (k, numbers_as_f64(v))).collect())
-        }
-        other => other,
-    }
 }
 
 fn source_record(url: &str, at: f64, ok: bool, us: u32) -> serde_json::Value {
@@ -104,34 +91,11 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     }
 }
 
-/// Applies migrations 1–5 only, as a deployment before issue 13 has them.
-async fn old_schema(db: &tokio_postgres::Client, schema: &str) {
-    use website_monitor_sink::migrate::{Tables, MIGRATIONS};
-    let tables = Tables::new(schema, "site");
-    db.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
-         CREATE TABLE \"{schema}\".site_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());"
-    ))
-    .await
-    .unwrap();
-    for m in MIGRATIONS.iter().filter(|m| m.version <= 5) {
-        db.batch_execute(&format!("BEGIN; {} COMMIT;", tables.substitute(m.sql)))
-            .await
-            .unwrap();
-        db.execute(
-            &format!("INSERT INTO \"{schema}\".site_migrations (version, name) VALUES ($1, $2)"),
-            &[&m.version, &m.name],
-        )
-        .await
-        .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row() {
     let t = SinkTest::new("storage_upgrade", 1).await;
     let (db, schema) = (&t.db, &t.schema);
-    old_schema(db, schema).await;
+    t.migrate_up_to(5).await;
     // 12,000 old rows over 3 sites and 3 days (more than two chunks), each
     // record whole in `data`, as sinks before migration 6 wrote them.
     let at = now() - 3.0 * 86_400.0;
@@ -370,4 +334,46 @@ async fn late_early_and_expired_records_and_retention_by_whole_partitions() {
         minute_checks, 2,
         "but not in the minute rollups (kept 2 days)"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_least_privileged_sink_facing_the_old_history_stops_and_says_to_start_once_as_the_owner() {
+    let t = SinkTest::new("storage_lp_upgrade", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    t.migrate_up_to(5).await;
+    db.batch_execute(&format!(
+        "INSERT INTO \"{schema}\".site (url, data, checked_at) VALUES ('http://lp/', '{{}}', now());
+         INSERT INTO \"{schema}\".site_check (site_id, checked_at, ok, status_code, duration, data, topic, \"partition\", \"offset\")
+         SELECT s.id, now(), true, 200, 0.001, jsonb_build_object('url', s.url, 'n', n), 'old-topic', 0, n
+         FROM generate_series(0, 9) n, \"{schema}\".site s;"
+    ))
+    .await
+    .unwrap();
+    // The DBA applies the new migrations (the old table is renamed, its rows
+    // stay) and the sink runs as a role that does not own the tables.
+    t.migrate().await;
+    let role = t.least_privileged_role().await;
+    let uri = website_monitor_tests::kv_uri(&t.stack.postgres_uri, Some(&role), None, None, None);
+    let mut sink = website_monitor_tests::Proc::spawn("sink", &t.config().set("postgres_uri", uri).text());
+    let code = website_monitor_tests::wait::eventually(
+        "the least-privileged sink exits",
+        website_monitor_tests::wait::WAIT,
+        || {
+            let exited = sink.exited();
+            async move { exited }
+        },
+    )
+    .await;
+    let log = sink.log();
+    assert_ne!(code, Some(0), "it fails; log:\n{log}");
+    assert!(
+        log.contains("site_check_legacy") && log.contains("start one sink once with the postgres_uri of the role that owns"),
+        "the error names the table and what to do; log:\n{log}"
+    );
+    // Started once as the owner, the sink moves the rows.
+    let (running, token) = sink::start(&t.config()).await;
+    t.wait_rows("site_check", 10).await;
+    sink::stop(running, token).await;
+    assert_eq!(t.count("site_check_record", "WHERE record->>'n' IS NOT NULL").await, 10);
+    t.drop_role(&role).await;
 }

@@ -219,7 +219,8 @@ pub(crate) async fn write_tx(
                 Check::new(&msgs[i], ids[g.url.as_str()], at)
             })
             .collect();
-        out.check_rows = history::write(&tx, st, layout, &checks, now).await?;
+        (out.check_rows, out.past_retention) =
+            history::write(&tx, st, layout, &checks, now).await?;
     }
     if mode == Mode::Probe {
         tx.rollback().await?;

@@ -179,7 +179,7 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     // 2. Two records refused only together (no single culprit): the later
     // one is rejected, as writing them one by one would do.
     db.batch_execute(&format!(
-        "CREATE UNIQUE INDEX one_n ON \"{schema}\".site_check ((data->>'n'))"
+        "CREATE UNIQUE INDEX one_n ON \"{schema}\".site ((data->>'n'))"
     ))
     .await
     .unwrap();
@@ -202,7 +202,7 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     assert_eq!(rejected, [3], "the later of the two is rejected");
     assert_eq!(next_offset(&db, &schema, t).await, Some(4));
     db.batch_execute(&format!(
-        "DROP INDEX \"{schema}\".one_n; DELETE FROM \"{schema}\".site_rejected; DELETE FROM \"{schema}\".site_check WHERE \"offset\" >= 2; UPDATE \"{schema}\".site_kafka_offsets SET next_offset = 2"
+        "DROP INDEX \"{schema}\".one_n; DELETE FROM \"{schema}\".site_rejected; DELETE FROM \"{schema}\".site_check WHERE \"offset\" >= 2; DELETE FROM \"{schema}\".site WHERE url IN ('http://c/', 'http://d/'); UPDATE \"{schema}\".site_kafka_offsets SET next_offset = 2"
     ))
     .await
     .unwrap();

@@ -302,15 +302,7 @@ async fn a_role_without_create_rights_starts_on_tables_a_dba_created() {
     // The DBA creates the tables (the sink's own migrations, as a superuser) ...
     t.migrate().await;
     // ... and grants a role only what the sink needs to write.
-    let role = unique_ident("sink_lp_role");
-    db.batch_execute(&format!(
-        "CREATE ROLE \"{role}\" LOGIN;
-         GRANT USAGE ON SCHEMA \"{schema}\" TO \"{role}\";
-         GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA \"{schema}\" TO \"{role}\";
-         GRANT USAGE ON ALL SEQUENCES IN SCHEMA \"{schema}\" TO \"{role}\";"
-    ))
-    .await
-    .unwrap();
+    let role = t.least_privileged_role().await;
     let may_create: bool = db
         .query_one(
             "SELECT has_database_privilege($1, current_database(), 'CREATE') OR has_schema_privilege($1, $2, 'CREATE')",
@@ -329,7 +321,5 @@ async fn a_role_without_create_rights_starts_on_tables_a_dba_created() {
     let (running, token) = sink::start(&t.config().set("postgres_uri", uri)).await;
     t.wait_rows("site_check", 2).await;
     sink::stop(running, token).await;
-    db.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\";"))
-        .await
-        .unwrap();
+    t.drop_role(&role).await;
 }

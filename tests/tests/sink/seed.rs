@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use website_monitor_tests::sink::{self, numbered, SinkTest};
+use website_monitor_tests::sink::{self, numbered, numbers_as_f64, SinkTest};
 use website_monitor_tests::{
     column, consume_all, create_topic, http_get, json_rec, pg, scrape_until, stack, unique,
     unique_ident, wait_ready, WAIT,
@@ -169,9 +169,14 @@ async fn an_existing_seed_table_is_kept_and_updated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn source_schema_records_fill_the_columns() {
     let t = SinkTest::new("sink_cols", 1).await;
-    let (db, schema, topic) = (&t.db, &t.schema, &t.topic);
+    let (db, schema) = (&t.db, &t.schema);
+    // Whole seconds from the numbered start, plus a decimal fraction parsed
+    // as written (the record view gives it back the same way).
+    let start = website_monitor_tests::sink::numbered_start() as i64;
+    let at: f64 = format!("{start}.123").parse().unwrap();
+    let failed_at: f64 = format!("{}.5", start + 1).parse().unwrap();
     let ok = serde_json::json!({
-        "url": "https://example.com/", "checked_at": 1764264000.123, "status_code": 200, "duration": 0.1841,
+        "url": "https://example.com/", "checked_at": at, "status_code": 200, "duration": 0.1841,
         "re_check": true, "ok": true, "error": null,
         "timings": {"dns": 0.0021, "connect": 0.0103, "tls": 0.0301, "ttfb": 0.1207, "transfer": 0.0209},
         "http_version": "HTTP/1.1", "response_bytes": 1256, "redirects": 0, "ip": "93.184.215.14",
@@ -179,7 +184,7 @@ async fn source_schema_records_fill_the_columns() {
         "probe": "local", "schema_version": 1
     });
     let failed = serde_json::json!({
-        "url": "https://down.example/", "checked_at": 1764264001.5, "status_code": null, "duration": 5.0,
+        "url": "https://down.example/", "checked_at": failed_at, "status_code": null, "duration": 5.0,
         "re_check": null, "ok": false, "error": {"kind": "timeout", "message": "no answer in 5s"},
         "probe": "local", "schema_version": 1
     });
@@ -190,9 +195,14 @@ async fn source_schema_records_fill_the_columns() {
     let rows = db
         .query(
             &format!(
-                "SELECT s.url, extract(epoch FROM c.checked_at)::float8, c.ok, c.status_code, c.duration, c.data, c.topic, c.\"partition\", c.\"offset\",
-                        extract(epoch FROM s.checked_at)::float8, s.data
-                 FROM \"{schema}\".site_check c JOIN \"{schema}\".site s ON s.id = c.site_id ORDER BY c.\"offset\""
+                "SELECT s.url, extract(epoch FROM c.checked_at)::float8, c.ok, c.status_code::int4, c.duration_us,
+                        ARRAY[c.dns_us, c.connect_us, c.tls_us, c.ttfb_us, c.transfer_us],
+                        c.http_version::int4, c.tls_version::int4, c.cert_days_left::int4, c.response_bytes,
+                        host(c.ip), c.error_kind, c.error_message, c.extra, c.\"partition\", c.\"offset\",
+                        extract(epoch FROM s.checked_at)::float8, s.data, r.record
+                 FROM \"{schema}\".site_check c JOIN \"{schema}\".site s ON s.id = c.site_id
+                 JOIN \"{schema}\".site_check_record r ON r.\"offset\" = c.\"offset\"
+                 ORDER BY c.\"offset\""
             ),
             &[],
         )
@@ -201,23 +211,47 @@ async fn source_schema_records_fill_the_columns() {
     assert_eq!(rows.len(), 2);
     let r = &rows[0];
     assert_eq!(r.get::<_, String>(0), "https://example.com/");
-    assert!((r.get::<_, f64>(1) - 1764264000.123).abs() < 1e-3);
+    assert!((r.get::<_, f64>(1) - at).abs() < 1e-6);
     assert_eq!(r.get::<_, Option<bool>>(2), Some(true));
     assert_eq!(r.get::<_, Option<i32>>(3), Some(200));
-    assert_eq!(r.get::<_, Option<f64>>(4), Some(0.1841));
-    assert_eq!(r.get::<_, serde_json::Value>(5), ok);
-    assert_eq!(r.get::<_, String>(6), *topic);
-    assert_eq!((r.get::<_, i32>(7), r.get::<_, i64>(8)), (0, 0));
+    assert_eq!(r.get::<_, Option<i32>>(4), Some(184_100), "duration in µs");
+    let timings: Vec<Option<i32>> = r.get(5);
+    assert_eq!(
+        timings,
+        [Some(2_100), Some(10_300), Some(30_100), Some(120_700), Some(20_900)]
+    );
+    assert_eq!(
+        (r.get::<_, Option<i32>>(6), r.get::<_, Option<i32>>(7)),
+        (Some(11), Some(13)),
+        "HTTP/1.1 and TLSv1.3 as numbers"
+    );
+    assert_eq!(r.get::<_, Option<i32>>(8), Some(301));
+    assert_eq!(r.get::<_, Option<i32>>(9), Some(1256));
+    assert_eq!(r.get::<_, Option<String>>(10).as_deref(), Some("93.184.215.14"));
+    assert_eq!(r.get::<_, Option<String>>(11), None, "no error kind");
+    assert_eq!(r.get::<_, Option<serde_json::Value>>(13), None, "every field has a column");
+    assert_eq!((r.get::<_, i32>(14), r.get::<_, i64>(15)), (0, 0));
     assert!(
-        (r.get::<_, f64>(9) - 1764264000.123).abs() < 1e-3,
+        (r.get::<_, f64>(16) - at).abs() < 1e-6,
         "site.checked_at is the record's"
     );
-    assert_eq!(r.get::<_, serde_json::Value>(10), ok);
+    assert_eq!(r.get::<_, serde_json::Value>(17), ok, "the latest state keeps the record whole");
+    assert_eq!(
+        numbers_as_f64(r.get(18)),
+        numbers_as_f64(ok),
+        "the view gives the record back"
+    );
     let r = &rows[1];
     assert_eq!(r.get::<_, Option<bool>>(2), Some(false));
     assert_eq!(r.get::<_, Option<i32>>(3), None, "no response, no status");
-    assert_eq!(r.get::<_, Option<f64>>(4), Some(5.0));
-    assert_eq!(r.get::<_, serde_json::Value>(5)["error"]["kind"], "timeout");
+    assert_eq!(r.get::<_, Option<i32>>(4), Some(5_000_000));
+    assert_eq!(r.get::<_, Option<String>>(11).as_deref(), Some("timeout"));
+    assert_eq!(r.get::<_, Option<String>>(12).as_deref(), Some("no answer in 5s"));
+    assert_eq!(
+        numbers_as_f64(r.get(18)),
+        numbers_as_f64(failed),
+        "the view gives the failure back"
+    );
     sink::stop(running, token).await;
 }
 

@@ -47,8 +47,8 @@ async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
     t.wait_rows("site_check", 2).await;
     let gap: f64 = db
         .query_one(
-            // Each batch's transaction stamps its urls' `updated_at`.
-            &format!("SELECT extract(epoch FROM max(updated_at) - min(updated_at))::float8 FROM \"{schema}\".site"),
+            // Each history row is stamped with the clock time it was written.
+            &format!("SELECT extract(epoch FROM max(inserted_at) - min(inserted_at))::float8 FROM \"{schema}\".site_check"),
             &[],
         )
         .await
