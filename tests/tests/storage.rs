@@ -47,7 +47,11 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
             .collect::<Vec<_>>(),
     )
     .await;
-    let (running, token) = sink::start(&t.config()).await;
+    // Two sinks of four writers each start at once: eight movers share the
+    // old table; none may drop it while another still moves a chunk.
+    let config = t.config().set("writers", 4);
+    let ((running, token), (running2, token2)) =
+        tokio::join!(sink::start(&config), sink::start(&config));
     t.wait_rows("site_check", records.len() as i64).await;
     sink::stop(running, token).await;
 
@@ -96,17 +100,17 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
     let t = SinkTest::new("storage_upgrade", 1).await;
     let (db, schema) = (&t.db, &t.schema);
     t.migrate_up_to(5).await;
-    // 12,000 old rows over 3 sites and 3 days (more than two chunks), each
+    // 40,000 old rows over 3 sites and 3 days (eight chunks), each
     // record whole in `data`, as sinks before migration 6 wrote them.
     let at = now() - 3.0 * 86_400.0;
     db.batch_execute(&format!(
         "INSERT INTO \"{schema}\".site (url, data, checked_at) SELECT 'http://s' || i || '/', '{{}}', now() FROM generate_series(0, 2) i;
          INSERT INTO \"{schema}\".site_check (site_id, checked_at, ok, status_code, duration, data, topic, \"partition\", \"offset\")
-         SELECT s.id, to_timestamp({at} + n * 20), n % 7 <> 0, 200, 0.001,
-                jsonb_build_object('url', s.url, 'checked_at', {at} + n * 20, 'ok', n % 7 <> 0, 'status_code', 200,
+         SELECT s.id, to_timestamp({at} + n * 6), n % 7 <> 0, 200, 0.001,
+                jsonb_build_object('url', s.url, 'checked_at', {at} + n * 6, 'ok', n % 7 <> 0, 'status_code', 200,
                                    'duration', 0.001 + (n % 50) / 1e5, 'probe', 'old', 'n', n),
                 'old-topic', 0, n
-         FROM generate_series(0, 11999) n JOIN \"{schema}\".site s ON s.url = 'http://s' || (n % 3) || '/';"
+         FROM generate_series(0, 39999) n JOIN \"{schema}\".site s ON s.url = 'http://s' || (n % 3) || '/';"
     ))
     .await
     .unwrap();
@@ -136,6 +140,7 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
     )
     .await;
     sink::stop(running, token).await;
+    sink::stop(running2, token2).await;
     let back: Vec<serde_json::Value> = db
         .query(
             &format!("SELECT record FROM \"{schema}\".site_check_record ORDER BY \"offset\""),
@@ -156,7 +161,7 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
         .await
         .unwrap()
         .get(0);
-    assert_eq!(per_day, 12_000, "the old rows are counted in the rollups");
+    assert_eq!(per_day, 40_000, "the old rows are counted in the rollups");
 }
 
 /// Asserts every rollup level holds exactly what a recount of the history gives.

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use crate::postgres::history::{self, Check};
 use crate::postgres::migrate::Tables;
@@ -46,17 +46,14 @@ pub async fn move_legacy_history(
     };
     let layout = Layout::new(tables, keep_all);
     let take = format!(
-        "DELETE FROM {legacy} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {legacy} LIMIT {CHUNK}))
+        "DELETE FROM {legacy} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {legacy} LIMIT {CHUNK} FOR UPDATE SKIP LOCKED))
          RETURNING site_id, checked_at, \"partition\", \"offset\", data::text"
     );
     let mut moved = 0u64;
     while started.elapsed() < budget {
         let n = move_chunk(conn, &layout, &take).await?;
         moved += n;
-        if n == 0 {
-            conn.client
-                .batch_execute(&format!("DROP TABLE IF EXISTS {legacy}"))
-                .await?;
+        if n == 0 && drop_if_empty(&mut conn.client, &legacy).await? {
             tracing::info!(moved, "the old history table is converted and dropped");
             return Ok((moved, true));
         }
@@ -91,7 +88,28 @@ async fn move_chunk(
     Ok(rows.len() as u64)
 }
 
-async fn exists(client: &Client, table: &str) -> Result<bool, tokio_postgres::Error> {
+/// Drops the old table if it is empty, under a lock that waits for every
+/// sink still moving a chunk of it (an empty chunk only says that no row was
+/// free); returns whether it is gone.
+async fn drop_if_empty(client: &mut Client, legacy: &str) -> Result<bool, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    if !exists(&tx, legacy).await? {
+        return Ok(true);
+    }
+    tx.batch_execute(&format!("LOCK TABLE {legacy} IN ACCESS EXCLUSIVE MODE"))
+        .await?;
+    let empty: bool = tx
+        .query_one(&format!("SELECT NOT EXISTS (SELECT FROM {legacy})"), &[])
+        .await?
+        .get(0);
+    if empty {
+        tx.batch_execute(&format!("DROP TABLE {legacy}")).await?;
+    }
+    tx.commit().await?;
+    Ok(empty)
+}
+
+async fn exists(client: &impl GenericClient, table: &str) -> Result<bool, tokio_postgres::Error> {
     let row = client
         .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
         .await?;
