@@ -4,9 +4,11 @@
 -- The history row holds the record's fields as typed columns (see
 -- sink-connector/src/row.rs for the rule) and `extra` for everything else;
 -- `{{check_record}}` gives each row back as the JSON record. The old history
--- table is renamed `<table>_check_legacy`; the sink converts its rows into
--- the new table (and the rollups) in the same transaction as this file and
--- then drops it, so no row is lost and none is counted twice.
+-- table is renamed `<table>_check_legacy`; after this file the sink's
+-- writers move its rows into the new table (and the rollups) in chunks,
+-- each deleted and written in one transaction, and drop it once empty
+-- (sink-connector/src/postgres/upgrade.rs), so no row is lost and none is
+-- counted twice.
 --
 -- Keys: neither history nor rejects has a unique key. A Kafka position is
 -- written once because its partition's row in {{offsets}} is locked and
