@@ -293,31 +293,3 @@ impl Writer {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn after_shutdown_every_limit_is_cut_to_what_is_left_of_shutdown_timeout_counted_from_the_signal(
-    ) {
-        let shutdown = CancellationToken::new();
-        let budget = Budget {
-            shutdown: shutdown.clone(),
-            timeout: Duration::from_millis(400),
-            at: Arc::new(OnceLock::new()),
-        };
-        let ten = Duration::from_secs(10);
-        assert_eq!(budget.limit(ten), ten, "no cut before shutdown");
-        tokio::spawn(budget.clone().start_clock_on_shutdown());
-        shutdown.cancel();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // Asked for the first time 200 ms after the signal: about 200 ms are
-        // left (a clock started by this first ask would leave 400 ms).
-        let left = budget.limit(ten);
-        assert!(left < Duration::from_millis(300), "{left:?} left");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        assert_eq!(budget.limit(ten), Duration::ZERO);
-        assert!(budget.passed());
-    }
-}
