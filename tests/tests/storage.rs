@@ -66,29 +66,7 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     sent.sort_by_key(key);
     assert_eq!(back, sent, "every record reads back as it was");
 
-    for level in ["per_minute", "per_hour", "per_day"] {
-        let r = db
-            .query_one(
-                &format!("SELECT sum(checks)::int8, sum(ok)::int8, sum(failed)::int8, sum(responses)::int8, sum(duration_sum_us)::int8 FROM \"{schema}\".site_{level}"),
-                &[],
-            )
-            .await
-            .unwrap();
-        let h = db
-            .query_one(
-                &format!("SELECT count(*), count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok), count(*) FILTER (WHERE status_code IS NOT NULL), coalesce(sum(duration_us) FILTER (WHERE status_code IS NOT NULL), 0)::int8 FROM \"{schema}\".site_check"),
-                &[],
-            )
-            .await
-            .unwrap();
-        for i in 0..5 {
-            assert_eq!(
-                r.get::<_, i64>(i),
-                h.get::<_, i64>(i),
-                "{level}: column {i} equals a recount from history"
-            );
-        }
-    }
+    assert_rollups_equal_a_recount(db, schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
