@@ -367,3 +367,70 @@ async fn a_least_privileged_sink_facing_the_old_history_stops_and_says_to_start_
     );
     t.drop_role(&role).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_functions_refuse_other_tables_and_fill_around_existing_partitions() {
+    let t = SinkTest::new("storage_parts", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    t.migrate().await;
+    let role = t.least_privileged_role().await;
+    db.batch_execute(&format!(
+        "SET search_path = \"{schema}\";
+         CREATE TABLE ledger (at timestamptz, amount int) PARTITION BY RANGE (at);
+         CREATE TABLE ledger_all PARTITION OF ledger FOR VALUES FROM ('2000-01-01') TO ('2100-01-01');
+         INSERT INTO ledger VALUES (now(), 1);"
+    ))
+    .await
+    .unwrap();
+    // The sink's role may run the functions, but only on the sink's tables.
+    let uri = website_monitor_tests::kv_uri(&t.stack.postgres_uri, Some(&role), None, None, None);
+    let as_sink = website_monitor_tests::pg(&uri).await;
+    for call in [
+        format!("SELECT \"{schema}\".site_drop_partitions('\"{schema}\".ledger'::regclass, 'infinity')"),
+        format!("SELECT \"{schema}\".site_make_partitions('\"{schema}\".ledger'::regclass, now(), now(), '1 hour')"),
+    ] {
+        let e = as_sink.query_one(&call, &[]).await.expect_err(&call);
+        let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(
+            message.contains("not one of the website-monitor sink's partitioned tables"),
+            "{call}: {e:?}"
+        );
+    }
+    assert_eq!(
+        t.count("ledger", "").await,
+        1,
+        "the other table keeps its rows"
+    );
+
+    // A span changed from a day to an hour: the day's partition covers the
+    // hours, nothing fails. Its day partition detached: hours fill the gap.
+    let make = |span: &str| {
+        format!("SELECT \"{schema}\".site_make_partitions('\"{schema}\".site_check'::regclass, now(), now(), '{span}')")
+    };
+    let as_sink = &as_sink;
+    let made =
+        |sql: String| async move { as_sink.query_one(&sql, &[]).await.unwrap().get::<_, i32>(0) };
+    made(make("1 day")).await;
+    assert_eq!(
+        made(make("1 hour")).await,
+        0,
+        "covered by the day's partition"
+    );
+    let today = db
+        .query_one("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    db.batch_execute(&format!(
+        "ALTER TABLE \"{schema}\".site_check DETACH PARTITION \"{schema}\".site_check_{today}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        made(make("1 day")).await,
+        24,
+        "the detached day is filled hour by hour"
+    );
+    assert_eq!(made(make("1 day")).await, 0, "and then covered");
+    t.drop_role(&role).await;
+}
