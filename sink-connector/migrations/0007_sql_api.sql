@@ -10,42 +10,46 @@
 CREATE VIEW {{check_record}} AS
 SELECT h.checked_at, h.inserted_at, s.url, p.name AS probe, h."partition", h."offset", h.ok, h.status_code,
        h.duration_us / 1e3::float8 AS duration_ms, h.error_kind,
+       CASE WHEN h.extra IS NULL OR jsonb_typeof(h.extra) = 'object' THEN
        (jsonb_build_object(
-            'url', s.url,
-            'checked_at', extract(epoch FROM h.checked_at)::float8,
-            'status_code', h.status_code,
-            'duration', h.duration_us / 1e6::float8,
-            're_check', h.re_check,
-            'ok', h.ok,
-            'error', CASE WHEN h.error_kind IS NOT NULL
-                          THEN jsonb_build_object('kind', h.error_kind, 'message', h.error_message) END,
-            'timings', jsonb_build_object(
-                'dns', h.dns_us / 1e6::float8,
-                'connect', h.connect_us / 1e6::float8,
-                'tls', h.tls_us / 1e6::float8,
-                'ttfb', h.ttfb_us / 1e6::float8,
-                'transfer', h.transfer_us / 1e6::float8),
-            'http_version', CASE h.http_version WHEN 9 THEN 'HTTP/0.9' WHEN 10 THEN 'HTTP/1.0'
-                                WHEN 11 THEN 'HTTP/1.1' WHEN 20 THEN 'HTTP/2' WHEN 30 THEN 'HTTP/3' END,
-            'response_bytes', h.response_bytes,
-            'redirects', h.redirects,
-            'ip', host(h.ip),
-            'tls', CASE WHEN h.tls_version IS NOT NULL OR h.cert_not_after IS NOT NULL
-                             OR h.cert_days_left IS NOT NULL
-                        THEN jsonb_build_object(
-                            'version', CASE h.tls_version WHEN 12 THEN 'TLSv1.2' WHEN 13 THEN 'TLSv1.3' END,
-                            'cert_not_after', extract(epoch FROM h.cert_not_after)::int8,
-                            'cert_days_left', h.cert_days_left) END,
-            'probe', p.name,
-            'schema_version', h.schema_version)
-        - ARRAY(SELECT f.name
-                FROM unnest(ARRAY['url', 'checked_at', 'status_code', 'duration', 're_check', 'ok',
-                                  'error', 'timings', 'http_version', 'response_bytes', 'redirects',
-                                  'ip', 'tls', 'probe', 'schema_version']) WITH ORDINALITY AS f(name, i)
-                WHERE h.present & (1 << (f.i::int - 1)) = 0)
-       ) || coalesce(h.extra, '{}'::jsonb) AS record
+                'url', s.url,
+                'checked_at', extract(epoch FROM h.checked_at)::float8,
+                'status_code', h.status_code,
+                'duration', h.duration_us / 1e6::float8,
+                're_check', h.re_check,
+                'ok', h.ok,
+                'error', CASE WHEN h.error_kind IS NOT NULL
+                              THEN jsonb_build_object('kind', h.error_kind, 'message', h.error_message) END,
+                'timings', jsonb_build_object(
+                    'dns', h.dns_us / 1e6::float8,
+                    'connect', h.connect_us / 1e6::float8,
+                    'tls', h.tls_us / 1e6::float8,
+                    'ttfb', h.ttfb_us / 1e6::float8,
+                    'transfer', h.transfer_us / 1e6::float8),
+                'http_version', CASE h.http_version WHEN 9 THEN 'HTTP/0.9' WHEN 10 THEN 'HTTP/1.0'
+                                    WHEN 11 THEN 'HTTP/1.1' WHEN 20 THEN 'HTTP/2' WHEN 30 THEN 'HTTP/3' END,
+                'response_bytes', h.response_bytes,
+                'redirects', h.redirects,
+                'ip', host(h.ip),
+                'tls', CASE WHEN h.tls_version IS NOT NULL OR h.cert_not_after IS NOT NULL
+                                 OR h.cert_days_left IS NOT NULL
+                            THEN jsonb_build_object(
+                                'version', CASE h.tls_version WHEN 12 THEN 'TLSv1.2' WHEN 13 THEN 'TLSv1.3' END,
+                                'cert_not_after', extract(epoch FROM h.cert_not_after)::int8,
+                                'cert_days_left', h.cert_days_left) END,
+                'probe', p.name,
+                'schema_version', h.schema_version)
+            - ARRAY(SELECT f.name
+                    FROM unnest(ARRAY['url', 'checked_at', 'status_code', 'duration', 're_check', 'ok',
+                                      'error', 'timings', 'http_version', 'response_bytes', 'redirects',
+                                      'ip', 'tls', 'probe', 'schema_version']) WITH ORDINALITY AS f(name, i)
+                    WHERE h.present & (1 << (f.i::int - 1)) = 0)
+       ) || coalesce(h.extra, '{}'::jsonb)
+       -- A record that was no JSON object (moved from the old history) is kept whole in extra.
+       ELSE h.extra END AS record
 FROM {{check}} h
-JOIN {{site}} s ON s.id = h.site_id
+-- LEFT: an old row whose site was deleted by hand still reads back (url NULL).
+LEFT JOIN {{site}} s ON s.id = h.site_id
 LEFT JOIN {{probe}} p ON p.id = h.probe_id;
 
 -- The rollup rows that together cover [from_time, to_time), rounded out to

@@ -284,6 +284,9 @@ fn retentions_that_would_break_the_sql_api_or_keep_nothing_are_refused_naming_th
         "{err}"
     );
     let err = load("[sink]\nrollup_day_retention = \"999999d\"\n").unwrap_err();
-    assert!(err.contains("to 36500d"), "days, not months and years: {err}");
+    assert!(
+        err.contains("to 36500d"),
+        "days, not months and years: {err}"
+    );
     assert!(load("[sink]\nhistory_retention = \"1h\"\nhistory_partition = \"1h\"\n").is_ok());
 }
