@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn times_are_written_to_the_microsecond() {
         let mut r = sample();
-        r.checked_at = 1_795_907_667.123_456_789;
+        r.checked_at = 1_795_907_667.123_456_7;
         r.duration = 0.123_456_7;
         r.timings.dns = Some(0.000_000_4);
         let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
