@@ -36,23 +36,47 @@ const CHECKS_PER_MINUTE: i64 = 1;
 
 /// Relative weights of the 12 latency buckets around a site's usual latency
 /// (a roughly log-normal shape; each count jittered by ±30 %).
-const WEIGHTS: &str = "'{0.01,0.03,0.07,0.12,0.17,0.19,0.17,0.12,0.07,0.03,0.015,0.005}'::float8[]";
+const WEIGHTS: [f64; 12] = [
+    0.01, 0.03, 0.07, 0.12, 0.17, 0.19, 0.17, 0.12, 0.07, 0.03, 0.015, 0.005,
+];
 
 /// A site's lowest usual latency bucket: bucket 88 is 2 ms, 128 is 65 ms.
 const BASE: &str = "88 + (s * 7919) % 40";
 
-/// The histogram of a row of `n` > 1 checks: `lat` (bucket << 32 | count,
-/// buckets with a zero count left out) and `responses` (the counts' sum).
-const HIST_MANY: &str = "SELECT array_agg(((g.base + i - 1)::int8 << 32) | c ORDER BY i) AS lat,
-       coalesce(sum(c), 0)::int4 AS responses
-FROM (SELECT i, round(($n - g.f) * w * (0.7 + 0.6 * random()))::int8 AS c
-      FROM unnest({WEIGHTS}) WITH ORDINALITY AS t(w, i)) x
-WHERE c > 0";
-
-/// The histogram of a row of one check: one bucket, or none when it failed.
-const HIST_ONE: &str = "SELECT CASE WHEN g.f = 0
-            THEN ARRAY[((g.base + floor((random() + random()) * 6))::int8 << 32) | 1] END AS lat,
-       (1 - g.f)::int4 AS responses";
+/// The histogram of a row of `n` checks, `f` of which failed, as two SQL
+/// expressions over the row's `base` and `f`: the columns `c1..c12` to
+/// compute first (one count per bucket), then `lat` (bucket << 32 | count,
+/// zero counts left out) and `responses` (the counts' sum). Plain
+/// expressions, no subquery per row: a row costs a few microseconds.
+fn histogram(n: i64) -> (String, String, String) {
+    if n == 1 {
+        // One check: one bucket, or none when it failed.
+        return (
+            String::new(),
+            "CASE WHEN f = 0 THEN ARRAY[((base + floor((random() + random()) * 6))::int8 << 32) | 1] END"
+                .to_owned(),
+            "(1 - f)::int4".to_owned(),
+        );
+    }
+    let counts = WEIGHTS
+        .iter()
+        .enumerate()
+        .map(|(i, w)| format!(", round(({n} - f) * {w} * (0.7 + 0.6 * random()))::int8 AS c{i}"))
+        .collect::<String>();
+    let elements = (0..WEIGHTS.len())
+        .map(|i| format!("CASE WHEN c{i} > 0 THEN ((base + {i})::int8 << 32) | c{i} END"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sum = (0..WEIGHTS.len())
+        .map(|i| format!("c{i}"))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    (
+        counts,
+        format!("array_remove(ARRAY[{elements}], NULL)"),
+        format!("({sum})::int4"),
+    )
+}
 
 /// Makes the partitions of `table` covering [from, to) (Unix seconds).
 async fn partitions(
@@ -128,28 +152,32 @@ pub async fn rollups(
     let first = last - (days * 86_400 / step - 1) * step;
     partitions(client, tables, table, first, last + step).await?;
     let n = step / 60 * CHECKS_PER_MINUTE;
-    let hist = if n > 1 { HIST_MANY } else { HIST_ONE };
+    let (counts, lat, responses) = histogram(n);
     // A row fails some checks now and then (timeouts: no response).
     let fail_p = if n > 1 { 0.05 } else { 0.002 };
+    // OFFSET 0 keeps each level a subquery: each random() is drawn once.
     let sql = format!(
         "INSERT INTO {t} (site_id, probe_id, bucket, checks, ok, failed, responses,
                           duration_min_us, duration_max_us, duration_sum_us, cert_days_min,
                           latency, failures)
-         SELECT g.s, $1::int4, g.b, h.responses + g.f, h.responses, g.f, h.responses,
-                CASE WHEN h.responses > 0 THEN power(2, g.base / 8.0)::int4 END,
-                CASE WHEN h.responses > 0 THEN power(2, (g.base + 12) / 8.0)::int4 END,
-                (h.responses * power(2, (g.base + 6) / 8.0))::int8, (20 + g.s % 70)::int2,
-                h.lat, CASE WHEN g.f > 0 THEN ARRAY[(4::int8 << 32) | g.f] END
-         FROM (SELECT b, s, {BASE} AS base,
-                      CASE WHEN random() < {fail_p} THEN 1 + floor(random() * $n * 0.02)::int4
-                           ELSE 0 END AS f
-               FROM generate_series(to_timestamp($2), to_timestamp($3), make_interval(secs => $4)) b
-               CROSS JOIN LATERAL generate_series(1, $5::int8 + 0 * extract(epoch FROM b)::int8) s) g
-         CROSS JOIN LATERAL ({hist}) h",
+         SELECT s, $1::int4, b, responses + f, responses, f, responses,
+                CASE WHEN responses > 0 THEN power(2, base / 8.0)::int4 END,
+                CASE WHEN responses > 0 THEN power(2, (base + 12) / 8.0)::int4 END,
+                (responses * power(2, (base + 6) / 8.0))::int8, (20 + s % 70)::int2,
+                lat, CASE WHEN f > 0 THEN ARRAY[(4::int8 << 32) | f] END
+         FROM (SELECT *, {lat} AS lat, {responses} AS responses
+               FROM (SELECT * {counts}
+                     FROM (SELECT b, s, {BASE} AS base,
+                                  CASE WHEN random() < {fail_p}
+                                       THEN 1 + floor(random() * {n} * 0.02)::int4 ELSE 0 END AS f
+                           FROM generate_series(to_timestamp($2), to_timestamp($3),
+                                                make_interval(secs => $4)) b
+                           CROSS JOIN LATERAL generate_series(1, $5::int8 + 0 * extract(epoch FROM b)::int8) s
+                           OFFSET 0) g
+                     OFFSET 0) c
+               OFFSET 0) h",
         t = table.table,
-        hist = hist.replace("{WEIGHTS}", WEIGHTS),
-    )
-    .replace("$n", &n.to_string());
+    );
     client
         .execute(
             &sql,
@@ -196,7 +224,7 @@ pub async fn history(
                 ('10.' || s / 65536 % 256 || '.' || s / 256 % 256 || '.' || s % 256)::inet
          FROM generate_series(0, $5::int8 - 1) t
          CROSS JOIN LATERAL generate_series(1, $3::int8 + 0 * t) s
-         CROSS JOIN LATERAL (SELECT to_timestamp($6 + t) AS c,
+         CROSS JOIN LATERAL (SELECT to_timestamp($6::float8 + t) AS c,
                                     (800 + random() * 1500)::int4 AS dns,
                                     (1500 + random() * 3000)::int4 AS connect,
                                     (4000 + random() * 6000)::int4 AS tls,

@@ -12,7 +12,7 @@ mod queries;
 
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use super::{disk, Ctx};
@@ -45,7 +45,7 @@ pub async fn dataset(ctx: &Ctx) -> Result<Vec<Figure>> {
 
 /// Migrates, generates, measures; the caller drops the schema.
 async fn measure(client: &mut Client, tables: &Tables, size: &Size) -> Result<Vec<Figure>> {
-    migrate(client, tables).await?;
+    migrate(client, tables).await.context("migrating")?;
     // An empty schema's old history, renamed by migration 0006; the sink
     // drops it at its start.
     client
@@ -56,11 +56,17 @@ async fn measure(client: &mut Client, tables: &Tables, size: &Size) -> Result<Ve
         .await?;
     let now = generate::now_minute();
     let started = Instant::now();
-    let probe = generate::sites(client, tables, size, now).await?;
+    let probe = generate::sites(client, tables, size, now)
+        .await
+        .context("sites")?;
     for level in [Level::Day, Level::Hour, Level::Minute] {
-        generate::rollups(client, tables, size, probe, level, now).await?;
+        generate::rollups(client, tables, size, probe, level, now)
+            .await
+            .with_context(|| format!("{level:?} rollups"))?;
     }
-    generate::history(client, tables, size, probe, now).await?;
+    generate::history(client, tables, size, probe, now)
+        .await
+        .context("history")?;
     let generated = started.elapsed().as_secs_f64();
     // What autovacuum does to insert-only tables before long: visibility
     // maps (index-only scans) and the planner's statistics.
@@ -81,7 +87,11 @@ async fn measure(client: &mut Client, tables: &Tables, size: &Size) -> Result<Ve
         ),
     ];
     figures.extend(disk_figures(client, tables).await?);
-    figures.extend(queries::timings(client, tables, size, now).await?);
+    figures.extend(
+        queries::timings(client, tables, size, now)
+            .await
+            .context("queries")?,
+    );
     figures.extend(queries::retention(client, tables).await?);
     Ok(figures)
 }
