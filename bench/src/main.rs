@@ -10,15 +10,16 @@
 //! a sink's resume after kill -9 with static membership (baseline: dynamic
 //! membership), end-to-end latency at 5,000 checks/s, and the SQL API's query
 //! times over a generated long-run data set (10,000 sites of rollups). Every
-//! connector runs as a real release
-//! process ([`proc`]); the figures go to a table on stdout and to
+//! connector runs as a real release process ([`proc`]); the figures go to a
+//! table on stdout and to
 //! `target/bench/results.json` ([`report`]). Before the source and
 //! end-to-end scenarios the broker is warmed up with 20 s of source traffic
 //! ([`scenarios::warm_up_broker`]); every topic the run made is deleted at its
 //! end, also when a scenario fails.
 //!
 //! Environment: `WM_BENCH_HTTP` (the nginx target, set by `scripts/bench.sh`),
-//! `WM_BENCH_ONLY` (comma-separated scenario names to run), `WM_BENCH_SCALE`
+//! `WM_BENCH_ONLY` (comma-separated scenario names to run: `source`, `scale`,
+//! `sink`, `sink_keyless`, `resume`, `e2e`, `dataset`), `WM_BENCH_SCALE`
 //! (a factor < 1 shrinks every scenario, for a quick try).
 
 mod proc;
