@@ -13,7 +13,7 @@
 //! - [`sink`]: the sink's throughput against a raw `COPY`, keyed and
 //!   keyless, and the bytes per stored check; [`records`]: the records and
 //!   COPY baseline it shares with [`resume`]: a sink's resume after kill -9;
-//! - [`dataset`]: a generated long-run data set (rollups and history, in SQL)
+//! - [`dataset`](mod@dataset): a generated long-run data set (rollups and history, in SQL)
 //!   and the SQL API's timings over it;
 //! - [`e2e`]: source → Kafka → sink latency.
 
