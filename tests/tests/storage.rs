@@ -51,14 +51,11 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     sink::stop(running, token).await;
 
     let (db, schema) = (&t.db, &t.schema);
-    let rows = db
-        .query(
-            &format!("SELECT record FROM \"{schema}\".site_check_record"),
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut back: Vec<serde_json::Value> = rows.iter().map(|r| numbers_as_f64(r.get(0))).collect();
+    let mut back = records_of(
+        db,
+        &format!("SELECT record FROM \"{schema}\".site_check_record"),
+    )
+    .await;
     let key = |v: &serde_json::Value| v.to_string();
     back.sort_by_key(key);
     let mut sent: Vec<serde_json::Value> = records.iter().cloned().map(numbers_as_f64).collect();
@@ -66,6 +63,16 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     assert_eq!(back, sent, "every record reads back as it was");
 
     assert_rollups_equal_a_recount(db, schema).await;
+}
+
+/// The JSON values of the first column of `sql`'s rows, numbers as f64.
+async fn records_of(db: &tokio_postgres::Client, sql: &str) -> Vec<serde_json::Value> {
+    db.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| numbers_as_f64(r.get(0)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,16 +99,11 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
     ))
     .await
     .unwrap();
-    let originals: Vec<serde_json::Value> = db
-        .query(
-            &format!("SELECT data FROM \"{schema}\".site_check ORDER BY \"offset\""),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| numbers_as_f64(r.get(0)))
-        .collect();
+    let originals = records_of(
+        db,
+        &format!("SELECT data FROM \"{schema}\".site_check ORDER BY \"offset\""),
+    )
+    .await;
 
     // Two sinks of four writers each start at once: eight movers share the
     // old table; none may drop it while another still moves a chunk.
@@ -123,16 +125,11 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
     .await;
     sink::stop(running, token).await;
     sink::stop(running2, token2).await;
-    let back: Vec<serde_json::Value> = db
-        .query(
-            &format!("SELECT record FROM \"{schema}\".site_check_record ORDER BY \"offset\""),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| numbers_as_f64(r.get(0)))
-        .collect();
+    let back = records_of(
+        db,
+        &format!("SELECT record FROM \"{schema}\".site_check_record ORDER BY \"offset\""),
+    )
+    .await;
     assert_eq!(back.len(), originals.len(), "no row lost or doubled");
     assert!(back == originals, "every old record reads back as it was");
     let per_day: i64 = db
