@@ -39,6 +39,11 @@ pub const FIELDS: [&str; 15] = [
     "schema_version",
 ];
 
+/// A bit of [`Compact::present`] beyond [`FIELDS`]: the history row leaves
+/// `cert_days_left` NULL because it equals the days the view derives from
+/// `checked_at` and `cert_not_after` (see [`Compact::stored_cert_days`]).
+pub const CERT_DAYS_DERIVED: i32 = 1 << 16;
+
 /// The phases of `timings`, in column order.
 pub const PHASES: [&str; 5] = ["dns", "connect", "tls", "ttfb", "transfer"];
 
@@ -121,6 +126,28 @@ impl<'a> Compact<'a> {
         }
         row.extra = (!extra.is_empty()).then(|| object_text(&extra));
         Ok(row)
+    }
+
+    /// `present` and `cert_days_left` as the history row stores them for a
+    /// check at `at`: the days left are left out (NULL, with
+    /// [`CERT_DAYS_DERIVED`] set) when they are the whole days from `at` to
+    /// `cert_not_after`, rounded down — the source's own formula, which the
+    /// history view applies to give them back.
+    pub fn stored_cert_days(&self, at: SystemTime) -> (i32, Option<i16>) {
+        let derived = self.cert_not_after.and_then(|not_after| {
+            let at_us = match at.duration_since(UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_micros()).ok()?,
+                Err(_) => return None,
+            };
+            let left_us = not_after.checked_mul(1_000_000)?.checked_sub(at_us)?;
+            Some(left_us.div_euclid(86_400_000_000))
+        });
+        match (self.cert_days_left, derived) {
+            (Some(days), Some(d)) if i64::from(days) == d => {
+                (self.present | CERT_DAYS_DERIVED, None)
+            }
+            _ => (self.present, self.cert_days_left),
+        }
     }
 
     /// Fills the columns of field `bit` from its JSON text; `false` when

@@ -36,7 +36,23 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
         let checked_at: f64 = format!("{}.{:06}", at as i64 + i64::from(i), 170_780 + i)
             .parse()
             .unwrap();
-        records.push(source_record(&url, checked_at, i % 10 != 0, 1000 + i * 10));
+        let mut r = source_record(&url, checked_at, i % 10 != 0, 1000 + i * 10);
+        let not_after = at as i64 + 30 * 86_400 + 5_000;
+        match i % 4 {
+            // The source's days left (derived by the view, not stored) ...
+            1 => {
+                r["tls"] =
+                    json!({"version": "TLSv1.3", "cert_not_after": not_after, "cert_days_left": 30})
+            }
+            // ... and days left that are not (stored as written).
+            2 => {
+                r["tls"] =
+                    json!({"version": "TLSv1.2", "cert_not_after": not_after, "cert_days_left": 99})
+            }
+            3 => r["ip"] = json!("2001:db8::1"),
+            _ => {}
+        }
+        records.push(r);
     }
     records.push(json!({"url": "http://seed/", "key": "valuefoo"}));
     t.produce(
@@ -58,11 +74,67 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     .await;
     let key = |v: &serde_json::Value| v.to_string();
     back.sort_by_key(key);
+    let stored: Vec<(Option<i16>, i64, Option<i32>, bool)> = db
+        .query(
+            &format!(
+                "SELECT cert_days_left, count(*), min(ipv4), bool_and(inserted_at BETWEEN now() - interval '10 minutes' AND now())
+                 FROM \"{schema}\".site_check JOIN \"{schema}\".site_check_record USING (checked_at)
+                 WHERE cert_not_after IS NOT NULL GROUP BY 1 ORDER BY 1"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(
+        stored,
+        [
+            (Some(99), 10, Some(0x7f00_0001), true),
+            (None, 10, Some(0x7f00_0001), true)
+        ],
+        "days left the view derives are not stored; 127.0.0.1 as an int4; inserted_at is when the row was written"
+    );
     let mut sent: Vec<serde_json::Value> = records.iter().cloned().map(numbers_as_f64).collect();
     sent.sort_by_key(key);
     assert_eq!(back, sent, "every record reads back as it was");
 
     assert_rollups_equal_a_recount(db, schema).await;
+    assert_fleet_answers_as_every_site(db, schema).await;
+}
+
+/// `site_fleet` (from the fleet rollups) gives what the per-site API gives
+/// for all sites together: checks and uptime summed, the same percentiles.
+async fn assert_fleet_answers_as_every_site(db: &tokio_postgres::Client, schema: &str) {
+    let range = "now() - interval '2 days', now() + interval '1 day'";
+    let fleet = db
+        .query_one(
+            &format!("SELECT checks, ok, failed, responses, p50_ms, p95_ms, p99_ms, max_ms FROM \"{schema}\".site_fleet({range})"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let sites = db
+        .query_one(
+            &format!(
+                "SELECT (SELECT sum(checks)::int8 FROM \"{schema}\".site_uptime(NULL, {range})),
+                        (SELECT sum(ok)::int8 FROM \"{schema}\".site_uptime(NULL, {range})),
+                        (SELECT sum(failed)::int8 FROM \"{schema}\".site_uptime(NULL, {range})),
+                        l.responses, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
+                 FROM \"{schema}\".site_latency(NULL, {range}, NULL, false) l"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(fleet.get::<_, i64>(0) > 0, "the fleet has checks");
+    for i in 0..4 {
+        assert_eq!(fleet.get::<_, i64>(i), sites.get::<_, i64>(i), "column {i}");
+    }
+    for i in 4..8 {
+        assert_eq!(fleet.get::<_, f64>(i), sites.get::<_, f64>(i), "column {i}");
+    }
 }
 
 /// The JSON values of the first column of `sql`'s rows, numbers as f64.
@@ -101,7 +173,7 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
     .unwrap();
     let originals = records_of(
         db,
-        &format!("SELECT data FROM \"{schema}\".site_check ORDER BY \"offset\""),
+        &format!("SELECT data FROM \"{schema}\".site_check ORDER BY data::text"),
     )
     .await;
 
@@ -127,7 +199,7 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
     sink::stop(running2, token2).await;
     let back = records_of(
         db,
-        &format!("SELECT record FROM \"{schema}\".site_check_record ORDER BY \"offset\""),
+        &format!("SELECT record FROM \"{schema}\".site_check_record ORDER BY record::text"),
     )
     .await;
     assert_eq!(back.len(), originals.len(), "no row lost or doubled");
@@ -152,7 +224,11 @@ async fn assert_rollups_equal_a_recount(db: &tokio_postgres::Client, schema: &st
          FROM \"{schema}\".site_check"
     );
     let h = db.query_one(&recount, &[]).await.unwrap();
-    for level in ["per_minute", "per_hour", "per_day"] {
+    let levels = ["per_minute", "per_hour", "per_day"];
+    for level in levels
+        .iter()
+        .flat_map(|l| [l.to_string(), format!("fleet_{l}")])
+    {
         let r = db
             .query_one(
                 &format!("SELECT coalesce(sum(checks), 0)::int8, coalesce(sum(ok), 0)::int8, coalesce(sum(failed), 0)::int8, coalesce(sum(responses), 0)::int8, coalesce(sum(duration_sum_us), 0)::int8 FROM \"{schema}\".site_{level}"),
@@ -167,6 +243,33 @@ async fn assert_rollups_equal_a_recount(db: &tokio_postgres::Client, schema: &st
                 "{level}: column {i} equals a recount from history"
             );
         }
+    }
+    // The fleet's histograms are every site's, merged.
+    let histogram = |table: String| {
+        format!(
+            "SELECT e >> 32, sum(e & 4294967295)::int8 FROM \"{schema}\".{table}, unnest(latency) e
+             GROUP BY 1 ORDER BY 1"
+        )
+    };
+    for level in levels {
+        let pairs = |rows: Vec<tokio_postgres::Row>| -> Vec<(i64, i64)> {
+            rows.iter().map(|r| (r.get(0), r.get(1))).collect()
+        };
+        let site = pairs(
+            db.query(&histogram(format!("site_{level}")), &[])
+                .await
+                .unwrap(),
+        );
+        let fleet = pairs(
+            db.query(&histogram(format!("site_fleet_{level}")), &[])
+                .await
+                .unwrap(),
+        );
+        assert!(!site.is_empty(), "{level}: some latencies");
+        assert_eq!(
+            fleet, site,
+            "{level}: the fleet's histogram is the sites' merged"
+        );
     }
 }
 
@@ -231,8 +334,8 @@ async fn late_early_and_expired_records_and_retention_by_whole_partitions() {
         "SET search_path = \"{schema}\";
          SELECT site_make_partitions('site_check', to_timestamp({old}), to_timestamp({old}), '1 day');
          INSERT INTO site (url, data) VALUES ('http://old/', '{{}}');
-         INSERT INTO site_check (checked_at, site_id, \"offset\", \"partition\", present)
-         SELECT to_timestamp({old}), id, -1, -1, 1 FROM site;"
+         INSERT INTO site_check (checked_at, site_id, present)
+         SELECT to_timestamp({old}), id, 1 FROM site;"
     ))
     .await
     .unwrap();
@@ -434,4 +537,75 @@ async fn the_partition_functions_refuse_other_tables_and_fill_around_existing_pa
     );
     assert_eq!(made(make("1 day")).await, 0, "and then covered");
     t.drop_role(&role).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_rows_written_before_migration_8_read_back_after_it_and_a_least_privileged_sink_goes_on(
+) {
+    let t = SinkTest::new("storage_m8", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    t.migrate_up_to(7).await;
+    // A row as a sink of migration 7 wrote it: Kafka position, inserted_at,
+    // the address as inet, the days left stored.
+    let at = now() - 600.0;
+    db.batch_execute(&format!(
+        "SET search_path = \"{schema}\";
+         DROP TABLE IF EXISTS site_check_legacy;
+         SELECT site_make_partitions('site_check', to_timestamp({at}), to_timestamp({at}), '1 day');
+         INSERT INTO site (url, data) VALUES ('http://old/', '{{}}');
+         INSERT INTO site_check (checked_at, inserted_at, site_id, \"offset\", \"partition\", present, ok, ip,
+                                 tls_version, cert_not_after, cert_days_left)
+         SELECT to_timestamp({at}), to_timestamp({at}) + interval '50 ms', id, 7, 0, 1 | 2 | 32 | 2048 | 4096,
+                true, '10.1.2.3', 13, to_timestamp({at}) + interval '30 days', 30 FROM site;"
+    ))
+    .await
+    .unwrap();
+    let record =
+        format!("SELECT record FROM \"{schema}\".site_check_record WHERE url = 'http://old/'");
+    let before: serde_json::Value = db.query_one(&record, &[]).await.unwrap().get(0);
+    // A least-privileged sink granted what migration 7's tables need ...
+    let role = t.least_privileged_role().await;
+    t.migrate().await;
+    let after: serde_json::Value = db.query_one(&record, &[]).await.unwrap().get(0);
+    assert_eq!(after, before, "the old row reads back the same");
+    assert_eq!(after["ip"], "10.1.2.3");
+    assert_eq!(after["tls"]["cert_days_left"], 30);
+
+    let new = source_record("http://new/", now(), true, 1500);
+    t.produce(&[json_rec(new.clone())]).await;
+    // ... writes migration 8's fleet tables and reads the rebuilt view: the
+    // migration passed the grants on.
+    let uri = website_monitor_tests::kv_uri(&t.stack.postgres_uri, Some(&role), None, None, None);
+    let (running, token) = sink::start(&t.config().set("postgres_uri", uri.as_str())).await;
+    t.wait_rows("site_check", 2).await;
+    sink::stop(running, token).await;
+    let as_sink = website_monitor_tests::pg(&uri).await;
+    let fleet: i64 = as_sink
+        .query_one(
+            &format!("SELECT sum(checks)::int8 FROM \"{schema}\".site_fleet_per_day"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fleet, 1, "the new check counted in the fleet");
+    as_sink
+        .query_one(&record, &[])
+        .await
+        .expect("the view granted again");
+    drop(as_sink);
+    t.drop_role(&role).await;
+    let back: serde_json::Value = db
+        .query_one(
+            &format!("SELECT record FROM \"{schema}\".site_check_record WHERE url = 'http://new/'"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        numbers_as_f64(back),
+        numbers_as_f64(new),
+        "a new row beside the old"
+    );
 }

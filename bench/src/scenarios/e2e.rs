@@ -71,9 +71,9 @@ fn e2e_config(ctx: &Ctx, topic: &str, sites: &Path, schema: &str) -> Result<Path
     ctx.write("e2e.toml", &text)
 }
 
-/// A history row's latency in seconds: when the sink wrote it (`inserted_at`,
-/// clock time per row) less when the source checked (`checked_at`).
-const LAG: &str = "extract(epoch FROM inserted_at - checked_at)::float8";
+/// A history row's latency in seconds: when the sink wrote it less when the
+/// source checked (`insert_delay_ms`, clock time per row, in ms).
+const LAG: &str = "insert_delay_ms / 1e3::float8";
 
 /// p50 and p99 of the latency (s) of the rows checked between `warm` and
 /// `until` (Unix seconds), and how many rows that is.

@@ -18,12 +18,11 @@ use crate::postgres::sql::Statements;
 use crate::rollup::{pack, Level, Rollups};
 use crate::row::Compact;
 
-/// A check to store: its Kafka position, site, time and columns.
+/// A check to store: the Kafka partition it came from, its site, time and
+/// columns.
 pub(crate) struct Check<'m> {
-    /// Its Kafka partition.
-    pub(crate) partition: i32,
-    /// Its Kafka offset.
-    pub(crate) offset: i64,
+    /// Its Kafka partition: the fleet rollups' shard.
+    pub(crate) shard: i32,
     /// The site's row id.
     pub(crate) site_id: i64,
     /// The time it counts at.
@@ -42,24 +41,17 @@ impl<'m> Check<'m> {
             .as_deref()
             .and_then(|p| std::str::from_utf8(p).ok())
             .unwrap_or("{}");
-        Self::of_text(text, msg.partition, msg.offset, site_id, at)
+        Self::of_text(text, msg.partition, site_id, at)
     }
 
     /// The columns of a record's JSON `text`.
-    pub(crate) fn of_text(
-        text: &'m str,
-        partition: i32,
-        offset: i64,
-        site_id: i64,
-        at: SystemTime,
-    ) -> Self {
+    pub(crate) fn of_text(text: &'m str, shard: i32, site_id: i64, at: SystemTime) -> Self {
         let row = Compact::from_json(text).unwrap_or_else(|_| Compact {
             extra: Some(text.to_owned()),
             ..Compact::default()
         });
         Self {
-            partition,
-            offset,
+            shard,
             site_id,
             at,
             row,
@@ -81,13 +73,16 @@ pub(crate) async fn write(
     let probes = probe_ids(tx, st, checks).await?;
     let probe_of = |c: &Check<'_>| c.row.probe.as_deref().and_then(|p| probes.get(p).copied());
     let rows = copy(tx, st, layout, checks, &probe_of, now).await?;
-    let mut rollups = Rollups::default();
+    let (mut rollups, mut fleet) = (Rollups::default(), Rollups::default());
     for c in checks {
         let levels = layout.levels_keeping(c.at, now);
-        rollups.add(&levels, c.site_id, probe_of(c).unwrap_or(0), c.at, &c.row);
+        let probe = probe_of(c).unwrap_or(0);
+        rollups.add(&levels, c.site_id, probe, c.at, &c.row);
+        fleet.add(&levels, i64::from(c.shard), probe, c.at, &c.row);
     }
     for (i, level) in Level::ALL.iter().enumerate() {
         add_rollups(tx, &st.add_rollups[i], &rollups, *level).await?;
+        add_rollups(tx, &st.add_fleet[i], &fleet, *level).await?;
     }
     Ok((rows, checks.len() as u64 - rows))
 }
@@ -128,8 +123,6 @@ async fn probe_ids(
 const HISTORY_TYPES: [Type; 26] = [
     Type::TIMESTAMPTZ,
     Type::INT8,
-    Type::INT8,
-    Type::INT4,
     Type::INT4,
     Type::INT4,
     Type::INT4,
@@ -152,6 +145,8 @@ const HISTORY_TYPES: [Type; 26] = [
     Type::TEXT,
     Type::TEXT,
     Type::JSONB,
+    Type::INT4,
+    Type::INT4,
 ];
 
 /// Binary COPY of the history rows the retention keeps; returns how many.
@@ -172,7 +167,11 @@ async fn copy(
         let not_after = r
             .cert_not_after
             .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s as u64));
-        let ip: Option<IpAddr> = r.ip;
+        let (present, cert_days_left) = r.stored_cert_days(c.at);
+        let (ipv4, ip) = match r.ip {
+            Some(IpAddr::V4(v4)) => (Some(u32::from(v4) as i32), None),
+            other => (None, other),
+        };
         let extra = r
             .extra
             .as_deref()
@@ -182,10 +181,8 @@ async fn copy(
             .write(&[
                 &c.at,
                 &c.site_id,
-                &c.offset,
-                &c.partition,
                 &probe_of(c),
-                &r.present,
+                &present,
                 &r.duration_us,
                 &dns,
                 &connect,
@@ -197,7 +194,7 @@ async fn copy(
                 &r.redirects,
                 &r.http_version,
                 &r.tls_version,
-                &r.cert_days_left,
+                &cert_days_left,
                 &r.schema_version,
                 &r.ok,
                 &r.re_check,
@@ -206,10 +203,22 @@ async fn copy(
                 &r.error_kind.as_deref(),
                 &r.error_message.as_deref(),
                 &extra,
+                &insert_delay_ms(c.at, SystemTime::now()),
+                &ipv4,
             ])
             .await?;
     }
     writer.finish().await
+}
+
+/// Milliseconds from a check to its row's write, when within an `int4`
+/// (about 24 days either way); the view gives `inserted_at` back from it.
+fn insert_delay_ms(at: SystemTime, written: SystemTime) -> Option<i32> {
+    let ms = match written.duration_since(at) {
+        Ok(d) => i64::try_from(d.as_millis()).ok(),
+        Err(e) => i64::try_from(e.duration().as_millis()).ok().map(|ms| -ms),
+    };
+    ms.and_then(|ms| i32::try_from(ms).ok())
 }
 
 /// Adds the rollup counts of `level` in one statement.

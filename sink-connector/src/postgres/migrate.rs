@@ -43,6 +43,12 @@ pub struct Tables {
     pub per_hour: String,
     /// Rollups per UTC day (`<table>_per_day`).
     pub per_day: String,
+    /// Every site's rollups together per minute (`<table>_fleet_per_minute`).
+    pub fleet_per_minute: String,
+    /// … per hour (`<table>_fleet_per_hour`).
+    pub fleet_per_hour: String,
+    /// … per UTC day (`<table>_fleet_per_day`).
+    pub fleet_per_day: String,
     /// The unquoted base name, for derived index and constraint names.
     base: String,
     /// The unquoted schema name, for the advisory lock key.
@@ -70,6 +76,9 @@ impl Tables {
             per_minute: q("_per_minute"),
             per_hour: q("_per_hour"),
             per_day: q("_per_day"),
+            fleet_per_minute: q("_fleet_per_minute"),
+            fleet_per_hour: q("_fleet_per_hour"),
+            fleet_per_day: q("_fleet_per_day"),
             base: table.to_owned(),
             schema_raw: schema.to_owned(),
         }
@@ -151,6 +160,11 @@ impl Tables {
             "per_minute" => self.per_minute.clone(),
             "per_hour" => self.per_hour.clone(),
             "per_day" => self.per_day.clone(),
+            "fleet_per_minute" => self.fleet_per_minute.clone(),
+            "fleet_per_hour" => self.fleet_per_hour.clone(),
+            "fleet_per_day" => self.fleet_per_day.clone(),
+            "fleet_rollup" => qualified("_fleet_rollup"),
+            "fleet" => qualified("_fleet"),
             "counts_add" => qualified("_counts_add"),
             "error_kind" => qualified("_error_kind"),
             "make_partitions" => qualified("_make_partitions"),
@@ -217,6 +231,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 7,
         name: "sql_api",
         sql: include_str!("../../migrations/0007_sql_api.sql"),
+    },
+    Migration {
+        version: 8,
+        name: "compact_rows_and_fleet",
+        sql: include_str!("../../migrations/0008_compact_rows_and_fleet.sql"),
     },
 ];
 

@@ -59,6 +59,9 @@ pub struct Layout {
     pub rejected: Partitioned,
     /// Rollups, by level.
     pub rollups: Vec<(Level, Partitioned)>,
+    /// Every site's rollups together, by level (as wide and kept as long as
+    /// [`Layout::rollups`] of the same level).
+    pub fleet: Vec<(Level, Partitioned)>,
     /// `<table>_make_partitions`, quoted.
     make: String,
     /// `<table>_drop_partitions`, quoted.
@@ -126,6 +129,20 @@ impl Layout {
                 ),
                 (Level::Hour, part(&tables.per_hour, day, retention.hour)),
                 (Level::Day, part(&tables.per_day, 30 * day, retention.day)),
+            ],
+            fleet: vec![
+                (
+                    Level::Minute,
+                    part(&tables.fleet_per_minute, day, retention.minute),
+                ),
+                (
+                    Level::Hour,
+                    part(&tables.fleet_per_hour, day, retention.hour),
+                ),
+                (
+                    Level::Day,
+                    part(&tables.fleet_per_day, 30 * day, retention.day),
+                ),
             ],
             make: tables.function("_make_partitions"),
             drop: tables.function("_drop_partitions"),
@@ -223,9 +240,14 @@ impl Layout {
         Ok((made, dropped))
     }
 
+    /// The rollup tables, per site and of the fleet, with their levels.
+    pub fn rollup_tables(&self) -> impl Iterator<Item = &(Level, Partitioned)> {
+        self.rollups.iter().chain(&self.fleet)
+    }
+
     fn tables(&self) -> Vec<&Partitioned> {
         let mut out = vec![&self.history, &self.rejected];
-        out.extend(self.rollups.iter().map(|(_, p)| p));
+        out.extend(self.rollup_tables().map(|(_, p)| p));
         out
     }
 }

@@ -67,6 +67,7 @@ pub struct Sql {
     probe_ids: String,
     add_probes: String,
     add_rollups: [String; 3],
+    add_fleet: [String; 3],
     layout: Layout,
 }
 
@@ -132,25 +133,27 @@ impl Sql {
                 p = t.probe
             ),
             add_rollups: [&t.per_minute, &t.per_hour, &t.per_day]
-                .map(|table| add_rollups(table, &t.function("_counts_add"))),
+                .map(|table| add_rollups(table, "site_id", &t.function("_counts_add"))),
+            add_fleet: [&t.fleet_per_minute, &t.fleet_per_hour, &t.fleet_per_day]
+                .map(|table| add_rollups(table, "shard", &t.function("_counts_add"))),
         }
     }
 }
 
 /// The history columns, in the order the COPY writes them.
-pub(crate) const HISTORY_COLUMNS: &str =
-    "checked_at, site_id, \"offset\", \"partition\", probe_id, present, \
+pub(crate) const HISTORY_COLUMNS: &str = "checked_at, site_id, probe_id, present, \
      duration_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, response_bytes, status_code, \
      redirects, http_version, tls_version, cert_days_left, schema_version, ok, re_check, \
-     cert_not_after, ip, error_kind, error_message, extra";
+     cert_not_after, ip, error_kind, error_message, extra, insert_delay_ms, ipv4";
 
-/// Adds a batch's counts to the rollup rows of `table`: one row per key,
+/// Adds a batch's counts to the rollup rows of `table` (keyed by `key`:
+/// `site_id`, or the fleet tables' `shard`): one row per key,
 /// given as arrays in key order (the lock order); each row's histogram and
 /// failure counts are a slice of one flat array (`$12`, `$13`) between the
 /// bounds in `$14..$17`.
-fn add_rollups(table: &str, counts_add: &str) -> String {
+fn add_rollups(table: &str, key: &str, counts_add: &str) -> String {
     format!(
-        "INSERT INTO {table} AS r (site_id, probe_id, bucket, checks, ok, failed, responses,
+        "INSERT INTO {table} AS r ({key}, probe_id, bucket, checks, ok, failed, responses,
              duration_min_us, duration_max_us, duration_sum_us, cert_days_min, latency, failures)
          SELECT v.s, v.p, v.b, v.c, v.o, v.f, v.r, v.mn, v.mx, v.sm, v.cd,
                 CASE WHEN v.lh > v.ll THEN ($12::int8[])[v.ll + 1 : v.lh] END,
@@ -159,7 +162,7 @@ fn add_rollups(table: &str, counts_add: &str) -> String {
                      $7::int4[], $8::int4[], $9::int4[], $10::int8[], $11::int2[],
                      $14::int4[], $15::int4[], $16::int4[], $17::int4[])
               AS v(s, p, b, c, o, f, r, mn, mx, sm, cd, ll, lh, fl, fh)
-         ON CONFLICT (site_id, probe_id, bucket) DO UPDATE SET
+         ON CONFLICT ({key}, probe_id, bucket) DO UPDATE SET
              checks = r.checks + excluded.checks,
              ok = r.ok + excluded.ok,
              failed = r.failed + excluded.failed,
@@ -189,6 +192,8 @@ pub(crate) struct Statements {
     pub(crate) add_probes: Statement,
     /// Per rollup level, finest first.
     pub(crate) add_rollups: [Statement; 3],
+    /// Per fleet rollup level, finest first.
+    pub(crate) add_fleet: [Statement; 3],
 }
 
 /// A connection with the batch statements prepared on it.
@@ -227,6 +232,11 @@ impl Conn {
                 client.prepare(&sql.add_rollups[0]).await?,
                 client.prepare(&sql.add_rollups[1]).await?,
                 client.prepare(&sql.add_rollups[2]).await?,
+            ],
+            add_fleet: [
+                client.prepare(&sql.add_fleet[0]).await?,
+                client.prepare(&sql.add_fleet[1]).await?,
+                client.prepare(&sql.add_fleet[2]).await?,
             ],
         };
         Ok(Self {

@@ -47,7 +47,7 @@ pub async fn move_legacy_history(
     let layout = Layout::new(tables, keep_all);
     let take = format!(
         "DELETE FROM {legacy} WHERE ctid = ANY (ARRAY(SELECT ctid FROM {legacy} LIMIT {CHUNK} FOR UPDATE SKIP LOCKED))
-         RETURNING site_id, checked_at, \"partition\", \"offset\", data::text"
+         RETURNING site_id, checked_at, \"partition\", data::text"
     );
     let mut moved = 0u64;
     while started.elapsed() < budget {
@@ -76,10 +76,10 @@ async fn move_chunk(
     let rows = tx.query(take, &[]).await?;
     let checks: Vec<Check<'_>> = rows
         .iter()
-        .map(|r| Check::of_text(r.get(4), r.get(2), r.get(3), r.get(0), r.get(1)))
+        .map(|r| Check::of_text(r.get(3), r.get(2), r.get(0), r.get(1)))
         .collect();
     let mut needs = Layout::needs(&layout.history, checks.iter().map(|c| c.at));
-    for (_, table) in &layout.rollups {
+    for (_, table) in layout.rollup_tables() {
         needs.extend(Layout::needs(table, checks.iter().map(|c| c.at)));
     }
     layout.make_in(&tx, &needs).await?;

@@ -148,7 +148,7 @@ async fn make_partitions(
         if layout.history.keeps(at, now) {
             needs.extend(Layout::needs(&layout.history, [at]));
         }
-        for (_, table) in layout.rollups.iter().filter(|(_, p)| p.keeps(at, now)) {
+        for (_, table) in layout.rollup_tables().filter(|(_, p)| p.keeps(at, now)) {
             needs.extend(Layout::needs(table, [at]));
         }
     }

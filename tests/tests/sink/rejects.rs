@@ -202,7 +202,7 @@ async fn the_batch_writer_survives_repeats_and_never_rejects_good_records_wholes
     assert_eq!(rejected, [3], "the later of the two is rejected");
     assert_eq!(next_offset(&db, &schema, t).await, Some(4));
     db.batch_execute(&format!(
-        "DROP INDEX \"{schema}\".one_n; DELETE FROM \"{schema}\".site_rejected; DELETE FROM \"{schema}\".site_check WHERE \"offset\" >= 2; DELETE FROM \"{schema}\".site WHERE url IN ('http://c/', 'http://d/'); UPDATE \"{schema}\".site_kafka_offsets SET next_offset = 2"
+        "DROP INDEX \"{schema}\".one_n; DELETE FROM \"{schema}\".site_rejected; DELETE FROM \"{schema}\".site_check WHERE site_id IN (SELECT id FROM \"{schema}\".site WHERE url IN ('http://c/', 'http://d/')); DELETE FROM \"{schema}\".site WHERE url IN ('http://c/', 'http://d/'); UPDATE \"{schema}\".site_kafka_offsets SET next_offset = 2"
     ))
     .await
     .unwrap();

@@ -63,7 +63,7 @@ async fn seed_system_test_two_sites_three_checks() {
         .collect();
     let check_ms: Vec<i64> = column(
         db,
-        &format!("SELECT (extract(epoch FROM checked_at) * 1000)::int8 FROM \"{schema}\".site_check ORDER BY \"offset\""),
+        &format!("SELECT (extract(epoch FROM checked_at) * 1000)::int8 FROM \"{schema}\".site_check ORDER BY checked_at"),
     )
     .await;
     assert_eq!(
@@ -85,7 +85,7 @@ async fn seed_system_test_two_sites_three_checks() {
     let history: Vec<String> = column(
         db,
         &format!(
-            "SELECT c.record->>'key' FROM \"{schema}\".site_check_record c ORDER BY c.\"offset\""
+            "SELECT c.record->>'key' FROM \"{schema}\".site_check_record c ORDER BY c.checked_at"
         ),
     )
     .await;
@@ -198,11 +198,12 @@ async fn source_schema_records_fill_the_columns() {
                 "SELECT s.url, extract(epoch FROM c.checked_at)::float8, c.ok, c.status_code::int4, c.duration_us,
                         ARRAY[c.dns_us, c.connect_us, c.tls_us, c.ttfb_us, c.transfer_us],
                         c.http_version::int4, c.tls_version::int4, c.cert_days_left::int4, c.response_bytes,
-                        host(c.ip), c.error_kind, c.error_message, c.extra, c.\"partition\", c.\"offset\",
+                        host('0.0.0.0'::inet + (c.ipv4::int8 & 4294967295)), c.error_kind, c.error_message, c.extra,
+                        c.ip IS NULL, c.insert_delay_ms IS NOT NULL,
                         extract(epoch FROM s.checked_at)::float8, s.data, r.record
                  FROM \"{schema}\".site_check c JOIN \"{schema}\".site s ON s.id = c.site_id
-                 JOIN \"{schema}\".site_check_record r ON r.\"offset\" = c.\"offset\"
-                 ORDER BY c.\"offset\""
+                 JOIN \"{schema}\".site_check_record r ON r.checked_at = c.checked_at AND r.url = s.url
+                 ORDER BY c.checked_at"
             ),
             &[],
         )
@@ -243,7 +244,11 @@ async fn source_schema_records_fill_the_columns() {
         None,
         "every field has a column"
     );
-    assert_eq!((r.get::<_, i32>(14), r.get::<_, i64>(15)), (0, 0));
+    assert_eq!(
+        (r.get::<_, bool>(14), r.get::<_, bool>(15)),
+        (true, true),
+        "an IPv4 address in ipv4 alone; the delay to the write kept"
+    );
     assert!(
         (r.get::<_, f64>(16) - at).abs() < 1e-6,
         "site.checked_at is the record's"

@@ -48,7 +48,7 @@ async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
     let gap: f64 = db
         .query_one(
             // Each history row is stamped with the clock time it was written.
-            &format!("SELECT extract(epoch FROM max(inserted_at) - min(inserted_at))::float8 FROM \"{schema}\".site_check"),
+            &format!("SELECT extract(epoch FROM max(inserted_at) - min(inserted_at))::float8 FROM \"{schema}\".site_check_record"),
             &[],
         )
         .await
@@ -198,7 +198,8 @@ async fn with_room_for_one_connection_two_writers_still_store_everything_once() 
     t.assert_exactly_once(n as i64).await;
     let partitions: i64 = db
         .query_one(
-            &format!("SELECT count(DISTINCT \"partition\") FROM \"{schema}\".site_check"),
+            // The fleet rollups are kept per Kafka partition.
+            &format!("SELECT count(DISTINCT shard) FROM \"{schema}\".site_fleet_per_day"),
             &[],
         )
         .await
