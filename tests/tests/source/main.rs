@@ -17,6 +17,7 @@ mod config;
 mod lifecycle;
 mod metrics;
 mod records;
+mod schema;
 mod timings;
 
 use std::path::Path;
