@@ -51,6 +51,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod postgres;
+pub mod preflight;
 pub mod readiness;
 pub mod rollup;
 pub mod row;

@@ -31,7 +31,8 @@
 //! - [`publish`]: the Kafka producer (or stdout), delivery accounting and
 //!   backpressure;
 //! - [`metrics`]: metric names and their recording;
-//! - [`limits`]: the open-file limit.
+//! - [`limits`]: the open-file limit;
+//! - [`preflight`]: `--check-live`, reaching Kafka and the topic.
 //!
 //! [`start`] wires them: it resolves the sites, deals them over the check
 //! threads (each builds one HTTP client per distinct TLS/keep-alive setting),
@@ -51,6 +52,7 @@ pub mod hash;
 pub mod lanes;
 pub mod limits;
 pub mod metrics;
+pub mod preflight;
 pub mod publish;
 pub mod record;
 pub mod schedule;

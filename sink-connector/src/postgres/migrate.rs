@@ -165,6 +165,7 @@ impl Tables {
             "fleet_per_day" => self.fleet_per_day.clone(),
             "fleet_rollup" => qualified("_fleet_rollup"),
             "fleet" => qualified("_fleet"),
+            "fleet_fill" => qualified("_fleet_fill"),
             "counts_add" => qualified("_counts_add"),
             "error_kind" => qualified("_error_kind"),
             "make_partitions" => qualified("_make_partitions"),

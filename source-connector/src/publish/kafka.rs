@@ -146,7 +146,7 @@ impl KafkaPublisher {
         self.stop_waiting.cancel();
     }
 
-    /// Queues one record (with [`record_headers`]); waits for room in a full queue only while Kafka
+    /// Queues one record (with `record_headers`); waits for room in a full queue only while Kafka
     /// is taking records (at most [`ENQUEUE_TIMEOUT`]), else counts it failed.
     pub async fn send(&self, key: &str, payload: &[u8], timestamp_ms: i64) {
         let deadline = Instant::now() + ENQUEUE_TIMEOUT;

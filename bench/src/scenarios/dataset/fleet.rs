@@ -4,7 +4,8 @@
 //! The sink writes a fleet row per (Kafka partition, probe, bucket) in the
 //! same transaction as the per-site rows; here they are computed in SQL from
 //! the generated per-site rows, as if the sites' records had come over
-//! [`SHARDS`] partitions (site `s` on partition `s % SHARDS`).
+//! [`SHARDS`] partitions (site `s` on partition `s % SHARDS`), by the
+//! function migration 8 fills the fleet tables of an upgrade with.
 
 use anyhow::Result;
 use tokio_postgres::Client;
@@ -14,12 +15,13 @@ use crate::report::Figure;
 use website_monitor_sink::migrate::Tables;
 
 /// Kafka partitions the data set's records are taken to have come over.
-const SHARDS: i64 = 4;
+const SHARDS: i32 = 4;
 
-/// Fills each fleet level from the same level's per-site rows (the
-/// partitions exist: they were made with the per-site ones' times).
+/// Fills each fleet level from the same level's per-site rows with the
+/// sink's own `<table>_fleet_fill` (migration 8), site `s` in shard
+/// `s % SHARDS`.
 pub async fn generate(client: &Client, tables: &Tables) -> Result<()> {
-    let make = tables.function("_make_partitions");
+    let fill = tables.function("_fleet_fill");
     for (site, fleet, span) in [
         (&tables.per_day, &tables.fleet_per_day, "30 days"),
         (&tables.per_hour, &tables.fleet_per_hour, "1 day"),
@@ -28,46 +30,13 @@ pub async fn generate(client: &Client, tables: &Tables) -> Result<()> {
         client
             .execute(
                 &format!(
-                    "SELECT {make}($1::text::regclass, min(bucket), max(bucket), '{span}') FROM {site}"
+                    "SELECT {fill}($1::text::regclass, $2::text::regclass, $3::text::interval, $4)"
                 ),
-                &[fleet],
+                &[site, fleet, &span, &SHARDS],
             )
             .await?;
-        client.batch_execute(&fill(site, fleet)).await?;
     }
     Ok(())
-}
-
-/// The statement that fills `fleet` from `site`: counts summed, histograms
-/// merged per bucket key, per (shard, probe, bucket); one pass over each.
-fn fill(site: &str, fleet: &str) -> String {
-    let merged = |column: &str| {
-        format!(
-            "SELECT shard, probe_id, bucket, array_agg((k << 32) | n ORDER BY k) AS a
-             FROM (SELECT (site_id % {SHARDS})::int4 AS shard, probe_id, bucket, e >> 32 AS k,
-                          sum(e & 4294967295)::int8 AS n
-                   FROM {site}, unnest({column}) e GROUP BY 1, 2, 3, 4) AS x
-             GROUP BY 1, 2, 3"
-        )
-    };
-    format!(
-        "INSERT INTO {fleet} (shard, probe_id, bucket, checks, ok, failed, responses,
-                              duration_min_us, duration_max_us, duration_sum_us, cert_days_min,
-                              latency, failures)
-         WITH g AS (
-             SELECT (site_id % {SHARDS})::int4 AS shard, probe_id, bucket,
-                    sum(checks)::int4 AS checks, sum(ok)::int4 AS ok, sum(failed)::int4 AS failed,
-                    sum(responses)::int4 AS responses, min(duration_min_us) AS mn,
-                    max(duration_max_us) AS mx, sum(duration_sum_us)::int8 AS sm,
-                    min(cert_days_min) AS cd
-             FROM {site} GROUP BY 1, 2, 3
-         ), l AS ({latency}), f AS ({failures})
-         SELECT g.shard, g.probe_id, g.bucket, g.checks, g.ok, g.failed, g.responses,
-                g.mn, g.mx, g.sm, g.cd, l.a, f.a
-         FROM g LEFT JOIN l USING (shard, probe_id, bucket) LEFT JOIN f USING (shard, probe_id, bucket)",
-        latency = merged("latency"),
-        failures = merged("failures"),
-    )
 }
 
 /// The fleet's 30-day uptime and percentiles together (`<table>_fleet`), as
