@@ -29,13 +29,17 @@
 //!   refused records, SQL, migrations, error classification.
 //! - [`uri`]: `postgres_uri` parsed once at load, TLS as libpq's `sslmode`
 //!   means it; [`config`]: the `[sink]` section of `connector.toml`.
+//! - [`status`]: site status and incidents (issue 14) — the probe and site
+//!   state machines, the policy of `[sink.status]`, maintenance windows and
+//!   transitions; pure, not wired into the writer yet.
 //! - [`readiness`]: what `/readyz` says; [`metrics`]: metric names;
 //!   [`error`]: why the sink stopped.
 //!
 //! Imports run one way: this file (the composition root) and [`pipeline`]
 //! use everything; [`collect`] → [`kafka`]; [`kafka`] and [`postgres`] →
 //! [`config`], [`readiness`], [`metrics`], [`error`], [`batch`], [`decode`];
-//! [`config`] and [`error`] → [`uri`]; [`batch`] → [`decode`] → [`jsonb`].
+//! [`config`] and [`error`] → [`uri`]; [`config`] → [`status`] (its
+//! `[sink.status]` table), which imports nothing of the sink; [`batch`] → [`decode`] → [`jsonb`].
 //! Nothing imports [`pipeline`] or this file.
 //!
 //! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
@@ -54,6 +58,7 @@ pub mod postgres;
 pub mod readiness;
 pub mod rollup;
 pub mod row;
+pub mod status;
 pub mod uri;
 
 // The paths these modules had before they moved under `postgres`, which

@@ -7,6 +7,7 @@ use connector_common::limits::{check_duration, check_number, text_problem, topic
 use connector_common::listen::ListenAddress;
 use serde::{Deserialize, Serialize};
 
+use crate::status::settings::StatusConfig;
 use crate::uri::PostgresUri;
 
 /// Where a new consumer group starts reading a partition that has no committed offset.
@@ -127,6 +128,10 @@ pub struct SinkConfig {
     /// How long the per-day rollups are kept (30-day partitions). 1 day to 100 years.
     #[serde(with = "humantime_serde")]
     pub rollup_day_retention: Duration,
+    /// Site status policy: thresholds, quorum across probes, maintenance
+    /// windows (`[sink.status]`, see `docs/status.md`). Not used by the
+    /// writer yet.
+    pub status: StatusConfig,
 }
 
 impl Default for SinkConfig {
@@ -159,6 +164,7 @@ impl Default for SinkConfig {
             rollup_minute_retention: DAY * 2,
             rollup_hour_retention: DAY * 35,
             rollup_day_retention: DAY * 400,
+            status: StatusConfig::default(),
         }
     }
 }
@@ -252,6 +258,7 @@ impl Validate for SinkConfig {
         self.check_timeouts(&mut out, &key);
         self.check_record_limits(&mut out, &key);
         self.check_storage(&mut out, &key);
+        out.extend(self.status.validate(&key("status")));
         out
     }
 }

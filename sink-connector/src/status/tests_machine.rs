@@ -1,0 +1,190 @@
+//! One probe's state machine: thresholds, degraded, late records, silence.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::machine::{Check, Observed, ProbeState};
+use super::policy::Thresholds;
+use super::settings::StatusConfig;
+use super::State;
+
+pub(super) fn at(s: i64) -> DateTime<Utc> {
+    // 2027-01-15 08:00:00 UTC, a Friday.
+    DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+}
+
+pub(super) fn thresholds() -> Thresholds {
+    Thresholds::defaults_of(&StatusConfig::default())
+}
+
+pub(super) fn check(probe: &str, s: i64, ok: bool) -> Check<'_> {
+    Check {
+        probe,
+        checked_at: at(s),
+        ok,
+        duration: Some(Duration::from_millis(100)),
+        interval: Some(Duration::from_secs(60)),
+        error_kind: (!ok).then_some("timeout"),
+        position: None,
+    }
+}
+
+/// Feeds `oks` (true: success) one a minute from `start`; the healths after each.
+fn feed(p: &mut ProbeState, t: &Thresholds, start: i64, oks: &[bool]) -> Vec<State> {
+    oks.iter()
+        .enumerate()
+        .map(|(i, ok)| {
+            p.observe(&check("eu", start + 60 * i as i64, *ok), t, false);
+            p.health
+        })
+        .collect()
+}
+
+#[test]
+fn a_new_probe_is_unknown_until_a_threshold_is_met() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    assert_eq!(feed(&mut p, &t, 0, &[true, true]), [State::Unknown, State::Up]);
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    let got = feed(&mut p, &t, 0, &[false, false, false]);
+    assert_eq!(got, [State::Unknown, State::Unknown, State::Down]);
+    assert_eq!(p.since, at(120));
+    assert_eq!(p.last_error.as_deref(), Some("timeout"));
+}
+
+#[test]
+fn down_after_failure_threshold_and_up_after_success_threshold() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    feed(&mut p, &t, 0, &[true, true]);
+    let got = feed(&mut p, &t, 120, &[false, false, false, true, true]);
+    use State::*;
+    assert_eq!(got, [Up, Up, Down, Down, Up]);
+    assert_eq!((p.fails, p.oks), (0, 2));
+}
+
+#[test]
+fn flapping_never_meets_a_threshold() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    feed(&mut p, &t, 0, &[true, true]);
+    let flaps = [false, true, false, false, true, false, false, true, false];
+    assert!(feed(&mut p, &t, 120, &flaps).iter().all(|s| *s == State::Up));
+    // And once down, single successes do not bring it back.
+    feed(&mut p, &t, 1000, &[false, false, false]);
+    let got = feed(&mut p, &t, 2000, &[true, false, true, false, true]);
+    assert!(got.iter().all(|s| *s == State::Down), "{got:?}");
+}
+
+#[test]
+fn slow_successes_make_it_degraded_and_fast_ones_up_again() {
+    let mut t = thresholds();
+    t.degraded_after = Some(Duration::from_secs(1));
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    feed(&mut p, &t, 0, &[true, true]);
+    let slow = |s: i64| Check {
+        duration: Some(Duration::from_millis(1500)),
+        ..check("eu", s, true)
+    };
+    let mut got = Vec::new();
+    for s in [200, 260, 320] {
+        p.observe(&slow(s), &t, false);
+        got.push(p.health);
+    }
+    assert_eq!(got, [State::Up, State::Up, State::Degraded]);
+    // Exactly the threshold is not slower.
+    let exact = Check {
+        duration: Some(Duration::from_secs(1)),
+        ..check("eu", 380, true)
+    };
+    p.observe(&exact, &t, false);
+    assert_eq!(p.health, State::Degraded);
+    p.observe(&check("eu", 440, true), &t, false);
+    assert_eq!(p.health, State::Up);
+    // A slow success counts as a success: it brings a down probe back, degraded.
+    feed(&mut p, &t, 500, &[false, false, false]);
+    p.observe(&slow(700), &t, false);
+    p.observe(&slow(760), &t, false);
+    assert_eq!(p.health, State::Degraded);
+}
+
+#[test]
+fn no_degraded_state_without_degraded_after() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    for s in 0..10 {
+        let c = Check {
+            duration: Some(Duration::from_secs(30)),
+            ..check("eu", s * 60, true)
+        };
+        p.observe(&c, &t, false);
+    }
+    assert_eq!(p.health, State::Up);
+}
+
+#[test]
+fn late_and_repeated_records_move_nothing() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    feed(&mut p, &t, 0, &[true, true, false, false]);
+    let before = p.clone();
+    assert_eq!(p.observe(&check("eu", 100, false), &t, false), Observed::Late);
+    assert_eq!(p.observe(&check("eu", 180, false), &t, false), Observed::Late);
+    assert_eq!(p, before);
+    assert_eq!(
+        p.observe(&check("eu", 181, false), &t, false),
+        Observed::Changed {
+            from: State::Up,
+            to: State::Down
+        }
+    );
+}
+
+#[test]
+fn checks_in_a_window_move_no_counter() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    feed(&mut p, &t, 0, &[true, true, false, false]);
+    for s in 0..10 {
+        assert_eq!(p.observe(&check("eu", 300 + s, false), &t, true), Observed::Frozen);
+    }
+    assert_eq!((p.health, p.fails), (State::Up, 2));
+    assert_eq!(p.last_checked_at, Some(at(309)));
+    p.observe(&check("eu", 400, false), &t, false);
+    assert_eq!(p.health, State::Down);
+}
+
+#[test]
+fn silence_follows_the_records_interval() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    let c = Check {
+        interval: Some(Duration::from_secs(10)),
+        ..check("eu", 0, true)
+    };
+    p.observe(&c, &t, false);
+    // Unknown probes have no silence deadline.
+    assert_eq!(p.silent_at(&t), None);
+    p.observe(&Check { checked_at: at(10), ..c.clone() }, &t, false);
+    assert_eq!(p.silent_at(&t), Some(at(40)));
+    // Without an interval: default_interval (60s); a silly one is clamped.
+    p.observe(&Check { interval: None, ..check("eu", 20, true) }, &t, false);
+    assert_eq!(p.silent_at(&t), Some(at(200)));
+    let tiny = Check {
+        interval: Some(Duration::from_nanos(1)),
+        ..check("eu", 30, true)
+    };
+    p.observe(&tiny, &t, false);
+    assert_eq!(p.interval, Duration::from_millis(100));
+}
+
+#[test]
+fn a_probe_back_from_silence_starts_over() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    feed(&mut p, &t, 0, &[true, true, false]);
+    p.go_silent(at(1000));
+    assert_eq!((p.health, p.fails, p.oks, p.since), (State::Unknown, 0, 0, at(1000)));
+    assert_eq!(feed(&mut p, &t, 2000, &[true, true]), [State::Unknown, State::Up]);
+}
