@@ -273,7 +273,12 @@ fn every_key_that_cannot_be_parsed_is_reported_not_only_the_first() {
 fn status_defaults() {
     let s = load("").unwrap().status;
     assert_eq!(
-        (s.failure_threshold, s.success_threshold, s.unknown_after, s.min_probes_down),
+        (
+            s.failure_threshold,
+            s.success_threshold,
+            s.unknown_after,
+            s.min_probes_down
+        ),
         (3, 2, 3, 1)
     );
     assert_eq!(s.degraded_after, None);
@@ -310,23 +315,54 @@ timezone = "Europe/Berlin"
     assert_eq!(shop.default_interval, Duration::from_secs(30));
     assert_eq!(shop.degraded_after, Some(Duration::from_secs(2)));
     let other = policy.for_url("https://www.example/");
-    assert_eq!((other.min_probes_down, other.probes_down_fraction), (1, Some(0.5)));
+    assert_eq!(
+        (other.min_probes_down, other.probes_down_fraction),
+        (1, Some(0.5))
+    );
     assert_eq!(policy.recurring()[0].name(), "backup");
 }
 
 #[test]
 fn bad_status_values_are_refused_under_their_keys() {
-    let window = "[[sink.status.maintenance]]\nurls = \".\"\nstart = \"02:00\"\nduration = \"30m\"\n";
+    let window =
+        "[[sink.status.maintenance]]\nurls = \".\"\nstart = \"02:00\"\nduration = \"30m\"\n";
     for (text, key) in [
-        ("[sink.status]\nfailure_threshold = 0\n", "sink.status.failure_threshold"),
-        ("[sink.status]\nsuccess_threshold = 1001\n", "sink.status.success_threshold"),
-        ("[sink.status]\nunknown_after = 0\n", "sink.status.unknown_after"),
-        ("[sink.status]\nmin_probes_down = 0\n", "sink.status.min_probes_down"),
-        ("[sink.status]\nprobes_down_fraction = 0.0\n", "sink.status.probes_down_fraction"),
-        ("[sink.status]\nprobes_down_fraction = 1.5\n", "sink.status.probes_down_fraction"),
-        ("[sink.status]\ndegraded_after = \"2h\"\n", "sink.status.degraded_after"),
-        ("[sink.status]\ndefault_interval = \"1ms\"\n", "sink.status.default_interval"),
-        ("[[sink.status.rules]]\nurls = \"(\"\n", "sink.status.rules[0].urls"),
+        (
+            "[sink.status]\nfailure_threshold = 0\n",
+            "sink.status.failure_threshold",
+        ),
+        (
+            "[sink.status]\nsuccess_threshold = 1001\n",
+            "sink.status.success_threshold",
+        ),
+        (
+            "[sink.status]\nunknown_after = 0\n",
+            "sink.status.unknown_after",
+        ),
+        (
+            "[sink.status]\nmin_probes_down = 0\n",
+            "sink.status.min_probes_down",
+        ),
+        (
+            "[sink.status]\nprobes_down_fraction = 0.0\n",
+            "sink.status.probes_down_fraction",
+        ),
+        (
+            "[sink.status]\nprobes_down_fraction = 1.5\n",
+            "sink.status.probes_down_fraction",
+        ),
+        (
+            "[sink.status]\ndegraded_after = \"2h\"\n",
+            "sink.status.degraded_after",
+        ),
+        (
+            "[sink.status]\ndefault_interval = \"1ms\"\n",
+            "sink.status.default_interval",
+        ),
+        (
+            "[[sink.status.rules]]\nurls = \"(\"\n",
+            "sink.status.rules[0].urls",
+        ),
         (
             "[[sink.status.rules]]\nurls = \".\"\nfailure_threshold = 0\n",
             "sink.status.rules[0].failure_threshold",
@@ -352,6 +388,7 @@ fn bad_status_values_are_refused_under_their_keys() {
         assert!(e.contains(key), "{text}: {e}");
     }
     // A rule's unset keys are not reported again when a default is bad.
-    let e = load("[sink.status]\nfailure_threshold = 0\n[[sink.status.rules]]\nurls = \".\"\n").unwrap_err();
+    let e = load("[sink.status]\nfailure_threshold = 0\n[[sink.status.rules]]\nurls = \".\"\n")
+        .unwrap_err();
     assert!(!e.contains("rules[0]"), "{e}");
 }

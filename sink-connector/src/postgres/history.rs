@@ -207,7 +207,7 @@ async fn copy(
             ])
             .await?;
     }
-    Ok(writer.finish().await?)
+    writer.finish().await
 }
 
 /// Adds the rollup counts of `level` in one statement.

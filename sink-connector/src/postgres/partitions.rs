@@ -143,10 +143,10 @@ impl Layout {
     }
 
     /// The partition of `table` each time in `times` needs.
-    pub fn needs<'a>(
-        table: &'a Partitioned,
+    pub fn needs(
+        table: &Partitioned,
         times: impl IntoIterator<Item = SystemTime>,
-    ) -> BTreeSet<(&'a Partitioned, SystemTime)> {
+    ) -> BTreeSet<(&Partitioned, SystemTime)> {
         times.into_iter().map(|t| (table, table.start(t))).collect()
     }
 

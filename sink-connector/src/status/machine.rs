@@ -113,13 +113,16 @@ impl ProbeState {
     /// Feeds one check; `in_window`: a maintenance window covers the site at
     /// the check's `checked_at`.
     pub fn observe(&mut self, check: &Check<'_>, t: &Thresholds, in_window: bool) -> Observed {
-        if self.last_checked_at.is_some_and(|last| check.checked_at <= last) {
+        if self
+            .last_checked_at
+            .is_some_and(|last| check.checked_at <= last)
+        {
             return Observed::Late;
         }
         self.last_checked_at = Some(check.checked_at);
-        self.interval = check
-            .interval
-            .map_or(t.default_interval, |i| i.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1));
+        self.interval = check.interval.map_or(t.default_interval, |i| {
+            i.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1)
+        });
         if in_window {
             return Observed::Frozen;
         }
@@ -180,7 +183,10 @@ impl ProbeState {
         }
         let last = self.last_checked_at?;
         let silence = TimeDelta::from_std(t.silence(self.interval)).unwrap_or(TimeDelta::MAX);
-        Some(last.checked_add_signed(silence).unwrap_or(DateTime::<Utc>::MAX_UTC))
+        Some(
+            last.checked_add_signed(silence)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
     }
 
     /// Silent since `at`: unknown, counters at zero (it votes again once a

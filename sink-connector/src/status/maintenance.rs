@@ -155,7 +155,13 @@ pub fn parse_hhmm(text: &str) -> Result<NaiveTime, String> {
         )
     };
     let b = text.as_bytes();
-    if b.len() != 5 || b[2] != b':' || !b.iter().enumerate().all(|(i, c)| i == 2 || c.is_ascii_digit()) {
+    if b.len() != 5
+        || b[2] != b':'
+        || !b
+            .iter()
+            .enumerate()
+            .all(|(i, c)| i == 2 || c.is_ascii_digit())
+    {
         return Err(bad());
     }
     let h = u32::from(b[0] - b'0') * 10 + u32::from(b[1] - b'0');

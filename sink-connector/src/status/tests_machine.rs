@@ -45,7 +45,10 @@ fn feed(p: &mut ProbeState, t: &Thresholds, start: i64, oks: &[bool]) -> Vec<Sta
 fn a_new_probe_is_unknown_until_a_threshold_is_met() {
     let t = thresholds();
     let mut p = ProbeState::new(at(0), t.default_interval);
-    assert_eq!(feed(&mut p, &t, 0, &[true, true]), [State::Unknown, State::Up]);
+    assert_eq!(
+        feed(&mut p, &t, 0, &[true, true]),
+        [State::Unknown, State::Up]
+    );
     let mut p = ProbeState::new(at(0), t.default_interval);
     let got = feed(&mut p, &t, 0, &[false, false, false]);
     assert_eq!(got, [State::Unknown, State::Unknown, State::Down]);
@@ -70,7 +73,9 @@ fn flapping_never_meets_a_threshold() {
     let mut p = ProbeState::new(at(0), t.default_interval);
     feed(&mut p, &t, 0, &[true, true]);
     let flaps = [false, true, false, false, true, false, false, true, false];
-    assert!(feed(&mut p, &t, 120, &flaps).iter().all(|s| *s == State::Up));
+    assert!(feed(&mut p, &t, 120, &flaps)
+        .iter()
+        .all(|s| *s == State::Up));
     // And once down, single successes do not bring it back.
     feed(&mut p, &t, 1000, &[false, false, false]);
     let got = feed(&mut p, &t, 2000, &[true, false, true, false, true]);
@@ -129,8 +134,14 @@ fn late_and_repeated_records_move_nothing() {
     let mut p = ProbeState::new(at(0), t.default_interval);
     feed(&mut p, &t, 0, &[true, true, false, false]);
     let before = p.clone();
-    assert_eq!(p.observe(&check("eu", 100, false), &t, false), Observed::Late);
-    assert_eq!(p.observe(&check("eu", 180, false), &t, false), Observed::Late);
+    assert_eq!(
+        p.observe(&check("eu", 100, false), &t, false),
+        Observed::Late
+    );
+    assert_eq!(
+        p.observe(&check("eu", 180, false), &t, false),
+        Observed::Late
+    );
     assert_eq!(p, before);
     assert_eq!(
         p.observe(&check("eu", 181, false), &t, false),
@@ -147,7 +158,10 @@ fn checks_in_a_window_move_no_counter() {
     let mut p = ProbeState::new(at(0), t.default_interval);
     feed(&mut p, &t, 0, &[true, true, false, false]);
     for s in 0..10 {
-        assert_eq!(p.observe(&check("eu", 300 + s, false), &t, true), Observed::Frozen);
+        assert_eq!(
+            p.observe(&check("eu", 300 + s, false), &t, true),
+            Observed::Frozen
+        );
     }
     assert_eq!((p.health, p.fails), (State::Up, 2));
     assert_eq!(p.last_checked_at, Some(at(309)));
@@ -166,10 +180,24 @@ fn silence_follows_the_records_interval() {
     p.observe(&c, &t, false);
     // Unknown probes have no silence deadline.
     assert_eq!(p.silent_at(&t), None);
-    p.observe(&Check { checked_at: at(10), ..c.clone() }, &t, false);
+    p.observe(
+        &Check {
+            checked_at: at(10),
+            ..c.clone()
+        },
+        &t,
+        false,
+    );
     assert_eq!(p.silent_at(&t), Some(at(40)));
     // Without an interval: default_interval (60s); a silly one is clamped.
-    p.observe(&Check { interval: None, ..check("eu", 20, true) }, &t, false);
+    p.observe(
+        &Check {
+            interval: None,
+            ..check("eu", 20, true)
+        },
+        &t,
+        false,
+    );
     assert_eq!(p.silent_at(&t), Some(at(200)));
     let tiny = Check {
         interval: Some(Duration::from_nanos(1)),
@@ -185,6 +213,12 @@ fn a_probe_back_from_silence_starts_over() {
     let mut p = ProbeState::new(at(0), t.default_interval);
     feed(&mut p, &t, 0, &[true, true, false]);
     p.go_silent(at(1000));
-    assert_eq!((p.health, p.fails, p.oks, p.since), (State::Unknown, 0, 0, at(1000)));
-    assert_eq!(feed(&mut p, &t, 2000, &[true, true]), [State::Unknown, State::Up]);
+    assert_eq!(
+        (p.health, p.fails, p.oks, p.since),
+        (State::Unknown, 0, 0, at(1000))
+    );
+    assert_eq!(
+        feed(&mut p, &t, 2000, &[true, true]),
+        [State::Unknown, State::Up]
+    );
 }

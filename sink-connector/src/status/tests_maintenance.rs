@@ -30,7 +30,9 @@ fn parsed(days: &[DayOfWeek], start: &str, minutes: u64, tz: &str) -> RecurringW
 fn hh_mm_is_strict() {
     assert_eq!(parse_hhmm("02:00").unwrap().to_string(), "02:00:00");
     assert_eq!(parse_hhmm("23:59").unwrap().to_string(), "23:59:00");
-    for bad in ["2:00", "24:00", "12:60", "12-00", "12:00:00", "", "ab:cd", "+1:00"] {
+    for bad in [
+        "2:00", "24:00", "12:60", "12-00", "12:00:00", "", "ab:cd", "+1:00",
+    ] {
         assert!(parse_hhmm(bad).is_err(), "{bad}");
     }
 }
@@ -93,10 +95,12 @@ fn windows_cross_midnight_from_their_start_day() {
     let w = parsed(&[DayOfWeek::Fri], "22:00", 240, "UTC");
     assert!(w.covering(utc(2027, 1, 16, 1, 0)).is_some()); // Saturday
     assert!(w.covering(utc(2027, 1, 17, 1, 0)).is_none()); // Sunday
-    // Every day (empty weekdays), a window of 7 days covers always.
+                                                           // Every day (empty weekdays), a window of 7 days covers always.
     let always = parsed(&[], "00:00", 7 * 24 * 60, "Asia/Kolkata");
     for h in 0..200 {
-        assert!(always.covering(utc(2027, 1, 1, 0, 0) + chrono::TimeDelta::hours(h)).is_some());
+        assert!(always
+            .covering(utc(2027, 1, 1, 0, 0) + chrono::TimeDelta::hours(h))
+            .is_some());
     }
 }
 
@@ -104,8 +108,14 @@ fn windows_cross_midnight_from_their_start_day() {
 fn next_boundary_is_the_next_start_or_end() {
     let w = parsed(&[DayOfWeek::Mon], "02:00", 30, "Europe/Berlin");
     // Friday 2027-01-15: next is Monday's start.
-    assert_eq!(w.next_boundary(utc(2027, 1, 15, 8, 0)), Some(utc(2027, 1, 18, 1, 0)));
-    assert_eq!(w.next_boundary(utc(2027, 1, 18, 1, 0)), Some(utc(2027, 1, 18, 1, 30)));
+    assert_eq!(
+        w.next_boundary(utc(2027, 1, 15, 8, 0)),
+        Some(utc(2027, 1, 18, 1, 0))
+    );
+    assert_eq!(
+        w.next_boundary(utc(2027, 1, 18, 1, 0)),
+        Some(utc(2027, 1, 18, 1, 30))
+    );
 }
 
 #[test]
@@ -134,12 +144,23 @@ fn bad_entries_are_refused_under_their_keys() {
 fn adhoc_windows_by_site_or_pattern() {
     let (from, to) = (utc(2027, 1, 15, 8, 0), utc(2027, 1, 15, 9, 0));
     let by_site = AdHocWindow::new(1, Some(7), Some("never"), from, to, None).unwrap();
-    let by_url = AdHocWindow::new(2, None, Some("^https://api\\."), from, to, Some("db upgrade".into())).unwrap();
+    let by_url = AdHocWindow::new(
+        2,
+        None,
+        Some("^https://api\\."),
+        from,
+        to,
+        Some("db upgrade".into()),
+    )
+    .unwrap();
     assert_eq!(
         AdHocWindow::new(3, None, None, from, to, None).unwrap_err(),
         AdHocError::NoTarget(3)
     );
-    assert_eq!(AdHocWindow::new(4, Some(1), None, to, from, None).unwrap_err(), AdHocError::Empty(4));
+    assert_eq!(
+        AdHocWindow::new(4, Some(1), None, to, from, None).unwrap_err(),
+        AdHocError::Empty(4)
+    );
     assert!(matches!(
         AdHocWindow::new(5, None, Some("("), from, to, None),
         Err(AdHocError::BadPattern { id: 5, .. })
@@ -149,7 +170,10 @@ fn adhoc_windows_by_site_or_pattern() {
     assert_eq!(site7.covering(from).unwrap().name, "maintenance window 1");
     assert_eq!(site7.covering(to), None);
     let api = Windows::for_site(&[], &adhoc, 8, "https://api.example/");
-    assert_eq!(api.covering(utc(2027, 1, 15, 8, 30)).unwrap().name, "db upgrade");
+    assert_eq!(
+        api.covering(utc(2027, 1, 15, 8, 30)).unwrap().name,
+        "db upgrade"
+    );
     assert_eq!(api.next_boundary(utc(2027, 1, 15, 7, 0)), Some(from));
     let other = Windows::for_site(&[], &adhoc, 9, "https://www.example/");
     assert_eq!(other.covering(from), None);

@@ -55,7 +55,13 @@ impl<'w> Run<'w> {
 
     /// Every probe in `probes` checks once a minute for `minutes` minutes
     /// from `from` seconds; `ok(probe, minute)` says whether it succeeds.
-    fn minutes(&mut self, probes: &[&str], from: i64, minutes: i64, ok: impl Fn(&str, i64) -> bool) {
+    fn minutes(
+        &mut self,
+        probes: &[&str],
+        from: i64,
+        minutes: i64,
+        ok: impl Fn(&str, i64) -> bool,
+    ) {
         for m in 0..minutes {
             for (i, p) in probes.iter().enumerate() {
                 self.check(p, from + m * 60 + i as i64, ok(p, m));
@@ -102,16 +108,17 @@ fn three_probes_one_failing_is_no_down_two_failing_is_one_down() {
     let probes = ["ap", "eu", "us"];
     r.minutes(&probes, 0, 2, |_, _| true);
     assert_eq!(r.moves(), [(Unknown, Up)]);
-    // eu fails for ten minutes: eu says down, the site stays up.
-    r.minutes(&probes, 200, 10, |p, _| p != "eu");
+    // eu fails for ten minutes: eu says down, the site stays up. (Blocks
+    // follow each other: a gap over 3 intervals would make probes silent.)
+    r.minutes(&probes, 120, 10, |p, _| p != "eu");
     assert_eq!(r.site.probes["eu"].health, Down);
     assert_eq!((r.site.status.state, r.site.status.probes_down), (Up, 1));
     assert_eq!(r.moves().len(), 1);
     // us fails too: down at us's third failure, exactly once.
-    r.minutes(&probes, 1000, 10, |p, _| p == "ap");
+    r.minutes(&probes, 720, 10, |p, _| p == "ap");
     assert_eq!(r.moves(), [(Unknown, Up), (Up, Down)]);
     let down = &r.seen[1];
-    assert_eq!(down.at, at(1000 + 2 * 60 + 2));
+    assert_eq!(down.at, at(720 + 2 * 60 + 2));
     assert_eq!(
         down.reason,
         "2 of 3 voting probes down (eu: 13 consecutive failures, timeout; us: 3 consecutive failures, timeout)"
@@ -120,9 +127,9 @@ fn three_probes_one_failing_is_no_down_two_failing_is_one_down() {
     assert_eq!(down.probes["us"], Down);
     // Recovery: one transition back, at eu's second success (us alone
     // down is below the quorum); none when us recovers.
-    r.minutes(&probes, 2000, 5, |_, _| true);
+    r.minutes(&probes, 1320, 5, |_, _| true);
     assert_eq!(r.moves(), [(Unknown, Up), (Up, Down), (Down, Up)]);
-    assert_eq!(r.seen[2].at, at(2000 + 60 + 1));
+    assert_eq!(r.seen[2].at, at(1320 + 60 + 1));
     assert_eq!(r.site.status.probes_up, 3);
 }
 
@@ -133,9 +140,9 @@ fn a_fraction_of_the_voting_probes_may_be_required() {
     let mut r = Run::new(t, Windows::default());
     let probes = ["a", "b", "c", "d"];
     r.minutes(&probes, 0, 2, |_, _| true);
-    r.minutes(&probes, 200, 5, |p, _| p != "a");
+    r.minutes(&probes, 120, 5, |p, _| p != "a");
     assert_eq!(r.site.status.state, Up, "1 of 4 is below half");
-    r.minutes(&probes, 1000, 5, |p, _| p == "c" || p == "d");
+    r.minutes(&probes, 420, 5, |p, _| p == "c" || p == "d");
     assert_eq!(r.site.status.state, Down, "2 of 4 is half");
     assert_eq!(r.moves(), [(Unknown, Up), (Up, Down)]);
 }
@@ -153,12 +160,23 @@ fn a_silent_probe_becomes_unknown_not_down_and_does_not_vote() {
     assert_eq!(r.site.probes["us"].health, Unknown);
     assert_eq!(r.site.probes["us"].since, at(62 + 180));
     assert_eq!(r.site.status.state, Up);
-    assert_eq!((r.site.status.probes_up, r.site.status.probes_unknown), (2, 1));
-    assert_eq!(r.moves(), [(Unknown, Up)], "no transition for a silent probe");
+    assert_eq!(
+        (r.site.status.probes_up, r.site.status.probes_unknown),
+        (2, 1)
+    );
+    assert_eq!(
+        r.moves(),
+        [(Unknown, Up)],
+        "no transition for a silent probe"
+    );
     // The two voting probes fail: down, from 2 of 2 voting probes.
-    r.minutes(&["ap", "eu"], 1000, 3, |_, _| false);
+    r.minutes(&["ap", "eu"], 420, 3, |_, _| false);
     assert_eq!(r.moves(), [(Unknown, Up), (Up, Down)]);
-    assert!(r.seen[1].reason.starts_with("2 of 2 voting probes down"), "{}", r.seen[1].reason);
+    assert!(
+        r.seen[1].reason.starts_with("2 of 2 voting probes down"),
+        "{}",
+        r.seen[1].reason
+    );
     assert_eq!(r.seen[1].probes["us"], Unknown);
 }
 
@@ -171,7 +189,10 @@ fn a_site_whose_only_probe_stops_is_unknown_after_a_sweep() {
     let Swept::Changed(Some(tr)) = r.sweep(301) else {
         panic!("the sweep at 301 s finds eu silent")
     };
-    assert_eq!((tr.from, tr.to, tr.at, tr.position), (Up, Unknown, at(301), None));
+    assert_eq!(
+        (tr.from, tr.to, tr.at, tr.position),
+        (Up, Unknown, at(301), None)
+    );
     assert!(tr.reason.starts_with("no voting probe"), "{}", tr.reason);
     assert_eq!(r.sweep(400), Swept::Idle);
     // Back: unknown until success_threshold checks.
@@ -188,7 +209,10 @@ fn below_the_quorum_without_an_up_probe_the_site_is_unknown() {
     let mut r = Run::new(t, Windows::default());
     r.minutes(&["eu"], 0, 5, |_, _| false);
     assert_eq!(r.site.probes["eu"].health, Down);
-    assert_eq!(r.site.status.state, Unknown, "one down probe of one cannot make 2");
+    assert_eq!(
+        r.site.status.state, Unknown,
+        "one down probe of one cannot make 2"
+    );
     assert!(r.seen.is_empty());
 }
 
@@ -220,7 +244,10 @@ fn a_maintenance_window_on_a_dst_day_holds_transitions_back() {
     // 02:30 UTC: the window ends at the next record; the probes' health is
     // what it was before: up.
     r.minutes(&["eu", "us"], s(start) + 90 * 60, 1, |_, _| true);
-    assert_eq!(r.moves(), [(Unknown, Up), (Up, Maintenance), (Maintenance, Up)]);
+    assert_eq!(
+        r.moves(),
+        [(Unknown, Up), (Up, Maintenance), (Maintenance, Up)]
+    );
     assert_eq!(r.seen[2].at, at(s(start) + 90 * 60));
     assert_eq!(r.seen[2].position.unwrap().offset, r.offset - 1);
     // After it, failures count again.
@@ -232,7 +259,10 @@ fn a_maintenance_window_on_a_dst_day_holds_transitions_back() {
 fn a_record_late_for_the_site_does_not_take_it_out_of_maintenance() {
     let (from, to) = (at(300), at(900));
     let adhoc = [AdHocWindow::new(1, Some(42), None, from, to, Some("deploy".into())).unwrap()];
-    let mut r = Run::new(thresholds(), Windows::for_site(&[], &adhoc, 42, "https://x/"));
+    let mut r = Run::new(
+        thresholds(),
+        Windows::for_site(&[], &adhoc, 42, "https://x/"),
+    );
     r.minutes(&["eu", "us"], 0, 2, |_, _| true);
     r.check("eu", 310, true);
     assert_eq!(r.site.status.state, Maintenance);

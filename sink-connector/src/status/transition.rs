@@ -84,14 +84,21 @@ pub(super) fn evaluate(
         return (State::Down, with_details(why, probes, &[State::Down], t));
     }
     if t.quorum(down + degraded, voting) {
-        let why = format!("{} of {voting} voting probes degraded or down", down + degraded);
+        let why = format!(
+            "{} of {voting} voting probes degraded or down",
+            down + degraded
+        );
         let states = [State::Degraded, State::Down];
         return (State::Degraded, with_details(why, probes, &states, t));
     }
     if up > 0 {
         let mut why = format!("{up} of {voting} voting probes up");
         if down + degraded > 0 {
-            let _ = write!(why, "; {} degraded or down, below the quorum", down + degraded);
+            let _ = write!(
+                why,
+                "; {} degraded or down, below the quorum",
+                down + degraded
+            );
         }
         return (State::Up, why);
     }
@@ -135,7 +142,11 @@ fn with_details(
             }
             State::Down => {
                 let need = t.success_threshold;
-                let _ = write!(why, "{name}: down, {} of {need} successes to recover", p.oks);
+                let _ = write!(
+                    why,
+                    "{name}: down, {} of {need} successes to recover",
+                    p.oks
+                );
             }
             _ if p.slows > 0 => {
                 let limit = t
@@ -146,7 +157,11 @@ fn with_details(
             }
             _ => {
                 let need = t.success_threshold;
-                let _ = write!(why, "{name}: degraded, {} of {need} fast responses to recover", p.fasts);
+                let _ = write!(
+                    why,
+                    "{name}: degraded, {} of {need} fast responses to recover",
+                    p.fasts
+                );
             }
         }
     }
