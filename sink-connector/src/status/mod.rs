@@ -121,3 +121,5 @@ mod tests_machine;
 mod tests_maintenance;
 #[cfg(test)]
 mod tests_site;
+#[cfg(test)]
+mod tests_timeline;

@@ -222,3 +222,54 @@ fn a_probe_back_from_silence_starts_over() {
         [State::Unknown, State::Up]
     );
 }
+
+#[test]
+fn state_names_round_trip() {
+    for s in State::ALL {
+        assert_eq!(s.as_str().parse::<State>(), Ok(s));
+    }
+    assert!("Up".parse::<State>().is_err());
+    assert_eq!(
+        State::ALL.map(State::votes),
+        [true, true, true, false, false]
+    );
+}
+
+#[test]
+fn the_first_matching_rule_wins() {
+    use super::policy::Policy;
+    use super::settings::StatusRuleConfig;
+    let cfg = StatusConfig {
+        rules: vec![
+            StatusRuleConfig {
+                urls: "^https://shop\\.".into(),
+                failure_threshold: Some(5),
+                ..Default::default()
+            },
+            StatusRuleConfig {
+                urls: "shop".into(),
+                failure_threshold: Some(7),
+                success_threshold: Some(4),
+                ..Default::default()
+            },
+        ],
+        ..StatusConfig::default()
+    };
+    let p = Policy::from_config(&cfg).unwrap();
+    let t = p.for_url("https://shop.example/");
+    assert_eq!((t.failure_threshold, t.success_threshold), (5, 2));
+    assert_eq!(p.for_url("http://myshop/").failure_threshold, 7);
+    assert_eq!(p.for_url("https://www.example/"), &thresholds());
+}
+
+#[test]
+fn quorum_counts_and_shares() {
+    let mut t = thresholds();
+    assert!(!t.quorum(0, 3));
+    assert!(t.quorum(1, 3));
+    t.min_probes_down = 2;
+    assert!(!t.quorum(1, 1));
+    t.probes_down_fraction = Some(0.75);
+    assert!(!t.quorum(2, 3));
+    assert!(t.quorum(3, 4));
+}

@@ -15,16 +15,16 @@ use super::transition::{Position, Transition};
 use super::{Check, State};
 
 /// A site fed through [`Site::apply`], its transitions collected.
-struct Run<'w> {
-    site: Site,
-    t: Thresholds,
-    windows: Windows<'w>,
-    seen: Vec<Transition>,
-    offset: i64,
+pub(super) struct Run<'w> {
+    pub(super) site: Site,
+    pub(super) t: Thresholds,
+    pub(super) windows: Windows<'w>,
+    pub(super) seen: Vec<Transition>,
+    pub(super) offset: i64,
 }
 
 impl<'w> Run<'w> {
-    fn new(t: Thresholds, windows: Windows<'w>) -> Self {
+    pub(super) fn new(t: Thresholds, windows: Windows<'w>) -> Self {
         Run {
             site: Site::new(42, at(0)),
             t,
@@ -35,14 +35,14 @@ impl<'w> Run<'w> {
     }
 
     /// One check of `probe` at `s` seconds, with a Kafka position.
-    fn check(&mut self, probe: &str, s: i64, ok: bool) -> Option<Transition> {
+    pub(super) fn check(&mut self, probe: &str, s: i64, ok: bool) -> Option<Transition> {
         self.feed(Check {
             checked_at: at(0) + chrono::TimeDelta::seconds(s),
             ..check(probe, 0, ok)
         })
     }
 
-    fn feed(&mut self, mut c: Check<'_>) -> Option<Transition> {
+    pub(super) fn feed(&mut self, mut c: Check<'_>) -> Option<Transition> {
         self.offset += 1;
         c.position = Some(Position {
             partition: 0,
@@ -55,7 +55,7 @@ impl<'w> Run<'w> {
 
     /// Every probe in `probes` checks once a minute for `minutes` minutes
     /// from `from` seconds; `ok(probe, minute)` says whether it succeeds.
-    fn minutes(
+    pub(super) fn minutes(
         &mut self,
         probes: &[&str],
         from: i64,
@@ -69,7 +69,7 @@ impl<'w> Run<'w> {
         }
     }
 
-    fn sweep(&mut self, s: i64) -> Swept {
+    pub(super) fn sweep(&mut self, s: i64) -> Swept {
         let got = self.site.sweep(at(s), &self.t, &self.windows);
         if let Swept::Changed(Some(tr)) = &got {
             self.seen.push(tr.clone());
@@ -77,7 +77,7 @@ impl<'w> Run<'w> {
         got
     }
 
-    fn moves(&self) -> Vec<(State, State)> {
+    pub(super) fn moves(&self) -> Vec<(State, State)> {
         self.seen.iter().map(|t| (t.from, t.to)).collect()
     }
 }
