@@ -39,8 +39,8 @@
 //! use everything; [`collect`] → [`kafka`]; [`kafka`] and [`postgres`] →
 //! [`config`], [`readiness`], [`metrics`], [`error`], [`batch`], [`decode`];
 //! [`config`] and [`error`] → [`uri`]; [`config`] → [`status`] (its
-//! `[sink.status]` table), which imports nothing of the sink; [`batch`] → [`decode`] → [`jsonb`].
-//! Nothing imports [`pipeline`] or this file.
+//! `[sink.status]` table), which imports nothing of the sink; [`batch`] →
+//! [`decode`] → [`jsonb`]. Nothing imports [`pipeline`] or this file.
 //!
 //! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
 //! address and stop the sink with the shutdown token.

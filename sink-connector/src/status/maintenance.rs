@@ -109,8 +109,9 @@ impl RecurringWindow {
 
     /// The occurrence covering `t` (start ≤ t < end), if any.
     pub fn covering(&self, t: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
-        // A window lasts at most 7 days: one that covers t started at most 8 local days before.
-        self.around(t, 8, 1)
+        // An occurrence covering t started at most its duration (in whole
+        // days, plus one for the time of day) before t's local date.
+        self.around(t, self.duration.num_days() + 1, 0)
             .filter(|(from, to)| *from <= t && t < *to)
             .max_by_key(|(_, to)| *to)
     }

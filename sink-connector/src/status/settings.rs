@@ -172,7 +172,8 @@ pub struct MaintenanceConfig {
     /// more than zero, at most 7 days.
     #[serde(with = "humantime_serde")]
     pub duration: Duration,
-    /// IANA time zone name of `start` and `weekdays`, e.g. `"Europe/Berlin"`.
+    /// IANA time zone name of `start` and `weekdays`, e.g. `"Europe/Berlin"`;
+    /// default `"UTC"`.
     #[serde(default = "default_timezone")]
     pub timezone: String,
 }
