@@ -19,8 +19,17 @@
 -- the topic does not (a sink reads one topic).
 SET LOCAL lock_timeout = '30s';
 
-ALTER TABLE {{check}} RENAME TO {{check_legacy_name}};
-ALTER INDEX IF EXISTS {{schema}}.{{check_site_time_idx}} RENAME TO {{check_legacy_idx_name}};
+-- An old history with rows is kept aside for the sink to move; an empty
+-- one (a fresh install) goes at once, so nothing is left to move.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM {{check}}) THEN
+        ALTER TABLE {{check}} RENAME TO {{check_legacy_name}};
+        ALTER INDEX IF EXISTS {{schema}}.{{check_site_time_idx}} RENAME TO {{check_legacy_idx_name}};
+    ELSE
+        DROP TABLE {{check}};
+    END IF;
+END $$;
 
 -- Probe names, numbered (a history row holds the number).
 CREATE TABLE IF NOT EXISTS {{probe}} (

@@ -183,6 +183,7 @@ pub(crate) mod tests {
         let mut a = Outcome {
             site_rows: 1,
             check_rows: 2,
+            past_retention: 4,
             rejected: HashMap::from([("empty", 1)]),
             duplicates: 3,
             skipped: vec![skipped(0)],
@@ -191,6 +192,7 @@ pub(crate) mod tests {
         a.merge(Outcome {
             site_rows: 10,
             check_rows: 20,
+            past_retention: 40,
             rejected: HashMap::from([("empty", 2), ("not_json", 5)]),
             duplicates: 30,
             skipped: vec![skipped(1)],
@@ -201,6 +203,7 @@ pub(crate) mod tests {
             Outcome {
                 site_rows: 11,
                 check_rows: 22,
+                past_retention: 44,
                 rejected: HashMap::from([("empty", 3), ("not_json", 5)]),
                 duplicates: 33,
                 skipped: vec![skipped(0), skipped(1)],

@@ -266,7 +266,9 @@ impl Loose<'_> {
                 if !(FIRST_SECOND as f64..=LAST_SECOND as f64).contains(&secs) {
                     return None;
                 }
-                let d = Duration::from_secs_f64(secs.abs());
+                // Rounded to PostgreSQL's microseconds, so the stored time
+                // reads back as the nearest number to the one written.
+                let d = Duration::from_micros((secs.abs() * 1e6).round() as u64);
                 if secs >= 0.0 {
                     UNIX_EPOCH.checked_add(d)
                 } else {

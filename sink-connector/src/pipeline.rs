@@ -52,7 +52,8 @@ use crate::error::SinkError;
 use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
 use crate::kafka::consumer::{fatal_error, leave_static_group, SinkConsumer};
 use crate::metrics as m;
-use crate::postgres::writer::{Shared, Writer, Written};
+use crate::postgres::shared::Shared;
+use crate::postgres::writer::{Writer, Written};
 use crate::readiness::Readiness;
 use crate::uri::PgTarget;
 

@@ -114,7 +114,9 @@ impl SinkTest {
                 .await
                 .expect("an old migration");
             db.execute(
-                &format!("INSERT INTO \"{schema}\".site_migrations (version, name) VALUES ($1, $2)"),
+                &format!(
+                    "INSERT INTO \"{schema}\".site_migrations (version, name) VALUES ($1, $2)"
+                ),
                 &[&m.version, &m.name],
             )
             .await

@@ -652,9 +652,14 @@ fn show_amount(kind: Kind, n: u64) -> String {
     if kind != Kind::Duration {
         return format!("`{n}`");
     }
-    let unit = [(86_400_000, "d"), (3_600_000, "h"), (60_000, "m"), (1_000, "s")]
-        .into_iter()
-        .find(|(ms, _)| n != 0 && n % ms == 0);
+    let unit = [
+        (86_400_000, "d"),
+        (3_600_000, "h"),
+        (60_000, "m"),
+        (1_000, "s"),
+    ]
+    .into_iter()
+    .find(|(ms, _)| n != 0 && n % ms == 0);
     match unit {
         Some((ms, u)) => format!("`{}{u}`", n / ms),
         None => format!("`{n}ms`"),

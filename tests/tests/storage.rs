@@ -47,11 +47,7 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
             .collect::<Vec<_>>(),
     )
     .await;
-    // Two sinks of four writers each start at once: eight movers share the
-    // old table; none may drop it while another still moves a chunk.
-    let config = t.config().set("writers", 4);
-    let ((running, token), (running2, token2)) =
-        tokio::join!(sink::start(&config), sink::start(&config));
+    let (running, token) = sink::start(&t.config()).await;
     t.wait_rows("site_check", records.len() as i64).await;
     sink::stop(running, token).await;
 
@@ -70,29 +66,7 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     sent.sort_by_key(key);
     assert_eq!(back, sent, "every record reads back as it was");
 
-    for level in ["per_minute", "per_hour", "per_day"] {
-        let r = db
-            .query_one(
-                &format!("SELECT sum(checks)::int8, sum(ok)::int8, sum(failed)::int8, sum(responses)::int8, sum(duration_sum_us)::int8 FROM \"{schema}\".site_{level}"),
-                &[],
-            )
-            .await
-            .unwrap();
-        let h = db
-            .query_one(
-                &format!("SELECT count(*), count(*) FILTER (WHERE ok), count(*) FILTER (WHERE NOT ok), count(*) FILTER (WHERE status_code IS NOT NULL), coalesce(sum(duration_us) FILTER (WHERE status_code IS NOT NULL), 0)::int8 FROM \"{schema}\".site_check"),
-                &[],
-            )
-            .await
-            .unwrap();
-        for i in 0..5 {
-            assert_eq!(
-                r.get::<_, i64>(i),
-                h.get::<_, i64>(i),
-                "{level}: column {i} equals a recount from history"
-            );
-        }
-    }
+    assert_rollups_equal_a_recount(db, schema).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -125,7 +99,11 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
         .map(|r| numbers_as_f64(r.get(0)))
         .collect();
 
-    let (running, token) = sink::start(&t.config()).await;
+    // Two sinks of four writers each start at once: eight movers share the
+    // old table; none may drop it while another still moves a chunk.
+    let config = t.config().set("writers", 4);
+    let ((running, token), (running2, token2)) =
+        tokio::join!(sink::start(&config), sink::start(&config));
     let gone = format!("SELECT to_regclass('\"{schema}\".site_check_legacy') IS NULL AND to_regclass('\"{schema}\".site_check_record') IS NOT NULL");
     website_monitor_tests::wait::eventually(
         "the old history table moved and dropped",
@@ -342,7 +320,8 @@ async fn late_early_and_expired_records_and_retention_by_whole_partitions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_least_privileged_sink_facing_the_old_history_stops_and_says_to_start_once_as_the_owner() {
+async fn a_least_privileged_sink_facing_the_old_history_stops_and_says_to_start_once_as_the_owner()
+{
     let t = SinkTest::new("storage_lp_upgrade", 1).await;
     let (db, schema) = (&t.db, &t.schema);
     t.migrate_up_to(5).await;
@@ -359,7 +338,8 @@ async fn a_least_privileged_sink_facing_the_old_history_stops_and_says_to_start_
     t.migrate().await;
     let role = t.least_privileged_role().await;
     let uri = website_monitor_tests::kv_uri(&t.stack.postgres_uri, Some(&role), None, None, None);
-    let mut sink = website_monitor_tests::Proc::spawn("sink", &t.config().set("postgres_uri", uri).text());
+    let mut sink =
+        website_monitor_tests::Proc::spawn("sink", &t.config().set("postgres_uri", uri).text());
     let code = website_monitor_tests::wait::eventually(
         "the least-privileged sink exits",
         website_monitor_tests::wait::WAIT,
@@ -372,13 +352,18 @@ async fn a_least_privileged_sink_facing_the_old_history_stops_and_says_to_start_
     let log = sink.log();
     assert_ne!(code, Some(0), "it fails; log:\n{log}");
     assert!(
-        log.contains("site_check_legacy") && log.contains("start one sink once with the postgres_uri of the role that owns"),
+        log.contains("site_check_legacy")
+            && log.contains("start one sink once with the postgres_uri of the role that owns"),
         "the error names the table and what to do; log:\n{log}"
     );
     // Started once as the owner, the sink moves the rows.
     let (running, token) = sink::start(&t.config()).await;
     t.wait_rows("site_check", 10).await;
     sink::stop(running, token).await;
-    assert_eq!(t.count("site_check_record", "WHERE record->>'n' IS NOT NULL").await, 10);
+    assert_eq!(
+        t.count("site_check_record", "WHERE record->>'n' IS NOT NULL")
+            .await,
+        10
+    );
     t.drop_role(&role).await;
 }

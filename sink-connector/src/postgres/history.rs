@@ -123,6 +123,37 @@ async fn probe_ids(
     Ok(ids)
 }
 
+/// The types of the history columns, in the order the COPY writes them
+/// (`sql::HISTORY_COLUMNS`).
+const HISTORY_TYPES: [Type; 26] = [
+    Type::TIMESTAMPTZ,
+    Type::INT8,
+    Type::INT8,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT4,
+    Type::INT2,
+    Type::INT2,
+    Type::INT2,
+    Type::INT2,
+    Type::INT2,
+    Type::INT2,
+    Type::BOOL,
+    Type::BOOL,
+    Type::TIMESTAMPTZ,
+    Type::INET,
+    Type::TEXT,
+    Type::TEXT,
+    Type::JSONB,
+];
+
 /// Binary COPY of the history rows the retention keeps; returns how many.
 async fn copy(
     tx: &Transaction<'_>,
@@ -132,37 +163,8 @@ async fn copy(
     probe_of: &(dyn Fn(&Check<'_>) -> Option<i32> + Sync),
     now: SystemTime,
 ) -> Result<u64, tokio_postgres::Error> {
-    use Type as T;
-    let types = [
-        T::TIMESTAMPTZ,
-        T::INT8,
-        T::INT8,
-        T::INT4,
-        T::INT4,
-        T::INT4,
-        T::INT4,
-        T::INT4,
-        T::INT4,
-        T::INT4,
-        T::INT4,
-        T::INT4,
-        T::INT4,
-        T::INT2,
-        T::INT2,
-        T::INT2,
-        T::INT2,
-        T::INT2,
-        T::INT2,
-        T::BOOL,
-        T::BOOL,
-        T::TIMESTAMPTZ,
-        T::INET,
-        T::TEXT,
-        T::TEXT,
-        T::JSONB,
-    ];
     let sink = tx.copy_in(&st.copy_check).await?;
-    let writer = BinaryCopyInWriter::new(sink, &types);
+    let writer = BinaryCopyInWriter::new(sink, &HISTORY_TYPES);
     pin_mut!(writer);
     for c in checks.iter().filter(|c| layout.history.keeps(c.at, now)) {
         let r = &c.row;

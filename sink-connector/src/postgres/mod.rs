@@ -16,6 +16,8 @@
 //!   search for them, kept across attempts;
 //! - [`upgrade`]: moving the rows of the history table of migrations
 //!   0001–0005 into the partitioned one;
+//! - [`shared`]: what every writer shares, and opening a writer's
+//!   connection (connect, migrate, prepare, move an old history table);
 //! - [`writer`]: the `writers` connections, each writing its part of a batch
 //!   at once with the others; bounded attempts, retries, readiness.
 //!
@@ -27,6 +29,7 @@ pub mod kept;
 pub mod migrate;
 pub mod partitions;
 pub mod refuse;
+pub mod shared;
 pub mod sql;
 pub mod upgrade;
 pub mod write;

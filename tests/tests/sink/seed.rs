@@ -218,7 +218,13 @@ async fn source_schema_records_fill_the_columns() {
     let timings: Vec<Option<i32>> = r.get(5);
     assert_eq!(
         timings,
-        [Some(2_100), Some(10_300), Some(30_100), Some(120_700), Some(20_900)]
+        [
+            Some(2_100),
+            Some(10_300),
+            Some(30_100),
+            Some(120_700),
+            Some(20_900)
+        ]
     );
     assert_eq!(
         (r.get::<_, Option<i32>>(6), r.get::<_, Option<i32>>(7)),
@@ -227,15 +233,26 @@ async fn source_schema_records_fill_the_columns() {
     );
     assert_eq!(r.get::<_, Option<i32>>(8), Some(301));
     assert_eq!(r.get::<_, Option<i32>>(9), Some(1256));
-    assert_eq!(r.get::<_, Option<String>>(10).as_deref(), Some("93.184.215.14"));
+    assert_eq!(
+        r.get::<_, Option<String>>(10).as_deref(),
+        Some("93.184.215.14")
+    );
     assert_eq!(r.get::<_, Option<String>>(11), None, "no error kind");
-    assert_eq!(r.get::<_, Option<serde_json::Value>>(13), None, "every field has a column");
+    assert_eq!(
+        r.get::<_, Option<serde_json::Value>>(13),
+        None,
+        "every field has a column"
+    );
     assert_eq!((r.get::<_, i32>(14), r.get::<_, i64>(15)), (0, 0));
     assert!(
         (r.get::<_, f64>(16) - at).abs() < 1e-6,
         "site.checked_at is the record's"
     );
-    assert_eq!(r.get::<_, serde_json::Value>(17), ok, "the latest state keeps the record whole");
+    assert_eq!(
+        r.get::<_, serde_json::Value>(17),
+        ok,
+        "the latest state keeps the record whole"
+    );
     assert_eq!(
         numbers_as_f64(r.get(18)),
         numbers_as_f64(ok),
@@ -246,7 +263,10 @@ async fn source_schema_records_fill_the_columns() {
     assert_eq!(r.get::<_, Option<i32>>(3), None, "no response, no status");
     assert_eq!(r.get::<_, Option<i32>>(4), Some(5_000_000));
     assert_eq!(r.get::<_, Option<String>>(11).as_deref(), Some("timeout"));
-    assert_eq!(r.get::<_, Option<String>>(12).as_deref(), Some("no answer in 5s"));
+    assert_eq!(
+        r.get::<_, Option<String>>(12).as_deref(),
+        Some("no answer in 5s")
+    );
     assert_eq!(
         numbers_as_f64(r.get(18)),
         numbers_as_f64(failed),
