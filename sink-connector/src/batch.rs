@@ -187,7 +187,6 @@ pub(crate) mod tests {
             rejected: HashMap::from([("empty", 1)]),
             duplicates: 3,
             skipped: vec![skipped(0)],
-            past_retention: 4,
         };
         a.merge(Outcome {
             site_rows: 10,
@@ -196,7 +195,6 @@ pub(crate) mod tests {
             rejected: HashMap::from([("empty", 2), ("not_json", 5)]),
             duplicates: 30,
             skipped: vec![skipped(1)],
-            past_retention: 40,
         });
         assert_eq!(
             a,
@@ -207,7 +205,6 @@ pub(crate) mod tests {
                 rejected: HashMap::from([("empty", 3), ("not_json", 5)]),
                 duplicates: 33,
                 skipped: vec![skipped(0), skipped(1)],
-                past_retention: 44,
             }
         );
     }
