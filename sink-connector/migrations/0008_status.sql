@@ -1,7 +1,6 @@
--- 0008 (DRAFT, not registered in migrate.rs yet): site status and incidents
--- (issue 14; the model is sink-connector/src/status/, docs/status.md).
--- Applied once by hand to a scratch PostgreSQL 15.18 (tables, generated id,
--- CHECK constraints); not yet by any test.
+-- 0008: site status and incidents (issue 14; the model is
+-- sink-connector/src/status/, the wiring sink-connector/src/postgres/status.rs
+-- and status_rows.rs, docs/status.md).
 --
 -- Written by the writers in the batch transaction, after the history: the
 -- status rows of the batch's sites, then all their probe rows, are locked

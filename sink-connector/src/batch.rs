@@ -52,6 +52,8 @@ pub struct Outcome {
     /// the stored `next_offset` (a value above the partition's end means the
     /// topic was re-created or its offsets reset).
     pub skipped: Vec<Skipped>,
+    /// Site status transitions written, by the state entered.
+    pub transitions: HashMap<&'static str, u64>,
 }
 
 impl Outcome {
@@ -66,6 +68,9 @@ impl Outcome {
         }
         self.duplicates += other.duplicates;
         self.skipped.extend(other.skipped);
+        for (to, n) in other.transitions {
+            *self.transitions.entry(to).or_default() += n;
+        }
     }
 }
 
@@ -187,6 +192,7 @@ pub(crate) mod tests {
             rejected: HashMap::from([("empty", 1)]),
             duplicates: 3,
             skipped: vec![skipped(0)],
+            transitions: HashMap::from([("down", 1)]),
         };
         a.merge(Outcome {
             site_rows: 10,
@@ -195,6 +201,7 @@ pub(crate) mod tests {
             rejected: HashMap::from([("empty", 2), ("not_json", 5)]),
             duplicates: 30,
             skipped: vec![skipped(1)],
+            transitions: HashMap::from([("down", 2), ("up", 1)]),
         });
         assert_eq!(
             a,
@@ -205,6 +212,7 @@ pub(crate) mod tests {
                 rejected: HashMap::from([("empty", 3), ("not_json", 5)]),
                 duplicates: 33,
                 skipped: vec![skipped(0), skipped(1)],
+                transitions: HashMap::from([("down", 3), ("up", 1)]),
             }
         );
     }

@@ -42,9 +42,23 @@ pub const RECORDS_PAST_RETENTION: &str = "website_monitor_records_past_retention
 /// Partitions dropped past their table's retention (counter).
 pub const PARTITIONS_DROPPED: &str = "website_monitor_partitions_dropped_total";
 
+/// Site status transitions committed, by `to` (the state entered: `up`,
+/// `degraded`, `down`, `unknown`, `maintenance`) (counter).
+pub const STATUS_TRANSITIONS: &str = "website_monitor_status_transitions_total";
+/// Sweeps of the site status (writer 0) that failed (counter).
+pub const STATUS_SWEEP_ERRORS: &str = "website_monitor_status_sweep_errors_total";
+
 /// Registers help texts for every metric.
 pub fn describe() {
     describe_counter!(RECORDS_CONSUMED, "Records read from Kafka.");
+    describe_counter!(
+        STATUS_TRANSITIONS,
+        "Site status transitions committed, by the state entered."
+    );
+    describe_counter!(
+        STATUS_SWEEP_ERRORS,
+        "Sweeps of the site status (silent probes, maintenance windows) that failed."
+    );
     describe_counter!(
         PARTITIONS_DROPPED,
         "Time partitions of history, rejects and rollups dropped past their retention."

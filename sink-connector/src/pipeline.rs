@@ -59,6 +59,9 @@ use crate::uri::PgTarget;
 
 /// Longest wait for a partition's watermarks from the broker.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often writer 0 sweeps the site status (silent probes, maintenance
+/// windows), between batches and when idle.
+const SWEEP_EVERY: Duration = crate::postgres::writer::SWEEP_EVERY;
 /// Longest wait for the consumer to leave the group at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -147,6 +150,7 @@ impl Pipeline {
             batch_timeout: cfg.batch_timeout,
             limits: self.limits,
             shutdown: stop,
+            idle_wait: Some(SWEEP_EVERY),
         };
         let mut pending = Vec::new();
         let mut fatal = None;
@@ -162,6 +166,8 @@ impl Pipeline {
                 if collector.shutdown.is_cancelled() {
                     break;
                 }
+                // Idle (caught up): writer 0 sweeps the site status.
+                self.writers[0].sweep().await;
                 pending = collector.collect(&consumer).await;
                 continue;
             }
@@ -184,6 +190,12 @@ impl Pipeline {
                 break;
             }
             pending = next;
+            // Between batches, unless catching up on a backlog (a full next
+            // batch): the sweep's clock is the wall clock, and records still
+            // queued would make every probe look silent.
+            if pending.len() < collector.batch_size {
+                self.writers[0].sweep().await;
+            }
         }
         let fatal = fatal.or_else(|| fatal_error(&consumer));
         // Leaving the group blocks (librdkafka's close), so off the runtime,
@@ -278,6 +290,9 @@ impl Pipeline {
         }
         for (r, n) in by_reason {
             metrics::counter!(m::RECORDS_REJECTED, "reason" => r.to_owned()).increment(n);
+        }
+        for (to, n) in &o.transitions {
+            metrics::counter!(m::STATUS_TRANSITIONS, "to" => *to).increment(*n);
         }
         if o.duplicates > 0 {
             metrics::counter!(m::RECORDS_DUPLICATE).increment(o.duplicates);

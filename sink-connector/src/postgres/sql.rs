@@ -13,6 +13,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::postgres::error::db_message;
 use crate::postgres::migrate::Tables;
 use crate::postgres::partitions::{Layout, Retention};
+use crate::postgres::status_rows::{StatusSql, StatusStatements};
+use crate::status::settings::StatusConfig;
+use crate::status::Policy;
+use std::sync::Arc;
 use crate::uri::PgTarget;
 
 /// Connects once to `target` and drives the connection on a background task.
@@ -68,6 +72,9 @@ pub struct Sql {
     add_probes: String,
     add_rollups: [String; 3],
     layout: Layout,
+    status: StatusSql,
+    /// The `[sink.status]` policy, compiled once.
+    pub(crate) policy: Arc<Policy>,
 }
 
 impl Sql {
@@ -80,6 +87,10 @@ impl Sql {
     pub fn with_retention(t: &Tables, retention: Retention) -> Self {
         Self {
             layout: Layout::new(t, retention),
+            status: StatusSql::new(t),
+            policy: Arc::new(
+                Policy::from_config(&StatusConfig::default()).expect("the default policy is valid"),
+            ),
             select_offsets: format!(
                 "SELECT o.topic, o.\"partition\", o.next_offset
                  FROM {o} o JOIN unnest($1::text[], $2::int4[]) AS k(t, p)
@@ -189,6 +200,8 @@ pub(crate) struct Statements {
     pub(crate) add_probes: Statement,
     /// Per rollup level, finest first.
     pub(crate) add_rollups: [Statement; 3],
+    /// The status tables' statements.
+    pub(crate) status: StatusStatements,
 }
 
 /// A connection with the batch statements prepared on it.
@@ -198,6 +211,8 @@ pub struct Conn {
     pub(crate) statements: Statements,
     /// The partitioned tables, for making partitions before a batch.
     pub(crate) layout: Layout,
+    /// The `[sink.status]` policy.
+    pub(crate) policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -224,11 +239,13 @@ impl Conn {
                 client.prepare(&sql.add_rollups[1]).await?,
                 client.prepare(&sql.add_rollups[2]).await?,
             ],
+            status: StatusStatements::prepare(&client, &sql.status).await?,
         };
         Ok(Self {
             client,
             statements,
             layout: sql.layout.clone(),
+            policy: Arc::clone(&sql.policy),
         })
     }
 }

@@ -15,7 +15,9 @@
 //!    a row afterwards (deleted concurrently, or skipped by a trigger) fails
 //!    the batch, to be retried, rather than losing its history row;
 //! 4. binary `COPY` the history rows (typed columns, the original JSON bytes as
-//!    `jsonb`) and the rejects (a bounded prefix of their bytes);
+//!    `jsonb`) and the rejects (a bounded prefix of their bytes); feed the
+//!    checks to the site status model and write its rows and transitions
+//!    ([`crate::postgres::status`], lock order there);
 //! 5. advance `next_offset`; COMMIT.
 //!
 //! Only after this returns does the caller store and commit Kafka offsets.
@@ -40,6 +42,7 @@ use crate::postgres::history::{self, Check};
 use crate::postgres::kept::{prefix, truncate_str, Kept, MAX_DETAIL_BYTES, MAX_KEPT_BYTES};
 use crate::postgres::partitions::Layout;
 use crate::postgres::sql::{Conn, RawJson, Statements};
+use crate::postgres::status;
 
 /// Why a batch was not written. Nothing was committed; retry it.
 #[derive(Debug, thiserror::Error)]
@@ -193,6 +196,7 @@ pub(crate) async fn write_tx(
     let refused = refused.as_ref();
     let st = &conn.statements;
     let layout = &conn.layout;
+    let policy = std::sync::Arc::clone(&conn.policy);
     let tx = conn.client.transaction().await?;
     let mut out = Outcome::default();
 
@@ -219,8 +223,18 @@ pub(crate) async fn write_tx(
                 Check::new(&msgs[i], ids[g.url.as_str()], at)
             })
             .collect();
-        (out.check_rows, out.past_retention) =
-            history::write(&tx, st, layout, &checks, now).await?;
+        let written = history::write(&tx, st, layout, &checks, now).await?;
+        (out.check_rows, out.past_retention) = (written.rows, written.past_retention);
+        // 4b. The site status, in commits only (a probe rolls back anyway).
+        if mode == Mode::Commit {
+            let inputs = goods
+                .iter()
+                .zip(&checks)
+                .filter_map(|(&(_, g), c)| status::Input::of(g, c))
+                .collect();
+            let made = status::write(&tx, &st.status, &policy, inputs, &written.probes).await?;
+            out.transitions = status::count(&made);
+        }
     }
     if mode == Mode::Probe {
         tx.rollback().await?;

@@ -250,7 +250,8 @@ impl AdHocWindow {
         })
     }
 
-    fn applies(&self, site_id: i64, url: &str) -> bool {
+    /// Whether the window is for site `site_id` at `url`.
+    pub fn applies(&self, site_id: i64, url: &str) -> bool {
         match &self.target {
             Target::Site(id) => *id == site_id,
             Target::Urls(re) => re.is_match(url),
