@@ -31,7 +31,7 @@
 //!   means it; [`config`]: the `[sink]` section of `connector.toml`.
 //! - [`status`]: site status and incidents (issue 14) — the probe and site
 //!   state machines, the policy of `[sink.status]`, maintenance windows and
-//!   transitions; pure, not wired into the writer yet.
+//!   transitions; pure (no I/O), fed by `postgres::status`.
 //! - [`readiness`]: what `/readyz` says; [`metrics`]: metric names;
 //!   [`error`]: why the sink stopped.
 //!

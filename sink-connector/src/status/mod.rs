@@ -1,6 +1,7 @@
 //! Site status and incidents (issue 14): what each probe says about a site,
 //! what the site is, and the transitions between site states — as plain
-//! Rust, no I/O. Not wired into the writer yet (see `docs/status.md`).
+//! Rust, no I/O. The writer feeds it in
+//! [`crate::postgres::status`] (see `docs/status.md`).
 //!
 //! # Flow
 //!

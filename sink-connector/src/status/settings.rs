@@ -11,7 +11,8 @@ use super::policy::Policy;
 /// Site status policy (`[sink.status]`): when a probe's view of a site
 /// turns down, up, degraded or unknown, how many probes must agree before
 /// the site is down, and when maintenance windows hold transitions back.
-/// Not used by the writer yet.
+/// Read by every batch transaction and by writer 0's sweep; see
+/// docs/status.md.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StatusConfig {
