@@ -110,7 +110,11 @@ const TABLES: [TableSpec; 8] = [
 /// The arrays of tables (`[[...]]`): the reference shows their keys as
 /// `source.sites[].url`, and the smallest file holds one entry of each
 /// (so their defaults and ranges can be read and probed in it).
-const ARRAY_TABLES: [&str; 3] = ["source.sites", "sink.status.rules", "sink.status.maintenance"];
+const ARRAY_TABLES: [&str; 3] = [
+    "source.sites",
+    "sink.status.rules",
+    "sink.status.maintenance",
+];
 
 /// The smallest `[source]` the loader accepts: one site.
 const SITE_URL: &str = "https://example.com/";

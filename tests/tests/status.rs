@@ -41,9 +41,8 @@ fn status_table(min_probes_down_for: &str) -> toml::Value {
 /// `(site url, from, to, seq, partition set)` of every transition, in (url, seq) order.
 async fn transitions(t: &SinkTest) -> Vec<(String, String, String, i64, bool)> {
     let schema = &t.schema;
-    let rows = t
-        .db
-        .query(
+    let rows =
+        t.db.query(
             &format!(
                 "SELECT s.url, tr.from_state, tr.to_state, tr.seq, tr.\"partition\" IS NOT NULL
                  FROM \"{schema}\".site_transition tr JOIN \"{schema}\".site s ON s.id = tr.site_id
@@ -68,9 +67,8 @@ fn of<'a>(all: &'a [(String, String, String, i64, bool)], url: &str) -> Vec<(&'a
 /// The status row of `url`: state, probes up, down, unknown.
 async fn state(t: &SinkTest, url: &str) -> (String, i32, i32, i32) {
     let schema = &t.schema;
-    let r = t
-        .db
-        .query_one(
+    let r =
+        t.db.query_one(
             &format!(
                 "SELECT st.state, st.probes_up, st.probes_down, st.probes_unknown
                  FROM \"{schema}\".site_status st JOIN \"{schema}\".site s ON s.id = st.site_id
@@ -122,7 +120,11 @@ async fn two_of_three_probes_make_a_site_down_once_and_thresholds_hold_back_a_fl
     }
     let mut total = 0;
     feed(&t, &recs, &mut total).await;
-    assert_eq!(state(&t, site).await, ("up".into(), 2, 1, 0), "eu down, ap and us up");
+    assert_eq!(
+        state(&t, site).await,
+        ("up".into(), 2, 1, 0),
+        "eu down, ap and us up"
+    );
     assert_eq!(
         of(&transitions(&t).await, site),
         [("unknown", "up")],
@@ -186,10 +188,7 @@ async fn two_of_three_probes_make_a_site_down_once_and_thresholds_hold_back_a_fl
     );
     let r = t.db.query_one(&down, &[&site]).await.unwrap();
     let reason: String = r.get(0);
-    assert!(
-        reason.starts_with("2 of 3 voting probes down"),
-        "{reason}"
-    );
+    assert!(reason.starts_with("2 of 3 voting probes down"), "{reason}");
     let probes: serde_json::Value = r.get(1);
     assert_eq!(probes, json!({"ap": "up", "eu": "down", "us": "down"}));
 }
@@ -214,7 +213,12 @@ async fn after_a_kill_9_in_the_middle_of_incidents_each_site_has_exactly_one_tra
         let recs: Vec<Vec<u8>> = (0..SITES)
             .map(|s| {
                 let ok = !(5..15).contains(&round);
-                check(&format!("http://k{s}/"), "p1", at + round as f64 + s as f64 * 0.001, ok)
+                check(
+                    &format!("http://k{s}/"),
+                    "p1",
+                    at + round as f64 + s as f64 * 0.001,
+                    ok,
+                )
             })
             .collect();
         t.produce(&recs).await;
@@ -225,7 +229,10 @@ async fn after_a_kill_9_in_the_middle_of_incidents_each_site_has_exactly_one_tra
         }
     }
     let n = (SITES * ROUNDS) as i64;
-    assert!(t.count("site_check", "").await < n, "the kill came mid-stream");
+    assert!(
+        t.count("site_check", "").await < n,
+        "the kill came mid-stream"
+    );
     let mut sink = website_monitor_tests::Proc::spawn("sink", &config);
     t.wait_rows("site_check", n).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -245,7 +252,8 @@ async fn after_a_kill_9_in_the_middle_of_incidents_each_site_has_exactly_one_tra
         "three transitions per site, nothing more"
     );
     assert_eq!(
-        t.count("site_transition", "WHERE seq > 3 OR \"partition\" IS NULL").await,
+        t.count("site_transition", "WHERE seq > 3 OR \"partition\" IS NULL")
+            .await,
         0,
         "ids 1 to 3 per site, each caused by a record"
     );

@@ -114,7 +114,9 @@ impl Shared {
         // built in code) falls back to the defaults, said in the log.
         match Policy::from_config(&cfg.status) {
             Ok(p) => sql.policy = Arc::new(p),
-            Err(e) => tracing::error!(problems = ?e, "[sink.status] is invalid; using the default status policy"),
+            Err(e) => {
+                tracing::error!(problems = ?e, "[sink.status] is invalid; using the default status policy")
+            }
         }
         let budget = Budget {
             shutdown: shutdown.clone(),

@@ -3,6 +3,7 @@
 //! statement prepared on it.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -16,7 +17,6 @@ use crate::postgres::partitions::{Layout, Retention};
 use crate::postgres::status_rows::{StatusSql, StatusStatements};
 use crate::status::settings::StatusConfig;
 use crate::status::Policy;
-use std::sync::Arc;
 use crate::uri::PgTarget;
 
 /// Connects once to `target` and drives the connection on a background task.

@@ -167,7 +167,10 @@ fn apply(
         Some(p) => match probe_ids.get(p) {
             Some(&id) => id,
             None => {
-                tracing::warn!(probe = p, "a probe without an id; its record is left out of the site status");
+                tracing::warn!(
+                    probe = p,
+                    "a probe without an id; its record is left out of the site status"
+                );
                 return None;
             }
         },
@@ -247,7 +250,11 @@ pub(crate) async fn sweep(
     let adhoc = rows::windows(&tx, st, since).await?;
     let crossed: Vec<&AdHocWindow> = adhoc
         .iter()
-        .filter(|w| [w.from, w.to].iter().any(|b| since < SystemTime::from(*b) && SystemTime::from(*b) <= now))
+        .filter(|w| {
+            [w.from, w.to]
+                .iter()
+                .any(|b| since < SystemTime::from(*b) && SystemTime::from(*b) <= now)
+        })
         .collect();
     let mut extra: Vec<i64> = Vec::new();
     if !crossed.is_empty() {

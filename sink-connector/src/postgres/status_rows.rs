@@ -261,14 +261,18 @@ pub(crate) async fn save(
     let ev: Vec<SystemTime> = s.iter().map(|x| sys(x.evaluated_at)).collect();
     let wake: Vec<Option<SystemTime>> = sites.iter().map(|x| x.wake_at.map(sys)).collect();
     let n = |f: fn(&SiteStatus) -> u32| -> Vec<i32> {
-        s.iter().map(|x| i32::try_from(f(x)).unwrap_or(i32::MAX)).collect()
+        s.iter()
+            .map(|x| i32::try_from(f(x)).unwrap_or(i32::MAX))
+            .collect()
     };
     let (up, dg) = (n(|x| x.probes_up), n(|x| x.probes_degraded));
     let (dn, uk) = (n(|x| x.probes_down), n(|x| x.probes_unknown));
     let seq: Vec<i64> = s.iter().map(|x| x.seq).collect();
     tx.execute(
         &st.save_sites,
-        &[&ids, &states, &since, &lc, &ev, &wake, &up, &dg, &dn, &uk, &seq],
+        &[
+            &ids, &states, &since, &lc, &ev, &wake, &up, &dg, &dn, &uk, &seq,
+        ],
     )
     .await?;
     save_probes(tx, st, sites).await
@@ -342,7 +346,9 @@ pub(crate) async fn add_transitions(
     let offsets: Vec<Option<i64>> = t.iter().map(|x| x.position.map(|p| p.offset)).collect();
     tx.execute(
         &st.add_transitions,
-        &[&sites, &seqs, &from, &to, &at, &reasons, &probes, &parts, &offsets],
+        &[
+            &sites, &seqs, &from, &to, &at, &reasons, &probes, &parts, &offsets,
+        ],
     )
     .await?;
     Ok(())

@@ -34,10 +34,10 @@ use crate::batch::{Msg, Outcome};
 use crate::error::SinkError;
 use crate::metrics as m;
 use crate::postgres::error::{db_message, is_connection_error};
-use crate::postgres::status;
 use crate::postgres::refuse::{write_batch, Search};
 use crate::postgres::shared::{open, Shared};
 use crate::postgres::sql::Conn;
+use crate::postgres::status;
 
 /// Backoff between failed attempts: 100 ms doubling to 10 s, with jitter.
 fn backoff() -> Backoff {
