@@ -38,6 +38,38 @@ fn status_table(min_probes_down_for: &str) -> toml::Value {
     toml::Value::Table(text.parse().expect("a status table"))
 }
 
+/// `[sink.status]` from TOML text.
+fn status_toml(text: &str) -> toml::Value {
+    toml::Value::Table(text.parse().expect("a status table"))
+}
+
+/// Waits until `url`'s status row says `state`.
+async fn wait_state(t: &SinkTest, url: &str, want: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    loop {
+        let schema = &t.schema;
+        let r =
+            t.db.query_opt(
+                &format!(
+                    "SELECT st.state FROM \"{schema}\".site_status st
+                     JOIN \"{schema}\".site s ON s.id = st.site_id WHERE s.url = $1"
+                ),
+                &[&url],
+            )
+            .await
+            .unwrap();
+        let now: Option<String> = r.map(|r| r.get(0));
+        if now.as_deref() == Some(want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{url} is {now:?}, never {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
 /// `(site url, from, to, seq, partition set)` of every transition, in (url, seq) order.
 async fn transitions(t: &SinkTest) -> Vec<(String, String, String, i64, bool)> {
     let schema = &t.schema;
@@ -263,4 +295,103 @@ async fn after_a_kill_9_in_the_middle_of_incidents_each_site_has_exactly_one_tra
         "SIGTERM exits 0; log:\n{}",
         sink.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_probe_is_unknown_not_down_and_the_sweep_enters_and_leaves_an_ad_hoc_window() {
+    let t = SinkTest::new("status_sweep", 1).await;
+    // `silent`: checked every second, silent after 2 s; `maint`: one probe
+    // decides, never silent.
+    let status = status_toml(
+        "min_probes_down = 2\n\
+         [[rules]]\n\
+         urls = '^http://silent/'\n\
+         default_interval = \"1s\"\n\
+         unknown_after = 2\n\
+         [[rules]]\n\
+         urls = '^http://maint/'\n\
+         min_probes_down = 1\n\
+         unknown_after = 1000\n",
+    );
+    let (running, token) = sink::start(&t.config().set("status", status)).await;
+    let (silent, maint) = ("http://silent/", "http://maint/");
+    let wall = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let mut recs = Vec::new();
+    for i in 0..2 {
+        let at = wall() - 0.5 + f64::from(i) * 0.1;
+        for p in ["ap", "eu", "us"] {
+            recs.push(check(silent, p, at, true));
+        }
+        recs.push(check(maint, "p1", at, true));
+    }
+    let mut total = 0;
+    feed(&t, &recs, &mut total).await;
+    assert_eq!(state(&t, silent).await.0, "up");
+    // ap stops; eu and us go on for 4 s: ap unknown, the site still up.
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let at = wall();
+        let recs = [check(silent, "eu", at, true), check(silent, "us", at, true)];
+        feed(&t, &recs, &mut total).await;
+    }
+    assert_eq!(
+        state(&t, silent).await,
+        ("up".into(), 2, 0, 1),
+        "a silent probe is unknown, not down"
+    );
+    // Everyone stops: the sweep (wall clock) finds no voting probe.
+    wait_state(&t, silent, "unknown").await;
+    assert_eq!(state(&t, silent).await, ("unknown".into(), 0, 0, 3));
+
+    // An ad-hoc window inserted after the site's wake_at was computed.
+    let schema = &t.schema;
+    t.db.execute(
+        &format!(
+            "INSERT INTO \"{schema}\".site_maintenance (site_id, starts_at, ends_at, reason)
+             SELECT id, now() + interval '1 second', now() + interval '12 seconds', 'db upgrade'
+             FROM \"{schema}\".site WHERE url = $1"
+        ),
+        &[&maint],
+    )
+    .await
+    .unwrap();
+    wait_state(&t, maint, "maintenance").await;
+    wait_state(&t, maint, "up").await;
+    sink::stop(running, token).await;
+
+    let all = transitions(&t).await;
+    assert_eq!(
+        of(&all, silent),
+        [("unknown", "up"), ("up", "unknown")],
+        "{all:?}"
+    );
+    assert_eq!(
+        of(&all, maint),
+        [
+            ("unknown", "up"),
+            ("up", "maintenance"),
+            ("maintenance", "up")
+        ],
+        "{all:?}"
+    );
+    let by_sweep = t
+        .count("site_transition", "WHERE \"partition\" IS NULL")
+        .await;
+    assert_eq!(by_sweep, 3, "the sweep made the last three: {all:?}");
+    let reason: String =
+        t.db.query_one(
+            &format!(
+                "SELECT reason FROM \"{schema}\".site_transition WHERE to_state = 'maintenance'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("db upgrade"), "{reason}");
 }
