@@ -76,9 +76,14 @@ CREATE TABLE {{transition}} (
     "partition" int4,
     "offset"    int8,
     inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- When it was produced to `[sink.status] transitions_topic` (NULL: not
+    -- yet, or no topic configured).
+    published_at timestamptz,
     PRIMARY KEY (site_id, seq)
 );
 CREATE INDEX {{transition_at_idx}} ON {{transition}} (at);
+CREATE INDEX {{transition_unpublished_idx}} ON {{transition}} (site_id, seq)
+    WHERE published_at IS NULL;
 
 -- Ad-hoc maintenance windows, inserted by operators with SQL:
 --   INSERT INTO site_maintenance (url_pattern, starts_at, ends_at, reason)

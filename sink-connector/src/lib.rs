@@ -144,7 +144,25 @@ pub async fn start(
         writers = cfg.writers,
         "sink starting"
     );
-    let pipeline = pipeline::Pipeline::new(cfg, target, tls, readiness, shutdown, last_commit);
+    let publisher = match &cfg.status.transitions_topic {
+        Some(topic) => match kafka::transitions::Publisher::new(&config.kafka, topic) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                telemetry_stop.cancel();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
+    let pipeline = pipeline::Pipeline::new(
+        cfg,
+        target,
+        tls,
+        readiness,
+        shutdown,
+        last_commit,
+        publisher,
+    );
     let task = tokio::spawn(async move {
         let result = async {
             let mut pipeline = pipeline;

@@ -45,6 +45,9 @@ pub const PARTITIONS_DROPPED: &str = "website_monitor_partitions_dropped_total";
 /// Site status transitions committed, by `to` (the state entered: `up`,
 /// `degraded`, `down`, `unknown`, `maintenance`) (counter).
 pub const STATUS_TRANSITIONS: &str = "website_monitor_status_transitions_total";
+/// Site status transitions produced to `[sink.status] transitions_topic`
+/// (counter; at least once, so a replay may count one twice).
+pub const STATUS_TRANSITIONS_PUBLISHED: &str = "website_monitor_status_transitions_published_total";
 /// Sweeps of the site status (writer 0) that failed (counter).
 pub const STATUS_SWEEP_ERRORS: &str = "website_monitor_status_sweep_errors_total";
 
@@ -54,6 +57,10 @@ pub fn describe() {
     describe_counter!(
         STATUS_TRANSITIONS,
         "Site status transitions committed, by the state entered."
+    );
+    describe_counter!(
+        STATUS_TRANSITIONS_PUBLISHED,
+        "Site status transitions produced to the transitions topic (at least once)."
     );
     describe_counter!(
         STATUS_SWEEP_ERRORS,

@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -51,8 +51,11 @@ use crate::decode::Limits;
 use crate::error::SinkError;
 use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
 use crate::kafka::consumer::{fatal_error, leave_static_group, SinkConsumer};
+use crate::kafka::transitions::Publisher;
 use crate::metrics as m;
+use crate::postgres::error::db_message;
 use crate::postgres::shared::Shared;
+use crate::postgres::status_rows;
 use crate::postgres::writer::{Writer, Written};
 use crate::readiness::Readiness;
 use crate::uri::PgTarget;
@@ -62,6 +65,10 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often writer 0 sweeps the site status (silent probes, maintenance
 /// windows), between batches and when idle.
 const SWEEP_EVERY: Duration = crate::postgres::writer::SWEEP_EVERY;
+/// How often writer 0 produces the transitions committed since.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// At most this many transitions per produce round.
+const PUBLISH_LIMIT: i64 = 500;
 /// Longest wait for the consumer to leave the group at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -74,6 +81,11 @@ pub struct Pipeline {
     limits: Limits,
     last_commit: Arc<AtomicU64>,
     committing: Arc<AtomicBool>,
+    /// The transitions topic's producer, when `[sink.status]
+    /// transitions_topic` is set.
+    publisher: Option<Publisher>,
+    /// When writer 0 last produced transitions.
+    published: Option<Instant>,
 }
 
 impl Pipeline {
@@ -85,6 +97,7 @@ impl Pipeline {
         readiness: Readiness,
         shutdown: CancellationToken,
         last_commit: Arc<AtomicU64>,
+        publisher: Option<Publisher>,
     ) -> Self {
         let limits = Limits {
             max_record_bytes: cfg.max_record_bytes,
@@ -101,6 +114,8 @@ impl Pipeline {
             limits,
             last_commit,
             committing: Arc::new(AtomicBool::new(false)),
+            publisher,
+            published: None,
         }
     }
 
@@ -168,6 +183,7 @@ impl Pipeline {
                 }
                 // Idle (caught up): writer 0 sweeps the site status.
                 self.writers[0].sweep().await;
+                self.publish().await;
                 pending = collector.collect(&consumer).await;
                 continue;
             }
@@ -196,6 +212,7 @@ impl Pipeline {
             if pending.len() < collector.batch_size {
                 self.writers[0].sweep().await;
             }
+            self.publish().await;
         }
         let fatal = fatal.or_else(|| fatal_error(&consumer));
         // Leaving the group blocks (librdkafka's close), so off the runtime,
@@ -275,6 +292,51 @@ impl Pipeline {
         )
         .await;
         Ok(Some(()))
+    }
+
+    /// Writer 0, at most every [`PUBLISH_EVERY`]: produces the committed
+    /// transitions not produced yet to the transitions topic, then marks
+    /// them (at least once: a failure or a crash in between produces them
+    /// again, same ids). A failure is logged and tried again next time.
+    async fn publish(&mut self) {
+        let Some(p) = &self.publisher else { return };
+        if self.shared.shutdown.is_cancelled()
+            || self.published.is_some_and(|t| t.elapsed() < PUBLISH_EVERY)
+        {
+            return;
+        }
+        self.published = Some(Instant::now());
+        let limit = self.shared.limit(self.shared.cfg.write_timeout);
+        let Some(conn) = self.writers[0].conn() else {
+            return;
+        };
+        let run = async {
+            loop {
+                let st = &conn.statements.status;
+                let got = status_rows::unpublished(&conn.client, st, PUBLISH_LIMIT)
+                    .await
+                    .map_err(|e| db_message(&e))?;
+                let (msgs, keys): (Vec<_>, Vec<_>) =
+                    got.into_iter().map(|(k, v, key)| ((k, v), key)).unzip();
+                if msgs.is_empty() {
+                    return Ok::<(), String>(());
+                }
+                p.send(&msgs, limit).await?;
+                status_rows::mark_published(&conn.client, st, &keys)
+                    .await
+                    .map_err(|e| db_message(&e))?;
+                metrics::counter!(m::STATUS_TRANSITIONS_PUBLISHED).increment(keys.len() as u64);
+                if (keys.len() as i64) < PUBLISH_LIMIT {
+                    return Ok(());
+                }
+            }
+        };
+        let problem = match tokio::time::timeout(limit, run).await {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => "took longer than write_timeout".to_owned(),
+        };
+        tracing::warn!(error = %problem, "producing site status transitions failed; trying again in a second (at least once: some may be produced twice)");
     }
 
     fn record(&self, o: &Outcome) {

@@ -96,6 +96,63 @@ fn of<'a>(all: &'a [(String, String, String, i64, bool)], url: &str) -> Vec<(&'a
         .collect()
 }
 
+/// Consumes the transitions topic as a downstream stage would: de-duplicated
+/// on `id`, it holds exactly the table's transitions, keyed by site id, in
+/// `seq` order per site.
+async fn assert_downstream_sees_each_transition(t: &SinkTest, topic: &str) {
+    use std::collections::BTreeMap;
+    let got = website_monitor_tests::kafka::consume_all(
+        &t.stack.brokers,
+        topic,
+        std::time::Duration::from_secs(3),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let mut seen: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let mut last_seq: BTreeMap<i64, i64> = BTreeMap::new();
+    for m in &got {
+        let v = m.json();
+        let site = v["site_id"].as_i64().unwrap();
+        assert_eq!(
+            m.key.as_deref(),
+            Some(site.to_string().as_bytes()),
+            "keyed by site id"
+        );
+        let seq = v["seq"].as_i64().unwrap();
+        let before = last_seq.insert(site, seq).unwrap_or(0);
+        assert!(
+            seq > before || seen.contains_key(v["id"].as_str().unwrap()),
+            "in order per site"
+        );
+        seen.insert(v["id"].as_str().unwrap().to_owned(), v);
+    }
+    let schema = &t.schema;
+    let rows = t
+        .db
+        .query(
+            &format!("SELECT id, from_state, to_state, reason FROM \"{schema}\".site_transition"),
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut table: Vec<(String, String, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    table.sort();
+    let topic_view: Vec<(String, String, String, String)> = seen
+        .iter()
+        .map(|(id, v)| {
+            let s = |k: &str| v[k].as_str().unwrap().to_owned();
+            (id.clone(), s("from"), s("to"), s("reason"))
+        })
+        .collect();
+    assert_eq!(
+        topic_view, table,
+        "the topic, de-duplicated on id, is the table"
+    );
+}
+
 /// The status row of `url`: state, probes up, down, unknown.
 async fn state(t: &SinkTest, url: &str) -> (String, i32, i32, i32) {
     let schema = &t.schema;
@@ -124,10 +181,14 @@ async fn feed(t: &SinkTest, recs: &[Vec<u8>], total: &mut i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_of_three_probes_make_a_site_down_once_and_thresholds_hold_back_a_flapping_site() {
     let t = SinkTest::new("status_quorum", 2).await;
-    let config = t
-        .config()
-        .set("batch_size", 4)
-        .set("status", status_table("^http://flap/"));
+    let topic = website_monitor_tests::stack::unique("status-transitions");
+    website_monitor_tests::kafka::create_topic(&t.stack.brokers, &topic, 2).await;
+    let mut status = status_table("^http://flap/");
+    status
+        .as_table_mut()
+        .unwrap()
+        .insert("transitions_topic".into(), topic.clone().into());
+    let config = t.config().set("batch_size", 4).set("status", status);
     let (running, token) = sink::start(&config).await;
     let at = now() - 60.0;
     let site = "http://quorum/";
@@ -199,6 +260,16 @@ async fn two_of_three_probes_make_a_site_down_once_and_thresholds_hold_back_a_fl
     }
     feed(&t, &recs, &mut total).await;
     assert_eq!(state(&t, flap).await, ("down".into(), 0, 1, 0));
+    // The transitions topic catches up within a few seconds.
+    for _ in 0..100 {
+        if t.count("site_transition", "WHERE published_at IS NULL")
+            .await
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     sink::stop(running, token).await;
 
     let all = transitions(&t).await;
@@ -207,6 +278,7 @@ async fn two_of_three_probes_make_a_site_down_once_and_thresholds_hold_back_a_fl
         [("unknown", "up"), ("up", "down"), ("down", "up")],
         "exactly one transition each way: {all:?}"
     );
+    assert_downstream_sees_each_transition(&t, &topic).await;
     assert_eq!(
         of(&all, flap),
         [("unknown", "up"), ("up", "down")],

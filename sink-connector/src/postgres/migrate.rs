@@ -168,6 +168,7 @@ impl Tables {
             "status_wake_idx" => local("_status_wake_idx"),
             "transition" => qualified("_transition"),
             "transition_at_idx" => local("_transition_at_idx"),
+            "transition_unpublished_idx" => local("_transition_unpublished_idx"),
             "maintenance" => qualified("_maintenance"),
             "maintenance_ends_idx" => local("_maintenance_ends_idx"),
             _ => return None,

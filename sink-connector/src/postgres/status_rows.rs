@@ -32,6 +32,8 @@ pub(crate) struct StatusSql {
     windows: String,
     due: String,
     all_sites: String,
+    unpublished: String,
+    mark_published: String,
 }
 
 impl StatusSql {
@@ -105,6 +107,23 @@ impl StatusSql {
                 "SELECT st.site_id, s.url FROM {status} st JOIN {site} s ON s.id = st.site_id",
                 site = t.site
             ),
+            unpublished: format!(
+                "SELECT json_build_object('id', tr.id, 'site_id', tr.site_id, 'seq', tr.seq,
+                        'url', s.url, 'from', tr.from_state, 'to', tr.to_state, 'at', tr.at,
+                        'reason', tr.reason, 'probes', tr.probes,
+                        'partition', tr.\"partition\", 'offset', tr.\"offset\")::text,
+                        tr.site_id, tr.seq
+                 FROM {tr} tr LEFT JOIN {site} s ON s.id = tr.site_id
+                 WHERE tr.published_at IS NULL ORDER BY tr.site_id, tr.seq LIMIT $1",
+                tr = t.function("_transition"),
+                site = t.site
+            ),
+            mark_published: format!(
+                "UPDATE {tr} tr SET published_at = now()
+                 FROM unnest($1::int8[], $2::int8[]) AS k(s, q)
+                 WHERE tr.site_id = k.s AND tr.seq = k.q AND tr.published_at IS NULL",
+                tr = t.function("_transition")
+            ),
         }
     }
 }
@@ -121,6 +140,8 @@ pub(crate) struct StatusStatements {
     windows: Statement,
     pub(crate) due: Statement,
     pub(crate) all_sites: Statement,
+    unpublished: Statement,
+    mark_published: Statement,
 }
 
 impl StatusStatements {
@@ -138,6 +159,8 @@ impl StatusStatements {
             windows: client.prepare(&sql.windows).await?,
             due: client.prepare(&sql.due).await?,
             all_sites: client.prepare(&sql.all_sites).await?,
+            unpublished: client.prepare(&sql.unpublished).await?,
+            mark_published: client.prepare(&sql.mark_published).await?,
         })
     }
 }
@@ -378,4 +401,34 @@ pub(crate) async fn windows(
         }
     }
     Ok(out)
+}
+
+/// Transitions not yet produced to the topic, oldest per site first:
+/// `(site id key, JSON message, (site_id, seq))`, at most `limit`.
+pub(crate) async fn unpublished(
+    client: &Client,
+    st: &StatusStatements,
+    limit: i64,
+) -> Result<Vec<(String, Vec<u8>, (i64, i64))>, tokio_postgres::Error> {
+    let rows = client.query(&st.unpublished, &[&limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let json: String = r.get(0);
+            let (site, seq): (i64, i64) = (r.get(1), r.get(2));
+            (site.to_string(), json.into_bytes(), (site, seq))
+        })
+        .collect())
+}
+
+/// Marks transitions produced to the topic.
+pub(crate) async fn mark_published(
+    client: &Client,
+    st: &StatusStatements,
+    keys: &[(i64, i64)],
+) -> Result<(), tokio_postgres::Error> {
+    let sites: Vec<i64> = keys.iter().map(|k| k.0).collect();
+    let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
+    client.execute(&st.mark_published, &[&sites, &seqs]).await?;
+    Ok(())
 }

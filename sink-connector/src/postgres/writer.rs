@@ -277,6 +277,12 @@ impl Writer {
         }
     }
 
+    /// Its connection, when open (writer 0's carries the transitions topic's
+    /// reads and marks between batches).
+    pub(crate) fn conn(&mut self) -> Option<&mut Conn> {
+        self.conn.as_mut()
+    }
+
     /// Writer 0, at most every [`SWEEP_EVERY`], between batches: the site
     /// status sweep (probes silent too long, maintenance windows begun or
     /// ended; see [`status::sweep`]), in its own short transaction. A

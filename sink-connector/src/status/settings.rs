@@ -56,6 +56,12 @@ pub struct StatusConfig {
     /// Recurring maintenance windows: during one, a site's state is
     /// `maintenance`, its checks move no threshold and cause no transition.
     pub maintenance: Vec<MaintenanceConfig>,
+    /// Kafka topic (on the `[kafka]` brokers) to produce every committed
+    /// transition to, as JSON keyed by site id, a few seconds after its
+    /// commit; at least once, each with a stable `id` to de-duplicate on.
+    /// The topic must exist. Unset: no topic (the transitions table only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transitions_topic: Option<String>,
 }
 
 impl Default for StatusConfig {
@@ -71,6 +77,7 @@ impl Default for StatusConfig {
             probes_down_fraction: None,
             rules: Vec::new(),
             maintenance: Vec::new(),
+            transitions_topic: None,
         }
     }
 }
@@ -187,12 +194,21 @@ impl StatusConfig {
     /// Every problem of the table, each under its dotted key (`prefix` is
     /// the table's own, e.g. `sink.status`).
     pub fn validate(&self, prefix: &str) -> Vec<Invalid> {
-        match Policy::from_config(self) {
+        let mut out: Vec<Invalid> = match Policy::from_config(self) {
             Ok(_) => Vec::new(),
             Err(problems) => problems
                 .into_iter()
                 .map(|p| Invalid::new(format!("{prefix}.{}", p.key), p.message))
                 .collect(),
+        };
+        if let Some(t) = &self.transitions_topic {
+            if t.trim().is_empty() || t.starts_with('^') {
+                out.push(Invalid::new(
+                    format!("{prefix}.transitions_topic"),
+                    "give one topic name (not empty, not a `^` pattern), or leave it out for no topic",
+                ));
+            }
         }
+        out
     }
 }
