@@ -127,9 +127,8 @@ async fn assert_downstream_sees_each_transition(t: &SinkTest, topic: &str) {
         seen.insert(v["id"].as_str().unwrap().to_owned(), v);
     }
     let schema = &t.schema;
-    let rows = t
-        .db
-        .query(
+    let rows =
+        t.db.query(
             &format!("SELECT id, from_state, to_state, reason FROM \"{schema}\".site_transition"),
             &[],
         )
@@ -303,10 +302,17 @@ async fn after_a_kill_9_in_the_middle_of_incidents_each_site_has_exactly_one_tra
     let (db, schema) = (&t.db, &t.schema);
     const SITES: usize = 40;
     const ROUNDS: usize = 30;
+    let topic = website_monitor_tests::stack::unique("status-kill-transitions");
+    website_monitor_tests::kafka::create_topic(&t.stack.brokers, &topic, 3).await;
+    let mut status = status_table("^http://k");
+    status
+        .as_table_mut()
+        .unwrap()
+        .insert("transitions_topic".into(), topic.clone().into());
     let config = t
         .config()
         .set("batch_size", 20)
-        .set("status", status_table("^http://k"))
+        .set("status", status)
         .text();
     let at = now() - 60.0;
     let mut sink = website_monitor_tests::Proc::spawn("sink", &config);
@@ -361,12 +367,22 @@ async fn after_a_kill_9_in_the_middle_of_incidents_each_site_has_exactly_one_tra
         0,
         "ids 1 to 3 per site, each caused by a record"
     );
+    for _ in 0..100 {
+        if t.count("site_transition", "WHERE published_at IS NULL")
+            .await
+            == 0
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(
         sink.term(),
         Some(0),
         "SIGTERM exits 0; log:\n{}",
         sink.log()
     );
+    assert_downstream_sees_each_transition(&t, &topic).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
