@@ -181,9 +181,7 @@ impl Pipeline {
                 if collector.shutdown.is_cancelled() {
                     break;
                 }
-                // Idle (caught up): writer 0 sweeps the site status.
-                self.writers[0].sweep().await;
-                self.publish().await;
+                self.between_batches(true).await;
                 pending = collector.collect(&consumer).await;
                 continue;
             }
@@ -206,13 +204,8 @@ impl Pipeline {
                 break;
             }
             pending = next;
-            // Between batches, unless catching up on a backlog (a full next
-            // batch): the sweep's clock is the wall clock, and records still
-            // queued would make every probe look silent.
-            if pending.len() < collector.batch_size {
-                self.writers[0].sweep().await;
-            }
-            self.publish().await;
+            self.between_batches(pending.len() < collector.batch_size)
+                .await;
         }
         let fatal = fatal.or_else(|| fatal_error(&consumer));
         // Leaving the group blocks (librdkafka's close), so off the runtime,
@@ -292,6 +285,17 @@ impl Pipeline {
         )
         .await;
         Ok(Some(()))
+    }
+
+    /// Writer 0's work between batches (and when idle): the site status
+    /// sweep, unless catching up on a backlog (`caught_up`: the next batch
+    /// is not full) — the sweep's clock is the wall clock, and records still
+    /// queued would make every probe look silent; then the transitions topic.
+    async fn between_batches(&mut self, caught_up: bool) {
+        if caught_up {
+            self.writers[0].sweep().await;
+        }
+        self.publish().await;
     }
 
     /// Writer 0, at most every [`PUBLISH_EVERY`]: produces the committed

@@ -211,8 +211,6 @@ pub struct Conn {
     pub(crate) statements: Statements,
     /// The partitioned tables, for making partitions before a batch.
     pub(crate) layout: Layout,
-    /// The `[sink.status]` policy.
-    pub(crate) policy: Arc<Policy>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -239,13 +237,13 @@ impl Conn {
                 client.prepare(&sql.add_rollups[1]).await?,
                 client.prepare(&sql.add_rollups[2]).await?,
             ],
-            status: StatusStatements::prepare(&client, &sql.status).await?,
+            status: StatusStatements::prepare(&client, &sql.status, Arc::clone(&sql.policy))
+                .await?,
         };
         Ok(Self {
             client,
             statements,
             layout: sql.layout.clone(),
-            policy: Arc::clone(&sql.policy),
         })
     }
 }

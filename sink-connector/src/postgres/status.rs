@@ -95,6 +95,24 @@ fn rules_of<'p>(policy: &'p Policy, adhoc: &'p [AdHocWindow], id: i64, url: &str
     }
 }
 
+/// Step 4b of a batch: the good records `goods` (with their history rows
+/// `rows`, in the same order) fed to the model and its rows written; the
+/// transitions made, by the state entered.
+pub(crate) async fn write_batch(
+    tx: &Transaction<'_>,
+    st: &StatusStatements,
+    goods: &[(usize, &Good)],
+    rows: &[Row<'_>],
+    probe_ids: &HashMap<String, i32>,
+) -> Result<HashMap<&'static str, u64>, tokio_postgres::Error> {
+    let inputs = goods
+        .iter()
+        .zip(rows)
+        .filter_map(|(&(_, g), c)| Input::of(g, c))
+        .collect();
+    Ok(count(&write(tx, st, &st.policy, inputs, probe_ids).await?))
+}
+
 /// Feeds `inputs` to the model and writes the result; the transitions made.
 /// `probe_ids`: the id of every probe name of the batch.
 pub(crate) async fn write(
@@ -244,8 +262,8 @@ pub(crate) async fn sweep(
     now: SystemTime,
     since: SystemTime,
 ) -> Result<Vec<Transition>, tokio_postgres::Error> {
-    let policy = Arc::clone(&conn.policy);
     let st = &conn.statements.status;
+    let policy = Arc::clone(&st.policy);
     let tx = conn.client.transaction().await?;
     let adhoc = rows::windows(&tx, st, since).await?;
     let crossed: Vec<&AdHocWindow> = adhoc

@@ -8,13 +8,14 @@
 //! under its site's status row lock, so the probe rows add no lock cycle.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 use crate::postgres::migrate::Tables;
-use crate::status::{AdHocWindow, ProbeState, Site, SiteStatus, State, Transition};
+use crate::status::{AdHocWindow, Policy, ProbeState, Site, SiteStatus, State, Transition};
 
 /// At most this many ad-hoc windows are read at once (the first to end;
 /// more than this is not a maintenance plan).
@@ -142,12 +143,15 @@ pub(crate) struct StatusStatements {
     pub(crate) all_sites: Statement,
     unpublished: Statement,
     mark_published: Statement,
+    /// The `[sink.status]` policy.
+    pub(crate) policy: Arc<Policy>,
 }
 
 impl StatusStatements {
     pub(crate) async fn prepare(
         client: &Client,
         sql: &StatusSql,
+        policy: Arc<Policy>,
     ) -> Result<Self, tokio_postgres::Error> {
         Ok(Self {
             insert_missing: client.prepare(&sql.insert_missing).await?,
@@ -161,6 +165,7 @@ impl StatusStatements {
             all_sites: client.prepare(&sql.all_sites).await?,
             unpublished: client.prepare(&sql.unpublished).await?,
             mark_published: client.prepare(&sql.mark_published).await?,
+            policy,
         })
     }
 }

@@ -196,7 +196,6 @@ pub(crate) async fn write_tx(
     let refused = refused.as_ref();
     let st = &conn.statements;
     let layout = &conn.layout;
-    let policy = std::sync::Arc::clone(&conn.policy);
     let tx = conn.client.transaction().await?;
     let mut out = Outcome::default();
 
@@ -227,13 +226,8 @@ pub(crate) async fn write_tx(
         (out.check_rows, out.past_retention) = (written.rows, written.past_retention);
         // 4b. The site status, in commits only (a probe rolls back anyway).
         if mode == Mode::Commit {
-            let inputs = goods
-                .iter()
-                .zip(&checks)
-                .filter_map(|(&(_, g), c)| status::Input::of(g, c))
-                .collect();
-            let made = status::write(&tx, &st.status, &policy, inputs, &written.probes).await?;
-            out.transitions = status::count(&made);
+            let probes = &written.probes;
+            out.transitions = status::write_batch(&tx, &st.status, &goods, &checks, probes).await?;
         }
     }
     if mode == Mode::Probe {
