@@ -145,13 +145,15 @@ pub async fn start(
         "sink starting"
     );
     let publisher = match &cfg.status.transitions_topic {
-        Some(topic) => match kafka::transitions::Publisher::new(&config.kafka, topic) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                telemetry_stop.cancel();
-                return Err(e);
+        Some(topic) => {
+            match kafka::transitions::Publisher::new(&config.kafka, topic, cfg.write_timeout) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    telemetry_stop.cancel();
+                    return Err(e);
+                }
             }
-        },
+        }
         None => None,
     };
     let pipeline = pipeline::Pipeline::new(

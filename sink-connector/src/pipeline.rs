@@ -67,6 +67,8 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 const SWEEP_EVERY: Duration = crate::postgres::writer::SWEEP_EVERY;
 /// How often writer 0 produces the transitions committed since.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+/// The wait after a failed produce round.
+const PUBLISH_RETRY: Duration = Duration::from_secs(10);
 /// At most this many transitions per produce round.
 const PUBLISH_LIMIT: i64 = 500;
 /// Longest wait for the consumer to leave the group at shutdown.
@@ -340,7 +342,9 @@ impl Pipeline {
             Ok(Err(e)) => e,
             Err(_) => "took longer than write_timeout".to_owned(),
         };
-        tracing::warn!(error = %problem, "producing site status transitions failed; trying again in a second (at least once: some may be produced twice)");
+        // Back off: the next round in PUBLISH_RETRY, not PUBLISH_EVERY.
+        self.published = Some(Instant::now() + (PUBLISH_RETRY - PUBLISH_EVERY));
+        tracing::warn!(error = %problem, "producing site status transitions failed; trying again in {PUBLISH_RETRY:?} (at least once: some may be produced twice)");
     }
 
     fn record(&self, o: &Outcome) {

@@ -27,12 +27,16 @@ impl std::fmt::Debug for Publisher {
 }
 
 impl Publisher {
-    /// An idempotent producer (acks=all, order kept per site) to `topic`.
-    pub fn new(kafka: &KafkaConfig, topic: &str) -> Result<Self, SinkError> {
+    /// An idempotent producer (acks=all, order kept per site) to `topic`;
+    /// a message not delivered within `timeout` fails (and is produced
+    /// again by a later round), so undeliverable messages never pile up.
+    pub fn new(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Self, SinkError> {
         let mut c = kafka.client_config();
+        let ms = timeout.as_millis().clamp(1_000, 900_000);
         c.set("client.id", "website-monitor-sink-transitions")
             .set("acks", "all")
-            .set("enable.idempotence", "true");
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", ms.to_string());
         kafka.apply_options(&mut c);
         let producer = c.create().map_err(SinkError::Kafka)?;
         Ok(Self {
