@@ -5,17 +5,21 @@
 //!
 //! Scenarios ([`scenarios`]): source throughput with fresh connections and with
 //! keep-alive (baseline: ApacheBench on the same nginx), source at 100,000 sites
-//! (lateness, memory), sink throughput (baseline: a raw `COPY` of the same rows),
+//! (lateness, memory), sink throughput with records keyed by url and without a
+//! key (baseline: a raw `COPY` of the same rows) and its bytes per stored check,
 //! a sink's resume after kill -9 with static membership (baseline: dynamic
-//! membership), end-to-end latency at 5,000 checks/s. Every connector runs as a real release
-//! process ([`proc`]); the figures go to a table on stdout and to
+//! membership), end-to-end latency at 5,000 checks/s, and the SQL API's query
+//! times over a generated long-run data set (10,000 sites of rollups). Every
+//! connector runs as a real release process ([`proc`]); the figures go to a
+//! table on stdout and to
 //! `target/bench/results.json` ([`report`]). Before the source and
 //! end-to-end scenarios the broker is warmed up with 20 s of source traffic
 //! ([`scenarios::warm_up_broker`]); every topic the run made is deleted at its
 //! end, also when a scenario fails.
 //!
 //! Environment: `WM_BENCH_HTTP` (the nginx target, set by `scripts/bench.sh`),
-//! `WM_BENCH_ONLY` (comma-separated scenario names to run), `WM_BENCH_SCALE`
+//! `WM_BENCH_ONLY` (comma-separated scenario names to run: `source`, `scale`,
+//! `sink`, `sink_keyless`, `resume`, `e2e`, `dataset`), `WM_BENCH_SCALE`
 //! (a factor < 1 shrinks every scenario, for a quick try).
 
 mod proc;
@@ -78,9 +82,16 @@ async fn run(ctx: &scenarios::Ctx, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
     }
     if wanted("sink") {
         figures.extend(
-            scenarios::sink_throughput(ctx)
+            scenarios::sink_throughput(ctx, scenarios::Keys::Url)
                 .await
                 .context("sink throughput")?,
+        );
+    }
+    if wanted("sink_keyless") {
+        figures.extend(
+            scenarios::sink_throughput(ctx, scenarios::Keys::None)
+                .await
+                .context("sink throughput, keyless records")?,
         );
     }
     if wanted("resume") {
@@ -92,6 +103,13 @@ async fn run(ctx: &scenarios::Ctx, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
     }
     if wanted("e2e") {
         figures.extend(scenarios::end_to_end(ctx).await.context("end to end")?);
+    }
+    if wanted("dataset") {
+        figures.extend(
+            scenarios::dataset(ctx)
+                .await
+                .context("generated data set")?,
+        );
     }
     Ok(figures)
 }

@@ -31,6 +31,17 @@ pub fn truncate(text: &str, max: usize) -> String {
     format!("{}…(truncated, {} bytes)", &text[..end], text.len())
 }
 
+/// A duration as an operator writes it: whole days as `400d` (not
+/// humantime's months and years of 30.44 and 365.25 days), else humantime's form.
+pub fn show_duration(d: Duration) -> String {
+    const DAY: u64 = 86_400;
+    if d.subsec_nanos() == 0 && d.as_secs() >= DAY && d.as_secs() % DAY == 0 {
+        format!("{}d", d.as_secs() / DAY)
+    } else {
+        humantime::format_duration(d).to_string()
+    }
+}
+
 /// Adds a problem when `value` is outside `min..=max`; `example` is a value
 /// to suggest (e.g. `"30s"`).
 pub fn check_duration(
@@ -42,7 +53,7 @@ pub fn check_duration(
     example: &str,
 ) {
     if value < min || value > max {
-        let f = humantime::format_duration;
+        let f = show_duration;
         let what = if value.is_zero() {
             "must be more than zero".to_owned()
         } else {

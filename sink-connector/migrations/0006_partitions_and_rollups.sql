@@ -110,10 +110,26 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT (ARRAY['dns','connect','tls','timeout','http','status','regex','body'])[code]
 $$;
 
+-- Refuses any table but the sink's own partitioned ones: the two functions
+-- below run with their owner's rights for a role that owns nothing.
+CREATE FUNCTION {{partitioned_check}}(parent regclass) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF parent IS NULL OR parent NOT IN ({{check:lit}}::regclass, {{rejected:lit}}::regclass,
+            {{per_minute:lit}}::regclass, {{per_hour:lit}}::regclass, {{per_day:lit}}::regclass) THEN
+        RAISE EXCEPTION '% is not one of the website-monitor sink''s partitioned tables', parent
+            USING ERRCODE = '42501';
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION {{partitioned_check}}(regclass) FROM PUBLIC;
+
 -- Makes sure `parent` (one of the sink's partitioned tables) has partitions
 -- covering [from_time, to_time], each `span` long (whole hours or days),
 -- aligned to the Unix epoch in UTC and named <parent>_YYYYMMDD (or
--- _YYYYMMDDHH for spans shorter than a day). Returns how many it created.
+-- _YYYYMMDDHH for spans shorter than a day). A span that overlaps existing
+-- partitions (after `span` changed, or one an operator renamed, detached or
+-- made by hand) is filled with one-hour partitions where nothing covers it,
+-- so every time in the range has a partition. Returns how many it created.
 -- SECURITY DEFINER: the sink's least-privilege role may create partitions
 -- without owning the tables; EXECUTE is granted by the DBA, not to PUBLIC.
 CREATE FUNCTION {{make_partitions}}(parent regclass, from_time timestamptz, to_time timestamptz, span interval)
@@ -124,8 +140,8 @@ DECLARE
     rel    text;
     start  float8;
     made   integer := 0;
-    suffix text;
 BEGIN
+    PERFORM {{partitioned_check}}(parent);
     IF step < 3600 OR step::int8 % 3600 <> 0 THEN
         RAISE EXCEPTION 'partition span % is not whole hours', span;
     END IF;
@@ -139,19 +155,67 @@ BEGIN
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = parent;
     start := floor(extract(epoch FROM from_time) / step) * step;
     WHILE start <= extract(epoch FROM to_time) LOOP
-        suffix := to_char(to_timestamp(start) AT TIME ZONE 'UTC',
-                          CASE WHEN step::int8 % 86400 = 0 THEN 'YYYYMMDD' ELSE 'YYYYMMDDHH24' END);
-        IF to_regclass(format('%I.%I', nsp, rel || '_' || suffix)) IS NULL THEN
-            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %I.%I FOR VALUES FROM (%L) TO (%L)',
-                           nsp, rel || '_' || suffix, nsp, rel,
-                           to_timestamp(start), to_timestamp(start + step));
-            made := made + 1;
-        END IF;
+        made := made + {{make_partition}}(parent, nsp, rel, start, step);
         start := start + step;
     END LOOP;
     RETURN made;
 END $$;
 REVOKE ALL ON FUNCTION {{make_partitions}}(regclass, timestamptz, timestamptz, interval) FROM PUBLIC;
+
+-- Whether one partition of `parent` covers all of [from_time, to_time).
+CREATE FUNCTION {{partition_covers}}(parent regclass, from_time timestamptz, to_time timestamptz)
+RETURNS boolean LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid,
+             LATERAL (SELECT pg_get_expr(c.relpartbound, c.oid) AS bound) b
+        WHERE i.inhparent = parent
+          AND substring(b.bound FROM 'FROM \(''([^'']+)''\)')::timestamptz <= from_time
+          AND substring(b.bound FROM 'TO \(''([^'']+)''\)')::timestamptz >= to_time)
+$$;
+
+-- One partition of `parent` for [start, start + step) (epoch seconds), or,
+-- where that overlaps existing partitions, one-hour partitions for the hours
+-- nothing covers. Returns how many it created. Called by the function above.
+CREATE FUNCTION {{make_partition}}(parent regclass, nsp text, rel text, start float8, step float8)
+RETURNS integer LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    name  text := rel || '_' || to_char(to_timestamp(start) AT TIME ZONE 'UTC',
+                        CASE WHEN step::int8 % 86400 = 0 THEN 'YYYYMMDD' ELSE 'YYYYMMDDHH24' END);
+    hour  float8;
+    made  integer := 0;
+BEGIN
+    IF EXISTS (SELECT FROM pg_inherits
+               WHERE inhparent = parent AND inhrelid = to_regclass(format('%I.%I', nsp, name)))
+       OR {{partition_covers}}(parent, to_timestamp(start), to_timestamp(start + step)) THEN
+        RETURN 0;
+    END IF;
+    IF to_regclass(format('%I.%I', nsp, name)) IS NULL THEN
+        BEGIN
+            EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                           nsp, name, parent, to_timestamp(start), to_timestamp(start + step));
+            RETURN 1;
+        EXCEPTION WHEN invalid_object_definition THEN
+            NULL;  -- overlaps existing partitions: fill the gaps below
+        END;
+    END IF;
+    hour := start;
+    WHILE hour < start + step LOOP
+        name := rel || '_' || to_char(to_timestamp(hour) AT TIME ZONE 'UTC', 'YYYYMMDDHH24');
+        IF to_regclass(format('%I.%I', nsp, name)) IS NULL
+           AND NOT {{partition_covers}}(parent, to_timestamp(hour), to_timestamp(hour + 3600)) THEN
+            BEGIN
+                EXECUTE format('CREATE TABLE %I.%I PARTITION OF %s FOR VALUES FROM (%L) TO (%L)',
+                               nsp, name, parent, to_timestamp(hour), to_timestamp(hour + 3600));
+                made := made + 1;
+            EXCEPTION WHEN invalid_object_definition THEN
+                NULL;  -- this hour is covered already
+            END;
+        END IF;
+        hour := hour + 3600;
+    END LOOP;
+    RETURN made;
+END $$;
+REVOKE ALL ON FUNCTION {{make_partition}}(regclass, text, text, float8, float8) FROM PUBLIC;
 
 -- Drops the partitions of `parent` whose every row is older than `before`
 -- (whole partitions: no DELETE, no bloat). Returns how many it dropped.
@@ -162,6 +226,7 @@ DECLARE
     upper  timestamptz;
     made   integer := 0;
 BEGIN
+    PERFORM {{partitioned_check}}(parent);
     FOR part IN
         SELECT c.oid::regclass AS rel, pg_get_expr(c.relpartbound, c.oid) AS bound
         FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid

@@ -360,6 +360,16 @@ mod tests {
     }
 
     #[test]
+    fn a_check_time_is_rounded_to_the_nearest_microsecond_not_truncated() {
+        // 1795907667.17078 is 1795907667.170779943… as an f64.
+        let g = good(br#"{"url":"u","checked_at":1795907667.17078}"#);
+        assert_eq!(
+            g.checked_at,
+            Some(UNIX_EPOCH + Duration::from_micros(1_795_907_667_170_780))
+        );
+    }
+
+    #[test]
     fn failure_record_has_null_status() {
         let g = good(br#"{"url":"https://x/","checked_at":1,"status_code":null,"ok":false,"error":{"kind":"dns","message":"nx"}}"#);
         assert_eq!(g.status_code, None);

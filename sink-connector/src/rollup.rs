@@ -70,8 +70,7 @@ impl Level {
 
     /// The start of the bucket holding `t` (times before 1970 go to 1970).
     pub fn bucket(self, t: SystemTime) -> SystemTime {
-        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        UNIX_EPOCH + Duration::from_secs(secs - secs % self.seconds())
+        floor_time(t, self.seconds())
     }
 }
 
@@ -79,6 +78,23 @@ impl Level {
 pub fn latency_bucket(us: i32) -> i64 {
     let us = f64::from(us.max(1));
     (us.log2() * BUCKETS_PER_DOUBLING).floor() as i64
+}
+
+/// The start of the `span`-second interval (aligned to the Unix epoch, in
+/// UTC) holding `t`, also before 1970.
+pub fn floor_time(t: SystemTime, span: u64) -> SystemTime {
+    let span = span.max(1) as i64;
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        // Before 1970: whole seconds towards the past.
+        Err(e) => -(e.duration().as_secs_f64().ceil() as i64),
+    };
+    let start = secs.div_euclid(span) * span;
+    if start >= 0 {
+        UNIX_EPOCH + Duration::from_secs(start as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(start.unsigned_abs())
+    }
 }
 
 /// The duration, in microseconds, that stands for bucket `b`: its geometric middle.

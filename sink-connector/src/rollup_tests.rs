@@ -52,7 +52,8 @@ fn levels_cut_time_into_utc_minutes_hours_and_days() {
     assert_eq!(secs(Level::Day), 1_764_201_600);
     assert_eq!(
         Level::Day.bucket(UNIX_EPOCH - Duration::from_secs(5)),
-        UNIX_EPOCH
+        UNIX_EPOCH - Duration::from_secs(86_400),
+        "before 1970: the day that holds it"
     );
 }
 

@@ -305,7 +305,11 @@ fn code(text: &str, table: &[(&str, i16)]) -> Option<i16> {
 fn ip(text: &str) -> Option<IpAddr> {
     let s = string(text)?;
     let addr: IpAddr = s.parse().ok()?;
-    (addr.to_string() == s).then_some(addr)
+    // PostgreSQL prints an IPv6 address whose first 80 bits are zero with an
+    // IPv4 tail (`::1.2.3.4`) where Rust does not: kept as written instead.
+    let pg_prints_otherwise = matches!(addr, IpAddr::V6(v6)
+        if v6.segments()[..5] == [0; 5] && !v6.is_unspecified() && !v6.is_loopback());
+    (addr.to_string() == s && !pg_prints_otherwise).then_some(addr)
 }
 
 /// The members of a JSON object whose keys are exactly `keys`, once each.

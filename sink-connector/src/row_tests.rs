@@ -92,6 +92,8 @@ fn known_fields_that_would_not_read_back_the_same_go_to_extra_as_written() {
         (r#""http_version":"HTTP/1.2""#, "http_version"),
         (r#""ip":"::0:1""#, "ip"),
         (r#""ip":"localhost""#, "ip"),
+        (r#""ip":"::102:304""#, "ip"),
+        (r#""ip":"::a:b""#, "ip"),
         (
             r#""tls":{"version":null,"cert_not_after":null,"cert_days_left":null}"#,
             "tls",

@@ -2,7 +2,9 @@
 //! every stage chained after the source.
 //!
 //! Every field is always present; what could not be known is `null`. Times
-//! are seconds as floats, instants are epoch seconds, as in the seed. The
+//! are seconds as floats, instants are epoch seconds, as in the seed; both
+//! are written to the microsecond (as PostgreSQL keeps them, so a stored
+//! record reads back as it was sent). The
 //! record is serialised once, by [`Record::to_json`], and those bytes are the
 //! Kafka value.
 
@@ -17,10 +19,12 @@ pub struct Record {
     /// The url checked (as configured, normalised); also the Kafka key.
     pub url: String,
     /// When the check started, epoch seconds; also the Kafka timestamp (in ms).
+    #[serde(serialize_with = "micros")]
     pub checked_at: f64,
     /// Status of the last response; `null` when no response came.
     pub status_code: Option<u16>,
     /// Wall time of the whole check, seconds (redirects and body included).
+    #[serde(serialize_with = "micros")]
     pub duration: f64,
     /// Whether `regex` matched the body; `null` when the site has no regex
     /// or no body was read.
@@ -100,15 +104,20 @@ impl ErrorKind {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
     /// Name resolution; `null` for an IP address in the url or a reused connection.
+    #[serde(serialize_with = "micros_opt")]
     pub dns: Option<f64>,
     /// TCP connect; `null` for a reused connection.
+    #[serde(serialize_with = "micros_opt")]
     pub connect: Option<f64>,
     /// TLS handshake; `null` for http or a reused connection.
+    #[serde(serialize_with = "micros_opt")]
     pub tls: Option<f64>,
     /// From the connection being ready (or the request start, on a reused
     /// connection) to the response headers.
+    #[serde(serialize_with = "micros_opt")]
     pub ttfb: Option<f64>,
     /// From the response headers to the end of the body read.
+    #[serde(serialize_with = "micros_opt")]
     pub transfer: Option<f64>,
 }
 
@@ -160,6 +169,22 @@ impl Record {
     }
 }
 
+/// Seconds rounded to the microsecond.
+fn round_micros(secs: f64) -> f64 {
+    (secs * 1e6).round() / 1e6
+}
+
+fn micros<S: serde::Serializer>(secs: &f64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(round_micros(*secs))
+}
+
+fn micros_opt<S: serde::Serializer>(secs: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match secs {
+        Some(v) => s.serialize_some(&round_micros(*v)),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +200,18 @@ mod tests {
             },
             "local".into(),
         )
+    }
+
+    #[test]
+    fn times_are_written_to_the_microsecond() {
+        let mut r = sample();
+        r.checked_at = 1_795_907_667.123_456_7;
+        r.duration = 0.123_456_7;
+        r.timings.dns = Some(0.000_000_4);
+        let json: serde_json::Value = serde_json::from_slice(&r.to_json()).unwrap();
+        assert_eq!(json["checked_at"].as_f64(), Some(1_795_907_667.123_457));
+        assert_eq!(json["duration"].as_f64(), Some(0.123_457));
+        assert_eq!(json["timings"]["dns"].as_f64(), Some(0.0));
     }
 
     #[test]

@@ -32,12 +32,11 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     let mut records = Vec::new();
     for i in 0..40u32 {
         let url = format!("http://s{}/", i % 4);
-        records.push(source_record(
-            &url,
-            at + f64::from(i) * 0.25,
-            i % 10 != 0,
-            1000 + i * 10,
-        ));
+        // Times with microsecond digits, written as the source writes them.
+        let checked_at: f64 = format!("{}.{:06}", at as i64 + i64::from(i), 170_780 + i)
+            .parse()
+            .unwrap();
+        records.push(source_record(&url, checked_at, i % 10 != 0, 1000 + i * 10));
     }
     records.push(json!({"url": "http://seed/", "key": "valuefoo"}));
     t.produce(
@@ -52,14 +51,11 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     sink::stop(running, token).await;
 
     let (db, schema) = (&t.db, &t.schema);
-    let rows = db
-        .query(
-            &format!("SELECT record FROM \"{schema}\".site_check_record"),
-            &[],
-        )
-        .await
-        .unwrap();
-    let mut back: Vec<serde_json::Value> = rows.iter().map(|r| numbers_as_f64(r.get(0))).collect();
+    let mut back = records_of(
+        db,
+        &format!("SELECT record FROM \"{schema}\".site_check_record"),
+    )
+    .await;
     let key = |v: &serde_json::Value| v.to_string();
     back.sort_by_key(key);
     let mut sent: Vec<serde_json::Value> = records.iter().cloned().map(numbers_as_f64).collect();
@@ -67,6 +63,16 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
     assert_eq!(back, sent, "every record reads back as it was");
 
     assert_rollups_equal_a_recount(db, schema).await;
+}
+
+/// The JSON values of the first column of `sql`'s rows, numbers as f64.
+async fn records_of(db: &tokio_postgres::Client, sql: &str) -> Vec<serde_json::Value> {
+    db.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| numbers_as_f64(r.get(0)))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,20 +90,20 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
                 jsonb_build_object('url', s.url, 'checked_at', {at} + n * 6, 'ok', n % 7 <> 0, 'status_code', 200,
                                    'duration', 0.001 + (n % 50) / 1e5, 'probe', 'old', 'n', n),
                 'old-topic', 0, n
-         FROM generate_series(0, 39999) n JOIN \"{schema}\".site s ON s.url = 'http://s' || (n % 3) || '/';"
+         FROM generate_series(0, 39999) n JOIN \"{schema}\".site s ON s.url = 'http://s' || (n % 3) || '/';
+         -- Two odd old records (another stage's): no JSON object at all.
+         INSERT INTO \"{schema}\".site_check (site_id, checked_at, ok, status_code, duration, data, topic, \"partition\", \"offset\")
+         SELECT s.id, now() - interval '1 hour', NULL, NULL, NULL, d, 'old-topic', 0, 40000 + i
+         FROM \"{schema}\".site s, unnest(ARRAY['\"just a string\"'::jsonb, '[1, 2, 3]'::jsonb]) WITH ORDINALITY AS o(d, i)
+         WHERE s.url = 'http://s0/';"
     ))
     .await
     .unwrap();
-    let originals: Vec<serde_json::Value> = db
-        .query(
-            &format!("SELECT data FROM \"{schema}\".site_check ORDER BY \"offset\""),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| numbers_as_f64(r.get(0)))
-        .collect();
+    let originals = records_of(
+        db,
+        &format!("SELECT data FROM \"{schema}\".site_check ORDER BY \"offset\""),
+    )
+    .await;
 
     // Two sinks of four writers each start at once: eight movers share the
     // old table; none may drop it while another still moves a chunk.
@@ -119,16 +125,11 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
     .await;
     sink::stop(running, token).await;
     sink::stop(running2, token2).await;
-    let back: Vec<serde_json::Value> = db
-        .query(
-            &format!("SELECT record FROM \"{schema}\".site_check_record ORDER BY \"offset\""),
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| numbers_as_f64(r.get(0)))
-        .collect();
+    let back = records_of(
+        db,
+        &format!("SELECT record FROM \"{schema}\".site_check_record ORDER BY \"offset\""),
+    )
+    .await;
     assert_eq!(back.len(), originals.len(), "no row lost or doubled");
     assert!(back == originals, "every old record reads back as it was");
     let per_day: i64 = db
@@ -139,7 +140,7 @@ async fn an_old_populated_history_moves_into_the_new_tables_without_losing_a_row
         .await
         .unwrap()
         .get(0);
-    assert_eq!(per_day, 40_000, "the old rows are counted in the rollups");
+    assert_eq!(per_day, 40_002, "the old rows are counted in the rollups");
 }
 
 /// Asserts every rollup level holds exactly what a recount of the history gives.
@@ -365,5 +366,72 @@ async fn a_least_privileged_sink_facing_the_old_history_stops_and_says_to_start_
             .await,
         10
     );
+    t.drop_role(&role).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_functions_refuse_other_tables_and_fill_around_existing_partitions() {
+    let t = SinkTest::new("storage_parts", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    t.migrate().await;
+    let role = t.least_privileged_role().await;
+    db.batch_execute(&format!(
+        "SET search_path = \"{schema}\";
+         CREATE TABLE ledger (at timestamptz, amount int) PARTITION BY RANGE (at);
+         CREATE TABLE ledger_all PARTITION OF ledger FOR VALUES FROM ('2000-01-01') TO ('2100-01-01');
+         INSERT INTO ledger VALUES (now(), 1);"
+    ))
+    .await
+    .unwrap();
+    // The sink's role may run the functions, but only on the sink's tables.
+    let uri = website_monitor_tests::kv_uri(&t.stack.postgres_uri, Some(&role), None, None, None);
+    let as_sink = website_monitor_tests::pg(&uri).await;
+    for call in [
+        format!("SELECT \"{schema}\".site_drop_partitions('\"{schema}\".ledger'::regclass, 'infinity')"),
+        format!("SELECT \"{schema}\".site_make_partitions('\"{schema}\".ledger'::regclass, now(), now(), '1 hour')"),
+    ] {
+        let e = as_sink.query_one(&call, &[]).await.expect_err(&call);
+        let message = e.as_db_error().map(|d| d.message().to_owned()).unwrap_or_default();
+        assert!(
+            message.contains("not one of the website-monitor sink's partitioned tables"),
+            "{call}: {e:?}"
+        );
+    }
+    assert_eq!(
+        t.count("ledger", "").await,
+        1,
+        "the other table keeps its rows"
+    );
+
+    // A span changed from a day to an hour: the day's partition covers the
+    // hours, nothing fails. Its day partition detached: hours fill the gap.
+    let make = |span: &str| {
+        format!("SELECT \"{schema}\".site_make_partitions('\"{schema}\".site_check'::regclass, now(), now(), '{span}')")
+    };
+    let as_sink = &as_sink;
+    let made =
+        |sql: String| async move { as_sink.query_one(&sql, &[]).await.unwrap().get::<_, i32>(0) };
+    made(make("1 day")).await;
+    assert_eq!(
+        made(make("1 hour")).await,
+        0,
+        "covered by the day's partition"
+    );
+    let today = db
+        .query_one("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMMDD')", &[])
+        .await
+        .unwrap()
+        .get::<_, String>(0);
+    db.batch_execute(&format!(
+        "ALTER TABLE \"{schema}\".site_check DETACH PARTITION \"{schema}\".site_check_{today}"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        made(make("1 day")).await,
+        24,
+        "the detached day is filled hour by hour"
+    );
+    assert_eq!(made(make("1 day")).await, 0, "and then covered");
     t.drop_role(&role).await;
 }

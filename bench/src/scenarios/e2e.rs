@@ -71,6 +71,10 @@ fn e2e_config(ctx: &Ctx, topic: &str, sites: &Path, schema: &str) -> Result<Path
     ctx.write("e2e.toml", &text)
 }
 
+/// A history row's latency in seconds: when the sink wrote it (`inserted_at`,
+/// clock time per row) less when the source checked (`checked_at`).
+const LAG: &str = "extract(epoch FROM inserted_at - checked_at)::float8";
+
 /// p50 and p99 of the latency (s) of the rows checked between `warm` and
 /// `until` (Unix seconds), and how many rows that is.
 async fn latency(
@@ -83,8 +87,8 @@ async fn latency(
         .query_one(
             &format!(
                 "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), count(*) \
-                 FROM (SELECT extract(epoch FROM inserted_at)::float8 - (data->>'checked_at')::float8 AS lag \
-                       FROM \"{schema}\".site_check WHERE (data->>'checked_at')::float8 BETWEEN $1 AND $2) s"
+                 FROM (SELECT {LAG} AS lag FROM \"{schema}\".site_check \
+                       WHERE checked_at BETWEEN to_timestamp($1) AND to_timestamp($2)) s"
             ),
             &[&warm, &until],
         )
@@ -105,7 +109,7 @@ async fn write_per_second(
             &format!(
                 "SELECT floor(c)::int8 - floor($1::float8)::int8, count(*), \
                         percentile_cont(0.5) WITHIN GROUP (ORDER BY lag), percentile_cont(0.99) WITHIN GROUP (ORDER BY lag), max(lag) \
-                 FROM (SELECT (data->>'checked_at')::float8 AS c, extract(epoch FROM inserted_at)::float8 - (data->>'checked_at')::float8 AS lag \
+                 FROM (SELECT extract(epoch FROM checked_at)::float8 AS c, {LAG} AS lag \
                        FROM \"{schema}\".site_check) s GROUP BY 1 ORDER BY 1"
             ),
             &[&(warm - 10.0)],

@@ -10,8 +10,11 @@
 //! - [`bare`]: bare HTTP client loops (reqwest, hyper), the source
 //!   throughput's calibration;
 //! - [`scale`]: the source at 100,000 sites;
-//! - [`sink`]: the sink's throughput against a raw `COPY`, and its resume
-//!   after kill -9;
+//! - [`sink`]: the sink's throughput against a raw `COPY`, keyed and
+//!   keyless, and the bytes per stored check; [`records`]: the records and
+//!   COPY baseline it shares with [`resume`]: a sink's resume after kill -9;
+//! - [`dataset`](mod@dataset): a generated long-run data set (rollups and history, in SQL)
+//!   and the SQL API's timings over it;
 //! - [`e2e`]: source → Kafka → sink latency.
 
 use std::fmt::Write as _;
@@ -25,14 +28,21 @@ use crate::proc::{metric_sum, Connector, CpuSample};
 use website_monitor_tests::{create_topic, stack, unique, Stack};
 
 mod bare;
+mod dataset;
+mod disk;
 mod e2e;
+mod records;
+mod resume;
 mod scale;
 mod sink;
 mod source;
 
+pub use dataset::dataset;
 pub use e2e::end_to_end;
+pub use records::Keys;
+pub use resume::sink_resume;
 pub use scale::source_scale;
-pub use sink::{sink_resume, sink_throughput};
+pub use sink::sink_throughput;
 pub use source::{source_throughput, warm_up_broker};
 
 const SOURCE_METRICS: &str = "127.0.0.1:19464";

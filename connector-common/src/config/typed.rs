@@ -164,13 +164,18 @@ pub fn friendly(message: &str) -> String {
         Some(at) if message.ends_with('`') => &message[..at],
         _ => message,
     };
-    let message = if message.starts_with("unknown field") {
+    let mut message = if message.starts_with("unknown field") {
         format!("{message}; remove it or fix its spelling")
     } else if let Some(without) = without_value(message) {
         without
     } else {
         message.to_owned()
     };
+    if message.ends_with("expected a duration") {
+        message.push_str(
+            r#"; write a number and a unit in a string, e.g. "250ms", "30s", "5m", "2h" or "7d""#,
+        );
+    }
     truncate(&message, MAX_FOREIGN_TEXT_BYTES)
 }
 
@@ -221,6 +226,14 @@ mod tests {
             "does not compile: unclosed group"
         );
         assert_eq!(friendly("a `b`"), "a `b`");
+    }
+
+    #[test]
+    fn a_duration_that_does_not_parse_says_how_to_write_one() {
+        assert_eq!(
+            friendly("invalid value: string \"abc\", expected a duration"),
+            r#"invalid value: a string, expected a duration; write a number and a unit in a string, e.g. "250ms", "30s", "5m", "2h" or "7d""#
+        );
     }
 
     #[test]

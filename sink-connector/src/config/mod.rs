@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use connector_common::config::{Invalid, Validate};
-use connector_common::limits::{check_duration, check_number, text_problem, topic_problem};
+use connector_common::limits::{
+    check_duration, check_number, show_duration, text_problem, topic_problem,
+};
 use connector_common::listen::ListenAddress;
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +110,8 @@ pub struct SinkConfig {
     pub metrics_address: ListenAddress,
     /// How long history rows are kept: whole partitions older than this are
     /// dropped (never `DELETE`), and a record older than this gets no history
-    /// row (it still counts in the rollups that cover its time). 1 hour to 100 years.
+    /// row (it still counts in the rollups that cover its time). 1 hour to 100 years,
+    /// and at least `history_partition`.
     #[serde(with = "humantime_serde")]
     pub history_retention: Duration,
     /// The time each history partition covers: whole hours, from 1 hour to 7
@@ -122,10 +125,12 @@ pub struct SinkConfig {
     /// How long the per-minute rollups are kept (daily partitions). 1 hour to 100 years.
     #[serde(with = "humantime_serde")]
     pub rollup_minute_retention: Duration,
-    /// How long the per-hour rollups are kept (daily partitions). 1 hour to 100 years.
+    /// How long the per-hour rollups are kept (daily partitions). 1 hour to 100
+    /// years, and at least `rollup_minute_retention`.
     #[serde(with = "humantime_serde")]
     pub rollup_hour_retention: Duration,
-    /// How long the per-day rollups are kept (30-day partitions). 1 day to 100 years.
+    /// How long the per-day rollups are kept (30-day partitions). 1 day to 100
+    /// years, and at least `rollup_hour_retention`.
     #[serde(with = "humantime_serde")]
     pub rollup_day_retention: Duration,
     /// Site status policy: thresholds, quorum across probes, maintenance
@@ -408,6 +413,44 @@ impl SinkConfig {
             MAX_HISTORY_PARTITION,
             "1d",
         );
+        if self.history_retention < span {
+            out.push(Invalid::new(
+                key("history_retention"),
+                format!(
+                    "{} is shorter than history_partition ({}): whole partitions are dropped, so give a retention of at least one partition",
+                    show_duration(self.history_retention),
+                    show_duration(span)
+                ),
+            ));
+        }
+        // The SQL API reads whole days from the day level, whole hours from
+        // the hour level: each coarser level must reach at least as far back.
+        for (finer, coarser, a, b) in [
+            (
+                "rollup_minute_retention",
+                "rollup_hour_retention",
+                self.rollup_minute_retention,
+                self.rollup_hour_retention,
+            ),
+            (
+                "rollup_hour_retention",
+                "rollup_day_retention",
+                self.rollup_hour_retention,
+                self.rollup_day_retention,
+            ),
+        ] {
+            if b < a {
+                out.push(Invalid::new(
+                    key(coarser),
+                    format!(
+                        "{} is shorter than {finer} ({}): uptime and latency over a range read the coarser level for its older part, so give {coarser} at least {}",
+                        show_duration(b),
+                        show_duration(a),
+                        show_duration(a)
+                    ),
+                ));
+            }
+        }
         if span.as_secs() % 3600 != 0 || span.subsec_nanos() != 0 {
             out.push(Invalid::new(
                 key("history_partition"),

@@ -392,3 +392,25 @@ fn bad_status_values_are_refused_under_their_keys() {
         .unwrap_err();
     assert!(!e.contains("rules[0]"), "{e}");
 }
+
+#[test]
+fn retentions_that_would_break_the_sql_api_or_keep_nothing_are_refused_naming_the_key() {
+    let err = load("[sink]\nrollup_day_retention = \"1d\"\n").unwrap_err();
+    assert!(
+        err.contains("sink.rollup_day_retention") && err.contains("at least 35d"),
+        "{err}"
+    );
+    let err = load("[sink]\nrollup_minute_retention = \"40d\"\n").unwrap_err();
+    assert!(err.contains("sink.rollup_hour_retention"), "{err}");
+    let err = load("[sink]\nhistory_retention = \"1h\"\nhistory_partition = \"7d\"\n").unwrap_err();
+    assert!(
+        err.contains("sink.history_retention") && err.contains("history_partition (7d)"),
+        "{err}"
+    );
+    let err = load("[sink]\nrollup_day_retention = \"999999d\"\n").unwrap_err();
+    assert!(
+        err.contains("to 36500d"),
+        "days, not months and years: {err}"
+    );
+    assert!(load("[sink]\nhistory_retention = \"1h\"\nhistory_partition = \"1h\"\n").is_ok());
+}

@@ -11,7 +11,7 @@
 //! error.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use tokio_postgres::{Client, GenericClient};
 
@@ -35,15 +35,14 @@ pub struct Partitioned {
 impl Partitioned {
     /// The start of the partition holding `t`.
     pub fn start(&self, t: SystemTime) -> SystemTime {
-        let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let span = self.span.as_secs().max(1);
-        UNIX_EPOCH + Duration::from_secs(secs - secs % span)
+        crate::rollup::floor_time(t, self.span.as_secs())
     }
 
-    /// The earliest time a row may be written for and not be dropped by the
-    /// next retention run: the retention, less an hour of margin, before `now`.
+    /// Whether a row for `t` may be written and not be dropped by the next
+    /// retention run: `t` is within the retention, less a margin (an hour,
+    /// or a quarter of a shorter retention), before `now`.
     pub fn keeps(&self, t: SystemTime, now: SystemTime) -> bool {
-        let margin = Duration::from_secs(3600);
+        let margin = (self.retention / 4).min(Duration::from_secs(3600));
         match now.checked_sub(self.retention.saturating_sub(margin)) {
             Some(cutoff) => t >= cutoff,
             None => true,
@@ -150,21 +149,23 @@ impl Layout {
         times.into_iter().map(|t| (table, table.start(t))).collect()
     }
 
-    /// Makes every partition in `needs` that does not exist yet, in one short
-    /// transaction with a lock timeout; returns how many were made.
+    /// Makes every partition in `needs` that does not exist yet, each in its
+    /// own short transaction with a lock timeout (so it holds one table's
+    /// lock at a time and cannot deadlock with a batch holding several);
+    /// returns how many were made.
     pub async fn make(
         &self,
         client: &mut Client,
         needs: &BTreeSet<(&Partitioned, SystemTime)>,
     ) -> Result<i64, tokio_postgres::Error> {
-        if needs.is_empty() {
-            return Ok(0);
+        let mut made = 0;
+        for need in needs {
+            let tx = client.transaction().await?;
+            tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+                .await?;
+            made += self.make_in(&tx, &BTreeSet::from([*need])).await?;
+            tx.commit().await?;
         }
-        let tx = client.transaction().await?;
-        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            .await?;
-        let made = self.make_in(&tx, needs).await?;
-        tx.commit().await?;
         Ok(made)
     }
 
@@ -232,6 +233,7 @@ impl Layout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn table(span_h: u64, retention_h: u64) -> Partitioned {
         Partitioned {
@@ -256,6 +258,26 @@ mod tests {
         assert!(p.keeps(now, now));
         assert!(p.keeps(now - Duration::from_secs(46 * 3600), now));
         assert!(!p.keeps(now - Duration::from_secs(48 * 3600), now));
+    }
+
+    #[test]
+    fn the_shortest_retention_still_keeps_recent_rows() {
+        let now = UNIX_EPOCH + Duration::from_secs(10 * 86_400);
+        let p = table(1, 1);
+        assert!(p.keeps(now - Duration::from_secs(5), now));
+        assert!(p.keeps(now - Duration::from_secs(44 * 60), now));
+        assert!(!p.keeps(now - Duration::from_secs(46 * 60), now));
+    }
+
+    #[test]
+    fn a_time_before_1970_starts_its_own_partition() {
+        let p = table(24, 1);
+        let t = UNIX_EPOCH - Duration::from_secs(86_400 * 3650 + 5);
+        assert_eq!(
+            p.start(t),
+            UNIX_EPOCH - Duration::from_secs(86_400 * 3651),
+            "the start at or before the time, on a day boundary"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What every writer shares, made once at start ([`Shared`]: settings,
 //! table names, statements, the PostgreSQL target, readiness, the shutdown
-//! budget), and how a writer opens its connection ([`open`]: connect, bound
+//! budget), and how a writer opens its connection (`open`: connect, bound
 //! abandoned transactions, migrate, prepare, move an old history table).
 
 use std::sync::atomic::AtomicBool;

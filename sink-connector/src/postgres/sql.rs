@@ -211,6 +211,10 @@ pub struct Conn {
     pub(crate) statements: Statements,
     /// The partitioned tables, for making partitions before a batch.
     pub(crate) layout: Layout,
+    /// Partitions (table, start) this connection has made or found: not
+    /// asked for again. A failed attempt drops the connection, and this with
+    /// it, so a partition an operator detached is looked for again.
+    pub(crate) partitions_known: std::collections::HashSet<(String, std::time::SystemTime)>,
 }
 
 impl std::fmt::Debug for Conn {
@@ -244,6 +248,7 @@ impl Conn {
             client,
             statements,
             layout: sql.layout.clone(),
+            partitions_known: Default::default(),
         })
     }
 }

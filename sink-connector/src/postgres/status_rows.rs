@@ -1,4 +1,4 @@
-//! The rows of the status tables (migration 0008) and their SQL: loading
+//! The rows of the status tables (migration 0009) and their SQL: loading
 //! sites with every probe under lock, writing them back with their
 //! transitions, and the ad-hoc maintenance windows.
 //!

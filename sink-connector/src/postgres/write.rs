@@ -136,7 +136,12 @@ async fn make_partitions(
     only: Option<&[usize]>,
     now: SystemTime,
 ) -> Result<(), WriteError> {
-    let layout = &conn.layout;
+    let Conn {
+        client,
+        layout,
+        partitions_known,
+        ..
+    } = conn;
     let mut needs = Layout::needs(&layout.rejected, [now]);
     for (i, g) in good_indices(msgs, only) {
         let at = effective_time(&msgs[i], g, now);
@@ -150,8 +155,13 @@ async fn make_partitions(
             needs.extend(Layout::needs(table, [at]));
         }
     }
-    let layout = layout.clone();
-    layout.make(&mut conn.client, &needs).await?;
+    needs.retain(|(table, start)| !partitions_known.contains(&(table.table.clone(), *start)));
+    layout.make(client, &needs).await?;
+    partitions_known.extend(
+        needs
+            .iter()
+            .map(|(table, start)| (table.table.clone(), *start)),
+    );
     Ok(())
 }
 

@@ -80,7 +80,9 @@ async fn curl_phases(url: &str, ca: &Path) -> Phases {
 /// Whether `r`'s phases each saw their own stall and not another's, and agree
 /// with curl: each phase more than its stall less 15 ms (a check thread
 /// late to read the headers moves a few ms from `transfer` to `ttfb`), less
-/// than its stall + 40 ms (the smallest other stall is 100 ms) and within
+/// than its stall + 70 ms (the smallest other stall is 100 ms, so a phase
+/// that took another's stall is still caught; 40 ms was exceeded by a debug
+/// build's TLS handshake under the parallel tests' load) and within
 /// max(15 ms, 30 %) of curl's. Tolerances for a shared, noisy 2-core machine.
 fn judge(what: &str, r: &Record, curl: Phases, stalls: Phases) -> Result<(), String> {
     let table = format!(
@@ -112,9 +114,9 @@ fn judge(what: &str, r: &Record, curl: Phases, stalls: Phases) -> Result<(), Str
                 "{name} {got:.4} s is 15 ms or more shorter than its own stall"
             ));
         }
-        if got >= stall + 0.040 {
+        if got >= stall + 0.070 {
             wrong.push(format!(
-                "{name} {got:.4} s is 40 ms or more over its stall of {stall} s"
+                "{name} {got:.4} s is 70 ms or more over its stall of {stall} s"
             ));
         }
         if (got - curl).abs() > (0.3 * curl).max(0.015) {

@@ -1,4 +1,4 @@
--- 0008: site status and incidents (issue 14; the model is
+-- 0009: site status and incidents (issue 14; the model is
 -- sink-connector/src/status/, the wiring sink-connector/src/postgres/status.rs
 -- and status_rows.rs, docs/status.md).
 --
