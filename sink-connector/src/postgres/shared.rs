@@ -113,7 +113,12 @@ impl Shared {
         // Validated at load; a policy refused here all the same (a config
         // built in code) falls back to the defaults, said in the log.
         match Policy::from_config(&cfg.status) {
-            Ok(p) => sql.policy = Arc::new(p),
+            Ok(p) => {
+                for w in p.warnings() {
+                    tracing::warn!("{w}");
+                }
+                sql.policy = Arc::new(p);
+            }
             Err(e) => {
                 tracing::error!(problems = ?e, "[sink.status] is invalid; using the default status policy")
             }

@@ -229,6 +229,7 @@ pub(crate) async fn load(
         let site = Site {
             status,
             probes: BTreeMap::new(),
+            late: 0,
         };
         out.insert(
             site.status.site_id,

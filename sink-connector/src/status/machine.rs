@@ -9,7 +9,13 @@
 //!   counters at zero: it votes once a threshold is met.
 //! - A check not newer than the probe's last one (`checked_at` ≤ the last
 //!   seen) is late: it moves nothing (the history still stores it).
-//! - A check inside a maintenance window moves no counter.
+//! - Checks inside a maintenance window count as usual (only the state
+//!   shown is `maintenance`). Leaving the window, a probe says `down` only
+//!   if its latest `failure_threshold` checks failed: one whose latest
+//!   checks succeed is up again ([`ProbeState::set_maintenance`]).
+//! - A check dated ahead of the sink's clock by more than [`FUTURE_SKEW`] is
+//!   taken as checked at the sink's clock ([`effective_time`]), so one bad
+//!   clock cannot push a probe's or a site's time into the future.
 
 use std::time::Duration;
 
@@ -18,6 +24,22 @@ use chrono::{DateTime, TimeDelta, Utc};
 use super::policy::{Thresholds, INTERVAL_RANGE};
 use super::transition::Position;
 use super::State;
+
+/// How far ahead of the sink's wall clock a record's `checked_at` may be and
+/// still count at its own time (clock skew between the probes' hosts and the
+/// sink's). Further ahead, the state machine takes it as checked at the
+/// sink's clock; the history keeps its own `checked_at`.
+pub const FUTURE_SKEW: TimeDelta = TimeDelta::seconds(2);
+
+/// The time the state machine takes a check at: its `checked_at`, or `now`
+/// (the sink's wall clock) when that is more than [`FUTURE_SKEW`] ahead.
+pub fn effective_time(checked_at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    if checked_at > now + FUTURE_SKEW {
+        now
+    } else {
+        checked_at
+    }
+}
 
 /// What the state machine takes from one record.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,8 +65,6 @@ pub struct Check<'a> {
 pub enum Observed {
     /// Not newer than the last check seen: nothing moved.
     Late,
-    /// Inside a maintenance window: only the last-seen time moved.
-    Frozen,
     /// Counters moved; the probe's health is the same.
     Same,
     /// The probe's health changed.
@@ -110,9 +130,9 @@ impl ProbeState {
         }
     }
 
-    /// Feeds one check; `in_window`: a maintenance window covers the site at
-    /// the check's `checked_at`.
-    pub fn observe(&mut self, check: &Check<'_>, t: &Thresholds, in_window: bool) -> Observed {
+    /// Feeds one check (inside a maintenance window too: the checks count,
+    /// only the state shown is `maintenance`).
+    pub fn observe(&mut self, check: &Check<'_>, t: &Thresholds) -> Observed {
         if self
             .last_checked_at
             .is_some_and(|last| check.checked_at <= last)
@@ -123,9 +143,6 @@ impl ProbeState {
         self.interval = check.interval.map_or(t.default_interval, |i| {
             i.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1)
         });
-        if in_window {
-            return Observed::Frozen;
-        }
         let slow = self.count(check, t);
         let next = self.next_health(slow, t);
         if next == self.health {
@@ -200,11 +217,28 @@ impl ProbeState {
         }
     }
 
-    /// Enters or leaves maintenance at `at`.
+    /// Enters or leaves maintenance at `at`. Leaving, the failures counted
+    /// during the window are forgotten (`down` needs `failure_threshold`
+    /// failures after it), and a probe saying `down` is up again (degraded
+    /// if slow) when its latest check succeeded, else unknown until its
+    /// thresholds are met — so a site that recovered during the window, or
+    /// as it ends, does not leave it to `down`.
     pub fn set_maintenance(&mut self, on: bool, at: DateTime<Utc>) {
-        if self.in_maintenance != on {
-            self.in_maintenance = on;
-            self.since = at;
+        if self.in_maintenance == on {
+            return;
         }
+        self.in_maintenance = on;
+        self.since = at;
+        if on {
+            return;
+        }
+        if self.health == State::Down {
+            self.health = match (self.oks, self.slows) {
+                (0, _) => State::Unknown,
+                (_, 0) => State::Up,
+                _ => State::Degraded,
+            };
+        }
+        self.fails = 0;
     }
 }

@@ -77,9 +77,13 @@ impl Thresholds {
         }
     }
 
-    /// Whether `unhappy` probes out of `voting` meet the quorum.
+    /// Whether `unhappy` probes out of `voting` meet the quorum:
+    /// `min_probes_down` capped by the voting probes (a site seen by one
+    /// probe, or whose other probes are silent, can still be down), and
+    /// `probes_down_fraction` of them.
     pub fn quorum(&self, unhappy: usize, voting: usize) -> bool {
-        let enough = unhappy > 0 && unhappy as u64 >= u64::from(self.min_probes_down);
+        let need = u64::from(self.min_probes_down).min(voting as u64);
+        let enough = unhappy > 0 && unhappy as u64 >= need;
         let share = self
             .probes_down_fraction
             .is_none_or(|f| unhappy as f64 >= f * voting as f64);
@@ -144,6 +148,28 @@ impl Policy {
             .iter()
             .find(|(re, _)| re.is_match(url))
             .map_or(&self.defaults, |(_, t)| t)
+    }
+
+    /// What an operator should know about this policy, for the log at start:
+    /// `min_probes_down` above 1 (default or a rule's) is capped by the
+    /// probes voting for a site, so a site seen by fewer probes is judged by
+    /// those it has (one probe's word when only one votes).
+    pub fn warnings(&self) -> Vec<String> {
+        let rules = self
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, (_, t))| (format!("rules[{i}]."), t));
+        std::iter::once((String::new(), &self.defaults))
+            .chain(rules)
+            .filter(|(_, t)| t.min_probes_down > 1)
+            .map(|(prefix, t)| {
+                format!(
+                    "[sink.status] {prefix}min_probes_down = {n}: a site is down when {n} of its voting probes say so, or all of them when fewer than {n} vote (a site checked from one location, or whose other probes are silent, is down on one probe's word); see docs/status.md",
+                    n = t.min_probes_down
+                )
+            })
+            .collect()
     }
 
     /// The recurring maintenance windows, in file order.

@@ -59,6 +59,9 @@ pub struct Site {
     pub status: SiteStatus,
     /// The probe rows, by probe name (`""` for records without a probe).
     pub probes: BTreeMap<String, ProbeState>,
+    /// Records [`Site::apply`] found late for their probe (not stored; for
+    /// the metrics).
+    pub late: u64,
 }
 
 impl Site {
@@ -78,6 +81,7 @@ impl Site {
                 seq: 0,
             },
             probes: BTreeMap::new(),
+            late: 0,
         }
     }
 
@@ -90,17 +94,30 @@ impl Site {
         t: &Thresholds,
         windows: &Windows<'_>,
     ) -> Option<Transition> {
-        let in_window = windows.covering(check.checked_at).is_some();
+        let late = self
+            .probes
+            .get(check.probe)
+            .and_then(|p| p.last_checked_at)
+            .is_some_and(|last| check.checked_at <= last);
+        if late {
+            self.late += 1;
+            return None;
+        }
+        let clock = check.checked_at.max(self.status.evaluated_at);
+        // A window begun or ended by this time takes effect before the
+        // record counts: a failure after a window counts after it.
+        let covered = windows.covering(clock).is_some();
+        let mut moved = false;
+        for p in self.probes.values_mut() {
+            moved |= p.in_maintenance != covered;
+            p.set_maintenance(covered, clock);
+        }
         let probe = self
             .probes
             .entry(check.probe.to_owned())
             .or_insert_with(|| ProbeState::new(check.checked_at, t.default_interval));
-        let observed = probe.observe(check, t, in_window);
-        if observed == Observed::Late {
-            return None;
-        }
-        let clock = check.checked_at.max(self.status.evaluated_at);
-        let moved = matches!(observed, Observed::Changed { .. });
+        let observed = probe.observe(check, t);
+        moved |= matches!(observed, Observed::Changed { .. });
         self.settle(clock, t, windows, check.position, moved)
     }
 
@@ -108,7 +125,10 @@ impl Site {
     /// windows that began or ended take effect, and the site is evaluated
     /// again. [`Swept::Idle`] (nothing touched) when nothing was due.
     pub fn sweep(&mut self, now: DateTime<Utc>, t: &Thresholds, windows: &Windows<'_>) -> Swept {
-        let clock = now.max(self.status.evaluated_at);
+        // A clock pushed ahead (rows of an older sink) is not followed
+        // further than the skew a record may have.
+        let ahead = now + super::machine::FUTURE_SKEW;
+        let clock = now.max(self.status.evaluated_at.min(ahead));
         let silent = self
             .probes
             .values()

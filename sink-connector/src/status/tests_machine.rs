@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::machine::{Check, Observed, ProbeState};
+use super::machine::{effective_time, Check, Observed, ProbeState};
 use super::policy::Thresholds;
 use super::settings::StatusConfig;
 use super::State;
@@ -35,7 +35,7 @@ fn feed(p: &mut ProbeState, t: &Thresholds, start: i64, oks: &[bool]) -> Vec<Sta
     oks.iter()
         .enumerate()
         .map(|(i, ok)| {
-            p.observe(&check("eu", start + 60 * i as i64, *ok), t, false);
+            p.observe(&check("eu", start + 60 * i as i64, *ok), t);
             p.health
         })
         .collect()
@@ -94,7 +94,7 @@ fn slow_successes_make_it_degraded_and_fast_ones_up_again() {
     };
     let mut got = Vec::new();
     for s in [200, 260, 320] {
-        p.observe(&slow(s), &t, false);
+        p.observe(&slow(s), &t);
         got.push(p.health);
     }
     assert_eq!(got, [State::Up, State::Up, State::Degraded]);
@@ -103,14 +103,14 @@ fn slow_successes_make_it_degraded_and_fast_ones_up_again() {
         duration: Some(Duration::from_secs(1)),
         ..check("eu", 380, true)
     };
-    p.observe(&exact, &t, false);
+    p.observe(&exact, &t);
     assert_eq!(p.health, State::Degraded);
-    p.observe(&check("eu", 440, true), &t, false);
+    p.observe(&check("eu", 440, true), &t);
     assert_eq!(p.health, State::Up);
     // A slow success counts as a success: it brings a down probe back, degraded.
     feed(&mut p, &t, 500, &[false, false, false]);
-    p.observe(&slow(700), &t, false);
-    p.observe(&slow(760), &t, false);
+    p.observe(&slow(700), &t);
+    p.observe(&slow(760), &t);
     assert_eq!(p.health, State::Degraded);
 }
 
@@ -123,7 +123,7 @@ fn no_degraded_state_without_degraded_after() {
             duration: Some(Duration::from_secs(30)),
             ..check("eu", s * 60, true)
         };
-        p.observe(&c, &t, false);
+        p.observe(&c, &t);
     }
     assert_eq!(p.health, State::Up);
 }
@@ -134,17 +134,11 @@ fn late_and_repeated_records_move_nothing() {
     let mut p = ProbeState::new(at(0), t.default_interval);
     feed(&mut p, &t, 0, &[true, true, false, false]);
     let before = p.clone();
-    assert_eq!(
-        p.observe(&check("eu", 100, false), &t, false),
-        Observed::Late
-    );
-    assert_eq!(
-        p.observe(&check("eu", 180, false), &t, false),
-        Observed::Late
-    );
+    assert_eq!(p.observe(&check("eu", 100, false), &t), Observed::Late);
+    assert_eq!(p.observe(&check("eu", 180, false), &t), Observed::Late);
     assert_eq!(p, before);
     assert_eq!(
-        p.observe(&check("eu", 181, false), &t, false),
+        p.observe(&check("eu", 181, false), &t),
         Observed::Changed {
             from: State::Up,
             to: State::Down
@@ -153,20 +147,46 @@ fn late_and_repeated_records_move_nothing() {
 }
 
 #[test]
-fn checks_in_a_window_move_no_counter() {
+fn checks_in_a_window_count_and_leaving_it_needs_a_failing_streak_for_down() {
     let t = thresholds();
     let mut p = ProbeState::new(at(0), t.default_interval);
-    feed(&mut p, &t, 0, &[true, true, false, false]);
-    for s in 0..10 {
-        assert_eq!(
-            p.observe(&check("eu", 300 + s, false), &t, true),
-            Observed::Frozen
-        );
-    }
-    assert_eq!((p.health, p.fails), (State::Up, 2));
-    assert_eq!(p.last_checked_at, Some(at(309)));
-    p.observe(&check("eu", 400, false), &t, false);
+    feed(&mut p, &t, 0, &[true, true, false, false, false]);
     assert_eq!(p.health, State::Down);
+    p.set_maintenance(true, at(290));
+    // Recovered during the window: one success is below success_threshold,
+    // but leaving the window with the latest check a success is up.
+    p.observe(&check("eu", 300, true), &t);
+    assert_eq!((p.state(), p.health), (State::Maintenance, State::Down));
+    p.set_maintenance(false, at(310));
+    assert_eq!((p.state(), p.since), (State::Up, at(310)));
+    // Failing through a window: unknown after it, with no failure counted,
+    // down after failure_threshold failures after the window.
+    feed(&mut p, &t, 400, &[false, false, false]);
+    p.set_maintenance(true, at(590));
+    p.observe(&check("eu", 600, false), &t);
+    p.set_maintenance(false, at(610));
+    assert_eq!((p.state(), p.fails), (State::Unknown, 0));
+    feed(&mut p, &t, 620, &[false, false]);
+    assert_eq!(p.state(), State::Unknown);
+    feed(&mut p, &t, 800, &[false]);
+    assert_eq!(p.state(), State::Down);
+    // Up before, two failures in the window, one after: not three after.
+    feed(&mut p, &t, 900, &[true, true]);
+    p.set_maintenance(true, at(1010));
+    feed(&mut p, &t, 1020, &[false, false]);
+    p.set_maintenance(false, at(1200));
+    feed(&mut p, &t, 1210, &[false]);
+    assert_eq!(p.state(), State::Up);
+}
+
+#[test]
+fn a_check_dated_ahead_of_the_sink_beyond_the_skew_counts_at_the_sink_clock() {
+    let now = at(1000);
+    assert_eq!(effective_time(at(1001), now), at(1001), "within the skew");
+    assert_eq!(effective_time(at(1002), now), at(1002));
+    assert_eq!(effective_time(at(1003), now), now);
+    assert_eq!(effective_time(at(87_000), now), now);
+    assert_eq!(effective_time(at(10), now), at(10));
 }
 
 #[test]
@@ -177,7 +197,7 @@ fn silence_follows_the_records_interval() {
         interval: Some(Duration::from_secs(10)),
         ..check("eu", 0, true)
     };
-    p.observe(&c, &t, false);
+    p.observe(&c, &t);
     // Unknown probes have no silence deadline.
     assert_eq!(p.silent_at(&t), None);
     p.observe(
@@ -186,7 +206,6 @@ fn silence_follows_the_records_interval() {
             ..c.clone()
         },
         &t,
-        false,
     );
     assert_eq!(p.silent_at(&t), Some(at(40)));
     // Without an interval: default_interval (60s); a silly one is clamped.
@@ -196,14 +215,13 @@ fn silence_follows_the_records_interval() {
             ..check("eu", 20, true)
         },
         &t,
-        false,
     );
     assert_eq!(p.silent_at(&t), Some(at(200)));
     let tiny = Check {
         interval: Some(Duration::from_nanos(1)),
         ..check("eu", 30, true)
     };
-    p.observe(&tiny, &t, false);
+    p.observe(&tiny, &t);
     assert_eq!(p.interval, Duration::from_millis(100));
 }
 
@@ -268,7 +286,8 @@ fn quorum_counts_and_shares() {
     assert!(!t.quorum(0, 3));
     assert!(t.quorum(1, 3));
     t.min_probes_down = 2;
-    assert!(!t.quorum(1, 1));
+    assert!(t.quorum(1, 1), "capped by the voting probes");
+    assert!(!t.quorum(1, 2));
     t.probes_down_fraction = Some(0.75);
     assert!(!t.quorum(2, 3));
     assert!(t.quorum(3, 4));

@@ -203,20 +203,6 @@ fn a_site_whose_only_probe_stops_is_unknown_after_a_sweep() {
 }
 
 #[test]
-fn below_the_quorum_without_an_up_probe_the_site_is_unknown() {
-    let mut t = thresholds();
-    t.min_probes_down = 2;
-    let mut r = Run::new(t, Windows::default());
-    r.minutes(&["eu"], 0, 5, |_, _| false);
-    assert_eq!(r.site.probes["eu"].health, Down);
-    assert_eq!(
-        r.site.status.state, Unknown,
-        "one down probe of one cannot make 2"
-    );
-    assert!(r.seen.is_empty());
-}
-
-#[test]
 fn a_maintenance_window_on_a_dst_day_holds_transitions_back() {
     // Sundays 02:30 Europe/Berlin for 1 hour; on 2026-03-29 02:30 does not
     // exist, so the window is 03:30-04:30 CEST = 01:30-02:30 UTC.
@@ -237,22 +223,96 @@ fn a_maintenance_window_on_a_dst_day_holds_transitions_back() {
     assert_eq!(r.moves(), [(Unknown, Up), (Up, Maintenance)]);
     assert!(r.seen[1].reason.contains("nightly"), "{}", r.seen[1].reason);
     assert_eq!(r.site.probes["eu"].state(), Maintenance);
-    // Both probes fail all through the window: no transition, no counter moves.
+    // Both probes fail all through the window: no transition (the checks
+    // count, the state shown is maintenance).
     r.minutes(&["eu", "us"], s(start) + 31 * 60, 58, |_, _| false);
     assert_eq!(r.moves().len(), 2);
-    assert_eq!(r.site.probes["eu"].fails, 0);
-    // 02:30 UTC: the window ends at the next record; the probes' health is
-    // what it was before: up.
-    r.minutes(&["eu", "us"], s(start) + 90 * 60, 1, |_, _| true);
+    assert_eq!(r.site.probes["eu"].fails, 58);
+    // 02:30 UTC: the window ends at eu's next record. Both probes' latest
+    // checks failed in the window: neither is down (that takes
+    // failure_threshold failures after the window), both are unknown until
+    // their thresholds are met; two successes each: up.
+    r.minutes(&["eu", "us"], s(start) + 90 * 60, 2, |_, _| true);
     assert_eq!(
         r.moves(),
-        [(Unknown, Up), (Up, Maintenance), (Maintenance, Up)]
+        [
+            (Unknown, Up),
+            (Up, Maintenance),
+            (Maintenance, Unknown),
+            (Unknown, Up)
+        ]
     );
     assert_eq!(r.seen[2].at, at(s(start) + 90 * 60));
-    assert_eq!(r.seen[2].position.unwrap().offset, r.offset - 1);
+    assert_eq!(r.seen[3].at, at(s(start) + 91 * 60));
+    assert_eq!(r.seen[3].position.unwrap().offset, r.offset - 1);
     // After it, failures count again.
     r.minutes(&["eu", "us"], s(start) + 100 * 60, 3, |_, _| false);
     assert_eq!(r.moves().last(), Some(&(Up, Down)));
+}
+
+#[test]
+fn a_site_that_recovered_during_a_window_leaves_it_up_and_one_still_failing_down() {
+    // The review's repro: down, a window opened to fix it, every check in
+    // it succeeds: maintenance → up, no false down.
+    let (from, to) = (at(400), at(500));
+    let adhoc = [AdHocWindow::new(1, Some(42), None, from, to, Some("fixing it".into())).unwrap()];
+    let mut r = Run::new(
+        thresholds(),
+        Windows::for_site(&[], &adhoc, 42, "https://x/"),
+    );
+    r.minutes(&["p1"], 0, 2, |_, _| true);
+    r.minutes(&["p1"], 120, 4, |_, _| false);
+    for s in (401..=560).step_by(10) {
+        r.check("p1", s, true);
+    }
+    assert_eq!(
+        r.moves(),
+        [
+            (Unknown, Up),
+            (Up, Down),
+            (Down, Maintenance),
+            (Maintenance, Up)
+        ]
+    );
+    assert!(
+        r.seen[2]
+            .reason
+            .ends_with("from 2027-01-15 08:06:40 UTC until 2027-01-15 08:08:20 UTC"),
+        "to the second: {}",
+        r.seen[2].reason
+    );
+    // Failing all through a second window and after it: unknown when it
+    // ends, down after failure_threshold failures after it.
+    let adhoc = [AdHocWindow::new(2, Some(42), None, at(1000), at(1100), None).unwrap()];
+    r.windows = Windows::for_site(&[], &adhoc, 42, "https://x/");
+    for s in (990..=1130).step_by(10) {
+        r.check("p1", s, false);
+    }
+    assert_eq!(
+        r.moves()[4..],
+        [(Up, Maintenance), (Maintenance, Unknown), (Unknown, Down)]
+    );
+}
+
+#[test]
+fn the_quorum_is_capped_by_the_voting_probes() {
+    let mut t = thresholds();
+    t.min_probes_down = 2;
+    let mut r = Run::new(t, Windows::default());
+    // One probe only: it decides.
+    r.minutes(&["solo"], 0, 2, |_, _| true);
+    r.minutes(&["solo"], 120, 3, |_, _| false);
+    assert_eq!(r.moves(), [(Unknown, Up), (Up, Down)]);
+    assert!(
+        r.seen[1].reason.starts_with(
+            "1 of 1 voting probes down, min_probes_down 2 capped to the 1 voting (solo: 3"
+        ),
+        "{}",
+        r.seen[1].reason
+    );
+    // A second probe votes up: 1 of 2 is below min_probes_down 2 again.
+    r.minutes(&["solo", "two"], 300, 2, |p, _| p == "two");
+    assert_eq!(r.site.status.state, Up);
 }
 
 #[test]
@@ -307,6 +367,8 @@ fn late_records_move_no_state() {
     for s in [0, 60, 100, 240] {
         assert_eq!(r.check("eu", s, false), None);
     }
+    assert_eq!(r.site.late, 4, "counted, for the metrics");
+    r.site.late = 0;
     assert_eq!(r.site, before);
     assert_eq!(r.moves(), [(Unknown, Up)]);
 }

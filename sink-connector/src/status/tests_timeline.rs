@@ -65,7 +65,7 @@ fn the_documented_timeline() {
     );
     assert_eq!(
         r.seen[3].reason,
-        "maintenance: nightly backup from 2027-01-17 01:30 UTC until 2027-01-17 02:30 UTC"
+        "maintenance: nightly backup from 2027-01-17 01:30:00 UTC until 2027-01-17 02:30:00 UTC"
     );
     let views: Vec<_> = r.seen[4].probes.values().copied().collect();
     assert_eq!(views, [Unknown, Up, Up]);

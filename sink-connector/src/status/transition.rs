@@ -71,8 +71,8 @@ pub(super) fn evaluate(
         let reason = format!(
             "maintenance: {} from {} until {}",
             w.name,
-            w.from.format("%Y-%m-%d %H:%M UTC"),
-            w.to.format("%Y-%m-%d %H:%M UTC")
+            w.from.format("%Y-%m-%d %H:%M:%S UTC"),
+            w.to.format("%Y-%m-%d %H:%M:%S UTC")
         );
         return (State::Maintenance, reason);
     }
@@ -80,13 +80,14 @@ pub(super) fn evaluate(
     let (up, degraded, down) = (count(State::Up), count(State::Degraded), count(State::Down));
     let voting = up + degraded + down;
     if t.quorum(down, voting) {
-        let why = format!("{down} of {voting} voting probes down");
+        let why = format!("{down} of {voting} voting probes down{}", capped(t, voting));
         return (State::Down, with_details(why, probes, &[State::Down], t));
     }
     if t.quorum(down + degraded, voting) {
         let why = format!(
-            "{} of {voting} voting probes degraded or down",
-            down + degraded
+            "{} of {voting} voting probes degraded or down{}",
+            down + degraded,
+            capped(t, voting)
         );
         let states = [State::Degraded, State::Down];
         return (State::Degraded, with_details(why, probes, &states, t));
@@ -102,13 +103,9 @@ pub(super) fn evaluate(
         }
         return (State::Up, why);
     }
-    if voting > 0 {
-        let why = format!(
-            "{down} of {voting} voting probes down, {degraded} degraded: below the quorum (min_probes_down {})",
-            t.min_probes_down
-        );
-        return (State::Unknown, why);
-    }
+    // With the quorum capped by the voting probes, voting probes none of
+    // which is up always meet it: only a site without one is left.
+    debug_assert_eq!(voting, 0);
     let why = if probes.is_empty() {
         "no probe has reported".to_owned()
     } else {
@@ -119,6 +116,19 @@ pub(super) fn evaluate(
         )
     };
     (State::Unknown, why)
+}
+
+/// The note that the quorum was capped: fewer voting probes than
+/// `min_probes_down`.
+fn capped(t: &Thresholds, voting: usize) -> String {
+    if (voting as u64) < u64::from(t.min_probes_down) {
+        format!(
+            ", min_probes_down {} capped to the {voting} voting",
+            t.min_probes_down
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// `why` followed by each probe in one of `states` and its streak.
