@@ -54,6 +54,10 @@ pub struct Outcome {
     pub skipped: Vec<Skipped>,
     /// Site status transitions written, by the state entered.
     pub transitions: HashMap<&'static str, u64>,
+    /// Records the site status model ignored as late for their probe (not
+    /// newer than its newest check: out of order, e.g. keyless records read
+    /// from several partitions).
+    pub status_late: u64,
 }
 
 impl Outcome {
@@ -71,6 +75,7 @@ impl Outcome {
         for (to, n) in other.transitions {
             *self.transitions.entry(to).or_default() += n;
         }
+        self.status_late += other.status_late;
     }
 }
 
@@ -193,6 +198,7 @@ pub(crate) mod tests {
             duplicates: 3,
             skipped: vec![skipped(0)],
             transitions: HashMap::from([("down", 1)]),
+            status_late: 1,
         };
         a.merge(Outcome {
             site_rows: 10,
@@ -202,6 +208,7 @@ pub(crate) mod tests {
             duplicates: 30,
             skipped: vec![skipped(1)],
             transitions: HashMap::from([("down", 2), ("up", 1)]),
+            status_late: 2,
         });
         assert_eq!(
             a,
@@ -213,6 +220,7 @@ pub(crate) mod tests {
                 duplicates: 33,
                 skipped: vec![skipped(0), skipped(1)],
                 transitions: HashMap::from([("down", 3), ("up", 1)]),
+                status_late: 3,
             }
         );
     }

@@ -48,6 +48,13 @@ pub const STATUS_TRANSITIONS: &str = "website_monitor_status_transitions_total";
 /// Site status transitions produced to `[sink.status] transitions_topic`
 /// (counter; at least once, so a replay may count one twice).
 pub const STATUS_TRANSITIONS_PUBLISHED: &str = "website_monitor_status_transitions_published_total";
+/// Records the site status model ignored as late for their probe (counter):
+/// not newer than the probe's newest check. Records of one url spread over
+/// several partitions (keyless input) show up here; see docs/status.md.
+pub const STATUS_RECORDS_LATE: &str = "website_monitor_status_records_late_total";
+/// Ad-hoc maintenance windows (rows of `<table>_maintenance`) found unusable
+/// and ignored, once per row (counter).
+pub const STATUS_BAD_WINDOWS: &str = "website_monitor_status_bad_windows_total";
 /// Sweeps of the site status (writer 0) that failed (counter).
 pub const STATUS_SWEEP_ERRORS: &str = "website_monitor_status_sweep_errors_total";
 
@@ -61,6 +68,14 @@ pub fn describe() {
     describe_counter!(
         STATUS_TRANSITIONS_PUBLISHED,
         "Site status transitions produced to the transitions topic (at least once)."
+    );
+    describe_counter!(
+        STATUS_RECORDS_LATE,
+        "Records the site status model ignored as late for their probe (out of order; keyless input spread over partitions)."
+    );
+    describe_counter!(
+        STATUS_BAD_WINDOWS,
+        "Ad-hoc maintenance windows ignored as unusable (a url_pattern that is not a regex), once per row."
     );
     describe_counter!(
         STATUS_SWEEP_ERRORS,

@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -50,12 +50,10 @@ use crate::config::SinkConfig;
 use crate::decode::Limits;
 use crate::error::SinkError;
 use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
-use crate::kafka::consumer::{fatal_error, leave_static_group, SinkConsumer};
-use crate::kafka::transitions::Publisher;
+use crate::kafka::consumer::{caught_up, fatal_error, leave_static_group, SinkConsumer};
+use crate::kafka::transitions::{publish_until_shutdown, Publisher};
 use crate::metrics as m;
-use crate::postgres::error::db_message;
 use crate::postgres::shared::Shared;
-use crate::postgres::status_rows;
 use crate::postgres::writer::{Writer, Written};
 use crate::readiness::Readiness;
 use crate::uri::PgTarget;
@@ -65,12 +63,6 @@ const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often writer 0 sweeps the site status (silent probes, maintenance
 /// windows), between batches and when idle.
 const SWEEP_EVERY: Duration = crate::postgres::writer::SWEEP_EVERY;
-/// How often writer 0 produces the transitions committed since.
-const PUBLISH_EVERY: Duration = Duration::from_secs(1);
-/// The wait after a failed produce round.
-const PUBLISH_RETRY: Duration = Duration::from_secs(10);
-/// At most this many transitions per produce round.
-const PUBLISH_LIMIT: i64 = 500;
 /// Longest wait for the consumer to leave the group at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -84,10 +76,8 @@ pub struct Pipeline {
     last_commit: Arc<AtomicU64>,
     committing: Arc<AtomicBool>,
     /// The transitions topic's producer, when `[sink.status]
-    /// transitions_topic` is set.
+    /// transitions_topic` is set; run on a task of its own.
     publisher: Option<Publisher>,
-    /// When writer 0 last produced transitions.
-    published: Option<Instant>,
 }
 
 impl Pipeline {
@@ -117,7 +107,6 @@ impl Pipeline {
             last_commit,
             committing: Arc::new(AtomicBool::new(false)),
             publisher,
-            published: None,
         }
     }
 
@@ -150,6 +139,10 @@ impl Pipeline {
     pub async fn run(mut self, consumer: SinkConsumer) -> Result<(), SinkError> {
         let consumer = Arc::new(consumer);
         tokio::spawn(self.shared.start_clock_on_shutdown());
+        let publishing = self
+            .publisher
+            .take()
+            .map(|p| tokio::spawn(publish_until_shutdown(Arc::clone(&self.shared), p)));
         let cfg = &self.shared.cfg;
         // Collecting stops at shutdown, and when the consumer dies (fenced).
         let stop = self.shared.shutdown.child_token();
@@ -183,7 +176,7 @@ impl Pipeline {
                 if collector.shutdown.is_cancelled() {
                     break;
                 }
-                self.between_batches(true).await;
+                self.between_batches(&consumer, false).await;
                 pending = collector.collect(&consumer).await;
                 continue;
             }
@@ -206,8 +199,13 @@ impl Pipeline {
                 break;
             }
             pending = next;
-            self.between_batches(pending.len() < collector.batch_size)
-                .await;
+            let full = pending.len() >= collector.batch_size;
+            self.between_batches(&consumer, full).await;
+        }
+        if let Some(task) = publishing {
+            // It stops at shutdown between rounds; a round in flight is cut
+            // (its transitions are produced again next time: at least once).
+            task.abort();
         }
         let fatal = fatal.or_else(|| fatal_error(&consumer));
         // Leaving the group blocks (librdkafka's close), so off the runtime,
@@ -290,61 +288,16 @@ impl Pipeline {
     }
 
     /// Writer 0's work between batches (and when idle): the site status
-    /// sweep, unless catching up on a backlog (`caught_up`: the next batch
-    /// is not full) — the sweep's clock is the wall clock, and records still
-    /// queued would make every probe look silent; then the transitions topic.
-    async fn between_batches(&mut self, caught_up: bool) {
-        if caught_up {
-            self.writers[0].sweep().await;
-        }
-        self.publish().await;
-    }
-
-    /// Writer 0, at most every [`PUBLISH_EVERY`]: produces the committed
-    /// transitions not produced yet to the transitions topic, then marks
-    /// them (at least once: a failure or a crash in between produces them
-    /// again, same ids). A failure is logged and tried again next time.
-    async fn publish(&mut self) {
-        let Some(p) = &self.publisher else { return };
-        if self.shared.shutdown.is_cancelled()
-            || self.published.is_some_and(|t| t.elapsed() < PUBLISH_EVERY)
-        {
+    /// sweep, over the partitions this sink has caught up on only
+    /// ([`caught_up`]): its clock is the wall clock, and a probe whose
+    /// records are still queued would look silent. Not while the next batch
+    /// is full (`full`: a backlog).
+    async fn between_batches(&mut self, consumer: &SinkConsumer, full: bool) {
+        if full || !self.writers[0].sweep_due() {
             return;
         }
-        self.published = Some(Instant::now());
-        let limit = self.shared.limit(self.shared.cfg.write_timeout);
-        let Some(conn) = self.writers[0].conn() else {
-            return;
-        };
-        let run = async {
-            loop {
-                let st = &conn.statements.status;
-                let got = status_rows::unpublished(&conn.client, st, PUBLISH_LIMIT)
-                    .await
-                    .map_err(|e| db_message(&e))?;
-                let (msgs, keys): (Vec<_>, Vec<_>) =
-                    got.into_iter().map(|(k, v, key)| ((k, v), key)).unzip();
-                if msgs.is_empty() {
-                    return Ok::<(), String>(());
-                }
-                p.send(&msgs, limit).await?;
-                status_rows::mark_published(&conn.client, st, &keys)
-                    .await
-                    .map_err(|e| db_message(&e))?;
-                metrics::counter!(m::STATUS_TRANSITIONS_PUBLISHED).increment(keys.len() as u64);
-                if (keys.len() as i64) < PUBLISH_LIMIT {
-                    return Ok(());
-                }
-            }
-        };
-        let problem = match tokio::time::timeout(limit, run).await {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => e,
-            Err(_) => "took longer than write_timeout".to_owned(),
-        };
-        // Back off: the next round in PUBLISH_RETRY, not PUBLISH_EVERY.
-        self.published = Some(Instant::now() + (PUBLISH_RETRY - PUBLISH_EVERY));
-        tracing::warn!(error = %problem, "producing site status transitions failed; trying again in {PUBLISH_RETRY:?} (at least once: some may be produced twice)");
+        let partitions = caught_up(consumer);
+        self.writers[0].sweep(&partitions).await;
     }
 
     fn record(&self, o: &Outcome) {
@@ -364,6 +317,7 @@ impl Pipeline {
         for (to, n) in &o.transitions {
             metrics::counter!(m::STATUS_TRANSITIONS, "to" => *to).increment(*n);
         }
+        metrics::counter!(m::STATUS_RECORDS_LATE).increment(o.status_late);
         if o.duplicates > 0 {
             metrics::counter!(m::RECORDS_DUPLICATE).increment(o.duplicates);
             tracing::info!(

@@ -72,7 +72,7 @@ pub struct Sql {
     add_probes: String,
     add_rollups: [String; 3],
     layout: Layout,
-    status: StatusSql,
+    pub(crate) status: StatusSql,
     /// The `[sink.status]` policy, compiled once.
     pub(crate) policy: Arc<Policy>,
 }

@@ -22,12 +22,14 @@ use std::time::{Duration, SystemTime};
 use chrono::{DateTime, Utc};
 use tokio_postgres::Transaction;
 
+use crate::batch::Msg;
 use crate::decode::Good;
 use crate::postgres::history::Check as Row;
 use crate::postgres::sql::Conn;
 use crate::postgres::status_rows::{self as rows, Loaded, Save, StatusStatements};
 use crate::status::{
-    AdHocWindow, Check, Policy, Position, Site, Swept, Thresholds, Transition, Windows,
+    effective_time, AdHocWindow, Check, Policy, Position, Site, Swept, Thresholds, Transition,
+    Windows,
 };
 
 /// What the model takes from one record of the batch.
@@ -46,21 +48,24 @@ pub(crate) struct Input<'a> {
 }
 
 impl<'a> Input<'a> {
-    /// The input of a good record and its history row; `None` for a record
-    /// without `ok` or `checked_at` (it says nothing about the site's state).
-    pub(crate) fn of(g: &'a Good, row: &'a Row<'a>) -> Option<Self> {
+    /// The input of a good record (`msg`'s) and its history row; `None` for
+    /// a record without `ok` or `checked_at` (it says nothing about the
+    /// site's state). A `checked_at` too far ahead of `now` (the batch's
+    /// wall clock) counts at `now` ([`effective_time`]).
+    pub(crate) fn of(msg: &Msg, g: &'a Good, row: &'a Row<'a>, now: SystemTime) -> Option<Self> {
+        let checked_at = effective_time(g.checked_at?.into(), now.into()).into();
         Some(Self {
             site_id: row.site_id,
             url: &g.url,
             probe: row.row.probe.as_deref().filter(|p| !p.is_empty()),
-            checked_at: g.checked_at?,
+            checked_at,
             ok: g.ok?,
             duration: g.duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
             interval: interval_of(row.row.extra.as_deref()),
             error_kind: row.row.error_kind.as_deref(),
             position: Position {
-                partition: row.partition,
-                offset: row.offset,
+                partition: msg.partition,
+                offset: msg.offset,
             },
         })
     }
@@ -95,42 +100,80 @@ fn rules_of<'p>(policy: &'p Policy, adhoc: &'p [AdHocWindow], id: i64, url: &str
     }
 }
 
-/// Step 4b of a batch: the good records `goods` (with their history rows
-/// `rows`, in the same order) fed to the model and its rows written; the
-/// transitions made, by the state entered.
+/// What step 4b takes from the batch transaction.
+pub(crate) struct Batch<'b> {
+    /// The batch's records.
+    pub(crate) msgs: &'b [Msg],
+    /// The good records to store, with their index in `msgs`.
+    pub(crate) goods: &'b [(usize, &'b Good)],
+    /// Their history rows, in the same order.
+    pub(crate) rows: &'b [Row<'b>],
+    /// The id of every probe name of the batch.
+    pub(crate) probe_ids: &'b HashMap<String, i32>,
+    /// The batch's wall clock.
+    pub(crate) now: SystemTime,
+}
+
+impl<'b> Batch<'b> {
+    /// The step's view of the batch transaction.
+    pub(crate) fn new(
+        msgs: &'b [Msg],
+        goods: &'b [(usize, &'b Good)],
+        rows: &'b [Row<'b>],
+        probe_ids: &'b HashMap<String, i32>,
+        now: SystemTime,
+    ) -> Self {
+        Self {
+            msgs,
+            goods,
+            rows,
+            probe_ids,
+            now,
+        }
+    }
+}
+
+/// Step 4b of a batch: its good records fed to the model and its rows
+/// written; the transitions made, by the state entered, and the records
+/// found late for their probe.
 pub(crate) async fn write_batch(
     tx: &Transaction<'_>,
     st: &StatusStatements,
-    goods: &[(usize, &Good)],
-    rows: &[Row<'_>],
-    probe_ids: &HashMap<String, i32>,
-) -> Result<HashMap<&'static str, u64>, tokio_postgres::Error> {
-    let inputs = goods
+    b: &Batch<'_>,
+) -> Result<(HashMap<&'static str, u64>, u64), tokio_postgres::Error> {
+    let inputs = b
+        .goods
         .iter()
-        .zip(rows)
-        .filter_map(|(&(_, g), c)| Input::of(g, c))
+        .zip(b.rows)
+        .filter_map(|(&(i, g), c)| Input::of(&b.msgs[i], g, c, b.now))
         .collect();
-    Ok(count(&write(tx, st, &st.policy, inputs, probe_ids).await?))
+    let (made, late) = write(tx, st, &st.policy, inputs, b.probe_ids).await?;
+    Ok((count(&made), late))
 }
 
-/// Feeds `inputs` to the model and writes the result; the transitions made.
-/// `probe_ids`: the id of every probe name of the batch.
+/// Feeds `inputs` to the model and writes the result; the transitions made
+/// and the records late for their probe. `probe_ids`: the id of every probe
+/// name of the batch.
 pub(crate) async fn write(
     tx: &Transaction<'_>,
     st: &StatusStatements,
     policy: &Policy,
     mut inputs: Vec<Input<'_>>,
     probe_ids: &HashMap<String, i32>,
-) -> Result<Vec<Transition>, tokio_postgres::Error> {
+) -> Result<(Vec<Transition>, u64), tokio_postgres::Error> {
     if inputs.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     }
     inputs.sort_by_key(Input::key);
     let mut first: BTreeMap<i64, SystemTime> = BTreeMap::new();
     let mut urls: HashMap<i64, &str> = HashMap::new();
+    // The partition of each site's newest record: the sweep looks only at
+    // sites of partitions its sink has caught up on.
+    let mut partition: HashMap<i64, i32> = HashMap::new();
     for i in &inputs {
         first.entry(i.site_id).or_insert(i.checked_at);
         urls.entry(i.site_id).or_insert(i.url);
+        partition.insert(i.site_id, i.position.partition);
     }
     let mut sites = rows::lock(tx, st, &first).await?;
     let earliest = inputs[0].checked_at;
@@ -155,12 +198,14 @@ pub(crate) async fn write(
             Save {
                 loaded: l,
                 wake_at: l.site.wake_at(r.thresholds, &r.windows),
+                partition: partition.get(&l.site.status.site_id).copied(),
             }
         })
         .collect();
     rows::save(tx, st, &saves).await?;
     rows::add_transitions(tx, st, &out).await?;
-    Ok(out)
+    let late = sites.values().map(|l| l.site.late).sum();
+    Ok((out, late))
 }
 
 /// Transitions by the state entered, for the metrics.
@@ -235,6 +280,7 @@ pub(crate) async fn sweep_sites(
         .map(|l| Save {
             loaded: l,
             wake_at: wakes.get(&l.site.status.site_id).copied().flatten(),
+            partition: None,
         })
         .collect();
     rows::save(tx, st, &saves).await?;
@@ -254,13 +300,16 @@ const SWEEP_LIMIT: i64 = 1_000;
 
 /// Writer 0's sweep, in its own short transaction at `now`: the sites due
 /// (`wake_at <= now`) and those of ad-hoc windows that began or ended in
-/// `(since, now]` (rows inserted after the sites' `wake_at` was computed).
-/// Due sites locked by a batch are skipped (`SKIP LOCKED`): the batch
-/// evaluates them, or the next sweep does.
+/// `(since, now]` (rows inserted after the sites' `wake_at` was computed),
+/// among the sites whose newest record came from one of `partitions` (those
+/// the sink has caught up on: silence is judged only where the data is
+/// complete). Due sites locked by a batch are skipped (`SKIP LOCKED`): the
+/// batch evaluates them, or the next sweep does.
 pub(crate) async fn sweep(
     conn: &mut Conn,
     now: SystemTime,
     since: SystemTime,
+    partitions: &[i32],
 ) -> Result<Vec<Transition>, tokio_postgres::Error> {
     let st = &conn.statements.status;
     let policy = Arc::clone(&st.policy);
@@ -276,14 +325,16 @@ pub(crate) async fn sweep(
         .collect();
     let mut extra: Vec<i64> = Vec::new();
     if !crossed.is_empty() {
-        for r in tx.query(&st.all_sites, &[]).await? {
+        for r in tx.query(&st.all_sites, &[&partitions]).await? {
             let (id, url): (i64, &str) = (r.get(0), r.get(1));
             if crossed.iter().any(|w| w.applies(id, url)) {
                 extra.push(id);
             }
         }
     }
-    let due = tx.query(&st.due, &[&now, &extra, &SWEEP_LIMIT]).await?;
+    let due = tx
+        .query(&st.due, &[&now, &extra, &SWEEP_LIMIT, &partitions])
+        .await?;
     if due.is_empty() {
         tx.commit().await?;
         return Ok(Vec::new());

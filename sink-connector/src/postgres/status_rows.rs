@@ -7,15 +7,17 @@
 //! sites, by `(site_id, probe_id)`. A probe row is only ever read or written
 //! under its site's status row lock, so the probe rows add no lock cycle.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
 use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
 
 use crate::postgres::migrate::Tables;
-use crate::status::{AdHocWindow, Policy, ProbeState, Site, SiteStatus, State, Transition};
+use crate::status::{
+    AdHocError, AdHocWindow, Policy, ProbeState, Site, SiteStatus, State, Transition,
+};
 
 /// At most this many ad-hoc windows are read at once (the first to end;
 /// more than this is not a maintenance plan).
@@ -35,6 +37,9 @@ pub(crate) struct StatusSql {
     all_sites: String,
     unpublished: String,
     mark_published: String,
+    /// Ids of the ad-hoc window rows found unusable and warned about, shared
+    /// by every connection of the sink: one warning per row.
+    bad_windows: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl StatusSql {
@@ -66,11 +71,12 @@ impl StatusSql {
             save_sites: format!(
                 "UPDATE {status} st SET state = v.state, since = v.since, last_change = v.lc,
                         evaluated_at = v.ev, wake_at = v.wake, probes_up = v.up,
-                        probes_degraded = v.dg, probes_down = v.dn, probes_unknown = v.uk, seq = v.seq
+                        probes_degraded = v.dg, probes_down = v.dn, probes_unknown = v.uk, seq = v.seq,
+                        \"partition\" = COALESCE(v.pa, st.\"partition\")
                  FROM unnest($1::int8[], $2::text[], $3::timestamptz[], $4::timestamptz[],
                              $5::timestamptz[], $6::timestamptz[], $7::int4[], $8::int4[],
-                             $9::int4[], $10::int4[], $11::int8[])
-                      AS v(id, state, since, lc, ev, wake, up, dg, dn, uk, seq)
+                             $9::int4[], $10::int4[], $11::int8[], $12::int4[])
+                      AS v(id, state, since, lc, ev, wake, up, dg, dn, uk, seq, pa)
                  WHERE st.site_id = v.id"
             ),
             save_probes: format!(
@@ -100,12 +106,14 @@ impl StatusSql {
             ),
             due: format!(
                 "SELECT st.site_id, s.url FROM {status} st JOIN {site} s ON s.id = st.site_id
-                 WHERE st.wake_at <= $1 OR st.site_id = ANY($2::int8[])
+                 WHERE (st.wake_at <= $1 OR st.site_id = ANY($2::int8[]))
+                   AND st.\"partition\" = ANY($4::int4[])
                  ORDER BY st.site_id LIMIT $3 FOR UPDATE OF st SKIP LOCKED",
                 site = t.site
             ),
             all_sites: format!(
-                "SELECT st.site_id, s.url FROM {status} st JOIN {site} s ON s.id = st.site_id",
+                "SELECT st.site_id, s.url FROM {status} st JOIN {site} s ON s.id = st.site_id
+                 WHERE st.\"partition\" = ANY($1::int4[])",
                 site = t.site
             ),
             unpublished: format!(
@@ -125,6 +133,7 @@ impl StatusSql {
                  WHERE tr.site_id = k.s AND tr.seq = k.q AND tr.published_at IS NULL",
                 tr = t.function("_transition")
             ),
+            bad_windows: Arc::default(),
         }
     }
 }
@@ -145,6 +154,8 @@ pub(crate) struct StatusStatements {
     mark_published: Statement,
     /// The `[sink.status]` policy.
     pub(crate) policy: Arc<Policy>,
+    /// Ids of the ad-hoc window rows found unusable and warned about.
+    bad_windows: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl StatusStatements {
@@ -166,6 +177,7 @@ impl StatusStatements {
             unpublished: client.prepare(&sql.unpublished).await?,
             mark_published: client.prepare(&sql.mark_published).await?,
             policy,
+            bad_windows: Arc::clone(&sql.bad_windows),
         })
     }
 }
@@ -269,10 +281,12 @@ fn probe_of(r: &Row) -> ProbeState {
     }
 }
 
-/// A site to write back: its rows and when the sweep must look at it again.
+/// A site to write back: its rows, when the sweep must look at it again,
+/// and the partition of its newest record (`None`: unchanged).
 pub(crate) struct Save<'a> {
     pub(crate) loaded: &'a Loaded,
     pub(crate) wake_at: Option<DateTime<Utc>>,
+    pub(crate) partition: Option<i32>,
 }
 
 /// Writes back the status rows of `sites` (sorted by site id) and every
@@ -297,10 +311,11 @@ pub(crate) async fn save(
     let (up, dg) = (n(|x| x.probes_up), n(|x| x.probes_degraded));
     let (dn, uk) = (n(|x| x.probes_down), n(|x| x.probes_unknown));
     let seq: Vec<i64> = s.iter().map(|x| x.seq).collect();
+    let pa: Vec<Option<i32>> = sites.iter().map(|x| x.partition).collect();
     tx.execute(
         &st.save_sites,
         &[
-            &ids, &states, &since, &lc, &ev, &wake, &up, &dg, &dn, &uk, &seq,
+            &ids, &states, &since, &lc, &ev, &wake, &up, &dg, &dn, &uk, &seq, &pa,
         ],
     )
     .await?;
@@ -403,10 +418,19 @@ pub(crate) async fn windows(
         );
         match made {
             Ok(w) => out.push(w),
-            Err(e) => tracing::warn!("{e}; the window is ignored"),
+            Err(e) => bad_window(&st.bad_windows, r.get(0), &e),
         }
     }
     Ok(out)
+}
+
+/// A window row found unusable: warned about and counted once per row id
+/// (per sink process), not at every batch.
+fn bad_window(seen: &Mutex<HashSet<i64>>, id: i64, e: &AdHocError) {
+    if seen.lock().expect("bad windows lock").insert(id) {
+        metrics::counter!(crate::metrics::STATUS_BAD_WINDOWS).increment(1);
+        tracing::warn!("{e}; the window is ignored (said once per row: fix or delete the row)");
+    }
 }
 
 /// Transitions not yet produced to the topic, oldest per site first:

@@ -236,8 +236,8 @@ pub(crate) async fn write_tx(
         (out.check_rows, out.past_retention) = (written.rows, written.past_retention);
         // 4b. The site status, in commits only (a probe rolls back anyway).
         if mode == Mode::Commit {
-            let probes = &written.probes;
-            out.transitions = status::write_batch(&tx, &st.status, &goods, &checks, probes).await?;
+            let b = status::Batch::new(msgs, &goods, &checks, &written.probes, now);
+            (out.transitions, out.status_late) = status::write_batch(&tx, &st.status, &b).await?;
         }
     }
     if mode == Mode::Probe {

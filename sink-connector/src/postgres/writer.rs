@@ -277,21 +277,24 @@ impl Writer {
         }
     }
 
-    /// Its connection, when open (writer 0's carries the transitions topic's
-    /// reads and marks between batches).
-    pub(crate) fn conn(&mut self) -> Option<&mut Conn> {
-        self.conn.as_mut()
+    /// Whether writer 0's sweep is due ([`SWEEP_EVERY`] since the last).
+    pub fn sweep_due(&self) -> bool {
+        self.index == 0
+            && !self.shared.shutdown.is_cancelled()
+            && self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY)
     }
 
     /// Writer 0, at most every [`SWEEP_EVERY`], between batches: the site
     /// status sweep (probes silent too long, maintenance windows begun or
-    /// ended; see [`status::sweep`]), in its own short transaction. A
-    /// failure is logged and counted, and tried again next time.
-    pub async fn sweep(&mut self) {
-        if self.index != 0
-            || self.shared.shutdown.is_cancelled()
-            || self.swept.is_some_and(|t| t.elapsed() < SWEEP_EVERY)
-        {
+    /// ended; see [`status::sweep`]) over the sites of `partitions` (those
+    /// the sink has caught up on), in its own short transaction. A failure
+    /// is logged and counted, and tried again next time.
+    pub async fn sweep(&mut self, partitions: &[i32]) {
+        if !self.sweep_due() {
+            return;
+        }
+        if partitions.is_empty() {
+            tracing::debug!("site status sweep skipped: no partition assigned and caught up");
             return;
         }
         let Some(conn) = self.conn.as_mut() else {
@@ -303,7 +306,9 @@ impl Writer {
             .swept_until
             .unwrap_or_else(|| now.checked_sub(FIRST_SWEEP_LOOKBACK).unwrap_or(now));
         let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
-        let problem = match tokio::time::timeout(limit, status::sweep(conn, now, since)).await {
+        let problem = match tokio::time::timeout(limit, status::sweep(conn, now, since, partitions))
+            .await
+        {
             Ok(Ok(made)) => {
                 self.swept_until = Some(now);
                 for t in &made {

@@ -45,7 +45,7 @@ pub mod transition;
 use std::fmt;
 use std::str::FromStr;
 
-pub use machine::{Check, Observed, ProbeState};
+pub use machine::{effective_time, Check, Observed, ProbeState, FUTURE_SKEW};
 pub use maintenance::{AdHocError, AdHocWindow, Covering, RecurringWindow, Windows};
 pub use policy::{Policy, PolicyError, Thresholds};
 pub use site::{Site, SiteStatus, Swept};

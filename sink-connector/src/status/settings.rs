@@ -202,13 +202,36 @@ impl StatusConfig {
                 .collect(),
         };
         if let Some(t) = &self.transitions_topic {
-            if t.trim().is_empty() || t.starts_with('^') {
-                out.push(Invalid::new(
-                    format!("{prefix}.transitions_topic"),
-                    "give one topic name (not empty, not a `^` pattern), or leave it out for no topic",
-                ));
+            if let Err(why) = check_topic_name(t) {
+                out.push(Invalid::new(format!("{prefix}.transitions_topic"), why));
             }
         }
         out
     }
+}
+
+/// Kafka's rule for a topic name: 1 to 249 characters of `a-z A-Z 0-9 . _ -`,
+/// not `.` or `..`; what is wrong and what to do otherwise.
+pub fn check_topic_name(t: &str) -> Result<(), String> {
+    let bad: String = t
+        .chars()
+        .filter(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .collect();
+    let why = if t.is_empty() {
+        "is empty".to_owned()
+    } else if t.chars().count() > 249 {
+        format!(
+            "is {} characters long; Kafka allows at most 249",
+            t.chars().count()
+        )
+    } else if t == "." || t == ".." {
+        format!("`{t}` is not a topic name Kafka accepts")
+    } else if !bad.is_empty() {
+        format!("has characters Kafka refuses in a topic name ({bad:?})")
+    } else {
+        return Ok(());
+    };
+    Err(format!(
+        "{why}: give one topic name of 1 to 249 characters from `a-z A-Z 0-9 . _ -` (e.g. \"site-status-transitions\"), or leave it out for no topic"
+    ))
 }
