@@ -383,10 +383,27 @@ fn bad_status_values_are_refused_under_their_keys() {
             format!("{window}weekdays = [\"monday\"]\n").as_str(),
             "weekdays",
         ),
+        (
+            "[sink.status]\ntransitions_topic = \"rev14 no such topic\"\n",
+            "sink.status.transitions_topic",
+        ),
+        (
+            "[sink.status]\ntransitions_topic = \"..\"\n",
+            "sink.status.transitions_topic",
+        ),
     ] {
         let e = load(text).unwrap_err();
         assert!(e.contains(key), "{text}: {e}");
     }
+    let e = load("[sink.status]\ntransitions_topic = \"a b\"\n").unwrap_err();
+    assert!(
+        e.contains("characters Kafka refuses") && e.contains("\" \""),
+        "{e}"
+    );
+    let long = "t".repeat(250);
+    let e = load(&format!("[sink.status]\ntransitions_topic = \"{long}\"\n")).unwrap_err();
+    assert!(e.contains("at most 249"), "{e}");
+    assert!(load("[sink.status]\ntransitions_topic = \"site-status.transitions_1\"\n").is_ok());
     // A rule's unset keys are not reported again when a default is bad.
     let e = load("[sink.status]\nfailure_threshold = 0\n[[sink.status.rules]]\nurls = \".\"\n")
         .unwrap_err();

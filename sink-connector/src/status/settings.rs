@@ -41,9 +41,10 @@ pub struct StatusConfig {
     /// (records of sources older than the status model). 100ms to 1 day.
     #[serde(with = "humantime_serde")]
     pub default_interval: Duration,
-    /// Probes that must say `down` before the site is down (probes that are
-    /// `unknown` do not vote; a site whose voting probes are fewer cannot be
-    /// down). 1 to 1000.
+    /// Probes that must say `down` before the site is down, capped by the
+    /// probes voting for the site (`unknown` ones do not vote): a site with
+    /// fewer voting probes is down when all of them say so. Above 1, the
+    /// sink warns at start. 1 to 1000.
     pub min_probes_down: u32,
     /// Also required for down: at least this fraction of the voting probes
     /// say `down` (e.g. 0.5: half of them). Greater than 0, at most 1. Unset:
@@ -54,7 +55,8 @@ pub struct StatusConfig {
     /// matching rule wins.
     pub rules: Vec<StatusRuleConfig>,
     /// Recurring maintenance windows: during one, a site's state is
-    /// `maintenance`, its checks move no threshold and cause no transition.
+    /// `maintenance` and its checks cause no transition; leaving it, `down`
+    /// takes `failure_threshold` failures after it.
     pub maintenance: Vec<MaintenanceConfig>,
     /// Kafka topic (on the `[kafka]` brokers) to produce every committed
     /// transition to, as JSON keyed by site id, a few seconds after its
