@@ -395,6 +395,13 @@ fn bad_status_values_are_refused_under_their_keys() {
         let e = load(text).unwrap_err();
         assert!(e.contains(key), "{text}: {e}");
     }
+    let e = load("[sink.status]\nfailure_threshold = -1\n").unwrap_err();
+    assert!(
+        e.contains("failure_threshold") && e.contains("give a whole number"),
+        "{e}"
+    );
+    let e = load("[[sink.status.rules]]\nfailure_threshold = 2\n").unwrap_err();
+    assert!(e.contains("missing field `urls`; add it"), "{e}");
     let e = load("[sink.status]\ntransitions_topic = \"a b\"\n").unwrap_err();
     assert!(
         e.contains("characters Kafka refuses") && e.contains("\" \""),
