@@ -47,7 +47,7 @@ use crate::batch::split_by_partition;
 use crate::batch::{commit_positions, Msg, Outcome, Skipped};
 use crate::collect::Collector;
 use crate::config::SinkConfig;
-use crate::decode::Limits;
+use crate::decode::{Decoded, Limits};
 use crate::error::SinkError;
 use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
 use crate::kafka::consumer::{caught_up, fatal_error, leave_static_group, SinkConsumer};
@@ -176,7 +176,7 @@ impl Pipeline {
                 if collector.shutdown.is_cancelled() {
                     break;
                 }
-                self.between_batches(&consumer, false).await;
+                self.between_batches(&consumer, &[], false).await;
                 pending = collector.collect(&consumer).await;
                 continue;
             }
@@ -200,7 +200,7 @@ impl Pipeline {
             }
             pending = next;
             let full = pending.len() >= collector.batch_size;
-            self.between_batches(&consumer, full).await;
+            self.between_batches(&consumer, &pending, full).await;
         }
         if let Some(task) = publishing {
             // It stops at shutdown between rounds; a round in flight is cut
@@ -289,15 +289,23 @@ impl Pipeline {
 
     /// Writer 0's work between batches (and when idle): the site status
     /// sweep, over the partitions this sink has caught up on only
-    /// ([`caught_up`]): its clock is the wall clock, and a probe whose
-    /// records are still queued would look silent. Not while the next batch
-    /// is full (`full`: a backlog).
-    async fn between_batches(&mut self, consumer: &SinkConsumer, full: bool) {
+    /// ([`caught_up`]) — a probe whose records are still queued would look
+    /// silent — at the wall clock, or at the oldest `checked_at` of `next`
+    /// (collected, not written yet) when that is earlier. Not while `next`
+    /// is full (a backlog).
+    async fn between_batches(&mut self, consumer: &SinkConsumer, next: &[Msg], full: bool) {
         if full || !self.writers[0].sweep_due() {
             return;
         }
         let partitions = caught_up(consumer);
-        self.writers[0].sweep(&partitions).await;
+        let oldest = next
+            .iter()
+            .filter_map(|m| match &m.decoded {
+                Decoded::Good(g) => g.checked_at,
+                Decoded::Rejected(_) => None,
+            })
+            .min();
+        self.writers[0].sweep(&partitions, oldest).await;
     }
 
     fn record(&self, o: &Outcome) {

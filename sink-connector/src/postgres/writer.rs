@@ -287,9 +287,11 @@ impl Writer {
     /// Writer 0, at most every [`SWEEP_EVERY`], between batches: the site
     /// status sweep (probes silent too long, maintenance windows begun or
     /// ended; see [`status::sweep`]) over the sites of `partitions` (those
-    /// the sink has caught up on), in its own short transaction. A failure
-    /// is logged and counted, and tried again next time.
-    pub async fn sweep(&mut self, partitions: &[i32]) {
+    /// the sink has caught up on), in its own short transaction, at the wall
+    /// clock — or at `oldest`, the oldest check collected but not written
+    /// yet, when earlier: silence is judged against the data. A failure is
+    /// logged and counted, and tried again next time.
+    pub async fn sweep(&mut self, partitions: &[i32], oldest: Option<SystemTime>) {
         if !self.sweep_due() {
             return;
         }
@@ -301,7 +303,8 @@ impl Writer {
             return;
         };
         self.swept = Some(Instant::now());
-        let now = SystemTime::now();
+        let wall = SystemTime::now();
+        let now = oldest.map_or(wall, |o| o.min(wall));
         let since = self
             .swept_until
             .unwrap_or_else(|| now.checked_sub(FIRST_SWEEP_LOOKBACK).unwrap_or(now));
@@ -310,7 +313,7 @@ impl Writer {
             .await
         {
             Ok(Ok(made)) => {
-                self.swept_until = Some(now);
+                self.swept_until = Some(self.swept_until.map_or(now, |u| u.max(now)));
                 for t in &made {
                     tracing::info!(site_id = t.site_id, id = %t.id(), from = %t.from, to = %t.to, reason = %t.reason, "site status changed (sweep)");
                 }
