@@ -206,3 +206,50 @@ async fn a_bad_window_is_counted_once_late_records_are_counted_and_a_deleted_sit
         "its windows too"
     );
 }
+
+/// Finding 4, through the sink: a site that is down, a window opened to fix
+/// it, every check during and after it succeeds: it leaves the window `up`,
+/// with no false `down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_fixed_during_a_window_leaves_it_up() {
+    let t = SinkTest::new("status_window", 1).await;
+    let status = status_toml("unknown_after = 1000\n");
+    let (running, token) = sink::start(&t.config().set("status", status)).await;
+    let url = "http://m/";
+    let at = wall() - 10.0;
+    let mut recs = Vec::new();
+    for i in 0..6 {
+        recs.push(check(url, "p1", at + f64::from(i) * 0.1, i < 2));
+    }
+    let mut total = 0;
+    feed(&t, &recs, &mut total).await;
+    assert_eq!(state(&t, url).await.0, "down");
+    let schema = &t.schema;
+    t.db.execute(
+        &format!(
+            "INSERT INTO \"{schema}\".site_maintenance (site_id, starts_at, ends_at, reason)
+             SELECT id, now(), now() + interval '6 seconds', 'fixing it'
+             FROM \"{schema}\".site WHERE url = $1"
+        ),
+        &[&url],
+    )
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        feed(&t, &[check(url, "p1", wall(), true)], &mut total).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    wait_state(&t, url, "up").await;
+    sink::stop(running, token).await;
+    let all = transitions(&t).await;
+    assert_eq!(
+        of(&all, url),
+        [
+            ("unknown", "up"),
+            ("up", "down"),
+            ("down", "maintenance"),
+            ("maintenance", "up")
+        ],
+        "{all:?}"
+    );
+}
