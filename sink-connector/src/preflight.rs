@@ -133,7 +133,13 @@ async fn migrations(client: &Client, tables: &Tables, schema: &str) -> Result<bo
 /// The rights a running sink needs on every table and the two partition
 /// functions (docs/sink.md#least-privilege); `Err` lists what is missing.
 async fn privileges(client: &Client, tables: &Tables) -> Result<String, String> {
+    let status =
+        ["_status", "_probe_state", "_transition", "_maintenance"].map(|t| tables.function(t));
     let names = [
+        &status[0],
+        &status[1],
+        &status[2],
+        &status[3],
         &tables.site,
         &tables.check,
         &tables.rejected,
