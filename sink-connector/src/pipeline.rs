@@ -287,13 +287,16 @@ impl Pipeline {
         Ok(Some(()))
     }
 
-    /// Writer 0's work between batches (and when idle): the site status
+    /// Writer 0's work between batches (and when idle): partition
+    /// maintenance when due, and the site status
     /// sweep, over the partitions this sink has caught up on only
     /// ([`caught_up`]) — a probe whose records are still queued would look
     /// silent — at the wall clock, or at the oldest `checked_at` of `next`
     /// (collected, not written yet) when that is earlier. Not while `next`
     /// is full (a backlog).
     async fn between_batches(&mut self, consumer: &SinkConsumer, next: &[Msg], full: bool) {
+        // Partitions ahead and retention run even while no record comes.
+        self.writers[0].maintain().await;
         if full || !self.writers[0].sweep_due() {
             return;
         }

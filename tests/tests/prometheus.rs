@@ -178,4 +178,51 @@ async fn prometheus_scrapes_both_connectors_and_a_failing_site_fires_website_dow
     })
     .await;
     assert_eq!(firing, [down_url], "only the failing site is down");
+    assert_every_operations_panel_answers(&prometheus).await;
+}
+
+/// Every query of the operations dashboard, `$__rate_interval` as Grafana
+/// sets it for a 1 s scrape, runs in Prometheus; those about what is
+/// running here (checks, records, readiness, lag) return series.
+async fn assert_every_operations_panel_answers(prometheus: &Prometheus) {
+    let path = rules_dir().join("../grafana/dashboards/website-monitor-operations.json");
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("the dashboard")).unwrap();
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8, "the operations panels");
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expression");
+            let expr = expr.replace("$__rate_interval", "15s");
+            let query = format!("query?query={}", percent_encode(&expr));
+            let must_have_data = [
+                "checks_total",
+                "records_consumed",
+                "website_monitor_ready",
+                "consumer_lag",
+            ]
+            .iter()
+            .any(|m| expr.contains(m));
+            let what = format!("panel {:?}: {expr}", panel["title"]);
+            let rows = eventually(&what, Duration::from_secs(60), || async {
+                let data = prometheus.api(&query).await?;
+                let n = data["result"].as_array()?.len();
+                (n > 0 || !must_have_data).then_some(n)
+            })
+            .await;
+            assert!(rows > 0 || !must_have_data, "{what}");
+        }
+    }
+}
+
+/// `text` percent-encoded for a query string.
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

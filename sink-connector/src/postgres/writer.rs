@@ -241,10 +241,11 @@ impl Writer {
         }
     }
 
-    /// Writer 0, at most every [`MAINTAIN_EVERY`]: makes today's and
+    /// Writer 0, at most every [`MAINTAIN_EVERY`] (before a batch, and between
+    /// batches when the topic is idle): makes today's and
     /// tomorrow's partitions and drops those past retention. A failure (a
     /// lock not granted in time) is logged and tried again next time.
-    async fn maintain(&mut self) {
+    pub async fn maintain(&mut self) {
         if self.index != 0
             || self
                 .maintained
