@@ -2,7 +2,7 @@
 
 use super::task::{unless_panic, InFlight};
 use super::*;
-use crate::record::{CheckError, ErrorKind, Record};
+use crate::record::{ErrorKind, Record};
 
 fn spec(url: &str) -> SiteSpec {
     SiteSpec {
