@@ -17,6 +17,12 @@
 //! when its scheduler has stopped (shutdown, or one round with `--once`) and
 //! every check it started has handed its record over; [`Lanes::finished`]
 //! waits for all of them.
+//!
+//! A reload reaches the running lanes through a [`Commander`]: each lane
+//! claims the urls of the new list it runs now (they stay on that lane,
+//! with their schedule and client), the new urls go to the lanes with the
+//! fewest sites ([`place`]), and each lane applies its share
+//! ([`schedule::Command`]). The number of lanes stays what it was at start.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};

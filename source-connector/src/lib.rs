@@ -181,17 +181,7 @@ pub async fn start(
 
     let publisher = Arc::new(publisher(&config, opts, &health)?);
     metrics::sites(site_count);
-    let shared = Arc::new(schedule::Shared {
-        publisher: Arc::clone(&publisher),
-        probe: source.probe.clone(),
-        per_site_metrics: source.per_site_metrics,
-        metrics: metrics::CheckHandles::register(),
-        in_flight: metrics::in_flight(),
-        started: Default::default(),
-        finished: Default::default(),
-        skipped: Default::default(),
-        abort: CancellationToken::new(),
-    });
+    let shared = shared(source, &publisher);
     let open_files = limits::raise_open_files();
     if let Some(warning) =
         limits::open_files_warning(source.concurrency.min(site_count), open_files)
@@ -219,8 +209,7 @@ pub async fn start(
             lanes: ending.lanes.commander(),
             env: connector_common::config::process_env,
         };
-        tokio::spawn(reloader.run(reload_requests, stop.clone()));
-        reload_handle
+        start_reloader(reloader, reload_handle, reload_requests, &stop)
     });
     let task = tokio::spawn(ending.run(stop.clone()));
     Ok(Running {
@@ -229,6 +218,17 @@ pub async fn start(
         task,
         _lanes: stop.drop_guard(),
     })
+}
+
+/// Runs `reloader` until `stop`; the handle that asks it to reload.
+fn start_reloader(
+    reloader: reload::Reloader,
+    handle: reload::ReloadHandle,
+    requests: reload::Requests,
+    stop: &CancellationToken,
+) -> reload::ReloadHandle {
+    tokio::spawn(reloader.run(requests, stop.clone()));
+    handle
 }
 
 /// What `POST /-/reload` runs: a reload through `handle`, its counts or why
@@ -249,6 +249,21 @@ fn http_reload(handle: &reload::ReloadHandle) -> telemetry::ReloadHook {
                 a.running
             ))
         })
+    })
+}
+
+/// What every check task of `source` shares, writing to `publisher`.
+fn shared(source: &SourceConfig, publisher: &Arc<publish::Publisher>) -> Arc<schedule::Shared> {
+    Arc::new(schedule::Shared {
+        publisher: Arc::clone(&publisher),
+        probe: source.probe.clone(),
+        per_site_metrics: source.per_site_metrics,
+        metrics: metrics::CheckHandles::register(),
+        in_flight: metrics::in_flight(),
+        started: Default::default(),
+        finished: Default::default(),
+        skipped: Default::default(),
+        abort: CancellationToken::new(),
     })
 }
 
