@@ -255,7 +255,7 @@ fn http_reload(handle: &reload::ReloadHandle) -> telemetry::ReloadHook {
 /// What every check task of `source` shares, writing to `publisher`.
 fn shared(source: &SourceConfig, publisher: &Arc<publish::Publisher>) -> Arc<schedule::Shared> {
     Arc::new(schedule::Shared {
-        publisher: Arc::clone(&publisher),
+        publisher: Arc::clone(publisher),
         probe: source.probe.clone(),
         per_site_metrics: source.per_site_metrics,
         metrics: metrics::CheckHandles::register(),
