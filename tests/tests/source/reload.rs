@@ -278,3 +278,49 @@ async fn a_reload_changing_a_restart_only_key_is_refused_naming_it() {
     assert_eq!(proc.term(), Some(0));
     assert!(proc.log().contains("source.topic"), "{}", proc.log());
 }
+
+#[tokio::test]
+async fn a_reloaded_shard_applies_to_the_reloaded_list() {
+    use website_monitor_source::hash::shard_of;
+    let s = TestServer::http().await;
+    let topic = unique("src-reload-shard");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    // One url of each of two shards.
+    let urls: Vec<String> = (0..64).map(|i| s.url(&format!("/text/{i}"))).collect();
+    let pick = |shard| {
+        let i = urls.iter().position(|u| shard_of(u, 2) == shard).unwrap();
+        (format!("/text/{i}"), urls[i].clone())
+    };
+    let ((one_path, one), (two_path, two)) = (pick(1), pick(2));
+    let config = config(&topic, port, "500ms").set("shard", "1/2");
+    let mut proc = start(&topic, &config, &[one.clone(), two.clone()]).await;
+    eventually(
+        "shard 1's site checked",
+        Duration::from_secs(10),
+        || async { (s.hits(&one_path) > 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(s.hits(&two_path), 0, "shard 2's site is not this probe's");
+    std::fs::write(
+        proc.file("connector.toml"),
+        config.clone().set("shard", "2/2").text(),
+    )
+    .unwrap();
+    let (status, body) = http_post(&addr, "/-/reload").await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("added=1") && body.contains("removed=1"),
+        "{body}"
+    );
+    eventually(
+        "shard 2's site checked",
+        Duration::from_secs(10),
+        || async { (s.hits(&two_path) > 0).then_some(()) },
+    )
+    .await;
+    let stopped = s.hits(&one_path);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(s.hits(&one_path) <= stopped + 1, "shard 1's site stopped");
+    assert_eq!(proc.term(), Some(0));
+}
