@@ -90,7 +90,8 @@ async fn run(args: Args) -> ExitCode {
         stdout: args.stdout,
     };
     // Listening before the start: SIGHUP's default action ends the process.
-    let hangups = hangups();
+    // `--once` does not reload: there SIGHUP keeps its default.
+    let hangups = if args.once { None } else { hangups() };
     let started = website_monitor_source::start(loaded, opts, signals.graceful.clone());
     let result = tokio::select! {
         r = async {

@@ -324,3 +324,41 @@ async fn a_reloaded_shard_applies_to_the_reloaded_list() {
     assert!(s.hits(&one_path) <= stopped + 1, "shard 1's site stopped");
     assert_eq!(proc.term(), Some(0));
 }
+
+#[tokio::test]
+async fn an_unchanged_keep_alive_site_keeps_its_connection_across_a_reload() {
+    let (s, other) = (TestServer::http().await, TestServer::http().await);
+    let topic = unique("src-reload-keepalive");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (keep, new) = (s.url("/text/keep"), other.url("/text/new"));
+    let config = config(&topic, port, "300ms").set("keep_alive", true);
+    let mut proc = start(&topic, &config, std::slice::from_ref(&keep)).await;
+    eventually("a few checks", Duration::from_secs(10), || async {
+        (s.hits("/text/keep") >= 3).then_some(())
+    })
+    .await;
+    let connections = s.connections();
+    std::fs::write(proc.file("sites.txt"), format!("{keep}\n{new}\n")).unwrap();
+    let (status, body) = http_post(&addr, "/-/reload").await.unwrap();
+    assert_eq!(
+        (status, body.contains("unchanged=1")),
+        (200, true),
+        "{body}"
+    );
+    let hits = s.hits("/text/keep");
+    eventually(
+        "more checks after the reload",
+        Duration::from_secs(10),
+        || async {
+            (s.hits("/text/keep") >= hits + 3 && other.hits("/text/new") > 0).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        s.connections(),
+        connections,
+        "the unchanged site reused its connection"
+    );
+    assert_eq!(proc.term(), Some(0));
+}
