@@ -160,6 +160,9 @@ missing_packages() {
   { have pkg-config && pkg-config --exists libzstd; } || pkgs+=(libzstd-dev)
   have nginx || [ -x /usr/sbin/nginx ] || pkgs+=(nginx)
   have ab || pkgs+=(apache2-utils)
+  # prometheus/: promtool checks and unit-tests the rules; tests/tests/prometheus.rs
+  # scrapes both connectors with the real Prometheus.
+  { have promtool && have prometheus; } || [ -x /usr/bin/prometheus ] || pkgs+=(prometheus)
   have runuser || pkgs+=(util-linux)
   have flock || pkgs+=(util-linux)
   printf '%s\n' "${pkgs[@]}" | awk 'NF && !seen[$0]++'

@@ -14,6 +14,43 @@ pub struct CommonArgs {
     /// masked) and exit: 0 when valid, 2 when not.
     #[arg(long)]
     pub check_config: bool,
+
+    /// Validate the configuration, then connect to what it names (Kafka's
+    /// brokers and the topic; the sink also PostgreSQL: login, migrations,
+    /// privileges), print one line per check and exit: 0 when every check
+    /// passed, 3 when one failed, 2 when the configuration is invalid.
+    #[arg(long, conflicts_with = "check_config")]
+    pub check_live: bool,
+}
+
+/// Exit code of `--check-live` when a check failed.
+pub const EXIT_LIVE: u8 = 3;
+
+/// One `--check-live` check: what was checked, and what was found (`Err`:
+/// what failed and what to do).
+pub type LiveCheck = (&'static str, Result<String, String>);
+
+/// Prints each check as `program: ok|FAILED <name>: <detail>` on stdout and
+/// returns the exit code: 0 when all passed, [`EXIT_LIVE`] otherwise.
+pub fn report_live(program: &str, checks: &[LiveCheck]) -> u8 {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0;
+    for (name, result) in checks {
+        let (word, detail) = match result {
+            Ok(d) => ("ok", d),
+            Err(d) => {
+                failed += 1;
+                ("FAILED", d)
+            }
+        };
+        let _ = writeln!(out, "{program}: {word} {name}: {detail}");
+    }
+    if failed == 0 {
+        0
+    } else {
+        EXIT_LIVE
+    }
 }
 
 /// Exit code for a configuration that cannot be used.

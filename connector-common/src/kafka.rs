@@ -11,6 +11,7 @@ use crate::problem::{Invalid, Validate};
 use crate::secret::{KafkaOptionRule, KafkaOptions, MaskRule, Secret};
 
 pub mod events;
+pub mod preflight;
 
 pub use events::{forward_log, ClientEvents, KafkaEvent};
 

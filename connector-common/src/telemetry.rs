@@ -74,7 +74,11 @@ pub fn install_recorder() -> PrometheusHandle {
         .clone()
 }
 
-/// Readiness shared between a connector and its `/readyz` endpoint.
+/// The gauge that mirrors `/readyz`: 1 ready, 0 not (both connectors).
+pub const READY: &str = "website_monitor_ready";
+
+/// Readiness shared between a connector and its `/readyz` endpoint (and
+/// the [`READY`] gauge, for alerting without probing `/readyz`).
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     inner: Arc<Mutex<Option<String>>>,
@@ -91,11 +95,13 @@ impl Health {
     /// Marks the connector ready.
     pub fn set_ready(&self) {
         *self.inner.lock().expect("health lock") = None;
+        metrics::gauge!(READY).set(1.0);
     }
 
     /// Marks the connector not ready, with the reason `/readyz` shows.
     pub fn set_not_ready(&self, reason: impl Into<String>) {
         *self.inner.lock().expect("health lock") = Some(reason.into());
+        metrics::gauge!(READY).set(0.0);
     }
 
     /// `None` when ready, else the reason it is not.

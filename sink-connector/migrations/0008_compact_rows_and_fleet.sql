@@ -13,10 +13,14 @@
 -- it. Dropping columns only changes the catalog; new rows store none of
 -- the dropped ones, and partitions made from now on do not have them.
 -- Columns stay in an order that packs a typical row without padding.
--- The view is rebuilt: its grants are kept and given back below.
-CREATE TEMP TABLE wm_view_grants ON COMMIT DROP AS
-    SELECT a.grantee, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a
-    WHERE c.oid = {{check_record:lit}}::regclass AND a.grantee <> c.relowner;
+SET LOCAL lock_timeout = '30s';
+-- The view is rebuilt: its grants are kept (in a transaction-local
+-- setting: no temporary table, which a role without TEMP could not make)
+-- and given back below.
+SELECT set_config('website_monitor.view_grants',
+                  coalesce(string_agg(a.grantee::text || ':' || a.privilege_type, ','), ''), true)
+FROM pg_class c, aclexplode(c.relacl) a
+WHERE c.oid = {{check_record:lit}}::regclass AND a.grantee <> c.relowner;
 DROP VIEW {{check_record}};
 ALTER TABLE {{check}}
     DROP COLUMN inserted_at,
@@ -77,16 +81,15 @@ FROM {{check}} h
 LEFT JOIN {{site}} s ON s.id = h.site_id
 LEFT JOIN {{probe}} p ON p.id = h.probe_id;
 
--- Every role granted something on a per-site rollup table gets the same on
--- the fleet's (a least-privileged sink writes them too), and the view's
--- grants are given back.
 DO $$
 DECLARE
-    g record;
+    g text;
+    who oid;
 BEGIN
-    FOR g IN SELECT grantee, privilege_type FROM wm_view_grants LOOP
-        EXECUTE format('GRANT %s ON %s TO %s', g.privilege_type, {{check_record:lit}},
-                       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END);
+    FOREACH g IN ARRAY string_to_array(current_setting('website_monitor.view_grants'), ',') LOOP
+        who := split_part(g, ':', 1)::oid;
+        EXECUTE format('GRANT %s ON %s TO %s', split_part(g, ':', 2), {{check_record:lit}},
+                       CASE WHEN who = 0 THEN 'PUBLIC' ELSE who::regrole::text END);
     END LOOP;
 END $$;
 
@@ -99,10 +102,12 @@ CREATE TABLE {{fleet_per_minute}} (
     shard           int4 NOT NULL,
     probe_id        int4 NOT NULL,
     bucket          timestamptz NOT NULL,
-    checks          int4 NOT NULL,
-    ok              int4 NOT NULL,
-    failed          int4 NOT NULL,
-    responses       int4 NOT NULL,
+    -- int8: a fleet row counts every site of a partition (an int4 would
+    -- overflow past ~24,855 checks/s per partition and probe in a day).
+    checks          int8 NOT NULL,
+    ok              int8 NOT NULL,
+    failed          int8 NOT NULL,
+    responses       int8 NOT NULL,
     duration_min_us int4,
     duration_max_us int4,
     duration_sum_us int8 NOT NULL,
@@ -113,16 +118,30 @@ CREATE TABLE {{fleet_per_minute}} (
 ) PARTITION BY RANGE (bucket);
 CREATE TABLE {{fleet_per_hour}} (LIKE {{fleet_per_minute}} INCLUDING ALL) PARTITION BY RANGE (bucket);
 CREATE TABLE {{fleet_per_day}} (LIKE {{fleet_per_minute}} INCLUDING ALL) PARTITION BY RANGE (bucket);
+-- Each fleet table belongs to the owner of the per-site table of its level
+-- (so a migration run by a superuser leaves nothing the sink's owner role
+-- cannot alter), and every role granted something on that table gets the
+-- same on it (a least-privileged sink writes both).
 DO $$
 DECLARE
+    pair record;
     g record;
 BEGIN
-    FOR g IN SELECT a.grantee, a.privilege_type FROM pg_class c, aclexplode(c.relacl) a
-             WHERE c.oid = {{per_minute:lit}}::regclass AND a.grantee <> c.relowner LOOP
-        EXECUTE format('GRANT %s ON %s, %s, %s TO %s', g.privilege_type,
-                       {{fleet_per_minute:lit}}, {{fleet_per_hour:lit}}, {{fleet_per_day:lit}},
-                       CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END);
+    FOR pair IN SELECT * FROM (VALUES ({{per_minute:lit}}, {{fleet_per_minute:lit}}),
+                                      ({{per_hour:lit}}, {{fleet_per_hour:lit}}),
+                                      ({{per_day:lit}}, {{fleet_per_day:lit}})) AS v(site, fleet) LOOP
+        EXECUTE format('ALTER TABLE %s OWNER TO %s', pair.fleet,
+                       (SELECT relowner::regrole::text FROM pg_class WHERE oid = pair.site::regclass));
+        FOR g IN SELECT a.grantee, a.privilege_type, a.is_grantable
+                 FROM pg_class c, aclexplode(c.relacl) a
+                 WHERE c.oid = pair.site::regclass AND a.grantee <> c.relowner LOOP
+            EXECUTE format('GRANT %s ON %s TO %s%s', g.privilege_type, pair.fleet,
+                           CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END,
+                           CASE WHEN g.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
     END LOOP;
+    EXECUTE format('ALTER VIEW %s OWNER TO %s', {{check_record:lit}},
+                   (SELECT relowner::regrole::text FROM pg_class WHERE oid = {{check:lit}}::regclass));
 END $$;
 
 -- The partition functions of 0006 now also take the fleet tables.
@@ -214,3 +233,50 @@ BEGIN ATOMIC
     LEFT JOIN passes c ON coalesce(c.g, -1) = coalesce(t.g, -1)
     LEFT JOIN {{probe}} p ON p.id = t.g;
 END;
+
+-- Fills `target` (a fleet table) from `source` (the per-site table of the
+-- same level): counts summed, histograms merged per bucket key, per
+-- (shard, probe, bucket). `shards` > 0 takes site_id % shards as the shard
+-- (the benchmark's stand-in for Kafka partitions); 0 puts every row in
+-- shard -1 ("from before the fleet tables"). Makes the partitions it needs
+-- (`span` wide). Migration 8 fills the fleet from the rollups already there.
+CREATE FUNCTION {{fleet_fill}}(source regclass, target regclass, span interval, shards int4)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('SELECT %s(%L::regclass, min(bucket), max(bucket), %L) FROM %s',
+                   {{make_partitions:lit}}, target, span, source);
+    EXECUTE format($f$
+        INSERT INTO %2$s (shard, probe_id, bucket, checks, ok, failed, responses,
+                          duration_min_us, duration_max_us, duration_sum_us, cert_days_min,
+                          latency, failures)
+        WITH g AS (
+            SELECT CASE WHEN %3$s > 0 THEN (site_id %% %3$s)::int4 ELSE -1 END AS shard,
+                   probe_id, bucket, sum(checks)::int8 AS checks, sum(ok)::int8 AS ok,
+                   sum(failed)::int8 AS failed, sum(responses)::int8 AS responses,
+                   min(duration_min_us) AS mn, max(duration_max_us) AS mx,
+                   sum(duration_sum_us)::int8 AS sm, min(cert_days_min) AS cd
+            FROM %1$s GROUP BY 1, 2, 3
+        ), e AS (
+            SELECT CASE WHEN %3$s > 0 THEN (site_id %% %3$s)::int4 ELSE -1 END AS shard,
+                   probe_id, bucket, 'l' AS col, x >> 32 AS k, sum(x & 4294967295)::int8 AS n
+            FROM %1$s, unnest(latency) x GROUP BY 1, 2, 3, 4, 5
+            UNION ALL
+            SELECT CASE WHEN %3$s > 0 THEN (site_id %% %3$s)::int4 ELSE -1 END,
+                   probe_id, bucket, 'f', x >> 32, sum(x & 4294967295)::int8
+            FROM %1$s, unnest(failures) x GROUP BY 1, 2, 3, 4, 5
+        ), a AS (
+            SELECT shard, probe_id, bucket,
+                   array_agg((k << 32) | n ORDER BY k) FILTER (WHERE col = 'l') AS l,
+                   array_agg((k << 32) | n ORDER BY k) FILTER (WHERE col = 'f') AS f
+            FROM e GROUP BY 1, 2, 3
+        )
+        SELECT g.shard, g.probe_id, g.bucket, g.checks, g.ok, g.failed, g.responses,
+               g.mn, g.mx, g.sm, g.cd, a.l, a.f
+        FROM g LEFT JOIN a USING (shard, probe_id, bucket)
+        ON CONFLICT (shard, probe_id, bucket) DO NOTHING
+    $f$, source, target, shards);
+END $$;
+
+SELECT {{fleet_fill}}({{per_minute:lit}}, {{fleet_per_minute:lit}}, '1 day', 0),
+       {{fleet_fill}}({{per_hour:lit}}, {{fleet_per_hour:lit}}, '1 day', 0),
+       {{fleet_fill}}({{per_day:lit}}, {{fleet_per_day:lit}}, '30 days', 0);

@@ -52,6 +52,12 @@ pub struct Outcome {
     /// the stored `next_offset` (a value above the partition's end means the
     /// topic was re-created or its offsets reset).
     pub skipped: Vec<Skipped>,
+    /// Site status transitions written, by the state entered.
+    pub transitions: HashMap<&'static str, u64>,
+    /// Records the site status model ignored as late for their probe (not
+    /// newer than its newest check: out of order, e.g. keyless records read
+    /// from several partitions).
+    pub status_late: u64,
 }
 
 impl Outcome {
@@ -66,6 +72,10 @@ impl Outcome {
         }
         self.duplicates += other.duplicates;
         self.skipped.extend(other.skipped);
+        for (to, n) in other.transitions {
+            *self.transitions.entry(to).or_default() += n;
+        }
+        self.status_late += other.status_late;
     }
 }
 
@@ -187,6 +197,8 @@ pub(crate) mod tests {
             rejected: HashMap::from([("empty", 1)]),
             duplicates: 3,
             skipped: vec![skipped(0)],
+            transitions: HashMap::from([("down", 1)]),
+            status_late: 1,
         };
         a.merge(Outcome {
             site_rows: 10,
@@ -195,6 +207,8 @@ pub(crate) mod tests {
             rejected: HashMap::from([("empty", 2), ("not_json", 5)]),
             duplicates: 30,
             skipped: vec![skipped(1)],
+            transitions: HashMap::from([("down", 2), ("up", 1)]),
+            status_late: 2,
         });
         assert_eq!(
             a,
@@ -205,6 +219,8 @@ pub(crate) mod tests {
                 rejected: HashMap::from([("empty", 3), ("not_json", 5)]),
                 duplicates: 33,
                 skipped: vec![skipped(0), skipped(1)],
+                transitions: HashMap::from([("down", 3), ("up", 1)]),
+                status_late: 3,
             }
         );
     }

@@ -31,19 +31,32 @@ pub struct Collector {
     pub limits: Limits,
     /// Ends a collection early (SIGTERM).
     pub shutdown: CancellationToken,
+    /// Longest wait for a first record: then the collection is empty, so the
+    /// loop can do its idle work (writer 0's status sweep). `None`: wait on.
+    /// Only the wait for the first record is cut (a pending `recv` holds no
+    /// record), never a batch being filled.
+    pub idle_wait: Option<Duration>,
 }
 
 impl Collector {
     /// Collects the next batch: waits for a first record (or shutdown), then
     /// takes more until `batch_size` records, `batch_max_bytes` bytes or
     /// `batch_timeout`. Records of partitions revoked meanwhile are dropped.
-    /// Empty after a consumer error or at shutdown.
+    /// Empty after a consumer error, at shutdown, or after `idle_wait`
+    /// without a record.
     pub async fn collect(&self, consumer: &SinkConsumer) -> Vec<Msg> {
         let mut batch = Vec::new();
         let mut bytes = 0usize;
         let mut topic = None;
+        let idle = async {
+            match self.idle_wait {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
         let first = tokio::select! {
             _ = self.shutdown.cancelled() => return batch,
+            () = idle => return batch,
             r = consumer.recv() => r,
         };
         match first {

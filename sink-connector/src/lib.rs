@@ -29,14 +29,18 @@
 //!   refused records, SQL, migrations, error classification.
 //! - [`uri`]: `postgres_uri` parsed once at load, TLS as libpq's `sslmode`
 //!   means it; [`config`]: the `[sink]` section of `connector.toml`.
+//! - [`status`]: site status and incidents (issue 14) — the probe and site
+//!   state machines, the policy of `[sink.status]`, maintenance windows and
+//!   transitions; pure (no I/O), fed by `postgres::status`.
 //! - [`readiness`]: what `/readyz` says; [`metrics`]: metric names;
 //!   [`error`]: why the sink stopped.
 //!
 //! Imports run one way: this file (the composition root) and [`pipeline`]
 //! use everything; [`collect`] → [`kafka`]; [`kafka`] and [`postgres`] →
 //! [`config`], [`readiness`], [`metrics`], [`error`], [`batch`], [`decode`];
-//! [`config`] and [`error`] → [`uri`]; [`batch`] → [`decode`] → [`jsonb`].
-//! Nothing imports [`pipeline`] or this file.
+//! [`config`] and [`error`] → [`uri`]; [`config`] → [`status`] (its
+//! `[sink.status]` table), which imports nothing of the sink; [`batch`] →
+//! [`decode`] → [`jsonb`]. Nothing imports [`pipeline`] or this file.
 //!
 //! Binaries call [`run`]; tests call [`start`] to learn the bound metrics
 //! address and stop the sink with the shutdown token.
@@ -51,9 +55,11 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod postgres;
+pub mod preflight;
 pub mod readiness;
 pub mod rollup;
 pub mod row;
+pub mod status;
 pub mod uri;
 
 // The paths these modules had before they moved under `postgres`, which
@@ -139,7 +145,27 @@ pub async fn start(
         writers = cfg.writers,
         "sink starting"
     );
-    let pipeline = pipeline::Pipeline::new(cfg, target, tls, readiness, shutdown, last_commit);
+    let publisher = match &cfg.status.transitions_topic {
+        Some(topic) => {
+            match kafka::transitions::Publisher::new(&config.kafka, topic, cfg.write_timeout) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    telemetry_stop.cancel();
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
+    let pipeline = pipeline::Pipeline::new(
+        cfg,
+        target,
+        tls,
+        readiness,
+        shutdown,
+        last_commit,
+        publisher,
+    );
     let task = tokio::spawn(async move {
         let result = async {
             let mut pipeline = pipeline;

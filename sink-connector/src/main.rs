@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use connector_common::cli::{say, say_refused, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
+use connector_common::cli::{report_live, say, say_refused, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
 use connector_common::config::{load, process_env, render_masked, resolve_path, Section};
 use website_monitor_sink::SinkConfig;
 
@@ -15,7 +15,8 @@ use website_monitor_sink::SinkConfig;
 ///
 /// Configuration: the `[kafka]` and `[sink]` sections of connector.toml.
 /// Environment overrides: kafka_host, kafka_topic, kafka_ssl_ca, kafka_ssl_cert,
-/// kafka_ssl_key, postgres_uri, log_level. Exit codes: 0 stopped cleanly,
+/// kafka_ssl_key, postgres_uri, log_level. Exit codes: 0 stopped cleanly (or every
+/// --check-live check passed), 3 a --check-live check failed,
 /// 1 runtime failure, 2 unusable configuration.
 #[derive(Debug, Parser)]
 #[command(name = "website-monitor-sink", version)]
@@ -52,6 +53,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.common.check_live {
+        let checks = runtime.block_on(website_monitor_sink::preflight::check_live(&config));
+        return ExitCode::from(report_live("website-monitor-sink", &checks));
+    }
     let code = runtime.block_on(async {
         let signals = connector_common::shutdown::on_signal();
         tokio::select! {

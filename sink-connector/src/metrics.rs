@@ -42,9 +42,45 @@ pub const RECORDS_PAST_RETENTION: &str = "website_monitor_records_past_retention
 /// Partitions dropped past their table's retention (counter).
 pub const PARTITIONS_DROPPED: &str = "website_monitor_partitions_dropped_total";
 
+/// Site status transitions committed, by `to` (the state entered: `up`,
+/// `degraded`, `down`, `unknown`, `maintenance`) (counter).
+pub const STATUS_TRANSITIONS: &str = "website_monitor_status_transitions_total";
+/// Site status transitions produced to `[sink.status] transitions_topic`
+/// (counter; at least once, so a replay may count one twice).
+pub const STATUS_TRANSITIONS_PUBLISHED: &str = "website_monitor_status_transitions_published_total";
+/// Records the site status model ignored as late for their probe (counter):
+/// not newer than the probe's newest check. Records of one url spread over
+/// several partitions (keyless input) show up here; see docs/status.md.
+pub const STATUS_RECORDS_LATE: &str = "website_monitor_status_records_late_total";
+/// Ad-hoc maintenance windows (rows of `<table>_maintenance`) found unusable
+/// and ignored, once per row (counter).
+pub const STATUS_BAD_WINDOWS: &str = "website_monitor_status_bad_windows_total";
+/// Sweeps of the site status (writer 0) that failed (counter).
+pub const STATUS_SWEEP_ERRORS: &str = "website_monitor_status_sweep_errors_total";
+
 /// Registers help texts for every metric.
 pub fn describe() {
     describe_counter!(RECORDS_CONSUMED, "Records read from Kafka.");
+    describe_counter!(
+        STATUS_TRANSITIONS,
+        "Site status transitions committed, by the state entered."
+    );
+    describe_counter!(
+        STATUS_TRANSITIONS_PUBLISHED,
+        "Site status transitions produced to the transitions topic (at least once)."
+    );
+    describe_counter!(
+        STATUS_RECORDS_LATE,
+        "Records the site status model ignored as late for their probe (out of order; keyless input spread over partitions)."
+    );
+    describe_counter!(
+        STATUS_BAD_WINDOWS,
+        "Ad-hoc maintenance windows ignored as unusable (a url_pattern that is not a regex), once per row."
+    );
+    describe_counter!(
+        STATUS_SWEEP_ERRORS,
+        "Sweeps of the site status (silent probes, maintenance windows) that failed."
+    );
     describe_counter!(
         PARTITIONS_DROPPED,
         "Time partitions of history, rejects and rollups dropped past their retention."

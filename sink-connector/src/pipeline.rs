@@ -47,10 +47,11 @@ use crate::batch::split_by_partition;
 use crate::batch::{commit_positions, Msg, Outcome, Skipped};
 use crate::collect::Collector;
 use crate::config::SinkConfig;
-use crate::decode::Limits;
+use crate::decode::{Decoded, Limits};
 use crate::error::SinkError;
 use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
-use crate::kafka::consumer::{fatal_error, leave_static_group, SinkConsumer};
+use crate::kafka::consumer::{caught_up, fatal_error, leave_static_group, SinkConsumer};
+use crate::kafka::transitions::{publish_until_shutdown, Publisher};
 use crate::metrics as m;
 use crate::postgres::shared::Shared;
 use crate::postgres::writer::{Writer, Written};
@@ -59,6 +60,9 @@ use crate::uri::PgTarget;
 
 /// Longest wait for a partition's watermarks from the broker.
 const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often writer 0 sweeps the site status (silent probes, maintenance
+/// windows), between batches and when idle.
+const SWEEP_EVERY: Duration = crate::postgres::writer::SWEEP_EVERY;
 /// Longest wait for the consumer to leave the group at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -71,6 +75,9 @@ pub struct Pipeline {
     limits: Limits,
     last_commit: Arc<AtomicU64>,
     committing: Arc<AtomicBool>,
+    /// The transitions topic's producer, when `[sink.status]
+    /// transitions_topic` is set; run on a task of its own.
+    publisher: Option<Publisher>,
 }
 
 impl Pipeline {
@@ -82,6 +89,7 @@ impl Pipeline {
         readiness: Readiness,
         shutdown: CancellationToken,
         last_commit: Arc<AtomicU64>,
+        publisher: Option<Publisher>,
     ) -> Self {
         let limits = Limits {
             max_record_bytes: cfg.max_record_bytes,
@@ -98,6 +106,7 @@ impl Pipeline {
             limits,
             last_commit,
             committing: Arc::new(AtomicBool::new(false)),
+            publisher,
         }
     }
 
@@ -130,6 +139,10 @@ impl Pipeline {
     pub async fn run(mut self, consumer: SinkConsumer) -> Result<(), SinkError> {
         let consumer = Arc::new(consumer);
         tokio::spawn(self.shared.start_clock_on_shutdown());
+        let publishing = self
+            .publisher
+            .take()
+            .map(|p| tokio::spawn(publish_until_shutdown(Arc::clone(&self.shared), p)));
         let cfg = &self.shared.cfg;
         // Collecting stops at shutdown, and when the consumer dies (fenced).
         let stop = self.shared.shutdown.child_token();
@@ -147,6 +160,7 @@ impl Pipeline {
             batch_timeout: cfg.batch_timeout,
             limits: self.limits,
             shutdown: stop,
+            idle_wait: Some(SWEEP_EVERY),
         };
         let mut pending = Vec::new();
         let mut fatal = None;
@@ -162,6 +176,7 @@ impl Pipeline {
                 if collector.shutdown.is_cancelled() {
                     break;
                 }
+                self.between_batches(&consumer, &[], false).await;
                 pending = collector.collect(&consumer).await;
                 continue;
             }
@@ -184,6 +199,13 @@ impl Pipeline {
                 break;
             }
             pending = next;
+            let full = pending.len() >= collector.batch_size;
+            self.between_batches(&consumer, &pending, full).await;
+        }
+        if let Some(task) = publishing {
+            // It stops at shutdown between rounds; a round in flight is cut
+            // (its transitions are produced again next time: at least once).
+            task.abort();
         }
         let fatal = fatal.or_else(|| fatal_error(&consumer));
         // Leaving the group blocks (librdkafka's close), so off the runtime,
@@ -265,6 +287,27 @@ impl Pipeline {
         Ok(Some(()))
     }
 
+    /// Writer 0's work between batches (and when idle): the site status
+    /// sweep, over the partitions this sink has caught up on only
+    /// ([`caught_up`]) — a probe whose records are still queued would look
+    /// silent — at the wall clock, or at the oldest `checked_at` of `next`
+    /// (collected, not written yet) when that is earlier. Not while `next`
+    /// is full (a backlog).
+    async fn between_batches(&mut self, consumer: &SinkConsumer, next: &[Msg], full: bool) {
+        if full || !self.writers[0].sweep_due() {
+            return;
+        }
+        let partitions = caught_up(consumer);
+        let oldest = next
+            .iter()
+            .filter_map(|m| match &m.decoded {
+                Decoded::Good(g) => g.checked_at,
+                Decoded::Rejected(_) => None,
+            })
+            .min();
+        self.writers[0].sweep(&partitions, oldest).await;
+    }
+
     fn record(&self, o: &Outcome) {
         let t = &self.shared.cfg.table;
         metrics::counter!(m::ROWS_WRITTEN, "table" => t.clone()).increment(o.site_rows);
@@ -279,6 +322,10 @@ impl Pipeline {
         for (r, n) in by_reason {
             metrics::counter!(m::RECORDS_REJECTED, "reason" => r.to_owned()).increment(n);
         }
+        for (to, n) in &o.transitions {
+            metrics::counter!(m::STATUS_TRANSITIONS, "to" => *to).increment(*n);
+        }
+        metrics::counter!(m::STATUS_RECORDS_LATE).increment(o.status_late);
         if o.duplicates > 0 {
             metrics::counter!(m::RECORDS_DUPLICATE).increment(o.duplicates);
             tracing::info!(

@@ -34,7 +34,8 @@
 //! - [`reload`]: SIGHUP, `POST /-/reload` and `reload_watch`: the
 //!   configuration read again, checked, and its sites applied as a
 //!   difference to the running lanes;
-//! - [`limits`]: the open-file limit.
+//! - [`limits`]: the open-file limit;
+//! - [`preflight`]: `--check-live`, reaching Kafka and the topic.
 //!
 //! [`start`] wires them: it resolves the sites, deals them over the check
 //! threads (each builds one HTTP client per distinct TLS/keep-alive setting),
@@ -54,6 +55,7 @@ pub mod hash;
 pub mod lanes;
 pub mod limits;
 pub mod metrics;
+pub mod preflight;
 pub mod publish;
 pub mod record;
 pub mod reload;

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use connector_common::cli::{say, say_refused, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
+use connector_common::cli::{report_live, say, say_refused, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
 use connector_common::config::{self, process_env, render_masked, Section};
 use website_monitor_source::reload::{ReloadHandle, Trigger};
 use website_monitor_source::{lanes, sites, RunOptions, SourceConfig, SourceError};
@@ -23,7 +23,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 ///
 /// Exit codes: 0 done (after SIGTERM/SIGINT, or after --once with every record
 /// delivered); 1 a runtime failure (or --once with undelivered records);
-/// 2 an unusable configuration (the message names file, line and key).
+/// 2 an unusable configuration (the message names file, line and key);
+/// 3 a --check-live check failed.
 #[derive(Debug, Parser)]
 #[command(name = "website-monitor-source", version, about, long_about)]
 struct Args {
@@ -65,6 +66,18 @@ async fn run(args: Args) -> ExitCode {
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
+    if args.common.check_live {
+        let (loaded, resolved) = match sites::load(&path, &process_env) {
+            Ok(l) => l,
+            Err(e) => return refuse(&e),
+        };
+        let mut checks = vec![(
+            "sites",
+            Ok(format!("{} site(s) in this instance", resolved.len())),
+        )];
+        checks.extend(website_monitor_source::preflight::check_live(&loaded).await);
+        return ExitCode::from(report_live("website-monitor-source", &checks));
+    }
     if args.common.check_config {
         let (loaded, resolved) = match sites::load(&path, &process_env) {
             Ok(l) => l,

@@ -13,6 +13,9 @@ use serde::{Deserialize, Serialize};
 /// The version of this layout; changes only with a documented migration.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// [`SCHEMA_VERSION`] as the `schema-version` Kafka header writes it.
+pub const SCHEMA_VERSION_TEXT: &str = "1";
+
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
@@ -188,6 +191,11 @@ fn micros_opt<S: serde::Serializer>(secs: &Option<f64>, s: S) -> Result<S::Ok, S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_schema_version_header_names_the_schema_version() {
+        assert_eq!(SCHEMA_VERSION_TEXT, SCHEMA_VERSION.to_string());
+    }
 
     fn sample() -> Record {
         Record::failure(

@@ -175,8 +175,8 @@ pub struct Consumed {
     pub partition: i32,
     /// Offset.
     pub offset: i64,
-    /// Header names.
-    pub headers: Vec<String>,
+    /// Headers: name and value, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Consumed {
@@ -214,7 +214,11 @@ pub async fn consume_all(
                 offset: m.offset(),
                 headers: m
                     .headers()
-                    .map(|h| h.iter().map(|x| x.key.to_owned()).collect())
+                    .map(|h| {
+                        h.iter()
+                            .map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             }),
             Ok(Err(e)) => panic!("consuming {topic}: {e}"),

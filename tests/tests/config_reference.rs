@@ -56,7 +56,7 @@ struct TableSpec {
     section: Section,
 }
 
-const TABLES: [TableSpec; 5] = [
+const TABLES: [TableSpec; 8] = [
     TableSpec {
         path: "",
         strukt: "TopLevel",
@@ -87,6 +87,33 @@ const TABLES: [TableSpec; 5] = [
         heading: "`[sink]`",
         section: Section::Sink,
     },
+    TableSpec {
+        path: "sink.status",
+        strukt: "StatusConfig",
+        heading: "`[sink.status]`",
+        section: Section::Sink,
+    },
+    TableSpec {
+        path: "sink.status.rules",
+        strukt: "StatusRuleConfig",
+        heading: "`[[sink.status.rules]]`",
+        section: Section::Sink,
+    },
+    TableSpec {
+        path: "sink.status.maintenance",
+        strukt: "MaintenanceConfig",
+        heading: "`[[sink.status.maintenance]]`",
+        section: Section::Sink,
+    },
+];
+
+/// The arrays of tables (`[[...]]`): the reference shows their keys as
+/// `source.sites[].url`, and the smallest file holds one entry of each
+/// (so their defaults and ranges can be read and probed in it).
+const ARRAY_TABLES: [&str; 3] = [
+    "source.sites",
+    "sink.status.rules",
+    "sink.status.maintenance",
 ];
 
 /// The smallest `[source]` the loader accepts: one site.
@@ -473,7 +500,11 @@ impl Key {
 
     /// The path as the reference shows it: `source.sites[].url` for a site's key.
     fn shown(&self) -> String {
-        self.path().replace("source.sites.", "source.sites[].")
+        if ARRAY_TABLES.contains(&self.table) {
+            format!("{}[].{}", self.table, self.name)
+        } else {
+            self.path()
+        }
     }
 }
 
@@ -540,17 +571,21 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
-/// The smallest file `section` loads: `[source]` needs one site.
+/// The smallest file `section` loads: `[source]` needs one site; `[sink]`
+/// gets one status rule and one maintenance window (arrays of tables whose
+/// keys are probed in their first entry).
 fn base_file(section: Section) -> toml::Table {
-    let mut file = toml::Table::new();
-    if section == Section::Source {
-        let mut site = toml::Table::new();
-        site.insert("url".into(), SITE_URL.into());
-        let mut source = toml::Table::new();
-        source.insert("sites".into(), toml::Value::Array(vec![site.into()]));
-        file.insert("source".into(), source.into());
-    }
-    file
+    let text = match section {
+        Section::Source => format!("[[source.sites]]\nurl = \"{SITE_URL}\"\n"),
+        Section::Sink => "[[sink.status.rules]]\n\
+                          urls = '^https://example\\.com/'\n\
+                          [[sink.status.maintenance]]\n\
+                          urls = '^https://example\\.com/'\n\
+                          start = \"02:30\"\n\
+                          duration = \"1h\"\n"
+            .to_owned(),
+    };
+    text.parse().expect("the smallest file is TOML")
 }
 
 /// Loads `file` for `section`: the effective configuration as TOML, with the

@@ -560,6 +560,20 @@ async fn history_rows_written_before_migration_8_read_back_after_it_and_a_least_
     ))
     .await
     .unwrap();
+    // Rollups written before migration 8 (3 checks: 2 ok, 1 timeout) at each level.
+    for (level, span) in [("minute", "1 day"), ("hour", "1 day"), ("day", "30 days")] {
+        db.batch_execute(&format!(
+            "SET search_path = \"{schema}\";
+             SELECT site_make_partitions('site_per_{level}', to_timestamp({at}), to_timestamp({at}), '{span}');
+             INSERT INTO site_per_{level} (site_id, probe_id, bucket, checks, ok, failed, responses,
+                                          duration_min_us, duration_max_us, duration_sum_us, latency, failures)
+             SELECT id, 0, date_trunc('{level}', to_timestamp({at}), 'UTC'), 3, 2, 1, 2, 900, 1100, 2000,
+                    ARRAY[(80::int8 << 32) | 1, (81::int8 << 32) | 1], ARRAY[(4::int8 << 32) | 1]
+             FROM site;"
+        ))
+        .await
+        .unwrap();
+    }
     let record =
         format!("SELECT record FROM \"{schema}\".site_check_record WHERE url = 'http://old/'");
     let before: serde_json::Value = db.query_one(&record, &[]).await.unwrap().get(0);
@@ -588,12 +602,18 @@ async fn history_rows_written_before_migration_8_read_back_after_it_and_a_least_
         .await
         .unwrap()
         .get(0);
-    assert_eq!(fleet, 1, "the new check counted in the fleet");
+    assert_eq!(
+        fleet,
+        1 + 3,
+        "the new check and the 3 from before, in the fleet"
+    );
     as_sink
         .query_one(&record, &[])
         .await
         .expect("the view granted again");
     drop(as_sink);
+    // The fleet holds the rollups from before the migration too.
+    assert_fleet_answers_as_every_site(db, schema).await;
     t.drop_role(&role).await;
     let back: serde_json::Value = db
         .query_one(

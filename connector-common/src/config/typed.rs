@@ -176,6 +176,21 @@ pub fn friendly(message: &str) -> String {
             r#"; write a number and a unit in a string, e.g. "250ms", "30s", "5m", "2h" or "7d""#,
         );
     }
+    let expected = |types: &[&str]| {
+        types
+            .iter()
+            .any(|t| message.ends_with(&format!("expected {t}")))
+    };
+    if expected(&["u8", "u16", "u32", "u64", "usize"]) {
+        message.push_str("; give a whole number, 0 or more, without quotes (e.g. 3)");
+    } else if expected(&["i8", "i16", "i32", "i64", "isize"]) {
+        message.push_str("; give a whole number without quotes (e.g. 3)");
+    }
+    if message.starts_with("missing field `") {
+        message.push_str(
+            "; add it to this table (docs/configuration-reference.md says what it takes)",
+        );
+    }
     truncate(&message, MAX_FOREIGN_TEXT_BYTES)
 }
 
@@ -233,6 +248,18 @@ mod tests {
         assert_eq!(
             friendly("invalid value: string \"abc\", expected a duration"),
             r#"invalid value: a string, expected a duration; write a number and a unit in a string, e.g. "250ms", "30s", "5m", "2h" or "7d""#
+        );
+    }
+
+    #[test]
+    fn a_number_of_the_wrong_kind_and_a_missing_key_say_what_to_do() {
+        assert_eq!(
+            friendly("invalid value: integer `-1`, expected u32"),
+            "invalid value: an integer, expected u32; give a whole number, 0 or more, without quotes (e.g. 3)"
+        );
+        assert_eq!(
+            friendly("missing field `urls`"),
+            "missing field `urls`; add it to this table (docs/configuration-reference.md says what it takes)"
         );
     }
 

@@ -9,6 +9,7 @@ use connector_common::limits::{
 use connector_common::listen::ListenAddress;
 use serde::{Deserialize, Serialize};
 
+use crate::status::settings::StatusConfig;
 use crate::uri::PostgresUri;
 
 /// Where a new consumer group starts reading a partition that has no committed offset.
@@ -132,6 +133,10 @@ pub struct SinkConfig {
     /// years, and at least `rollup_hour_retention`.
     #[serde(with = "humantime_serde")]
     pub rollup_day_retention: Duration,
+    /// Site status policy: thresholds, quorum across probes, maintenance
+    /// windows (`[sink.status]`, see `docs/status.md`). Not used by the
+    /// writer yet.
+    pub status: StatusConfig,
 }
 
 impl Default for SinkConfig {
@@ -164,6 +169,7 @@ impl Default for SinkConfig {
             rollup_minute_retention: DAY * 2,
             rollup_hour_retention: DAY * 35,
             rollup_day_retention: DAY * 400,
+            status: StatusConfig::default(),
         }
     }
 }
@@ -257,6 +263,7 @@ impl Validate for SinkConfig {
         self.check_timeouts(&mut out, &key);
         self.check_record_limits(&mut out, &key);
         self.check_storage(&mut out, &key);
+        out.extend(self.status.validate(&key("status")));
         out
     }
 }

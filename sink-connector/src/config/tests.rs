@@ -270,6 +270,154 @@ fn every_key_that_cannot_be_parsed_is_reported_not_only_the_first() {
 }
 
 #[test]
+fn status_defaults() {
+    let s = load("").unwrap().status;
+    assert_eq!(
+        (
+            s.failure_threshold,
+            s.success_threshold,
+            s.unknown_after,
+            s.min_probes_down
+        ),
+        (3, 2, 3, 1)
+    );
+    assert_eq!(s.degraded_after, None);
+    assert_eq!(s.probes_down_fraction, None);
+    assert_eq!(s.default_interval, Duration::from_secs(60));
+    assert!(s.rules.is_empty() && s.maintenance.is_empty());
+}
+
+#[test]
+fn status_table_parses_with_rules_and_windows() {
+    let c = load(
+        r#"
+[sink.status]
+failure_threshold = 5
+degraded_after = "2s"
+probes_down_fraction = 0.5
+[[sink.status.rules]]
+urls = '^https://shop\.'
+min_probes_down = 2
+default_interval = "30s"
+[[sink.status.maintenance]]
+name = "backup"
+urls = "."
+weekdays = ["mon", "sun"]
+start = "02:30"
+duration = "45m"
+timezone = "Europe/Berlin"
+"#,
+    )
+    .unwrap();
+    let policy = crate::status::Policy::from_config(&c.status).unwrap();
+    let shop = policy.for_url("https://shop.example/");
+    assert_eq!((shop.failure_threshold, shop.min_probes_down), (5, 2));
+    assert_eq!(shop.default_interval, Duration::from_secs(30));
+    assert_eq!(shop.degraded_after, Some(Duration::from_secs(2)));
+    let other = policy.for_url("https://www.example/");
+    assert_eq!(
+        (other.min_probes_down, other.probes_down_fraction),
+        (1, Some(0.5))
+    );
+    assert_eq!(policy.recurring()[0].name(), "backup");
+}
+
+#[test]
+fn bad_status_values_are_refused_under_their_keys() {
+    let window =
+        "[[sink.status.maintenance]]\nurls = \".\"\nstart = \"02:00\"\nduration = \"30m\"\n";
+    for (text, key) in [
+        (
+            "[sink.status]\nfailure_threshold = 0\n",
+            "sink.status.failure_threshold",
+        ),
+        (
+            "[sink.status]\nsuccess_threshold = 1001\n",
+            "sink.status.success_threshold",
+        ),
+        (
+            "[sink.status]\nunknown_after = 0\n",
+            "sink.status.unknown_after",
+        ),
+        (
+            "[sink.status]\nmin_probes_down = 0\n",
+            "sink.status.min_probes_down",
+        ),
+        (
+            "[sink.status]\nprobes_down_fraction = 0.0\n",
+            "sink.status.probes_down_fraction",
+        ),
+        (
+            "[sink.status]\nprobes_down_fraction = 1.5\n",
+            "sink.status.probes_down_fraction",
+        ),
+        (
+            "[sink.status]\ndegraded_after = \"2h\"\n",
+            "sink.status.degraded_after",
+        ),
+        (
+            "[sink.status]\ndefault_interval = \"1ms\"\n",
+            "sink.status.default_interval",
+        ),
+        (
+            "[[sink.status.rules]]\nurls = \"(\"\n",
+            "sink.status.rules[0].urls",
+        ),
+        (
+            "[[sink.status.rules]]\nurls = \".\"\nfailure_threshold = 0\n",
+            "sink.status.rules[0].failure_threshold",
+        ),
+        (
+            window.replace("02:00", "2am").as_str(),
+            "sink.status.maintenance[0].start",
+        ),
+        (
+            window.replace("30m", "8days").as_str(),
+            "sink.status.maintenance[0].duration",
+        ),
+        (
+            format!("{window}timezone = \"Europe/Berlln\"\n").as_str(),
+            "sink.status.maintenance[0].timezone",
+        ),
+        (
+            format!("{window}weekdays = [\"monday\"]\n").as_str(),
+            "weekdays",
+        ),
+        (
+            "[sink.status]\ntransitions_topic = \"rev14 no such topic\"\n",
+            "sink.status.transitions_topic",
+        ),
+        (
+            "[sink.status]\ntransitions_topic = \"..\"\n",
+            "sink.status.transitions_topic",
+        ),
+    ] {
+        let e = load(text).unwrap_err();
+        assert!(e.contains(key), "{text}: {e}");
+    }
+    let e = load("[sink.status]\nfailure_threshold = -1\n").unwrap_err();
+    assert!(
+        e.contains("failure_threshold") && e.contains("give a whole number"),
+        "{e}"
+    );
+    let e = load("[[sink.status.rules]]\nfailure_threshold = 2\n").unwrap_err();
+    assert!(e.contains("missing field `urls`; add it"), "{e}");
+    let e = load("[sink.status]\ntransitions_topic = \"a b\"\n").unwrap_err();
+    assert!(
+        e.contains("characters Kafka refuses") && e.contains("\" \""),
+        "{e}"
+    );
+    let long = "t".repeat(250);
+    let e = load(&format!("[sink.status]\ntransitions_topic = \"{long}\"\n")).unwrap_err();
+    assert!(e.contains("at most 249"), "{e}");
+    assert!(load("[sink.status]\ntransitions_topic = \"site-status.transitions_1\"\n").is_ok());
+    // A rule's unset keys are not reported again when a default is bad.
+    let e = load("[sink.status]\nfailure_threshold = 0\n[[sink.status.rules]]\nurls = \".\"\n")
+        .unwrap_err();
+    assert!(!e.contains("rules[0]"), "{e}");
+}
+
+#[test]
 fn retentions_that_would_break_the_sql_api_or_keep_nothing_are_refused_naming_the_key() {
     let err = load("[sink]\nrollup_day_retention = \"1d\"\n").unwrap_err();
     assert!(

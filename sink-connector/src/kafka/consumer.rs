@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::statistics::Statistics;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
@@ -34,8 +34,9 @@ pub struct SinkContext {
     events: ClientEvents,
     /// Partitions revoked since the batch being collected last looked.
     revoked: Mutex<Vec<(String, i32)>>,
-    /// Each partition's end (high watermark), from the latest statistics.
-    ends: Mutex<HashMap<(String, i32), i64>>,
+    /// Each partition's end (high watermark) and committed offset, from the
+    /// latest statistics since the partition was (last) assigned.
+    ends: Mutex<HashMap<(String, i32), Ends>>,
     /// Whether the latest statistics saw a broker connection up.
     any_up: AtomicBool,
     /// The fatal error librdkafka raised (for a sink: fenced by another
@@ -46,6 +47,15 @@ pub struct SinkContext {
     pub(crate) dead: CancellationToken,
     /// What a fatal error is explained with (group and instance id).
     membership: Membership,
+}
+
+/// A partition's offsets in the latest statistics.
+#[derive(Debug, Clone, Copy)]
+struct Ends {
+    /// The high watermark.
+    hi: i64,
+    /// The group's committed offset (negative: none known).
+    committed: i64,
 }
 
 /// The group membership of this sink, for messages.
@@ -102,7 +112,7 @@ impl SinkContext {
             .lock()
             .expect("ends lock")
             .get(&(topic.to_owned(), partition))
-            .copied()
+            .map(|e| e.hi)
             .filter(|h| *h >= 0)
     }
 }
@@ -117,7 +127,11 @@ impl ClientContext for SinkContext {
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.hi_offset >= 0 {
-                    ends.insert((topic.clone(), *p), part.hi_offset);
+                    let e = Ends {
+                        hi: part.hi_offset,
+                        committed: part.committed_offset,
+                    };
+                    ends.insert((topic.clone(), *p), e);
                 }
                 if *p >= 0 && part.consumer_lag >= 0 {
                     metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
@@ -172,6 +186,11 @@ impl ConsumerContext for SinkContext {
             Rebalance::Assign(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "partitions assigned");
+                // Their ends are known again from the next statistics on.
+                let mut ends = self.ends.lock().expect("ends lock");
+                for e in tpl.elements() {
+                    ends.remove(&(e.topic().to_owned(), e.partition()));
+                }
             }
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
@@ -264,6 +283,38 @@ pub(crate) async fn leave_static_group(consumer: &SinkConsumer, limit: Duration)
     // its own thread; once close() starts, a static member no longer would.
     tokio::time::sleep(Duration::from_millis(200).min(limit)).await;
     tracing::info!("left the consumer group (static member, clean stop)");
+}
+
+/// The partitions assigned to this member that it has caught up on: every
+/// record up to the partition's end (as of the latest statistics, at most a
+/// second old, taken after the assignment) has been handed to the sink — or,
+/// before any record came since the assignment, the group's committed offset
+/// is the end. None while no partition is assigned (say, waiting for a dead
+/// member's session to time out after a restart), nor for one whose backlog
+/// is still queued: the site status sweep judges silence with the wall
+/// clock, so only where no record is still waiting.
+pub(crate) fn caught_up(consumer: &SinkConsumer) -> Vec<i32> {
+    let Ok(assigned) = consumer.assignment() else {
+        return Vec::new();
+    };
+    let positions = consumer.position().ok();
+    let ends = consumer.context().ends.lock().expect("ends lock");
+    assigned
+        .elements()
+        .iter()
+        .filter_map(|e| {
+            let end = ends.get(&(e.topic().to_owned(), e.partition()))?;
+            let position = positions
+                .as_ref()
+                .and_then(|p| p.find_partition(e.topic(), e.partition()))
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .unwrap_or(-1);
+            (position.max(end.committed) >= end.hi).then_some(e.partition())
+        })
+        .collect()
 }
 
 /// The consumer's fatal error, explained, if librdkafka raised one (read from

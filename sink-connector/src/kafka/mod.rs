@@ -2,7 +2,9 @@
 //! librdkafka context (lag, readiness, rebalances, fatal errors) and leaving
 //! the group; [`commit`](mod@commit) — committing a written batch's offsets
 //! and keeping the commit-age metric current. `commit` uses `consumer`,
-//! never the other way.
+//! never the other way. [`transitions`]: the producer of the site status
+//! transitions topic.
 
 pub mod commit;
 pub mod consumer;
+pub mod transitions;

@@ -59,17 +59,25 @@ impl<'m> Check<'m> {
     }
 }
 
+/// What [`write`] wrote.
+pub(crate) struct Written {
+    /// History rows.
+    pub(crate) rows: u64,
+    /// Checks past the history's retention (no row).
+    pub(crate) past_retention: u64,
+    /// The id of every probe name the checks give.
+    pub(crate) probes: HashMap<String, i32>,
+}
+
 /// Writes `checks`: the history rows its table's retention keeps, and every
-/// check into the rollup levels that still cover its time. Returns the
-/// number of history rows and the number of checks past the history's
-/// retention (no row).
+/// check into the rollup levels that still cover its time.
 pub(crate) async fn write(
     tx: &Transaction<'_>,
     st: &Statements,
     layout: &Layout,
     checks: &[Check<'_>],
     now: SystemTime,
-) -> Result<(u64, u64), tokio_postgres::Error> {
+) -> Result<Written, tokio_postgres::Error> {
     let probes = probe_ids(tx, st, checks).await?;
     let probe_of = |c: &Check<'_>| c.row.probe.as_deref().and_then(|p| probes.get(p).copied());
     let rows = copy(tx, st, layout, checks, &probe_of, now).await?;
@@ -84,7 +92,11 @@ pub(crate) async fn write(
         add_rollups(tx, &st.add_rollups[i], &rollups, *level).await?;
         add_rollups(tx, &st.add_fleet[i], &fleet, *level).await?;
     }
-    Ok((rows, checks.len() as u64 - rows))
+    Ok(Written {
+        rows,
+        past_retention: checks.len() as u64 - rows,
+        probes,
+    })
 }
 
 /// The id of every probe `checks` name, adding the names not seen before.

@@ -165,6 +165,7 @@ impl Tables {
             "fleet_per_day" => self.fleet_per_day.clone(),
             "fleet_rollup" => qualified("_fleet_rollup"),
             "fleet" => qualified("_fleet"),
+            "fleet_fill" => qualified("_fleet_fill"),
             "counts_add" => qualified("_counts_add"),
             "error_kind" => qualified("_error_kind"),
             "make_partitions" => qualified("_make_partitions"),
@@ -179,6 +180,15 @@ impl Tables {
             "latency" => qualified("_latency"),
             "errors" => qualified("_errors"),
             "summary" => qualified("_summary"),
+            // 0009: site status and incidents.
+            "probe_state" => qualified("_probe_state"),
+            "status" => qualified("_status"),
+            "status_wake_idx" => local("_status_wake_idx"),
+            "transition" => qualified("_transition"),
+            "transition_at_idx" => local("_transition_at_idx"),
+            "transition_unpublished_idx" => local("_transition_unpublished_idx"),
+            "maintenance" => qualified("_maintenance"),
+            "maintenance_ends_idx" => local("_maintenance_ends_idx"),
             _ => return None,
         })
     }
@@ -236,6 +246,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 8,
         name: "compact_rows_and_fleet",
         sql: include_str!("../../migrations/0008_compact_rows_and_fleet.sql"),
+    },
+    Migration {
+        version: 9,
+        name: "status",
+        sql: include_str!("../../migrations/0009_status.sql"),
     },
 ];
 
@@ -384,6 +399,14 @@ mod tests {
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(versions, sorted, "versions increase and are unique");
+    }
+
+    #[test]
+    fn the_status_migration_names_its_tables() {
+        let status = MIGRATIONS.iter().find(|m| m.version == 9).expect("0009");
+        let sql = Tables::new("s", "site").substitute(status.sql);
+        assert!(sql.contains("CREATE TABLE \"s\".\"site_probe_state\""));
+        assert!(sql.contains("CREATE INDEX \"site_status_wake_idx\""));
     }
 
     #[test]

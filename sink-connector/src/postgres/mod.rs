@@ -10,6 +10,10 @@
 //!   past retention;
 //! - [`kept`]: what the rejects table keeps of a refused record;
 //! - [`history`]: a batch's checks as compact history rows and rollup counts;
+//! - [`status_rows`]: the status tables' rows (site, probes, transitions,
+//!   ad-hoc windows) and their lock order;
+//! - [`status`](mod@status): the site status model fed with a batch's
+//!   checks in its transaction, and writer 0's sweep;
 //! - [`write`](mod@write): one batch transaction — exactly-once through a
 //!   per-partition offsets table locked in the same transaction;
 //! - [`refuse`]: writing a part whose records PostgreSQL may refuse, and the
@@ -31,6 +35,8 @@ pub mod partitions;
 pub mod refuse;
 pub mod shared;
 pub mod sql;
+pub mod status;
+pub mod status_rows;
 pub mod upgrade;
 pub mod write;
 pub mod writer;

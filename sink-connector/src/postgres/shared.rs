@@ -19,6 +19,7 @@ use crate::postgres::partitions::Retention;
 use crate::postgres::sql::{connect, Conn, Sql};
 use crate::postgres::upgrade::move_legacy_history;
 use crate::readiness::Readiness;
+use crate::status::Policy;
 use crate::uri::PgTarget;
 
 /// What is left of `shutdown_timeout` once shutdown has begun (one budget
@@ -108,7 +109,20 @@ impl Shared {
         shutdown: CancellationToken,
     ) -> Self {
         let tables = Tables::new(&cfg.schema, &cfg.table);
-        let sql = Sql::with_retention(&tables, Retention::of(&cfg));
+        let mut sql = Sql::with_retention(&tables, Retention::of(&cfg));
+        // Validated at load; a policy refused here all the same (a config
+        // built in code) falls back to the defaults, said in the log.
+        match Policy::from_config(&cfg.status) {
+            Ok(p) => {
+                for w in p.warnings() {
+                    tracing::warn!("{w}");
+                }
+                sql.policy = Arc::new(p);
+            }
+            Err(e) => {
+                tracing::error!(problems = ?e, "[sink.status] is invalid; using the default status policy")
+            }
+        }
         let budget = Budget {
             shutdown: shutdown.clone(),
             timeout: cfg.shutdown_timeout,

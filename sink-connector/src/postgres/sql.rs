@@ -3,6 +3,7 @@
 //! statement prepared on it.
 
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -13,6 +14,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::postgres::error::db_message;
 use crate::postgres::migrate::Tables;
 use crate::postgres::partitions::{Layout, Retention};
+use crate::postgres::status_rows::{StatusSql, StatusStatements};
+use crate::status::settings::StatusConfig;
+use crate::status::Policy;
 use crate::uri::PgTarget;
 
 /// Connects once to `target` and drives the connection on a background task.
@@ -69,6 +73,9 @@ pub struct Sql {
     add_rollups: [String; 3],
     add_fleet: [String; 3],
     layout: Layout,
+    pub(crate) status: StatusSql,
+    /// The `[sink.status]` policy, compiled once.
+    pub(crate) policy: Arc<Policy>,
 }
 
 impl Sql {
@@ -81,6 +88,10 @@ impl Sql {
     pub fn with_retention(t: &Tables, retention: Retention) -> Self {
         Self {
             layout: Layout::new(t, retention),
+            status: StatusSql::new(t),
+            policy: Arc::new(
+                Policy::from_config(&StatusConfig::default()).expect("the default policy is valid"),
+            ),
             select_offsets: format!(
                 "SELECT o.topic, o.\"partition\", o.next_offset
                  FROM {o} o JOIN unnest($1::text[], $2::int4[]) AS k(t, p)
@@ -194,6 +205,8 @@ pub(crate) struct Statements {
     pub(crate) add_rollups: [Statement; 3],
     /// Per fleet rollup level, finest first.
     pub(crate) add_fleet: [Statement; 3],
+    /// The status tables' statements.
+    pub(crate) status: StatusStatements,
 }
 
 /// A connection with the batch statements prepared on it.
@@ -238,6 +251,8 @@ impl Conn {
                 client.prepare(&sql.add_fleet[1]).await?,
                 client.prepare(&sql.add_fleet[2]).await?,
             ],
+            status: StatusStatements::prepare(&client, &sql.status, Arc::clone(&sql.policy))
+                .await?,
         };
         Ok(Self {
             client,

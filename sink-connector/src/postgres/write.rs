@@ -15,7 +15,9 @@
 //!    a row afterwards (deleted concurrently, or skipped by a trigger) fails
 //!    the batch, to be retried, rather than losing its history row;
 //! 4. binary `COPY` the history rows (typed columns, the original JSON bytes as
-//!    `jsonb`) and the rejects (a bounded prefix of their bytes);
+//!    `jsonb`) and the rejects (a bounded prefix of their bytes); feed the
+//!    checks to the site status model and write its rows and transitions
+//!    ([`crate::postgres::status`], lock order there);
 //! 5. advance `next_offset`; COMMIT.
 //!
 //! Only after this returns does the caller store and commit Kafka offsets.
@@ -40,6 +42,7 @@ use crate::postgres::history::{self, Check};
 use crate::postgres::kept::{prefix, truncate_str, Kept, MAX_DETAIL_BYTES, MAX_KEPT_BYTES};
 use crate::postgres::partitions::Layout;
 use crate::postgres::sql::{Conn, RawJson, Statements};
+use crate::postgres::status;
 
 /// Why a batch was not written. Nothing was committed; retry it.
 #[derive(Debug, thiserror::Error)]
@@ -229,8 +232,13 @@ pub(crate) async fn write_tx(
                 Check::new(&msgs[i], ids[g.url.as_str()], at)
             })
             .collect();
-        (out.check_rows, out.past_retention) =
-            history::write(&tx, st, layout, &checks, now).await?;
+        let written = history::write(&tx, st, layout, &checks, now).await?;
+        (out.check_rows, out.past_retention) = (written.rows, written.past_retention);
+        // 4b. The site status, in commits only (a probe rolls back anyway).
+        if mode == Mode::Commit {
+            let b = status::Batch::new(msgs, &goods, &checks, &written.probes, now);
+            (out.transitions, out.status_late) = status::write_batch(&tx, &st.status, &b).await?;
+        }
     }
     if mode == Mode::Probe {
         tx.rollback().await?;

@@ -26,17 +26,18 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use connector_common::retry::Backoff;
 
 use crate::batch::{Msg, Outcome};
 use crate::error::SinkError;
 use crate::metrics as m;
-use crate::postgres::error::db_message;
+use crate::postgres::error::{db_message, is_connection_error};
 use crate::postgres::refuse::{write_batch, Search};
 use crate::postgres::shared::{open, Shared};
 use crate::postgres::sql::Conn;
+use crate::postgres::status;
 
 /// Backoff between failed attempts: 100 ms doubling to 10 s, with jitter.
 fn backoff() -> Backoff {
@@ -66,7 +67,18 @@ pub struct Writer {
     search: Search,
     /// When writer 0 last made partitions ahead and dropped expired ones.
     maintained: Option<Instant>,
+    /// When writer 0 last swept the site status.
+    swept: Option<Instant>,
+    /// The end of the last successful sweep: ad-hoc windows that began or
+    /// ended after it are looked at by the next one.
+    swept_until: Option<SystemTime>,
 }
+
+/// How often writer 0 sweeps the site status.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// How far back the first sweep looks for ad-hoc windows that began or ended.
+const FIRST_SWEEP_LOOKBACK: Duration = Duration::from_secs(3_600);
 
 /// How often writer 0 makes partitions ahead and applies retention.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
@@ -80,6 +92,8 @@ impl Writer {
             conn: None,
             search: Search::default(),
             maintained: None,
+            swept: None,
+            swept_until: None,
         }
     }
 
@@ -261,6 +275,66 @@ impl Writer {
                 "partition maintenance took longer than write_timeout; trying again in 10 minutes"
             ),
         }
+    }
+
+    /// Whether writer 0's sweep is due ([`SWEEP_EVERY`] since the last).
+    pub fn sweep_due(&self) -> bool {
+        self.index == 0
+            && !self.shared.shutdown.is_cancelled()
+            && self.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY)
+    }
+
+    /// Writer 0, at most every [`SWEEP_EVERY`], between batches: the site
+    /// status sweep (probes silent too long, maintenance windows begun or
+    /// ended; see [`status::sweep`]) over the sites of `partitions` (those
+    /// the sink has caught up on), in its own short transaction, at the wall
+    /// clock — or at `oldest`, the oldest check collected but not written
+    /// yet, when earlier: silence is judged against the data. A failure is
+    /// logged and counted, and tried again next time.
+    pub async fn sweep(&mut self, partitions: &[i32], oldest: Option<SystemTime>) {
+        if !self.sweep_due() {
+            return;
+        }
+        if partitions.is_empty() {
+            tracing::debug!("site status sweep skipped: no partition assigned and caught up");
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        self.swept = Some(Instant::now());
+        let wall = SystemTime::now();
+        let now = oldest.map_or(wall, |o| o.min(wall));
+        let since = self
+            .swept_until
+            .unwrap_or_else(|| now.checked_sub(FIRST_SWEEP_LOOKBACK).unwrap_or(now));
+        let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
+        let problem = match tokio::time::timeout(limit, status::sweep(conn, now, since, partitions))
+            .await
+        {
+            Ok(Ok(made)) => {
+                self.swept_until = Some(self.swept_until.map_or(now, |u| u.max(now)));
+                for t in &made {
+                    tracing::info!(site_id = t.site_id, id = %t.id(), from = %t.from, to = %t.to, reason = %t.reason, "site status changed (sweep)");
+                }
+                for (to, n) in status::count(&made) {
+                    metrics::counter!(m::STATUS_TRANSITIONS, "to" => to).increment(n);
+                }
+                return;
+            }
+            Ok(Err(e)) => {
+                if is_connection_error(&e) {
+                    self.conn = None;
+                }
+                db_message(&e)
+            }
+            Err(_) => {
+                self.conn = None;
+                "took longer than write_timeout; abandoning the connection".to_owned()
+            }
+        };
+        metrics::counter!(m::STATUS_SWEEP_ERRORS).increment(1);
+        tracing::warn!(error = %problem, "site status sweep failed; trying again in {SWEEP_EVERY:?}");
     }
 
     /// A persistent writer's failed attempt: counted, logged, reported to

@@ -8,6 +8,7 @@ use connector_common::retry::Backoff;
 use connector_common::telemetry::Health;
 use connector_common::KafkaConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, PurgeConfig, ThreadedProducer};
 use tokio_util::sync::CancellationToken;
 
@@ -145,7 +146,7 @@ impl KafkaPublisher {
         self.stop_waiting.cancel();
     }
 
-    /// Queues one record; waits for room in a full queue only while Kafka
+    /// Queues one record (with `record_headers`); waits for room in a full queue only while Kafka
     /// is taking records (at most [`ENQUEUE_TIMEOUT`]), else counts it failed.
     pub async fn send(&self, key: &str, payload: &[u8], timestamp_ms: i64) {
         let deadline = Instant::now() + ENQUEUE_TIMEOUT;
@@ -154,7 +155,8 @@ impl KafkaPublisher {
             let record = BaseRecord::to(&self.topic)
                 .key(key)
                 .payload(payload)
-                .timestamp(timestamp_ms);
+                .timestamp(timestamp_ms)
+                .headers(record_headers());
             match self.producer.send(record) {
                 Ok(()) => return,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
@@ -268,6 +270,22 @@ impl Probe {
             }
         }
     }
+}
+
+/// The headers every record carries: `content-type: application/json` and
+/// `schema-version` (the record's `schema_version`, see
+/// `schema/record.schema.json`), so a stage can route or refuse a record
+/// without parsing it.
+pub fn record_headers() -> OwnedHeaders {
+    OwnedHeaders::new_with_capacity(2)
+        .insert(Header {
+            key: "content-type",
+            value: Some("application/json"),
+        })
+        .insert(Header {
+            key: "schema-version",
+            value: Some(crate::record::SCHEMA_VERSION_TEXT),
+        })
 }
 
 #[cfg(test)]

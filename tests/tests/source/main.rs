@@ -21,6 +21,7 @@ mod lifecycle;
 mod metrics;
 mod records;
 mod reload;
+mod schema;
 mod timings;
 
 use std::path::Path;

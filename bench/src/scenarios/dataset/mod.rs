@@ -7,6 +7,7 @@
 //! and per site, the status page) and of dropping one day's partition. The
 //! schema is dropped at the end.
 
+mod fleet;
 mod generate;
 mod queries;
 
@@ -67,14 +68,25 @@ async fn measure(client: &mut Client, tables: &Tables, size: &Size) -> Result<Ve
     generate::history(client, tables, size, probe, now)
         .await
         .context("history")?;
+    // Every site together, per shard: what the sink writes beside each row.
+    fleet::generate(client, tables)
+        .await
+        .context("fleet rollups")?;
     let generated = started.elapsed().as_secs_f64();
     // What autovacuum does to insert-only tables before long: visibility
     // maps (index-only scans) and the planner's statistics.
     let started = Instant::now();
     client
         .batch_execute(&format!(
-            "VACUUM (ANALYZE) {}, {}, {}, {}, {}",
-            tables.site, tables.per_day, tables.per_hour, tables.per_minute, tables.check
+            "VACUUM (ANALYZE) {}, {}, {}, {}, {}, {}, {}, {}",
+            tables.site,
+            tables.per_day,
+            tables.per_hour,
+            tables.per_minute,
+            tables.fleet_per_day,
+            tables.fleet_per_hour,
+            tables.fleet_per_minute,
+            tables.check
         ))
         .await?;
     let mut figures = vec![
@@ -92,6 +104,7 @@ async fn measure(client: &mut Client, tables: &Tables, size: &Size) -> Result<Ve
             .await
             .context("queries")?,
     );
+    figures.extend(fleet::timings(client, tables, now).await?);
     figures.extend(queries::retention(client, tables).await?);
     Ok(figures)
 }

@@ -29,7 +29,11 @@ const PROTOTYPE_P95: &str = "
     GROUP BY site_id";
 
 /// Median milliseconds of [`RUNS`] runs of `sql`, after one untimed run.
-async fn median_ms(client: &Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<f64> {
+pub(super) async fn median_ms(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<f64> {
     let statement = client.prepare(sql).await?;
     client.query(&statement, params).await?;
     let mut ms = Vec::with_capacity(RUNS);

@@ -1,0 +1,364 @@
+//! Step 4b of a batch: the site status model ([`crate::status`]) fed with
+//! the batch's checks, in the batch's transaction, after the history.
+//!
+//! 1. insert the missing status rows of the batch's sites; lock the status
+//!    rows, then every probe row of those sites, in key order
+//!    ([`crate::postgres::status_rows`]);
+//! 2. feed the records with `ok` and `checked_at`, in
+//!    `(checked_at, partition, offset)` order, to [`Site::apply`];
+//! 3. write back the sites (with `wake_at`, when the sweep must look again),
+//!    their probes and the transitions.
+//!
+//! Everything is decided from the locked rows, the records and the policy,
+//! and committed with the offsets: a replayed batch (after a rollback or a
+//! kill -9) finds the rows as they were and decides the same, and a
+//! committed one is skipped by the offsets table — a transition is written
+//! once, never twice, never missed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use tokio_postgres::Transaction;
+
+use crate::batch::Msg;
+use crate::decode::Good;
+use crate::postgres::history::Check as Row;
+use crate::postgres::sql::Conn;
+use crate::postgres::status_rows::{self as rows, Loaded, Save, StatusStatements};
+use crate::status::{
+    effective_time, AdHocWindow, Check, Policy, Position, Site, Swept, Thresholds, Transition,
+    Windows,
+};
+
+/// What the model takes from one record of the batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Input<'a> {
+    site_id: i64,
+    url: &'a str,
+    /// `None`: a record without a probe (probe id 0).
+    probe: Option<&'a str>,
+    checked_at: SystemTime,
+    ok: bool,
+    duration: Option<Duration>,
+    interval: Option<Duration>,
+    error_kind: Option<&'a str>,
+    position: Position,
+}
+
+impl<'a> Input<'a> {
+    /// The input of a good record (`msg`'s) and its history row; `None` for
+    /// a record without `ok` or `checked_at` (it says nothing about the
+    /// site's state). A `checked_at` too far ahead of `now` (the batch's
+    /// wall clock) counts at `now` ([`effective_time`]).
+    pub(crate) fn of(msg: &Msg, g: &'a Good, row: &'a Row<'a>, now: SystemTime) -> Option<Self> {
+        let checked_at = effective_time(g.checked_at?.into(), now.into()).into();
+        Some(Self {
+            site_id: row.site_id,
+            url: &g.url,
+            probe: row.row.probe.as_deref().filter(|p| !p.is_empty()),
+            checked_at,
+            ok: g.ok?,
+            duration: g.duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
+            interval: interval_of(row.row.extra.as_deref()),
+            error_kind: row.row.error_kind.as_deref(),
+            position: Position {
+                partition: msg.partition,
+                offset: msg.offset,
+            },
+        })
+    }
+
+    fn key(&self) -> (SystemTime, i32, i64) {
+        (
+            self.checked_at,
+            self.position.partition,
+            self.position.offset,
+        )
+    }
+}
+
+/// The record's `interval` (seconds; kept in `extra`, the history's column
+/// for fields it has no typed column for), when the source wrote one.
+fn interval_of(extra: Option<&str>) -> Option<Duration> {
+    let extra = extra.filter(|e| e.contains("\"interval\""))?;
+    let v: serde_json::Value = serde_json::from_str(extra).ok()?;
+    Duration::try_from_secs_f64(v.get("interval")?.as_f64()?).ok()
+}
+
+/// One site's policy: its thresholds and windows (its url matched once).
+struct Rules<'p> {
+    thresholds: &'p Thresholds,
+    windows: Windows<'p>,
+}
+
+fn rules_of<'p>(policy: &'p Policy, adhoc: &'p [AdHocWindow], id: i64, url: &str) -> Rules<'p> {
+    Rules {
+        thresholds: policy.for_url(url),
+        windows: Windows::for_site(policy.recurring(), adhoc, id, url),
+    }
+}
+
+/// What step 4b takes from the batch transaction.
+pub(crate) struct Batch<'b> {
+    /// The batch's records.
+    pub(crate) msgs: &'b [Msg],
+    /// The good records to store, with their index in `msgs`.
+    pub(crate) goods: &'b [(usize, &'b Good)],
+    /// Their history rows, in the same order.
+    pub(crate) rows: &'b [Row<'b>],
+    /// The id of every probe name of the batch.
+    pub(crate) probe_ids: &'b HashMap<String, i32>,
+    /// The batch's wall clock.
+    pub(crate) now: SystemTime,
+}
+
+impl<'b> Batch<'b> {
+    /// The step's view of the batch transaction.
+    pub(crate) fn new(
+        msgs: &'b [Msg],
+        goods: &'b [(usize, &'b Good)],
+        rows: &'b [Row<'b>],
+        probe_ids: &'b HashMap<String, i32>,
+        now: SystemTime,
+    ) -> Self {
+        Self {
+            msgs,
+            goods,
+            rows,
+            probe_ids,
+            now,
+        }
+    }
+}
+
+/// Step 4b of a batch: its good records fed to the model and its rows
+/// written; the transitions made, by the state entered, and the records
+/// found late for their probe.
+pub(crate) async fn write_batch(
+    tx: &Transaction<'_>,
+    st: &StatusStatements,
+    b: &Batch<'_>,
+) -> Result<(HashMap<&'static str, u64>, u64), tokio_postgres::Error> {
+    let inputs = b
+        .goods
+        .iter()
+        .zip(b.rows)
+        .filter_map(|(&(i, g), c)| Input::of(&b.msgs[i], g, c, b.now))
+        .collect();
+    let (made, late) = write(tx, st, &st.policy, inputs, b.probe_ids).await?;
+    Ok((count(&made), late))
+}
+
+/// Feeds `inputs` to the model and writes the result; the transitions made
+/// and the records late for their probe. `probe_ids`: the id of every probe
+/// name of the batch.
+pub(crate) async fn write(
+    tx: &Transaction<'_>,
+    st: &StatusStatements,
+    policy: &Policy,
+    mut inputs: Vec<Input<'_>>,
+    probe_ids: &HashMap<String, i32>,
+) -> Result<(Vec<Transition>, u64), tokio_postgres::Error> {
+    if inputs.is_empty() {
+        return Ok((Vec::new(), 0));
+    }
+    inputs.sort_by_key(Input::key);
+    let mut first: BTreeMap<i64, SystemTime> = BTreeMap::new();
+    let mut urls: HashMap<i64, &str> = HashMap::new();
+    // The partition of each site's newest record: the sweep looks only at
+    // sites of partitions its sink has caught up on.
+    let mut partition: HashMap<i64, i32> = HashMap::new();
+    for i in &inputs {
+        first.entry(i.site_id).or_insert(i.checked_at);
+        urls.entry(i.site_id).or_insert(i.url);
+        partition.insert(i.site_id, i.position.partition);
+    }
+    let mut sites = rows::lock(tx, st, &first).await?;
+    let earliest = inputs[0].checked_at;
+    let adhoc = rows::windows(tx, st, earliest).await?;
+    let rules: HashMap<i64, Rules<'_>> = urls
+        .iter()
+        .map(|(&id, url)| (id, rules_of(policy, &adhoc, id, url)))
+        .collect();
+    let mut out = Vec::new();
+    for i in &inputs {
+        let (Some(l), Some(r)) = (sites.get_mut(&i.site_id), rules.get(&i.site_id)) else {
+            continue;
+        };
+        if let Some(t) = apply(l, i, r, probe_ids) {
+            out.push(t);
+        }
+    }
+    let saves: Vec<Save<'_>> = sites
+        .values()
+        .map(|l| {
+            let r = &rules[&l.site.status.site_id];
+            Save {
+                loaded: l,
+                wake_at: l.site.wake_at(r.thresholds, &r.windows),
+                partition: partition.get(&l.site.status.site_id).copied(),
+            }
+        })
+        .collect();
+    rows::save(tx, st, &saves).await?;
+    rows::add_transitions(tx, st, &out).await?;
+    let late = sites.values().map(|l| l.site.late).sum();
+    Ok((out, late))
+}
+
+/// Transitions by the state entered, for the metrics.
+pub(crate) fn count(made: &[Transition]) -> HashMap<&'static str, u64> {
+    let mut out = HashMap::new();
+    for t in made {
+        *out.entry(t.to.as_str()).or_default() += 1;
+    }
+    out
+}
+
+/// One record into its site; its transition, if it caused one.
+fn apply(
+    l: &mut Loaded,
+    i: &Input<'_>,
+    r: &Rules<'_>,
+    probe_ids: &HashMap<String, i32>,
+) -> Option<Transition> {
+    let name = i.probe.unwrap_or("");
+    let id = match i.probe {
+        None => 0,
+        Some(p) => match probe_ids.get(p) {
+            Some(&id) => id,
+            None => {
+                tracing::warn!(
+                    probe = p,
+                    "a probe without an id; its record is left out of the site status"
+                );
+                return None;
+            }
+        },
+    };
+    l.probe_ids.entry(name.to_owned()).or_insert(id);
+    let check = Check {
+        probe: name,
+        checked_at: DateTime::<Utc>::from(i.checked_at),
+        ok: i.ok,
+        duration: i.duration,
+        interval: i.interval,
+        error_kind: i.error_kind,
+        position: Some(i.position),
+    };
+    l.site.apply(&check, r.thresholds, &r.windows)
+}
+
+/// The sweep at `now` over the locked sites `loaded` (with their urls):
+/// silent probes, windows begun or ended. Writes back every site (its
+/// clock and `wake_at` move even when nothing changed) and the transitions.
+pub(crate) async fn sweep_sites(
+    tx: &Transaction<'_>,
+    st: &StatusStatements,
+    policy: &Policy,
+    adhoc: &[AdHocWindow],
+    mut loaded: BTreeMap<i64, Loaded>,
+    urls: &HashMap<i64, String>,
+    now: SystemTime,
+) -> Result<Vec<Transition>, tokio_postgres::Error> {
+    let now = DateTime::<Utc>::from(now);
+    let mut out = Vec::new();
+    let mut wakes = HashMap::new();
+    for (id, l) in loaded.iter_mut() {
+        let Some(url) = urls.get(id) else { continue };
+        let r = rules_of(policy, adhoc, *id, url);
+        match l.site.sweep(now, r.thresholds, &r.windows) {
+            Swept::Idle => bump(&mut l.site, now),
+            Swept::Changed(t) => out.extend(t),
+        }
+        wakes.insert(*id, l.site.wake_at(r.thresholds, &r.windows));
+    }
+    let saves: Vec<Save<'_>> = loaded
+        .values()
+        .map(|l| Save {
+            loaded: l,
+            wake_at: wakes.get(&l.site.status.site_id).copied().flatten(),
+            partition: None,
+        })
+        .collect();
+    rows::save(tx, st, &saves).await?;
+    rows::add_transitions(tx, st, &out).await?;
+    Ok(out)
+}
+
+/// A site the sweep found nothing to do for is still evaluated at `now`:
+/// its clock moves on, so `wake_at` (computed from it) moves past a window
+/// boundary that changed nothing.
+fn bump(site: &mut Site, now: DateTime<Utc>) {
+    site.status.evaluated_at = site.status.evaluated_at.max(now);
+}
+
+/// At most this many due sites per sweep (the next sweep takes the rest).
+const SWEEP_LIMIT: i64 = 1_000;
+
+/// Writer 0's sweep, in its own short transaction at `now`: the sites due
+/// (`wake_at <= now`) and those of ad-hoc windows that began or ended in
+/// `(since, now]` (rows inserted after the sites' `wake_at` was computed),
+/// among the sites whose newest record came from one of `partitions` (those
+/// the sink has caught up on: silence is judged only where the data is
+/// complete). Due sites locked by a batch are skipped (`SKIP LOCKED`): the
+/// batch evaluates them, or the next sweep does.
+pub(crate) async fn sweep(
+    conn: &mut Conn,
+    now: SystemTime,
+    since: SystemTime,
+    partitions: &[i32],
+) -> Result<Vec<Transition>, tokio_postgres::Error> {
+    let st = &conn.statements.status;
+    let policy = Arc::clone(&st.policy);
+    let tx = conn.client.transaction().await?;
+    let adhoc = rows::windows(&tx, st, since).await?;
+    let crossed: Vec<&AdHocWindow> = adhoc
+        .iter()
+        .filter(|w| {
+            [w.from, w.to]
+                .iter()
+                .any(|b| since < SystemTime::from(*b) && SystemTime::from(*b) <= now)
+        })
+        .collect();
+    let mut extra: Vec<i64> = Vec::new();
+    if !crossed.is_empty() {
+        for r in tx.query(&st.all_sites, &[&partitions]).await? {
+            let (id, url): (i64, &str) = (r.get(0), r.get(1));
+            if crossed.iter().any(|w| w.applies(id, url)) {
+                extra.push(id);
+            }
+        }
+    }
+    let due = tx
+        .query(&st.due, &[&now, &extra, &SWEEP_LIMIT, &partitions])
+        .await?;
+    if due.is_empty() {
+        tx.commit().await?;
+        return Ok(Vec::new());
+    }
+    let urls: HashMap<i64, String> = due.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let ids: Vec<i64> = due.iter().map(|r| r.get(0)).collect();
+    let loaded = rows::load(&tx, st, &ids).await?;
+    let out = sweep_sites(&tx, st, &policy, &adhoc, loaded, &urls, now).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interval_is_read_from_extra_only_when_there() {
+        assert_eq!(interval_of(None), None);
+        assert_eq!(interval_of(Some(r#"{"x":1}"#)), None);
+        assert_eq!(
+            interval_of(Some(r#"{"interval":30}"#)),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(interval_of(Some(r#"{"interval":"30s"}"#)), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! One probe's view of one site: a state machine over its checks.
+//!
+//! - `failure_threshold` consecutive failures → `down` (from any state).
+//! - `success_threshold` consecutive successes → `up` from `down` or
+//!   `unknown` (`degraded` if the last of them was slow).
+//! - `failure_threshold` consecutive slow successes → `degraded` from `up`;
+//!   `success_threshold` consecutive fast successes → `up` from `degraded`.
+//! - A new probe, and a probe back from silence, starts `unknown` with its
+//!   counters at zero: it votes once a threshold is met.
+//! - A check not newer than the probe's last one (`checked_at` ≤ the last
+//!   seen) is late: it moves nothing (the history still stores it).
+//! - Checks inside a maintenance window count as usual (only the state
+//!   shown is `maintenance`). Leaving the window, a probe says `down` only
+//!   if its latest `failure_threshold` checks failed: one whose latest
+//!   checks succeed is up again ([`ProbeState::set_maintenance`]).
+//! - A check dated ahead of the sink's clock by more than [`FUTURE_SKEW`] is
+//!   taken as checked at the sink's clock ([`effective_time`]), so one bad
+//!   clock cannot push a probe's or a site's time into the future.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use super::policy::{Thresholds, INTERVAL_RANGE};
+use super::transition::Position;
+use super::State;
+
+/// How far ahead of the sink's wall clock a record's `checked_at` may be and
+/// still count at its own time (clock skew between the probes' hosts and the
+/// sink's). Further ahead, the state machine takes it as checked at the
+/// sink's clock; the history keeps its own `checked_at`.
+pub const FUTURE_SKEW: TimeDelta = TimeDelta::seconds(2);
+
+/// The time the state machine takes a check at: its `checked_at`, or `now`
+/// (the sink's wall clock) when that is more than [`FUTURE_SKEW`] ahead.
+pub fn effective_time(checked_at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
+    if checked_at > now + FUTURE_SKEW {
+        now
+    } else {
+        checked_at
+    }
+}
+
+/// What the state machine takes from one record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check<'a> {
+    /// The record's `probe` (`""` for a record without one).
+    pub probe: &'a str,
+    /// The record's `checked_at`.
+    pub checked_at: DateTime<Utc>,
+    /// The record's `ok` (the writer skips records without `ok` or `checked_at`).
+    pub ok: bool,
+    /// The record's `duration`, for `degraded_after`.
+    pub duration: Option<Duration>,
+    /// The record's `interval`; `None`: the policy's `default_interval`.
+    pub interval: Option<Duration>,
+    /// The record's `error.kind`, for reasons.
+    pub error_kind: Option<&'a str>,
+    /// The record's Kafka position, named by the transition it causes.
+    pub position: Option<Position>,
+}
+
+/// What [`ProbeState::observe`] did with a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Not newer than the last check seen: nothing moved.
+    Late,
+    /// Counters moved; the probe's health is the same.
+    Same,
+    /// The probe's health changed.
+    Changed {
+        /// Health before.
+        from: State,
+        /// Health after.
+        to: State,
+    },
+}
+
+/// One row of `<table>_probe_state`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeState {
+    /// What the checks say: `up`, `degraded`, `down` or `unknown` (never
+    /// `maintenance`: that is [`Self::in_maintenance`], and it comes back to
+    /// this health when the window ends).
+    pub health: State,
+    /// A maintenance window covers the site now.
+    pub in_maintenance: bool,
+    /// When [`Self::state`] last changed.
+    pub since: DateTime<Utc>,
+    /// Consecutive failures.
+    pub fails: u32,
+    /// Consecutive successes (slow or not).
+    pub oks: u32,
+    /// Consecutive slow successes.
+    pub slows: u32,
+    /// Consecutive fast successes.
+    pub fasts: u32,
+    /// `checked_at` of the newest check seen (late ones do not count).
+    pub last_checked_at: Option<DateTime<Utc>>,
+    /// The probe's check interval, from its newest record (or the default).
+    pub interval: Duration,
+    /// `error.kind` of the newest failure while failing, for reasons.
+    pub last_error: Option<String>,
+}
+
+impl ProbeState {
+    /// A probe never seen before, first seen at `at`: unknown.
+    pub fn new(at: DateTime<Utc>, interval: Duration) -> ProbeState {
+        ProbeState {
+            health: State::Unknown,
+            in_maintenance: false,
+            since: at,
+            fails: 0,
+            oks: 0,
+            slows: 0,
+            fasts: 0,
+            last_checked_at: None,
+            interval,
+            last_error: None,
+        }
+    }
+
+    /// The state shown: `maintenance` while a window covers the site, else
+    /// the health.
+    pub fn state(&self) -> State {
+        if self.in_maintenance {
+            State::Maintenance
+        } else {
+            self.health
+        }
+    }
+
+    /// Feeds one check (inside a maintenance window too: the checks count,
+    /// only the state shown is `maintenance`).
+    pub fn observe(&mut self, check: &Check<'_>, t: &Thresholds) -> Observed {
+        if self
+            .last_checked_at
+            .is_some_and(|last| check.checked_at <= last)
+        {
+            return Observed::Late;
+        }
+        self.last_checked_at = Some(check.checked_at);
+        self.interval = check.interval.map_or(t.default_interval, |i| {
+            i.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1)
+        });
+        let slow = self.count(check, t);
+        let next = self.next_health(slow, t);
+        if next == self.health {
+            return Observed::Same;
+        }
+        let from = self.health;
+        self.health = next;
+        if !self.in_maintenance {
+            self.since = check.checked_at;
+        }
+        Observed::Changed { from, to: next }
+    }
+
+    /// Moves the counters for `check`; whether it was a slow success.
+    fn count(&mut self, check: &Check<'_>, t: &Thresholds) -> bool {
+        if !check.ok {
+            self.fails = self.fails.saturating_add(1);
+            (self.oks, self.slows, self.fasts) = (0, 0, 0);
+            self.last_error = Some(check.error_kind.unwrap_or("failed").to_owned());
+            return false;
+        }
+        let slow = t
+            .degraded_after
+            .is_some_and(|d| check.duration.is_some_and(|took| took > d));
+        self.fails = 0;
+        self.last_error = None;
+        self.oks = self.oks.saturating_add(1);
+        if slow {
+            self.slows = self.slows.saturating_add(1);
+            self.fasts = 0;
+        } else {
+            self.fasts = self.fasts.saturating_add(1);
+            self.slows = 0;
+        }
+        slow
+    }
+
+    /// The health the counters call for; `slow`: the newest check was a slow success.
+    fn next_health(&self, slow: bool, t: &Thresholds) -> State {
+        let recovered = if slow { State::Degraded } else { State::Up };
+        match self.health {
+            _ if self.fails >= t.failure_threshold => State::Down,
+            State::Down | State::Unknown if self.oks >= t.success_threshold => recovered,
+            State::Up if self.slows >= t.failure_threshold => State::Degraded,
+            State::Degraded if self.fasts >= t.success_threshold => State::Up,
+            h => h,
+        }
+    }
+
+    /// When the probe becomes unknown if no check comes; `None` when it
+    /// already is.
+    pub fn silent_at(&self, t: &Thresholds) -> Option<DateTime<Utc>> {
+        if self.health == State::Unknown {
+            return None;
+        }
+        let last = self.last_checked_at?;
+        let silence = TimeDelta::from_std(t.silence(self.interval)).unwrap_or(TimeDelta::MAX);
+        Some(
+            last.checked_add_signed(silence)
+                .unwrap_or(DateTime::<Utc>::MAX_UTC),
+        )
+    }
+
+    /// Silent since `at`: unknown, counters at zero (it votes again once a
+    /// threshold is met).
+    pub fn go_silent(&mut self, at: DateTime<Utc>) {
+        self.health = State::Unknown;
+        (self.fails, self.oks, self.slows, self.fasts) = (0, 0, 0, 0);
+        self.last_error = None;
+        if !self.in_maintenance {
+            self.since = at;
+        }
+    }
+
+    /// Enters or leaves maintenance at `at`. Leaving, the failures counted
+    /// during the window are forgotten (`down` needs `failure_threshold`
+    /// failures after it), and a probe saying `down` is up again (degraded
+    /// if slow) when its latest check succeeded, else unknown until its
+    /// thresholds are met — so a site that recovered during the window, or
+    /// as it ends, does not leave it to `down`.
+    pub fn set_maintenance(&mut self, on: bool, at: DateTime<Utc>) {
+        if self.in_maintenance == on {
+            return;
+        }
+        self.in_maintenance = on;
+        self.since = at;
+        if on {
+            return;
+        }
+        if self.health == State::Down {
+            self.health = match (self.oks, self.slows) {
+                (0, _) => State::Unknown,
+                (_, 0) => State::Up,
+                _ => State::Degraded,
+            };
+        }
+        self.fails = 0;
+    }
+}
