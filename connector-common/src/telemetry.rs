@@ -4,21 +4,26 @@
 //! - `GET /metrics`: Prometheus text exposition, from the `metrics` facade;
 //! - `GET /healthz`: 200 while the process runs;
 //! - `GET /readyz`: 200 when the connector says it is connected and making
-//!   progress ([`Health::set_ready`]), 503 with the reason otherwise.
+//!   progress ([`Health::set_ready`]), 503 with the reason otherwise;
+//! - `POST /-/reload`, when the connector gives a [`ReloadHook`]
+//!   ([`serve_with_reload`]): reloads its configuration; 200 with what
+//!   changed, or 500 with why the reload was refused.
 //!
 //! The `metrics` facade has one process-wide recorder by design;
 //! [`install_recorder`] installs it once and hands out the same handle after,
 //! so tests can run several connectors in one process.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -114,11 +119,27 @@ pub struct TelemetryServer {
     pub task: tokio::task::JoinHandle<()>,
 }
 
+/// What `POST /-/reload` runs: the connector's reload, resolving to a
+/// summary of what changed or to why it was refused.
+pub type ReloadHook =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
+
 /// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
 pub async fn serve(
     addr: &ListenAddress,
     handle: PrometheusHandle,
     health: Health,
+    shutdown: CancellationToken,
+) -> Result<TelemetryServer, TelemetryError> {
+    serve_with_reload(addr, handle, health, None, shutdown).await
+}
+
+/// [`serve`], and `POST /-/reload` running `reload` when one is given.
+pub async fn serve_with_reload(
+    addr: &ListenAddress,
+    handle: PrometheusHandle,
+    health: Health,
+    reload: Option<ReloadHook>,
     shutdown: CancellationToken,
 ) -> Result<TelemetryServer, TelemetryError> {
     let bind_error = |source| TelemetryError::Bind {
@@ -143,11 +164,20 @@ pub async fn serve(
             };
             let handle = handle.clone();
             let health = health.clone();
+            let reload = reload.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let handle = handle.clone();
                     let health = health.clone();
+                    let reload = reload.clone();
                     async move {
+                        if req.uri().path() == "/-/reload" {
+                            if let Some(reload) = reload {
+                                return Ok::<_, Infallible>(
+                                    reload_route(req.method(), &reload).await,
+                                );
+                            }
+                        }
                         // Rendering many series (per-site gauges of 100k sites) is CPU
                         // work: keep it off the runtime the checks run on.
                         let path = req.uri().path().to_owned();
@@ -194,6 +224,25 @@ fn route(path: &str, handle: &PrometheusHandle, health: &Health) -> Response<Ful
         ),
     };
     respond(status, content_type, body)
+}
+
+/// `/-/reload`: runs `reload` on a POST.
+async fn reload_route(method: &Method, reload: &ReloadHook) -> Response<Full<Bytes>> {
+    if method != Method::POST {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "use POST to reload the configuration\n".to_owned(),
+        );
+    }
+    match reload().await {
+        Ok(done) => respond(StatusCode::OK, "text/plain", format!("{done}\n")),
+        Err(why) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("reload refused: {why}\n"),
+        ),
+    }
 }
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {

@@ -17,18 +17,24 @@
 //! when its scheduler has stopped (shutdown, or one round with `--once`) and
 //! every check it started has handed its record over; [`Lanes::finished`]
 //! waits for all of them.
+//!
+//! A reload reaches the running lanes through a [`Commander`]: each lane
+//! claims the urls of the new list it runs now (they stay on that lane,
+//! with their schedule and client), the new urls go to the lanes with the
+//! fewest sites ([`place`]), and each lane applies its share
+//! ([`schedule::Command`]). The number of lanes stays what it was at start.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::runtime::Runtime;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::check::{self, SetupError};
+use crate::check::{self, Clients, SetupError};
 use crate::config::MAX_THREADS;
-use crate::schedule::{self, Shared, Site};
+use crate::schedule::{self, Applied, Command, Shared, Site};
 use crate::sites::SiteSpec;
 
 /// Lanes that cannot be started.
@@ -81,6 +87,8 @@ pub struct Lanes {
     ended: Arc<Semaphore>,
     /// A lane's thread panicked.
     crashed: Arc<AtomicBool>,
+    /// What tells the lanes' schedulers about a reload.
+    commander: Commander,
 }
 
 /// When its lane's thread ends, even by a panic: adds the lane's permit to
@@ -118,7 +126,8 @@ impl Drop for LaneRuntime {
 
 /// One lane, set up.
 struct Lane {
-    sites: Arc<[Site]>,
+    sites: Vec<Arc<Site>>,
+    clients: Clients,
     runtime: LaneRuntime,
     /// Its share of `concurrency`.
     size: u32,
@@ -151,20 +160,21 @@ impl Prepared {
         let tls = check::tls::TlsBase::load()?;
         let mut lanes = Vec::with_capacity(shares.len());
         for (specs, share) in dealt.into_iter().zip(&shares) {
-            let clients = check::build_clients(&specs, &tls)?;
-            let sites: Arc<[Site]> = specs
+            let mut clients = Clients::for_sites(&specs, &tls)?;
+            let sites = specs
                 .into_iter()
                 .map(|spec| {
-                    let client = clients[&spec.client].clone();
-                    Site::new(spec, client)
+                    let client = clients.get(&spec.client)?;
+                    Ok(Arc::new(Site::new(spec, client)))
                 })
-                .collect();
+                .collect::<Result<Vec<_>, SetupError>>()?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(LaneError::Thread)?;
             lanes.push(Lane {
                 sites,
+                clients,
                 runtime: LaneRuntime(Some(runtime)),
                 // Validated to 1..=MAX_CONCURRENCY, so it fits.
                 size: u32::try_from(*share).unwrap_or(u32::MAX),
@@ -189,9 +199,12 @@ impl Prepared {
         // One "go" per lane, sent once every thread exists; a thread whose
         // sender is dropped unsent ends without scheduling.
         let mut go = Vec::with_capacity(count);
+        let mut commands = Vec::with_capacity(count);
         for (i, lane) in self.lanes.into_iter().enumerate() {
             let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
             go.push(go_tx);
+            let (command_tx, command_rx) = mpsc::unbounded_channel();
+            commands.push(command_tx);
             let (shared, lane_stop) = (Arc::clone(shared), stop.clone());
             let guard = EndGuard {
                 ended: Arc::clone(&ended),
@@ -204,6 +217,7 @@ impl Prepared {
                     let _guard = guard;
                     let Lane {
                         sites,
+                        clients,
                         runtime,
                         size,
                     } = lane;
@@ -217,7 +231,8 @@ impl Prepared {
                         if once {
                             schedule::run_once(sites, shared, all, lane_stop).await;
                         } else {
-                            schedule::run(sites, shared, all, lane_stop).await;
+                            let commands = command_rx;
+                            schedule::run(sites, clients, shared, all, lane_stop, commands).await;
                         }
                         // Every permit back: no check of this lane runs any more.
                         let _all = permits.acquire_many(size).await;
@@ -237,6 +252,7 @@ impl Prepared {
             count,
             ended,
             crashed,
+            commander: Commander { lanes: commands },
         })
     }
 }
@@ -245,6 +261,12 @@ impl Lanes {
     /// How many lanes run.
     pub fn count(&self) -> usize {
         self.count
+    }
+
+    /// What tells the lanes about a reload (its commands go nowhere with
+    /// `--once`).
+    pub fn commander(&self) -> Commander {
+        self.commander.clone()
     }
 
     /// Whether a lane's thread panicked (its sites are no longer checked).
@@ -261,6 +283,82 @@ impl Lanes {
             drop(p);
         }
     }
+}
+
+/// The lanes have stopped (shutdown, or a crash): a reload cannot be applied.
+#[derive(Debug, thiserror::Error)]
+#[error("the check threads have stopped; the reload was not applied")]
+pub struct LanesGone;
+
+/// Tells the running lanes which sites to run after a reload: each lane
+/// keeps the urls it has (so their schedules and clients stay where they
+/// are), and the new urls go to the lanes with the fewest sites.
+#[derive(Clone)]
+pub struct Commander {
+    lanes: Vec<mpsc::UnboundedSender<Command>>,
+}
+
+impl Commander {
+    /// Runs exactly `sites` from now on, over the lanes; the counts of
+    /// every lane, added up.
+    pub async fn apply(&self, sites: Vec<SiteSpec>) -> Result<Applied, LanesGone> {
+        let wanted: Arc<[SiteSpec]> = sites.into();
+        let mut claims = Vec::with_capacity(self.lanes.len());
+        for lane in &self.lanes {
+            let (reply, answer) = oneshot::channel();
+            let wanted = Arc::clone(&wanted);
+            lane.send(Command::Claim { wanted, reply })
+                .map_err(|_| LanesGone)?;
+            claims.push(answer);
+        }
+        let mut claimed = Vec::with_capacity(claims.len());
+        for answer in claims {
+            claimed.push(answer.await.map_err(|_| LanesGone)?);
+        }
+        let mut answers = Vec::with_capacity(self.lanes.len());
+        for (lane, mine) in self.lanes.iter().zip(place(claimed, wanted.len())) {
+            let (reply, answer) = oneshot::channel();
+            let wanted = Arc::clone(&wanted);
+            lane.send(Command::Apply {
+                wanted,
+                mine,
+                reply,
+            })
+            .map_err(|_| LanesGone)?;
+            answers.push(answer);
+        }
+        let mut total = Applied::default();
+        for answer in answers {
+            total.add(answer.await.map_err(|_| LanesGone)?);
+        }
+        Ok(total)
+    }
+}
+
+/// Each lane's share of `total` sites: what it `claimed` (the urls it runs
+/// now; a site claimed twice stays with the first lane), then each
+/// unclaimed site to the lane with the fewest.
+pub fn place(claimed: Vec<Vec<u32>>, total: usize) -> Vec<Vec<u32>> {
+    let mut owned = vec![false; total];
+    let mut shares: Vec<Vec<u32>> = claimed
+        .into_iter()
+        .map(|claim| {
+            claim
+                .into_iter()
+                .filter(|&i| !std::mem::replace(&mut owned[i as usize], true))
+                .collect()
+        })
+        .collect();
+    if shares.is_empty() {
+        return shares;
+    }
+    for (i, _) in owned.iter().enumerate().filter(|(_, o)| !**o) {
+        let fewest = (0..shares.len())
+            .min_by_key(|&l| shares[l].len())
+            .unwrap_or_default();
+        shares[fewest].push(u32::try_from(i).unwrap_or(u32::MAX));
+    }
+    shares
 }
 
 #[cfg(test)]
@@ -300,6 +398,16 @@ mod tests {
         assert!(panicked.is_err());
         assert_eq!(ended.available_permits(), 2);
         assert!(crashed.load(Ordering::Acquire) && stop.is_cancelled());
+    }
+
+    #[test]
+    fn new_sites_go_to_the_lanes_with_the_fewest_and_claims_stay() {
+        // Lane 0 runs sites 0 and 3, lane 1 site 2; 1, 4 and 5 are new.
+        let placed = place(vec![vec![0, 3], vec![2]], 6);
+        assert_eq!(placed, vec![vec![0, 3, 4], vec![2, 1, 5]]);
+        // A site claimed twice stays with the first lane.
+        assert_eq!(place(vec![vec![0], vec![0]], 1), vec![vec![0], vec![]]);
+        assert!(place(vec![], 3).is_empty());
     }
 
     #[test]

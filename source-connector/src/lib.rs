@@ -9,7 +9,7 @@
 //!                   checked   sharded    clients   permits     request    contract
 //! ```
 //!
-//! Imports run one way, with no circle: `lanes` → `schedule` → `check` →
+//! Imports run one way, with no circle: `reload` → `lanes` → `schedule` → `check` →
 //! `sites` → `config`; `schedule` → `publish` → `metrics` → `record`;
 //! `check` → `record`; `sites` and `schedule` → `hash`; only this file
 //! imports `limits`. Inside a folder module the files import each other one
@@ -31,6 +31,9 @@
 //! - [`publish`]: the Kafka producer (or stdout), delivery accounting and
 //!   backpressure;
 //! - [`metrics`]: metric names and their recording;
+//! - [`reload`]: SIGHUP, `POST /-/reload` and `reload_watch`: the
+//!   configuration read again, checked, and its sites applied as a
+//!   difference to the running lanes;
 //! - [`limits`]: the open-file limit;
 //! - [`preflight`]: `--check-live`, reaching Kafka and the topic.
 //!
@@ -55,6 +58,7 @@ pub mod metrics;
 pub mod preflight;
 pub mod publish;
 pub mod record;
+pub mod reload;
 pub mod schedule;
 pub mod sites;
 
@@ -120,12 +124,20 @@ pub struct Running {
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`None` only in
     /// `--once` mode when the address was taken).
     pub metrics_address: Option<SocketAddr>,
+    /// Asks for a reload (`None` with `--once`).
+    reload: Option<reload::ReloadHandle>,
     task: tokio::task::JoinHandle<Result<RunSummary, SourceError>>,
     /// Stops the check threads if this is dropped without a shutdown.
     _lanes: DropGuard,
 }
 
 impl Running {
+    /// What reloads the configuration of this source (`None` with
+    /// `--once`); the binary sends SIGHUP here.
+    pub fn reload_handle(&self) -> Option<reload::ReloadHandle> {
+        self.reload.clone()
+    }
+
     /// Waits until the source has stopped (after `shutdown`, or after one
     /// round with `once`).
     pub async fn wait(self) -> Result<RunSummary, SourceError> {
@@ -150,10 +162,13 @@ pub async fn start(
     let telemetry_stop = CancellationToken::new();
     // Stops the telemetry server if start-up fails past this point.
     let telemetry_guard = telemetry_stop.clone().drop_guard();
-    let served = telemetry::serve(
+    // Requests wait in the channel until the reloader runs, once the lanes do.
+    let (reload_handle, reload_requests) = reload::channel();
+    let served = telemetry::serve_with_reload(
         &source.metrics_address,
         telemetry::install_recorder(),
         health.clone(),
+        (!opts.once).then(|| http_reload(&reload_handle)),
         telemetry_stop.clone(),
     )
     .await;
@@ -168,17 +183,7 @@ pub async fn start(
 
     let publisher = Arc::new(publisher(&config, opts, &health)?);
     metrics::sites(site_count);
-    let shared = Arc::new(schedule::Shared {
-        publisher: Arc::clone(&publisher),
-        probe: source.probe.clone(),
-        per_site_metrics: source.per_site_metrics,
-        metrics: metrics::CheckHandles::register(),
-        in_flight: metrics::in_flight(),
-        started: Default::default(),
-        finished: Default::default(),
-        skipped: Default::default(),
-        abort: CancellationToken::new(),
-    });
+    let shared = shared(source, &publisher);
     let open_files = limits::raise_open_files();
     if let Some(warning) =
         limits::open_files_warning(source.concurrency.min(site_count), open_files)
@@ -192,19 +197,75 @@ pub async fn start(
     telemetry_guard.disarm();
     log_started(source, site_count, lanes.count(), opts);
     let ending = Ending {
-        lanes,
         shared,
         publisher,
         health,
         telemetry_stop,
         flush_timeout: source.flush_timeout,
         shutdown_timeout: source.shutdown_timeout,
+        lanes,
     };
+    let reload = (!opts.once).then(|| {
+        let reloader = reload::Reloader {
+            current: config,
+            lanes: ending.lanes.commander(),
+            env: connector_common::config::process_env,
+        };
+        start_reloader(reloader, reload_handle, reload_requests, &stop)
+    });
     let task = tokio::spawn(ending.run(stop.clone()));
     Ok(Running {
         metrics_address,
+        reload,
         task,
         _lanes: stop.drop_guard(),
+    })
+}
+
+/// Runs `reloader` until `stop`; the handle that asks it to reload.
+fn start_reloader(
+    reloader: reload::Reloader,
+    handle: reload::ReloadHandle,
+    requests: reload::Requests,
+    stop: &CancellationToken,
+) -> reload::ReloadHandle {
+    tokio::spawn(reloader.run(requests, stop.clone()));
+    handle
+}
+
+/// What `POST /-/reload` runs: a reload through `handle`, its counts or why
+/// it was refused as the response.
+fn http_reload(handle: &reload::ReloadHandle) -> telemetry::ReloadHook {
+    let handle = handle.clone();
+    Arc::new(move || {
+        let handle = handle.clone();
+        Box::pin(async move {
+            let a = handle.reload(reload::Trigger::Http).await?;
+            Ok(format!(
+                "reloaded: added={} removed={} changed={} unchanged={} failed={} sites={}",
+                a.added,
+                a.removed,
+                a.changed,
+                a.unchanged,
+                a.failed.len(),
+                a.running
+            ))
+        })
+    })
+}
+
+/// What every check task of `source` shares, writing to `publisher`.
+fn shared(source: &SourceConfig, publisher: &Arc<publish::Publisher>) -> Arc<schedule::Shared> {
+    Arc::new(schedule::Shared {
+        publisher: Arc::clone(publisher),
+        probe: source.probe.clone(),
+        per_site_metrics: source.per_site_metrics,
+        metrics: metrics::CheckHandles::register(),
+        in_flight: metrics::in_flight(),
+        started: Default::default(),
+        finished: Default::default(),
+        skipped: Default::default(),
+        abort: CancellationToken::new(),
     })
 }
 

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use connector_common::cli::{report_live, say, say_refused, CommonArgs, EXIT_CONFIG, EXIT_FORCED};
 use connector_common::config::{self, process_env, render_masked, Section};
+use website_monitor_source::reload::{ReloadHandle, Trigger};
 use website_monitor_source::{lanes, sites, RunOptions, SourceConfig, SourceError};
 
 /// mimalloc: the check path allocates and frees per request (hyper, reqwest,
@@ -65,13 +66,9 @@ async fn run(args: Args) -> ExitCode {
         Ok(p) => p,
         Err(e) => return refuse(&e),
     };
-    let loaded = match config::load::<SourceConfig>(&path, Section::Source, &process_env) {
-        Ok(l) => l,
-        Err(e) => return refuse(&e),
-    };
     if args.common.check_live {
-        let resolved = match sites::resolve(&loaded) {
-            Ok(s) => s,
+        let (loaded, resolved) = match sites::load(&path, &process_env) {
+            Ok(l) => l,
             Err(e) => return refuse(&e),
         };
         let mut checks = vec![(
@@ -82,8 +79,8 @@ async fn run(args: Args) -> ExitCode {
         return ExitCode::from(report_live("website-monitor-source", &checks));
     }
     if args.common.check_config {
-        let resolved = match sites::resolve(&loaded) {
-            Ok(s) => s,
+        let (loaded, resolved) = match sites::load(&path, &process_env) {
+            Ok(l) => l,
             Err(e) => return refuse(&e),
         };
         print!("{}", render_masked(&loaded, Section::Source));
@@ -95,14 +92,28 @@ async fn run(args: Args) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    let loaded = match config::load::<SourceConfig>(&path, Section::Source, &process_env) {
+        Ok(l) => l,
+        Err(e) => return refuse(&e),
+    };
     connector_common::logging::init(&loaded.log_level, loaded.log_format);
     let signals = connector_common::shutdown::on_signal();
     let opts = RunOptions {
         once: args.once,
         stdout: args.stdout,
     };
+    // Listening before the start: SIGHUP's default action ends the process.
+    // `--once` does not reload: there SIGHUP keeps its default.
+    let hangups = if args.once { None } else { hangups() };
+    let started = website_monitor_source::start(loaded, opts, signals.graceful.clone());
     let result = tokio::select! {
-        r = website_monitor_source::run(loaded, opts, signals.graceful.clone()) => r,
+        r = async {
+            let running = started.await?;
+            if let (Some(hangups), Some(handle)) = (hangups, running.reload_handle()) {
+                tokio::spawn(reload_on_hangup(hangups, handle));
+            }
+            running.wait().await
+        } => r,
         () = signals.forced.cancelled() => return ExitCode::from(EXIT_FORCED),
     };
     match result {
@@ -115,3 +126,33 @@ async fn run(args: Args) -> ExitCode {
         }
     }
 }
+
+/// SIGHUP, as a stream (`None` where there is none, or it cannot be
+/// listened to: then a SIGHUP ends the process, as without a handler).
+#[cfg(unix)]
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    signal(SignalKind::hangup())
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "cannot listen for SIGHUP; reload with POST /-/reload"),
+        )
+        .ok()
+}
+
+/// No SIGHUP here.
+#[cfg(not(unix))]
+fn hangups() -> Option<()> {
+    None
+}
+
+/// Reloads at each SIGHUP (the reloader logs the outcome).
+#[cfg(unix)]
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, handle: ReloadHandle) {
+    while hangups.recv().await.is_some() {
+        handle.request(Trigger::Signal);
+    }
+}
+
+/// No SIGHUP here.
+#[cfg(not(unix))]
+async fn reload_on_hangup(_: (), _: ReloadHandle) {}

@@ -39,6 +39,18 @@ pub const SITE_DURATION_SECONDS: &str = "website_monitor_site_duration_seconds";
 pub const SITE_CERT_DAYS_LEFT: &str = "website_monitor_site_cert_days_left";
 /// Gauge: sites this instance checks (after sharding).
 pub const SITES: &str = "website_monitor_sites";
+/// Gauge: 1 when the last reload of the configuration was applied (or none
+/// was tried since start), 0 when it was refused.
+pub const CONFIG_RELOAD_SUCCESS: &str = "website_monitor_config_reload_success";
+/// Gauge: when the configuration running now was applied (start or the last
+/// successful reload), Unix seconds.
+pub const CONFIG_RELOAD_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "website_monitor_config_reload_last_success_timestamp_seconds";
+/// Counter: reloads tried, label `result`: `success` or `failure`.
+pub const CONFIG_RELOADS_TOTAL: &str = "website_monitor_config_reloads_total";
+/// Counter: sites a reload changed, label `change`: `added`, `removed`,
+/// `changed`.
+pub const CONFIG_RELOAD_SITES_TOTAL: &str = "website_monitor_config_reload_sites_total";
 
 /// Every error kind, in the order of [`CheckHandles::fail`].
 const ERROR_KINDS: [ErrorKind; 8] = [
@@ -177,6 +189,69 @@ pub fn failed() -> Counter {
 /// Sets the number of sites.
 pub fn sites(n: usize) {
     gauge!(SITES).set(n as f64);
+}
+
+/// The reload metrics, registered once (at start: both results show 0
+/// until a reload is tried).
+pub struct ReloadHandles {
+    success: Gauge,
+    last_success: Gauge,
+    succeeded: Counter,
+    failed: Counter,
+    added: Counter,
+    removed: Counter,
+    changed: Counter,
+}
+
+impl ReloadHandles {
+    /// Registers the handles; the configuration of the start counts as
+    /// applied now.
+    pub fn register() -> Self {
+        let handles = ReloadHandles {
+            success: gauge!(CONFIG_RELOAD_SUCCESS),
+            last_success: gauge!(CONFIG_RELOAD_LAST_SUCCESS_TIMESTAMP_SECONDS),
+            succeeded: counter!(CONFIG_RELOADS_TOTAL, "result" => "success"),
+            failed: counter!(CONFIG_RELOADS_TOTAL, "result" => "failure"),
+            added: counter!(CONFIG_RELOAD_SITES_TOTAL, "change" => "added"),
+            removed: counter!(CONFIG_RELOAD_SITES_TOTAL, "change" => "removed"),
+            changed: counter!(CONFIG_RELOAD_SITES_TOTAL, "change" => "changed"),
+        };
+        for c in [
+            &handles.succeeded,
+            &handles.failed,
+            &handles.added,
+            &handles.removed,
+            &handles.changed,
+        ] {
+            c.increment(0);
+        }
+        handles.applied();
+        handles
+    }
+
+    /// A configuration was applied now.
+    fn applied(&self) {
+        self.success.set(1.0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.last_success.set(now.as_secs_f64());
+    }
+
+    /// A reload was applied: `added`, `removed` and `changed` sites.
+    pub fn success(&self, added: usize, removed: usize, changed: usize) {
+        self.applied();
+        self.succeeded.increment(1);
+        self.added.increment(added as u64);
+        self.removed.increment(removed as u64);
+        self.changed.increment(changed as u64);
+    }
+
+    /// A reload was refused.
+    pub fn failure(&self) {
+        self.success.set(0.0);
+        self.failed.increment(1);
+    }
 }
 
 #[cfg(test)]

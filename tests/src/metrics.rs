@@ -7,11 +7,27 @@ use crate::wait::{eventually, WAIT};
 
 /// `GET path` on a local HTTP server (a connector's `/readyz`, say): (status, body).
 pub async fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path).await
+}
+
+/// `POST path` (with no body) on a local HTTP server (a connector's
+/// `/-/reload`, say): (status, body).
+pub async fn http_post(addr: &str, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "POST", path).await
+}
+
+/// `method path` on a local HTTP server: (status, body).
+async fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
+    s.write_all(
+        format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();

@@ -116,7 +116,16 @@ impl Proc {
     /// Starts `website-monitor-<name>` (`sink` or `source`) with `config` as
     /// its connector.toml, without the seed's environment overrides.
     pub fn spawn(name: &str, config: &str) -> Self {
+        Self::spawn_with_files(name, config, &[])
+    }
+
+    /// [`Proc::spawn`], with `files` (name, text) written beside its
+    /// connector.toml first (a `sites_file`, say).
+    pub fn spawn_with_files(name: &str, config: &str, files: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temporary folder");
+        for (file, text) in files {
+            std::fs::write(dir.path().join(file), text).expect("write a file");
+        }
         let path = dir.path().join("connector.toml");
         std::fs::write(&path, config).expect("write the config");
         let log = dir.path().join(format!("{name}.log"));
@@ -138,6 +147,21 @@ impl Proc {
             log,
             _dir: dir,
         }
+    }
+
+    /// The path of `file` in its folder, beside its connector.toml.
+    pub fn file(&self, file: &str) -> PathBuf {
+        self._dir.path().join(file)
+    }
+
+    /// Sends it `signal` (a name `kill` knows: `HUP`, `TERM`, …).
+    pub fn signal(&self, signal: &str) {
+        let sent = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill -{signal} failed");
     }
 
     /// What it logged so far.

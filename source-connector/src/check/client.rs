@@ -51,3 +51,30 @@ pub fn build_clients(
     }
     Ok(clients)
 }
+
+/// A lane's clients, one per distinct [`ClientKey`]: those its sites were
+/// started with, and any a reload's new sites need, built on first use.
+pub struct Clients {
+    built: HashMap<ClientKey, Client>,
+    base: tls::TlsBase,
+}
+
+impl Clients {
+    /// The clients `sites` need, built on `base`.
+    pub fn for_sites(sites: &[SiteSpec], base: &tls::TlsBase) -> Result<Self, SetupError> {
+        Ok(Clients {
+            built: build_clients(sites, base)?,
+            base: base.clone(),
+        })
+    }
+
+    /// The client for `key`, built now if no site of the lane had it yet.
+    pub fn get(&mut self, key: &ClientKey) -> Result<Client, SetupError> {
+        if let Some(c) = self.built.get(key) {
+            return Ok(c.clone());
+        }
+        let c = build_client(key, &self.base)?;
+        self.built.insert(key.clone(), c.clone());
+        Ok(c)
+    }
+}

@@ -45,7 +45,7 @@ use crate::record::{CheckError, ErrorKind, Record, Timings, TlsFacts, SCHEMA_VER
 use crate::sites::SiteSpec;
 use phases::Recorder;
 
-pub use client::{build_client, build_clients, USER_AGENT};
+pub use client::{build_client, build_clients, Clients, USER_AGENT};
 pub use error::SetupError;
 
 /// `error.message` of a check cut short by shutdown (`shutdown_timeout`).

@@ -56,6 +56,16 @@ pub struct SourceConfig {
     /// of at most 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites_file: Option<PathBuf>,
+    /// Reload the configuration when this file or `sites_file` changes on
+    /// disk, looking this often (modification time, size and, up to 4 MiB,
+    /// content); off when left out. A reload (also on SIGHUP and on
+    /// `POST /-/reload`) applies the difference in sites; see docs/reload.md.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reload_watch: Option<Duration>,
     /// On shutdown, wait at most this long for the checks in flight to finish;
     /// those still running then are cancelled, each giving a record with error
     /// kind `timeout` ("cancelled at shutdown").

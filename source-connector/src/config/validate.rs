@@ -114,6 +114,16 @@ impl SourceConfig {
             MAX_SHUTDOWN_TIMEOUT,
             "10s",
         );
+        if let Some(every) = self.reload_watch {
+            check_duration(
+                out,
+                key("reload_watch"),
+                every,
+                MIN_INTERVAL,
+                MAX_SHUTDOWN_TIMEOUT,
+                "5s",
+            );
+        }
         if !(1..=MAX_BUFFERED_RECORDS).contains(&self.max_buffered_records) {
             out.push(Invalid::new(
                 key("max_buffered_records"),

@@ -16,6 +16,9 @@
 //! - `defaults`: one declared site to a [`SiteSpec`];
 //! - `resolve`: [`resolve`], every declared site in order, each url once,
 //!   sharded.
+//!
+//! [`load`] is the whole way from a file to its sites: `--check-config`
+//! and reloads use it.
 
 mod defaults;
 mod file;
@@ -24,6 +27,25 @@ mod spec;
 
 pub use resolve::resolve;
 pub use spec::{CaFile, ClientKey, SiteSpec};
+
+use std::path::Path;
+
+use connector_common::config::{self, ConfigError, Loaded, Section};
+
+use crate::config::SourceConfig;
+
+/// Reads the configuration at `path` and resolves its sites: what
+/// `--check-config` checks and what every reload applies, by the one path
+/// (`${VAR}` and the environment overrides from `env`, then the loader's
+/// checks, then [`resolve`]).
+pub fn load(
+    path: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Loaded<SourceConfig>, Vec<SiteSpec>), ConfigError> {
+    let loaded = config::load::<SourceConfig>(path, Section::Source, env)?;
+    let sites = resolve(&loaded)?;
+    Ok((loaded, sites))
+}
 
 #[cfg(test)]
 mod tests;

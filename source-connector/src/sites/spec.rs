@@ -80,3 +80,27 @@ pub struct SiteSpec {
     /// Which client the site uses.
     pub client: ClientKey,
 }
+
+impl SiteSpec {
+    /// Whether `other` checks the same url with the same settings: a reload
+    /// that finds a site unchanged keeps it as it runs (its schedule and
+    /// its client); any difference makes it a changed site. The url is
+    /// compared as requested, so a changed password is a change.
+    pub fn same_settings(&self, other: &SiteSpec) -> bool {
+        fn regex(s: &SiteSpec) -> Option<&str> {
+            s.regex.as_ref().map(|r| r.as_str())
+        }
+        self.url == other.url
+            && self.interval == other.interval
+            && self.timeout == other.timeout
+            && self.method == other.method
+            && self.headers == other.headers
+            && self.body == other.body
+            && regex(self) == regex(other)
+            && self.expected_status == other.expected_status
+            && self.follow_redirects == other.follow_redirects
+            && self.max_redirects == other.max_redirects
+            && self.max_body_bytes == other.max_body_bytes
+            && self.client == other.client
+    }
+}

@@ -9,6 +9,9 @@
 //!   threads, shards;
 //! - [`config`]: refused configurations, the environment, mTLS settings;
 //! - [`metrics`]: `/healthz`, `/readyz` and the counters;
+//! - [`reload`]: SIGHUP, `POST /-/reload` and `reload_watch` applying the
+//!   difference in sites (a changed `shard` too); bad files and restart-only
+//!   keys refused;
 //! - [`lifecycle`]: start failures, SIGTERM, shutdown_timeout, dropping,
 //!   a closed stderr, the open-file limit, log files without colour codes.
 
@@ -17,6 +20,7 @@ mod config;
 mod lifecycle;
 mod metrics;
 mod records;
+mod reload;
 mod schema;
 mod timings;
 

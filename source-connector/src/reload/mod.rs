@@ -1,0 +1,262 @@
+//! Reloading the configuration without a restart.
+//!
+//! A reload is asked for by SIGHUP (the binary forwards it), by
+//! `POST /-/reload` on the telemetry address, or — with `reload_watch` —
+//! when the configuration file or `sites_file` changes on disk (`watch`).
+//! Requests go through a [`ReloadHandle`] to one [`Reloader`] task, which
+//! runs them one at a time:
+//!
+//! 1. the file is read and checked exactly as `--check-config` does
+//!    ([`crate::sites::load`]: `${VAR}`, the environment overrides, every
+//!    check, the sites resolved and sharded);
+//! 2. settings that only a restart can change (`fixed`) are compared with
+//!    the running ones; any difference refuses the whole reload, naming each
+//!    key;
+//! 3. the new sites go to the check threads ([`crate::lanes::Commander`]),
+//!    which apply the difference by url ([`crate::schedule::diff`]).
+//!
+//! A refused reload changes nothing: the previous configuration keeps
+//! running; the problem is logged (file, line, key, as at start) and
+//! `website_monitor_config_reload_success` drops to 0 until a reload
+//! succeeds.
+//!
+//! Layout: `fixed` (the restart-only settings), `watch` (file fingerprints),
+//! this file (the requests and the task).
+
+mod fixed;
+mod watch;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use connector_common::config::{ConfigError, Loaded};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+pub use fixed::restart_only;
+pub use watch::{Fingerprint, Watched};
+
+use crate::config::SourceConfig;
+use crate::lanes::{Commander, LanesGone};
+use crate::metrics::{self, ReloadHandles};
+use crate::schedule::Applied;
+
+/// What asked for a reload (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// SIGHUP.
+    Signal,
+    /// `POST /-/reload`.
+    Http,
+    /// `reload_watch` saw a file change.
+    Watch,
+}
+
+impl Trigger {
+    /// How the log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Signal => "SIGHUP",
+            Trigger::Http => "POST /-/reload",
+            Trigger::Watch => "file change",
+        }
+    }
+}
+
+/// Why a reload was refused (the previous configuration keeps running).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file cannot be used, as `--check-config` would say.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Settings changed that only a restart can apply.
+    #[error(transparent)]
+    RestartOnly(#[from] RestartOnly),
+    /// The check threads have stopped.
+    #[error(transparent)]
+    Lanes(#[from] LanesGone),
+    /// The source is stopping or stopped; nothing reloads any more.
+    #[error("the source is stopping; no reload")]
+    Stopped,
+    /// Reading the file panicked (a bug).
+    #[error("the reload failed unexpectedly: {0}")]
+    Crashed(String),
+}
+
+/// A reload refused because it changes settings only a restart applies.
+#[derive(Debug)]
+pub struct RestartOnly {
+    /// The configuration file.
+    pub path: PathBuf,
+    /// Each key that changed.
+    pub keys: Vec<&'static str>,
+}
+
+impl std::fmt::Display for RestartOnly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<String> = self.keys.iter().map(|k| format!("`{k}`")).collect();
+        write!(
+            f,
+            "{}: only a restart applies {}; the reload was refused and the previous \
+             configuration keeps running (undo {} or restart)",
+            self.path.display(),
+            keys.join(", "),
+            if keys.len() == 1 {
+                "that change"
+            } else {
+                "those changes"
+            }
+        )
+    }
+}
+
+impl std::error::Error for RestartOnly {}
+
+/// One request, and where its outcome goes.
+struct Request {
+    trigger: Trigger,
+    reply: Option<oneshot::Sender<Result<Applied, String>>>,
+}
+
+/// Asks the running source to reload its configuration; cheap to clone.
+#[derive(Clone)]
+pub struct ReloadHandle {
+    requests: mpsc::Sender<Request>,
+}
+
+impl ReloadHandle {
+    /// Reloads and waits for the outcome: the counts of what changed, or
+    /// why the reload was refused (as logged).
+    pub async fn reload(&self, trigger: Trigger) -> Result<Applied, String> {
+        let (reply, outcome) = oneshot::channel();
+        let request = Request {
+            trigger,
+            reply: Some(reply),
+        };
+        let stopped = || ReloadError::Stopped.to_string();
+        self.requests.send(request).await.map_err(|_| stopped())?;
+        outcome.await.map_err(|_| stopped())?
+    }
+
+    /// Asks for a reload without waiting; a request made while another
+    /// waits is folded into it (that one reads the file after both).
+    pub fn request(&self, trigger: Trigger) {
+        let _ = self.requests.try_send(Request {
+            trigger,
+            reply: None,
+        });
+    }
+}
+
+/// Where requests wait until the [`Reloader`] runs.
+pub struct Requests(mpsc::Receiver<Request>);
+
+/// A handle and the requests it sends.
+pub fn channel() -> (ReloadHandle, Requests) {
+    // One waiting request is enough to fold any number of fire-and-forget
+    // ones; replies wait for a free place.
+    let (requests, rx) = mpsc::channel(1);
+    (ReloadHandle { requests }, Requests(rx))
+}
+
+/// The task that applies reloads to a running source.
+pub struct Reloader {
+    /// The configuration running now.
+    pub current: Loaded<SourceConfig>,
+    /// The running check threads.
+    pub lanes: Commander,
+    /// How `${VAR}` and the overrides read the environment.
+    pub env: fn(&str) -> Option<String>,
+}
+
+impl Reloader {
+    /// Applies the requests until `stop`; with `reload_watch`, also looks
+    /// at the files that often.
+    pub async fn run(mut self, mut requests: Requests, stop: CancellationToken) {
+        let handles = ReloadHandles::register();
+        let every = self.current.section.reload_watch;
+        let mut watched = Watched::of(&self.current);
+        let mut poll = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let (trigger, reply) = tokio::select! {
+                biased;
+                () = stop.cancelled() => return,
+                r = requests.0.recv() => match r {
+                    Some(r) => (r.trigger, r.reply),
+                    None => return,
+                },
+                _ = poll.tick(), if every.is_some() => {
+                    if !watched.changed() {
+                        continue;
+                    }
+                    (Trigger::Watch, None)
+                }
+            };
+            // Looked at before reading: a change while reading is seen next time.
+            let before = Watched::of(&self.current);
+            let outcome = self.reload(trigger, &handles).await;
+            watched = match &outcome {
+                Ok(_) => Watched::of(&self.current),
+                Err(_) => before,
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(outcome.map_err(|e| e.to_string()));
+            }
+        }
+    }
+
+    /// One reload, logged and counted.
+    async fn reload(
+        &mut self,
+        trigger: Trigger,
+        handles: &ReloadHandles,
+    ) -> Result<Applied, ReloadError> {
+        tracing::info!(trigger = trigger.as_str(), "reloading the configuration");
+        match self.attempt().await {
+            Ok(applied) => {
+                handles.success(applied.added, applied.removed, applied.changed);
+                metrics::sites(applied.running);
+                for (url, why) in &applied.failed {
+                    tracing::error!(url = %url, "this site could not be started: {why}");
+                }
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    added = applied.added,
+                    removed = applied.removed,
+                    changed = applied.changed,
+                    unchanged = applied.unchanged,
+                    failed = applied.failed.len(),
+                    sites = applied.running,
+                    "configuration reloaded"
+                );
+                Ok(applied)
+            }
+            Err(e) => {
+                handles.failure();
+                for line in e.to_string().lines() {
+                    tracing::error!(trigger = trigger.as_str(), "reload refused: {line}");
+                }
+                tracing::warn!("still running the previous configuration");
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads, checks and applies the file; see the module documentation.
+    async fn attempt(&mut self) -> Result<Applied, ReloadError> {
+        let path = self.current.path.clone();
+        let env = self.env;
+        let (loaded, sites) = tokio::task::spawn_blocking(move || crate::sites::load(&path, &env))
+            .await
+            .map_err(|e| ReloadError::Crashed(e.to_string()))??;
+        let keys = restart_only(&self.current, &loaded);
+        if !keys.is_empty() {
+            let path = loaded.path;
+            return Err(RestartOnly { path, keys }.into());
+        }
+        let applied = self.lanes.apply(sites).await?;
+        self.current = loaded;
+        Ok(applied)
+    }
+}
