@@ -19,7 +19,14 @@ use crate::postgres::shared::Shared;
 use crate::postgres::sql::connect;
 use crate::postgres::status_rows::{self, StatusStatements};
 
-/// A producer to the transitions topic.
+/// A message with headers: key, value (each optional) and headers.
+pub type Headed<'a> = (
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    rdkafka::message::OwnedHeaders,
+);
+
+/// A producer to the transitions topic (and the dead-letter topic).
 pub struct Publisher {
     producer: FutureProducer,
     topic: String,
@@ -75,7 +82,7 @@ impl Publisher {
     /// every acknowledgement; the first failure otherwise.
     pub async fn send_with_headers(
         &self,
-        messages: &[(Option<&[u8]>, Option<&[u8]>, rdkafka::message::OwnedHeaders)],
+        messages: &[Headed<'_>],
         timeout: Duration,
     ) -> Result<(), String> {
         let sends = messages.iter().map(|(k, v, h)| {
