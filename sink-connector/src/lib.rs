@@ -145,17 +145,24 @@ pub async fn start(
         writers = cfg.writers,
         "sink starting"
     );
-    let publisher = match &cfg.status.transitions_topic {
-        Some(topic) => {
-            match kafka::transitions::Publisher::new(&config.kafka, topic, cfg.write_timeout) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    telemetry_stop.cancel();
-                    return Err(e);
-                }
-            }
+    let publisher = |topic: &Option<String>| {
+        topic
+            .as_deref()
+            .map(|t| kafka::transitions::Publisher::new(&config.kafka, t, cfg.write_timeout))
+            .transpose()
+    };
+    let publishers = match (
+        publisher(&cfg.status.transitions_topic),
+        publisher(&cfg.dead_letter_topic),
+    ) {
+        (Ok(transitions), Ok(dead_letters)) => pipeline::Publishers {
+            transitions,
+            dead_letters,
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            telemetry_stop.cancel();
+            return Err(e);
         }
-        None => None,
     };
     let pipeline = pipeline::Pipeline::new(
         cfg,
@@ -164,7 +171,7 @@ pub async fn start(
         readiness,
         shutdown,
         last_commit,
-        publisher,
+        publishers,
     );
     let task = tokio::spawn(async move {
         let result = async {

@@ -48,6 +48,9 @@ pub const STATUS_TRANSITIONS: &str = "website_monitor_status_transitions_total";
 /// Site status transitions produced to `[sink.status] transitions_topic`
 /// (counter; at least once, so a replay may count one twice).
 pub const STATUS_TRANSITIONS_PUBLISHED: &str = "website_monitor_status_transitions_published_total";
+/// Rejected records produced to `[sink] dead_letter_topic` (counter; at
+/// least once, so a crash may count one twice).
+pub const RECORDS_DEAD_LETTERED: &str = "website_monitor_records_dead_lettered_total";
 /// Records the site status model ignored as late for their probe (counter):
 /// not newer than the probe's newest check. Records of one url spread over
 /// several partitions (keyless input) show up here; see docs/status.md.
@@ -64,6 +67,10 @@ pub fn describe() {
     describe_counter!(
         STATUS_TRANSITIONS,
         "Site status transitions committed, by the state entered."
+    );
+    describe_counter!(
+        RECORDS_DEAD_LETTERED,
+        "Rejected records produced to the dead-letter topic (at least once)."
     );
     describe_counter!(
         STATUS_TRANSITIONS_PUBLISHED,

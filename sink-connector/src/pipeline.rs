@@ -51,6 +51,7 @@ use crate::decode::{Decoded, Limits};
 use crate::error::SinkError;
 use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
 use crate::kafka::consumer::{caught_up, fatal_error, leave_static_group, SinkConsumer};
+use crate::kafka::dead_letter::dead_letters_until_shutdown;
 use crate::kafka::transitions::{publish_until_shutdown, Publisher};
 use crate::metrics as m;
 use crate::postgres::shared::Shared;
@@ -75,9 +76,18 @@ pub struct Pipeline {
     limits: Limits,
     last_commit: Arc<AtomicU64>,
     committing: Arc<AtomicBool>,
-    /// The transitions topic's producer, when `[sink.status]
-    /// transitions_topic` is set; run on a task of its own.
-    publisher: Option<Publisher>,
+    /// The producers of the transitions and dead-letter topics, each run on
+    /// a task of its own.
+    publishers: Publishers,
+}
+
+/// The topics the sink produces to besides its tables, each when set.
+#[derive(Debug, Default)]
+pub struct Publishers {
+    /// `[sink.status] transitions_topic`.
+    pub transitions: Option<Publisher>,
+    /// `[sink] dead_letter_topic`.
+    pub dead_letters: Option<Publisher>,
 }
 
 impl Pipeline {
@@ -89,7 +99,7 @@ impl Pipeline {
         readiness: Readiness,
         shutdown: CancellationToken,
         last_commit: Arc<AtomicU64>,
-        publisher: Option<Publisher>,
+        publishers: Publishers,
     ) -> Self {
         let limits = Limits {
             max_record_bytes: cfg.max_record_bytes,
@@ -106,7 +116,7 @@ impl Pipeline {
             limits,
             last_commit,
             committing: Arc::new(AtomicBool::new(false)),
-            publisher,
+            publishers,
         }
     }
 
@@ -140,9 +150,15 @@ impl Pipeline {
         let consumer = Arc::new(consumer);
         tokio::spawn(self.shared.start_clock_on_shutdown());
         let publishing = self
-            .publisher
+            .publishers
+            .transitions
             .take()
             .map(|p| tokio::spawn(publish_until_shutdown(Arc::clone(&self.shared), p)));
+        let dead_lettering = self
+            .publishers
+            .dead_letters
+            .take()
+            .map(|p| tokio::spawn(dead_letters_until_shutdown(Arc::clone(&self.shared), p)));
         let cfg = &self.shared.cfg;
         // Collecting stops at shutdown, and when the consumer dies (fenced).
         let stop = self.shared.shutdown.child_token();
@@ -202,9 +218,9 @@ impl Pipeline {
             let full = pending.len() >= collector.batch_size;
             self.between_batches(&consumer, &pending, full).await;
         }
-        if let Some(task) = publishing {
-            // It stops at shutdown between rounds; a round in flight is cut
-            // (its transitions are produced again next time: at least once).
+        for task in [publishing, dead_lettering].into_iter().flatten() {
+            // They stop at shutdown between rounds; a round in flight is cut
+            // (what it produced is produced again next time: at least once).
             task.abort();
         }
         let fatal = fatal.or_else(|| fatal_error(&consumer));

@@ -122,6 +122,15 @@ pub struct SinkConfig {
     /// How long rejected records are kept (daily partitions). 1 hour to 100 years.
     #[serde(with = "humantime_serde")]
     pub rejects_retention: Duration,
+    /// Kafka topic each rejected record is also produced to, once stored in
+    /// the rejects table: its original key and value, with headers naming
+    /// the original topic, partition and offset, the reason and the detail
+    /// (Kafka Connect's `__connect.errors.*` names). At least once: a crash
+    /// between the produce and its bookkeeping produces it again, and the
+    /// headers tell the copies apart. The topic must exist. Unset: the
+    /// rejects table only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter_topic: Option<String>,
     /// How long the per-minute rollups are kept (daily partitions). 1 hour to 100 years.
     #[serde(with = "humantime_serde")]
     pub rollup_minute_retention: Duration,
@@ -134,8 +143,7 @@ pub struct SinkConfig {
     #[serde(with = "humantime_serde")]
     pub rollup_day_retention: Duration,
     /// Site status policy: thresholds, quorum across probes, maintenance
-    /// windows (`[sink.status]`, see `docs/status.md`). Not used by the
-    /// writer yet.
+    /// windows, the transitions topic (`[sink.status]`, see `docs/status.md`).
     pub status: StatusConfig,
 }
 
@@ -166,6 +174,7 @@ impl Default for SinkConfig {
             history_retention: DAY * 7,
             history_partition: DAY,
             rejects_retention: DAY * 30,
+            dead_letter_topic: None,
             rollup_minute_retention: DAY * 2,
             rollup_hour_retention: DAY * 35,
             rollup_day_retention: DAY * 400,
@@ -403,6 +412,11 @@ impl SinkConfig {
             ),
         ] {
             check_duration(out, key(name), value, min, MAX_RETENTION, example);
+        }
+        if let Some(t) = &self.dead_letter_topic {
+            if let Err(why) = crate::status::settings::check_topic_name(t) {
+                out.push(Invalid::new(key("dead_letter_topic"), why));
+            }
         }
         let span = self.history_partition;
         check_duration(

@@ -7,4 +7,5 @@
 
 pub mod commit;
 pub mod consumer;
+pub mod dead_letter;
 pub mod transitions;

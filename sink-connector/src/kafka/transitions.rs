@@ -19,7 +19,14 @@ use crate::postgres::shared::Shared;
 use crate::postgres::sql::connect;
 use crate::postgres::status_rows::{self, StatusStatements};
 
-/// A producer to the transitions topic.
+/// A message with headers: key, value (each optional) and headers.
+pub type Headed<'a> = (
+    Option<&'a [u8]>,
+    Option<&'a [u8]>,
+    rdkafka::message::OwnedHeaders,
+);
+
+/// A producer to the transitions topic (and the dead-letter topic).
 pub struct Publisher {
     producer: FutureProducer,
     topic: String,
@@ -40,7 +47,7 @@ impl Publisher {
     pub fn new(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Result<Self, SinkError> {
         let mut c = kafka.client_config();
         let ms = timeout.as_millis().clamp(1_000, 900_000);
-        c.set("client.id", "website-monitor-sink-transitions")
+        c.set("client.id", format!("website-monitor-sink-{topic}"))
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", ms.to_string());
@@ -63,6 +70,30 @@ impl Publisher {
             let r: FutureRecord<'_, str, [u8]> = FutureRecord::to(&self.topic)
                 .key(k.as_str())
                 .payload(v.as_slice());
+            self.producer.send(r, timeout)
+        });
+        for res in futures::future::join_all(sends).await {
+            res.map_err(|(e, _)| format!("producing to {}: {e}", self.topic))?;
+        }
+        Ok(())
+    }
+
+    /// Produces `(key, value, headers)` messages in order and waits for
+    /// every acknowledgement; the first failure otherwise.
+    pub async fn send_with_headers(
+        &self,
+        messages: &[Headed<'_>],
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let sends = messages.iter().map(|(k, v, h)| {
+            let mut r: FutureRecord<'_, [u8], [u8]> =
+                FutureRecord::to(&self.topic).headers(h.clone());
+            if let Some(k) = k {
+                r = r.key(*k);
+            }
+            if let Some(v) = v {
+                r = r.payload(*v);
+            }
             self.producer.send(r, timeout)
         });
         for res in futures::future::join_all(sends).await {

@@ -189,6 +189,8 @@ impl Tables {
             "transition_unpublished_idx" => local("_transition_unpublished_idx"),
             "maintenance" => qualified("_maintenance"),
             "maintenance_ends_idx" => local("_maintenance_ends_idx"),
+            // 0010: the dead-letter topic.
+            "rejected_undelivered_idx" => local("_rejected_undelivered_idx"),
             _ => return None,
         })
     }
@@ -251,6 +253,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 9,
         name: "status",
         sql: include_str!("../../migrations/0009_status.sql"),
+    },
+    Migration {
+        version: 10,
+        name: "dead_letters",
+        sql: include_str!("../../migrations/0010_dead_letters.sql"),
     },
 ];
 

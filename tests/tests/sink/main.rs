@@ -20,6 +20,7 @@
 //! - [`faults`]: PostgreSQL restarted or black-holed, Kafka unreachable —
 //!   readiness and bounded shutdown.
 
+mod dead_letter;
 mod faults;
 mod groups;
 mod rejects;
