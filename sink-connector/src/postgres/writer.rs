@@ -241,7 +241,7 @@ impl Writer {
         }
     }
 
-    /// Writer 0, at most every [`MAINTAIN_EVERY`] (before a batch, and between
+    /// Writer 0, at most every `MAINTAIN_EVERY` (10 minutes; before a batch, and between
     /// batches when the topic is idle): makes today's and
     /// tomorrow's partitions and drops those past retention. A failure (a
     /// lock not granted in time) is logged and tried again next time.
@@ -287,7 +287,7 @@ impl Writer {
 
     /// Writer 0, at most every [`SWEEP_EVERY`], between batches: the site
     /// status sweep (probes silent too long, maintenance windows begun or
-    /// ended; see [`status::sweep`]) over the sites of `partitions` (those
+    /// ended; see `status::sweep`) over the sites of `partitions` (those
     /// the sink has caught up on), in its own short transaction, at the wall
     /// clock — or at `oldest`, the oldest check collected but not written
     /// yet, when earlier: silence is judged against the data. A failure is
