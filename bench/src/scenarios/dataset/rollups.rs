@@ -45,8 +45,8 @@ const COLUMN_TYPES: [Type; 13] = [
     Type::INT8_ARRAY,
 ];
 
-/// A run of buckets of one rollup table: `[from, to)` in Unix seconds,
-/// `step` seconds apart.
+/// A run of buckets of one rollup table, `[from, to)` in Unix seconds,
+/// `step` seconds apart, of the sites `first_site..=last_site`.
 #[derive(Debug, Clone)]
 pub struct Chunk {
     /// The rollup table (its partitioned parent).
@@ -57,6 +57,10 @@ pub struct Chunk {
     pub to: i64,
     /// Seconds per bucket.
     pub step: i64,
+    /// The first site.
+    pub first_site: i64,
+    /// The last site.
+    pub last_site: i64,
 }
 
 /// A site's lowest usual latency bucket: bucket 88 is 2 ms, 128 is 65 ms.
@@ -139,16 +143,10 @@ impl Rows {
     }
 }
 
-/// Writes every site's row of each bucket of `chunk`, bucket after bucket,
-/// by one binary `COPY`; returns the rows written. `seed` picks the random
-/// numbers.
-pub async fn copy(
-    client: &Client,
-    chunk: &Chunk,
-    sites: i64,
-    probe: i32,
-    seed: u64,
-) -> Result<u64> {
+/// Writes the row of each of `chunk`'s sites of each of its buckets, bucket
+/// after bucket, by one binary `COPY`; returns the rows written. `seed`
+/// picks the random numbers.
+pub async fn copy(client: &Client, chunk: &Chunk, probe: i32, seed: u64) -> Result<u64> {
     let sql = format!(
         "COPY {} ({COLUMNS}) FROM STDIN (FORMAT binary)",
         chunk.table
@@ -158,7 +156,7 @@ pub async fn copy(
     let mut rows = Rows::new(chunk.step / 60 * CHECKS_PER_MINUTE, seed);
     for bucket in (chunk.from..chunk.to).step_by(chunk.step as usize) {
         let at = UNIX_EPOCH + Duration::from_secs(bucket as u64);
-        for site in 1..=sites {
+        for site in chunk.first_site..=chunk.last_site {
             let base = base(site);
             let row = rows.draw(base);
             write(writer.as_mut(), site, probe, at, base, row).await?;
