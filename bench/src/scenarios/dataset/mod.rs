@@ -42,9 +42,14 @@ pub async fn dataset(ctx: &Ctx) -> Result<Vec<Figure>> {
     let result = std::panic::AssertUnwindSafe(measure(uri, &mut client, &tables, &size))
         .catch_unwind()
         .await;
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", tables.schema))
-        .await?;
+    let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", tables.schema);
+    if let Err(e) = client.batch_execute(&drop).await {
+        // The connection may be gone (a restarted server): a new one.
+        let dropped = pg(uri).await.batch_execute(&drop).await;
+        if let Err(again) = dropped {
+            eprintln!("warning: {} is left: {e}; {again}", tables.schema);
+        }
+    }
     result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
