@@ -227,7 +227,8 @@ mod tests {
             let counted: i64 = row.latency.iter().map(|e| e & 0xffff_ffff).sum();
             assert_eq!(counted, i64::from(row.responses));
             assert!((9..=12).contains(&row.latency.len()), "{:?}", row.latency);
-            assert!((50..=70).contains(&(row.responses + row.failed)));
+            // 60 × the weights' sum (0.995), jittered: σ ≈ 3.8.
+            assert!((35..=85).contains(&(row.responses + row.failed)));
             failing += i32::from(row.failed > 0);
         }
         assert!(
