@@ -1,18 +1,37 @@
-//! The generated data set, written in SQL (not through Kafka) into a schema
-//! migrated by the sink's own migrations: sites, rollups at each level with
-//! realistic latency histograms, and raw history of https-like checks.
+//! The generated data set, written straight into a schema migrated by the
+//! sink's own migrations (not through Kafka): sites, rollups at each level
+//! with realistic latency histograms ([`rollups`], binary `COPY` of rows
+//! computed here), and raw history of https-like checks (in SQL).
 //!
-//! Rows go in time order (every site's row of one bucket, then the next
-//! bucket), as the sink writes them, so the indexes grow as they do in use.
+//! Every partition is made first; then [`WORKERS`] connections take the
+//! work one piece at a time: the history, or a partition's run of rollup
+//! buckets for a share of the sites. The shares of one partition are next
+//! to each other in the queue, so the connections write the same partition
+//! together: the pages one partition's writes touch (a leaf of its primary
+//! key per site: 80 MB at 10,000 sites for a minute partition) fit in the
+//! stack's 128 MB of shared buffers; two partitions at once did not (at
+//! full scale nearly every row's index insert read a page into them, and
+//! each connection wrote ~21,000 rows/s instead of ~45,000–64,000). Each
+//! site's rows go in time order and each share's rows too (every site's row
+//! of one bucket, then the next bucket), as the sink writes them, so the
+//! indexes grow as they do in use.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
+use super::rollups::{self, Chunk};
 use website_monitor_sink::migrate::Tables;
 use website_monitor_sink::postgres::partitions::{Layout, Partitioned, Retention};
 use website_monitor_sink::rollup::Level;
+use website_monitor_tests::pg;
+
+/// Connections writing at once (the bench machine has 2 cores; one
+/// PostgreSQL backend each). `WM_BENCH_DATASET_WORKERS` overrides it.
+const WORKERS: usize = 2;
 
 /// How big the data set is.
 #[derive(Debug, Clone, Copy)]
@@ -29,53 +48,6 @@ pub struct Size {
     pub history_sites: i64,
     /// Seconds of raw history.
     pub history_secs: i64,
-}
-
-/// Checks per minute of each site with rollups (one check a minute).
-const CHECKS_PER_MINUTE: i64 = 1;
-
-/// Relative weights of the 12 latency buckets around a site's usual latency
-/// (a roughly log-normal shape; each count jittered by ±30 %).
-const WEIGHTS: [f64; 12] = [
-    0.01, 0.03, 0.07, 0.12, 0.17, 0.19, 0.17, 0.12, 0.07, 0.03, 0.015, 0.005,
-];
-
-/// A site's lowest usual latency bucket: bucket 88 is 2 ms, 128 is 65 ms.
-const BASE: &str = "88 + (s * 7919) % 40";
-
-/// The histogram of a row of `n` checks, `f` of which failed, as two SQL
-/// expressions over the row's `base` and `f`: the columns `c1..c12` to
-/// compute first (one count per bucket), then `lat` (bucket << 32 | count,
-/// zero counts left out) and `responses` (the counts' sum). Plain
-/// expressions, no subquery per row: a row costs a few microseconds.
-fn histogram(n: i64) -> (String, String, String) {
-    if n == 1 {
-        // One check: one bucket, or none when it failed.
-        return (
-            String::new(),
-            "CASE WHEN f = 0 THEN ARRAY[((base + floor((random() + random()) * 6))::int8 << 32) | 1] END"
-                .to_owned(),
-            "(1 - f)::int4".to_owned(),
-        );
-    }
-    let counts = WEIGHTS
-        .iter()
-        .enumerate()
-        .map(|(i, w)| format!(", round(({n} - f) * {w} * (0.7 + 0.6 * random()))::int8 AS c{i}"))
-        .collect::<String>();
-    let elements = (0..WEIGHTS.len())
-        .map(|i| format!("CASE WHEN c{i} > 0 THEN ((base + {i})::int8 << 32) | c{i} END"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let sum = (0..WEIGHTS.len())
-        .map(|i| format!("c{i}"))
-        .collect::<Vec<_>>()
-        .join(" + ");
-    (
-        counts,
-        format!("array_remove(ARRAY[{elements}], NULL)"),
-        format!("({sum})::int4"),
-    )
 }
 
 /// Makes the partitions of `table` covering [from, to) (Unix seconds).
@@ -99,7 +71,7 @@ async fn partitions(
 
 /// The sites `1..=size.sites` (ids as numbers), each with a latest state,
 /// and the probe `bench`; returns the probe's id.
-pub async fn sites(client: &Client, tables: &Tables, size: &Size, now: i64) -> Result<i32> {
+async fn sites(client: &Client, tables: &Tables, size: &Size, now: i64) -> Result<i32> {
     client
         .execute(
             &format!(
@@ -127,17 +99,96 @@ pub async fn sites(client: &Client, tables: &Tables, size: &Size, now: i64) -> R
         .get(0))
 }
 
-/// One rollup level's rows for every site: each bucket of the last `days`
-/// days up to `now` (Unix seconds, a whole minute), the current one included.
-pub async fn rollups(
+/// A piece of the generation, done on one connection.
+#[derive(Debug)]
+enum Job {
+    /// The rollup rows of a run of buckets (one partition's).
+    Rollups(Chunk),
+    /// The raw history.
+    History,
+}
+
+/// Generates the whole data set for the sites `1..=size.sites` up to `now`
+/// (Unix seconds, a whole minute): the sites on `client`, then every rollup
+/// and the history on [`WORKERS`] connections to `uri`. Returns the rows
+/// written (rollups and history).
+pub async fn all(
+    uri: &str,
     client: &Client,
     tables: &Tables,
     size: &Size,
+    now: i64,
+) -> Result<u64> {
+    let probe = sites(client, tables, size, now).await.context("sites")?;
+    let layout = Layout::new(tables, Retention::default());
+    let workers = std::env::var("WM_BENCH_DATASET_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .unwrap_or(WORKERS);
+    // The history first: the longest piece, and its pages few.
+    let mut jobs = vec![Job::History];
+    for level in [Level::Minute, Level::Hour, Level::Day] {
+        let chunks = rollup_chunks(client, tables, &layout, size, level, now, workers as i64)
+            .await
+            .with_context(|| format!("{level:?} partitions"))?;
+        jobs.extend(chunks.into_iter().map(Job::Rollups));
+    }
+    let jobs = Mutex::new(VecDeque::from(jobs));
+    let done = futures::future::try_join_all(
+        (0..workers).map(|_| worker(uri, tables, size, probe, now, &jobs)),
+    )
+    .await?;
+    Ok(done.iter().sum())
+}
+
+/// Takes jobs until none is left, on a connection of its own; returns the
+/// rows it wrote.
+async fn worker(
+    uri: &str,
+    tables: &Tables,
+    size: &Size,
     probe: i32,
+    now: i64,
+    jobs: &Mutex<VecDeque<Job>>,
+) -> Result<u64> {
+    let client = pg(uri).await;
+    client.batch_execute("SET synchronous_commit = off").await?;
+    let mut rows = 0;
+    loop {
+        let Some(job) = jobs.lock().expect("job queue").pop_front() else {
+            return Ok(rows);
+        };
+        let started = Instant::now();
+        let n = match &job {
+            Job::Rollups(c) => {
+                let seed = (c.from as u64) ^ (c.step as u64) << 48;
+                rollups::copy(&client, c, probe, seed ^ c.first_site as u64).await
+            }
+            Job::History => history(&client, tables, size, probe, now).await,
+        }
+        .with_context(|| format!("{job:?}"))?;
+        let secs = started.elapsed().as_secs_f64();
+        eprintln!(
+            "dataset: {job:?}: {n} rows in {secs:.1} s ({:.0} rows/s)",
+            n as f64 / secs
+        );
+        rows += n;
+    }
+}
+
+/// The chunks of one rollup level's rows, each bucket of the last days (of
+/// `size`) up to `now`, the current one included: per partition in time
+/// order, its buckets for each of `shares` shares of the sites; makes the
+/// partitions.
+async fn rollup_chunks(
+    client: &Client,
+    tables: &Tables,
+    layout: &Layout,
+    size: &Size,
     level: Level,
     now: i64,
-) -> Result<()> {
-    let layout = Layout::new(tables, Retention::default());
+    shares: i64,
+) -> Result<Vec<Chunk>> {
     let (_, table) = layout
         .rollups
         .iter()
@@ -151,59 +202,39 @@ pub async fn rollups(
     let last = now - now % step;
     let first = last - (days * 86_400 / step - 1) * step;
     partitions(client, tables, table, first, last + step).await?;
-    let n = step / 60 * CHECKS_PER_MINUTE;
-    let (counts, lat, responses) = histogram(n);
-    // A row fails some checks now and then (timeouts: no response).
-    let fail_p = if n > 1 { 0.05 } else { 0.002 };
-    // OFFSET 0 keeps each level a subquery: each random() is drawn once.
-    let sql = format!(
-        "INSERT INTO {t} (site_id, probe_id, bucket, checks, ok, failed, responses,
-                          duration_min_us, duration_max_us, duration_sum_us, cert_days_min,
-                          latency, failures)
-         SELECT s, $1::int4, b, responses + f, responses, f, responses,
-                CASE WHEN responses > 0 THEN power(2, base / 8.0)::int4 END,
-                CASE WHEN responses > 0 THEN power(2, (base + 12) / 8.0)::int4 END,
-                (responses * power(2, (base + 6) / 8.0))::int8, (20 + s % 70)::int2,
-                lat, CASE WHEN f > 0 THEN ARRAY[(4::int8 << 32) | f] END
-         FROM (SELECT *, {lat} AS lat, {responses} AS responses
-               FROM (SELECT * {counts}
-                     FROM (SELECT b, s, {BASE} AS base,
-                                  CASE WHEN random() < {fail_p}
-                                       THEN 1 + floor(random() * {n} * 0.02)::int4 ELSE 0 END AS f
-                           FROM generate_series(to_timestamp($2), to_timestamp($3),
-                                                make_interval(secs => $4)) b
-                           CROSS JOIN LATERAL generate_series(1, $5::int8 + 0 * extract(epoch FROM b)::int8) s
-                           OFFSET 0) g
-                     OFFSET 0) c
-               OFFSET 0) h",
-        t = table.table,
-    );
-    client
-        .execute(
-            &sql,
-            &[
-                &probe,
-                &(first as f64),
-                &(last as f64),
-                &(step as f64),
-                &size.sites,
-            ],
-        )
-        .await?;
-    Ok(())
+    // Partitions start at multiples of their span (a multiple of `step`).
+    let span = table.span.as_secs() as i64;
+    let mut chunks = Vec::new();
+    let mut from = first;
+    while from <= last {
+        let to = ((from / span + 1) * span).min(last + step);
+        let shares = shares.clamp(1, size.sites.max(1));
+        for share in 0..shares {
+            chunks.push(Chunk {
+                table: table.table.clone(),
+                from,
+                to,
+                step,
+                first_site: 1 + size.sites * share / shares,
+                last_site: size.sites * (share + 1) / shares,
+            });
+        }
+        from = to;
+    }
+    Ok(chunks)
 }
 
 /// Raw history of `size.history_sites` sites checked every second over the
 /// `size.history_secs` seconds before `now`: https checks on fresh
 /// connections (every phase timed, TLS and certificate fields set), the
-/// heaviest successful record the source writes.
-pub async fn history(
+/// heaviest successful record the source writes. Returns the rows written.
+async fn history(
     client: &Client,
     tables: &Tables,
     size: &Size,
     probe: i32,
     now: i64,
-) -> Result<()> {
+) -> Result<u64> {
     let layout = Layout::new(tables, Retention::default());
     let first = now - size.history_secs;
     partitions(client, tables, &layout.history, first, now).await?;
@@ -233,7 +264,7 @@ pub async fn history(
                                     (200 + random() * 2000)::int4 AS transfer) d",
         t = tables.check,
     );
-    client
+    let rows = client
         .execute(
             &sql,
             &[
@@ -246,7 +277,7 @@ pub async fn history(
             ],
         )
         .await?;
-    Ok(())
+    Ok(rows)
 }
 
 /// Seconds since the Unix epoch, rounded down to a whole minute.

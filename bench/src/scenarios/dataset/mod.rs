@@ -1,26 +1,28 @@
 //! A generated long-run data set and the SQL API's times over it: 10,000
 //! sites with 90 days of day rollups, 14 days of hour rollups and 2 days of
 //! minute rollups, and a day of raw history of 100 sites checked every
-//! second, written in SQL ([`generate`]) into a fresh schema migrated by the
-//! sink's own migrations. Reports the disk it takes, the median time of the
+//! second, written on two connections ([`generate`]) into a fresh schema
+//! migrated by the sink's own migrations. Reports how fast it was written,
+//! the disk it takes, the median time of the
 //! API's queries (30-day uptime and p95 of one site, of all sites together
 //! and per site, the status page) and of dropping one day's partition. The
-//! schema is dropped at the end.
+//! schema is dropped at the end, also when the scenario fails.
 
 mod fleet;
 mod generate;
 mod queries;
+mod rollups;
 
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use futures::FutureExt;
 use tokio_postgres::Client;
 
 use super::{disk, Ctx};
 use crate::report::Figure;
 use generate::Size;
 use website_monitor_sink::migrate::{migrate, Tables};
-use website_monitor_sink::rollup::Level;
 use website_monitor_tests::{pg, unique_ident};
 
 /// The data set scenario (see the module doc); `WM_BENCH_SCALE` shrinks the
@@ -37,15 +39,28 @@ pub async fn dataset(ctx: &Ctx) -> Result<Vec<Figure>> {
     let mut client = pg(&ctx.stack.postgres_uri).await;
     let schema = unique_ident("bench_dataset");
     let tables = Tables::new(&schema, "site");
-    let result = measure(&mut client, &tables, &size).await;
-    client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", tables.schema))
-        .await?;
-    result
+    let uri = &ctx.stack.postgres_uri;
+    let result = std::panic::AssertUnwindSafe(measure(uri, &mut client, &tables, &size))
+        .catch_unwind()
+        .await;
+    let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", tables.schema);
+    if let Err(e) = client.batch_execute(&drop).await {
+        // The connection may be gone (a restarted server): a new one.
+        let dropped = pg(uri).await.batch_execute(&drop).await;
+        if let Err(again) = dropped {
+            eprintln!("warning: {} is left: {e}; {again}", tables.schema);
+        }
+    }
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 /// Migrates, generates, measures; the caller drops the schema.
-async fn measure(client: &mut Client, tables: &Tables, size: &Size) -> Result<Vec<Figure>> {
+async fn measure(
+    uri: &str,
+    client: &mut Client,
+    tables: &Tables,
+    size: &Size,
+) -> Result<Vec<Figure>> {
     migrate(client, tables).await.context("migrating")?;
     // An empty schema's old history, renamed by migration 0006; the sink
     // drops it at its start.
@@ -57,17 +72,7 @@ async fn measure(client: &mut Client, tables: &Tables, size: &Size) -> Result<Ve
         .await?;
     let now = generate::now_minute();
     let started = Instant::now();
-    let probe = generate::sites(client, tables, size, now)
-        .await
-        .context("sites")?;
-    for level in [Level::Day, Level::Hour, Level::Minute] {
-        generate::rollups(client, tables, size, probe, level, now)
-            .await
-            .with_context(|| format!("{level:?} rollups"))?;
-    }
-    generate::history(client, tables, size, probe, now)
-        .await
-        .context("history")?;
+    let rows = generate::all(uri, client, tables, size, now).await?;
     // Every site together, per shard: what the sink writes beside each row.
     fleet::generate(client, tables)
         .await
@@ -92,6 +97,11 @@ async fn measure(client: &mut Client, tables: &Tables, size: &Size) -> Result<Ve
     let mut figures = vec![
         Figure::plain("dataset.sites", size.sites as f64, "sites"),
         Figure::plain("dataset.generate_s", generated, "s"),
+        Figure::plain(
+            "dataset.generate_rows_per_s",
+            rows as f64 / generated,
+            "rows/s",
+        ),
         Figure::plain(
             "dataset.vacuum_analyze_s",
             started.elapsed().as_secs_f64(),
