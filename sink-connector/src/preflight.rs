@@ -42,11 +42,22 @@ pub async fn check_live(loaded: &Loaded<SinkConfig>) -> Vec<LiveCheck> {
         )),
     ));
     let tables = Tables::new(&cfg.schema, &cfg.table);
-    let migrated = migrations(&client, &tables, &cfg.schema).await;
+    let late = || {
+        format!(
+            "no answer within {} (a lock held on the sink's tables?)",
+            humantime::format_duration(TIMEOUT)
+        )
+    };
+    let migrated = tokio::time::timeout(TIMEOUT, migrations(&client, &tables, &cfg.schema))
+        .await
+        .unwrap_or_else(|_| Err(late()));
     let current = matches!(&migrated, Ok(true));
     checks.push(("migrations", migrated.map(|_| migration_note(current))));
     if current {
-        checks.push(("privileges", privileges(&client, &tables).await));
+        let rights = tokio::time::timeout(TIMEOUT, privileges(&client, &tables))
+            .await
+            .unwrap_or_else(|_| Err(late()));
+        checks.push(("privileges", rights));
     }
     checks
 }

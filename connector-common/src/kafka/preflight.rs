@@ -36,6 +36,11 @@ pub fn check_topic(kafka: &KafkaConfig, topic: &str, timeout: Duration) -> Resul
         .create_with_context(Refusals(ClientEvents::new()))
         .map_err(|e| format!("cannot make a Kafka client with these [kafka] settings: {e}"))?;
     let metadata = consumer.fetch_metadata(Some(topic), timeout);
+    if metadata.is_err() {
+        // The client's errors (a refused credential or handshake) reach the
+        // context only when it is polled.
+        let _ = consumer.poll(Duration::from_millis(500));
+    }
     let refused = consumer.context().0.refusal();
     let metadata = match (metadata, refused) {
         (_, Some(why)) => return Err(why),

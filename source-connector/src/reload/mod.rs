@@ -197,7 +197,7 @@ impl Reloader {
             let before = Watched::of(&self.current);
             let outcome = self.reload(trigger, &handles).await;
             watched = match &outcome {
-                Ok(_) => Watched::of(&self.current),
+                Ok(_) => Watched::after_reload(before, &self.current),
                 Err(_) => before,
             };
             if let Some(reply) = reply {

@@ -61,6 +61,21 @@ impl Watched {
         }
     }
 
+    /// After a reload that read the files as `before` saw them: `before`
+    /// when the reloaded configuration watches the same files (an edit made
+    /// while the reload read them is then still seen as a change next time),
+    /// else the new set as it is now.
+    pub fn after_reload(before: Self, config: &Loaded<SourceConfig>) -> Self {
+        let now = Self::of(config);
+        let same = now.files.len() == before.files.len()
+            && now.files.iter().zip(&before.files).all(|(a, b)| a.0 == b.0);
+        if same {
+            before
+        } else {
+            now
+        }
+    }
+
     /// Whether any of the files differs from what it was.
     pub fn changed(&self) -> bool {
         self.files.iter().any(|(p, f)| Fingerprint::of(p) != *f)
