@@ -145,21 +145,9 @@ pub async fn start(
         writers = cfg.writers,
         "sink starting"
     );
-    let publisher = |topic: &Option<String>| {
-        topic
-            .as_deref()
-            .map(|t| kafka::transitions::Publisher::new(&config.kafka, t, cfg.write_timeout))
-            .transpose()
-    };
-    let publishers = match (
-        publisher(&cfg.status.transitions_topic),
-        publisher(&cfg.dead_letter_topic),
-    ) {
-        (Ok(transitions), Ok(dead_letters)) => pipeline::Publishers {
-            transitions,
-            dead_letters,
-        },
-        (Err(e), _) | (_, Err(e)) => {
+    let publishers = match publishers(&config.kafka, &cfg) {
+        Ok(p) => p,
+        Err(e) => {
             telemetry_stop.cancel();
             return Err(e);
         }
@@ -188,6 +176,24 @@ pub async fn start(
     Ok(Running {
         metrics_addr: server.local_addr,
         task,
+    })
+}
+
+/// The producers of the topics set in `cfg` besides the tables: the
+/// transitions topic and the dead-letter topic.
+fn publishers(
+    kafka_cfg: &connector_common::kafka::KafkaConfig,
+    cfg: &SinkConfig,
+) -> Result<pipeline::Publishers, SinkError> {
+    let make = |topic: &Option<String>| {
+        topic
+            .as_deref()
+            .map(|t| kafka::transitions::Publisher::new(kafka_cfg, t, cfg.write_timeout))
+            .transpose()
+    };
+    Ok(pipeline::Publishers {
+        transitions: make(&cfg.status.transitions_topic)?,
+        dead_letters: make(&cfg.dead_letter_topic)?,
     })
 }
 

@@ -149,16 +149,7 @@ impl Pipeline {
     pub async fn run(mut self, consumer: SinkConsumer) -> Result<(), SinkError> {
         let consumer = Arc::new(consumer);
         tokio::spawn(self.shared.start_clock_on_shutdown());
-        let publishing = self
-            .publishers
-            .transitions
-            .take()
-            .map(|p| tokio::spawn(publish_until_shutdown(Arc::clone(&self.shared), p)));
-        let dead_lettering = self
-            .publishers
-            .dead_letters
-            .take()
-            .map(|p| tokio::spawn(dead_letters_until_shutdown(Arc::clone(&self.shared), p)));
+        let publishing = self.spawn_publishers();
         let cfg = &self.shared.cfg;
         // Collecting stops at shutdown, and when the consumer dies (fenced).
         let stop = self.shared.shutdown.child_token();
@@ -218,7 +209,7 @@ impl Pipeline {
             let full = pending.len() >= collector.batch_size;
             self.between_batches(&consumer, &pending, full).await;
         }
-        for task in [publishing, dead_lettering].into_iter().flatten() {
+        for task in publishing {
             // They stop at shutdown between rounds; a round in flight is cut
             // (what it produced is produced again next time: at least once).
             task.abort();
@@ -301,6 +292,22 @@ impl Pipeline {
         )
         .await;
         Ok(Some(()))
+    }
+
+    /// Starts the transitions and dead-letter topics' tasks, each when set.
+    fn spawn_publishers(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
+        let shared = &self.shared;
+        let transitions = self
+            .publishers
+            .transitions
+            .take()
+            .map(|p| tokio::spawn(publish_until_shutdown(Arc::clone(shared), p)));
+        let dead_letters = self
+            .publishers
+            .dead_letters
+            .take()
+            .map(|p| tokio::spawn(dead_letters_until_shutdown(Arc::clone(shared), p)));
+        transitions.into_iter().chain(dead_letters).collect()
     }
 
     /// Writer 0's work between batches (and when idle): partition

@@ -386,6 +386,15 @@ impl SinkConfig {
         );
     }
 
+    /// `dead_letter_topic`, when set, a name Kafka accepts.
+    fn check_dead_letter_topic(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
+        if let Some(t) = &self.dead_letter_topic {
+            if let Err(why) = crate::status::settings::check_topic_name(t) {
+                out.push(Invalid::new(key("dead_letter_topic"), why));
+            }
+        }
+    }
+
     /// Retentions and the history's partition width within bounds.
     fn check_storage(&self, out: &mut Vec<Invalid>, key: &dyn Fn(&str) -> String) {
         let hour = Duration::from_secs(3600);
@@ -413,11 +422,7 @@ impl SinkConfig {
         ] {
             check_duration(out, key(name), value, min, MAX_RETENTION, example);
         }
-        if let Some(t) = &self.dead_letter_topic {
-            if let Err(why) = crate::status::settings::check_topic_name(t) {
-                out.push(Invalid::new(key("dead_letter_topic"), why));
-            }
-        }
+        self.check_dead_letter_topic(out, key);
         let span = self.history_partition;
         check_duration(
             out,
