@@ -391,6 +391,11 @@ impl SinkConfig {
         if let Some(t) = &self.dead_letter_topic {
             if let Err(why) = crate::status::settings::check_topic_name(t) {
                 out.push(Invalid::new(key("dead_letter_topic"), why));
+            } else if *t == self.topic || self.status.transitions_topic.as_ref() == Some(t) {
+                out.push(Invalid::new(
+                    key("dead_letter_topic"),
+                    format!("`{t}` is also the sink's topic or transitions_topic; give the dead letters a topic of their own (the sink would read its own rejects back)"),
+                ));
             }
         }
     }

@@ -24,6 +24,9 @@ const EVERY: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(10);
 /// At most this many rejects per produce.
 const LIMIT: i64 = 500;
+/// The most of a rejected value a dead letter carries: Kafka's default
+/// message size limit is 1 MB, and the rejects table keeps up to 1 MiB.
+const MAX_VALUE_BYTES: usize = 512 * 1024;
 
 /// One reject, as the dead-letter topic gets it.
 struct DeadLetter {
@@ -62,8 +65,14 @@ impl DeadLetter {
         if let Some(d) = detail {
             fields.push(("website-monitor.detail", d));
         }
-        if let Some(n) = raw_length {
-            // The stored value is the record's first bytes only.
+        let mut value: Option<Vec<u8>> = row.get(4);
+        let stored = value.as_ref().map_or(0, Vec::len) as i64;
+        if let Some(v) = value.as_mut().filter(|v| v.len() > MAX_VALUE_BYTES) {
+            v.truncate(MAX_VALUE_BYTES);
+        }
+        let sent = value.as_ref().map_or(0, Vec::len) as i64;
+        if let Some(n) = raw_length.or((sent < stored).then_some(stored)) {
+            // The value carried is the record's first bytes only.
             fields.push(("website-monitor.raw-length", n.to_string()));
         }
         let headers = fields.iter().fold(
@@ -77,7 +86,7 @@ impl DeadLetter {
         );
         Self {
             key: row.get(3),
-            value: row.get(4),
+            value,
             headers,
             position: (topic, partition, offset),
         }
