@@ -1,6 +1,15 @@
 //! What the rejects table keeps of a record PostgreSQL or the decoder
 //! refused: a bounded prefix of its bytes, their whole length and hash, and a
-//! bounded detail — one huge record cannot fill the disk.
+//! bounded detail — one huge record cannot fill the disk — and the COPY that
+//! writes a batch's rejects so.
+
+use futures::pin_mut;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Statement, Transaction};
+
+use crate::batch::{Msg, Outcome};
+use crate::decode::Rejected;
 
 /// Most bytes of a rejected record's value (and key) kept in the rejects
 /// table: one huge record cannot fill the disk. `raw_length` and
@@ -47,6 +56,58 @@ pub(crate) fn truncate_str(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// Step 4 of a batch: the rejects, binary COPY, each value cut to [`MAX_KEPT_BYTES`].
+pub(crate) async fn copy_rejects(
+    tx: &Transaction<'_>,
+    copy: &Statement,
+    msgs: &[Msg],
+    rejects: &[(usize, &Rejected)],
+    out: &mut Outcome,
+) -> Result<(), tokio_postgres::Error> {
+    if rejects.is_empty() {
+        return Ok(());
+    }
+    let sink = tx.copy_in(copy).await?;
+    let types = [
+        Type::TEXT,
+        Type::INT4,
+        Type::INT8,
+        Type::BYTEA,
+        Type::BYTEA,
+        Type::INT8,
+        Type::BYTEA,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TIMESTAMPTZ,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    for &(i, r) in rejects {
+        let m = &msgs[i];
+        let reason = r.reason.as_str();
+        let topic: &str = &m.topic;
+        let kept = Kept::of(m.payload.as_deref());
+        writer
+            .as_mut()
+            .write(&[
+                &topic,
+                &m.partition,
+                &m.offset,
+                &m.key.as_deref().map(|k| prefix(k, MAX_KEPT_BYTES)),
+                &kept.raw,
+                &kept.length,
+                &kept.sha256.as_ref().map(|h| &h[..]),
+                &reason,
+                &truncate_str(&r.detail, MAX_DETAIL_BYTES),
+                &m.timestamp,
+            ])
+            .await?;
+        *out.rejected.entry(reason).or_default() += 1;
+    }
+    writer.finish().await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,16 +30,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::pin_mut;
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
-use tokio_postgres::types::Type;
 use tokio_postgres::{Statement, Transaction};
 
 use crate::batch::{Msg, Outcome, Skipped};
 use crate::decode::{Decoded, Good, Reason, Rejected};
 use crate::postgres::error::{db_message, is_record_refusal};
 use crate::postgres::history::{self, Check};
-use crate::postgres::kept::{prefix, truncate_str, Kept, MAX_DETAIL_BYTES, MAX_KEPT_BYTES};
+use crate::postgres::kept;
 use crate::postgres::partitions::Layout;
 use crate::postgres::sql::{Conn, RawJson, Statements};
 use crate::postgres::status;
@@ -244,7 +241,7 @@ pub(crate) async fn write_tx(
         tx.rollback().await?;
         return Ok(out);
     }
-    copy_rejects(&tx, st, msgs, &rejects, &mut out).await?;
+    kept::copy_rejects(&tx, &st.copy_rejected, msgs, &rejects, &mut out).await?;
 
     // 5.
     let (ts, ps, ns): (Vec<&str>, Vec<i32>, Vec<i64>) = last
@@ -389,58 +386,6 @@ async fn upsert_latest(
         });
     }
     Ok(ids)
-}
-
-/// Step 4: the rejects, binary COPY, each value cut to [`MAX_KEPT_BYTES`].
-async fn copy_rejects(
-    tx: &Transaction<'_>,
-    st: &Statements,
-    msgs: &[Msg],
-    rejects: &[(usize, &Rejected)],
-    out: &mut Outcome,
-) -> Result<(), WriteError> {
-    if rejects.is_empty() {
-        return Ok(());
-    }
-    let sink = tx.copy_in(&st.copy_rejected).await?;
-    let types = [
-        Type::TEXT,
-        Type::INT4,
-        Type::INT8,
-        Type::BYTEA,
-        Type::BYTEA,
-        Type::INT8,
-        Type::BYTEA,
-        Type::TEXT,
-        Type::TEXT,
-        Type::TIMESTAMPTZ,
-    ];
-    let writer = BinaryCopyInWriter::new(sink, &types);
-    pin_mut!(writer);
-    for &(i, r) in rejects {
-        let m = &msgs[i];
-        let reason = r.reason.as_str();
-        let topic: &str = &m.topic;
-        let kept = Kept::of(m.payload.as_deref());
-        writer
-            .as_mut()
-            .write(&[
-                &topic,
-                &m.partition,
-                &m.offset,
-                &m.key.as_deref().map(|k| prefix(k, MAX_KEPT_BYTES)),
-                &kept.raw,
-                &kept.length,
-                &kept.sha256.as_ref().map(|h| &h[..]),
-                &reason,
-                &truncate_str(&r.detail, MAX_DETAIL_BYTES),
-                &m.timestamp,
-            ])
-            .await?;
-        *out.rejected.entry(reason).or_default() += 1;
-    }
-    writer.finish().await?;
-    Ok(())
 }
 
 /// Locks (creating when missing) the offsets rows of `keys` (sorted), in
