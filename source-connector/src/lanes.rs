@@ -140,14 +140,16 @@ pub struct Prepared {
 
 impl Prepared {
     /// Deals `specs` over the lanes for `threads` (`source.threads`; see
-    /// [`shares`]) and builds each lane's HTTP
+    /// [`shares`], counting at least `at_least` sites: sites from outside
+    /// may come later) and builds each lane's HTTP
     /// clients and runtime; everything that can fail, before any thread runs.
     pub fn new(
         specs: Vec<SiteSpec>,
         threads: Option<usize>,
         concurrency: usize,
+        at_least: usize,
     ) -> Result<Self, LaneError> {
-        let shares = plan(threads, concurrency, specs.len());
+        let shares = plan(threads, concurrency, specs.len().max(at_least));
         let mut dealt: Vec<Vec<SiteSpec>> = shares
             .iter()
             .map(|_| Vec::with_capacity(specs.len() / shares.len() + 1))

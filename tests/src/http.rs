@@ -61,6 +61,8 @@ struct State {
     max_in_flight: AtomicUsize,
     hits: Mutex<HashMap<String, u64>>,
     requests: Mutex<HashMap<String, Vec<hyper::HeaderMap>>>,
+    /// What `/doc` answers: a status and a JSON body ([`TestServer::set_doc`]).
+    doc: Mutex<(u16, String)>,
 }
 
 /// A running test server; stops when dropped.
@@ -184,6 +186,13 @@ impl TestServer {
             .unwrap_or_default()
     }
 
+    /// Makes `/doc` answer `status` with `body` (as `application/json`):
+    /// a document the test changes while the source reads it (an http_sd
+    /// list, a failure, garbage).
+    pub fn set_doc(&self, status: u16, body: impl Into<String>) {
+        *self.state.doc.lock().expect("doc lock") = (status, body.into());
+    }
+
     /// Requests received for exactly `path`.
     pub fn hits(&self, path: &str) -> u64 {
         self.state
@@ -284,6 +293,18 @@ async fn answer(path: &str, st: &Arc<State>) -> Response<Body> {
     match segments.first().copied().unwrap_or("") {
         "" => full(StatusCode::OK, "ok\n"),
         "text" => full(StatusCode::OK, TEXT),
+        "doc" => {
+            let (status, body) = st.doc.lock().expect("doc lock").clone();
+            let mut r = full(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            );
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "status" => {
             let code = number(1)
                 .and_then(|c| StatusCode::from_u16(c as u16).ok())
