@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Imports run one way, with no circle: `reload` → `lanes` → `schedule` → `check` →
-//! `sites` → `config`; `schedule` → `publish` → `metrics` → `record`;
+//! `sites` → `config`; `reload` → `discovery` → `check` (its TLS roots),
+//! `sites`, `hash`, `metrics`; `schedule` → `publish` → `metrics` → `record`;
 //! `check` → `record`; `sites` and `schedule` → `hash`; only this file
 //! imports `limits`. Inside a folder module the files import each other one
 //! way too (each folder's doc lists them in order).
@@ -31,6 +32,9 @@
 //! - [`publish`]: the Kafka producer (or stdout), delivery accounting and
 //!   backpressure;
 //! - [`metrics`]: metric names and their recording;
+//! - [`discovery`]: sites from outside the configuration — a compacted
+//!   Kafka topic (split between instances by a consumer group) and
+//!   Prometheus http_sd — combined with the configuration's;
 //! - [`reload`]: SIGHUP, `POST /-/reload` and `reload_watch`: the
 //!   configuration read again, checked, and its sites applied as a
 //!   difference to the running lanes;

@@ -31,6 +31,7 @@ pub use http_sd::{parse_targets, HttpSdError};
 pub use topic::TopicError;
 
 use crate::config::{SiteConfig, SourceConfig};
+use crate::metrics;
 
 /// A source of sites from outside the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +120,10 @@ impl Discovery {
         }
         let (tx, updates) = mpsc::channel(64);
         let mut waiting = Vec::new();
+        // Shown from the start, so `increase()` sees the first error.
+        for origin in [Origin::Topic, Origin::HttpSd] {
+            metrics::discovered_site_errors(origin.as_str(), 0);
+        }
         if let Some(topic) = &source.sites_topic {
             let follower = topic::Follower::new(&config.kafka, source, topic, tx.clone())?;
             tokio::spawn(follower.run(stop.clone()));

@@ -118,6 +118,28 @@ async fn the_sites_topic_adds_changes_and_removes_sites_and_bad_records_only_cou
         0,
         "bad records never run"
     );
+    // A reload of the file keeps the topic's sites (and adds the file's g).
+    let g = s.url("/text/g");
+    std::fs::write(proc.file("sites.txt"), format!("{f}\n{g}\n")).unwrap();
+    proc.signal("HUP");
+    let reloaded = scrape_until(&addr, Duration::from_secs(30), |t| {
+        metric(
+            t,
+            "website_monitor_config_reloads_total{result=\"success\"}",
+        ) >= 1.0
+    })
+    .await
+    .unwrap_or_else(|t| panic!("no reload:\n{t}\nlog:\n{}", proc.log()));
+    assert_eq!(
+        metric(&reloaded, "website_monitor_sites "),
+        4.0,
+        "{reloaded}"
+    );
+    assert!(
+        proc.log().contains("added=1") && proc.log().contains("unchanged=3"),
+        "{}",
+        proc.log()
+    );
     assert_eq!(proc.term(), Some(0), "log:\n{}", proc.log());
     let log = proc.log();
     assert!(
@@ -399,4 +421,85 @@ async fn http_sd_adds_and_removes_targets_and_keeps_the_last_good_list_when_a_fe
     ] {
         assert!(log.contains(said), "{said} not in the log:\n{log}");
     }
+}
+
+#[tokio::test]
+async fn an_instance_without_a_partition_is_ready_and_takes_over_when_the_owner_stops() {
+    let s = TestServer::http().await;
+    let brokers = &stack().brokers;
+    let (topic, sites_topic, group) = (
+        unique("src-spare-out"),
+        unique("src-spare-sites"),
+        unique("src-spare"),
+    );
+    create_topic(brokers, &topic, 1).await;
+    create_topic(brokers, &sites_topic, 1).await;
+    let url = s.url("/text/only");
+    let value = site(&url, "");
+    produce_keyed(brokers, &sites_topic, &[(&url, Some(&value))]).await;
+    let ports = [free_port(), free_port()];
+    let configs = ["owner", "spare"].map(|probe| {
+        let port = if probe == "owner" { ports[0] } else { ports[1] };
+        config(&topic, port)
+            .set("probe", probe)
+            .set("sites_topic", sites_topic.as_str())
+            .set("sites_group", group.as_str())
+            .set("sites_group_session_timeout", "6s")
+    });
+    let mut owner = start(&configs[0], ports[0], &[]).await;
+    let mut spare = start(&configs[1], ports[1], &[]).await;
+    let partitions = |port: u16| async move {
+        metric(
+            &scrape(&format!("127.0.0.1:{port}")).await,
+            "website_monitor_sites_topic_partitions",
+        )
+    };
+    eventually(
+        "the one partition stays with the owner",
+        Duration::from_secs(30),
+        || async {
+            (partitions(ports[0]).await == 1.0 && partitions(ports[1]).await == 0.0).then_some(())
+        },
+    )
+    .await;
+    // SIGTERM: the owner leaves the group, the spare is assigned at once.
+    let asked = now();
+    assert_eq!(owner.term(), Some(0), "log:\n{}", owner.log());
+    let stopped = now();
+    eventually(
+        "the spare took the partition",
+        Duration::from_secs(30),
+        || async { (partitions(ports[1]).await == 1.0).then_some(()) },
+    )
+    .await;
+    let hits = s.hits("/text/only");
+    eventually(
+        "the spare checks the site",
+        Duration::from_secs(10),
+        || async { (s.hits("/text/only") > hits + 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(spare.term(), Some(0), "log:\n{}", spare.log());
+    let found = records(&consume(&topic).await);
+    let by_spare: Vec<f64> = found
+        .iter()
+        .filter(|r| r.probe == "spare")
+        .map(|r| r.checked_at)
+        .collect();
+    let first = by_spare.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!(
+        found
+            .iter()
+            .filter(|r| r.probe == "owner")
+            .all(|r| r.checked_at <= stopped),
+        "the owner checked nothing after it stopped"
+    );
+    println!(
+        "graceful handover: the spare's first check {:.2} s after the owner's SIGTERM",
+        first - asked
+    );
+    assert!(
+        first >= asked,
+        "the spare checked nothing while the owner had the partition"
+    );
 }
