@@ -22,6 +22,9 @@ mod catalog;
 mod http_sd;
 mod topic;
 
+#[cfg(test)]
+mod tests;
+
 use connector_common::config::Loaded;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

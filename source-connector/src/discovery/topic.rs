@@ -46,8 +46,10 @@ pub struct TopicError(#[source] KafkaError);
 
 /// A change of this member's partitions, as the rebalance callback saw it.
 #[derive(Debug)]
-enum Assignment {
+pub(super) enum Assignment {
+    /// These partitions were given to this member.
     Assigned(Vec<i32>),
+    /// These partitions were taken away.
     Revoked(Vec<i32>),
 }
 
@@ -292,23 +294,24 @@ async fn assign_all(
 
 /// What the follower knows of its partitions and the batch to send.
 #[derive(Default)]
-struct State {
+pub(super) struct State {
     /// Partitions read now.
     partitions: HashSet<i32>,
     /// Assigned partitions not yet read to their end.
-    pending: HashSet<i32>,
+    pub(super) pending: HashSet<i32>,
     /// Whether any assignment came (with `sites_group`, the first one).
     assigned_once: bool,
     /// The partition of each url defined now.
     owner: HashMap<Box<str>, i32>,
     /// Changes not sent yet.
-    batch: Vec<Change>,
+    pub(super) batch: Vec<Change>,
     /// When the oldest change of the batch came.
     since: Option<Instant>,
 }
 
 impl State {
-    fn assigned(&mut self, parts: Vec<i32>) {
+    /// `parts` are assigned: to be read from their beginning.
+    pub(super) fn assigned(&mut self, parts: Vec<i32>) {
         self.assigned_once = true;
         self.pending.extend(parts.iter().copied());
         self.partitions.extend(parts);
@@ -316,7 +319,7 @@ impl State {
     }
 
     /// Applies a rebalance; whether the batch is due now (sites removed).
-    fn rebalanced(&mut self, change: Assignment) -> bool {
+    pub(super) fn rebalanced(&mut self, change: Assignment) -> bool {
         match change {
             Assignment::Assigned(parts) => {
                 tracing::info!(partitions = ?parts, "sites_group: partitions assigned; reading them from the beginning");
@@ -348,7 +351,7 @@ impl State {
     }
 
     /// One record of `partition`.
-    fn record(&mut self, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>) {
+    pub(super) fn record(&mut self, partition: i32, key: Option<&[u8]>, value: Option<&[u8]>) {
         let Some((url, change)) = definition(key, value) else {
             return;
         };
@@ -372,7 +375,7 @@ impl State {
     /// Whether to send the batch now: at once when sites were `revoked`;
     /// not during a catch-up (one batch for all of it); else once an end
     /// was reached (`eof`) or [`BATCH_WAIT`] passed.
-    fn due(&self, eof: bool, revoked: bool) -> bool {
+    pub(super) fn due(&self, eof: bool, revoked: bool) -> bool {
         let waited = self.since.is_some_and(|s| s.elapsed() >= BATCH_WAIT);
         !self.batch.is_empty() && (revoked || (self.pending.is_empty() && (eof || waited)))
     }
