@@ -231,7 +231,11 @@ impl Follower {
                     eof = true;
                 }
                 Ok(Err(e)) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "reading sites_topic")
+                    tracing::warn!(
+                        topic = %self.topic,
+                        error = %e,
+                        "reading sites_topic failed; check that the topic exists (cleanup.policy=compact) and this user may read it"
+                    )
                 }
                 Err(_) => {}
             }
