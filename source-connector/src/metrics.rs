@@ -232,6 +232,13 @@ pub fn sites_topic_rebalance(change: &'static str) {
     counter!(SITES_TOPIC_REBALANCES_TOTAL, "change" => change).increment(1);
 }
 
+/// Shows both results of the fetches of `http_sd_url` from the start, at 0.
+pub fn http_sd_started() {
+    for result in ["success", "failure"] {
+        counter!(HTTP_SD_REFRESHES_TOTAL, "result" => result).increment(0);
+    }
+}
+
 /// Counts a fetch of `http_sd_url`; a success also sets the time of the last one.
 pub fn http_sd_refresh(ok: bool) {
     let result = if ok { "success" } else { "failure" };

@@ -97,6 +97,7 @@ impl Poller {
     pub async fn run(self, stop: CancellationToken) {
         let mut ready = false;
         let mut running = 0;
+        metrics::http_sd_started();
         loop {
             match self.fetch().await {
                 Ok(changes) => {
