@@ -108,6 +108,11 @@ pub async fn start(
 
     let handle = telemetry::install_recorder();
     metrics::describe();
+    let streams = [
+        cfg.status.transitions_topic.as_ref().map(|_| "transitions"),
+        cfg.dead_letter_topic.as_ref().map(|_| "dead_letters"),
+    ];
+    metrics::register_zeros(&streams.into_iter().flatten().collect::<Vec<_>>());
     let health = Health::new();
     // Writer 0 is the one that must work (it writes what the others cannot),
     // so readiness follows its connection.
@@ -188,7 +193,7 @@ fn publishers(
     let make = |topic: &Option<String>| {
         topic
             .as_deref()
-            .map(|t| kafka::transitions::Publisher::new(kafka_cfg, t, cfg.write_timeout))
+            .map(|t| kafka::outbox::Publisher::new(kafka_cfg, t, cfg.write_timeout))
             .transpose()
     };
     Ok(pipeline::Publishers {
