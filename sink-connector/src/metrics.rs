@@ -157,14 +157,18 @@ pub fn describe() {
 }
 
 /// Shows every reject reason's counter, and the produce failures of each
-/// topic the sink produces to (`streams`), at 0 from the start: a rule on a
+/// topic `cfg` has the sink produce to, at 0 from the start: a rule on a
 /// counter's `increase` only sees increments after a first sample.
-pub fn register_zeros(streams: &[&'static str]) {
+pub fn register_zeros(cfg: &crate::config::SinkConfig) {
     for reason in crate::decode::Reason::ALL {
         metrics::counter!(RECORDS_REJECTED, "reason" => reason.as_str()).increment(0);
     }
-    for stream in streams {
-        metrics::counter!(PUBLISH_FAILURES, "stream" => *stream).increment(0);
+    let streams = [
+        (&cfg.status.transitions_topic, "transitions"),
+        (&cfg.dead_letter_topic, "dead_letters"),
+    ];
+    for (_, stream) in streams.into_iter().filter(|(topic, _)| topic.is_some()) {
+        metrics::counter!(PUBLISH_FAILURES, "stream" => stream).increment(0);
     }
 }
 

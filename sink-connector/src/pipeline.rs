@@ -215,6 +215,17 @@ impl Pipeline {
             // (what it produced is produced again next time: at least once).
             task.abort();
         }
+        self.close(consumer, fatal).await
+    }
+
+    /// Leaves the group (with static membership, when not fenced) and
+    /// closes the consumer, within what is left of `shutdown_timeout`; the
+    /// fatal Kafka error that ended the loop, if one did.
+    async fn close(
+        &self,
+        consumer: Arc<SinkConsumer>,
+        fatal: Option<String>,
+    ) -> Result<(), SinkError> {
         let fatal = fatal.or_else(|| fatal_error(&consumer));
         // Leaving the group blocks (librdkafka's close), so off the runtime,
         // and bounded: a dead coordinator must not keep the sink from exiting.
