@@ -35,8 +35,6 @@ pub(crate) struct StatusSql {
     windows: String,
     due: String,
     all_sites: String,
-    unpublished: String,
-    mark_published: String,
     /// Ids of the ad-hoc window rows found unusable and warned about, shared
     /// by every connection of the sink: one warning per row.
     bad_windows: Arc<Mutex<HashSet<i64>>>,
@@ -116,23 +114,6 @@ impl StatusSql {
                  WHERE st.\"partition\" = ANY($1::int4[])",
                 site = t.site
             ),
-            unpublished: format!(
-                "SELECT json_build_object('id', tr.id, 'site_id', tr.site_id, 'seq', tr.seq,
-                        'url', s.url, 'from', tr.from_state, 'to', tr.to_state, 'at', tr.at,
-                        'reason', tr.reason, 'probes', tr.probes,
-                        'partition', tr.\"partition\", 'offset', tr.\"offset\")::text,
-                        tr.site_id, tr.seq
-                 FROM {tr} tr LEFT JOIN {site} s ON s.id = tr.site_id
-                 WHERE tr.published_at IS NULL ORDER BY tr.site_id, tr.seq LIMIT $1",
-                tr = t.function("_transition"),
-                site = t.site
-            ),
-            mark_published: format!(
-                "UPDATE {tr} tr SET published_at = now()
-                 FROM unnest($1::int8[], $2::int8[]) AS k(s, q)
-                 WHERE tr.site_id = k.s AND tr.seq = k.q AND tr.published_at IS NULL",
-                tr = t.function("_transition")
-            ),
             bad_windows: Arc::default(),
         }
     }
@@ -150,8 +131,6 @@ pub(crate) struct StatusStatements {
     windows: Statement,
     pub(crate) due: Statement,
     pub(crate) all_sites: Statement,
-    unpublished: Statement,
-    mark_published: Statement,
     /// The `[sink.status]` policy.
     pub(crate) policy: Arc<Policy>,
     /// Ids of the ad-hoc window rows found unusable and warned about.
@@ -174,8 +153,6 @@ impl StatusStatements {
             windows: client.prepare(&sql.windows).await?,
             due: client.prepare(&sql.due).await?,
             all_sites: client.prepare(&sql.all_sites).await?,
-            unpublished: client.prepare(&sql.unpublished).await?,
-            mark_published: client.prepare(&sql.mark_published).await?,
             policy,
             bad_windows: Arc::clone(&sql.bad_windows),
         })
@@ -431,34 +408,4 @@ fn bad_window(seen: &Mutex<HashSet<i64>>, id: i64, e: &AdHocError) {
         metrics::counter!(crate::metrics::STATUS_BAD_WINDOWS).increment(1);
         tracing::warn!("{e}; the window is ignored (said once per row: fix or delete the row)");
     }
-}
-
-/// Transitions not yet produced to the topic, oldest per site first:
-/// `(site id key, JSON message, (site_id, seq))`, at most `limit`.
-pub(crate) async fn unpublished(
-    client: &Client,
-    st: &StatusStatements,
-    limit: i64,
-) -> Result<Vec<(String, Vec<u8>, (i64, i64))>, tokio_postgres::Error> {
-    let rows = client.query(&st.unpublished, &[&limit]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let json: String = r.get(0);
-            let (site, seq): (i64, i64) = (r.get(1), r.get(2));
-            (site.to_string(), json.into_bytes(), (site, seq))
-        })
-        .collect())
-}
-
-/// Marks transitions produced to the topic.
-pub(crate) async fn mark_published(
-    client: &Client,
-    st: &StatusStatements,
-    keys: &[(i64, i64)],
-) -> Result<(), tokio_postgres::Error> {
-    let sites: Vec<i64> = keys.iter().map(|k| k.0).collect();
-    let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
-    client.execute(&st.mark_published, &[&sites, &seqs]).await?;
-    Ok(())
 }

@@ -43,6 +43,7 @@ pub async fn move_legacy_history(
         hour: crate::config::MAX_RETENTION,
         day: crate::config::MAX_RETENTION,
         history_partition: conn.layout.history.span,
+        hold_undelivered: false,
     };
     let layout = Layout::new(tables, keep_all);
     let take = format!(

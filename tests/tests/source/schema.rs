@@ -32,7 +32,7 @@ fn the_schema_refuses_what_the_contract_forbids() {
         "probe": "local", "schema_version": 1
     });
     assert!(v.is_valid(&good), "docs/record.md's example");
-    let broken: [(&str, Value); 6] = [
+    let broken: [(&str, Value); 11] = [
         ("ok without error", serde_json::json!({"ok": false})),
         (
             "an unknown error kind",
@@ -42,6 +42,27 @@ fn the_schema_refuses_what_the_contract_forbids() {
         ("a string duration", serde_json::json!({"duration": "0.2"})),
         ("not an address", serde_json::json!({"ip": "example.com"})),
         ("another schema", serde_json::json!({"schema_version": 2})),
+        (
+            "ok without a status",
+            serde_json::json!({"status_code": null}),
+        ),
+        (
+            "ok without a version",
+            serde_json::json!({"http_version": null}),
+        ),
+        (
+            "ok with a failed regex",
+            serde_json::json!({"re_check": false}),
+        ),
+        (
+            "a status error without a status",
+            serde_json::json!({"ok": false, "status_code": null,
+                               "error": {"kind": "status", "message": "unexpected status"}}),
+        ),
+        (
+            "a url that is no http(s) url",
+            serde_json::json!({"url": "x"}),
+        ),
     ];
     for (what, change) in broken {
         let mut bad = good.clone();
