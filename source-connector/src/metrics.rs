@@ -310,6 +310,7 @@ mod tests {
                 message: String::new(),
             },
             "p".into(),
+            1.0,
         );
         if ok {
             r.ok = true;

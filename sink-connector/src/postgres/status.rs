@@ -42,7 +42,7 @@ pub(crate) struct Input<'a> {
     checked_at: SystemTime,
     ok: bool,
     duration: Option<Duration>,
-    interval: Option<Duration>,
+    interval: Option<f64>,
     error_kind: Option<&'a str>,
     position: Position,
     /// Its index in the batch's checks (for the rollups' maintenance count).
@@ -89,11 +89,12 @@ impl<'a> Input<'a> {
 }
 
 /// The record's `interval` (seconds; kept in `extra`, the history's column
-/// for fields it has no typed column for), when the source wrote one.
-fn interval_of(extra: Option<&str>) -> Option<Duration> {
+/// for fields it has no typed column for), when the source wrote a number
+/// (the policy judges it: [`Thresholds::interval_of`]).
+fn interval_of(extra: Option<&str>) -> Option<f64> {
     let extra = extra.filter(|e| e.contains("\"interval\""))?;
     let v: serde_json::Value = serde_json::from_str(extra).ok()?;
-    Duration::try_from_secs_f64(v.get("interval")?.as_f64()?).ok()
+    v.get("interval")?.as_f64()
 }
 
 /// One site's policy: its thresholds and windows (its url matched once).
@@ -404,10 +405,8 @@ mod tests {
     fn interval_is_read_from_extra_only_when_there() {
         assert_eq!(interval_of(None), None);
         assert_eq!(interval_of(Some(r#"{"x":1}"#)), None);
-        assert_eq!(
-            interval_of(Some(r#"{"interval":30}"#)),
-            Some(Duration::from_secs(30))
-        );
+        assert_eq!(interval_of(Some(r#"{"interval":30}"#)), Some(30.0));
+        assert_eq!(interval_of(Some(r#"{"interval":-5}"#)), Some(-5.0));
         assert_eq!(interval_of(Some(r#"{"interval":"30s"}"#)), None);
     }
 }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::policy::{Thresholds, INTERVAL_RANGE};
+use super::policy::Thresholds;
 use super::transition::Position;
 use super::State;
 
@@ -52,8 +52,9 @@ pub struct Check<'a> {
     pub ok: bool,
     /// The record's `duration`, for `degraded_after`.
     pub duration: Option<Duration>,
-    /// The record's `interval`; `None`: the policy's `default_interval`.
-    pub interval: Option<Duration>,
+    /// The record's `interval`, seconds as written (judged by
+    /// [`Thresholds::interval_of`]); `None`: none given.
+    pub interval: Option<f64>,
     /// The record's `error.kind`, for reasons.
     pub error_kind: Option<&'a str>,
     /// The record's Kafka position, named by the transition it causes.
@@ -140,9 +141,7 @@ impl ProbeState {
             return Observed::Late;
         }
         self.last_checked_at = Some(check.checked_at);
-        self.interval = check.interval.map_or(t.default_interval, |i| {
-            i.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1)
-        });
+        self.interval = t.interval_of(check.interval);
         let slow = self.count(check, t);
         let next = self.next_health(slow, t);
         if next == self.health {

@@ -57,6 +57,10 @@ pub struct Thresholds {
     pub unknown_after: u32,
     /// The interval assumed for a record without one.
     pub default_interval: Duration,
+    /// A record's interval is taken as at least this.
+    pub min_interval: Duration,
+    /// A record's interval is taken as at most this.
+    pub max_interval: Duration,
     /// Down probes needed for a down (or degraded) site.
     pub min_probes_down: u32,
     /// Fraction of the voting probes also needed; `None`: not required.
@@ -72,6 +76,8 @@ impl Thresholds {
             degraded_after: cfg.degraded_after,
             unknown_after: cfg.unknown_after,
             default_interval: cfg.default_interval,
+            min_interval: cfg.min_interval,
+            max_interval: cfg.max_interval,
             min_probes_down: cfg.min_probes_down,
             probes_down_fraction: cfg.probes_down_fraction,
         }
@@ -88,6 +94,18 @@ impl Thresholds {
             .probes_down_fraction
             .is_none_or(|f| unhappy as f64 >= f * voting as f64);
         enough && share
+    }
+
+    /// The interval a probe is judged by: the record's `interval` (seconds)
+    /// within `min_interval`..=`max_interval`; `default_interval` for a
+    /// record without one, or with 0, a negative value or not a number.
+    pub fn interval_of(&self, claimed: Option<f64>) -> Duration {
+        match claimed.filter(|s| s.is_finite() && *s > 0.0) {
+            None => self.default_interval,
+            Some(s) => Duration::try_from_secs_f64(s)
+                .unwrap_or(self.max_interval)
+                .clamp(self.min_interval, self.min_interval.max(self.max_interval)),
+        }
     }
 
     /// How long a probe checked every `interval` may stay silent before it
@@ -186,6 +204,8 @@ fn merge(d: &Thresholds, rule: &StatusRuleConfig) -> Thresholds {
         degraded_after: rule.degraded_after.or(d.degraded_after),
         unknown_after: rule.unknown_after.unwrap_or(d.unknown_after),
         default_interval: rule.default_interval.unwrap_or(d.default_interval),
+        min_interval: rule.min_interval.unwrap_or(d.min_interval),
+        max_interval: rule.max_interval.unwrap_or(d.max_interval),
         min_probes_down: rule.min_probes_down.unwrap_or(d.min_probes_down),
         probes_down_fraction: rule.probes_down_fraction.or(d.probes_down_fraction),
     }
@@ -242,14 +262,30 @@ fn check_thresholds(t: &Thresholds, prefix: &str, out: &mut Vec<PolicyError>) {
         }
     }
     let (lo, hi) = INTERVAL_RANGE;
-    if !(lo..=hi).contains(&t.default_interval) {
+    for (name, d, example) in [
+        ("default_interval", t.default_interval, "60s"),
+        ("min_interval", t.min_interval, "1s"),
+        ("max_interval", t.max_interval, "1h"),
+    ] {
+        if !(lo..=hi).contains(&d) {
+            out.push(PolicyError::new(
+                format!("{prefix}{name}"),
+                format!(
+                    "{} is out of range; give {} to {} (e.g. \"{example}\")",
+                    show(d),
+                    show(lo),
+                    show(hi)
+                ),
+            ));
+        }
+    }
+    if t.min_interval > t.max_interval {
         out.push(PolicyError::new(
-            format!("{prefix}default_interval"),
+            format!("{prefix}min_interval"),
             format!(
-                "{} is out of range; give {} to {} (e.g. \"60s\")",
-                show(t.default_interval),
-                show(lo),
-                show(hi)
+                "{} is above max_interval ({}); give at most that",
+                show(t.min_interval),
+                show(t.max_interval)
             ),
         ));
     }

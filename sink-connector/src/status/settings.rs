@@ -41,6 +41,18 @@ pub struct StatusConfig {
     /// (records of sources older than the status model). 100ms to 1 day.
     #[serde(with = "humantime_serde")]
     pub default_interval: Duration,
+    /// A record's `interval` shorter than this counts as this long (an
+    /// `interval` of 0 or less, or not a number, counts as missing:
+    /// `default_interval`), so a wrong claim cannot make a probe silent
+    /// between its checks. 100ms to 1 day, at most `max_interval`.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// A record's `interval` longer than this counts as this long, so a
+    /// wrong claim cannot hide a stopped probe for days (it is `unknown`
+    /// after at most `unknown_after` × this). Raise it (in a rule) for
+    /// sites checked less often. 100ms to 1 day.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
     /// Probes that must say `down` before the site is down, capped by the
     /// probes voting for the site (`unknown` ones do not vote): a site with
     /// fewer voting probes is down when all of them say so. Above 1, the
@@ -75,6 +87,8 @@ impl Default for StatusConfig {
             degraded_after: None,
             unknown_after: 3,
             default_interval: Duration::from_secs(60),
+            min_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(3600),
             min_probes_down: 1,
             probes_down_fraction: None,
             rules: Vec::new(),
@@ -115,6 +129,20 @@ pub struct StatusRuleConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub default_interval: Option<Duration>,
+    /// As `[sink.status]` `min_interval`, for the matching sites.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_interval: Option<Duration>,
+    /// As `[sink.status]` `max_interval`, for the matching sites.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_interval: Option<Duration>,
     /// As `[sink.status]` `min_probes_down`, for the matching sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_probes_down: Option<u32>,

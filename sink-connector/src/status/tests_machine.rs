@@ -24,7 +24,7 @@ pub(super) fn check(probe: &str, s: i64, ok: bool) -> Check<'_> {
         checked_at: at(s),
         ok,
         duration: Some(Duration::from_millis(100)),
-        interval: Some(Duration::from_secs(60)),
+        interval: Some(60.0),
         error_kind: (!ok).then_some("timeout"),
         position: None,
     }
@@ -194,7 +194,7 @@ fn silence_follows_the_records_interval() {
     let t = thresholds();
     let mut p = ProbeState::new(at(0), t.default_interval);
     let c = Check {
-        interval: Some(Duration::from_secs(10)),
+        interval: Some(10.0),
         ..check("eu", 0, true)
     };
     p.observe(&c, &t);
@@ -218,11 +218,33 @@ fn silence_follows_the_records_interval() {
     );
     assert_eq!(p.silent_at(&t), Some(at(200)));
     let tiny = Check {
-        interval: Some(Duration::from_nanos(1)),
+        interval: Some(1e-9),
         ..check("eu", 30, true)
     };
     p.observe(&tiny, &t);
-    assert_eq!(p.interval, Duration::from_millis(100));
+    assert_eq!(p.interval, Duration::from_secs(1), "min_interval");
+}
+
+#[test]
+fn an_absurd_interval_neither_silences_a_probe_nor_hides_one_for_days() {
+    let t = thresholds();
+    let judged = |claim: Option<f64>| t.interval_of(claim);
+    assert_eq!(judged(None), t.default_interval);
+    for absurd in [0.0, -1.0, -1e300, f64::NAN, f64::NEG_INFINITY] {
+        assert_eq!(judged(Some(absurd)), t.default_interval, "{absurd}");
+    }
+    assert_eq!(judged(Some(1e-9)), t.min_interval);
+    for huge in [1e9, 1e300, f64::INFINITY] {
+        let i = judged(Some(huge));
+        assert!(i <= t.max_interval, "{huge}: {i:?}");
+    }
+    assert_eq!(judged(Some(1e300)), t.max_interval);
+    assert_eq!(judged(Some(30.0)), Duration::from_secs(30));
+    // Silent at most unknown_after × max_interval after its last check.
+    assert_eq!(
+        t.silence(judged(Some(1e300))),
+        Duration::from_secs(3 * 3600)
+    );
 }
 
 #[test]
