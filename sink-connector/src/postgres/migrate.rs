@@ -266,6 +266,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "maintenance_counts",
         sql: include_str!("../../migrations/0011_maintenance_counts.sql"),
     },
+    Migration {
+        version: 12,
+        name: "probe_recent",
+        sql: include_str!("../../migrations/0012_probe_recent.sql"),
+    },
 ];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).

@@ -61,6 +61,10 @@ pub struct Thresholds {
     pub min_interval: Duration,
     /// A record's interval is taken as at most this.
     pub max_interval: Duration,
+    /// Outcomes a probe is judged flapping over (0: never).
+    pub flap_window: u32,
+    /// Share of failures among them that makes a probe flapping.
+    pub flap_threshold: f64,
     /// Down probes needed for a down (or degraded) site.
     pub min_probes_down: u32,
     /// Fraction of the voting probes also needed; `None`: not required.
@@ -78,6 +82,8 @@ impl Thresholds {
             default_interval: cfg.default_interval,
             min_interval: cfg.min_interval,
             max_interval: cfg.max_interval,
+            flap_window: cfg.flap_window,
+            flap_threshold: cfg.flap_threshold,
             min_probes_down: cfg.min_probes_down,
             probes_down_fraction: cfg.probes_down_fraction,
         }
@@ -206,6 +212,8 @@ fn merge(d: &Thresholds, rule: &StatusRuleConfig) -> Thresholds {
         default_interval: rule.default_interval.unwrap_or(d.default_interval),
         min_interval: rule.min_interval.unwrap_or(d.min_interval),
         max_interval: rule.max_interval.unwrap_or(d.max_interval),
+        flap_window: rule.flap_window.unwrap_or(d.flap_window),
+        flap_threshold: rule.flap_threshold.unwrap_or(d.flap_threshold),
         min_probes_down: rule.min_probes_down.unwrap_or(d.min_probes_down),
         probes_down_fraction: rule.probes_down_fraction.or(d.probes_down_fraction),
     }
@@ -287,6 +295,21 @@ fn check_thresholds(t: &Thresholds, prefix: &str, out: &mut Vec<PolicyError>) {
                 show(t.min_interval),
                 show(t.max_interval)
             ),
+        ));
+    }
+    if t.flap_window > 64 {
+        out.push(PolicyError::new(
+            format!("{prefix}flap_window"),
+            format!(
+                "{} is out of range; give 0 (no flapping) to 64 checks (e.g. 20)",
+                t.flap_window
+            ),
+        ));
+    }
+    if !(t.flap_threshold > 0.0 && t.flap_threshold <= 1.0) {
+        out.push(PolicyError::new(
+            format!("{prefix}flap_threshold"),
+            format!("{} is out of range; give a share of failures greater than 0 and at most 1 (e.g. 0.5)", t.flap_threshold),
         ));
     }
     if let Some(f) = t.probes_down_fraction {

@@ -53,6 +53,15 @@ pub struct StatusConfig {
     /// sites checked less often. 100ms to 1 day.
     #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
+    /// A probe's last this many checks are kept (its `recent` column); when
+    /// at least `flap_threshold` of them failed, a probe that would say `up`
+    /// says `degraded`, reason "flapping" — so a site failing often, but
+    /// never `failure_threshold` times in a row, is not shown as fine.
+    /// 0 (no flapping) to 64.
+    pub flap_window: u32,
+    /// The share of failures among the last `flap_window` checks that makes
+    /// a probe flapping. Greater than 0, at most 1.
+    pub flap_threshold: f64,
     /// Probes that must say `down` before the site is down, capped by the
     /// probes voting for the site (`unknown` ones do not vote): a site with
     /// fewer voting probes is down when all of them say so. Above 1, the
@@ -89,6 +98,8 @@ impl Default for StatusConfig {
             default_interval: Duration::from_secs(60),
             min_interval: Duration::from_secs(1),
             max_interval: Duration::from_secs(3600),
+            flap_window: 20,
+            flap_threshold: 0.5,
             min_probes_down: 1,
             probes_down_fraction: None,
             rules: Vec::new(),
@@ -143,6 +154,12 @@ pub struct StatusRuleConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_interval: Option<Duration>,
+    /// As `[sink.status]` `flap_window`, for the matching sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap_window: Option<u32>,
+    /// As `[sink.status]` `flap_threshold`, for the matching sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap_threshold: Option<f64>,
     /// As `[sink.status]` `min_probes_down`, for the matching sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_probes_down: Option<u32>,

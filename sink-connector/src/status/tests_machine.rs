@@ -314,3 +314,44 @@ fn quorum_counts_and_shares() {
     assert!(!t.quorum(2, 3));
     assert!(t.quorum(3, 4));
 }
+
+#[test]
+fn fail_fail_ok_repeated_makes_an_up_probe_degraded_for_flapping_and_steady_successes_bring_it_back(
+) {
+    let t = thresholds();
+    assert_eq!((t.flap_window, t.flap_threshold), (20, 0.5));
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    feed(&mut p, &t, 0, &[true, true]);
+    assert_eq!(p.health, State::Up);
+    // fail-fail-ok: never three failures in a row, 2 of 3 failed.
+    let flaps: Vec<bool> = (0..30).map(|i| i % 3 == 2).collect();
+    let got = feed(&mut p, &t, 120, &flaps);
+    assert_eq!(got[..8], [State::Up; 8], "not judged before 20 checks");
+    assert_eq!(got.last(), Some(&State::Degraded));
+    assert!(p.flapping(&t));
+    assert_eq!(p.recent_failures(20), (13, 20));
+    // Steady successes: back to up once fewer than half of the last 20 failed.
+    let got = feed(&mut p, &t, 5000, &[true; 20]);
+    assert_eq!(got[0], State::Degraded);
+    assert_eq!(got.last(), Some(&State::Up));
+    // Off: flap_window 0.
+    let mut off = thresholds();
+    off.flap_window = 0;
+    let mut q = ProbeState::new(at(0), off.default_interval);
+    feed(&mut q, &off, 0, &[true, true]);
+    assert!(feed(&mut q, &off, 120, &flaps)
+        .iter()
+        .all(|s| *s == State::Up));
+}
+
+#[test]
+fn recent_outcomes_keep_at_most_64_and_silence_forgets_them() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    let alternating: Vec<bool> = (0..70).map(|i| i % 2 == 0).collect();
+    feed(&mut p, &t, 0, &alternating);
+    assert_eq!((p.recent_n, p.recent_failures(64)), (64, (32, 64)));
+    assert_eq!(p.recent_failures(3), (2, 3), "newest first: fail, ok, fail");
+    p.go_silent(at(10_000));
+    assert_eq!((p.recent, p.recent_n), (0, 0));
+}
