@@ -4,6 +4,7 @@
 //! findings in [`review`].
 
 mod counts;
+mod pair;
 mod review;
 
 use serde_json::json;
