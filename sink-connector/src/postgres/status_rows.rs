@@ -35,6 +35,7 @@ pub(crate) struct StatusSql {
     windows: String,
     due: String,
     all_sites: String,
+    site_states: String,
     unpublished: String,
     mark_published: String,
     /// Ids of the ad-hoc window rows found unusable and warned about, shared
@@ -119,6 +120,10 @@ impl StatusSql {
                  WHERE st.\"partition\" = ANY($1::int4[])",
                 site = t.site
             ),
+            site_states: format!(
+                "SELECT s.url, st.state FROM {status} st JOIN {site} s ON s.id = st.site_id",
+                site = t.site
+            ),
             unpublished: format!(
                 "SELECT json_build_object('id', tr.id, 'site_id', tr.site_id, 'seq', tr.seq,
                         'url', s.url, 'from', tr.from_state, 'to', tr.to_state, 'at', tr.at,
@@ -153,6 +158,8 @@ pub(crate) struct StatusStatements {
     windows: Statement,
     pub(crate) due: Statement,
     pub(crate) all_sites: Statement,
+    /// Every site's url and state (the per-site gauge).
+    pub(crate) site_states: Statement,
     unpublished: Statement,
     mark_published: Statement,
     /// The `[sink.status]` policy.
@@ -177,6 +184,7 @@ impl StatusStatements {
             windows: client.prepare(&sql.windows).await?,
             due: client.prepare(&sql.due).await?,
             all_sites: client.prepare(&sql.all_sites).await?,
+            site_states: client.prepare(&sql.site_states).await?,
             unpublished: client.prepare(&sql.unpublished).await?,
             mark_published: client.prepare(&sql.mark_published).await?,
             policy,

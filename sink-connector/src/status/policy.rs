@@ -127,6 +127,7 @@ pub struct Policy {
     defaults: Thresholds,
     rules: Vec<(Regex, Thresholds)>,
     recurring: Vec<RecurringWindow>,
+    per_site_gauge: bool,
 }
 
 impl Policy {
@@ -159,10 +160,16 @@ impl Policy {
                 defaults,
                 rules,
                 recurring,
+                per_site_gauge: cfg.per_site_gauge,
             })
         } else {
             Err(out)
         }
+    }
+
+    /// Whether `/metrics` shows every site's state (`per_site_gauge`).
+    pub fn per_site_gauge(&self) -> bool {
+        self.per_site_gauge
     }
 
     /// The thresholds for the site at `url`: the first matching rule's, or

@@ -85,6 +85,12 @@ pub struct StatusConfig {
     /// The topic must exist. Unset: no topic (the transitions table only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transitions_topic: Option<String>,
+    /// Show every site's state in `/metrics`
+    /// (`website_monitor_site_state{url, state}`: 1 for the state the site
+    /// is in, 0 for the others), refreshed from the status table every 5
+    /// seconds by writer 0. Off by default: one series per site and state,
+    /// too many for very large site lists.
+    pub per_site_gauge: bool,
 }
 
 impl Default for StatusConfig {
@@ -105,6 +111,7 @@ impl Default for StatusConfig {
             rules: Vec::new(),
             maintenance: Vec::new(),
             transitions_topic: None,
+            per_site_gauge: false,
         }
     }
 }

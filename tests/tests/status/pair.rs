@@ -145,3 +145,55 @@ async fn three_source_processes_one_failing_probe_is_no_down_two_are_one_down() 
         "{reason}"
     );
 }
+
+/// `[sink.status] per_site_gauge`: off by default (no per-site series); on,
+/// `/metrics` shows each site's state, 1 for the state it is in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_site_state_gauge_is_off_by_default_and_shows_each_sites_state_when_on() {
+    use website_monitor_tests::{free_port, scrape_until};
+    let t = SinkTest::new("status_gauge", 1).await;
+    t.migrate().await;
+    let at = super::now() - 30.0;
+    let mut recs = Vec::new();
+    for i in 0..3 {
+        let dt = f64::from(i) * 0.1;
+        recs.push(super::check("http://fine/", "p1", at + dt, true));
+        recs.push(super::check("http://broken/", "p1", at + dt, false));
+    }
+    t.produce(&recs).await;
+    let run = |on: bool| {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let status = status_toml(&format!("unknown_after = 1000\nper_site_gauge = {on}\n"));
+        let config = t
+            .config()
+            .set("metrics_address", addr.as_str())
+            .set("status", status);
+        (Proc::spawn("sink", &config.text()), addr)
+    };
+    let (mut off, addr) = run(false);
+    t.wait_rows("site_check", 6).await;
+    // The batch is committed: the next scrape has its counters; no per-site gauge.
+    let text = scrape_until(&addr, Duration::from_secs(30), |m| {
+        m.contains("website_monitor_status_transitions_total")
+    })
+    .await
+    .expect("the sink's metrics");
+    assert!(!text.contains("website_monitor_site_state"), "{text}");
+    assert_eq!(off.term(), Some(0));
+
+    let (mut on, addr) = run(true);
+    let want = [
+        r#"website_monitor_site_state{url="http://broken/",state="down"} 1"#,
+        r#"website_monitor_site_state{url="http://broken/",state="up"} 0"#,
+        r#"website_monitor_site_state{url="http://fine/",state="up"} 1"#,
+        r#"website_monitor_site_state{url="http://fine/",state="down"} 0"#,
+    ];
+    let seen = scrape_until(&addr, Duration::from_secs(30), |m| {
+        want.iter().all(|w| m.lines().any(|l| l == *w))
+    })
+    .await;
+    assert_eq!(on.term(), Some(0));
+    if let Err(m) = seen {
+        panic!("no per-site state for every site: {m}");
+    }
+}
