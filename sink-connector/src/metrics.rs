@@ -65,6 +65,9 @@ pub const STATUS_RECORDS_LATE: &str = "website_monitor_status_records_late_total
 /// Ad-hoc maintenance windows (rows of `<table>_maintenance`) found unusable
 /// and ignored, once per row (counter).
 pub const STATUS_BAD_WINDOWS: &str = "website_monitor_status_bad_windows_total";
+/// Each site's state, by `url` and `state`: 1 for the state it is in, 0
+/// for the others (gauge; only with `[sink.status] per_site_gauge`).
+pub const SITE_STATE: &str = "website_monitor_site_state";
 /// Sweeps of the site status (writer 0) that failed (counter).
 pub const STATUS_SWEEP_ERRORS: &str = "website_monitor_status_sweep_errors_total";
 
@@ -130,6 +133,10 @@ pub fn describe() {
     describe_counter!(
         DB_RETRIES,
         "Batch writes retried after a PostgreSQL failure."
+    );
+    describe_gauge!(
+        SITE_STATE,
+        "Each site's state (1 for the state it is in, 0 for the others); with [sink.status] per_site_gauge."
     );
     describe_gauge!(
         CONSUMER_LAG,

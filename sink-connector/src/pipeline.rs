@@ -321,7 +321,7 @@ impl Pipeline {
     }
 
     /// Writer 0's work between batches (and when idle): partition
-    /// maintenance when due, and the site status
+    /// maintenance when due, the per-site state gauge (if asked for), and the site status
     /// sweep, over the partitions this sink has caught up on only
     /// ([`caught_up`]) — a probe whose records are still queued would look
     /// silent — at the wall clock, or at the oldest `checked_at` of `next`
@@ -330,6 +330,7 @@ impl Pipeline {
     async fn between_batches(&mut self, consumer: &SinkConsumer, next: &[Msg], full: bool) {
         // Partitions ahead and retention run even while no record comes.
         self.writers[0].maintain().await;
+        self.writers[0].refresh_site_gauge().await;
         if full || !self.writers[0].sweep_due() {
             return;
         }

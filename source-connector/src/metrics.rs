@@ -370,6 +370,7 @@ mod tests {
                 message: String::new(),
             },
             "p".into(),
+            1.0,
         );
         if ok {
             r.ok = true;

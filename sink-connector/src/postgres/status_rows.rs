@@ -35,6 +35,7 @@ pub(crate) struct StatusSql {
     windows: String,
     due: String,
     all_sites: String,
+    site_states: String,
     /// Ids of the ad-hoc window rows found unusable and warned about, shared
     /// by every connection of the sink: one warning per row.
     bad_windows: Arc<Mutex<HashSet<i64>>>,
@@ -60,7 +61,8 @@ impl StatusSql {
             ),
             lock_probes: format!(
                 "SELECT ps.site_id, ps.probe_id, COALESCE(p.name, ''), ps.state, ps.health, ps.since,
-                        ps.last_checked_at, ps.fails, ps.oks, ps.slows, ps.fasts, ps.interval_ms, ps.last_error
+                        ps.last_checked_at, ps.fails, ps.oks, ps.slows, ps.fasts, ps.interval_ms, ps.last_error,
+                        ps.recent, ps.recent_n
                  FROM {probe_state} ps LEFT JOIN {probe} p ON p.id = ps.probe_id
                  WHERE ps.site_id = ANY($1::int8[])
                  ORDER BY ps.site_id, ps.probe_id FOR UPDATE OF ps",
@@ -79,15 +81,17 @@ impl StatusSql {
             ),
             save_probes: format!(
                 "INSERT INTO {probe_state} AS ps (site_id, probe_id, state, health, since,
-                        last_checked_at, fails, oks, slows, fasts, interval_ms, last_error)
+                        last_checked_at, fails, oks, slows, fasts, interval_ms, last_error,
+                        recent, recent_n)
                  SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[],
                         $5::timestamptz[], $6::timestamptz[], $7::int4[], $8::int4[], $9::int4[],
-                        $10::int4[], $11::int4[], $12::text[])
+                        $10::int4[], $11::int4[], $12::text[], $13::int8[], $14::int2[])
                  ON CONFLICT (site_id, probe_id) DO UPDATE SET
                         state = excluded.state, health = excluded.health, since = excluded.since,
                         last_checked_at = excluded.last_checked_at, fails = excluded.fails,
                         oks = excluded.oks, slows = excluded.slows, fasts = excluded.fasts,
-                        interval_ms = excluded.interval_ms, last_error = excluded.last_error"
+                        interval_ms = excluded.interval_ms, last_error = excluded.last_error,
+                        recent = excluded.recent, recent_n = excluded.recent_n"
             ),
             add_transitions: format!(
                 "INSERT INTO {tr} (site_id, seq, from_state, to_state, at, reason, probes, \"partition\", \"offset\")
@@ -114,6 +118,10 @@ impl StatusSql {
                  WHERE st.\"partition\" = ANY($1::int4[])",
                 site = t.site
             ),
+            site_states: format!(
+                "SELECT s.url, st.state FROM {status} st JOIN {site} s ON s.id = st.site_id",
+                site = t.site
+            ),
             bad_windows: Arc::default(),
         }
     }
@@ -131,6 +139,8 @@ pub(crate) struct StatusStatements {
     windows: Statement,
     pub(crate) due: Statement,
     pub(crate) all_sites: Statement,
+    /// Every site's url and state (the per-site gauge).
+    pub(crate) site_states: Statement,
     /// The `[sink.status]` policy.
     pub(crate) policy: Arc<Policy>,
     /// Ids of the ad-hoc window rows found unusable and warned about.
@@ -153,6 +163,7 @@ impl StatusStatements {
             windows: client.prepare(&sql.windows).await?,
             due: client.prepare(&sql.due).await?,
             all_sites: client.prepare(&sql.all_sites).await?,
+            site_states: client.prepare(&sql.site_states).await?,
             policy,
             bad_windows: Arc::clone(&sql.bad_windows),
         })
@@ -255,6 +266,9 @@ fn probe_of(r: &Row) -> ProbeState {
         fasts: count(r.get(10)),
         interval: Duration::from_millis(u64::try_from(r.get::<_, i32>(11)).unwrap_or(60_000)),
         last_error: r.get(12),
+        // The bits as stored (int8 is signed).
+        recent: r.get::<_, i64>(13) as u64,
+        recent_n: u32::try_from(r.get::<_, i16>(14)).unwrap_or(0).min(64),
     }
 }
 
@@ -334,11 +348,13 @@ async fn save_probes(
         .map(|r| i32::try_from(r.2.interval.as_millis()).unwrap_or(i32::MAX))
         .collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.2.last_error.as_deref()).collect();
+    let recent: Vec<i64> = rows.iter().map(|r| r.2.recent as i64).collect();
+    let recent_n: Vec<i16> = rows.iter().map(|r| r.2.recent_n.min(64) as i16).collect();
     tx.execute(
         &st.save_probes,
         &[
             &sites, &probes, &state, &health, &since, &last, &fails, &oks, &slows, &fasts,
-            &interval, &errors,
+            &interval, &errors, &recent, &recent_n,
         ],
     )
     .await?;
