@@ -65,8 +65,6 @@ struct State {
     requests: Mutex<HashMap<String, Vec<hyper::HeaderMap>>>,
     /// What `/doc` answers: a status and a JSON body ([`TestServer::set_doc`]).
     doc: Mutex<(u16, String)>,
-    }
-
     /// `x-probe` values `/by-probe` answers with 503.
     failing: Mutex<std::collections::HashSet<String>>,
 }
