@@ -154,7 +154,7 @@ async fn probe_ids(
 
 /// The types of the history columns, in the order the COPY writes them
 /// (`sql::HISTORY_COLUMNS`).
-const HISTORY_TYPES: [Type; 26] = [
+const HISTORY_TYPES: [Type; 27] = [
     Type::TIMESTAMPTZ,
     Type::INT8,
     Type::INT4,
@@ -179,6 +179,7 @@ const HISTORY_TYPES: [Type; 26] = [
     Type::TEXT,
     Type::TEXT,
     Type::JSONB,
+    Type::INT4,
     Type::INT4,
     Type::INT4,
 ];
@@ -239,6 +240,7 @@ async fn copy(
                 &extra,
                 &insert_delay_ms(c.at, SystemTime::now()),
                 &ipv4,
+                &r.interval_ms,
             ])
             .await?;
     }

@@ -271,6 +271,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "probe_recent",
         sql: include_str!("../../migrations/0012_probe_recent.sql"),
     },
+    Migration {
+        version: 13,
+        name: "history_interval",
+        sql: include_str!("../../migrations/0013_history_interval.sql"),
+    },
 ];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).
