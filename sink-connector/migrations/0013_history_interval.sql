@@ -1,12 +1,17 @@
 -- 0013: the record's `interval` (schema version 2) gets a typed column in
--- the history (4 bytes; in `extra` it took about 20), and the view gives it
--- back; `present` bit 15 says the record had it. A catalog-only ALTER; the
--- view keeps its columns, so CREATE OR REPLACE keeps its owner and grants.
+-- the history (in `extra` it took about 20 bytes), and the view gives it
+-- back; `present` bit 15 says the record had it. To keep a typical row
+-- within the same 8-byte step, `cert_not_after` (an 8-byte-aligned
+-- timestamptz) is now written as `cert_after_s`: whole seconds from
+-- `checked_at`'s whole second (an int4; the timestamptz column stays for
+-- rows written before, and for a time the int4 cannot reach). Catalog-only
+-- ALTERs; the view keeps its columns, so CREATE OR REPLACE keeps its owner
+-- and grants.
 -- And `site_uptime` sums per site before it looks up the url (by primary
 -- key), not after joining every row of the site table: one site's answer
 -- no longer reads the whole site table.
 SET LOCAL lock_timeout = '30s';
-ALTER TABLE {{check}} ADD COLUMN interval_ms int4;
+ALTER TABLE {{check}} ADD COLUMN interval_ms int4, ADD COLUMN cert_after_s int4;
 
 -- Each history row with its url and probe name, and `record`: the record as
 -- the sink received it (times at microsecond precision). `present` says which
@@ -38,12 +43,12 @@ SELECT h.checked_at, h.checked_at + h.insert_delay_ms * interval '1 millisecond'
                 'ip', CASE WHEN h.ipv4 IS NOT NULL THEN host('0.0.0.0'::inet + (h.ipv4::int8 & 4294967295))
                            ELSE host(h.ip) END,
                 'tls', CASE WHEN h.tls_version IS NOT NULL OR h.cert_not_after IS NOT NULL
-                                 OR h.cert_days_left IS NOT NULL
+                                 OR h.cert_after_s IS NOT NULL OR h.cert_days_left IS NOT NULL
                             THEN jsonb_build_object(
                                 'version', CASE h.tls_version WHEN 12 THEN 'TLSv1.2' WHEN 13 THEN 'TLSv1.3' END,
-                                'cert_not_after', extract(epoch FROM h.cert_not_after)::int8,
+                                'cert_not_after', n.not_after::int8,
                                 'cert_days_left', CASE WHEN h.present & 65536 <> 0
-                                    THEN floor(extract(epoch FROM h.cert_not_after - h.checked_at) / 86400)::int8
+                                    THEN floor((n.not_after - extract(epoch FROM h.checked_at)) / 86400)::int8
                                     ELSE h.cert_days_left END) END,
                 'probe', p.name,
                 'schema_version', h.schema_version,
@@ -60,7 +65,10 @@ SELECT h.checked_at, h.checked_at + h.insert_delay_ms * interval '1 millisecond'
 FROM {{check}} h
 -- LEFT: an old row whose site was deleted by hand still reads back (url NULL).
 LEFT JOIN {{site}} s ON s.id = h.site_id
-LEFT JOIN {{probe}} p ON p.id = h.probe_id;
+LEFT JOIN {{probe}} p ON p.id = h.probe_id
+-- The certificate's end, epoch seconds, from whichever column holds it.
+CROSS JOIN LATERAL (SELECT coalesce(extract(epoch FROM h.cert_not_after),
+                                    floor(extract(epoch FROM h.checked_at)) + h.cert_after_s) AS not_after) n;
 
 -- Uptime per site over [from_time, to_time): checks that succeeded over
 -- checks that succeeded or failed, outside maintenance (checks without an

@@ -79,7 +79,7 @@ async fn each_history_row_reads_back_as_the_record_it_was_and_rollups_count_it_o
             &format!(
                 "SELECT cert_days_left, count(*), min(ipv4), bool_and(inserted_at BETWEEN now() - interval '10 minutes' AND now())
                  FROM \"{schema}\".site_check JOIN \"{schema}\".site_check_record USING (checked_at)
-                 WHERE cert_not_after IS NOT NULL GROUP BY 1 ORDER BY 1"
+                 WHERE cert_after_s IS NOT NULL AND cert_not_after IS NULL GROUP BY 1 ORDER BY 1"
             ),
             &[],
         )

@@ -154,7 +154,7 @@ async fn probe_ids(
 
 /// The types of the history columns, in the order the COPY writes them
 /// (`sql::HISTORY_COLUMNS`).
-const HISTORY_TYPES: [Type; 27] = [
+const HISTORY_TYPES: [Type; 28] = [
     Type::TIMESTAMPTZ,
     Type::INT8,
     Type::INT4,
@@ -182,6 +182,7 @@ const HISTORY_TYPES: [Type; 27] = [
     Type::INT4,
     Type::INT4,
     Type::INT4,
+    Type::INT4,
 ];
 
 /// Binary COPY of the history rows the retention keeps; returns how many.
@@ -199,9 +200,7 @@ async fn copy(
     for c in checks.iter().filter(|c| layout.history.keeps(c.at, now)) {
         let r = &c.row;
         let [dns, connect, tls, ttfb, transfer] = r.timings_us;
-        let not_after = r
-            .cert_not_after
-            .map(|s| SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(s as u64));
+        let (not_after, after_s) = cert_end(r.cert_not_after, c.at);
         let (present, cert_days_left) = r.stored_cert_days(c.at);
         let (ipv4, ip) = match r.ip {
             Some(IpAddr::V4(v4)) => (Some(u32::from(v4) as i32), None),
@@ -241,10 +240,31 @@ async fn copy(
                 &insert_delay_ms(c.at, SystemTime::now()),
                 &ipv4,
                 &r.interval_ms,
+                &after_s,
             ])
             .await?;
     }
     writer.finish().await
+}
+
+/// The certificate's end as the row stores it: seconds from the whole
+/// second of `at` in `cert_after_s` (an int4, 4 bytes), or, when that does
+/// not fit, the time in `cert_not_after` (8 bytes, 8-aligned).
+fn cert_end(not_after: Option<i64>, at: SystemTime) -> (Option<SystemTime>, Option<i32>) {
+    let Some(end) = not_after else {
+        return (None, None);
+    };
+    let at_s = match at.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).ok(),
+        Err(_) => None,
+    };
+    match at_s.and_then(|s| i32::try_from(end.checked_sub(s)?).ok()) {
+        Some(after) => (None, Some(after)),
+        None => (
+            Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(end.max(0) as u64)),
+            None,
+        ),
+    }
 }
 
 /// Milliseconds from a check to its row's write, when within an `int4`

@@ -155,7 +155,7 @@ impl Sql {
 pub(crate) const HISTORY_COLUMNS: &str = "checked_at, site_id, probe_id, present, \
      duration_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, response_bytes, status_code, \
      redirects, http_version, tls_version, cert_days_left, schema_version, ok, re_check, \
-     cert_not_after, ip, error_kind, error_message, extra, insert_delay_ms, ipv4, interval_ms";
+     cert_not_after, ip, error_kind, error_message, extra, insert_delay_ms, ipv4, interval_ms, cert_after_s";
 
 /// Adds a batch's counts to the rollup rows of `table` (keyed by `key`:
 /// `site_id`, or the fleet tables' `shard`): one row per key,
