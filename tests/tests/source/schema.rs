@@ -56,7 +56,7 @@ fn the_schema_refuses_what_the_contract_forbids() {
         ("a zero interval", serde_json::json!({"interval": 0})),
         ("a negative interval", serde_json::json!({"interval": -1})),
         ("no interval", serde_json::json!({"interval": Value::Null})),
-                (
+        (
             "ok without a status",
             serde_json::json!({"status_code": null}),
         ),
