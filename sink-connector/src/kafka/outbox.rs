@@ -259,10 +259,10 @@ async fn open<O: Outbox>(shared: &Shared, outbox: &O) -> Result<Conn, String> {
 }
 
 /// How long the outbox's connection may stay idle before the server ends
-/// it (and its lock): a few rounds, each at most a second apart plus
-/// `write_timeout`.
-pub(crate) fn idle_limit(write_timeout: Duration) -> Duration {
-    (EVERY + write_timeout) * 3 + RETRY
+/// it (and its lock): twice the longest idle stretch of a live sink (a
+/// produce of up to `write_timeout`, then [`EVERY`]); 62 s by default.
+fn idle_limit(write_timeout: Duration) -> Duration {
+    (EVERY + write_timeout) * 2
 }
 
 /// One round: connects and takes the lock when needed, then produces and

@@ -373,3 +373,43 @@ async fn a_message_kafka_can_never_take_is_given_up_and_the_others_are_produced(
     assert_eq!(got.len(), 599, "every other reject produced");
     assert!(!got.contains_key(&0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_lock_holder_gives_the_lock_up_and_another_sink_produces() {
+    let t = SinkTest::new("sink_dlq_frozen", 1).await;
+    t.migrate().await;
+    let dlq = unique("dlq_frozen");
+    create_topic(&t.stack.brokers, &dlq, 1).await;
+    // write_timeout 2s: the outbox's connection ends after 6 s idle.
+    let config = t
+        .config()
+        .set("dead_letter_topic", dlq.as_str())
+        .set("write_timeout", "2s");
+    let holder = website_monitor_tests::process::Proc::spawn("sink", &config.text());
+    let table = format!("\"{}\".site_rejected", t.schema);
+    let locked = || async {
+        let n: i64 =
+            t.db.query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1460994051
+                   AND objid = $1::text::regclass::oid",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    website_monitor_tests::wait::eventually(
+        "the process holds the lock",
+        Duration::from_secs(60),
+        || async { (locked().await == 1).then_some(()) },
+    )
+    .await;
+    holder.signal("STOP");
+    insert_rejects(&t, 0, 5, 0, false).await;
+    let (running, token) = sink::start(&config).await;
+    all_produced(&t, Duration::from_secs(90)).await;
+    sink::stop(running, token).await;
+    holder.signal("CONT");
+    assert_eq!(dead_letters(&t.stack.brokers, &dlq).await.len(), 5);
+}
