@@ -56,8 +56,16 @@ pub const RECORDS_DEAD_LETTERED: &str = "website_monitor_records_dead_lettered_t
 /// later.
 pub const PUBLISH_FAILURES: &str = "website_monitor_publish_failures_total";
 /// Committed rows not produced to their topic yet, by `stream` (gauge,
-/// counted after each round).
+/// counted after every round, failed or not, up to 100,000).
 pub const PUBLISH_BACKLOG: &str = "website_monitor_publish_backlog";
+/// The age in seconds of the oldest committed row not produced to its
+/// topic yet, by `stream` (gauge, 0 when none waits; measured after every
+/// round, and growing from the last measure while PostgreSQL cannot be
+/// asked).
+pub const PUBLISH_OLDEST_AGE: &str = "website_monitor_publish_oldest_age_seconds";
+/// Rows given up by `stream` (counter): messages Kafka can never take
+/// (too large, an invalid record), logged and marked as if produced.
+pub const PUBLISH_GIVEN_UP: &str = "website_monitor_publish_given_up_total";
 /// Records the site status model ignored as late for their probe (counter):
 /// not newer than the probe's newest check. Records of one url spread over
 /// several partitions (keyless input) show up here; see docs/status.md.
@@ -159,7 +167,15 @@ pub fn describe() {
     );
     describe_gauge!(
         PUBLISH_BACKLOG,
-        "Committed rows not produced to the transitions or dead-letter topic yet."
+        "Committed rows not produced to the transitions or dead-letter topic yet (counted up to 100000)."
+    );
+    describe_gauge!(
+        PUBLISH_OLDEST_AGE,
+        "Age in seconds of the oldest committed row not produced to its topic yet (0: none)."
+    );
+    describe_counter!(
+        PUBLISH_GIVEN_UP,
+        "Rows Kafka can never take (too large, invalid), given up and marked as produced."
     );
 }
 
@@ -176,6 +192,7 @@ pub fn register_zeros(cfg: &crate::config::SinkConfig) {
     ];
     for (_, stream) in streams.into_iter().filter(|(topic, _)| topic.is_some()) {
         metrics::counter!(PUBLISH_FAILURES, "stream" => stream).increment(0);
+        metrics::counter!(PUBLISH_GIVEN_UP, "stream" => stream).increment(0);
     }
 }
 

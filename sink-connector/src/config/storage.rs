@@ -9,7 +9,8 @@ use connector_common::limits::{check_duration, show_duration};
 use super::{SinkConfig, DAY, MAX_HISTORY_PARTITION, MAX_RETENTION};
 
 impl SinkConfig {
-    /// `dead_letter_topic`, when set, a name Kafka accepts.
+    /// `dead_letter_topic`, when set, a name Kafka accepts; neither it nor
+    /// `[sink.status] transitions_topic` the sink's own topic.
     pub(super) fn check_dead_letter_topic(
         &self,
         out: &mut Vec<Invalid>,
@@ -24,6 +25,12 @@ impl SinkConfig {
                     format!("`{t}` is also the sink's topic or transitions_topic; give the dead letters a topic of their own (the sink would read its own rejects back)"),
                 ));
             }
+        }
+        if self.status.transitions_topic.as_ref() == Some(&self.topic) {
+            out.push(Invalid::new(
+                key("status.transitions_topic"),
+                format!("`{}` is also the sink's topic; give the transitions a topic of their own (the sink would read its own transitions back as checks)", self.topic),
+            ));
         }
     }
 

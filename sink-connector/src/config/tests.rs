@@ -418,6 +418,21 @@ fn bad_status_values_are_refused_under_their_keys() {
 }
 
 #[test]
+fn a_transitions_topic_equal_to_the_sinks_topic_is_refused_naming_the_key() {
+    let e = load("[sink]\ntopic = \"checks\"\n[sink.status]\ntransitions_topic = \"checks\"\n")
+        .unwrap_err();
+    assert!(
+        e.contains("sink.status.transitions_topic")
+            && e.contains("give the transitions a topic of their own"),
+        "{e}"
+    );
+    assert!(load(
+        "[sink]\ntopic = \"checks\"\n[sink.status]\ntransitions_topic = \"checks.transitions\"\n"
+    )
+    .is_ok());
+}
+
+#[test]
 fn retentions_that_would_break_the_sql_api_or_keep_nothing_are_refused_naming_the_key() {
     let err = load("[sink]\nrollup_day_retention = \"1d\"\n").unwrap_err();
     assert!(

@@ -134,8 +134,12 @@ impl ClientContext for SinkContext {
                     ends.insert((topic.clone(), *p), e);
                 }
                 if *p >= 0 && part.consumer_lag >= 0 {
+                    // A partition this sink no longer owns waits on its new
+                    // owner, not here: 0, or a healthy sink left with nothing
+                    // would show its old lag forever (and page SinkStalled).
+                    let lag = if part.desired { part.consumer_lag } else { 0 };
                     metrics::gauge!(m::CONSUMER_LAG, "topic" => topic.clone(), "partition" => p.to_string())
-                        .set(part.consumer_lag as f64);
+                        .set(lag as f64);
                 }
             }
         }
@@ -195,6 +199,11 @@ impl ConsumerContext for SinkContext {
             Rebalance::Revoke(tpl) => {
                 let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "partitions revoked");
+                for e in tpl.elements() {
+                    // Their lag is the new owner's to report.
+                    metrics::gauge!(m::CONSUMER_LAG, "topic" => e.topic().to_owned(), "partition" => e.partition().to_string())
+                        .set(0.0);
+                }
                 self.revoked.lock().expect("revoked lock").extend(
                     tpl.elements()
                         .iter()

@@ -2,7 +2,8 @@
 //! row is committed in `<table>_rejected`, produced with its original key and
 //! value and headers saying where it came from and why it was refused (the
 //! names Kafka Connect's `errors.deadletterqueue.*` uses), then marked
-//! (`dead_lettered_at`) — an outbox (`super::outbox`). At least once: a crash, a timeout
+//! (`dead_lettered_at`; the value capped at 512 KiB and the key at 64 KiB,
+//! with headers giving the stored lengths) — an outbox (`super::outbox`). At least once: a crash, a timeout
 //! or a PostgreSQL error between the produce and the mark produces those
 //! again, with the same original position in their headers to de-duplicate
 //! on.
@@ -12,13 +13,17 @@ use std::time::SystemTime;
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio_postgres::{Client, Row, Statement};
 
-use crate::kafka::outbox::{Letter, Outbox};
+use crate::kafka::outbox::{Letter, Outbox, BACKLOG_CAP};
 use crate::metrics as m;
 use crate::migrate::Tables;
 
 /// The most of a rejected value a dead letter carries: Kafka's default
 /// message size limit is 1 MB, and the rejects table keeps up to 1 MiB.
 const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+/// The most of a rejected key a dead letter carries: with the value's
+/// 512 KiB and the headers, the message stays under Kafka's 1 MB default.
+const MAX_KEY_BYTES: usize = 64 * 1024;
 
 /// A reject's original position: topic, partition, offset.
 type Position = (String, i32, i64);
@@ -62,6 +67,12 @@ fn letter(row: &Row) -> Letter<Position> {
         // The value carried is the record's first bytes only.
         fields.push(("website-monitor.raw-length", n.to_string()));
     }
+    let mut key: Option<Vec<u8>> = row.get(3);
+    if let Some(k) = key.as_mut().filter(|k| k.len() > MAX_KEY_BYTES) {
+        // The key carried is the stored key's first bytes only.
+        fields.push(("website-monitor.raw-key-length", k.len().to_string()));
+        k.truncate(MAX_KEY_BYTES);
+    }
     let headers = fields.iter().fold(
         OwnedHeaders::new_with_capacity(fields.len()),
         |h, (k, v)| {
@@ -72,7 +83,7 @@ fn letter(row: &Row) -> Letter<Position> {
         },
     );
     Letter {
-        key: row.get(3),
+        key,
         value,
         headers: Some(headers),
         mark: (topic, partition, offset),
@@ -106,7 +117,10 @@ impl DeadLetters {
                    AND r.dead_lettered_at IS NULL"
             ),
             backlog: format!(
-                "SELECT count(*) FROM {rejected} WHERE dead_lettered_at IS NULL AND reason <> ''"
+                "SELECT (SELECT count(*) FROM (SELECT 1 FROM {rejected}
+                          WHERE dead_lettered_at IS NULL AND reason <> '' LIMIT {BACKLOG_CAP}) w),
+                        (SELECT extract(epoch FROM now() - min(rejected_at))::float8 FROM {rejected}
+                          WHERE dead_lettered_at IS NULL AND reason <> '')"
             ),
             table: rejected.clone(),
         }

@@ -9,20 +9,25 @@
 //!   loop { pending: ≤ 500, oldest first          (Outbox::pending)
 //!          produce, wait for the acknowledgements (each batch within write_timeout)
 //!          mark the acknowledged ones            (Outbox::mark) }
-//!   backlog gauge: rows still unmarked
+//!   after every round, failed or not: the backlog (capped count) and the
+//!   age of the oldest unmarked row (grows from the last known value while
+//!   PostgreSQL cannot be asked)
 //! ```
 //!
 //! At least once: a crash, a timeout or a PostgreSQL error between a
 //! produce and its mark produces those rows again, with the same ids (the
 //! transitions) or original positions (the dead letters) to de-duplicate
 //! on. A message that fails is tried again in a later round; the others of
-//! its batch are marked.
+//! its batch are marked. A message Kafka can never take (too large, an
+//! invalid record) is given up: logged, counted and marked as if produced,
+//! so it does not block the rows after it.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use connector_common::kafka::KafkaConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_postgres::{Client, Statement};
@@ -31,7 +36,7 @@ use crate::error::SinkError;
 use crate::metrics as m;
 use crate::postgres::error::db_message;
 use crate::postgres::shared::Shared;
-use crate::postgres::sql::connect;
+use crate::postgres::sql::connect_outbox;
 
 /// How often rows not produced yet are looked for.
 const EVERY: Duration = Duration::from_secs(1);
@@ -39,6 +44,9 @@ const EVERY: Duration = Duration::from_secs(1);
 const RETRY: Duration = Duration::from_secs(10);
 /// At most this many rows per produce.
 pub(crate) const LIMIT: i64 = 500;
+/// The backlog is counted up to this many rows (a count of millions would
+/// take a tenth of a second per million, every second).
+pub(crate) const BACKLOG_CAP: i64 = 100_000;
 /// The first key of the outbox's advisory lock (the second is the table's
 /// oid): class 0x5715_0003 (migrations take 0x5715_0001, partition makers
 /// 0x5715_0002).
@@ -59,8 +67,8 @@ pub(crate) struct Letter<M> {
 /// A table of committed rows to produce to a topic, through three
 /// statements: the pending rows, the mark, the backlog count.
 pub(crate) trait Outbox: Send + Sync + 'static {
-    /// What names one row (its key).
-    type Mark: Send + Sync;
+    /// What names one row (its key; shown in the log when given up).
+    type Mark: Send + Sync + std::fmt::Debug;
     /// The `stream` label of the metrics and the name in the log.
     const STREAM: &'static str;
     /// The counter of rows produced and marked.
@@ -69,7 +77,8 @@ pub(crate) trait Outbox: Send + Sync + 'static {
     fn table(&self) -> &str;
     /// The SQL of the statements: at most `$1` rows not produced yet,
     /// oldest first; the mark (its parameters are [`Outbox::mark`]'s); the
-    /// number of rows not produced yet.
+    /// number of rows not produced yet (at most [`BACKLOG_CAP`], `int8`)
+    /// and the age in seconds of the oldest (`float8`, NULL when none).
     fn statements(&self) -> [&str; 3];
     /// The letter of one row of the first statement.
     fn letter(row: &tokio_postgres::Row) -> Letter<Self::Mark>;
@@ -117,7 +126,11 @@ impl Publisher {
 
     /// Produces `letters` in order (per key) and waits for every
     /// acknowledgement: per letter, delivered or why not.
-    async fn send<M>(&self, letters: &[Letter<M>], timeout: Duration) -> Vec<Result<(), String>> {
+    async fn send<M>(
+        &self,
+        letters: &[Letter<M>],
+        timeout: Duration,
+    ) -> Vec<Result<(), KafkaError>> {
         let sends = letters.iter().map(|l| {
             let mut r: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&self.topic);
             if let Some(h) = &l.headers {
@@ -134,10 +147,7 @@ impl Publisher {
         futures::future::join_all(sends)
             .await
             .into_iter()
-            .map(|res| {
-                res.map(|_| ())
-                    .map_err(|(e, _)| format!("producing to {}: {e}", self.topic))
-            })
+            .map(|res| res.map(|_| ()).map_err(|(e, _)| e))
             .collect()
     }
 }
@@ -150,9 +160,26 @@ struct Conn {
     locked: bool,
 }
 
+/// The age of the oldest row not produced yet, as last measured: its age
+/// then, and when (`None`: none waited).
+#[derive(Default)]
+struct Oldest(Option<(f64, Instant)>);
+
+impl Oldest {
+    /// Sets the age gauge: the measured age plus the time since, so it
+    /// keeps growing while rounds fail and PostgreSQL cannot be asked.
+    fn show<O: Outbox>(&self) {
+        let age = self
+            .0
+            .map_or(0.0, |(age, at)| age + at.elapsed().as_secs_f64());
+        metrics::gauge!(m::PUBLISH_OLDEST_AGE, "stream" => O::STREAM).set(age);
+    }
+}
+
 /// The outbox's task, until shutdown: a round about every second (see the
 /// module doc); a failed round is logged, counted and tried again [`RETRY`]
-/// later on a fresh connection (which gives up the lock).
+/// later on a fresh connection (which gives up the lock). The backlog and
+/// its age are measured after every round, failed or not.
 pub(crate) async fn drain_until_shutdown<O: Outbox>(
     shared: Arc<Shared>,
     outbox: O,
@@ -160,8 +187,16 @@ pub(crate) async fn drain_until_shutdown<O: Outbox>(
 ) {
     let stop = shared.shutdown.clone();
     let mut conn: Option<Conn> = None;
+    let mut oldest = Oldest::default();
     loop {
-        let wait = match round(&shared, &outbox, &publisher, &mut conn).await {
+        let result = round(&shared, &outbox, &publisher, &mut conn).await;
+        if let Some(c) = &conn {
+            if let Err(e) = measure::<O>(c, shared.cfg.write_timeout, &mut oldest).await {
+                tracing::debug!(stream = O::STREAM, error = %e, "cannot measure the backlog");
+            }
+        }
+        oldest.show::<O>();
+        let wait = match result {
             Ok(()) => EVERY,
             Err(problem) => {
                 conn = None;
@@ -178,9 +213,61 @@ pub(crate) async fn drain_until_shutdown<O: Outbox>(
     }
 }
 
+/// `what` took longer than `write_timeout`, explained.
+fn late(what: &'static str) -> impl Fn(tokio::time::error::Elapsed) -> String {
+    move |_| format!("{what} took longer than write_timeout")
+}
+
+/// Counts the rows not produced yet (capped) and the oldest's age, on
+/// every sink (not only the lock holder): a frozen holder shows up on the
+/// others as an age that grows.
+async fn measure<O: Outbox>(c: &Conn, limit: Duration, oldest: &mut Oldest) -> Result<(), String> {
+    let row = tokio::time::timeout(limit, c.client.query_one(&c.statements[2], &[]))
+        .await
+        .map_err(late("measuring the backlog"))?
+        .map_err(|e| db_message(&e))?;
+    let (count, age): (i64, Option<f64>) = (row.get(0), row.get(1));
+    metrics::gauge!(m::PUBLISH_BACKLOG, "stream" => O::STREAM).set(count as f64);
+    oldest.0 = age.map(|a| (a.max(0.0), Instant::now()));
+    Ok(())
+}
+
+/// A fresh connection for the outbox, its statements prepared, within
+/// `limit`; the server ends it when it stays idle for [`IDLE_LIMIT`] (a
+/// frozen sink gives up the lock), and the kernel when the server stops
+/// acknowledging (a half-open connection).
+async fn open<O: Outbox>(shared: &Shared, outbox: &O) -> Result<Conn, String> {
+    let limit = shared.cfg.write_timeout;
+    let connecting = async {
+        let client = connect_outbox(&shared.target, &shared.tls, idle_limit(limit)).await?;
+        let [pending, mark, backlog] = outbox.statements();
+        let statements = [
+            client.prepare(pending).await?,
+            client.prepare(mark).await?,
+            client.prepare(backlog).await?,
+        ];
+        Ok::<_, tokio_postgres::Error>(Conn {
+            client,
+            statements,
+            locked: false,
+        })
+    };
+    tokio::time::timeout(limit, connecting)
+        .await
+        .map_err(late("connecting"))?
+        .map_err(|e| db_message(&e))
+}
+
+/// How long the outbox's connection may stay idle before the server ends
+/// it (and its lock): twice the longest idle stretch of a live sink (a
+/// produce of up to `write_timeout`, then [`EVERY`]); 62 s by default.
+fn idle_limit(write_timeout: Duration) -> Duration {
+    (EVERY + write_timeout) * 2
+}
+
 /// One round: connects and takes the lock when needed, then produces and
 /// marks batches of at most [`LIMIT`] until none is left (each batch within
-/// `write_timeout`), then sets the backlog gauge.
+/// `write_timeout`).
 async fn round<O: Outbox>(
     shared: &Shared,
     outbox: &O,
@@ -188,26 +275,8 @@ async fn round<O: Outbox>(
     conn: &mut Option<Conn>,
 ) -> Result<(), String> {
     let limit = shared.cfg.write_timeout;
-    let within = |what: &'static str| move |_| format!("{what} took longer than write_timeout");
     if conn.is_none() {
-        let connecting = async {
-            let client = connect(&shared.target, &shared.tls).await?;
-            let [pending, mark, backlog] = outbox.statements();
-            let statements = [
-                client.prepare(pending).await?,
-                client.prepare(mark).await?,
-                client.prepare(backlog).await?,
-            ];
-            Ok::<_, tokio_postgres::Error>(Conn {
-                client,
-                statements,
-                locked: false,
-            })
-        };
-        let fresh = tokio::time::timeout(limit, connecting)
-            .await
-            .map_err(within("connecting"))?;
-        *conn = Some(fresh.map_err(|e| db_message(&e))?);
+        *conn = Some(open(shared, outbox).await?);
     }
     let Some(c) = conn.as_mut() else {
         return Ok(());
@@ -217,26 +286,35 @@ async fn round<O: Outbox>(
         let table = outbox.table();
         let taken = tokio::time::timeout(limit, c.client.query_one(lock, &[&LOCK_CLASS, &table]))
             .await
-            .map_err(within("taking the lock"))?;
+            .map_err(late("taking the lock"))?;
         c.locked = taken.map_err(|e| db_message(&e))?.get(0);
     }
     if c.locked {
         while tokio::time::timeout(limit, batch(outbox, p, c, limit))
             .await
-            .map_err(within("a batch"))??
+            .map_err(late("a batch"))??
         {}
     }
-    let backlog = tokio::time::timeout(limit, c.client.query_one(&c.statements[2], &[]))
-        .await
-        .map_err(within("counting the backlog"))?
-        .map_err(|e| db_message(&e))?;
-    let backlog: i64 = backlog.get(0);
-    metrics::gauge!(m::PUBLISH_BACKLOG, "stream" => O::STREAM).set(backlog as f64);
     Ok(())
 }
 
-/// One batch: pending rows produced, the acknowledged ones marked; whether
-/// a full batch was done (more may wait).
+/// Whether Kafka can never take this message, however often it is tried:
+/// too large, or a record the broker refuses as invalid.
+fn permanent(e: &KafkaError) -> bool {
+    matches!(
+        e,
+        KafkaError::MessageProduction(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::InvalidMessage
+        )
+    )
+}
+
+/// One batch: pending rows produced, the acknowledged ones and the given
+/// up ones marked; whether a full batch was done (more may wait). A
+/// message that failed for a reason that may pass ends the round.
 async fn batch<O: Outbox>(
     outbox: &O,
     p: &Publisher,
@@ -253,28 +331,34 @@ async fn batch<O: Outbox>(
         return Ok(false);
     }
     let results = p.send(&letters, timeout).await;
-    let mut first_error = None;
+    let (mut failed, mut given_up) = (Vec::new(), 0_u64);
     let mut done = Vec::with_capacity(letters.len());
     for (letter, result) in letters.iter().zip(results) {
         match result {
             Ok(()) => done.push(&letter.mark),
-            Err(e) => {
-                first_error.get_or_insert(e);
+            Err(e) if permanent(&e) => {
+                tracing::warn!(stream = O::STREAM, topic = %p.topic, row = ?letter.mark, error = %e,
+                    "Kafka can never take this message; given up and marked as produced (website_monitor_publish_given_up_total)");
+                given_up += 1;
+                done.push(&letter.mark);
             }
+            Err(e) => failed.push(e),
         }
     }
-    let produced = done.len() as u64;
+    let produced = done.len() as u64 - given_up;
     if !done.is_empty() {
         outbox
             .mark(&c.client, &c.statements[1], done)
             .await
             .map_err(|e| db_message(&e))?;
         metrics::counter!(O::PRODUCED).increment(produced);
+        metrics::counter!(m::PUBLISH_GIVEN_UP, "stream" => O::STREAM).increment(given_up);
     }
-    match first_error {
+    match failed.first() {
         Some(e) => Err(format!(
-            "{e} ({} of {} in the batch failed; the others are marked)",
-            letters.len() as u64 - produced,
+            "producing to {}: {e} ({} of {} in the batch failed; the others are marked)",
+            p.topic,
+            failed.len(),
             letters.len()
         )),
         None => Ok(letters.len() as i64 >= LIMIT),

@@ -9,7 +9,7 @@
 
 use tokio_postgres::{Client, Row, Statement};
 
-use crate::kafka::outbox::{Letter, Outbox};
+use crate::kafka::outbox::{Letter, Outbox, BACKLOG_CAP};
 use crate::metrics as m;
 use crate::migrate::Tables;
 
@@ -41,7 +41,12 @@ impl Transitions {
                  FROM unnest($1::int8[], $2::int8[]) AS k(s, q)
                  WHERE tr.site_id = k.s AND tr.seq = k.q AND tr.published_at IS NULL"
             ),
-            backlog: format!("SELECT count(*) FROM {tr} WHERE published_at IS NULL"),
+            // The oldest `at` among the first rows of the partial index
+            // (not indexed by time): a bounded scan, exact up to the cap.
+            backlog: format!(
+                "SELECT count(*), extract(epoch FROM now() - min(at))::float8
+                 FROM (SELECT at FROM {tr} WHERE published_at IS NULL LIMIT {BACKLOG_CAP}) w"
+            ),
             table: tr,
         }
     }

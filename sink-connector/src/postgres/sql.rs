@@ -4,6 +4,7 @@
 
 use std::error::Error as StdError;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
@@ -30,6 +31,40 @@ pub async fn connect(
             tracing::warn!(error = %db_message(&e), "PostgreSQL connection ended");
         }
     });
+    Ok(client)
+}
+
+/// Connects like [`connect`] for a connection that holds a session lock
+/// (the outbox's): the server ends the session once it stays idle for
+/// `idle` (a frozen sink gives the lock up), and this side gives up on a
+/// server that stops acknowledging within about 30 seconds (TCP keepalives
+/// and `tcp_user_timeout`). A server without `idle_session_timeout`
+/// (before PostgreSQL 14) is used without it.
+pub async fn connect_outbox(
+    target: &PgTarget,
+    tls: &MakeRustlsConnect,
+    idle: Duration,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut config = target.config.clone();
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(4)
+        .tcp_user_timeout(Duration::from_secs(30));
+    let (client, connection) = config.connect(tls.clone()).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %db_message(&e), "PostgreSQL connection ended");
+        }
+    });
+    let set = format!("SET idle_session_timeout = {}", idle.as_millis());
+    if let Err(e) = client.batch_execute(&set).await {
+        if e.as_db_error().is_none() {
+            return Err(e);
+        }
+        tracing::debug!(error = %db_message(&e), "idle_session_timeout not set");
+    }
     Ok(client)
 }
 

@@ -227,3 +227,189 @@ async fn one_sink_at_a_time_produces_and_waiting_rejects_outlive_their_retention
     sink::stop(running, token).await;
     assert_eq!(dead_letters(&t.stack.brokers, &dlq).await.len(), 9);
 }
+
+/// The value of the metric line starting with `prefix` in `text`.
+fn value(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+const AGE: &str = "website_monitor_publish_oldest_age_seconds{stream=\"dead_letters\"}";
+const BACKLOG: &str = "website_monitor_publish_backlog{stream=\"dead_letters\"}";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejects_kept_waiting_by_another_sinks_lock_show_their_age() {
+    let t = SinkTest::new("sink_dlq_age", 1).await;
+    t.migrate().await;
+    let dlq = unique("dlq_age");
+    create_topic(&t.stack.brokers, &dlq, 1).await;
+    insert_rejects(&t, 0, 4, 2, false).await;
+    // A frozen lock holder: the rows wait, and no round of this sink fails.
+    let other = hold_dead_letter_lock(&t).await;
+    let config = t.config().set("dead_letter_topic", dlq.as_str());
+    let (running, token) = sink::start(&config).await;
+    let addr = running.metrics_addr.to_string();
+    let text = website_monitor_tests::metrics::scrape_until(&addr, Duration::from_secs(30), |m| {
+        value(m, AGE).is_some_and(|age| age > 86_400.0) && value(m, BACKLOG) == Some(4.0)
+    })
+    .await
+    .unwrap_or_else(|m| panic!("the oldest waiting reject's age (2 days) is shown:\n{m}"));
+    assert!(text.contains("website_monitor_publish_failures_total{stream=\"dead_letters\"} 0"));
+    drop(other);
+    all_produced(&t, Duration::from_secs(60)).await;
+    website_monitor_tests::metrics::scrape_until(&addr, Duration::from_secs(30), |m| {
+        value(m, AGE) == Some(0.0)
+    })
+    .await
+    .unwrap_or_else(|m| panic!("the age is 0 once none waits:\n{m}"));
+    sink::stop(running, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rounds_that_all_fail_still_show_the_backlog_and_its_age() {
+    let t = SinkTest::new("sink_dlq_failing", 1).await;
+    t.migrate().await;
+    // Kafka refuses to create a topic whose name collides with an existing
+    // one ('.' and '_' are the same to its metrics): every produce fails.
+    let taken = unique("dlq_fail");
+    create_topic(&t.stack.brokers, &taken, 1).await;
+    let dlq = taken.replace('_', ".");
+    insert_rejects(&t, 0, 3, 2, false).await;
+    let config = t
+        .config()
+        .set("dead_letter_topic", dlq.as_str())
+        .set("write_timeout", "2s");
+    let (running, token) = sink::start(&config).await;
+    let addr = running.metrics_addr.to_string();
+    website_monitor_tests::metrics::scrape_until(&addr, Duration::from_secs(60), |m| {
+        value(
+            m,
+            "website_monitor_publish_failures_total{stream=\"dead_letters\"}",
+        )
+        .is_some_and(|n| n >= 1.0)
+            && value(m, AGE).is_some_and(|age| age > 86_400.0)
+            && value(m, BACKLOG) == Some(3.0)
+    })
+    .await
+    .unwrap_or_else(|m| panic!("failing rounds show the backlog and its age:\n{m}"));
+    sink::stop(running, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_too_large_for_kafka_is_cut_and_produced() {
+    let t = SinkTest::new("sink_dlq_bigkey", 1).await;
+    t.migrate().await;
+    let dlq = unique("dlq_bigkey");
+    create_topic(&t.stack.brokers, &dlq, 1).await;
+    insert_rejects(&t, 0, 3, 0, false).await;
+    // A kept key of 1,000,000 bytes: with the value, over Kafka's 1 MB.
+    t.db.execute(
+        &format!(
+            "UPDATE \"{}\".site_rejected SET key = convert_to(repeat('K', 1000000), 'UTF8')
+             WHERE \"offset\" = 0",
+            t.schema
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let config = t.config().set("dead_letter_topic", dlq.as_str());
+    let (running, token) = sink::start(&config).await;
+    all_produced(&t, Duration::from_secs(60)).await;
+    sink::stop(running, token).await;
+    let got = dead_letters(&t.stack.brokers, &dlq).await;
+    assert_eq!(got.len(), 3);
+    let big = &got[&0];
+    assert_eq!(
+        big.key.as_ref().map(Vec::len),
+        Some(64 * 1024),
+        "the key's first 64 KiB"
+    );
+    assert!(big
+        .headers
+        .iter()
+        .any(|(k, v)| k == "website-monitor.raw-key-length" && v == b"1000000"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_kafka_can_never_take_is_given_up_and_the_others_are_produced() {
+    let t = SinkTest::new("sink_dlq_giveup", 1).await;
+    t.migrate().await;
+    let dlq = unique("dlq_giveup");
+    create_topic(&t.stack.brokers, &dlq, 1).await;
+    insert_rejects(&t, 0, 600, 0, false).await;
+    // The oldest reject is larger than this producer may send.
+    t.db.execute(
+        &format!(
+            "UPDATE \"{}\".site_rejected SET raw = convert_to(repeat('v', 5000), 'UTF8'),
+                    rejected_at = rejected_at - interval '1 hour'
+             WHERE \"offset\" = 0",
+            t.schema
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    let mut options = toml::Table::new();
+    options.insert("message.max.bytes".into(), "3000".into());
+    let config = t
+        .config()
+        .kafka("options", toml::Value::Table(options))
+        .set("dead_letter_topic", dlq.as_str());
+    let (running, token) = sink::start(&config).await;
+    all_produced(&t, Duration::from_secs(60)).await;
+    let text = website_monitor_tests::metrics::scrape(&running.metrics_addr.to_string()).await;
+    sink::stop(running, token).await;
+    assert_eq!(
+        value(
+            &text,
+            "website_monitor_publish_given_up_total{stream=\"dead_letters\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let got = dead_letters(&t.stack.brokers, &dlq).await;
+    assert_eq!(got.len(), 599, "every other reject produced");
+    assert!(!got.contains_key(&0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_lock_holder_gives_the_lock_up_and_another_sink_produces() {
+    let t = SinkTest::new("sink_dlq_frozen", 1).await;
+    t.migrate().await;
+    let dlq = unique("dlq_frozen");
+    create_topic(&t.stack.brokers, &dlq, 1).await;
+    // write_timeout 2s: the outbox's connection ends after 6 s idle.
+    let config = t
+        .config()
+        .set("dead_letter_topic", dlq.as_str())
+        .set("write_timeout", "2s");
+    let holder = website_monitor_tests::process::Proc::spawn("sink", &config.text());
+    let table = format!("\"{}\".site_rejected", t.schema);
+    let locked = || async {
+        let n: i64 =
+            t.db.query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1460994051
+                   AND objid = $1::text::regclass::oid",
+                &[&table],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    website_monitor_tests::wait::eventually(
+        "the process holds the lock",
+        Duration::from_secs(60),
+        || async { (locked().await == 1).then_some(()) },
+    )
+    .await;
+    holder.signal("STOP");
+    insert_rejects(&t, 0, 5, 0, false).await;
+    let (running, token) = sink::start(&config).await;
+    all_produced(&t, Duration::from_secs(90)).await;
+    sink::stop(running, token).await;
+    holder.signal("CONT");
+    assert_eq!(dead_letters(&t.stack.brokers, &dlq).await.len(), 5);
+}

@@ -4,6 +4,7 @@
 //! findings in [`review`].
 
 mod counts;
+mod outbox;
 mod pair;
 mod review;
 
