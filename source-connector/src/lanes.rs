@@ -146,6 +146,7 @@ impl Prepared {
         specs: Vec<SiteSpec>,
         threads: Option<usize>,
         concurrency: usize,
+        per_site_metrics: bool,
     ) -> Result<Self, LaneError> {
         let shares = plan(threads, concurrency, specs.len());
         let mut dealt: Vec<Vec<SiteSpec>> = shares
@@ -165,7 +166,7 @@ impl Prepared {
                 .into_iter()
                 .map(|spec| {
                     let client = clients.get(&spec.client)?;
-                    Ok(Arc::new(Site::new(spec, client)))
+                    Ok(Arc::new(Site::new(spec, client, per_site_metrics)))
                 })
                 .collect::<Result<Vec<_>, SetupError>>()?;
             let runtime = tokio::runtime::Builder::new_current_thread()

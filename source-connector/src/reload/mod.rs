@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use fixed::restart_only;
-pub use watch::{Fingerprint, Watched};
+pub use watch::{Fingerprint, Settle, Watched, UNFINISHED_SETTLE};
 
 use crate::config::SourceConfig;
 use crate::lanes::{Commander, LanesGone};
@@ -176,6 +176,7 @@ impl Reloader {
         let handles = ReloadHandles::register();
         let every = self.current.section.reload_watch;
         let mut watched = Watched::of(&self.current);
+        let mut settle = Settle::default();
         let mut poll = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -187,7 +188,7 @@ impl Reloader {
                     None => return,
                 },
                 _ = poll.tick(), if every.is_some() => {
-                    if !watched.changed() {
+                    if !settle.poll(&watched, std::time::Instant::now()) {
                         continue;
                     }
                     (Trigger::Watch, None)
