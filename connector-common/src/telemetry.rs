@@ -202,14 +202,14 @@ pub async fn serve_with_hooks(
                         let response = tokio::task::spawn_blocking(move || {
                             route(&path, &handle, extra.as_ref(), &health)
                         })
-                                .await
-                                .unwrap_or_else(|_| {
-                                    respond(
-                                        StatusCode::INTERNAL_SERVER_ERROR,
-                                        "text/plain",
-                                        "render failed\n".to_owned(),
-                                    )
-                                });
+                        .await
+                        .unwrap_or_else(|_| {
+                            respond(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "text/plain",
+                                "render failed\n".to_owned(),
+                            )
+                        });
                         Ok::<_, Infallible>(response)
                     }
                 });

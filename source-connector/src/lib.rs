@@ -252,13 +252,15 @@ fn http_reload(handle: &reload::ReloadHandle) -> telemetry::ReloadHook {
         Box::pin(async move {
             let a = handle.reload(reload::Trigger::Http).await?;
             Ok(format!(
-                "reloaded: added={} removed={} changed={} unchanged={} failed={} sites={}",
+                "reloaded: added={} removed={} changed={} unchanged={} failed={} sites={} read_s={:.3} apply_s={:.3}",
                 a.added,
                 a.removed,
                 a.changed,
                 a.unchanged,
                 a.failed.len(),
-                a.running
+                a.running,
+                a.read.as_secs_f64(),
+                a.apply.as_secs_f64(),
             ))
         })
     })

@@ -24,11 +24,7 @@ async fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, Stri
 
 /// `method path` (with no body) on a local HTTP server: (status, the
 /// header lines, body).
-pub async fn http_exchange(
-    addr: &str,
-    method: &str,
-    path: &str,
-) -> Option<(u16, String, String)> {
+pub async fn http_exchange(addr: &str, method: &str, path: &str) -> Option<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(

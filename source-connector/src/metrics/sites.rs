@@ -183,14 +183,16 @@ mod tests {
         let text = render(&series);
         assert!(text.contains("website_monitor_site_up{url=\"https://a.example/\"} 1\n"));
         assert!(text.contains("website_monitor_site_up{url=\"http://b.example/\"} 0\n"));
-        assert!(text.contains(
-            "website_monitor_site_duration_seconds{url=\"https://a.example/\"} 0.25\n"
-        ));
-        assert!(text.contains(
-            "website_monitor_site_cert_days_left{url=\"https://a.example/\"} 29\n"
-        ));
+        assert!(text
+            .contains("website_monitor_site_duration_seconds{url=\"https://a.example/\"} 0.25\n"));
+        assert!(
+            text.contains("website_monitor_site_cert_days_left{url=\"https://a.example/\"} 29\n")
+        );
         assert!(!text.contains("cert_days_left{url=\"http://b"), "{text}");
-        assert_eq!(text.matches("# TYPE website_monitor_site_up gauge").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE website_monitor_site_up gauge").count(),
+            1
+        );
     }
 
     #[test]

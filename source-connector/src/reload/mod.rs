@@ -229,6 +229,8 @@ impl Reloader {
                     unchanged = applied.unchanged,
                     failed = applied.failed.len(),
                     sites = applied.running,
+                    read_s = applied.read.as_secs_f64(),
+                    apply_s = applied.apply.as_secs_f64(),
                     "configuration reloaded"
                 );
                 Ok(applied)
@@ -248,6 +250,7 @@ impl Reloader {
     async fn attempt(&mut self) -> Result<Applied, ReloadError> {
         let path = self.current.path.clone();
         let env = self.env;
+        let started = std::time::Instant::now();
         let (loaded, sites) = tokio::task::spawn_blocking(move || crate::sites::load(&path, &env))
             .await
             .map_err(|e| ReloadError::Crashed(e.to_string()))??;
@@ -256,7 +259,9 @@ impl Reloader {
             let path = loaded.path;
             return Err(RestartOnly { path, keys }.into());
         }
-        let applied = self.lanes.apply(sites).await?;
+        let read = started.elapsed();
+        let mut applied = self.lanes.apply(sites).await?;
+        (applied.read, applied.apply) = (read, started.elapsed() - read);
         self.current = loaded;
         Ok(applied)
     }

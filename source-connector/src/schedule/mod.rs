@@ -172,6 +172,10 @@ pub struct Applied {
     /// Sites that could not be started: their url and why (an HTTP client
     /// for their settings could not be built).
     pub failed: Vec<(String, String)>,
+    /// How long reading and checking the files took (set by the reload).
+    pub read: Duration,
+    /// How long the lanes took to apply it (set by the reload).
+    pub apply: Duration,
 }
 
 impl Applied {

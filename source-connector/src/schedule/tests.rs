@@ -8,20 +8,22 @@ fn spec(url: &str) -> SiteSpec {
     SiteSpec {
         url: url.parse().unwrap(),
         interval: Duration::from_secs(1),
-        timeout: Duration::from_secs(1),
-        method: reqwest::Method::GET,
-        headers: Arc::default(),
-        body: None,
-        regex: None,
-        expected_status: None,
-        follow_redirects: true,
-        max_redirects: 5,
-        max_body_bytes: 1024,
-        client: crate::sites::ClientKey {
-            keep_alive: false,
-            tls_ca: None,
-            tls_verify: true,
-        },
+        settings: Arc::new(crate::sites::Settings {
+            timeout: Duration::from_secs(1),
+            method: reqwest::Method::GET,
+            headers: Arc::default(),
+            body: None,
+            regex: None,
+            expected_status: None,
+            follow_redirects: true,
+            max_redirects: 5,
+            max_body_bytes: 1024,
+            client: crate::sites::ClientKey {
+                keep_alive: false,
+                tls_ca: None,
+                tls_verify: true,
+            },
+        }),
     }
 }
 
@@ -238,7 +240,11 @@ async fn a_shorter_interval_applies_at_once_a_longer_one_after_the_next_tick() {
     let t0 = Instant::now();
     let mut long = spec("http://s0.example/");
     long.interval = Duration::from_secs(3600);
-    let site = Arc::new(Site::new(long.clone(), clients(&[long.clone()]).get(&long.client).unwrap(), false));
+    let site = Arc::new(Site::new(
+        long.clone(),
+        clients(&[long.clone()]).get(&long.client).unwrap(),
+        false,
+    ));
     let (mut s, shared) = (scheduler(vec![site], t0), shared());
     let now = t0 + Duration::from_secs(7200) + Duration::from_millis(1);
     let mut short = long.clone();
@@ -246,9 +252,17 @@ async fn a_shorter_interval_applies_at_once_a_longer_one_after_the_next_tick() {
     s.apply(std::slice::from_ref(&short), &[0], now, &shared);
     let due = |s: &Scheduler| {
         let gen = s.slots.iter().next().unwrap().1;
-        s.heap.iter().filter(|r| r.0 .2 == gen).map(|r| r.0 .0).min().unwrap()
+        s.heap
+            .iter()
+            .filter(|r| r.0 .2 == gen)
+            .map(|r| r.0 .0)
+            .min()
+            .unwrap()
     };
-    assert!(due(&s) >= now && due(&s) <= now + Duration::from_secs(1), "within the new interval");
+    assert!(
+        due(&s) >= now && due(&s) <= now + Duration::from_secs(1),
+        "within the new interval"
+    );
     // Back to an hour: the tick within a second stays.
     let before = due(&s);
     s.apply(std::slice::from_ref(&long), &[0], now, &shared);

@@ -26,7 +26,7 @@ mod resolve;
 mod spec;
 
 pub use resolve::resolve;
-pub use spec::{CaFile, ClientKey, SiteSpec};
+pub use spec::{CaFile, ClientKey, Settings, SiteSpec};
 
 use std::path::Path;
 

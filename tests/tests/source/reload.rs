@@ -383,7 +383,9 @@ async fn a_removed_site_takes_its_per_url_gauges_off_metrics() {
     })
     .await
     .unwrap_or_else(|t| panic!("both sites' gauges:\n{t}"));
-    assert!(text.contains(&format!("website_monitor_site_duration_seconds{{url=\"{down}\"}}")));
+    assert!(text.contains(&format!(
+        "website_monitor_site_duration_seconds{{url=\"{down}\"}}"
+    )));
     std::fs::write(proc.file("sites.txt"), format!("{keep}\n")).unwrap();
     let (status, body) = http_post(&addr, "/-/reload").await.unwrap();
     assert_eq!((status, body.contains("removed=1")), (200, true), "{body}");
@@ -396,9 +398,11 @@ async fn a_removed_site_takes_its_per_url_gauges_off_metrics() {
     // Added again: its series come back with its first check.
     std::fs::write(proc.file("sites.txt"), format!("{keep}\n{down}\n")).unwrap();
     assert_eq!(http_post(&addr, "/-/reload").await.unwrap().0, 200);
-    scrape_until(&addr, Duration::from_secs(10), |t| t.contains(&series(&down)))
-        .await
-        .unwrap_or_else(|t| panic!("the re-added site's gauges:\n{t}"));
+    scrape_until(&addr, Duration::from_secs(10), |t| {
+        t.contains(&series(&down))
+    })
+    .await
+    .unwrap_or_else(|t| panic!("the re-added site's gauges:\n{t}"));
     assert_eq!(proc.term(), Some(0));
 }
 
@@ -412,9 +416,11 @@ async fn a_url_removed_and_added_again_during_its_check_is_never_checked_twice_a
     let slow_site = format!("{{\"url\": \"{slow}\", \"timeout\": \"10s\"}}");
     let config = config(&topic, port, "1s");
     let mut proc = start(&topic, &config, &[keep.clone(), slow_site.clone()]).await;
-    eventually("the slow site's check started", Duration::from_secs(10), || async {
-        (s.hits("/slow/3000") > 0).then_some(())
-    })
+    eventually(
+        "the slow site's check started",
+        Duration::from_secs(10),
+        || async { (s.hits("/slow/3000") > 0).then_some(()) },
+    )
     .await;
     // Removed and added again while that check runs.
     std::fs::write(proc.file("sites.txt"), format!("{keep}\n")).unwrap();
@@ -423,9 +429,11 @@ async fn a_url_removed_and_added_again_during_its_check_is_never_checked_twice_a
     std::fs::write(proc.file("sites.txt"), format!("{keep}\n{slow_site}\n")).unwrap();
     let (status, body) = http_post(&addr, "/-/reload").await.unwrap();
     assert_eq!((status, body.contains("added=1")), (200, true), "{body}");
-    eventually("a check after the first", Duration::from_secs(20), || async {
-        (s.hits("/slow/3000") >= 2).then_some(())
-    })
+    eventually(
+        "a check after the first",
+        Duration::from_secs(20),
+        || async { (s.hits("/slow/3000") >= 2).then_some(()) },
+    )
     .await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(proc.term(), Some(0), "log:\n{}", proc.log());
@@ -462,13 +470,19 @@ async fn reload_watch_does_not_apply_a_sites_file_cut_mid_line() {
     f.flush().unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let text = scrape(&addr).await;
-    assert_eq!(reloads(&text, "success"), 0.0, "nothing applied yet:\n{text}");
+    assert_eq!(
+        reloads(&text, "success"),
+        0.0,
+        "nothing applied yet:\n{text}"
+    );
     write!(f, "w\n").unwrap();
     drop(f);
     counted(&addr, "success", 1.0, &proc).await;
-    eventually("the added site checked", Duration::from_secs(10), || async {
-        (s.hits("/text/new") > 0).then_some(())
-    })
+    eventually(
+        "the added site checked",
+        Duration::from_secs(10),
+        || async { (s.hits("/text/new") > 0).then_some(()) },
+    )
     .await;
     assert_eq!(s.hits("/text/ne"), 0, "the cut url was never a site");
     assert_eq!(proc.term(), Some(0));
