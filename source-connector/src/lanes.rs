@@ -325,7 +325,8 @@ impl Commander {
     /// Runs exactly `sites` from now on, over the lanes; the counts of
     /// every lane, added up.
     pub async fn apply(&self, sites: Vec<SiteSpec>) -> Result<Applied, LanesGone> {
-        let wanted: Arc<[SiteSpec]> = sites.into();
+        // Shared as it is (a million specs are not copied into another list).
+        let wanted = Arc::new(sites);
         let mut claims = Vec::with_capacity(self.lanes.len());
         for lane in &self.lanes {
             let (reply, answer) = oneshot::channel();

@@ -140,7 +140,7 @@ pub enum Command {
     /// Which of `wanted` (by index) this lane runs now, by url.
     Claim {
         /// The sites of the new configuration, for every lane.
-        wanted: Arc<[SiteSpec]>,
+        wanted: Arc<Vec<SiteSpec>>,
         /// Where the indices go.
         reply: oneshot::Sender<Vec<u32>>,
     },
@@ -148,7 +148,7 @@ pub enum Command {
     /// are unchanged, change, add and remove the others ([`diff::plan`]).
     Apply {
         /// The sites of the new configuration, for every lane.
-        wanted: Arc<[SiteSpec]>,
+        wanted: Arc<Vec<SiteSpec>>,
         /// This lane's share of them (indices).
         mine: Vec<u32>,
         /// Where the counts go.
@@ -243,22 +243,35 @@ pub async fn run(
             }
             _ = tokio::time::sleep_until(due.unwrap_or(origin).into()), if due.is_some() => {}
         }
-        if !s.run_due(&shared, &permits, &shutdown).await {
+        let serve = open.then_some(&mut commands);
+        if !s.run_due(&shared, &permits, &shutdown, serve).await {
             return;
         }
     }
 }
 
 impl Scheduler {
-    /// Starts the checks that are due; `false` at `shutdown`.
+    /// Starts the checks that are due; `false` at `shutdown`. A reload's
+    /// commands that come meanwhile are answered between two checks: a
+    /// lane that is behind (or waits for `concurrency`) does not hold a
+    /// reload back until it has caught up.
     async fn run_due(
         &mut self,
         shared: &Arc<Shared>,
         permits: &Arc<Semaphore>,
         shutdown: &CancellationToken,
+        mut commands: Option<&mut mpsc::UnboundedReceiver<Command>>,
     ) -> bool {
         let now = Instant::now();
-        while let Some(mut top) = self.heap.peek_mut() {
+        loop {
+            if let Some(commands) = commands.as_deref_mut() {
+                while let Ok(c) = commands.try_recv() {
+                    self.command(c, shared);
+                }
+            }
+            let Some(mut top) = self.heap.peek_mut() else {
+                break;
+            };
             let Reverse((due, slot, generation)) = *top;
             if due > now {
                 break;

@@ -212,7 +212,7 @@ async fn a_url_removed_and_added_again_while_its_check_runs_waits_for_that_check
     let running = Arc::clone(&old[1]);
     running.running.store(true, Ordering::Release);
     let (mut s, shared) = (scheduler(old, t0), shared());
-    let all: Arc<[SiteSpec]> = vec![spec("http://s0.example/"), spec("http://s1.example/")].into();
+    let all = Arc::new(vec![spec("http://s0.example/"), spec("http://s1.example/")]);
     let now = t0 + Duration::from_millis(500);
     assert_eq!(s.apply(&all[..1], &[0], now, &shared).removed, 1);
     // Claimed by this lane while the removed check runs.
