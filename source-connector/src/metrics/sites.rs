@@ -107,7 +107,7 @@ impl SiteSeries {
         if listed.is_empty() {
             return;
         }
-        let families: [(&str, fn(&Values) -> &AtomicU64); 3] = [
+        let families: [(&str, Field); 3] = [
             (SITE_UP, |v| &v.up),
             (SITE_DURATION_SECONDS, |v| &v.duration),
             (SITE_CERT_DAYS_LEFT, |v| &v.cert_days_left),
@@ -125,6 +125,9 @@ impl SiteSeries {
         }
     }
 }
+
+/// One gauge's value among a site's.
+type Field = fn(&Values) -> &AtomicU64;
 
 /// A label value as the text format wants it.
 fn escape(value: &str) -> std::borrow::Cow<'_, str> {

@@ -30,7 +30,7 @@ const HASHED_BYTES: u64 = 4 << 20;
 pub const UNFINISHED_SETTLE: Duration = Duration::from_secs(5);
 
 /// What identifies one version of a file: `None` when it cannot be read;
-/// else its modification time, size, content hash (up to [`HASHED_BYTES`])
+/// else its modification time, size, content hash (of files up to 4 MiB)
 /// and whether it ends with a line end (or is empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint(Option<(SystemTime, u64, u64, bool)>);

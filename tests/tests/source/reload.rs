@@ -475,7 +475,7 @@ async fn reload_watch_does_not_apply_a_sites_file_cut_mid_line() {
         0.0,
         "nothing applied yet:\n{text}"
     );
-    write!(f, "w\n").unwrap();
+    writeln!(f, "w").unwrap();
     drop(f);
     counted(&addr, "success", 1.0, &proc).await;
     eventually(
