@@ -6,6 +6,7 @@
 #   WM_BENCH_ONLY=source,scale,million,sink,sink_keyless,resume,e2e,dataset   run only these
 #   WM_BENCH_SCALE=0.2                    shrink every scenario (a quick try)
 #   WM_BENCH_SINK_EXTRA='batch_size = 20000'  extra [sink] lines (experiments)
+#   WM_BENCH_KEEP_DATASET=1               keep the dataset scenario's schema (drop it by hand)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd -P)
 cd "$root"

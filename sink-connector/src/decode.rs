@@ -56,6 +56,26 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason (the sink's `/metrics` shows each at 0 from the start,
+    /// so a rule on the counter's increase sees the first reject).
+    pub const ALL: [Reason; 15] = [
+        Reason::Empty,
+        Reason::TooLarge,
+        Reason::NotUtf8,
+        Reason::NotJson,
+        Reason::NotObject,
+        Reason::NoUrl,
+        Reason::UrlNotString,
+        Reason::EmptyUrl,
+        Reason::UrlTooLong,
+        Reason::NulInString,
+        Reason::UnpairedSurrogate,
+        Reason::TooDeep,
+        Reason::NumberOutOfRange,
+        Reason::InFuture,
+        Reason::Database,
+    ];
+
     /// The stable name used in metrics and in the `reason` column.
     pub fn as_str(self) -> &'static str {
         match self {

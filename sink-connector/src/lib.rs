@@ -108,6 +108,7 @@ pub async fn start(
 
     let handle = telemetry::install_recorder();
     metrics::describe();
+    metrics::register_zeros(&cfg);
     let health = Health::new();
     // Writer 0 is the one that must work (it writes what the others cannot),
     // so readiness follows its connection.
@@ -118,13 +119,11 @@ pub async fn start(
         telemetry::serve(&cfg.metrics_address, handle, health, telemetry_stop.clone()).await?;
 
     let last_commit = Arc::new(AtomicU64::new(0));
-    let consumer = match kafka::consumer::consumer(
-        &config.kafka,
-        &cfg,
-        readiness.clone(),
-        last_commit.clone(),
-    ) {
-        Ok(c) => c,
+    let made =
+        kafka::consumer::consumer(&config.kafka, &cfg, readiness.clone(), last_commit.clone())
+            .and_then(|c| Ok((c, publishers(&config.kafka, &cfg)?)));
+    let (consumer, publishers) = match made {
+        Ok(made) => made,
         Err(e) => {
             telemetry_stop.cancel();
             return Err(e);
@@ -145,13 +144,6 @@ pub async fn start(
         writers = cfg.writers,
         "sink starting"
     );
-    let publishers = match publishers(&config.kafka, &cfg) {
-        Ok(p) => p,
-        Err(e) => {
-            telemetry_stop.cancel();
-            return Err(e);
-        }
-    };
     let pipeline = pipeline::Pipeline::new(
         cfg,
         target,
@@ -188,7 +180,7 @@ fn publishers(
     let make = |topic: &Option<String>| {
         topic
             .as_deref()
-            .map(|t| kafka::transitions::Publisher::new(kafka_cfg, t, cfg.write_timeout))
+            .map(|t| kafka::outbox::Publisher::new(kafka_cfg, t, cfg.write_timeout))
             .transpose()
     };
     Ok(pipeline::Publishers {

@@ -51,6 +51,13 @@ pub const STATUS_TRANSITIONS_PUBLISHED: &str = "website_monitor_status_transitio
 /// Rejected records produced to `[sink] dead_letter_topic` (counter; at
 /// least once, so a crash may count one twice).
 pub const RECORDS_DEAD_LETTERED: &str = "website_monitor_records_dead_lettered_total";
+/// Rounds of producing committed rows to a topic that failed, by `stream`
+/// (`transitions`, `dead_letters`) (counter); the round is tried again 10 s
+/// later.
+pub const PUBLISH_FAILURES: &str = "website_monitor_publish_failures_total";
+/// Committed rows not produced to their topic yet, by `stream` (gauge,
+/// counted after each round).
+pub const PUBLISH_BACKLOG: &str = "website_monitor_publish_backlog";
 /// Records the site status model ignored as late for their probe (counter):
 /// not newer than the probe's newest check. Records of one url spread over
 /// several partitions (keyless input) show up here; see docs/status.md.
@@ -58,6 +65,9 @@ pub const STATUS_RECORDS_LATE: &str = "website_monitor_status_records_late_total
 /// Ad-hoc maintenance windows (rows of `<table>_maintenance`) found unusable
 /// and ignored, once per row (counter).
 pub const STATUS_BAD_WINDOWS: &str = "website_monitor_status_bad_windows_total";
+/// Each site's state, by `url` and `state`: 1 for the state it is in, 0
+/// for the others (gauge; only with `[sink.status] per_site_gauge`).
+pub const SITE_STATE: &str = "website_monitor_site_state";
 /// Sweeps of the site status (writer 0) that failed (counter).
 pub const STATUS_SWEEP_ERRORS: &str = "website_monitor_status_sweep_errors_total";
 
@@ -125,6 +135,10 @@ pub fn describe() {
         "Batch writes retried after a PostgreSQL failure."
     );
     describe_gauge!(
+        SITE_STATE,
+        "Each site's state (1 for the state it is in, 0 for the others); with [sink.status] per_site_gauge."
+    );
+    describe_gauge!(
         CONSUMER_LAG,
         "Records between the committed offset and the end of the partition."
     );
@@ -139,6 +153,30 @@ pub fn describe() {
         "Seconds since the last Kafka offset commit."
     );
     describe_counter!(KAFKA_ERRORS, "Errors reported by the Kafka consumer.");
+    describe_counter!(
+        PUBLISH_FAILURES,
+        "Failed rounds of producing committed rows to the transitions or dead-letter topic."
+    );
+    describe_gauge!(
+        PUBLISH_BACKLOG,
+        "Committed rows not produced to the transitions or dead-letter topic yet."
+    );
+}
+
+/// Shows every reject reason's counter, and the produce failures of each
+/// topic `cfg` has the sink produce to, at 0 from the start: a rule on a
+/// counter's `increase` only sees increments after a first sample.
+pub fn register_zeros(cfg: &crate::config::SinkConfig) {
+    for reason in crate::decode::Reason::ALL {
+        metrics::counter!(RECORDS_REJECTED, "reason" => reason.as_str()).increment(0);
+    }
+    let streams = [
+        (&cfg.status.transitions_topic, "transitions"),
+        (&cfg.dead_letter_topic, "dead_letters"),
+    ];
+    for (_, stream) in streams.into_iter().filter(|(topic, _)| topic.is_some()) {
+        metrics::counter!(PUBLISH_FAILURES, "stream" => stream).increment(0);
+    }
 }
 
 /// Seconds since the Unix epoch, now.

@@ -51,8 +51,9 @@ use crate::decode::{Decoded, Limits};
 use crate::error::SinkError;
 use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
 use crate::kafka::consumer::{caught_up, fatal_error, leave_static_group, SinkConsumer};
-use crate::kafka::dead_letter::dead_letters_until_shutdown;
-use crate::kafka::transitions::{publish_until_shutdown, Publisher};
+use crate::kafka::dead_letter::DeadLetters;
+use crate::kafka::outbox::{drain_until_shutdown, Publisher};
+use crate::kafka::transitions::Transitions;
 use crate::metrics as m;
 use crate::postgres::shared::Shared;
 use crate::postgres::writer::{Writer, Written};
@@ -214,6 +215,17 @@ impl Pipeline {
             // (what it produced is produced again next time: at least once).
             task.abort();
         }
+        self.close(consumer, fatal).await
+    }
+
+    /// Leaves the group (with static membership, when not fenced) and
+    /// closes the consumer, within what is left of `shutdown_timeout`; the
+    /// fatal Kafka error that ended the loop, if one did.
+    async fn close(
+        &self,
+        consumer: Arc<SinkConsumer>,
+        fatal: Option<String>,
+    ) -> Result<(), SinkError> {
         let fatal = fatal.or_else(|| fatal_error(&consumer));
         // Leaving the group blocks (librdkafka's close), so off the runtime,
         // and bounded: a dead coordinator must not keep the sink from exiting.
@@ -297,21 +309,19 @@ impl Pipeline {
     /// Starts the transitions and dead-letter topics' tasks, each when set.
     fn spawn_publishers(&mut self) -> Vec<tokio::task::JoinHandle<()>> {
         let shared = &self.shared;
-        let transitions = self
-            .publishers
-            .transitions
-            .take()
-            .map(|p| tokio::spawn(publish_until_shutdown(Arc::clone(shared), p)));
-        let dead_letters = self
-            .publishers
-            .dead_letters
-            .take()
-            .map(|p| tokio::spawn(dead_letters_until_shutdown(Arc::clone(shared), p)));
+        let transitions = self.publishers.transitions.take().map(|p| {
+            let outbox = Transitions::new(&shared.tables);
+            tokio::spawn(drain_until_shutdown(Arc::clone(shared), outbox, p))
+        });
+        let dead_letters = self.publishers.dead_letters.take().map(|p| {
+            let outbox = DeadLetters::new(&shared.tables);
+            tokio::spawn(drain_until_shutdown(Arc::clone(shared), outbox, p))
+        });
         transitions.into_iter().chain(dead_letters).collect()
     }
 
     /// Writer 0's work between batches (and when idle): partition
-    /// maintenance when due, and the site status
+    /// maintenance when due, the per-site state gauge (if asked for), and the site status
     /// sweep, over the partitions this sink has caught up on only
     /// ([`caught_up`]) — a probe whose records are still queued would look
     /// silent — at the wall clock, or at the oldest `checked_at` of `next`
@@ -320,6 +330,7 @@ impl Pipeline {
     async fn between_batches(&mut self, consumer: &SinkConsumer, next: &[Msg], full: bool) {
         // Partitions ahead and retention run even while no record comes.
         self.writers[0].maintain().await;
+        self.writers[0].refresh_site_gauge().await;
         if full || !self.writers[0].sweep_due() {
             return;
         }

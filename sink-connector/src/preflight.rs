@@ -17,8 +17,9 @@ use crate::SinkConfig;
 /// How long Kafka and PostgreSQL may each take to answer.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The sink's live checks, in order: Kafka, the PostgreSQL login, the
-/// migrations, the rights on the tables (the last two only once logged in).
+/// The sink's live checks, in order: Kafka and the topic, the topics the
+/// sink produces to (each when set), the PostgreSQL login, the migrations,
+/// the rights on the tables (the last two only once logged in).
 pub async fn check_live(loaded: &Loaded<SinkConfig>) -> Vec<LiveCheck> {
     let kafka = loaded.kafka.clone();
     let topic = loaded.section.topic.clone();
@@ -27,6 +28,20 @@ pub async fn check_live(loaded: &Loaded<SinkConfig>) -> Vec<LiveCheck> {
         .unwrap_or_else(|e| Err(format!("the Kafka check did not finish: {e}")));
     let mut checks = vec![("kafka", found)];
     let cfg = &loaded.section;
+    // The topics the sink produces to must exist too: a producer would
+    // create a missing one with the brokers' defaults (when they allow it).
+    let produced = [
+        ("dead_letter_topic", &cfg.dead_letter_topic),
+        ("transitions_topic", &cfg.status.transitions_topic),
+    ];
+    for (key, topic) in produced {
+        let Some(topic) = topic.clone() else { continue };
+        let kafka = loaded.kafka.clone();
+        let found = tokio::task::spawn_blocking(move || check_topic(&kafka, &topic, TIMEOUT))
+            .await
+            .unwrap_or_else(|e| Err(format!("the Kafka check did not finish: {e}")));
+        checks.push((key, found));
+    }
     let client = match login(cfg).await {
         Ok(c) => c,
         Err(e) => {

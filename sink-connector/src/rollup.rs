@@ -1,7 +1,9 @@
 //! Exact rollups: what a batch's checks add to each (site, probe, minute /
 //! hour / day) row, computed here and added in the batch's transaction.
 //!
-//! A rollup row counts checks, successes and failures (by error kind), sums
+//! A rollup row counts checks, successes and failures (by error kind) —
+//! a check made while a maintenance window covered its site counts in
+//! `maintenance` instead, so no uptime includes it — sums
 //! the durations of the checks that got a response (whole microseconds, so
 //! sums are exact in any order) and keeps a latency histogram with fixed
 //! log-scale buckets: bucket `b` holds durations from 2^(b/8) to 2^((b+1)/8)
@@ -120,10 +122,12 @@ pub struct Key {
 pub struct Counts {
     /// Checks.
     pub checks: i32,
-    /// Checks with `ok: true`.
+    /// Checks with `ok: true`, outside maintenance.
     pub ok: i32,
-    /// Checks with `ok: false`.
+    /// Checks with `ok: false`, outside maintenance.
     pub failed: i32,
+    /// Checks with an `ok` made while a maintenance window covered their site.
+    pub maintenance: i32,
     /// Checks that got a response (a `status_code`) and have a duration.
     pub responses: i32,
     /// Sum of those checks' durations, microseconds.
@@ -141,10 +145,11 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// Counts one check.
-    pub fn add(&mut self, row: &Compact<'_>) {
+    /// Counts one check; `maintenance`: made while a window covered its site.
+    pub fn add(&mut self, row: &Compact<'_>, maintenance: bool) {
         self.checks += 1;
         match row.ok {
+            Some(_) if maintenance => self.maintenance += 1,
             Some(true) => self.ok += 1,
             Some(false) => {
                 self.failed += 1;
@@ -183,7 +188,8 @@ pub struct Rollups {
 }
 
 impl Rollups {
-    /// Adds a check of `site_id` by `probe_id` at `at` to every level in `levels`.
+    /// Adds a check of `site_id` by `probe_id` at `at` to every level in
+    /// `levels`; `maintenance`: made while a window covered the site.
     pub fn add(
         &mut self,
         levels: &[Level],
@@ -191,6 +197,7 @@ impl Rollups {
         probe_id: i32,
         at: SystemTime,
         row: &Compact<'_>,
+        maintenance: bool,
     ) {
         for level in levels {
             let key = Key {
@@ -199,7 +206,7 @@ impl Rollups {
                 probe_id,
                 bucket: level.bucket(at),
             };
-            self.rows.entry(key).or_default().add(row);
+            self.rows.entry(key).or_default().add(row, maintenance);
         }
     }
 

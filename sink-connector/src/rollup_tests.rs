@@ -60,12 +60,18 @@ fn levels_cut_time_into_utc_minutes_hours_and_days() {
 #[test]
 fn counts_split_successes_failures_by_kind_and_responses() {
     let mut c = Counts::default();
-    c.add(&check(Some(true), Some(200), Some(1000), None));
-    c.add(&check(Some(true), Some(200), Some(3000), None));
-    c.add(&check(Some(false), Some(500), Some(2000), Some("status")));
-    c.add(&check(Some(false), None, Some(10_000_000), Some("timeout")));
-    c.add(&check(Some(false), None, None, Some("martian")));
-    c.add(&check(None, None, None, None));
+    c.add(&check(Some(true), Some(200), Some(1000), None), false);
+    c.add(&check(Some(true), Some(200), Some(3000), None), false);
+    c.add(
+        &check(Some(false), Some(500), Some(2000), Some("status")),
+        false,
+    );
+    c.add(
+        &check(Some(false), None, Some(10_000_000), Some("timeout")),
+        false,
+    );
+    c.add(&check(Some(false), None, None, Some("martian")), false);
+    c.add(&check(None, None, None, None), false);
     assert_eq!((c.checks, c.ok, c.failed, c.responses), (6, 2, 3, 3));
     assert_eq!(c.duration_sum_us, 6000);
     assert_eq!(
@@ -74,6 +80,21 @@ fn counts_split_successes_failures_by_kind_and_responses() {
     );
     assert_eq!(c.failures, BTreeMap::from([(0, 1), (4, 1), (6, 1)]));
     assert_eq!(c.latency.values().sum::<i64>(), 3);
+}
+
+#[test]
+fn checks_in_maintenance_count_apart_from_ok_and_failed() {
+    let mut c = Counts::default();
+    c.add(&check(Some(true), Some(200), Some(1000), None), false);
+    c.add(&check(Some(false), None, None, Some("timeout")), true);
+    c.add(&check(Some(true), Some(200), Some(1000), None), true);
+    c.add(&check(None, None, None, None), true);
+    assert_eq!((c.checks, c.ok, c.failed, c.maintenance), (4, 1, 0, 2));
+    assert!(
+        c.failures.is_empty(),
+        "no failure kind counted in maintenance"
+    );
+    assert_eq!(c.responses, 2, "latency counts every response");
 }
 
 #[test]
@@ -96,6 +117,7 @@ fn a_check_adds_to_one_row_per_level() {
         1,
         t,
         &check(Some(true), Some(200), Some(5), None),
+        false,
     );
     r.add(
         &levels,
@@ -103,6 +125,7 @@ fn a_check_adds_to_one_row_per_level() {
         1,
         t + Duration::from_secs(60),
         &check(Some(true), Some(200), Some(5), None),
+        false,
     );
     r.add(
         &levels,
@@ -110,6 +133,7 @@ fn a_check_adds_to_one_row_per_level() {
         1,
         t,
         &check(Some(true), Some(200), Some(5), None),
+        false,
     );
     assert_eq!(r.level(Level::Minute).count(), 3);
     assert_eq!(r.level(Level::Hour).count(), 0);

@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 
 /// The known top-level fields, in the order of their bit in
 /// [`Compact::present`]; the history view uses the same order.
-pub const FIELDS: [&str; 15] = [
+pub const FIELDS: [&str; 16] = [
     "url",
     "checked_at",
     "status_code",
@@ -37,6 +37,7 @@ pub const FIELDS: [&str; 15] = [
     "tls",
     "probe",
     "schema_version",
+    "interval",
 ];
 
 /// A bit of [`Compact::present`] beyond [`FIELDS`]: the history row leaves
@@ -102,6 +103,9 @@ pub struct Compact<'a> {
     pub probe: Option<Cow<'a, str>>,
     /// `schema_version`.
     pub schema_version: Option<i16>,
+    /// `interval` (seconds in the record), milliseconds: stored only when
+    /// whole milliseconds within an `int4` (else kept in `extra`).
+    pub interval_ms: Option<i32>,
     /// The fields kept as written, as a JSON object; `None` when there are none.
     pub extra: Option<String>,
 }
@@ -188,6 +192,7 @@ impl<'a> Compact<'a> {
                 &mut self.probe,
             ),
             "schema_version" => nullable(text, int::<i16>, &mut self.schema_version),
+            "interval" => nullable(text, millis, &mut self.interval_ms),
             _ => false,
         }
     }
@@ -293,6 +298,14 @@ fn number(text: &str) -> Option<f64> {
 fn micros(text: &str) -> Option<i32> {
     let us = (number(text)? * 1e6).round();
     (0.0..=i32::MAX as f64).contains(&us).then_some(us as i32)
+}
+
+/// Seconds as whole milliseconds, when the JSON number is exactly that
+/// (so the view's `interval_ms / 1e3` gives the same value back).
+fn millis(text: &str) -> Option<i32> {
+    let secs = number(text)?;
+    let ms = (secs * 1e3).round();
+    ((0.0..=f64::from(i32::MAX)).contains(&ms) && ms / 1e3 == secs).then_some(ms as i32)
 }
 
 /// Epoch seconds within the years 1970 to 9999 as a time.

@@ -1,6 +1,6 @@
 use super::*;
 
-const SOURCE_RECORD: &str = r#"{"url":"https://example.com/","checked_at":1764264000.5,"status_code":200,"duration":0.184123,"re_check":true,"ok":true,"error":null,"timings":{"dns":0.002,"connect":0.01,"tls":0.03,"ttfb":0.1,"transfer":0.04},"http_version":"HTTP/2","response_bytes":5120,"redirects":0,"ip":"93.184.216.34","tls":{"version":"TLSv1.3","cert_not_after":1790000000,"cert_days_left":297},"probe":"eu-1","schema_version":1}"#;
+const SOURCE_RECORD: &str = r#"{"url":"https://example.com/","checked_at":1764264000.5,"status_code":200,"duration":0.184123,"re_check":true,"ok":true,"error":null,"timings":{"dns":0.002,"connect":0.01,"tls":0.03,"ttfb":0.1,"transfer":0.04},"http_version":"HTTP/2","response_bytes":5120,"redirects":0,"ip":"93.184.216.34","tls":{"version":"TLSv1.3","cert_not_after":1790000000,"cert_days_left":297},"probe":"eu-1","interval":0.25,"schema_version":2}"#;
 
 fn all_bits() -> i32 {
     (1 << FIELDS.len()) - 1
@@ -36,8 +36,9 @@ fn a_source_record_is_all_typed_columns_and_no_extra() {
     assert_eq!(row.probe.as_deref(), Some("eu-1"));
     assert_eq!(
         (row.ok, row.re_check, row.schema_version),
-        (Some(true), Some(true), Some(1))
+        (Some(true), Some(true), Some(2))
     );
+    assert_eq!(row.interval_ms, Some(250));
     assert_eq!((row.response_bytes, row.redirects), (Some(5120), Some(0)));
 }
 
@@ -153,4 +154,23 @@ fn times_are_kept_to_the_microsecond() {
         row.timings_us,
         [Some(0), None, None, Some(2_000_000), Some(0)]
     );
+}
+
+#[test]
+fn an_interval_not_in_whole_milliseconds_stays_in_extra_as_written() {
+    for (interval, kept) in [
+        ("30", Some(30_000)),
+        ("0.001", Some(1)),
+        ("1e-4", None),
+        ("-1", None),
+    ] {
+        let text = format!(r#"{{"url":"http://x/","interval":{interval}}}"#);
+        let row = Compact::from_json(&text).unwrap();
+        assert_eq!(row.interval_ms, kept, "{interval}");
+        assert_eq!(row.present & (1 << 15) != 0, kept.is_some(), "{interval}");
+        let extra = kept
+            .is_none()
+            .then(|| format!(r#"{{"interval":{interval}}}"#));
+        assert_eq!(row.extra, extra, "{interval}");
+    }
 }

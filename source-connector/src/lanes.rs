@@ -140,15 +140,17 @@ pub struct Prepared {
 
 impl Prepared {
     /// Deals `specs` over the lanes for `threads` (`source.threads`; see
-    /// [`shares`]) and builds each lane's HTTP
+    /// [`shares`], counting at least `at_least` sites: sites from outside
+    /// may come later) and builds each lane's HTTP
     /// clients and runtime; everything that can fail, before any thread runs.
     pub fn new(
         specs: Vec<SiteSpec>,
         threads: Option<usize>,
         concurrency: usize,
         per_site_metrics: bool,
+        at_least: usize,
     ) -> Result<Self, LaneError> {
-        let shares = plan(threads, concurrency, specs.len());
+        let shares = plan(threads, concurrency, specs.len().max(at_least));
         // TLS's one-time work (the system's roots, seeding the random number
         // generator), once for every lane's clients and before any check.
         let tls = check::tls::TlsBase::load()?;

@@ -10,7 +10,8 @@
 //! ```
 //!
 //! Imports run one way, with no circle: `reload` → `lanes` → `schedule` → `check` →
-//! `sites` → `config`; `schedule` → `publish` → `metrics` → `record`;
+//! `sites` → `config`; `reload` → `discovery` → `check` (its TLS roots),
+//! `sites`, `hash`, `metrics`; `schedule` → `publish` → `metrics` → `record`;
 //! `check` → `record`; `sites` and `schedule` → `hash`; only this file
 //! imports `limits`. Inside a folder module the files import each other one
 //! way too (each folder's doc lists them in order).
@@ -31,6 +32,9 @@
 //! - [`publish`]: the Kafka producer (or stdout), delivery accounting and
 //!   backpressure;
 //! - [`metrics`]: metric names and their recording;
+//! - [`discovery`]: sites from outside the configuration — a compacted
+//!   Kafka topic (split between instances by a consumer group) and
+//!   Prometheus http_sd — combined with the configuration's;
 //! - [`reload`]: SIGHUP, `POST /-/reload` and `reload_watch`: the
 //!   configuration read again, checked, and its sites applied as a
 //!   difference to the running lanes;
@@ -51,6 +55,7 @@
 
 pub mod check;
 pub mod config;
+pub mod discovery;
 pub mod hash;
 pub mod lanes;
 pub mod limits;
@@ -111,6 +116,9 @@ pub enum SourceError {
     /// The Kafka producer could not be created.
     #[error(transparent)]
     Kafka(#[from] publish::PublishError),
+    /// The sites topic's consumer or the http_sd client could not be made.
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
     /// The telemetry server could not start.
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
@@ -155,14 +163,6 @@ pub async fn start(
 ) -> Result<Running, SourceError> {
     let source = &config.section;
     let specs = sites::resolve(&config)?;
-    let site_count = specs.len();
-    let prepared = lanes::Prepared::new(
-        specs,
-        source.threads,
-        source.concurrency,
-        source.per_site_metrics,
-    )?;
-
     let health = Health::new();
     let telemetry_stop = CancellationToken::new();
     // Stops the telemetry server if start-up fails past this point.
@@ -191,6 +191,22 @@ pub async fn start(
         Err(e) => return Err(e.into()),
     };
 
+    // The lanes' own stop: shutdown, a crashed lane, a failed start, or
+    // `Running` dropped.
+    let stop = shutdown.child_token();
+    let stop_if_failed = stop.clone().drop_guard();
+    let (specs, outside) = outside_sites(&config, specs, &health, &stop).await?;
+    let site_count = specs.len();
+    // With sites from outside, the number of check threads does not
+    // depend on how many sites there are at start.
+    let at_least = if outside.is_some() { usize::MAX } else { 0 };
+    let prepared = lanes::Prepared::new(
+        specs,
+        source.threads,
+        source.concurrency,
+        source.per_site_metrics,
+        at_least,
+    )?;
     let publisher = Arc::new(publisher(&config, opts, &health)?);
     metrics::sites(site_count);
     let shared = shared(source, &publisher, series);
@@ -200,11 +216,9 @@ pub async fn start(
     {
         tracing::warn!("{warning}");
     }
-    // The lanes' own stop: shutdown, a crashed lane, a failed start, or
-    // `Running` dropped.
-    let stop = shutdown.child_token();
     let lanes = prepared.start(&shared, opts.once, &stop)?;
     telemetry_guard.disarm();
+    stop_if_failed.disarm();
     log_started(source, site_count, lanes.count(), opts);
     let ending = Ending {
         shared,
@@ -216,10 +230,13 @@ pub async fn start(
         lanes,
     };
     let reload = (!opts.once).then(|| {
+        let (catalog, updates) = outside.unzip();
         let reloader = reload::Reloader {
             current: config,
             lanes: ending.lanes.commander(),
             env: connector_common::config::process_env,
+            catalog,
+            updates,
         };
         start_reloader(reloader, reload_handle, reload_requests, &stop)
     });
@@ -231,6 +248,37 @@ pub async fn start(
         _lanes: stop.drop_guard(),
     })
 }
+
+/// The sites of the configuration and, when `[source]` names a sites topic
+/// or an http_sd url, theirs: the sources are started and read until each
+/// has its first list (not ready meanwhile); the catalog and the updates
+/// that follow go to the reloader.
+async fn outside_sites(
+    config: &Loaded<SourceConfig>,
+    specs: Vec<sites::SiteSpec>,
+    health: &Health,
+    stop: &CancellationToken,
+) -> Result<(Vec<sites::SiteSpec>, Option<(discovery::Catalog, Updates)>), SourceError> {
+    let Some(mut found) = discovery::Discovery::start(config, stop)? else {
+        return Ok((specs, None));
+    };
+    let source = &config.section;
+    let mut waiting = Vec::new();
+    if let Some(topic) = &source.sites_topic {
+        waiting.push(format!("reading sites_topic {topic} to its end"));
+    }
+    if source.http_sd_url.is_some() {
+        waiting.push("fetching http_sd_url".to_owned());
+    }
+    health.set_not_ready(waiting.join("; "));
+    let mut catalog = discovery::Catalog::new(specs);
+    found.initial(&mut catalog, config, stop).await;
+    let all = catalog.combined(source);
+    Ok((all, Some((catalog, found.updates))))
+}
+
+/// What the sources of sites send after their first list.
+type Updates = tokio::sync::mpsc::Receiver<discovery::Update>;
 
 /// Runs `reloader` until `stop`; the handle that asks it to reload.
 fn start_reloader(
@@ -328,7 +376,7 @@ fn log_started(source: &SourceConfig, site_count: usize, threads: usize, opts: R
         output = if opts.stdout { "stdout" } else { "kafka" },
         "source started"
     );
-    if site_count == 0 {
+    if site_count == 0 && source.sites_topic.is_none() && source.http_sd_url.is_none() {
         tracing::warn!("no site falls in this shard; nothing to check");
     }
 }

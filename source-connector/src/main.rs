@@ -85,11 +85,17 @@ async fn run(args: Args) -> ExitCode {
         };
         print!("{}", render_masked(&loaded, Section::Source));
         let section = &loaded.section;
-        let threads = lanes::count(section.threads, section.concurrency, resolved.len());
+        let outside = section.sites_topic.is_some() || section.http_sd_url.is_some();
+        // Sites from outside come later: the threads do not wait for them.
+        let counted = if outside { usize::MAX } else { resolved.len() };
+        let threads = lanes::count(section.threads, section.concurrency, counted);
         println!(
             "# {} site(s) to check in this instance, on {threads} check thread(s)",
             resolved.len()
         );
+        if outside {
+            println!("# and the sites of sites_topic / http_sd_url, read when the source runs (docs/discovery.md)");
+        }
         return ExitCode::SUCCESS;
     }
     let loaded = match config::load::<SourceConfig>(&path, Section::Source, &process_env) {

@@ -11,10 +11,11 @@
 use serde::{Deserialize, Serialize};
 
 /// The version of this layout; changes only with a documented migration.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version 2 added `interval`.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// [`SCHEMA_VERSION`] as the `schema-version` Kafka header writes it.
-pub const SCHEMA_VERSION_TEXT: &str = "1";
+pub const SCHEMA_VERSION_TEXT: &str = "2";
 
 /// The result of one check.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +52,10 @@ pub struct Record {
     pub tls: Option<TlsFacts>,
     /// Name of the probe that made the check (`source.probe`).
     pub probe: String,
+    /// The site's check interval, seconds (`interval`, per site or of
+    /// `[source]`): when the next check of this url by this probe is due.
+    #[serde(serialize_with = "micros")]
+    pub interval: f64,
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
 }
@@ -136,13 +141,15 @@ pub struct TlsFacts {
 }
 
 impl Record {
-    /// A failed check that learnt nothing (no response, no phase).
+    /// A failed check that learnt nothing (no response, no phase), of a
+    /// site checked every `interval` seconds.
     pub fn failure(
         url: String,
         checked_at: f64,
         duration: f64,
         error: CheckError,
         probe: String,
+        interval: f64,
     ) -> Record {
         Record {
             url,
@@ -159,6 +166,7 @@ impl Record {
             ip: None,
             tls: None,
             probe,
+            interval,
             schema_version: SCHEMA_VERSION,
         }
     }
@@ -207,6 +215,7 @@ mod tests {
                 message: "no such host".into(),
             },
             "local".into(),
+            30.0,
         )
     }
 
@@ -241,6 +250,7 @@ mod tests {
             "ip",
             "tls",
             "probe",
+            "interval",
             "schema_version",
         ] {
             assert!(keys.contains(&k), "{k} missing from {v}");

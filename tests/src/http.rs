@@ -16,7 +16,9 @@
 //! - `/to/{port}/{path}` — 302 to `http://localhost:{port}/{path}` (another
 //!   origin than `127.0.0.1`, even on the same port);
 //! - `/long-location/{bytes}` — 302 with a `Location` of that many bytes that
-//!   is no usable url.
+//!   is no usable url;
+//! - `/by-probe` — 200 `ok`, or 503 to a request whose `x-probe` header the
+//!   test named in [`TestServer::fail_for`] (one url, several probes).
 //!
 //! [`TestServer::https_stalling_handshake`] also stalls inside the TLS
 //! handshake: the server's first flight (ServerHello … Finished) is held back.
@@ -61,6 +63,10 @@ struct State {
     max_in_flight: AtomicUsize,
     hits: Mutex<HashMap<String, u64>>,
     requests: Mutex<HashMap<String, Vec<hyper::HeaderMap>>>,
+    /// What `/doc` answers: a status and a JSON body ([`TestServer::set_doc`]).
+    doc: Mutex<(u16, String)>,
+    /// `x-probe` values `/by-probe` answers with 503.
+    failing: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A running test server; stops when dropped.
@@ -184,6 +190,25 @@ impl TestServer {
             .unwrap_or_default()
     }
 
+    /// Makes `/doc` answer `status` with `body` (as `application/json`):
+    /// a document the test changes while the source reads it (an http_sd
+    /// list, a failure, garbage).
+    pub fn set_doc(&self, status: u16, body: impl Into<String>) {
+        *self.state.doc.lock().expect("doc lock") = (status, body.into());
+    }
+
+    /// Makes `/by-probe` answer 503 (`fail`) or 200 to the requests whose
+    /// `x-probe` header is `probe`: one url that several probes (sources
+    /// sending that header) see fail or not.
+    pub fn fail_for(&self, probe: &str, fail: bool) {
+        let mut failing = self.state.failing.lock().expect("failing lock");
+        if fail {
+            failing.insert(probe.to_owned());
+        } else {
+            failing.remove(probe);
+        }
+    }
+
     /// Requests received for exactly `path`.
     pub fn hits(&self, path: &str) -> u64 {
         self.state
@@ -273,7 +298,16 @@ async fn route(req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
         .push(req.headers().clone());
     let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let response = answer(&path, &st).await;
+    let failing = req
+        .headers()
+        .get("x-probe")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|p| st.failing.lock().expect("failing lock").contains(p));
+    let response = if path == "/by-probe" && failing {
+        full(StatusCode::SERVICE_UNAVAILABLE, "failing for this probe\n")
+    } else {
+        answer(&path, &st).await
+    };
     st.in_flight.fetch_sub(1, Ordering::SeqCst);
     response
 }
@@ -282,8 +316,20 @@ async fn answer(path: &str, st: &Arc<State>) -> Response<Body> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let number = |i: usize| segments.get(i).and_then(|s| s.parse::<u64>().ok());
     match segments.first().copied().unwrap_or("") {
-        "" => full(StatusCode::OK, "ok\n"),
+        "" | "by-probe" => full(StatusCode::OK, "ok\n"),
         "text" => full(StatusCode::OK, TEXT),
+        "doc" => {
+            let (status, body) = st.doc.lock().expect("doc lock").clone();
+            let mut r = full(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                body,
+            );
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            r
+        }
         "status" => {
             let code = number(1)
                 .and_then(|c| StatusCode::from_u16(c as u16).ok())

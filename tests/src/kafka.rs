@@ -134,6 +134,21 @@ pub async fn produce(brokers: &str, topic: &str, records: &[(Option<&[u8]>, &[u8
     }
 }
 
+/// Produces records keyed by text, in order, and waits for every
+/// acknowledgement; a `None` value is a tombstone (no payload at all).
+pub async fn produce_keyed(brokers: &str, topic: &str, records: &[(&str, Option<&str>)]) {
+    let p = producer(brokers);
+    for (key, value) in records {
+        let mut r: FutureRecord<'_, str, str> = FutureRecord::to(topic).key(*key);
+        if let Some(v) = value {
+            r = r.payload(*v);
+        }
+        p.send(r, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
+    }
+}
+
 /// `v` as JSON bytes, a record's value.
 pub fn json_rec(v: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap()

@@ -53,7 +53,7 @@ pub use config::{ConfigBuilder, Site};
 pub use http::http_client_builder;
 pub use kafka::{
     consume_all, create_topic, delete_stale_topics, delete_topics, json_rec, produce, produce_json,
-    producer, Consumed,
+    produce_keyed, producer, Consumed,
 };
 pub use metrics::{
     http_exchange, http_get, http_post, scrape, scrape_until, wait_not_ready, wait_ready,

@@ -26,6 +26,15 @@ const SITES: [(i64, &str); 4] = [(1, A), (2, B), (3, C), (4, D)];
 const PROBES: [(i32, &str); 2] = [(1, "eu"), (2, "us")];
 const NO_PROBE: &str = "(no probe)";
 
+/// Site status transitions: (site id, seq, from, to, seconds from n, reason).
+const TRANSITIONS: [(i64, i64, &str, &str, i64, &str); 5] = [
+    (1, 1, "unknown", "up", -10 * HOUR, "first successes"),
+    (1, 2, "up", "down", -5 * HOUR, "2 of 3 voting probes down"),
+    (1, 3, "down", "up", -5 * HOUR + 30 * MINUTE, "recovered"),
+    (2, 1, "unknown", "up", -20 * HOUR, "first successes"),
+    (2, 2, "up", "degraded", -3 * HOUR, "eu: flapping"),
+];
+
 const MINUTE: i64 = 60;
 const HOUR: i64 = 3600;
 const DAY: i64 = 86400;
@@ -732,6 +741,47 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
         ),
     );
 
+    // The state timeline and the incidents, from TRANSITIONS.
+    let ts = |t: i64| json!(rfc3339_nano(t * 1000).replace('Z', "+00:00"));
+    let state = |url: &str, t: i64, st: &str| json!({"time": ts(t), "site": url, "state": st});
+    let (from, to) = (n - 6 * HOUR, n - 2 * HOUR);
+    let b = [state(B, from, "up"), state(B, n - 3 * HOUR, "degraded")];
+    let mut all = vec![
+        state(A, from, "up"),
+        state(A, n - 5 * HOUR, "down"),
+        state(A, n - 5 * HOUR + 30 * MINUTE, "up"),
+    ];
+    all.extend(b.iter().cloned());
+    all.extend([state(C, from, "unknown"), state(D, from, "unknown")]);
+    add("Site state timeline", table(Ctx::new(from, to), all));
+    add(
+        "Site state timeline",
+        table(Ctx::new(from, to).sites(&[B]), b.to_vec()),
+    );
+    let a_down = json!({"site": A, "state": "down", "started": ts(n - 5 * HOUR),
+                        "ended": ts(n - 5 * HOUR + 30 * MINUTE), "duration": 1800.0,
+                        "reason": "2 of 3 voting probes down"});
+    // Still open: it lasts until the range's end (before now).
+    let b_degraded = json!({"site": B, "state": "degraded", "started": ts(n - 3 * HOUR),
+                            "ended": null, "duration": 3600.0, "reason": "eu: flapping"});
+    add(
+        "Incidents",
+        table(Ctx::new(from, to), vec![b_degraded, a_down.clone()]),
+    );
+    add(
+        "Incidents",
+        table(
+            Ctx::new(n - 4 * HOUR, to),
+            vec![json!({"site": B, "state": "degraded",
+            "started": ts(n - 3 * HOUR), "ended": null, "duration": 3600.0,
+            "reason": "eu: flapping"})],
+        ),
+    );
+    add(
+        "Incidents",
+        table(Ctx::new(from, to).sites(&[A]), vec![a_down]),
+    );
+
     // Status: the latest-state rows and the last 24 hours.
     let last = rfc3339_nano((n - 60) * 1000).replace('Z', "+00:00");
     add(
@@ -903,6 +953,14 @@ async fn every_panel_returns_the_expected_figures() {
     }
     for (id, name) in PROBES {
         setup += &format!("INSERT INTO \"site_probe\" (id, name) VALUES ({id}, '{name}');\n");
+    }
+    // Site status transitions ([`TRANSITIONS`]): A down for 30 minutes, B degraded since n - 3 h.
+    for (site, seq, from, to, at, reason) in TRANSITIONS {
+        setup += &format!(
+            "INSERT INTO \"site_transition\" (site_id, seq, from_state, to_state, at, reason, probes) \
+             VALUES ({site}, {seq}, '{from}', '{to}', to_timestamp({}), '{reason}', '{{}}');\n",
+            n + at
+        );
     }
     for (table, rows) in [
         ("site_per_minute", &data.minute),

@@ -52,6 +52,20 @@ async fn the_sink_passes_on_a_ready_stack_and_names_each_thing_that_is_not() {
         "{out}"
     );
 
+    // A topic the sink produces to must exist too (a producer would create
+    // it with the brokers' defaults).
+    let (code, out) = check_live(
+        "sink",
+        &t.config().set("dead_letter_topic", missing.as_str()),
+    );
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains(&format!(
+            "FAILED dead_letter_topic: topic `{missing}` does not exist"
+        )),
+        "{out}"
+    );
+
     let uri = t
         .stack
         .postgres_uri

@@ -3,7 +3,7 @@
 //! ([`crate::rollup`]) — all in the batch's transaction, so a record's
 //! row and its counts are written together or not at all.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::SystemTime;
 
@@ -69,8 +69,9 @@ pub(crate) struct Written {
     pub(crate) probes: HashMap<String, i32>,
 }
 
-/// Writes `checks`: the history rows its table's retention keeps, and every
-/// check into the rollup levels that still cover its time.
+/// Writes the history rows of `checks` that its table's retention keeps
+/// (the rollups are [`add_rollups`], once the status step has said which
+/// checks fell in maintenance).
 pub(crate) async fn write(
     tx: &Transaction<'_>,
     st: &Statements,
@@ -81,22 +82,43 @@ pub(crate) async fn write(
     let probes = probe_ids(tx, st, checks).await?;
     let probe_of = |c: &Check<'_>| c.row.probe.as_deref().and_then(|p| probes.get(p).copied());
     let rows = copy(tx, st, layout, checks, &probe_of, now).await?;
-    let (mut rollups, mut fleet) = (Rollups::default(), Rollups::default());
-    for c in checks {
-        let levels = layout.levels_keeping(c.at, now);
-        let probe = probe_of(c).unwrap_or(0);
-        rollups.add(&levels, c.site_id, probe, c.at, &c.row);
-        fleet.add(&levels, i64::from(c.shard), probe, c.at, &c.row);
-    }
-    for (i, level) in Level::ALL.iter().enumerate() {
-        add_rollups(tx, &st.add_rollups[i], &rollups, *level).await?;
-        add_rollups(tx, &st.add_fleet[i], &fleet, *level).await?;
-    }
     Ok(Written {
         rows,
         past_retention: checks.len() as u64 - rows,
         probes,
     })
+}
+
+/// Adds every check of `checks` into the rollup levels that still cover
+/// its time, per site and for the fleet; the checks whose index is in
+/// `maintenance` count as made during a maintenance window.
+pub(crate) async fn add_rollups(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    layout: &Layout,
+    checks: &[Check<'_>],
+    written: &Written,
+    maintenance: &HashSet<usize>,
+    now: SystemTime,
+) -> Result<(), tokio_postgres::Error> {
+    let (mut rollups, mut fleet) = (Rollups::default(), Rollups::default());
+    for (i, c) in checks.iter().enumerate() {
+        let levels = layout.levels_keeping(c.at, now);
+        let probe = c
+            .row
+            .probe
+            .as_deref()
+            .and_then(|p| written.probes.get(p).copied())
+            .unwrap_or(0);
+        let m = maintenance.contains(&i);
+        rollups.add(&levels, c.site_id, probe, c.at, &c.row, m);
+        fleet.add(&levels, i64::from(c.shard), probe, c.at, &c.row, m);
+    }
+    for (i, level) in Level::ALL.iter().enumerate() {
+        add_level(tx, &st.add_rollups[i], &rollups, *level).await?;
+        add_level(tx, &st.add_fleet[i], &fleet, *level).await?;
+    }
+    Ok(())
 }
 
 /// The id of every probe `checks` name, adding the names not seen before.
@@ -132,7 +154,7 @@ async fn probe_ids(
 
 /// The types of the history columns, in the order the COPY writes them
 /// (`sql::HISTORY_COLUMNS`).
-const HISTORY_TYPES: [Type; 26] = [
+const HISTORY_TYPES: [Type; 27] = [
     Type::TIMESTAMPTZ,
     Type::INT8,
     Type::INT4,
@@ -157,6 +179,7 @@ const HISTORY_TYPES: [Type; 26] = [
     Type::TEXT,
     Type::TEXT,
     Type::JSONB,
+    Type::INT4,
     Type::INT4,
     Type::INT4,
 ];
@@ -217,6 +240,7 @@ async fn copy(
                 &extra,
                 &insert_delay_ms(c.at, SystemTime::now()),
                 &ipv4,
+                &r.interval_ms,
             ])
             .await?;
     }
@@ -234,7 +258,7 @@ fn insert_delay_ms(at: SystemTime, written: SystemTime) -> Option<i32> {
 }
 
 /// Adds the rollup counts of `level` in one statement.
-async fn add_rollups(
+async fn add_level(
     tx: &Transaction<'_>,
     statement: &tokio_postgres::Statement,
     rollups: &Rollups,
@@ -248,6 +272,7 @@ async fn add_rollups(
         a.checks.push(counts.checks);
         a.ok.push(counts.ok);
         a.failed.push(counts.failed);
+        a.maintenance.push(counts.maintenance);
         a.responses.push(counts.responses);
         a.min.push(counts.duration_min_us);
         a.max.push(counts.duration_max_us);
@@ -289,6 +314,7 @@ async fn add_rollups(
             &a.latency_hi,
             &a.failures_lo,
             &a.failures_hi,
+            &a.maintenance,
         ],
     )
     .await?;
@@ -322,4 +348,5 @@ struct RollupArrays {
     failures: Vec<i64>,
     failures_lo: Vec<i32>,
     failures_hi: Vec<i32>,
+    maintenance: Vec<i32>,
 }

@@ -191,6 +191,8 @@ impl Tables {
             "maintenance_ends_idx" => local("_maintenance_ends_idx"),
             // 0010: the dead-letter topic.
             "rejected_undelivered_idx" => local("_rejected_undelivered_idx"),
+            // 0011: maintenance counted apart, time per state.
+            "state_time" => qualified("_state_time"),
             _ => return None,
         })
     }
@@ -258,6 +260,21 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 10,
         name: "dead_letters",
         sql: include_str!("../../migrations/0010_dead_letters.sql"),
+    },
+    Migration {
+        version: 11,
+        name: "maintenance_counts",
+        sql: include_str!("../../migrations/0011_maintenance_counts.sql"),
+    },
+    Migration {
+        version: 12,
+        name: "probe_recent",
+        sql: include_str!("../../migrations/0012_probe_recent.sql"),
+    },
+    Migration {
+        version: 13,
+        name: "history_interval",
+        sql: include_str!("../../migrations/0013_history_interval.sql"),
     },
 ];
 

@@ -66,6 +66,9 @@ pub struct Layout {
     make: String,
     /// `<table>_drop_partitions`, quoted.
     drop: String,
+    /// With a dead-letter topic: the oldest reject not produced to it yet,
+    /// which retention keeps (see [`Retention::hold_undelivered`]).
+    oldest_undelivered: Option<String>,
 }
 
 /// Retention of each table (the `[sink]` keys of the same names).
@@ -83,6 +86,9 @@ pub struct Retention {
     pub hour: Duration,
     /// Rollups per day.
     pub day: Duration,
+    /// Rejects not produced to the dead-letter topic yet are kept past
+    /// `rejects` (their partitions are not dropped) until they are.
+    pub hold_undelivered: bool,
 }
 
 impl Default for Retention {
@@ -102,6 +108,7 @@ impl Retention {
             minute: cfg.rollup_minute_retention,
             hour: cfg.rollup_hour_retention,
             day: cfg.rollup_day_retention,
+            hold_undelivered: cfg.dead_letter_topic.is_some(),
         }
     }
 }
@@ -146,6 +153,12 @@ impl Layout {
             ],
             make: tables.function("_make_partitions"),
             drop: tables.function("_drop_partitions"),
+            oldest_undelivered: retention.hold_undelivered.then(|| {
+                format!(
+                    "SELECT min(rejected_at) FROM {} WHERE dead_lettered_at IS NULL AND reason <> ''",
+                    tables.rejected
+                )
+            }),
         }
     }
 
@@ -227,9 +240,12 @@ impl Layout {
         let sql = format!("SELECT {}($1::text::regclass, $2)", self.drop);
         let mut dropped = 0i64;
         for table in tables {
-            let Some(before) = now.checked_sub(table.retention) else {
+            let Some(mut before) = now.checked_sub(table.retention) else {
                 continue;
             };
+            if *table == self.rejected {
+                before = self.hold_undelivered(client, before).await?;
+            }
             let tx = client.transaction().await?;
             tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
                 .await?;
@@ -238,6 +254,31 @@ impl Layout {
             dropped += i64::from(n);
         }
         Ok((made, dropped))
+    }
+
+    /// `before`, or the oldest reject not produced to the dead-letter topic
+    /// yet when that is older (logged: its partition and the newer ones
+    /// outlive `rejects_retention` until it is produced).
+    async fn hold_undelivered(
+        &self,
+        client: &Client,
+        before: SystemTime,
+    ) -> Result<SystemTime, tokio_postgres::Error> {
+        let Some(sql) = &self.oldest_undelivered else {
+            return Ok(before);
+        };
+        let oldest: Option<SystemTime> = client.query_one(sql, &[]).await?.get(0);
+        match oldest {
+            Some(t) if t < before => {
+                tracing::warn!(
+                    oldest = %humantime::format_rfc3339_seconds(t),
+                    "rejects not produced to the dead-letter topic yet are kept past rejects_retention \
+                     until they are (see website_monitor_publish_backlog{{stream=\"dead_letters\"}})"
+                );
+                Ok(t)
+            }
+            _ => Ok(before),
+        }
     }
 
     /// The rollup tables, per site and of the fleet, with their levels.

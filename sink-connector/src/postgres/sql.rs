@@ -155,28 +155,30 @@ impl Sql {
 pub(crate) const HISTORY_COLUMNS: &str = "checked_at, site_id, probe_id, present, \
      duration_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us, response_bytes, status_code, \
      redirects, http_version, tls_version, cert_days_left, schema_version, ok, re_check, \
-     cert_not_after, ip, error_kind, error_message, extra, insert_delay_ms, ipv4";
+     cert_not_after, ip, error_kind, error_message, extra, insert_delay_ms, ipv4, interval_ms";
 
 /// Adds a batch's counts to the rollup rows of `table` (keyed by `key`:
 /// `site_id`, or the fleet tables' `shard`): one row per key,
 /// given as arrays in key order (the lock order); each row's histogram and
 /// failure counts are a slice of one flat array (`$12`, `$13`) between the
-/// bounds in `$14..$17`.
+/// bounds in `$14..$17`; `$18`: the checks made during maintenance.
 fn add_rollups(table: &str, key: &str, counts_add: &str) -> String {
     format!(
         "INSERT INTO {table} AS r ({key}, probe_id, bucket, checks, ok, failed, responses,
-             duration_min_us, duration_max_us, duration_sum_us, cert_days_min, latency, failures)
+             duration_min_us, duration_max_us, duration_sum_us, cert_days_min, latency, failures,
+             maintenance)
          SELECT v.s, v.p, v.b, v.c, v.o, v.f, v.r, v.mn, v.mx, v.sm, v.cd,
                 CASE WHEN v.lh > v.ll THEN ($12::int8[])[v.ll + 1 : v.lh] END,
-                CASE WHEN v.fh > v.fl THEN ($13::int8[])[v.fl + 1 : v.fh] END
+                CASE WHEN v.fh > v.fl THEN ($13::int8[])[v.fl + 1 : v.fh] END, v.mt
          FROM unnest($1::int8[], $2::int4[], $3::timestamptz[], $4::int4[], $5::int4[], $6::int4[],
                      $7::int4[], $8::int4[], $9::int4[], $10::int8[], $11::int2[],
-                     $14::int4[], $15::int4[], $16::int4[], $17::int4[])
-              AS v(s, p, b, c, o, f, r, mn, mx, sm, cd, ll, lh, fl, fh)
+                     $14::int4[], $15::int4[], $16::int4[], $17::int4[], $18::int4[])
+              AS v(s, p, b, c, o, f, r, mn, mx, sm, cd, ll, lh, fl, fh, mt)
          ON CONFLICT ({key}, probe_id, bucket) DO UPDATE SET
              checks = r.checks + excluded.checks,
              ok = r.ok + excluded.ok,
              failed = r.failed + excluded.failed,
+             maintenance = r.maintenance + excluded.maintenance,
              responses = r.responses + excluded.responses,
              duration_min_us = LEAST(r.duration_min_us, excluded.duration_min_us),
              duration_max_us = GREATEST(r.duration_max_us, excluded.duration_max_us),

@@ -15,7 +15,7 @@
 //! committed one is skipped by the offsets table — a transition is written
 //! once, never twice, never missed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,9 +42,11 @@ pub(crate) struct Input<'a> {
     checked_at: SystemTime,
     ok: bool,
     duration: Option<Duration>,
-    interval: Option<Duration>,
+    interval: Option<f64>,
     error_kind: Option<&'a str>,
     position: Position,
+    /// Its index in the batch's checks (for the rollups' maintenance count).
+    index: usize,
 }
 
 impl<'a> Input<'a> {
@@ -52,7 +54,13 @@ impl<'a> Input<'a> {
     /// a record without `ok` or `checked_at` (it says nothing about the
     /// site's state). A `checked_at` too far ahead of `now` (the batch's
     /// wall clock) counts at `now` ([`effective_time`]).
-    pub(crate) fn of(msg: &Msg, g: &'a Good, row: &'a Row<'a>, now: SystemTime) -> Option<Self> {
+    pub(crate) fn of(
+        msg: &Msg,
+        g: &'a Good,
+        row: &'a Row<'a>,
+        now: SystemTime,
+        index: usize,
+    ) -> Option<Self> {
         let checked_at = effective_time(g.checked_at?.into(), now.into()).into();
         Some(Self {
             site_id: row.site_id,
@@ -67,6 +75,7 @@ impl<'a> Input<'a> {
                 partition: msg.partition,
                 offset: msg.offset,
             },
+            index,
         })
     }
 
@@ -80,11 +89,12 @@ impl<'a> Input<'a> {
 }
 
 /// The record's `interval` (seconds; kept in `extra`, the history's column
-/// for fields it has no typed column for), when the source wrote one.
-fn interval_of(extra: Option<&str>) -> Option<Duration> {
+/// for fields it has no typed column for), when the source wrote a number
+/// (the policy judges it: [`Thresholds::interval_of`]).
+fn interval_of(extra: Option<&str>) -> Option<f64> {
     let extra = extra.filter(|e| e.contains("\"interval\""))?;
     let v: serde_json::Value = serde_json::from_str(extra).ok()?;
-    Duration::try_from_secs_f64(v.get("interval")?.as_f64()?).ok()
+    v.get("interval")?.as_f64()
 }
 
 /// One site's policy: its thresholds and windows (its url matched once).
@@ -133,36 +143,65 @@ impl<'b> Batch<'b> {
     }
 }
 
+/// What step 4b did.
+pub(crate) struct Written {
+    /// The transitions made, by the state entered.
+    pub(crate) transitions: HashMap<&'static str, u64>,
+    /// The records found late for their probe.
+    pub(crate) late: u64,
+    /// The indices (in the batch's rows) of the checks made while a
+    /// maintenance window covered their site: the rollups count them apart.
+    pub(crate) maintenance: HashSet<usize>,
+}
+
 /// Step 4b of a batch: its good records fed to the model and its rows
-/// written; the transitions made, by the state entered, and the records
-/// found late for their probe.
+/// written.
 pub(crate) async fn write_batch(
     tx: &Transaction<'_>,
     st: &StatusStatements,
     b: &Batch<'_>,
-) -> Result<(HashMap<&'static str, u64>, u64), tokio_postgres::Error> {
+) -> Result<Written, tokio_postgres::Error> {
     let inputs = b
         .goods
         .iter()
         .zip(b.rows)
-        .filter_map(|(&(i, g), c)| Input::of(&b.msgs[i], g, c, b.now))
+        .enumerate()
+        .filter_map(|(n, (&(i, g), c))| Input::of(&b.msgs[i], g, c, b.now, n))
         .collect();
-    let (made, late) = write(tx, st, &st.policy, inputs, b.probe_ids).await?;
-    Ok((count(&made), late))
+    let out = write(tx, st, &st.policy, inputs, b.probe_ids).await?;
+    Ok(Written {
+        transitions: count(&out.made),
+        late: out.late,
+        maintenance: out.maintenance,
+    })
 }
 
-/// Feeds `inputs` to the model and writes the result; the transitions made
-/// and the records late for their probe. `probe_ids`: the id of every probe
-/// name of the batch.
+/// What [`write`] did.
+pub(crate) struct Outcome {
+    /// The transitions made.
+    pub(crate) made: Vec<Transition>,
+    /// The records late for their probe.
+    pub(crate) late: u64,
+    /// The inputs' `index` of the checks made during a maintenance window.
+    pub(crate) maintenance: HashSet<usize>,
+}
+
+/// Feeds `inputs` to the model and writes the result. `probe_ids`: the id
+/// of every probe name of the batch.
 pub(crate) async fn write(
     tx: &Transaction<'_>,
     st: &StatusStatements,
     policy: &Policy,
     mut inputs: Vec<Input<'_>>,
     probe_ids: &HashMap<String, i32>,
-) -> Result<(Vec<Transition>, u64), tokio_postgres::Error> {
+) -> Result<Outcome, tokio_postgres::Error> {
+    let mut maintenance = HashSet::new();
     if inputs.is_empty() {
-        return Ok((Vec::new(), 0));
+        return Ok(Outcome {
+            made: Vec::new(),
+            late: 0,
+            maintenance,
+        });
     }
     inputs.sort_by_key(Input::key);
     let mut first: BTreeMap<i64, SystemTime> = BTreeMap::new();
@@ -187,6 +226,13 @@ pub(crate) async fn write(
         let (Some(l), Some(r)) = (sites.get_mut(&i.site_id), rules.get(&i.site_id)) else {
             continue;
         };
+        // At its own time, late or not: "checks during maintenance".
+        if r.windows
+            .covering(DateTime::<Utc>::from(i.checked_at))
+            .is_some()
+        {
+            maintenance.insert(i.index);
+        }
         if let Some(t) = apply(l, i, r, probe_ids) {
             out.push(t);
         }
@@ -205,7 +251,11 @@ pub(crate) async fn write(
     rows::save(tx, st, &saves).await?;
     rows::add_transitions(tx, st, &out).await?;
     let late = sites.values().map(|l| l.site.late).sum();
-    Ok((out, late))
+    Ok(Outcome {
+        made: out,
+        late,
+        maintenance,
+    })
 }
 
 /// Transitions by the state entered, for the metrics.
@@ -355,10 +405,8 @@ mod tests {
     fn interval_is_read_from_extra_only_when_there() {
         assert_eq!(interval_of(None), None);
         assert_eq!(interval_of(Some(r#"{"x":1}"#)), None);
-        assert_eq!(
-            interval_of(Some(r#"{"interval":30}"#)),
-            Some(Duration::from_secs(30))
-        );
+        assert_eq!(interval_of(Some(r#"{"interval":30}"#)), Some(30.0));
+        assert_eq!(interval_of(Some(r#"{"interval":-5}"#)), Some(-5.0));
         assert_eq!(interval_of(Some(r#"{"interval":"30s"}"#)), None);
     }
 }

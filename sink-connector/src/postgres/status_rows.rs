@@ -35,8 +35,7 @@ pub(crate) struct StatusSql {
     windows: String,
     due: String,
     all_sites: String,
-    unpublished: String,
-    mark_published: String,
+    site_states: String,
     /// Ids of the ad-hoc window rows found unusable and warned about, shared
     /// by every connection of the sink: one warning per row.
     bad_windows: Arc<Mutex<HashSet<i64>>>,
@@ -62,7 +61,8 @@ impl StatusSql {
             ),
             lock_probes: format!(
                 "SELECT ps.site_id, ps.probe_id, COALESCE(p.name, ''), ps.state, ps.health, ps.since,
-                        ps.last_checked_at, ps.fails, ps.oks, ps.slows, ps.fasts, ps.interval_ms, ps.last_error
+                        ps.last_checked_at, ps.fails, ps.oks, ps.slows, ps.fasts, ps.interval_ms, ps.last_error,
+                        ps.recent, ps.recent_n
                  FROM {probe_state} ps LEFT JOIN {probe} p ON p.id = ps.probe_id
                  WHERE ps.site_id = ANY($1::int8[])
                  ORDER BY ps.site_id, ps.probe_id FOR UPDATE OF ps",
@@ -81,15 +81,17 @@ impl StatusSql {
             ),
             save_probes: format!(
                 "INSERT INTO {probe_state} AS ps (site_id, probe_id, state, health, since,
-                        last_checked_at, fails, oks, slows, fasts, interval_ms, last_error)
+                        last_checked_at, fails, oks, slows, fasts, interval_ms, last_error,
+                        recent, recent_n)
                  SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[],
                         $5::timestamptz[], $6::timestamptz[], $7::int4[], $8::int4[], $9::int4[],
-                        $10::int4[], $11::int4[], $12::text[])
+                        $10::int4[], $11::int4[], $12::text[], $13::int8[], $14::int2[])
                  ON CONFLICT (site_id, probe_id) DO UPDATE SET
                         state = excluded.state, health = excluded.health, since = excluded.since,
                         last_checked_at = excluded.last_checked_at, fails = excluded.fails,
                         oks = excluded.oks, slows = excluded.slows, fasts = excluded.fasts,
-                        interval_ms = excluded.interval_ms, last_error = excluded.last_error"
+                        interval_ms = excluded.interval_ms, last_error = excluded.last_error,
+                        recent = excluded.recent, recent_n = excluded.recent_n"
             ),
             add_transitions: format!(
                 "INSERT INTO {tr} (site_id, seq, from_state, to_state, at, reason, probes, \"partition\", \"offset\")
@@ -116,22 +118,9 @@ impl StatusSql {
                  WHERE st.\"partition\" = ANY($1::int4[])",
                 site = t.site
             ),
-            unpublished: format!(
-                "SELECT json_build_object('id', tr.id, 'site_id', tr.site_id, 'seq', tr.seq,
-                        'url', s.url, 'from', tr.from_state, 'to', tr.to_state, 'at', tr.at,
-                        'reason', tr.reason, 'probes', tr.probes,
-                        'partition', tr.\"partition\", 'offset', tr.\"offset\")::text,
-                        tr.site_id, tr.seq
-                 FROM {tr} tr LEFT JOIN {site} s ON s.id = tr.site_id
-                 WHERE tr.published_at IS NULL ORDER BY tr.site_id, tr.seq LIMIT $1",
-                tr = t.function("_transition"),
+            site_states: format!(
+                "SELECT s.url, st.state FROM {status} st JOIN {site} s ON s.id = st.site_id",
                 site = t.site
-            ),
-            mark_published: format!(
-                "UPDATE {tr} tr SET published_at = now()
-                 FROM unnest($1::int8[], $2::int8[]) AS k(s, q)
-                 WHERE tr.site_id = k.s AND tr.seq = k.q AND tr.published_at IS NULL",
-                tr = t.function("_transition")
             ),
             bad_windows: Arc::default(),
         }
@@ -150,8 +139,8 @@ pub(crate) struct StatusStatements {
     windows: Statement,
     pub(crate) due: Statement,
     pub(crate) all_sites: Statement,
-    unpublished: Statement,
-    mark_published: Statement,
+    /// Every site's url and state (the per-site gauge).
+    pub(crate) site_states: Statement,
     /// The `[sink.status]` policy.
     pub(crate) policy: Arc<Policy>,
     /// Ids of the ad-hoc window rows found unusable and warned about.
@@ -174,8 +163,7 @@ impl StatusStatements {
             windows: client.prepare(&sql.windows).await?,
             due: client.prepare(&sql.due).await?,
             all_sites: client.prepare(&sql.all_sites).await?,
-            unpublished: client.prepare(&sql.unpublished).await?,
-            mark_published: client.prepare(&sql.mark_published).await?,
+            site_states: client.prepare(&sql.site_states).await?,
             policy,
             bad_windows: Arc::clone(&sql.bad_windows),
         })
@@ -278,6 +266,9 @@ fn probe_of(r: &Row) -> ProbeState {
         fasts: count(r.get(10)),
         interval: Duration::from_millis(u64::try_from(r.get::<_, i32>(11)).unwrap_or(60_000)),
         last_error: r.get(12),
+        // The bits as stored (int8 is signed).
+        recent: r.get::<_, i64>(13) as u64,
+        recent_n: u32::try_from(r.get::<_, i16>(14)).unwrap_or(0).min(64),
     }
 }
 
@@ -357,11 +348,13 @@ async fn save_probes(
         .map(|r| i32::try_from(r.2.interval.as_millis()).unwrap_or(i32::MAX))
         .collect();
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.2.last_error.as_deref()).collect();
+    let recent: Vec<i64> = rows.iter().map(|r| r.2.recent as i64).collect();
+    let recent_n: Vec<i16> = rows.iter().map(|r| r.2.recent_n.min(64) as i16).collect();
     tx.execute(
         &st.save_probes,
         &[
             &sites, &probes, &state, &health, &since, &last, &fails, &oks, &slows, &fasts,
-            &interval, &errors,
+            &interval, &errors, &recent, &recent_n,
         ],
     )
     .await?;
@@ -431,34 +424,4 @@ fn bad_window(seen: &Mutex<HashSet<i64>>, id: i64, e: &AdHocError) {
         metrics::counter!(crate::metrics::STATUS_BAD_WINDOWS).increment(1);
         tracing::warn!("{e}; the window is ignored (said once per row: fix or delete the row)");
     }
-}
-
-/// Transitions not yet produced to the topic, oldest per site first:
-/// `(site id key, JSON message, (site_id, seq))`, at most `limit`.
-pub(crate) async fn unpublished(
-    client: &Client,
-    st: &StatusStatements,
-    limit: i64,
-) -> Result<Vec<(String, Vec<u8>, (i64, i64))>, tokio_postgres::Error> {
-    let rows = client.query(&st.unpublished, &[&limit]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let json: String = r.get(0);
-            let (site, seq): (i64, i64) = (r.get(1), r.get(2));
-            (site.to_string(), json.into_bytes(), (site, seq))
-        })
-        .collect())
-}
-
-/// Marks transitions produced to the topic.
-pub(crate) async fn mark_published(
-    client: &Client,
-    st: &StatusStatements,
-    keys: &[(i64, i64)],
-) -> Result<(), tokio_postgres::Error> {
-    let sites: Vec<i64> = keys.iter().map(|k| k.0).collect();
-    let seqs: Vec<i64> = keys.iter().map(|k| k.1).collect();
-    client.execute(&st.mark_published, &[&sites, &seqs]).await?;
-    Ok(())
 }

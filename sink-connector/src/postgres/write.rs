@@ -17,7 +17,8 @@
 //! 4. binary `COPY` the history rows (typed columns, the original JSON bytes as
 //!    `jsonb`) and the rejects (a bounded prefix of their bytes); feed the
 //!    checks to the site status model and write its rows and transitions
-//!    ([`crate::postgres::status`], lock order there);
+//!    ([`crate::postgres::status`], lock order there), then add the checks
+//!    to the rollups, those the model found in a maintenance window apart;
 //! 5. advance `next_offset`; COMMIT.
 //!
 //! Only after this returns does the caller store and commit Kafka offsets.
@@ -26,7 +27,7 @@
 //! refused records and, to find them, in rolled-back probe mode.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -231,11 +232,17 @@ pub(crate) async fn write_tx(
             .collect();
         let written = history::write(&tx, st, layout, &checks, now).await?;
         (out.check_rows, out.past_retention) = (written.rows, written.past_retention);
-        // 4b. The site status, in commits only (a probe rolls back anyway).
+        // 4b. The site status, in commits only (a probe rolls back anyway);
+        // it says which checks fell in maintenance, for the rollups.
+        let mut maintenance = HashSet::new();
         if mode == Mode::Commit {
             let b = status::Batch::new(msgs, &goods, &checks, &written.probes, now);
-            (out.transitions, out.status_late) = status::write_batch(&tx, &st.status, &b).await?;
+            let s = status::write_batch(&tx, &st.status, &b).await?;
+            (out.transitions, out.status_late) = (s.transitions, s.late);
+            maintenance = s.maintenance;
         }
+        // 4c. The rollups.
+        history::add_rollups(&tx, st, layout, &checks, &written, &maintenance, now).await?;
     }
     if mode == Mode::Probe {
         tx.rollback().await?;

@@ -69,6 +69,8 @@ pub struct Writer {
     maintained: Option<Instant>,
     /// When writer 0 last swept the site status.
     swept: Option<Instant>,
+    /// When writer 0 last refreshed the per-site state gauge.
+    gauged: Option<Instant>,
     /// The end of the last successful sweep: ad-hoc windows that began or
     /// ended after it are looked at by the next one.
     swept_until: Option<SystemTime>,
@@ -93,6 +95,7 @@ impl Writer {
             search: Search::default(),
             maintained: None,
             swept: None,
+            gauged: None,
             swept_until: None,
         }
     }
@@ -336,6 +339,43 @@ impl Writer {
         };
         metrics::counter!(m::STATUS_SWEEP_ERRORS).increment(1);
         tracing::warn!(error = %problem, "site status sweep failed; trying again in {SWEEP_EVERY:?}");
+    }
+
+    /// Writer 0, with `[sink.status] per_site_gauge`, at most every
+    /// [`SWEEP_EVERY`]: every site's state from the status table into the
+    /// `website_monitor_site_state` gauge (1 for its state, 0 for the
+    /// others). A failure is logged and tried again next time.
+    pub async fn refresh_site_gauge(&mut self) {
+        if self.index != 0 || self.gauged.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
+            return;
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let st = &conn.statements.status;
+        if !st.policy.per_site_gauge() {
+            return;
+        }
+        self.gauged = Some(Instant::now());
+        let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
+        match tokio::time::timeout(limit, conn.client.query(&st.site_states, &[])).await {
+            Ok(Ok(rows)) => {
+                for r in rows {
+                    let (url, state): (String, String) = (r.get(0), r.get(1));
+                    for s in crate::status::State::ALL {
+                        let on = if s.as_str() == state { 1.0 } else { 0.0 };
+                        metrics::gauge!(m::SITE_STATE, "url" => url.clone(), "state" => s.as_str())
+                            .set(on);
+                    }
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %db_message(&e), "per-site state gauge not refreshed")
+            }
+            Err(_) => {
+                tracing::warn!("per-site state gauge not refreshed: took longer than write_timeout")
+            }
+        }
     }
 
     /// A persistent writer's failed attempt: counted, logged, reported to

@@ -7,6 +7,13 @@
 //!   `success_threshold` consecutive fast successes → `up` from `degraded`.
 //! - A new probe, and a probe back from silence, starts `unknown` with its
 //!   counters at zero: it votes once a threshold is met.
+//! - **Flapping**: the probe keeps its last outcomes (up to 64, a bitmask);
+//!   when its last `flap_window` checks hold at least `flap_threshold` of
+//!   failures, a probe that would say `up` says `degraded` (reason
+//!   "flapping"), so a site failing two checks of three without ever
+//!   meeting `failure_threshold` is not shown as fine. Going `down`, and
+//!   leaving a maintenance window, empty the outcomes: an outage or a
+//!   window is not flapping.
 //! - A check not newer than the probe's last one (`checked_at` ≤ the last
 //!   seen) is late: it moves nothing (the history still stores it).
 //! - Checks inside a maintenance window count as usual (only the state
@@ -21,7 +28,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use super::policy::{Thresholds, INTERVAL_RANGE};
+use super::policy::Thresholds;
 use super::transition::Position;
 use super::State;
 
@@ -52,8 +59,9 @@ pub struct Check<'a> {
     pub ok: bool,
     /// The record's `duration`, for `degraded_after`.
     pub duration: Option<Duration>,
-    /// The record's `interval`; `None`: the policy's `default_interval`.
-    pub interval: Option<Duration>,
+    /// The record's `interval`, seconds as written (judged by
+    /// [`Thresholds::interval_of`]); `None`: none given.
+    pub interval: Option<f64>,
     /// The record's `error.kind`, for reasons.
     pub error_kind: Option<&'a str>,
     /// The record's Kafka position, named by the transition it causes.
@@ -101,6 +109,10 @@ pub struct ProbeState {
     pub interval: Duration,
     /// `error.kind` of the newest failure while failing, for reasons.
     pub last_error: Option<String>,
+    /// The latest outcomes, newest in bit 0: a 1 is a failure.
+    pub recent: u64,
+    /// How many outcomes `recent` holds (at most 64).
+    pub recent_n: u32,
 }
 
 impl ProbeState {
@@ -117,7 +129,27 @@ impl ProbeState {
             last_checked_at: None,
             interval,
             last_error: None,
+            recent: 0,
+            recent_n: 0,
         }
+    }
+
+    /// Failures among the latest `n` outcomes, and how many outcomes that
+    /// is (fewer while the probe has fewer).
+    pub fn recent_failures(&self, n: u32) -> (u32, u32) {
+        let n = n.min(self.recent_n).min(64);
+        let mask = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        ((self.recent & mask).count_ones(), n)
+    }
+
+    /// Whether the probe is flapping: its last `flap_window` checks (all of
+    /// them seen) hold at least `flap_threshold` of failures.
+    pub fn flapping(&self, t: &Thresholds) -> bool {
+        if t.flap_window == 0 {
+            return false;
+        }
+        let (failed, n) = self.recent_failures(t.flap_window);
+        n == t.flap_window && f64::from(failed) >= t.flap_threshold * f64::from(n)
     }
 
     /// The state shown: `maintenance` while a window covers the site, else
@@ -140,11 +172,13 @@ impl ProbeState {
             return Observed::Late;
         }
         self.last_checked_at = Some(check.checked_at);
-        self.interval = check.interval.map_or(t.default_interval, |i| {
-            i.clamp(INTERVAL_RANGE.0, INTERVAL_RANGE.1)
-        });
+        self.interval = t.interval_of(check.interval);
         let slow = self.count(check, t);
         let next = self.next_health(slow, t);
+        if next == State::Down {
+            // An outage is no flapping: the outcomes start over after it.
+            (self.recent, self.recent_n) = (0, 0);
+        }
         if next == self.health {
             return Observed::Same;
         }
@@ -158,6 +192,8 @@ impl ProbeState {
 
     /// Moves the counters for `check`; whether it was a slow success.
     fn count(&mut self, check: &Check<'_>, t: &Thresholds) -> bool {
+        self.recent = (self.recent << 1) | u64::from(!check.ok);
+        self.recent_n = (self.recent_n + 1).min(64);
         if !check.ok {
             self.fails = self.fails.saturating_add(1);
             (self.oks, self.slows, self.fasts) = (0, 0, 0);
@@ -183,12 +219,19 @@ impl ProbeState {
     /// The health the counters call for; `slow`: the newest check was a slow success.
     fn next_health(&self, slow: bool, t: &Thresholds) -> State {
         let recovered = if slow { State::Degraded } else { State::Up };
-        match self.health {
+        let next = match self.health {
             _ if self.fails >= t.failure_threshold => State::Down,
             State::Down | State::Unknown if self.oks >= t.success_threshold => recovered,
             State::Up if self.slows >= t.failure_threshold => State::Degraded,
+            State::Up if self.flapping(t) => State::Degraded,
             State::Degraded if self.fasts >= t.success_threshold => State::Up,
             h => h,
+        };
+        // Flapping holds an `up` at `degraded` until the failures thin out.
+        if next == State::Up && self.flapping(t) {
+            State::Degraded
+        } else {
+            next
         }
     }
 
@@ -211,6 +254,7 @@ impl ProbeState {
     pub fn go_silent(&mut self, at: DateTime<Utc>) {
         self.health = State::Unknown;
         (self.fails, self.oks, self.slows, self.fasts) = (0, 0, 0, 0);
+        (self.recent, self.recent_n) = (0, 0);
         self.last_error = None;
         if !self.in_maintenance {
             self.since = at;
@@ -232,6 +276,8 @@ impl ProbeState {
         if on {
             return;
         }
+        // Failures during the window do not make it flapping after it.
+        (self.recent, self.recent_n) = (0, 0);
         if self.health == State::Down {
             self.health = match (self.oks, self.slows) {
                 (0, _) => State::Unknown,

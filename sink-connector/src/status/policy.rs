@@ -57,6 +57,14 @@ pub struct Thresholds {
     pub unknown_after: u32,
     /// The interval assumed for a record without one.
     pub default_interval: Duration,
+    /// A record's interval is taken as at least this.
+    pub min_interval: Duration,
+    /// A record's interval is taken as at most this.
+    pub max_interval: Duration,
+    /// Outcomes a probe is judged flapping over (0: never).
+    pub flap_window: u32,
+    /// Share of failures among them that makes a probe flapping.
+    pub flap_threshold: f64,
     /// Down probes needed for a down (or degraded) site.
     pub min_probes_down: u32,
     /// Fraction of the voting probes also needed; `None`: not required.
@@ -72,6 +80,10 @@ impl Thresholds {
             degraded_after: cfg.degraded_after,
             unknown_after: cfg.unknown_after,
             default_interval: cfg.default_interval,
+            min_interval: cfg.min_interval,
+            max_interval: cfg.max_interval,
+            flap_window: cfg.flap_window,
+            flap_threshold: cfg.flap_threshold,
             min_probes_down: cfg.min_probes_down,
             probes_down_fraction: cfg.probes_down_fraction,
         }
@@ -90,6 +102,18 @@ impl Thresholds {
         enough && share
     }
 
+    /// The interval a probe is judged by: the record's `interval` (seconds)
+    /// within `min_interval`..=`max_interval`; `default_interval` for a
+    /// record without one, or with 0, a negative value or not a number.
+    pub fn interval_of(&self, claimed: Option<f64>) -> Duration {
+        match claimed.filter(|s| s.is_finite() && *s > 0.0) {
+            None => self.default_interval,
+            Some(s) => Duration::try_from_secs_f64(s)
+                .unwrap_or(self.max_interval)
+                .clamp(self.min_interval, self.min_interval.max(self.max_interval)),
+        }
+    }
+
     /// How long a probe checked every `interval` may stay silent before it
     /// is unknown.
     pub fn silence(&self, interval: Duration) -> Duration {
@@ -103,6 +127,7 @@ pub struct Policy {
     defaults: Thresholds,
     rules: Vec<(Regex, Thresholds)>,
     recurring: Vec<RecurringWindow>,
+    per_site_gauge: bool,
 }
 
 impl Policy {
@@ -135,10 +160,16 @@ impl Policy {
                 defaults,
                 rules,
                 recurring,
+                per_site_gauge: cfg.per_site_gauge,
             })
         } else {
             Err(out)
         }
+    }
+
+    /// Whether `/metrics` shows every site's state (`per_site_gauge`).
+    pub fn per_site_gauge(&self) -> bool {
+        self.per_site_gauge
     }
 
     /// The thresholds for the site at `url`: the first matching rule's, or
@@ -186,6 +217,10 @@ fn merge(d: &Thresholds, rule: &StatusRuleConfig) -> Thresholds {
         degraded_after: rule.degraded_after.or(d.degraded_after),
         unknown_after: rule.unknown_after.unwrap_or(d.unknown_after),
         default_interval: rule.default_interval.unwrap_or(d.default_interval),
+        min_interval: rule.min_interval.unwrap_or(d.min_interval),
+        max_interval: rule.max_interval.unwrap_or(d.max_interval),
+        flap_window: rule.flap_window.unwrap_or(d.flap_window),
+        flap_threshold: rule.flap_threshold.unwrap_or(d.flap_threshold),
         min_probes_down: rule.min_probes_down.unwrap_or(d.min_probes_down),
         probes_down_fraction: rule.probes_down_fraction.or(d.probes_down_fraction),
     }
@@ -242,15 +277,46 @@ fn check_thresholds(t: &Thresholds, prefix: &str, out: &mut Vec<PolicyError>) {
         }
     }
     let (lo, hi) = INTERVAL_RANGE;
-    if !(lo..=hi).contains(&t.default_interval) {
+    for (name, d, example) in [
+        ("default_interval", t.default_interval, "60s"),
+        ("min_interval", t.min_interval, "1s"),
+        ("max_interval", t.max_interval, "1h"),
+    ] {
+        if !(lo..=hi).contains(&d) {
+            out.push(PolicyError::new(
+                format!("{prefix}{name}"),
+                format!(
+                    "{} is out of range; give {} to {} (e.g. \"{example}\")",
+                    show(d),
+                    show(lo),
+                    show(hi)
+                ),
+            ));
+        }
+    }
+    if t.min_interval > t.max_interval {
         out.push(PolicyError::new(
-            format!("{prefix}default_interval"),
+            format!("{prefix}min_interval"),
             format!(
-                "{} is out of range; give {} to {} (e.g. \"60s\")",
-                show(t.default_interval),
-                show(lo),
-                show(hi)
+                "{} is above max_interval ({}); give at most that",
+                show(t.min_interval),
+                show(t.max_interval)
             ),
+        ));
+    }
+    if t.flap_window > 64 {
+        out.push(PolicyError::new(
+            format!("{prefix}flap_window"),
+            format!(
+                "{} is out of range; give 0 (no flapping) to 64 checks (e.g. 20)",
+                t.flap_window
+            ),
+        ));
+    }
+    if !(t.flap_threshold > 0.0 && t.flap_threshold <= 1.0) {
+        out.push(PolicyError::new(
+            format!("{prefix}flap_threshold"),
+            format!("{} is out of range; give a share of failures greater than 0 and at most 1 (e.g. 0.5)", t.flap_threshold),
         ));
     }
     if let Some(f) = t.probes_down_fraction {

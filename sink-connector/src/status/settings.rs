@@ -41,6 +41,27 @@ pub struct StatusConfig {
     /// (records of sources older than the status model). 100ms to 1 day.
     #[serde(with = "humantime_serde")]
     pub default_interval: Duration,
+    /// A record's `interval` shorter than this counts as this long (an
+    /// `interval` of 0 or less, or not a number, counts as missing:
+    /// `default_interval`), so a wrong claim cannot make a probe silent
+    /// between its checks. 100ms to 1 day, at most `max_interval`.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// A record's `interval` longer than this counts as this long, so a
+    /// wrong claim cannot hide a stopped probe for days (it is `unknown`
+    /// after at most `unknown_after` × this). Raise it (in a rule) for
+    /// sites checked less often. 100ms to 1 day.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// A probe's last this many checks are kept (its `recent` column); when
+    /// at least `flap_threshold` of them failed, a probe that would say `up`
+    /// says `degraded`, reason "flapping" — so a site failing often, but
+    /// never `failure_threshold` times in a row, is not shown as fine.
+    /// 0 (no flapping) to 64.
+    pub flap_window: u32,
+    /// The share of failures among the last `flap_window` checks that makes
+    /// a probe flapping. Greater than 0, at most 1.
+    pub flap_threshold: f64,
     /// Probes that must say `down` before the site is down, capped by the
     /// probes voting for the site (`unknown` ones do not vote): a site with
     /// fewer voting probes is down when all of them say so. Above 1, the
@@ -64,6 +85,12 @@ pub struct StatusConfig {
     /// The topic must exist. Unset: no topic (the transitions table only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transitions_topic: Option<String>,
+    /// Show every site's state in `/metrics`
+    /// (`website_monitor_site_state{url, state}`: 1 for the state the site
+    /// is in, 0 for the others), refreshed from the status table every 5
+    /// seconds by writer 0. Off by default: one series per site and state,
+    /// too many for very large site lists.
+    pub per_site_gauge: bool,
 }
 
 impl Default for StatusConfig {
@@ -75,11 +102,16 @@ impl Default for StatusConfig {
             degraded_after: None,
             unknown_after: 3,
             default_interval: Duration::from_secs(60),
+            min_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(3600),
+            flap_window: 20,
+            flap_threshold: 0.5,
             min_probes_down: 1,
             probes_down_fraction: None,
             rules: Vec::new(),
             maintenance: Vec::new(),
             transitions_topic: None,
+            per_site_gauge: false,
         }
     }
 }
@@ -115,6 +147,26 @@ pub struct StatusRuleConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub default_interval: Option<Duration>,
+    /// As `[sink.status]` `min_interval`, for the matching sites.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_interval: Option<Duration>,
+    /// As `[sink.status]` `max_interval`, for the matching sites.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_interval: Option<Duration>,
+    /// As `[sink.status]` `flap_window`, for the matching sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap_window: Option<u32>,
+    /// As `[sink.status]` `flap_threshold`, for the matching sites.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flap_threshold: Option<f64>,
     /// As `[sink.status]` `min_probes_down`, for the matching sites.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_probes_down: Option<u32>,

@@ -24,7 +24,7 @@ pub(super) fn check(probe: &str, s: i64, ok: bool) -> Check<'_> {
         checked_at: at(s),
         ok,
         duration: Some(Duration::from_millis(100)),
-        interval: Some(Duration::from_secs(60)),
+        interval: Some(60.0),
         error_kind: (!ok).then_some("timeout"),
         position: None,
     }
@@ -194,7 +194,7 @@ fn silence_follows_the_records_interval() {
     let t = thresholds();
     let mut p = ProbeState::new(at(0), t.default_interval);
     let c = Check {
-        interval: Some(Duration::from_secs(10)),
+        interval: Some(10.0),
         ..check("eu", 0, true)
     };
     p.observe(&c, &t);
@@ -218,11 +218,33 @@ fn silence_follows_the_records_interval() {
     );
     assert_eq!(p.silent_at(&t), Some(at(200)));
     let tiny = Check {
-        interval: Some(Duration::from_nanos(1)),
+        interval: Some(1e-9),
         ..check("eu", 30, true)
     };
     p.observe(&tiny, &t);
-    assert_eq!(p.interval, Duration::from_millis(100));
+    assert_eq!(p.interval, Duration::from_secs(1), "min_interval");
+}
+
+#[test]
+fn an_absurd_interval_neither_silences_a_probe_nor_hides_one_for_days() {
+    let t = thresholds();
+    let judged = |claim: Option<f64>| t.interval_of(claim);
+    assert_eq!(judged(None), t.default_interval);
+    for absurd in [0.0, -1.0, -1e300, f64::NAN, f64::NEG_INFINITY] {
+        assert_eq!(judged(Some(absurd)), t.default_interval, "{absurd}");
+    }
+    assert_eq!(judged(Some(1e-9)), t.min_interval);
+    for huge in [1e9, 1e300, f64::INFINITY] {
+        let i = judged(Some(huge));
+        assert!(i <= t.max_interval, "{huge}: {i:?}");
+    }
+    assert_eq!(judged(Some(1e300)), t.max_interval);
+    assert_eq!(judged(Some(30.0)), Duration::from_secs(30));
+    // Silent at most unknown_after × max_interval after its last check.
+    assert_eq!(
+        t.silence(judged(Some(1e300))),
+        Duration::from_secs(3 * 3600)
+    );
 }
 
 #[test]
@@ -291,4 +313,45 @@ fn quorum_counts_and_shares() {
     t.probes_down_fraction = Some(0.75);
     assert!(!t.quorum(2, 3));
     assert!(t.quorum(3, 4));
+}
+
+#[test]
+fn fail_fail_ok_repeated_makes_an_up_probe_degraded_for_flapping_and_steady_successes_bring_it_back(
+) {
+    let t = thresholds();
+    assert_eq!((t.flap_window, t.flap_threshold), (20, 0.5));
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    feed(&mut p, &t, 0, &[true, true]);
+    assert_eq!(p.health, State::Up);
+    // fail-fail-ok: never three failures in a row, 2 of 3 failed.
+    let flaps: Vec<bool> = (0..30).map(|i| i % 3 == 2).collect();
+    let got = feed(&mut p, &t, 120, &flaps);
+    assert_eq!(got[..8], [State::Up; 8], "not judged before 20 checks");
+    assert_eq!(got.last(), Some(&State::Degraded));
+    assert!(p.flapping(&t));
+    assert_eq!(p.recent_failures(20), (13, 20));
+    // Steady successes: back to up once fewer than half of the last 20 failed.
+    let got = feed(&mut p, &t, 5000, &[true; 20]);
+    assert_eq!(got[0], State::Degraded);
+    assert_eq!(got.last(), Some(&State::Up));
+    // Off: flap_window 0.
+    let mut off = thresholds();
+    off.flap_window = 0;
+    let mut q = ProbeState::new(at(0), off.default_interval);
+    feed(&mut q, &off, 0, &[true, true]);
+    assert!(feed(&mut q, &off, 120, &flaps)
+        .iter()
+        .all(|s| *s == State::Up));
+}
+
+#[test]
+fn recent_outcomes_keep_at_most_64_and_silence_forgets_them() {
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    let alternating: Vec<bool> = (0..70).map(|i| i % 2 == 0).collect();
+    feed(&mut p, &t, 0, &alternating);
+    assert_eq!((p.recent_n, p.recent_failures(64)), (64, (32, 64)));
+    assert_eq!(p.recent_failures(3), (2, 3), "newest first: fail, ok, fail");
+    p.go_silent(at(10_000));
+    assert_eq!((p.recent, p.recent_n), (0, 0));
 }

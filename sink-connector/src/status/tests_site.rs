@@ -85,19 +85,31 @@ impl<'w> Run<'w> {
 use State::{Degraded, Down, Maintenance, Unknown, Up};
 
 #[test]
-fn a_flapping_site_is_held_back_by_the_thresholds() {
+fn a_flapping_site_is_held_back_by_the_thresholds_but_shown_degraded() {
     let mut r = Run::new(thresholds(), Windows::default());
     r.check("eu", 0, true);
     r.check("eu", 60, true);
     assert_eq!(r.moves(), [(Unknown, Up)]);
-    // Never three failures in a row: no transition for an hour.
+    // Never three failures in a row, but two of every three: no down, and
+    // degraded once 20 checks hold half of them failed (review finding 7).
     r.minutes(&["eu"], 120, 60, |_, m| m % 3 == 2);
-    assert_eq!(r.moves(), [(Unknown, Up)]);
+    assert_eq!(r.moves(), [(Unknown, Up), (Up, Degraded)]);
+    assert!(
+        r.seen[1]
+            .reason
+            .contains("eu: flapping, 12 of the last 20 checks failed"),
+        "{}",
+        r.seen[1].reason
+    );
     // Down, then single successes between pairs of failures: stays down.
     r.minutes(&["eu"], 4000, 3, |_, _| false);
     r.minutes(&["eu"], 5000, 30, |_, m| m % 3 == 0);
-    assert_eq!(r.moves(), [(Unknown, Up), (Up, Down)]);
+    assert_eq!(r.moves(), [(Unknown, Up), (Up, Degraded), (Degraded, Down)]);
     assert_eq!(r.site.status.state, Down);
+    // One failure in three is no flapping (below half).
+    let mut q = Run::new(thresholds(), Windows::default());
+    q.minutes(&["eu"], 0, 60, |_, m| m % 3 != 2);
+    assert_eq!(q.moves(), [(Unknown, Up)]);
 }
 
 #[test]

@@ -158,6 +158,13 @@ fn with_details(
                     p.oks
                 );
             }
+            _ if p.flapping(t) => {
+                let (failed, n) = p.recent_failures(t.flap_window);
+                let _ = write!(
+                    why,
+                    "{name}: flapping, {failed} of the last {n} checks failed"
+                );
+            }
             _ if p.slows > 0 => {
                 let limit = t
                     .degraded_after

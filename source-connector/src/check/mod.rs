@@ -168,6 +168,7 @@ pub async fn check_until(
         ip: p.ip,
         tls: p.tls,
         probe: probe.to_owned(),
+        interval: site.interval.as_secs_f64(),
         schema_version: SCHEMA_VERSION,
     }
 }

@@ -8,7 +8,7 @@ use connector_common::listen::ListenAddress;
 use serde::{Deserialize, Serialize};
 
 use super::site::{Shard, SiteConfig};
-use super::values::{Method, Pattern, RequestHeaders};
+use super::values::{Method, Pattern, RequestHeaders, SiteUrl};
 
 /// The `[source]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +56,41 @@ pub struct SourceConfig {
     /// of at most 1 GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites_file: Option<PathBuf>,
+    /// A compacted Kafka topic of site definitions (on the `[kafka]`
+    /// brokers): key = the url, value = the JSON object a `sites_file` line
+    /// holds, an empty value (tombstone) removes the site. Read from its
+    /// beginning at start (the source is ready once it has caught up) and
+    /// followed live; a record that cannot be used is logged and counted,
+    /// the others run. A url also defined in the configuration or
+    /// `sites_file` runs with that definition. See docs/discovery.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites_topic: Option<String>,
+    /// A Kafka consumer group id: the instances with the same `sites_group`
+    /// split the partitions of `sites_topic` and each checks only the sites
+    /// of its partitions, taking over a departed instance's at the next
+    /// rebalance (no offset is ever committed). One group per location; off
+    /// (every instance reads every partition) when left out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sites_group: Option<String>,
+    /// How long the `sites_group` waits for a silent instance (a crash, a
+    /// network split) before its partitions go to the others: librdkafka's
+    /// `session.timeout.ms`, within the broker's
+    /// `group.min.session.timeout.ms` (6s by default) and
+    /// `group.max.session.timeout.ms` (30m). A killed instance's sites are
+    /// checked again within this plus one interval.
+    #[serde(default = "default_group_session_timeout", with = "humantime_serde")]
+    pub sites_group_session_timeout: Duration,
+    /// An HTTP(S) url serving targets in Prometheus `http_sd` format
+    /// (`[{"targets": ["https://..."], "labels": {"interval": "30s"}}]`),
+    /// fetched at start and every `http_sd_refresh`; labels that name a
+    /// per-site setting set it (docs/discovery.md). On an error (HTTP
+    /// status, timeout, not that JSON) the last good list keeps running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_sd_url: Option<SiteUrl>,
+    /// How often `http_sd_url` is fetched again; each fetch may take at most
+    /// this long (and at most 30s).
+    #[serde(default = "default_http_sd_refresh", with = "humantime_serde")]
+    pub http_sd_refresh: Duration,
     /// Reload the configuration when this file or `sites_file` changes on
     /// disk, looking this often (modification time, size and, up to 4 MiB,
     /// content); off when left out. A reload (also on SIGHUP and on
@@ -165,6 +200,12 @@ fn default_delivery_timeout() -> Duration {
 }
 fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_group_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_http_sd_refresh() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_method() -> Method {
     Method::default()

@@ -369,3 +369,55 @@ fn every_bad_key_of_the_section_is_reported_each_with_its_line() {
     );
     assert!(!shown.contains("42"), "{shown}");
 }
+
+#[test]
+fn the_sources_of_sites_from_outside_are_checked_by_key() {
+    // A sites topic or an http_sd url alone is enough sites.
+    for line in [
+        "sites_topic = \"site-definitions\"",
+        "http_sd_url = \"https://sd.example/targets\"",
+    ] {
+        let c = load(&format!("[source]\n{line}\n")).unwrap().section;
+        assert_eq!(c.sites_group_session_timeout, Duration::from_secs(10));
+        assert_eq!(c.http_sd_refresh, Duration::from_secs(60));
+    }
+    for (lines, key, says) in [
+        ("sites_topic = \"a b\"", "source.sites_topic", "topic"),
+        (
+            "sites_topic = \"site-status\"",
+            "source.sites_topic",
+            "records are written to",
+        ),
+        (
+            "sites_group = \"g\"\nhttp_sd_url = \"http://sd.example/\"",
+            "source.sites_group",
+            "without sites_topic",
+        ),
+        (
+            "sites_topic = \"t\"\nsites_group = \" \"",
+            "source.sites_group",
+            "empty group id",
+        ),
+        (
+            "sites_topic = \"t\"\nsites_group_session_timeout = \"0s\"",
+            "source.sites_group_session_timeout",
+            "more than zero",
+        ),
+        (
+            "http_sd_url = \"ftp://sd.example/\"",
+            "source.http_sd_url",
+            "only http and https",
+        ),
+        (
+            "http_sd_url = \"http://sd.example/\"\nhttp_sd_refresh = \"100ms\"",
+            "source.http_sd_refresh",
+            "from 1s",
+        ),
+    ] {
+        let m = err(&format!("[source]\n{lines}\n"));
+        assert!(
+            m.contains(&format!("key `{key}`")) && m.contains(says),
+            "{lines}: {m}"
+        );
+    }
+}

@@ -39,10 +39,15 @@ impl Validate for SourceConfig {
             max_body_bytes: Some(self.max_body_bytes),
         };
         validate_overrides(&defaults, prefix, &mut out);
-        if self.sites.is_empty() && self.sites_file.is_none() {
+        self.validate_discovery(prefix, &mut out);
+        if self.sites.is_empty()
+            && self.sites_file.is_none()
+            && self.sites_topic.is_none()
+            && self.http_sd_url.is_none()
+        {
             out.push(Invalid::new(
                 key("sites"),
-                "no sites to check; add [[source.sites]] entries with a url, or a sites_file",
+                "no sites to check; add [[source.sites]] entries with a url, a sites_file, a sites_topic or an http_sd_url",
             ));
         }
         for (i, site) in self.sites.iter().enumerate() {
@@ -72,6 +77,53 @@ impl SourceConfig {
         } else if let Some(problem) = text_problem(&self.probe, MAX_PROBE_BYTES) {
             out.push(Invalid::new(key("probe"), problem));
         }
+    }
+
+    /// `sites_topic`, `sites_group` and the `http_sd_*` keys.
+    fn validate_discovery(&self, prefix: &str, out: &mut Vec<Invalid>) {
+        let key = |k: &str| format!("{prefix}.{k}");
+        if let Some(topic) = &self.sites_topic {
+            if let Some(problem) = topic_problem(topic) {
+                out.push(Invalid::new(key("sites_topic"), problem));
+            } else if *topic == self.topic {
+                out.push(Invalid::new(
+                    key("sites_topic"),
+                    "is the topic the records are written to; name a topic of its own for the site definitions",
+                ));
+            }
+        }
+        match (&self.sites_group, &self.sites_topic) {
+            (Some(_), None) => out.push(Invalid::new(
+                key("sites_group"),
+                "is set without sites_topic; name the topic whose partitions the group splits, or remove it",
+            )),
+            (Some(group), Some(_)) if group.trim().is_empty() => out.push(Invalid::new(
+                key("sites_group"),
+                "empty group id; name the group, e.g. \"website-monitor-eu-west-1\" (one per location)",
+            )),
+            (Some(group), Some(_)) => {
+                if let Some(problem) = text_problem(group, MAX_PROBE_BYTES) {
+                    out.push(Invalid::new(key("sites_group"), problem));
+                }
+            }
+            (None, _) => {}
+        }
+        check_duration(
+            out,
+            key("sites_group_session_timeout"),
+            self.sites_group_session_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(30 * 60),
+            "10s",
+        );
+        check_duration(
+            out,
+            key("http_sd_refresh"),
+            self.http_sd_refresh,
+            Duration::from_secs(1),
+            MAX_INTERVAL,
+            "60s",
+        );
     }
 
     /// `concurrency` and `threads`.

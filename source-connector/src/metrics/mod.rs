@@ -55,6 +55,27 @@ pub const CONFIG_RELOADS_TOTAL: &str = "website_monitor_config_reloads_total";
 /// Counter: sites a reload changed, label `change`: `added`, `removed`,
 /// `changed`.
 pub const CONFIG_RELOAD_SITES_TOTAL: &str = "website_monitor_config_reload_sites_total";
+/// Gauge: sites a source of sites from outside gives this instance, label
+/// `source`: `topic` (`sites_topic`, its assigned partitions with
+/// `sites_group`) or `http_sd`; before a url defined in the configuration
+/// takes precedence, after `shard`.
+pub const DISCOVERED_SITES: &str = "website_monitor_discovered_sites";
+/// Counter: site definitions from outside that could not be used (bad key,
+/// not JSON, a bad setting), label `source`: `topic` or `http_sd`.
+pub const DISCOVERED_SITE_ERRORS_TOTAL: &str = "website_monitor_discovered_site_errors_total";
+/// Gauge: partitions of `sites_topic` this instance reads (all of them,
+/// or its share of them with `sites_group`).
+pub const SITES_TOPIC_PARTITIONS: &str = "website_monitor_sites_topic_partitions";
+/// Counter: rebalances of `sites_group` seen by this instance, label
+/// `change`: `assigned` or `revoked`.
+pub const SITES_TOPIC_REBALANCES_TOTAL: &str = "website_monitor_sites_topic_rebalances_total";
+/// Counter: fetches of `http_sd_url`, label `result`: `success` or
+/// `failure` (HTTP error, timeout, not http_sd JSON; the last good list
+/// keeps running).
+pub const HTTP_SD_REFRESHES_TOTAL: &str = "website_monitor_http_sd_refreshes_total";
+/// Gauge: when `http_sd_url` last gave a list, Unix seconds (0: never).
+pub const HTTP_SD_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "website_monitor_http_sd_last_success_timestamp_seconds";
 
 /// Every error kind, in the order of [`CheckHandles::fail`].
 const ERROR_KINDS: [ErrorKind; 8] = [
@@ -154,6 +175,45 @@ pub fn failed() -> Counter {
 /// Sets the number of sites.
 pub fn sites(n: usize) {
     gauge!(SITES).set(n as f64);
+}
+
+/// Sets the number of sites `source` (`topic`, `http_sd`) gives.
+pub fn discovered_sites(source: &'static str, n: usize) {
+    gauge!(DISCOVERED_SITES, "source" => source).set(n as f64);
+}
+
+/// Counts `n` site definitions of `source` that could not be used.
+pub fn discovered_site_errors(source: &'static str, n: u64) {
+    counter!(DISCOVERED_SITE_ERRORS_TOTAL, "source" => source).increment(n);
+}
+
+/// Sets the number of `sites_topic` partitions read.
+pub fn sites_topic_partitions(n: usize) {
+    gauge!(SITES_TOPIC_PARTITIONS).set(n as f64);
+}
+
+/// Counts a rebalance of `sites_group`: `change` is `assigned` or `revoked`.
+pub fn sites_topic_rebalance(change: &'static str) {
+    counter!(SITES_TOPIC_REBALANCES_TOTAL, "change" => change).increment(1);
+}
+
+/// Shows both results of the fetches of `http_sd_url` from the start, at 0.
+pub fn http_sd_started() {
+    for result in ["success", "failure"] {
+        counter!(HTTP_SD_REFRESHES_TOTAL, "result" => result).increment(0);
+    }
+}
+
+/// Counts a fetch of `http_sd_url`; a success also sets the time of the last one.
+pub fn http_sd_refresh(ok: bool) {
+    let result = if ok { "success" } else { "failure" };
+    counter!(HTTP_SD_REFRESHES_TOTAL, "result" => result).increment(1);
+    if ok {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        gauge!(HTTP_SD_LAST_SUCCESS_TIMESTAMP_SECONDS).set(now.as_secs_f64());
+    }
 }
 
 /// The reload metrics, registered once (at start: both results show 0

@@ -156,6 +156,7 @@ mod tests {
                 message: String::new(),
             },
             "p".into(),
+            1.0,
         );
         r.ok = ok;
         r.tls = days.map(|d| TlsFacts {

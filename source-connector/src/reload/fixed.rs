@@ -58,6 +58,17 @@ pub fn restart_only(old: &Loaded<SourceConfig>, new: &Loaded<SourceConfig>) -> V
         s.delivery_timeout == n.delivery_timeout,
     );
     differs("source.reload_watch", s.reload_watch == n.reload_watch);
+    differs("source.sites_topic", s.sites_topic == n.sites_topic);
+    differs("source.sites_group", s.sites_group == n.sites_group);
+    differs(
+        "source.sites_group_session_timeout",
+        s.sites_group_session_timeout == n.sites_group_session_timeout,
+    );
+    differs("source.http_sd_url", s.http_sd_url == n.http_sd_url);
+    differs(
+        "source.http_sd_refresh",
+        s.http_sd_refresh == n.http_sd_refresh,
+    );
     out
 }
 

@@ -37,6 +37,7 @@ pub use fixed::restart_only;
 pub use watch::{Fingerprint, Settle, Watched, UNFINISHED_SETTLE};
 
 use crate::config::SourceConfig;
+use crate::discovery::{Catalog, Update};
 use crate::lanes::{Commander, LanesGone};
 use crate::metrics::{self, ReloadHandles};
 use crate::schedule::Applied;
@@ -167,6 +168,19 @@ pub struct Reloader {
     pub lanes: Commander,
     /// How `${VAR}` and the overrides read the environment.
     pub env: fn(&str) -> Option<String>,
+    /// The sites of every source, when some come from outside the
+    /// configuration (`sites_topic`, `http_sd_url`).
+    pub catalog: Option<Catalog>,
+    /// What those sources send.
+    pub updates: Option<mpsc::Receiver<Update>>,
+}
+
+/// The next update of the sources of sites; never, when there are none.
+async fn next_update(updates: &mut Option<mpsc::Receiver<Update>>) -> Option<Update> {
+    match updates {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Reloader {
@@ -187,6 +201,10 @@ impl Reloader {
                     Some(r) => (r.trigger, r.reply),
                     None => return,
                 },
+                u = next_update(&mut self.updates) => {
+                    self.discovered(u).await;
+                    continue;
+                }
                 _ = poll.tick(), if every.is_some() => {
                     if !settle.poll(&watched, std::time::Instant::now()) {
                         continue;
@@ -204,6 +222,39 @@ impl Reloader {
             if let Some(reply) = reply {
                 let _ = reply.send(outcome.map_err(|e| e.to_string()));
             }
+        }
+    }
+
+    /// Applies an update of a source of sites (`None`: the sources stopped).
+    async fn discovered(&mut self, update: Option<Update>) {
+        let (Some(update), Some(catalog)) = (update, self.catalog.as_mut()) else {
+            self.updates = None;
+            return;
+        };
+        let Update::Changes(origin, changes) = update else {
+            return;
+        };
+        catalog.apply(origin, changes, &self.current);
+        let sites = catalog.combined(&self.current.section);
+        match self.lanes.apply(sites).await {
+            Ok(applied) => {
+                metrics::sites(applied.running);
+                for (url, why) in &applied.failed {
+                    tracing::error!(url = %url, "this site could not be started: {why}");
+                }
+                if applied.added + applied.removed + applied.changed > 0 {
+                    tracing::info!(
+                        source = origin.as_str(),
+                        added = applied.added,
+                        removed = applied.removed,
+                        changed = applied.changed,
+                        unchanged = applied.unchanged,
+                        sites = applied.running,
+                        "sites from outside applied"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 
@@ -259,6 +310,13 @@ impl Reloader {
             let path = loaded.path;
             return Err(RestartOnly { path, keys }.into());
         }
+        let sites = match self.catalog.as_mut() {
+            Some(catalog) => {
+                catalog.reload(sites, &loaded);
+                catalog.combined(&loaded.section)
+            }
+            None => sites,
+        };
         let read = started.elapsed();
         let mut applied = self.lanes.apply(sites).await?;
         (applied.read, applied.apply) = (read, started.elapsed() - read);

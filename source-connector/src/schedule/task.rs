@@ -128,6 +128,7 @@ pub(super) async fn unless_panic(
                     message: format!("the check failed unexpectedly (internal error: {what}); this is a bug of the checker, not of the site"),
                 },
                 probe.to_owned(),
+                site.interval.as_secs_f64(),
             )
         }
     }

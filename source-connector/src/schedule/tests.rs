@@ -77,7 +77,7 @@ async fn a_panic_in_a_check_is_a_record_of_kind_http() {
         (r.url.as_str(), r.probe.as_str(), r.ok),
         ("http://s0.example/", "p", false)
     );
-    let fine = Record::failure(r.url.clone(), 1.0, 0.0, e.clone(), "p".into());
+    let fine = Record::failure(r.url.clone(), 1.0, 0.0, e.clone(), "p".into(), 1.0);
     let same = unless_panic(async { fine.clone() }, spec, "p").await;
     assert_eq!(same, fine);
 }

@@ -105,7 +105,7 @@ const VALUE_CHECKED_KEYS: [&str; 3] = ["regex", "method", "headers"];
 
 /// Deserialises one JSON line, naming the key of a problem (the path to the
 /// value that could not be used, e.g. `interval` or `expected_status[1]`).
-fn parse_site_json(line: &str) -> Result<SiteConfig, (String, String)> {
+pub(crate) fn parse_site_json(line: &str) -> Result<SiteConfig, (String, String)> {
     let explain = |message: &dyn std::fmt::Display| {
         format!("not a site: {message}; write {{\"url\": \"https://...\", ...}} with the keys of [[source.sites]]")
     };

@@ -25,6 +25,8 @@ mod file;
 mod resolve;
 mod spec;
 
+pub use defaults::Resolver;
+pub(crate) use file::parse_site_json;
 pub use resolve::resolve;
 pub use spec::{CaFile, ClientKey, Settings, SiteSpec};
 

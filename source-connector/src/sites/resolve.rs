@@ -75,7 +75,8 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
         let found = for_each_site_line(text, file, |line, site| {
             resolving.add(Origin::File(line), &site)
         })?;
-        if found == 0 && config.sites.is_empty() {
+        let outside = config.sites_topic.is_some() || config.http_sd_url.is_some();
+        if found == 0 && config.sites.is_empty() && !outside {
             return Err(ConfigError::Invalid {
                 path: file.clone(),
                 key: "source.sites_file".into(),

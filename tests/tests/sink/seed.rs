@@ -181,7 +181,7 @@ async fn source_schema_records_fill_the_columns() {
         "timings": {"dns": 0.0021, "connect": 0.0103, "tls": 0.0301, "ttfb": 0.1207, "transfer": 0.0209},
         "http_version": "HTTP/1.1", "response_bytes": 1256, "redirects": 0, "ip": "93.184.215.14",
         "tls": {"version": "TLSv1.3", "cert_not_after": 1790000000, "cert_days_left": 301},
-        "probe": "local", "schema_version": 1
+        "probe": "local", "interval": 0.5, "schema_version": 2
     });
     let failed = serde_json::json!({
         "url": "https://down.example/", "checked_at": failed_at, "status_code": null, "duration": 5.0,

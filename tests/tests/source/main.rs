@@ -12,11 +12,14 @@
 //! - [`reload`]: SIGHUP, `POST /-/reload` and `reload_watch` applying the
 //!   difference in sites (a changed `shard` too); bad files and restart-only
 //!   keys refused;
+//! - [`discovery`]: sites from a Kafka topic (a consumer group splitting
+//!   it between instances) and from http_sd;
 //! - [`lifecycle`]: start failures, SIGTERM, shutdown_timeout, dropping,
 //!   a closed stderr, the open-file limit, log files without colour codes.
 
 mod checks;
 mod config;
+mod discovery;
 mod lifecycle;
 mod metrics;
 mod records;

@@ -21,7 +21,7 @@ async fn records_in_kafka_have_key_timestamp_and_every_field() {
     let topic = unique("src-record");
     let config = source_config(&topic).sites([
         Site::new(s.url_by_name("/")),
-        Site::new("http://no-such-host.invalid/"),
+        Site::new("http://no-such-host.invalid/").set("interval", "7s"),
     ]);
     run_once(&topic, &config).await;
     let consumed = consume(&topic).await;
@@ -48,6 +48,7 @@ async fn records_in_kafka_have_key_timestamp_and_every_field() {
             "ip",
             "tls",
             "probe",
+            "interval",
             "schema_version",
         ] {
             assert!(obj.contains_key(field), "{field} missing in {v}");
@@ -72,7 +73,13 @@ async fn records_in_kafka_have_key_timestamp_and_every_field() {
             "duration {duration} is seconds"
         );
         assert_eq!(v["probe"], "test-probe");
-        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["schema_version"], 2);
+        let interval = v["interval"].as_f64().expect("interval is a number");
+        if v["url"] == "http://no-such-host.invalid/" {
+            assert_eq!(interval, 7.0, "the site's own interval, seconds");
+        } else {
+            assert!(interval > 0.0, "the source's interval, seconds: {v}");
+        }
         assert!(v["ok"].is_boolean() && v["redirects"].is_u64());
     }
     let ok = consumed

@@ -11,8 +11,13 @@ use website_monitor_tests::{unique, Site};
 
 /// The published schema, compiled.
 fn schema() -> jsonschema::Validator {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../schema/record.schema.json");
-    let text = std::fs::read_to_string(path).expect("schema/record.schema.json");
+    schema_file("record.schema.json")
+}
+
+/// A schema file of `schema/`, compiled.
+fn schema_file(name: &str) -> jsonschema::Validator {
+    let path = format!("{}/../schema/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).expect("a schema file");
     let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
     jsonschema::options()
         .should_validate_formats(true)
@@ -29,10 +34,16 @@ fn the_schema_refuses_what_the_contract_forbids() {
         "timings": {"dns": 0.003, "connect": 0.09, "tls": 0.09, "ttfb": 0.09, "transfer": 0.0002},
         "http_version": "HTTP/1.1", "response_bytes": 1256, "redirects": 0, "ip": "93.184.215.14",
         "tls": {"version": "TLSv1.3", "cert_not_after": 1767225599, "cert_days_left": 36},
-        "probe": "local", "schema_version": 1
+        "probe": "local", "interval": 30.0, "schema_version": 2
     });
     assert!(v.is_valid(&good), "docs/record.md's example");
-    let broken: [(&str, Value); 6] = [
+    // Version 1 (no interval) stays valid under its own file.
+    let mut v1 = good.clone();
+    v1.as_object_mut().unwrap().remove("interval");
+    v1["schema_version"] = 1.into();
+    assert!(schema_file("record.v1.schema.json").is_valid(&v1));
+    assert!(!v.is_valid(&v1), "a version 1 record is not version 2");
+    let broken: [(&str, Value); 14] = [
         ("ok without error", serde_json::json!({"ok": false})),
         (
             "an unknown error kind",
@@ -41,12 +52,36 @@ fn the_schema_refuses_what_the_contract_forbids() {
         ("a field missing", serde_json::json!({"probe": Value::Null})),
         ("a string duration", serde_json::json!({"duration": "0.2"})),
         ("not an address", serde_json::json!({"ip": "example.com"})),
-        ("another schema", serde_json::json!({"schema_version": 2})),
+        ("another schema", serde_json::json!({"schema_version": 3})),
+        ("a zero interval", serde_json::json!({"interval": 0})),
+        ("a negative interval", serde_json::json!({"interval": -1})),
+        ("no interval", serde_json::json!({"interval": Value::Null})),
+        (
+            "ok without a status",
+            serde_json::json!({"status_code": null}),
+        ),
+        (
+            "ok without a version",
+            serde_json::json!({"http_version": null}),
+        ),
+        (
+            "ok with a failed regex",
+            serde_json::json!({"re_check": false}),
+        ),
+        (
+            "a status error without a status",
+            serde_json::json!({"ok": false, "status_code": null,
+                               "error": {"kind": "status", "message": "unexpected status"}}),
+        ),
+        (
+            "a url that is no http(s) url",
+            serde_json::json!({"url": "x"}),
+        ),
     ];
     for (what, change) in broken {
         let mut bad = good.clone();
         for (k, val) in change.as_object().unwrap() {
-            if what == "a field missing" {
+            if what == "a field missing" || what == "no interval" {
                 bad.as_object_mut().unwrap().remove(k);
             } else {
                 bad[k] = val.clone();
@@ -104,7 +139,7 @@ async fn records_of_every_error_kind_over_http_and_https_match_the_schema_and_ca
             c.headers,
             [
                 ("content-type".to_owned(), b"application/json".to_vec()),
-                ("schema-version".to_owned(), b"1".to_vec())
+                ("schema-version".to_owned(), b"2".to_vec())
             ],
             "{record}"
         );

@@ -3,6 +3,8 @@
 //! and exactly one transition each way across a kill -9; the review's
 //! findings in [`review`].
 
+mod counts;
+mod pair;
 mod review;
 
 use serde_json::json;

@@ -253,3 +253,51 @@ async fn a_site_fixed_during_a_window_leaves_it_up() {
         "{all:?}"
     );
 }
+
+/// Finding 7: fail-fail-ok repeated never met `failure_threshold`, so the
+/// probe stayed `up`. Its last outcomes, kept in its row across batches
+/// (`recent`), make it `degraded`, reason "flapping", once 20 of them hold
+/// half failures; no `down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_fail_ok_repeated_shows_the_site_degraded_for_flapping_not_up() {
+    let t = SinkTest::new("status_flapping", 1).await;
+    let status = status_toml("unknown_after = 1000\n");
+    // Batches of 4: the outcomes must survive from one batch to the next.
+    let config = t.config().set("batch_size", 4).set("status", status);
+    let (running, token) = sink::start(&config).await;
+    let url = "http://flapping/";
+    let at = wall() - 60.0;
+    let mut recs = vec![check(url, "p1", at, true), check(url, "p1", at + 0.5, true)];
+    for i in 0..30 {
+        recs.push(check(url, "p1", at + 1.0 + f64::from(i) * 0.5, i % 3 == 2));
+    }
+    let mut total = 0;
+    feed(&t, &recs, &mut total).await;
+    sink::stop(running, token).await;
+    assert_eq!(state(&t, url).await.0, "degraded");
+    let all = transitions(&t).await;
+    assert_eq!(
+        of(&all, url),
+        [("unknown", "up"), ("up", "degraded")],
+        "{all:?}"
+    );
+    let schema = &t.schema;
+    let r =
+        t.db.query_one(
+            &format!(
+                "SELECT tr.reason, ps.recent_n, ps.health
+                 FROM \"{schema}\".site_transition tr
+                 JOIN \"{schema}\".site_probe_state ps ON ps.site_id = tr.site_id
+                 WHERE tr.to_state = 'degraded'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (reason, kept, health): (String, i16, String) = (r.get(0), r.get(1), r.get(2));
+    assert!(
+        reason.contains("p1: flapping, 12 of the last 20 checks failed"),
+        "{reason}"
+    );
+    assert_eq!((kept, health.as_str()), (32, "degraded"));
+}

@@ -238,22 +238,23 @@ async fn history(
     let layout = Layout::new(tables, Retention::default());
     let first = now - size.history_secs;
     partitions(client, tables, &layout.history, first, now).await?;
-    // Every known field present but `error` (bit 6); the days left are the
-    // ones the view derives (bit 16: not stored), as the source writes them.
-    let present: i32 = (0x7fff & !(1 << 6)) | (1 << 16);
+    // Every known field present but `error` (bit 6), `interval` (bit 15)
+    // included; the days left are the ones the view derives (bit 16: not
+    // stored), as the source writes them (schema version 2).
+    let present: i32 = (0xffff & !(1 << 6)) | (1 << 16);
     let sql = format!(
         "INSERT INTO {t} (checked_at, insert_delay_ms, site_id, probe_id,
                           present, duration_us, dns_us, connect_us, tls_us, ttfb_us, transfer_us,
                           response_bytes, status_code, redirects, http_version, tls_version,
-                          schema_version, ok, re_check, cert_not_after, ipv4)
+                          schema_version, ok, re_check, cert_not_after, ipv4, interval_ms)
          SELECT c, 40, s, $1::int4, $2::int4,
                 d.dns + d.connect + d.tls + d.ttfb + d.transfer,
                 d.dns, d.connect, d.tls, d.ttfb, d.transfer,
                 30000 + (s * 37) % 20000, 200::int2, 0::int2,
                 CASE WHEN s % 3 = 0 THEN 11 ELSE 20 END::int2, 13::int2,
-                1::int2, true, false,
+                2::int2, true, false,
                 to_timestamp($4) + make_interval(days => (20 + s::int4 % 70)),
-                (167772160 + s)::int4
+                (167772160 + s)::int4, 1000
          FROM generate_series(0, $5::int8 - 1) t
          CROSS JOIN LATERAL generate_series(1, $3::int8 + 0 * t) s
          CROSS JOIN LATERAL (SELECT to_timestamp($6::float8 + t) AS c,

@@ -6,7 +6,8 @@
 //! the disk it takes, the median time of the
 //! API's queries (30-day uptime and p95 of one site, of all sites together
 //! and per site, the status page) and of dropping one day's partition. The
-//! schema is dropped at the end, also when the scenario fails.
+//! schema is dropped at the end, also when the scenario fails, unless
+//! `WM_BENCH_KEEP_DATASET=1` (to look at the plans; drop it by hand).
 
 mod fleet;
 mod generate;
@@ -43,6 +44,10 @@ pub async fn dataset(ctx: &Ctx) -> Result<Vec<Figure>> {
     let result = std::panic::AssertUnwindSafe(measure(uri, &mut client, &tables, &size))
         .catch_unwind()
         .await;
+    if std::env::var("WM_BENCH_KEEP_DATASET").is_ok_and(|v| v == "1") {
+        eprintln!("dataset: kept in schema {}", tables.schema);
+        return result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    }
     let drop = format!("DROP SCHEMA IF EXISTS {} CASCADE", tables.schema);
     if let Err(e) = client.batch_execute(&drop).await {
         // The connection may be gone (a restarted server): a new one.

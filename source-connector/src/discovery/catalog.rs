@@ -1,0 +1,193 @@
+//! The sites every source gave, and the one list the check threads run:
+//! the configuration's (`[[source.sites]]`, `sites_file`) first, then the
+//! sites topic's, then http_sd's; a url given by two sources runs with the
+//! definition of the first of them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use connector_common::config::{Invalid, Loaded};
+
+use super::{Change, Origin};
+use crate::config::{validate_site, SiteConfig, SourceConfig};
+use crate::hash::shard_of;
+use crate::metrics;
+use crate::sites::{Resolver, SiteSpec};
+
+/// One site from outside: as declared, and resolved with the `[source]`
+/// defaults (`None` when a setting could not be used; it does not run).
+struct Entry {
+    site: SiteConfig,
+    spec: Option<SiteSpec>,
+}
+
+/// The sites of each source, by url (the shown form, as a record has it).
+pub struct Catalog {
+    /// The configuration's sites, resolved and sharded.
+    file: Vec<SiteSpec>,
+    /// The sites topic's sites.
+    topic: HashMap<Box<str>, Entry>,
+    /// The http_sd sites, in the order the list gave them.
+    http_sd: Vec<(Box<str>, Entry)>,
+    /// How many urls of the outside sources the configuration shadowed at
+    /// the last [`Catalog::combined`] (logged when it changes).
+    shadowed: usize,
+}
+
+impl Catalog {
+    /// A catalog with the configuration's sites and nothing from outside yet.
+    pub fn new(file: Vec<SiteSpec>) -> Self {
+        Catalog {
+            file,
+            topic: HashMap::new(),
+            http_sd: Vec::new(),
+            shadowed: 0,
+        }
+    }
+
+    /// Replaces the configuration's sites (after a reload) and resolves the
+    /// outside sites again with the reloaded defaults.
+    pub fn reload(&mut self, file: Vec<SiteSpec>, config: &Loaded<SourceConfig>) {
+        self.file = file;
+        let mut resolver = Resolving::new(config);
+        for (url, e) in self.topic.iter_mut() {
+            e.spec = resolver.site(Origin::Topic, url, &e.site);
+        }
+        for (url, e) in &mut self.http_sd {
+            e.spec = resolver.site(Origin::HttpSd, url, &e.site);
+        }
+    }
+
+    /// Applies `changes` of `origin`: the topic's, one url at a time; http_sd's,
+    /// a whole new list.
+    pub fn apply(&mut self, origin: Origin, changes: Vec<Change>, config: &Loaded<SourceConfig>) {
+        let mut resolver = Resolving::new(config);
+        match origin {
+            Origin::Topic => {
+                for change in changes {
+                    match change {
+                        Change::Put(url, site) => {
+                            let spec = resolver.site(origin, &url, &site);
+                            self.topic.insert(url, Entry { site: *site, spec });
+                        }
+                        Change::Remove(url) => {
+                            self.topic.remove(&url);
+                        }
+                    }
+                }
+            }
+            Origin::HttpSd => {
+                self.http_sd = changes
+                    .into_iter()
+                    .filter_map(|c| match c {
+                        Change::Put(url, site) => {
+                            let spec = resolver.site(origin, &url, &site);
+                            Some((url, Entry { site: *site, spec }))
+                        }
+                        Change::Remove(_) => None,
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    /// Every site to run: the configuration's, then the topic's (sharded
+    /// with `shard` unless `sites_group` splits them), then http_sd's
+    /// (sharded with `shard`), each url once; sets the `discovered_sites`
+    /// gauges.
+    pub fn combined(&mut self, config: &SourceConfig) -> Vec<SiteSpec> {
+        let in_shard = |url: &str| {
+            config
+                .shard
+                .is_none_or(|s| shard_of(url, s.count) == s.index)
+        };
+        let group = config.sites_group.is_some();
+        let mut seen: HashSet<&str> = self.file.iter().map(|s| s.url.as_str()).collect();
+        let mut out: Vec<SiteSpec> = self.file.clone();
+        let (mut topic_n, mut sd_n, mut shadowed) = (0, 0, 0);
+        let mut topic: Vec<&SiteSpec> = self
+            .topic
+            .values()
+            .filter_map(|e| e.spec.as_ref())
+            .filter(|s| group || in_shard(s.url.as_str()))
+            .collect();
+        // Stable order: the lanes deal new sites in the order given.
+        topic.sort_unstable_by(|a, b| a.url.as_str().cmp(b.url.as_str()));
+        let sd = self
+            .http_sd
+            .iter()
+            .filter_map(|(_, e)| e.spec.as_ref())
+            .filter(|s| in_shard(s.url.as_str()));
+        for (from_topic, spec) in topic
+            .into_iter()
+            .map(|s| (true, s))
+            .chain(sd.map(|s| (false, s)))
+        {
+            if from_topic {
+                topic_n += 1;
+            } else {
+                sd_n += 1;
+            }
+            if seen.insert(spec.url.as_str()) {
+                out.push(spec.clone());
+            } else {
+                shadowed += 1;
+            }
+        }
+        metrics::discovered_sites(Origin::Topic.as_str(), topic_n);
+        metrics::discovered_sites(Origin::HttpSd.as_str(), sd_n);
+        if shadowed != self.shadowed && shadowed > 0 {
+            tracing::warn!(
+                shadowed,
+                "some urls are given by more than one source of sites; each runs with the definition of the first: the configuration, then sites_topic, then http_sd"
+            );
+        }
+        self.shadowed = shadowed;
+        out
+    }
+}
+
+/// Resolves outside sites with the `[source]` defaults, logging and
+/// counting those that cannot be used.
+struct Resolving<'a> {
+    config: &'a SourceConfig,
+    resolver: Resolver<'a>,
+}
+
+impl<'a> Resolving<'a> {
+    fn new(config: &'a Loaded<SourceConfig>) -> Self {
+        let dir = config.path.parent().unwrap_or(Path::new(""));
+        Resolving {
+            config: &config.section,
+            resolver: Resolver::new(&config.section, dir),
+        }
+    }
+
+    /// The site resolved, or `None` (logged with `url` and counted).
+    fn site(&mut self, origin: Origin, url: &str, site: &SiteConfig) -> Option<SiteSpec> {
+        let mut problems: Vec<Invalid> = Vec::new();
+        validate_site(site, self.config, "", &mut problems);
+        let problem = match problems.into_iter().next() {
+            Some(p) => p,
+            None => match self.resolver.site(site) {
+                Ok(spec) => return Some(spec),
+                Err(p) => p,
+            },
+        };
+        refused(origin, url, &problem.key, &problem.message);
+        None
+    }
+}
+
+/// Logs and counts a site definition of `origin` that cannot be used.
+pub fn refused(origin: Origin, url: &str, key: &str, message: &str) {
+    metrics::discovered_site_errors(origin.as_str(), 1);
+    tracing::error!(
+        source = origin.as_str(),
+        site = url,
+        key,
+        "a site definition from {} cannot be used and is not checked: {message}; {}",
+        origin.name(),
+        origin.fix()
+    );
+}

@@ -1,0 +1,144 @@
+//! Unit tests of the sources of sites from outside: a sites topic record
+//! read into a change, a revoked partition's sites removed, and which
+//! definition of a url runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use connector_common::config::{load_str, Loaded, Section};
+
+use super::catalog::Catalog;
+use super::topic::{definition, Assignment, State};
+use super::{Change, Origin};
+use crate::config::{Shard, SiteConfig, SourceConfig};
+
+fn load(text: &str) -> Loaded<SourceConfig> {
+    load_str(text, Path::new("c.toml"), Section::Source, &|_| None).unwrap()
+}
+
+fn put(url: &str, json: &str) -> Change {
+    let site: SiteConfig = serde_json::from_str(json).unwrap();
+    Change::Put(url.into(), Box::new(site))
+}
+
+#[test]
+fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() {
+    let key = Some(&b"https://Example.com"[..]);
+    let good = br#"{"url": "https://example.com/", "interval": "30s"}"#;
+    match definition(key, Some(good)) {
+        Some((url, Change::Put(u, site))) => {
+            assert_eq!(
+                (&*url, &*u),
+                ("https://example.com/", "https://example.com/")
+            );
+            assert_eq!(site.interval, Some(Duration::from_secs(30)));
+        }
+        other => panic!("{other:?}"),
+    }
+    for value in [None, Some(&b""[..])] {
+        assert!(matches!(
+            definition(key, value),
+            Some((_, Change::Remove(_)))
+        ));
+    }
+    // Bad values remove what an earlier record defined: the latest counts.
+    for bad in [
+        &b"not json"[..],
+        br#"{"url": "https://example.com/", "interval": "soon"}"#,
+        br#"{"url": "https://other.example/"}"#,
+        br#"{"url": "https://example.com/", "colour": "red"}"#,
+    ] {
+        assert!(
+            matches!(definition(key, Some(bad)), Some((_, Change::Remove(_)))),
+            "{}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert!(definition(Some(b"not a url"), Some(good)).is_none());
+    assert!(definition(None, Some(good)).is_none());
+}
+
+#[test]
+fn a_revoked_partition_removes_only_its_own_sites_at_once() {
+    let mut state = State::default();
+    state.assigned(vec![0, 1]);
+    let (a, b) = (b"http://a.example/", b"http://b.example/");
+    state.record(0, Some(a), Some(br#"{"url": "http://a.example/"}"#));
+    state.record(1, Some(b), Some(br#"{"url": "http://b.example/"}"#));
+    // Not read to their ends yet: nothing is due.
+    assert!(!state.due(true, false));
+    state.pending.clear();
+    assert!(state.due(true, false));
+    state.batch.clear();
+    assert!(state.rebalanced(Assignment::Revoked(vec![1])));
+    let removed: Vec<&str> = state
+        .batch
+        .iter()
+        .map(|c| match c {
+            Change::Remove(u) => &**u,
+            Change::Put(..) => panic!("a put"),
+        })
+        .collect();
+    assert_eq!(removed, ["http://b.example/"]);
+    assert!(state.due(false, true));
+}
+
+#[test]
+fn the_configuration_wins_then_the_topic_then_http_sd_and_shard_applies_without_a_group() {
+    let config = load(
+        "[source]\nsites_topic = \"t\"\nhttp_sd_url = \"http://sd.example/\"\n\
+         [[source.sites]]\nurl = \"http://both.example/\"\n",
+    );
+    let file = crate::sites::resolve(&config).unwrap();
+    let mut catalog = Catalog::new(file);
+    catalog.apply(
+        Origin::Topic,
+        vec![
+            put(
+                "http://both.example/",
+                r#"{"url": "http://both.example/", "interval": "30s"}"#,
+            ),
+            put(
+                "http://topic.example/",
+                r#"{"url": "http://topic.example/", "interval": "20s"}"#,
+            ),
+        ],
+        &config,
+    );
+    catalog.apply(
+        Origin::HttpSd,
+        vec![
+            put(
+                "http://topic.example/",
+                r#"{"url": "http://topic.example/"}"#,
+            ),
+            put("http://sd.example/x", r#"{"url": "http://sd.example/x"}"#),
+        ],
+        &config,
+    );
+    let all = catalog.combined(&config.section);
+    let got: Vec<(&str, u64)> = all
+        .iter()
+        .map(|s| (s.url.as_str(), s.interval.as_secs()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("http://both.example/", 1),
+            ("http://topic.example/", 20),
+            ("http://sd.example/x", 1)
+        ]
+    );
+    // With a shard, the outside sites are sharded too, but not the group's.
+    let mut sharded = config.clone();
+    let theirs = crate::hash::shard_of("http://topic.example/", 2);
+    sharded.section.shard = Some(Shard::try_from(format!("{}/2", 3 - theirs)).unwrap());
+    let has_topic = |sites: &[crate::sites::SiteSpec]| {
+        sites
+            .iter()
+            .any(|s| s.url.as_str() == "http://topic.example/")
+    };
+    assert!(!has_topic(&catalog.combined(&sharded.section)));
+    sharded.section.sites_group = Some("g".into());
+    assert!(has_topic(&catalog.combined(&sharded.section)));
+}
