@@ -3,7 +3,7 @@
 # on 127.0.0.1 as the HTTP target, and runs the benchmark driver
 # (bench/src/main.rs) against the local stack (`make up` runs first).
 # Prints one table; writes target/bench/results.json. Never fails on a time.
-#   WM_BENCH_ONLY=source,scale,sink,sink_keyless,resume,e2e,dataset   run only these
+#   WM_BENCH_ONLY=source,scale,million,sink,sink_keyless,resume,e2e,dataset   run only these
 #   WM_BENCH_SCALE=0.2                    shrink every scenario (a quick try)
 #   WM_BENCH_SINK_EXTRA='batch_size = 20000'  extra [sink] lines (experiments)
 #   WM_BENCH_KEEP_DATASET=1               keep the dataset scenario's schema (drop it by hand)

@@ -5,7 +5,7 @@
 //!
 //! Scenarios ([`scenarios`]): source throughput with fresh connections and with
 //! keep-alive (baseline: ApacheBench on the same nginx), source at 100,000 sites
-//! (lateness, memory), sink throughput with records keyed by url and without a
+//! (lateness, memory) and at 1,000,000 (with a reload of 1 %), sink throughput with records keyed by url and without a
 //! key (baseline: a raw `COPY` of the same rows) and its bytes per stored check,
 //! a sink's resume after kill -9 with static membership (baseline: dynamic
 //! membership), end-to-end latency at 5,000 checks/s, and the SQL API's query
@@ -19,7 +19,7 @@
 //!
 //! Environment: `WM_BENCH_HTTP` (the nginx target, set by `scripts/bench.sh`),
 //! `WM_BENCH_ONLY` (comma-separated scenario names to run: `source`, `scale`,
-//! `sink`, `sink_keyless`, `resume`, `e2e`, `dataset`), `WM_BENCH_SCALE`
+//! `million`, `sink`, `sink_keyless`, `resume`, `e2e`, `dataset`), `WM_BENCH_SCALE`
 //! (a factor < 1 shrinks every scenario, for a quick try).
 
 mod proc;
@@ -78,6 +78,13 @@ async fn run(ctx: &scenarios::Ctx, wanted: &dyn Fn(&str) -> bool) -> Result<Vec<
             scenarios::source_scale(ctx)
                 .await
                 .context("source at scale")?,
+        );
+    }
+    if wanted("million") {
+        figures.extend(
+            scenarios::source_million(ctx)
+                .await
+                .context("source at a million sites")?,
         );
     }
     if wanted("sink") {

@@ -67,6 +67,11 @@ impl Connector {
         http_get(&self.metrics, "/metrics")
     }
 
+    /// Resident memory now (VmRSS), in bytes.
+    pub fn rss(&self) -> u64 {
+        proc_status_kb(self.pid(), "VmRSS:") * 1024
+    }
+
     /// Peak resident memory so far (VmHWM), in bytes.
     pub fn peak_rss(&self) -> u64 {
         proc_status_kb(self.pid(), "VmHWM:") * 1024
@@ -115,14 +120,29 @@ impl Drop for Connector {
 
 /// A plain HTTP/1.0 GET on loopback; returns the body of a 200.
 pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    http_request(addr, "GET", path)
+}
+
+/// A plain HTTP/1.0 POST without a body on loopback; returns the body of a 200.
+pub fn http_post(addr: &str, path: &str) -> Result<String> {
+    http_request(addr, "POST", path)
+}
+
+fn http_request(addr: &str, method: &str, path: &str) -> Result<String> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
     let (head, body) = buf.split_once("\r\n\r\n").context("no HTTP header end")?;
     if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or(""));
+        bail!(
+            "{method} {path}: {} {body}",
+            head.lines().next().unwrap_or("")
+        );
     }
     Ok(body.to_owned())
 }
@@ -143,6 +163,28 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
 /// interpolated linearly inside the bucket, as Prometheus'
 /// `histogram_quantile` does. `None` without samples.
 pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+    quantile(&buckets(text, name)?, q)
+}
+
+/// [`histogram_quantile`] of what was recorded between the scrapes
+/// `before` and `after` (the buckets' increase), as Prometheus'
+/// `histogram_quantile(q, increase(...))`.
+pub fn histogram_quantile_between(before: &str, after: &str, name: &str, q: f64) -> Option<f64> {
+    let earlier = buckets(before, name).unwrap_or_default();
+    let mut later = buckets(after, name)?;
+    for (le, count) in &mut later {
+        let old = earlier
+            .iter()
+            .find(|(b, _)| b == le)
+            .map_or(0.0, |(_, c)| *c);
+        *count -= old;
+    }
+    quantile(&later, q)
+}
+
+/// The cumulative buckets `(le, count)` of histogram `name`, summed over
+/// label sets, by `le`.
+fn buckets(text: &str, name: &str) -> Option<Vec<(f64, f64)>> {
     let bucket = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in text.lines().filter(|l| l.starts_with(&bucket)) {
@@ -159,13 +201,17 @@ pub fn histogram_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         }
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    Some(buckets)
+}
+
+fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
     let total = buckets.last()?.1;
     if total <= 0.0 {
         return None;
     }
     let rank = q * total;
     let mut prev = (0.0, 0.0);
-    for &(le, count) in &buckets {
+    for &(le, count) in buckets {
         if count >= rank {
             if le.is_infinite() {
                 return Some(prev.0);
@@ -309,6 +355,16 @@ mod tests {
         assert_eq!(histogram_quantile(TEXT, "h", 0.5), Some(0.1));
         let p75 = histogram_quantile(TEXT, "h", 0.75).unwrap();
         assert!((p75 - 0.15).abs() < 1e-9, "{p75}");
+    }
+
+    #[test]
+    fn quantile_between_two_scrapes_counts_only_the_increase() {
+        let later = TEXT
+            .replace("le=\"0.2\"} 100", "le=\"0.2\"} 200")
+            .replace("le=\"+Inf\"} 100", "le=\"+Inf\"} 200");
+        // The 100 new samples all fell in (0.1, 0.2]: their median is 0.15.
+        let p50 = histogram_quantile_between(TEXT, &later, "h", 0.5).unwrap();
+        assert!((p50 - 0.15).abs() < 1e-9, "{p50}");
     }
 
     #[test]

@@ -6,8 +6,13 @@
 //! - `GET /readyz`: 200 when the connector says it is connected and making
 //!   progress ([`Health::set_ready`]), 503 with the reason otherwise;
 //! - `POST /-/reload`, when the connector gives a [`ReloadHook`]
-//!   ([`serve_with_reload`]): reloads its configuration; 200 with what
-//!   changed, or 500 with why the reload was refused.
+//!   ([`serve_with_hooks`]): reloads its configuration; 200 with what
+//!   changed, or 500 with why the reload was refused; any other method 405
+//!   with `Allow: POST`.
+//!
+//! `/metrics` renders the `metrics` registry, then what the connector's
+//! [`ExtraMetrics`] hook writes (series the connector keeps itself because
+//! it must be able to remove them, which the registry cannot).
 //!
 //! The `metrics` facade has one process-wide recorder by design;
 //! [`install_recorder`] installs it once and hands out the same handle after,
@@ -124,6 +129,18 @@ pub struct TelemetryServer {
 pub type ReloadHook =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<String, String>> + Send>> + Send + Sync>;
 
+/// Appends series in the Prometheus text format to `/metrics`.
+pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
+
+/// What a connector adds to the endpoints.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Serves `POST /-/reload` when given.
+    pub reload: Option<ReloadHook>,
+    /// Appends its own series to `/metrics` when given.
+    pub metrics: Option<ExtraMetrics>,
+}
+
 /// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
 pub async fn serve(
     addr: &ListenAddress,
@@ -131,15 +148,15 @@ pub async fn serve(
     health: Health,
     shutdown: CancellationToken,
 ) -> Result<TelemetryServer, TelemetryError> {
-    serve_with_reload(addr, handle, health, None, shutdown).await
+    serve_with_hooks(addr, handle, health, Hooks::default(), shutdown).await
 }
 
-/// [`serve`], and `POST /-/reload` running `reload` when one is given.
-pub async fn serve_with_reload(
+/// [`serve`], with the connector's `hooks`.
+pub async fn serve_with_hooks(
     addr: &ListenAddress,
     handle: PrometheusHandle,
     health: Health,
-    reload: Option<ReloadHook>,
+    hooks: Hooks,
     shutdown: CancellationToken,
 ) -> Result<TelemetryServer, TelemetryError> {
     let bind_error = |source| TelemetryError::Bind {
@@ -164,15 +181,15 @@ pub async fn serve_with_reload(
             };
             let handle = handle.clone();
             let health = health.clone();
-            let reload = reload.clone();
+            let hooks = hooks.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let handle = handle.clone();
                     let health = health.clone();
-                    let reload = reload.clone();
+                    let hooks = hooks.clone();
                     async move {
                         if req.uri().path() == "/-/reload" {
-                            if let Some(reload) = reload {
+                            if let Some(reload) = hooks.reload {
                                 return Ok::<_, Infallible>(
                                     reload_route(req.method(), &reload).await,
                                 );
@@ -181,16 +198,18 @@ pub async fn serve_with_reload(
                         // Rendering many series (per-site gauges of 100k sites) is CPU
                         // work: keep it off the runtime the checks run on.
                         let path = req.uri().path().to_owned();
-                        let response =
-                            tokio::task::spawn_blocking(move || route(&path, &handle, &health))
-                                .await
-                                .unwrap_or_else(|_| {
-                                    respond(
-                                        StatusCode::INTERNAL_SERVER_ERROR,
-                                        "text/plain",
-                                        "render failed\n".to_owned(),
-                                    )
-                                });
+                        let extra = hooks.metrics;
+                        let response = tokio::task::spawn_blocking(move || {
+                            route(&path, &handle, extra.as_ref(), &health)
+                        })
+                        .await
+                        .unwrap_or_else(|_| {
+                            respond(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                "text/plain",
+                                "render failed\n".to_owned(),
+                            )
+                        });
                         Ok::<_, Infallible>(response)
                     }
                 });
@@ -205,9 +224,20 @@ pub async fn serve_with_reload(
     Ok(TelemetryServer { local_addr, task })
 }
 
-fn route(path: &str, handle: &PrometheusHandle, health: &Health) -> Response<Full<Bytes>> {
+fn route(
+    path: &str,
+    handle: &PrometheusHandle,
+    extra: Option<&ExtraMetrics>,
+    health: &Health,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match path {
-        "/metrics" => (StatusCode::OK, "text/plain; version=0.0.4", handle.render()),
+        "/metrics" => {
+            let mut text = handle.render();
+            if let Some(extra) = extra {
+                extra(&mut text);
+            }
+            (StatusCode::OK, "text/plain; version=0.0.4", text)
+        }
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
         "/readyz" => match health.not_ready_reason() {
             None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
@@ -229,11 +259,16 @@ fn route(path: &str, handle: &PrometheusHandle, health: &Health) -> Response<Ful
 /// `/-/reload`: runs `reload` on a POST.
 async fn reload_route(method: &Method, reload: &ReloadHook) -> Response<Full<Bytes>> {
     if method != Method::POST {
-        return respond(
+        let mut response = respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "use POST to reload the configuration\n".to_owned(),
         );
+        response.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+        return response;
     }
     match reload().await {
         Ok(done) => respond(StatusCode::OK, "text/plain", format!("{done}\n")),

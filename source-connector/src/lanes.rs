@@ -147,29 +147,24 @@ impl Prepared {
         specs: Vec<SiteSpec>,
         threads: Option<usize>,
         concurrency: usize,
+        per_site_metrics: bool,
         at_least: usize,
     ) -> Result<Self, LaneError> {
         let shares = plan(threads, concurrency, specs.len().max(at_least));
-        let mut dealt: Vec<Vec<SiteSpec>> = shares
-            .iter()
-            .map(|_| Vec::with_capacity(specs.len() / shares.len() + 1))
-            .collect();
-        for (i, spec) in specs.into_iter().enumerate() {
-            dealt[i % shares.len()].push(spec);
-        }
         // TLS's one-time work (the system's roots, seeding the random number
         // generator), once for every lane's clients and before any check.
         let tls = check::tls::TlsBase::load()?;
+        let sites = deal(
+            specs,
+            shares.len(),
+            |lane, spec| {
+                let client = lane.get(&spec.client)?;
+                Ok(Arc::new(Site::new(spec, client, per_site_metrics)))
+            },
+            || Clients::for_sites(&[], &tls),
+        )?;
         let mut lanes = Vec::with_capacity(shares.len());
-        for (specs, share) in dealt.into_iter().zip(&shares) {
-            let mut clients = Clients::for_sites(&specs, &tls)?;
-            let sites = specs
-                .into_iter()
-                .map(|spec| {
-                    let client = clients.get(&spec.client)?;
-                    Ok(Arc::new(Site::new(spec, client)))
-                })
-                .collect::<Result<Vec<_>, SetupError>>()?;
+        for ((sites, clients), share) in sites.into_iter().zip(&shares) {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -259,6 +254,34 @@ impl Prepared {
     }
 }
 
+/// Deals `specs` round-robin over `lanes` lanes, each made into a site by
+/// `make` with its lane's clients (from `clients`). The list is consumed from
+/// its end and its memory given back as it shrinks, so the specs and the
+/// sites made of them are not both held in full (a million sites at start).
+fn deal<T>(
+    mut specs: Vec<SiteSpec>,
+    lanes: usize,
+    mut make: impl FnMut(&mut Clients, SiteSpec) -> Result<T, SetupError>,
+    clients: impl Fn() -> Result<Clients, SetupError>,
+) -> Result<Vec<(Vec<T>, Clients)>, SetupError> {
+    let per_lane = specs.len() / lanes + 1;
+    let mut out = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        out.push((Vec::with_capacity(per_lane), clients()?));
+    }
+    while let Some(spec) = specs.pop() {
+        let (sites, clients) = &mut out[specs.len() % lanes];
+        sites.push(make(clients, spec)?);
+        if specs.capacity() > 4096 && specs.len() < specs.capacity() / 4 {
+            specs.shrink_to_fit();
+        }
+    }
+    for (sites, _) in &mut out {
+        sites.reverse();
+    }
+    Ok(out)
+}
+
 impl Lanes {
     /// How many lanes run.
     pub fn count(&self) -> usize {
@@ -304,7 +327,8 @@ impl Commander {
     /// Runs exactly `sites` from now on, over the lanes; the counts of
     /// every lane, added up.
     pub async fn apply(&self, sites: Vec<SiteSpec>) -> Result<Applied, LanesGone> {
-        let wanted: Arc<[SiteSpec]> = sites.into();
+        // Shared as it is (a million specs are not copied into another list).
+        let wanted = Arc::new(sites);
         let mut claims = Vec::with_capacity(self.lanes.len());
         for lane in &self.lanes {
             let (reply, answer) = oneshot::channel();

@@ -169,11 +169,16 @@ pub async fn start(
     let telemetry_guard = telemetry_stop.clone().drop_guard();
     // Requests wait in the channel until the reloader runs, once the lanes do.
     let (reload_handle, reload_requests) = reload::channel();
-    let served = telemetry::serve_with_reload(
+    let series = Arc::new(metrics::SiteSeries::default());
+    let hooks = telemetry::Hooks {
+        reload: (!opts.once).then(|| http_reload(&reload_handle)),
+        metrics: Some(site_series(&series)),
+    };
+    let served = telemetry::serve_with_hooks(
         &source.metrics_address,
         telemetry::install_recorder(),
         health.clone(),
-        (!opts.once).then(|| http_reload(&reload_handle)),
+        hooks,
         telemetry_stop.clone(),
     )
     .await;
@@ -195,10 +200,16 @@ pub async fn start(
     // With sites from outside, the number of check threads does not
     // depend on how many sites there are at start.
     let at_least = if outside.is_some() { usize::MAX } else { 0 };
-    let prepared = lanes::Prepared::new(specs, source.threads, source.concurrency, at_least)?;
+    let prepared = lanes::Prepared::new(
+        specs,
+        source.threads,
+        source.concurrency,
+        source.per_site_metrics,
+        at_least,
+    )?;
     let publisher = Arc::new(publisher(&config, opts, &health)?);
     metrics::sites(site_count);
-    let shared = shared(source, &publisher);
+    let shared = shared(source, &publisher, series);
     let open_files = limits::raise_open_files();
     if let Some(warning) =
         limits::open_files_warning(source.concurrency.min(site_count), open_files)
@@ -289,24 +300,38 @@ fn http_reload(handle: &reload::ReloadHandle) -> telemetry::ReloadHook {
         Box::pin(async move {
             let a = handle.reload(reload::Trigger::Http).await?;
             Ok(format!(
-                "reloaded: added={} removed={} changed={} unchanged={} failed={} sites={}",
+                "reloaded: added={} removed={} changed={} unchanged={} failed={} sites={} read_s={:.3} apply_s={:.3}",
                 a.added,
                 a.removed,
                 a.changed,
                 a.unchanged,
                 a.failed.len(),
-                a.running
+                a.running,
+                a.read.as_secs_f64(),
+                a.apply.as_secs_f64(),
             ))
         })
     })
 }
 
-/// What every check task of `source` shares, writing to `publisher`.
-fn shared(source: &SourceConfig, publisher: &Arc<publish::Publisher>) -> Arc<schedule::Shared> {
+/// What `/metrics` adds to the registry's series: the per-url gauges.
+fn site_series(series: &Arc<metrics::SiteSeries>) -> telemetry::ExtraMetrics {
+    let series = Arc::clone(series);
+    Arc::new(move |out: &mut String| series.render(out))
+}
+
+/// What every check task of `source` shares, writing to `publisher`, its
+/// per-url gauges in `series`.
+fn shared(
+    source: &SourceConfig,
+    publisher: &Arc<publish::Publisher>,
+    series: Arc<metrics::SiteSeries>,
+) -> Arc<schedule::Shared> {
     Arc::new(schedule::Shared {
         publisher: Arc::clone(publisher),
         probe: source.probe.clone(),
         per_site_metrics: source.per_site_metrics,
+        series,
         metrics: metrics::CheckHandles::register(),
         in_flight: metrics::in_flight(),
         started: Default::default(),

@@ -55,7 +55,9 @@ pub use kafka::{
     consume_all, create_topic, delete_stale_topics, delete_topics, json_rec, produce, produce_json,
     produce_keyed, producer, Consumed,
 };
-pub use metrics::{http_get, http_post, scrape, scrape_until, wait_not_ready, wait_ready};
+pub use metrics::{
+    http_exchange, http_get, http_post, scrape, scrape_until, wait_not_ready, wait_ready,
+};
 pub use pair::Pair;
 pub use postgres::{
     column, count, fresh_schema, kv_uri, pg, pg_port, table_exists, wait_rows, with_param,

@@ -18,6 +18,13 @@ pub async fn http_post(addr: &str, path: &str) -> Option<(u16, String)> {
 
 /// `method path` on a local HTTP server: (status, body).
 async fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, String)> {
+    let (status, _, body) = http_exchange(addr, method, path).await?;
+    Some((status, body))
+}
+
+/// `method path` (with no body) on a local HTTP server: (status, the
+/// header lines, body).
+pub async fn http_exchange(addr: &str, method: &str, path: &str) -> Option<(u16, String, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
     s.write_all(
@@ -32,11 +39,8 @@ async fn http_request(addr: &str, method: &str, path: &str) -> Option<(u16, Stri
     s.read_to_end(&mut buf).await.ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     let status = text.split_whitespace().nth(1)?.parse().ok()?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Some((status, head.to_owned(), body.to_owned()))
 }
 
 /// The text of `addr`'s `/metrics` (empty when it does not answer).

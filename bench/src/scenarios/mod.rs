@@ -9,7 +9,8 @@
 //!   ApacheBench, with its diagnostics;
 //! - [`bare`]: bare HTTP client loops (reqwest, hyper), the source
 //!   throughput's calibration;
-//! - [`scale`]: the source at 100,000 sites;
+//! - [`scale`]: the source at 100,000 sites; [`million`]: at 1,000,000,
+//!   with a reload of 1 % of them;
 //! - [`sink`]: the sink's throughput against a raw `COPY`, keyed and
 //!   keyless, and the bytes per stored check; [`records`]: the records and
 //!   COPY baseline it shares with [`resume`]: a sink's resume after kill -9;
@@ -31,6 +32,7 @@ mod bare;
 mod dataset;
 mod disk;
 mod e2e;
+mod million;
 mod records;
 mod resume;
 mod scale;
@@ -39,6 +41,7 @@ mod source;
 
 pub use dataset::dataset;
 pub use e2e::end_to_end;
+pub use million::source_million;
 pub use records::Keys;
 pub use resume::sink_resume;
 pub use scale::source_scale;

@@ -30,7 +30,9 @@ use super::bounds::{MAX_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_REGEX_BYTES, MAX_UR
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SiteUrl {
     request: url::Url,
-    shown: url::Url,
+    /// `None` when it is the request url (no credentials): one copy, not
+    /// two, for the common case (a million sites hold a million urls).
+    shown: Option<Box<url::Url>>,
 }
 
 impl SiteUrl {
@@ -63,19 +65,24 @@ impl SiteUrl {
             return Err(format!("{named} has no host"));
         }
         let mut shown = request.clone();
-        if shown.password().is_some() {
+        let masked = if shown.password().is_some() {
             let _ = shown.set_password(Some("***"));
+            true
         } else if !shown.username().is_empty() {
             // A user name alone is often the secret itself (an API token
             // given as `https://TOKEN@host/`, or `KEY:` with an empty password).
             let _ = shown.set_username("***");
-        }
+            true
+        } else {
+            false
+        };
         if shown.as_str().len() > MAX_URL_BYTES {
             return Err(format!(
                 "the url is {} bytes once normalised; at most {MAX_URL_BYTES} are allowed (the sink rejects longer urls)",
                 shown.as_str().len()
             ));
         }
+        let shown = masked.then(|| Box::new(shown));
         Ok(SiteUrl { request, shown })
     }
 
@@ -86,12 +93,12 @@ impl SiteUrl {
 
     /// The url as every output shows it (password masked).
     pub fn shown(&self) -> &url::Url {
-        &self.shown
+        self.shown.as_deref().unwrap_or(&self.request)
     }
 
     /// [`SiteUrl::shown`] as text.
     pub fn as_str(&self) -> &str {
-        self.shown.as_str()
+        self.shown().as_str()
     }
 }
 

@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use fixed::restart_only;
-pub use watch::{Fingerprint, Watched};
+pub use watch::{Fingerprint, Settle, Watched, UNFINISHED_SETTLE};
 
 use crate::config::SourceConfig;
 use crate::discovery::{Catalog, Update};
@@ -190,6 +190,7 @@ impl Reloader {
         let handles = ReloadHandles::register();
         let every = self.current.section.reload_watch;
         let mut watched = Watched::of(&self.current);
+        let mut settle = Settle::default();
         let mut poll = tokio::time::interval(every.unwrap_or(Duration::from_secs(3600)));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -205,7 +206,7 @@ impl Reloader {
                     continue;
                 }
                 _ = poll.tick(), if every.is_some() => {
-                    if !watched.changed() {
+                    if !settle.poll(&watched, std::time::Instant::now()) {
                         continue;
                     }
                     (Trigger::Watch, None)
@@ -279,6 +280,8 @@ impl Reloader {
                     unchanged = applied.unchanged,
                     failed = applied.failed.len(),
                     sites = applied.running,
+                    read_s = applied.read.as_secs_f64(),
+                    apply_s = applied.apply.as_secs_f64(),
                     "configuration reloaded"
                 );
                 Ok(applied)
@@ -298,6 +301,7 @@ impl Reloader {
     async fn attempt(&mut self) -> Result<Applied, ReloadError> {
         let path = self.current.path.clone();
         let env = self.env;
+        let started = std::time::Instant::now();
         let (loaded, sites) = tokio::task::spawn_blocking(move || crate::sites::load(&path, &env))
             .await
             .map_err(|e| ReloadError::Crashed(e.to_string()))??;
@@ -313,7 +317,9 @@ impl Reloader {
             }
             None => sites,
         };
-        let applied = self.lanes.apply(sites).await?;
+        let read = started.elapsed();
+        let mut applied = self.lanes.apply(sites).await?;
+        (applied.read, applied.apply) = (read, started.elapsed() - read);
         self.current = loaded;
         Ok(applied)
     }

@@ -70,20 +70,22 @@ mod tests {
         SiteSpec {
             url: url.parse().unwrap(),
             interval: Duration::from_millis(interval_ms),
-            timeout: Duration::from_secs(1),
-            method: reqwest::Method::GET,
-            headers: Arc::default(),
-            body: None,
-            regex: None,
-            expected_status: None,
-            follow_redirects: true,
-            max_redirects: 5,
-            max_body_bytes: 1024,
-            client: ClientKey {
-                keep_alive: false,
-                tls_ca: None,
-                tls_verify: true,
-            },
+            settings: Arc::new(crate::sites::Settings {
+                timeout: Duration::from_secs(1),
+                method: reqwest::Method::GET,
+                headers: Arc::default(),
+                body: None,
+                regex: None,
+                expected_status: None,
+                follow_redirects: true,
+                max_redirects: 5,
+                max_body_bytes: 1024,
+                client: ClientKey {
+                    keep_alive: false,
+                    tls_ca: None,
+                    tls_verify: true,
+                },
+            }),
         }
     }
 

@@ -67,18 +67,29 @@ pub struct Site {
     pub spec: SiteSpec,
     /// The client for its [`crate::sites::ClientKey`] (shared with other sites).
     pub client: reqwest::Client,
-    /// Its per-url gauges (used only with `per_site_metrics`).
-    pub gauges: metrics::SiteGauges,
+    /// Its per-url gauges (only with `per_site_metrics`).
+    pub gauges: Option<metrics::SiteGauges>,
     running: AtomicBool,
 }
 
 impl Site {
-    /// A site that is not running.
-    pub fn new(spec: SiteSpec, client: reqwest::Client) -> Self {
+    /// A site that is not running; with its own per-url gauges when
+    /// `per_site_metrics`.
+    pub fn new(spec: SiteSpec, client: reqwest::Client, per_site_metrics: bool) -> Self {
+        let gauges = per_site_metrics.then(|| metrics::SiteGauges::new(spec.url.as_str()));
+        Self::with_gauges(spec, client, gauges)
+    }
+
+    /// A site that is not running, showing its values in `gauges`.
+    fn with_gauges(
+        spec: SiteSpec,
+        client: reqwest::Client,
+        gauges: Option<metrics::SiteGauges>,
+    ) -> Self {
         Site {
             spec,
             client,
-            gauges: metrics::SiteGauges::default(),
+            gauges,
             running: AtomicBool::new(false),
         }
     }
@@ -97,6 +108,8 @@ pub struct Shared {
     pub probe: String,
     /// `source.per_site_metrics`.
     pub per_site_metrics: bool,
+    /// The per-url gauges on `/metrics` (`per_site_metrics`).
+    pub series: Arc<metrics::SiteSeries>,
     /// The metric handles of a check, registered once.
     pub metrics: metrics::CheckHandles,
     /// The [`metrics::CHECKS_IN_FLIGHT`] gauge, registered once.
@@ -127,7 +140,7 @@ pub enum Command {
     /// Which of `wanted` (by index) this lane runs now, by url.
     Claim {
         /// The sites of the new configuration, for every lane.
-        wanted: Arc<[SiteSpec]>,
+        wanted: Arc<Vec<SiteSpec>>,
         /// Where the indices go.
         reply: oneshot::Sender<Vec<u32>>,
     },
@@ -135,7 +148,7 @@ pub enum Command {
     /// are unchanged, change, add and remove the others ([`diff::plan`]).
     Apply {
         /// The sites of the new configuration, for every lane.
-        wanted: Arc<[SiteSpec]>,
+        wanted: Arc<Vec<SiteSpec>>,
         /// This lane's share of them (indices).
         mine: Vec<u32>,
         /// Where the counts go.
@@ -159,6 +172,10 @@ pub struct Applied {
     /// Sites that could not be started: their url and why (an HTTP client
     /// for their settings could not be built).
     pub failed: Vec<(String, String)>,
+    /// How long reading and checking the files took (set by the reload).
+    pub read: Duration,
+    /// How long the lanes took to apply it (set by the reload).
+    pub apply: Duration,
 }
 
 impl Applied {
@@ -219,29 +236,42 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             command = commands.recv(), if open => {
                 match command {
-                    Some(c) => s.command(c),
+                    Some(c) => s.command(c, &shared),
                     None => open = false,
                 }
                 continue;
             }
             _ = tokio::time::sleep_until(due.unwrap_or(origin).into()), if due.is_some() => {}
         }
-        if !s.run_due(&shared, &permits, &shutdown).await {
+        let serve = open.then_some(&mut commands);
+        if !s.run_due(&shared, &permits, &shutdown, serve).await {
             return;
         }
     }
 }
 
 impl Scheduler {
-    /// Starts the checks that are due; `false` at `shutdown`.
+    /// Starts the checks that are due; `false` at `shutdown`. A reload's
+    /// commands that come meanwhile are answered between two checks: a
+    /// lane that is behind (or waits for `concurrency`) does not hold a
+    /// reload back until it has caught up.
     async fn run_due(
         &mut self,
         shared: &Arc<Shared>,
         permits: &Arc<Semaphore>,
         shutdown: &CancellationToken,
+        mut commands: Option<&mut mpsc::UnboundedReceiver<Command>>,
     ) -> bool {
         let now = Instant::now();
-        while let Some(mut top) = self.heap.peek_mut() {
+        loop {
+            if let Some(commands) = commands.as_deref_mut() {
+                while let Ok(c) = commands.try_recv() {
+                    self.command(c, shared);
+                }
+            }
+            let Some(mut top) = self.heap.peek_mut() else {
+                break;
+            };
             let Reverse((due, slot, generation)) = *top;
             if due > now {
                 break;
@@ -272,13 +302,14 @@ impl Scheduler {
     }
 
     /// Answers a reload's command.
-    fn command(&mut self, command: Command) {
+    fn command(&mut self, command: Command, shared: &Shared) {
         match command {
             Command::Claim { wanted, reply } => {
-                let here: HashSet<&str> = self
-                    .slots
-                    .iter()
-                    .map(|(_, _, s)| s.spec.url.as_str())
+                // The urls it runs, and those removed whose check still runs
+                // (added again, they wait here for that check).
+                self.slots.prune_retired();
+                let here: HashSet<&str> = (self.slots.retired())
+                    .chain(self.slots.iter().map(|(_, _, s)| s.spec.url.as_str()))
                     .collect();
                 let mine = (0..wanted.len())
                     .filter(|&i| here.contains(wanted[i].url.as_str()))
@@ -291,14 +322,20 @@ impl Scheduler {
                 mine,
                 reply,
             } => {
-                let applied = self.apply(&wanted, &mine, Instant::now());
+                let applied = self.apply(&wanted, &mine, Instant::now(), shared);
                 let _ = reply.send(applied);
             }
         }
     }
 
     /// Runs exactly `mine` of `wanted` from `now` on; see [`Command::Apply`].
-    fn apply(&mut self, wanted: &[SiteSpec], mine: &[u32], now: Instant) -> Applied {
+    fn apply(
+        &mut self,
+        wanted: &[SiteSpec],
+        mine: &[u32],
+        now: Instant,
+        shared: &Shared,
+    ) -> Applied {
         let plan = diff::plan(
             self.slots.iter().map(|(slot, _, s)| (slot, &s.spec)),
             mine.iter().map(|&i| (i as usize, &wanted[i as usize])),
@@ -309,23 +346,38 @@ impl Scheduler {
             ..Applied::default()
         };
         for slot in plan.removed {
-            self.slots.remove(slot);
+            let gauges = self.slots.remove(slot).and_then(|s| s.gauges.clone());
+            if let Some(gauges) = gauges {
+                shared.series.remove(&gauges);
+            }
         }
         for (slot, i) in plan.changed {
-            match self.site(&wanted[i]) {
+            let spec = &wanted[i];
+            // Same url, same series: the new settings show in the old gauges.
+            let Some(old) = self.slots.site(slot).map(Arc::clone) else {
+                continue;
+            };
+            match self.site(spec, Some(old.gauges.clone()), shared) {
                 Ok(site) => {
-                    self.slots.replace(slot, site);
+                    // The next tick stays, unless the new grid has one sooner
+                    // (a shorter interval applies now, not a long tick later).
+                    let next_old = self.grid(&old.spec, now);
+                    let next_new = self.grid(spec, now);
+                    let sooner = next_new < next_old;
+                    let generation = self.slots.replace(slot, site, sooner);
+                    if sooner {
+                        self.heap.push(Reverse((next_new, slot, generation)));
+                    }
                     out.changed += 1;
                 }
-                Err(e) => out.failed.push((wanted[i].url.to_string(), e)),
+                Err(e) => out.failed.push((spec.url.to_string(), e)),
             }
         }
         for i in plan.added {
             let spec = &wanted[i];
-            match self.site(spec) {
+            match self.site(spec, None, shared) {
                 Ok(site) => {
-                    let offset = offset_in(spec.url.as_str(), spec.interval);
-                    let due = diff::first_due(self.origin, offset, spec.interval, now);
+                    let due = self.grid(spec, now);
                     let (slot, generation) = self.slots.insert(site);
                     self.heap.push(Reverse((due, slot, generation)));
                     out.added += 1;
@@ -337,10 +389,25 @@ impl Scheduler {
         out
     }
 
-    /// A site for `spec`, with the lane's client for its settings.
-    fn site(&mut self, spec: &SiteSpec) -> Result<Arc<Site>, String> {
+    /// The first tick at or after `now` of `spec`'s stable grid.
+    fn grid(&self, spec: &SiteSpec, now: Instant) -> Instant {
+        let offset = offset_in(spec.url.as_str(), spec.interval);
+        diff::first_due(self.origin, offset, spec.interval, now)
+    }
+
+    /// A site for `spec`, with the lane's client for its settings, showing
+    /// its values in `gauges` when given (else in its own).
+    fn site(
+        &mut self,
+        spec: &SiteSpec,
+        gauges: Option<Option<metrics::SiteGauges>>,
+        shared: &Shared,
+    ) -> Result<Arc<Site>, String> {
         let client = self.clients.get(&spec.client).map_err(|e| e.to_string())?;
-        Ok(Arc::new(Site::new(spec.clone(), client)))
+        Ok(Arc::new(match gauges {
+            Some(gauges) => Site::with_gauges(spec.clone(), client, gauges),
+            None => Site::new(spec.clone(), client, shared.per_site_metrics),
+        }))
     }
 }
 

@@ -7,7 +7,10 @@
 //! so a heap entry of a removed site is recognised as stale and dropped. A
 //! changed site keeps its slot, generation and heap entry (its next tick);
 //! while the check of its previous settings still runs, that tick is
-//! skipped as any tick of a running site is.
+//! skipped as any tick of a running site is. A site removed while its check
+//! runs is kept aside (`retired`) until that check ends: if a reload adds
+//! its url again meanwhile, the new site's ticks are skipped the same way,
+//! so there are never two checks of one url at once.
 
 use std::sync::Arc;
 
@@ -27,6 +30,8 @@ pub struct Slots {
     slots: Vec<Slot>,
     /// Empty slots, reused first.
     free: Vec<u32>,
+    /// Sites removed while a check of them ran (pruned as they end).
+    retired: Vec<Arc<Site>>,
 }
 
 impl Slots {
@@ -42,6 +47,7 @@ impl Slots {
                 })
                 .collect(),
             free: Vec::new(),
+            retired: Vec::new(),
         }
     }
 
@@ -67,40 +73,72 @@ impl Slots {
         s.site.as_ref()
     }
 
-    /// Puts `site` in a free slot; its slot and generation.
+    /// The site in `slot`, of any generation.
+    pub fn site(&self, slot: u32) -> Option<&Arc<Site>> {
+        self.slots.get(slot as usize)?.site.as_ref()
+    }
+
+    /// Forgets the removed sites whose check has ended.
+    pub fn prune_retired(&mut self) {
+        self.retired.retain(|r| r.is_running());
+    }
+
+    /// The urls of the sites removed whose check may still run.
+    pub fn retired(&self) -> impl Iterator<Item = &str> {
+        self.retired.iter().map(|r| r.spec.url.as_str())
+    }
+
+    /// Puts `site` in a free slot; its slot and generation. If a site of the
+    /// same url was removed and its check still runs, the new one waits for
+    /// it (its ticks are skipped until that check ends).
     pub fn insert(&mut self, site: Arc<Site>) -> (u32, u32) {
+        self.prune_retired();
+        let previous = self
+            .retired
+            .iter()
+            .position(|r| r.spec.url.as_str() == site.spec.url.as_str())
+            .map(|i| self.retired.swap_remove(i));
         if let Some(slot) = self.free.pop() {
             let s = &mut self.slots[slot as usize];
             s.site = Some(site);
+            s.previous = previous;
             return (slot, s.generation);
         }
         self.slots.push(Slot {
             site: Some(site),
-            previous: None,
+            previous,
             generation: 0,
         });
         (u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX), 0)
     }
 
     /// Empties `slot`: its site is not scheduled again (a check in flight
-    /// finishes and delivers its record).
-    pub fn remove(&mut self, slot: u32) {
-        if let Some(s) = self.slots.get_mut(slot as usize) {
-            if s.site.take().is_some() {
-                s.previous = None;
-                s.generation = s.generation.wrapping_add(1);
-                self.free.push(slot);
-            }
-        }
+    /// finishes and delivers its record); the site removed.
+    pub fn remove(&mut self, slot: u32) -> Option<Arc<Site>> {
+        let s = self.slots.get_mut(slot as usize)?;
+        let site = s.site.take()?;
+        let previous = s.previous.take();
+        s.generation = s.generation.wrapping_add(1);
+        self.free.push(slot);
+        let running = [Some(Arc::clone(&site)), previous].into_iter().flatten();
+        self.retired.extend(running.filter(|r| r.is_running()));
+        Some(site)
     }
 
     /// Puts `site` (new settings of the same url) in `slot`, keeping its
-    /// place in the schedule.
-    pub fn replace(&mut self, slot: u32, site: Arc<Site>) {
-        if let Some(s) = self.slots.get_mut(slot as usize) {
-            let old = s.site.replace(site);
-            s.previous = old.filter(|o| o.is_running()).or(s.previous.take());
+    /// place in the schedule, or with `move_tick` bumping the slot's
+    /// generation (its heap entry goes stale: the caller pushes a new one);
+    /// the slot's generation.
+    pub fn replace(&mut self, slot: u32, site: Arc<Site>, move_tick: bool) -> u32 {
+        let Some(s) = self.slots.get_mut(slot as usize) else {
+            return 0;
+        };
+        let old = s.site.replace(site);
+        s.previous = old.filter(|o| o.is_running()).or(s.previous.take());
+        if move_tick {
+            s.generation = s.generation.wrapping_add(1);
         }
+        s.generation
     }
 
     /// Whether a check of the settings `slot` had before a change still runs

@@ -49,7 +49,7 @@ pub(super) fn spawn_check(
         guard.check_done();
         shared
             .metrics
-            .check_finished(&record, shared.per_site_metrics.then_some(&site.gauges));
+            .check_finished(&record, site.gauges.as_ref().map(|g| (g, &*shared.series)));
         let timestamp_ms = (record.checked_at * 1000.0) as i64;
         shared
             .publisher

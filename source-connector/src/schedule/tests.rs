@@ -8,20 +8,22 @@ fn spec(url: &str) -> SiteSpec {
     SiteSpec {
         url: url.parse().unwrap(),
         interval: Duration::from_secs(1),
-        timeout: Duration::from_secs(1),
-        method: reqwest::Method::GET,
-        headers: Arc::default(),
-        body: None,
-        regex: None,
-        expected_status: None,
-        follow_redirects: true,
-        max_redirects: 5,
-        max_body_bytes: 1024,
-        client: crate::sites::ClientKey {
-            keep_alive: false,
-            tls_ca: None,
-            tls_verify: true,
-        },
+        settings: Arc::new(crate::sites::Settings {
+            timeout: Duration::from_secs(1),
+            method: reqwest::Method::GET,
+            headers: Arc::default(),
+            body: None,
+            regex: None,
+            expected_status: None,
+            follow_redirects: true,
+            max_redirects: 5,
+            max_body_bytes: 1024,
+            client: crate::sites::ClientKey {
+                keep_alive: false,
+                tls_ca: None,
+                tls_verify: true,
+            },
+        }),
     }
 }
 
@@ -41,7 +43,7 @@ fn sites(n: usize) -> Vec<Arc<Site>> {
     let mut clients = clients(&specs);
     specs
         .into_iter()
-        .map(|s| Arc::new(Site::new(s.clone(), clients.get(&s.client).unwrap())))
+        .map(|s| Arc::new(Site::new(s.clone(), clients.get(&s.client).unwrap(), false)))
         .collect()
 }
 
@@ -97,6 +99,25 @@ fn next_tick_on_time_and_behind() {
     assert_eq!(next_tick(t0, s, t0 + s), (t0 + 2 * s, 1));
 }
 
+/// What check tasks share, writing to stdout, with per-url gauges.
+fn shared() -> Shared {
+    let health = connector_common::telemetry::Health::new();
+    Shared {
+        publisher: Arc::new(Publisher::Stdout(crate::publish::StdoutPublisher::new(
+            &health,
+        ))),
+        probe: "p".into(),
+        per_site_metrics: true,
+        series: Arc::default(),
+        metrics: metrics::CheckHandles::register(),
+        in_flight: ::metrics::Gauge::noop(),
+        started: Default::default(),
+        finished: Default::default(),
+        skipped: Default::default(),
+        abort: CancellationToken::new(),
+    }
+}
+
 fn scheduler(sites: Vec<Arc<Site>>, origin: Instant) -> Scheduler {
     let heap = sites
         .iter()
@@ -134,7 +155,7 @@ async fn a_reload_keeps_unchanged_sites_and_their_ticks() {
     ]
     .into();
     let now = t0 + Duration::from_millis(2500);
-    let applied = s.apply(&wanted, &[0, 1, 2], now);
+    let applied = s.apply(&wanted, &[0, 1, 2], now, &shared());
     assert_eq!(
         (
             applied.added,
@@ -151,7 +172,7 @@ async fn a_reload_keeps_unchanged_sites_and_their_ticks() {
     );
     assert!(s.slots.get(1, 0).is_none(), "s1's slot emptied");
     assert_eq!(
-        s.slots.get(2, 0).unwrap().spec.interval,
+        s.slots.site(2).unwrap().spec.interval,
         Duration::from_millis(500)
     );
     // The changed site waits for its previous check.
@@ -182,4 +203,68 @@ async fn a_reload_keeps_unchanged_sites_and_their_ticks() {
     for t in ticks_before {
         assert!(s.heap.iter().any(|r| r.0 == t), "tick {t:?} kept");
     }
+}
+
+#[tokio::test]
+async fn a_url_removed_and_added_again_while_its_check_runs_waits_for_that_check() {
+    let t0 = Instant::now();
+    let old = sites(2);
+    let running = Arc::clone(&old[1]);
+    running.running.store(true, Ordering::Release);
+    let (mut s, shared) = (scheduler(old, t0), shared());
+    let all = Arc::new(vec![spec("http://s0.example/"), spec("http://s1.example/")]);
+    let now = t0 + Duration::from_millis(500);
+    assert_eq!(s.apply(&all[..1], &[0], now, &shared).removed, 1);
+    // Claimed by this lane while the removed check runs.
+    let (reply, claimed) = oneshot::channel();
+    s.command(
+        Command::Claim {
+            wanted: Arc::clone(&all),
+            reply,
+        },
+        &shared,
+    );
+    assert_eq!(claimed.await.unwrap(), vec![0, 1]);
+    assert_eq!(s.apply(&all, &[0, 1], now, &shared).added, 1);
+    let (slot, _, again) = (s.slots.iter())
+        .find(|(_, _, x)| x.spec.url.as_str() == "http://s1.example/")
+        .unwrap();
+    assert!(!Arc::ptr_eq(again, &running));
+    assert!(s.slots.previous_running(slot), "its ticks wait");
+    running.running.store(false, Ordering::Release);
+    assert!(!s.slots.previous_running(slot), "and run once it ended");
+}
+
+#[tokio::test]
+async fn a_shorter_interval_applies_at_once_a_longer_one_after_the_next_tick() {
+    let t0 = Instant::now();
+    let mut long = spec("http://s0.example/");
+    long.interval = Duration::from_secs(3600);
+    let site = Arc::new(Site::new(
+        long.clone(),
+        clients(&[long.clone()]).get(&long.client).unwrap(),
+        false,
+    ));
+    let (mut s, shared) = (scheduler(vec![site], t0), shared());
+    let now = t0 + Duration::from_secs(7200) + Duration::from_millis(1);
+    let mut short = long.clone();
+    short.interval = Duration::from_secs(1);
+    s.apply(std::slice::from_ref(&short), &[0], now, &shared);
+    let due = |s: &Scheduler| {
+        let gen = s.slots.iter().next().unwrap().1;
+        s.heap
+            .iter()
+            .filter(|r| r.0 .2 == gen)
+            .map(|r| r.0 .0)
+            .min()
+            .unwrap()
+    };
+    assert!(
+        due(&s) >= now && due(&s) <= now + Duration::from_secs(1),
+        "within the new interval"
+    );
+    // Back to an hour: the tick within a second stays.
+    let before = due(&s);
+    s.apply(std::slice::from_ref(&long), &[0], now, &shared);
+    assert_eq!(due(&s), before);
 }

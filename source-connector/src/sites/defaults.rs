@@ -12,7 +12,7 @@ use connector_common::config::Invalid;
 use regex::Regex;
 use reqwest::header::HeaderMap;
 
-use super::spec::{CaFile, ClientKey, SiteSpec};
+use super::spec::{CaFile, ClientKey, Settings, SiteSpec};
 use crate::config::{SiteConfig, SourceConfig};
 
 /// Applies the defaults of one `[source]` section to its sites.
@@ -26,6 +26,9 @@ pub struct Resolver<'a> {
     /// Each `tls_ca` file read so far (by resolved path), read once.
     cas: HashMap<PathBuf, CaFile>,
     expected: Option<Arc<[u16]>>,
+    /// The settings of the last site: the next one shares them when it
+    /// agrees (sites of one file mostly do).
+    last: Option<Arc<Settings>>,
 }
 
 impl<'a> Resolver<'a> {
@@ -42,6 +45,7 @@ impl<'a> Resolver<'a> {
             regexes,
             cas: HashMap::new(),
             expected: config.expected_status.as_deref().map(Arc::from),
+            last: None,
         }
     }
 
@@ -54,9 +58,7 @@ impl<'a> Resolver<'a> {
             Some(own) if !own.is_empty() => Arc::new(c.headers.merged(own)),
             _ => Arc::clone(&self.default_headers),
         };
-        Ok(SiteSpec {
-            url: site.url.clone(),
-            interval: site.interval.unwrap_or(c.interval),
+        let settings = Settings {
             timeout: site.timeout.unwrap_or(c.timeout),
             method: site.method.as_ref().unwrap_or(&c.method).get().clone(),
             headers,
@@ -74,6 +76,16 @@ impl<'a> Resolver<'a> {
             max_redirects: site.max_redirects.unwrap_or(c.max_redirects),
             max_body_bytes: site.max_body_bytes.unwrap_or(c.max_body_bytes),
             client: self.client(site)?,
+        };
+        let settings = match &self.last {
+            Some(last) if last.same(&settings) => Arc::clone(last),
+            _ => Arc::new(settings),
+        };
+        self.last = Some(Arc::clone(&settings));
+        Ok(SiteSpec {
+            url: site.url.clone(),
+            interval: site.interval.unwrap_or(c.interval),
+            settings,
         })
     }
 

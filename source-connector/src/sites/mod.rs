@@ -28,7 +28,7 @@ mod spec;
 pub use defaults::Resolver;
 pub(crate) use file::parse_site_json;
 pub use resolve::resolve;
-pub use spec::{CaFile, ClientKey, SiteSpec};
+pub use spec::{CaFile, ClientKey, Settings, SiteSpec};
 
 use std::path::Path;
 

@@ -86,7 +86,14 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
             });
         }
     }
-    let mut out = resolving.out;
+    // The url index goes before the list is copied to its size (a million
+    // sites: not both at once).
+    let Resolving {
+        mut out,
+        first_seen,
+        ..
+    } = resolving;
+    drop(first_seen);
     out.shrink_to_fit();
     Ok(out)
 }

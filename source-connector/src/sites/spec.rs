@@ -50,7 +50,10 @@ impl Hash for CaFile {
     }
 }
 
-/// One site with every setting resolved.
+/// One site with every setting resolved: its url and interval, and the
+/// rest of its settings ([`Settings`], read through `Deref`), shared with
+/// the sites that agree on all of them — a million sites from one
+/// `sites_file` hold one copy of the defaults, not a million.
 #[derive(Debug, Clone)]
 pub struct SiteSpec {
     /// The url, normalised (`https://Example.com` → `https://example.com/`).
@@ -59,6 +62,13 @@ pub struct SiteSpec {
     pub url: SiteUrl,
     /// Time between two checks.
     pub interval: Duration,
+    /// Everything else, shared.
+    pub settings: Arc<Settings>,
+}
+
+/// The settings of a site besides its url and interval.
+#[derive(Debug, Clone)]
+pub struct Settings {
     /// Limit on the whole check.
     pub timeout: Duration,
     /// HTTP method.
@@ -81,18 +91,13 @@ pub struct SiteSpec {
     pub client: ClientKey,
 }
 
-impl SiteSpec {
-    /// Whether `other` checks the same url with the same settings: a reload
-    /// that finds a site unchanged keeps it as it runs (its schedule and
-    /// its client); any difference makes it a changed site. The url is
-    /// compared as requested, so a changed password is a change.
-    pub fn same_settings(&self, other: &SiteSpec) -> bool {
-        fn regex(s: &SiteSpec) -> Option<&str> {
+impl Settings {
+    /// Whether `other` says the same (a regex by its pattern).
+    pub fn same(&self, other: &Settings) -> bool {
+        fn regex(s: &Settings) -> Option<&str> {
             s.regex.as_ref().map(|r| r.as_str())
         }
-        self.url == other.url
-            && self.interval == other.interval
-            && self.timeout == other.timeout
+        self.timeout == other.timeout
             && self.method == other.method
             && self.headers == other.headers
             && self.body == other.body
@@ -102,5 +107,32 @@ impl SiteSpec {
             && self.max_redirects == other.max_redirects
             && self.max_body_bytes == other.max_body_bytes
             && self.client == other.client
+    }
+}
+
+impl std::ops::Deref for SiteSpec {
+    type Target = Settings;
+
+    fn deref(&self) -> &Settings {
+        &self.settings
+    }
+}
+
+/// Changing a setting of one site copies the shared settings first.
+impl std::ops::DerefMut for SiteSpec {
+    fn deref_mut(&mut self) -> &mut Settings {
+        Arc::make_mut(&mut self.settings)
+    }
+}
+
+impl SiteSpec {
+    /// Whether `other` checks the same url with the same settings: a reload
+    /// that finds a site unchanged keeps it as it runs (its schedule and
+    /// its client); any difference makes it a changed site. The url is
+    /// compared as requested, so a changed password is a change.
+    pub fn same_settings(&self, other: &SiteSpec) -> bool {
+        self.url == other.url
+            && self.interval == other.interval
+            && (Arc::ptr_eq(&self.settings, &other.settings) || self.settings.same(&other.settings))
     }
 }

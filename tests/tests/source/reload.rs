@@ -10,8 +10,8 @@ use website_monitor_tests::http::TestServer;
 use website_monitor_tests::metrics::sum;
 use website_monitor_tests::source::{consume, records, source_config};
 use website_monitor_tests::{
-    create_topic, eventually, free_port, http_get, http_post, scrape_until, stack, unique,
-    wait_ready, ConfigBuilder, Proc,
+    create_topic, eventually, free_port, http_exchange, http_post, scrape, scrape_until, stack,
+    unique, wait_ready, ConfigBuilder, Proc,
 };
 
 /// The reloads counted in `text` with `result` (`success` or `failure`).
@@ -160,7 +160,12 @@ async fn post_reload_applies_and_a_bad_file_keeps_the_old_sites_running() {
     let config = config(&topic, port, "500ms");
     let mut proc = start(&topic, &config, std::slice::from_ref(&keep)).await;
 
-    assert_eq!(http_get(&addr, "/-/reload").await.unwrap().0, 405);
+    let (status, head, _) = http_exchange(&addr, "GET", "/-/reload").await.unwrap();
+    assert_eq!(status, 405);
+    assert!(
+        head.to_ascii_lowercase().contains("\r\nallow: post"),
+        "a 405 names the allowed method: {head}"
+    );
     std::fs::write(proc.file("sites.txt"), format!("{keep}\n{new}\n")).unwrap();
     let (status, body) = http_post(&addr, "/-/reload").await.unwrap();
     assert_eq!((status, body.contains("added=1")), (200, true), "{body}");
@@ -361,4 +366,126 @@ async fn an_unchanged_keep_alive_site_keeps_its_connection_across_a_reload() {
         "the unchanged site reused its connection"
     );
     assert_eq!(proc.term(), Some(0));
+}
+
+#[tokio::test]
+async fn a_removed_site_takes_its_per_url_gauges_off_metrics() {
+    let s = TestServer::http().await;
+    let topic = unique("src-reload-gauges");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (keep, down) = (s.url("/text/keep"), s.url("/status/500"));
+    let config = config(&topic, port, "300ms").set("per_site_metrics", true);
+    let mut proc = start(&topic, &config, &[keep.clone(), down.clone()]).await;
+    let series = |url: &str| format!("website_monitor_site_up{{url=\"{url}\"}}");
+    let text = scrape_until(&addr, Duration::from_secs(10), |t| {
+        t.contains(&series(&keep)) && t.contains(&format!("{} 0", series(&down)))
+    })
+    .await
+    .unwrap_or_else(|t| panic!("both sites' gauges:\n{t}"));
+    assert!(text.contains(&format!(
+        "website_monitor_site_duration_seconds{{url=\"{down}\"}}"
+    )));
+    std::fs::write(proc.file("sites.txt"), format!("{keep}\n")).unwrap();
+    let (status, body) = http_post(&addr, "/-/reload").await.unwrap();
+    assert_eq!((status, body.contains("removed=1")), (200, true), "{body}");
+    let text = scrape(&addr).await;
+    assert!(
+        !text.contains(&format!("url=\"{down}\"")),
+        "the removed site's series are gone (its WebsiteDown alert ends):\n{text}"
+    );
+    assert!(text.contains(&series(&keep)), "{text}");
+    // Added again: its series come back with its first check.
+    std::fs::write(proc.file("sites.txt"), format!("{keep}\n{down}\n")).unwrap();
+    assert_eq!(http_post(&addr, "/-/reload").await.unwrap().0, 200);
+    scrape_until(&addr, Duration::from_secs(10), |t| {
+        t.contains(&series(&down))
+    })
+    .await
+    .unwrap_or_else(|t| panic!("the re-added site's gauges:\n{t}"));
+    assert_eq!(proc.term(), Some(0));
+}
+
+#[tokio::test]
+async fn a_url_removed_and_added_again_during_its_check_is_never_checked_twice_at_once() {
+    let s = TestServer::http().await;
+    let topic = unique("src-reload-readd");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let (keep, slow) = (s.url("/text/keep"), s.url("/slow/3000"));
+    let slow_site = format!("{{\"url\": \"{slow}\", \"timeout\": \"10s\"}}");
+    let config = config(&topic, port, "1s");
+    let mut proc = start(&topic, &config, &[keep.clone(), slow_site.clone()]).await;
+    eventually(
+        "the slow site's check started",
+        Duration::from_secs(10),
+        || async { (s.hits("/slow/3000") > 0).then_some(()) },
+    )
+    .await;
+    // Removed and added again while that check runs.
+    std::fs::write(proc.file("sites.txt"), format!("{keep}\n")).unwrap();
+    let (status, body) = http_post(&addr, "/-/reload").await.unwrap();
+    assert_eq!((status, body.contains("removed=1")), (200, true), "{body}");
+    std::fs::write(proc.file("sites.txt"), format!("{keep}\n{slow_site}\n")).unwrap();
+    let (status, body) = http_post(&addr, "/-/reload").await.unwrap();
+    assert_eq!((status, body.contains("added=1")), (200, true), "{body}");
+    eventually(
+        "a check after the first",
+        Duration::from_secs(20),
+        || async { (s.hits("/slow/3000") >= 2).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(proc.term(), Some(0), "log:\n{}", proc.log());
+    let mut checks: Vec<(f64, f64)> = records(&consume(&topic).await)
+        .into_iter()
+        .filter(|r| r.url == slow)
+        .map(|r| (r.checked_at, r.checked_at + r.duration))
+        .collect();
+    checks.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(checks.len() >= 2, "{checks:?}");
+    for w in checks.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1 - 0.01,
+            "a check started before the previous one of the same url ended: {checks:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reload_watch_does_not_apply_a_sites_file_cut_mid_line() {
+    let s = TestServer::http().await;
+    let topic = unique("src-reload-partial");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let [keep, new] = ["keep", "new"].map(|p| s.url(&format!("/text/{p}")));
+    let config = config(&topic, port, "300ms").set("reload_watch", "200ms");
+    let mut proc = start(&topic, &config, std::slice::from_ref(&keep)).await;
+    // Written in place and not finished: the last url cut short is a valid
+    // url of another site.
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(proc.file("sites.txt")).unwrap();
+    let cut = &new[..new.len() - 1];
+    write!(f, "{keep}\n{cut}").unwrap();
+    f.flush().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let text = scrape(&addr).await;
+    assert_eq!(
+        reloads(&text, "success"),
+        0.0,
+        "nothing applied yet:\n{text}"
+    );
+    writeln!(f, "w").unwrap();
+    drop(f);
+    counted(&addr, "success", 1.0, &proc).await;
+    eventually(
+        "the added site checked",
+        Duration::from_secs(10),
+        || async { (s.hits("/text/new") > 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(s.hits("/text/ne"), 0, "the cut url was never a site");
+    assert_eq!(proc.term(), Some(0));
+    let log = proc.log();
+    assert_eq!(log.matches("configuration reloaded").count(), 1, "{log}");
 }

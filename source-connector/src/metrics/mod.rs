@@ -1,9 +1,13 @@
 //! The source's Prometheus metrics: names, and the one place that records them.
 //!
 //! Served on `/metrics` by `connector_common::telemetry`. Per-site gauges carry
-//! a `url` label and are off with `per_site_metrics = false`.
+//! a `url` label and are off with `per_site_metrics = false`; the source
+//! keeps and renders them itself ([`sites`]), so a reload can remove them.
 
-use std::sync::OnceLock;
+mod sites;
+
+pub use sites::{SiteGauges, SiteSeries};
+
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
@@ -114,7 +118,7 @@ impl CheckHandles {
 
     /// Records a finished check in the global metrics, and in the site's own
     /// gauges when `site` is given (`per_site_metrics`).
-    pub fn check_finished(&self, record: &Record, site: Option<&SiteGauges>) {
+    pub fn check_finished(&self, record: &Record, site: Option<(&SiteGauges, &SiteSeries)>) {
         match &record.error {
             None => &self.ok,
             Some(e) => {
@@ -126,8 +130,8 @@ impl CheckHandles {
         }
         .increment(1);
         self.duration.record(record.duration);
-        if let Some(site) = site {
-            site.record(record);
+        if let Some((gauges, series)) = site {
+            gauges.record(record, series);
         }
     }
 
@@ -145,45 +149,6 @@ impl CheckHandles {
             &self.skipped_behind
         }
         .increment(n);
-    }
-}
-
-/// Records a finished check in the global metrics, and in the site's own
-/// gauges when `site` is given (`per_site_metrics`); registers the handles on
-/// every call (the scheduler uses [`CheckHandles`] instead).
-pub fn check_finished(record: &Record, site: Option<&SiteGauges>) {
-    CheckHandles::register().check_finished(record, site);
-}
-
-/// The per-url gauges of one site, registered once, on its first check (not
-/// at start: a site never checked yet shows no `up = 0`), then reused by every
-/// check, so a check builds no labelled key and copies no url.
-#[derive(Default)]
-pub struct SiteGauges {
-    registered: OnceLock<Registered>,
-    /// Only for https sites, once a certificate was seen.
-    cert_days_left: OnceLock<Gauge>,
-}
-
-struct Registered {
-    up: Gauge,
-    duration: Gauge,
-}
-
-impl SiteGauges {
-    /// Sets the gauges from `record`, registering them the first time.
-    pub fn record(&self, record: &Record) {
-        let g = self.registered.get_or_init(|| Registered {
-            up: gauge!(SITE_UP, "url" => record.url.clone()),
-            duration: gauge!(SITE_DURATION_SECONDS, "url" => record.url.clone()),
-        });
-        g.up.set(if record.ok { 1.0 } else { 0.0 });
-        g.duration.set(record.duration);
-        if let Some(days) = record.tls.as_ref().and_then(|t| t.cert_days_left) {
-            self.cert_days_left
-                .get_or_init(|| gauge!(SITE_CERT_DAYS_LEFT, "url" => record.url.clone()))
-                .set(days as f64);
-        }
     }
 }
 
@@ -311,112 +276,5 @@ impl ReloadHandles {
     pub fn failure(&self) {
         self.success.set(0.0);
         self.failed.increment(1);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    use std::sync::{Arc, Mutex};
-
-    use metrics::{Counter, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-
-    use super::*;
-    use crate::record::{CheckError, ErrorKind, TlsFacts};
-
-    /// Counts gauge registrations and keeps the last value set per key.
-    #[derive(Default)]
-    struct Gauges {
-        registered: Mutex<Vec<String>>,
-        values: Mutex<Vec<(String, Arc<AtomicU64>)>>,
-    }
-
-    struct Cell(Arc<AtomicU64>);
-
-    impl metrics::GaugeFn for Cell {
-        fn increment(&self, _: f64) {}
-        fn decrement(&self, _: f64) {}
-        fn set(&self, value: f64) {
-            self.0.store(value.to_bits(), Ordering::Relaxed);
-        }
-    }
-
-    impl Recorder for Gauges {
-        fn describe_counter(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_gauge(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn describe_histogram(&self, _: KeyName, _: Option<Unit>, _: SharedString) {}
-        fn register_counter(&self, _: &Key, _: &Metadata<'_>) -> Counter {
-            Counter::noop()
-        }
-        fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-            let name = format!("{key}");
-            self.registered.lock().unwrap().push(name.clone());
-            let cell = Arc::new(AtomicU64::new(0));
-            self.values.lock().unwrap().push((name, Arc::clone(&cell)));
-            Gauge::from_arc(Arc::new(Cell(cell)))
-        }
-        fn register_histogram(&self, _: &Key, _: &Metadata<'_>) -> Histogram {
-            Histogram::noop()
-        }
-    }
-
-    fn record(ok: bool, days: Option<i64>) -> Record {
-        let mut r = Record::failure(
-            "https://a.example/".into(),
-            1.0,
-            0.25,
-            CheckError {
-                kind: ErrorKind::Status,
-                message: String::new(),
-            },
-            "p".into(),
-            1.0,
-        );
-        if ok {
-            r.ok = true;
-            r.error = None;
-        }
-        r.tls = days.map(|d| TlsFacts {
-            version: None,
-            cert_not_after: None,
-            cert_days_left: Some(d),
-        });
-        r
-    }
-
-    #[test]
-    fn site_gauges_are_registered_once_and_then_only_set() {
-        let recorder = Gauges::default();
-        let site = SiteGauges::default();
-        metrics::with_local_recorder(&recorder, || {
-            check_finished(&record(false, None), Some(&site));
-            check_finished(&record(true, Some(30)), Some(&site));
-            check_finished(&record(true, Some(29)), Some(&site));
-        });
-        let registered = recorder.registered.lock().unwrap().clone();
-        assert_eq!(
-            registered.len(),
-            3,
-            "up, duration, cert days once each: {registered:?}"
-        );
-        let value = |name: &str| {
-            let values = recorder.values.lock().unwrap();
-            let (_, cell) = values.iter().find(|(k, _)| k.contains(name)).unwrap();
-            f64::from_bits(cell.load(Ordering::Relaxed))
-        };
-        assert_eq!(value(SITE_UP), 1.0);
-        assert_eq!(value(SITE_DURATION_SECONDS), 0.25);
-        assert_eq!(value(SITE_CERT_DAYS_LEFT), 29.0);
-        assert!(
-            registered.iter().all(|k| k.contains("https://a.example/")),
-            "{registered:?}"
-        );
-    }
-
-    #[test]
-    fn no_site_gauges_without_per_site_metrics() {
-        let recorder = Gauges::default();
-        metrics::with_local_recorder(&recorder, || check_finished(&record(true, None), None));
-        assert!(recorder.registered.lock().unwrap().is_empty());
     }
 }
