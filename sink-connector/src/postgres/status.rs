@@ -26,6 +26,7 @@ use crate::batch::Msg;
 use crate::decode::Good;
 use crate::postgres::history::Check as Row;
 use crate::postgres::sql::Conn;
+use crate::row::Compact;
 use crate::postgres::status_rows::{self as rows, Loaded, Save, StatusStatements};
 use crate::status::{
     effective_time, AdHocWindow, Check, Policy, Position, Site, Swept, Thresholds, Transition,
@@ -69,7 +70,7 @@ impl<'a> Input<'a> {
             checked_at,
             ok: g.ok?,
             duration: g.duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
-            interval: interval_of(row.row.extra.as_deref()),
+            interval: interval_of(&row.row),
             error_kind: row.row.error_kind.as_deref(),
             position: Position {
                 partition: msg.partition,
@@ -88,11 +89,15 @@ impl<'a> Input<'a> {
     }
 }
 
-/// The record's `interval` (seconds; kept in `extra`, the history's column
-/// for fields it has no typed column for), when the source wrote a number
-/// (the policy judges it: [`Thresholds::interval_of`]).
-fn interval_of(extra: Option<&str>) -> Option<f64> {
-    let extra = extra.filter(|e| e.contains("\"interval\""))?;
+/// The record's `interval` (seconds), when the source wrote a number (the
+/// policy judges it: [`Thresholds::interval_of`]): the history's typed
+/// column (`interval_ms`, migration 13) when it took it, else `extra` (not
+/// whole milliseconds, negative, too large).
+fn interval_of(row: &Compact<'_>) -> Option<f64> {
+    if let Some(ms) = row.interval_ms {
+        return Some(f64::from(ms) / 1e3);
+    }
+    let extra = row.extra.as_deref().filter(|e| e.contains("\"interval\""))?;
     let v: serde_json::Value = serde_json::from_str(extra).ok()?;
     v.get("interval")?.as_f64()
 }
