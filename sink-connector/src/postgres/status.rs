@@ -26,8 +26,8 @@ use crate::batch::Msg;
 use crate::decode::Good;
 use crate::postgres::history::Check as Row;
 use crate::postgres::sql::Conn;
-use crate::row::Compact;
 use crate::postgres::status_rows::{self as rows, Loaded, Save, StatusStatements};
+use crate::row::Compact;
 use crate::status::{
     effective_time, AdHocWindow, Check, Policy, Position, Site, Swept, Thresholds, Transition,
     Windows,
@@ -97,7 +97,10 @@ fn interval_of(row: &Compact<'_>) -> Option<f64> {
     if let Some(ms) = row.interval_ms {
         return Some(f64::from(ms) / 1e3);
     }
-    let extra = row.extra.as_deref().filter(|e| e.contains("\"interval\""))?;
+    let extra = row
+        .extra
+        .as_deref()
+        .filter(|e| e.contains("\"interval\""))?;
     let v: serde_json::Value = serde_json::from_str(extra).ok()?;
     v.get("interval")?.as_f64()
 }

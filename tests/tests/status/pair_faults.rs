@@ -127,7 +127,10 @@ async fn an_ad_hoc_window_keeps_two_failing_probes_from_a_down_and_their_failure
             .await;
     assert!(failed >= 3 + 3 + 5, "ap's 3 and eu's 8 at least: {failed}");
     let (ok, failed_in_uptime, maintenance) = uptime(&t, &url).await;
-    assert_eq!(failed_in_uptime, 0, "failures in the window are not in uptime");
+    assert_eq!(
+        failed_in_uptime, 0,
+        "failures in the window are not in uptime"
+    );
     assert!(
         maintenance >= failed,
         "they count under maintenance: {maintenance} < {failed}"
@@ -156,7 +159,11 @@ async fn an_ad_hoc_window_keeps_two_failing_probes_from_a_down_and_their_failure
         ],
         "no false down after the window"
     );
-    assert_eq!(uptime(&t, &url).await.1, 0, "nothing failed outside the window");
+    assert_eq!(
+        uptime(&t, &url).await.1,
+        0,
+        "nothing failed outside the window"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +211,8 @@ async fn a_kill_9_of_the_sink_in_the_middle_of_an_incident_leaves_one_down_and_o
     let topic = website_monitor_tests::stack::unique("status-pair-kill-transitions");
     website_monitor_tests::kafka::create_topic(&t.stack.brokers, &topic, 1).await;
     // A static member: the restarted sink takes its partition back at once.
-    let status = format!("min_probes_down = 2\nunknown_after = 1000\ntransitions_topic = \"{topic}\"\n");
+    let status =
+        format!("min_probes_down = 2\nunknown_after = 1000\ntransitions_topic = \"{topic}\"\n");
     let member = website_monitor_tests::stack::unique("status-pair-sink");
     let (mut sink, config, server, url, probes) =
         start(&t, &status, &[("group_instance_id", member.as_str())]).await;
