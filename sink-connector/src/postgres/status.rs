@@ -409,12 +409,20 @@ pub(crate) async fn sweep(
 mod tests {
     use super::*;
 
+    /// The interval of a record as the history row holds it: the typed
+    /// column (migration 13) or, when it did not take it, `extra`.
+    fn of(record: &str) -> Option<f64> {
+        interval_of(&Compact::from_json(record).expect("a record"))
+    }
+
     #[test]
-    fn interval_is_read_from_extra_only_when_there() {
-        assert_eq!(interval_of(None), None);
-        assert_eq!(interval_of(Some(r#"{"x":1}"#)), None);
-        assert_eq!(interval_of(Some(r#"{"interval":30}"#)), Some(30.0));
-        assert_eq!(interval_of(Some(r#"{"interval":-5}"#)), Some(-5.0));
-        assert_eq!(interval_of(Some(r#"{"interval":"30s"}"#)), None);
+    fn interval_is_read_from_the_typed_column_or_from_extra_when_there() {
+        assert_eq!(of(r#"{"url":"u"}"#), None);
+        assert_eq!(of(r#"{"url":"u","x":1}"#), None);
+        assert_eq!(of(r#"{"url":"u","interval":30}"#), Some(30.0));
+        assert_eq!(of(r#"{"url":"u","interval":0.3}"#), Some(0.3));
+        assert_eq!(of(r#"{"url":"u","interval":1e-4}"#), Some(1e-4));
+        assert_eq!(of(r#"{"url":"u","interval":-5}"#), Some(-5.0));
+        assert_eq!(of(r#"{"url":"u","interval":"30s"}"#), None);
     }
 }
