@@ -18,7 +18,8 @@
 //! - `/long-location/{bytes}` — 302 with a `Location` of that many bytes that
 //!   is no usable url;
 //! - `/by-probe` — 200 `ok`, or 503 to a request whose `x-probe` header the
-//!   test named in [`TestServer::fail_for`] (one url, several probes).
+//!   test named in [`TestServer::fail_for`] (one url, several probes), or
+//!   by a cycle of outcomes ([`TestServer::fail_pattern_for`]).
 //!
 //! [`TestServer::https_stalling_handshake`] also stalls inside the TLS
 //! handshake: the server's first flight (ServerHello … Finished) is held back.
@@ -50,6 +51,8 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
+mod by_probe;
+
 /// The body of `/text`.
 pub const TEXT: &str = "The quick brown fox jumps over the lazy dog.";
 
@@ -65,8 +68,8 @@ struct State {
     requests: Mutex<HashMap<String, Vec<hyper::HeaderMap>>>,
     /// What `/doc` answers: a status and a JSON body ([`TestServer::set_doc`]).
     doc: Mutex<(u16, String)>,
-    /// `x-probe` values `/by-probe` answers with 503.
-    failing: Mutex<std::collections::HashSet<String>>,
+    /// What `/by-probe` answers per `x-probe` value.
+    by_probe: by_probe::ByProbe,
 }
 
 /// A running test server; stops when dropped.
@@ -201,12 +204,14 @@ impl TestServer {
     /// `x-probe` header is `probe`: one url that several probes (sources
     /// sending that header) see fail or not.
     pub fn fail_for(&self, probe: &str, fail: bool) {
-        let mut failing = self.state.failing.lock().expect("failing lock");
-        if fail {
-            failing.insert(probe.to_owned());
-        } else {
-            failing.remove(probe);
-        }
+        self.state.by_probe.set(probe, &[fail]);
+    }
+
+    /// Makes `/by-probe` answer `probe`'s requests by `pattern` in a cycle,
+    /// one request each (`true`: 503), from its next request on: a probe
+    /// that sees the site flap (`[true, true, false]`: fail, fail, ok, …).
+    pub fn fail_pattern_for(&self, probe: &str, pattern: &[bool]) {
+        self.state.by_probe.set(probe, pattern);
     }
 
     /// Requests received for exactly `path`.
@@ -298,12 +303,8 @@ async fn route(req: Request<Incoming>, st: Arc<State>) -> Response<Body> {
         .push(req.headers().clone());
     let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.max_in_flight.fetch_max(now, Ordering::SeqCst);
-    let failing = req
-        .headers()
-        .get("x-probe")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|p| st.failing.lock().expect("failing lock").contains(p));
-    let response = if path == "/by-probe" && failing {
+    let probe = req.headers().get("x-probe").and_then(|v| v.to_str().ok());
+    let response = if path == "/by-probe" && st.by_probe.next_fails(probe) {
         full(StatusCode::SERVICE_UNAVAILABLE, "failing for this probe\n")
     } else {
         answer(&path, &st).await

@@ -22,6 +22,8 @@
 //!   for the stack, runs in this process, per-test fixtures.
 //! - [`pair`]: both connectors in this process ([`Pair`]).
 //! - [`hostile`]: a catalogue of hostile records for the sink.
+//! - [`status`]: the status model through the pair: a source process per
+//!   probe ([`status::Probes`]) and each probe's view as the sink wrote it.
 //!
 //! The names most tests use are re-exported at the crate root.
 //!
@@ -46,6 +48,7 @@ pub mod process;
 pub mod sink;
 pub mod source;
 pub mod stack;
+pub mod status;
 pub mod wait;
 
 pub use blackhole::BlackHole;

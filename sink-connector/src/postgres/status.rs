@@ -27,6 +27,7 @@ use crate::decode::Good;
 use crate::postgres::history::Check as Row;
 use crate::postgres::sql::Conn;
 use crate::postgres::status_rows::{self as rows, Loaded, Save, StatusStatements};
+use crate::row::Compact;
 use crate::status::{
     effective_time, AdHocWindow, Check, Policy, Position, Site, Swept, Thresholds, Transition,
     Windows,
@@ -69,7 +70,7 @@ impl<'a> Input<'a> {
             checked_at,
             ok: g.ok?,
             duration: g.duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
-            interval: interval_of(row.row.extra.as_deref()),
+            interval: interval_of(&row.row),
             error_kind: row.row.error_kind.as_deref(),
             position: Position {
                 partition: msg.partition,
@@ -88,11 +89,18 @@ impl<'a> Input<'a> {
     }
 }
 
-/// The record's `interval` (seconds; kept in `extra`, the history's column
-/// for fields it has no typed column for), when the source wrote a number
-/// (the policy judges it: [`Thresholds::interval_of`]).
-fn interval_of(extra: Option<&str>) -> Option<f64> {
-    let extra = extra.filter(|e| e.contains("\"interval\""))?;
+/// The record's `interval` (seconds), when the source wrote a number (the
+/// policy judges it: [`Thresholds::interval_of`]): the history's typed
+/// column (`interval_ms`, migration 13) when it took it, else `extra` (not
+/// whole milliseconds, negative, too large).
+fn interval_of(row: &Compact<'_>) -> Option<f64> {
+    if let Some(ms) = row.interval_ms {
+        return Some(f64::from(ms) / 1e3);
+    }
+    let extra = row
+        .extra
+        .as_deref()
+        .filter(|e| e.contains("\"interval\""))?;
     let v: serde_json::Value = serde_json::from_str(extra).ok()?;
     v.get("interval")?.as_f64()
 }
@@ -401,12 +409,20 @@ pub(crate) async fn sweep(
 mod tests {
     use super::*;
 
+    /// The interval of a record as the history row holds it: the typed
+    /// column (migration 13) or, when it did not take it, `extra`.
+    fn of(record: &str) -> Option<f64> {
+        interval_of(&Compact::from_json(record).expect("a record"))
+    }
+
     #[test]
-    fn interval_is_read_from_extra_only_when_there() {
-        assert_eq!(interval_of(None), None);
-        assert_eq!(interval_of(Some(r#"{"x":1}"#)), None);
-        assert_eq!(interval_of(Some(r#"{"interval":30}"#)), Some(30.0));
-        assert_eq!(interval_of(Some(r#"{"interval":-5}"#)), Some(-5.0));
-        assert_eq!(interval_of(Some(r#"{"interval":"30s"}"#)), None);
+    fn interval_is_read_from_the_typed_column_or_from_extra_when_there() {
+        assert_eq!(of(r#"{"url":"u"}"#), None);
+        assert_eq!(of(r#"{"url":"u","x":1}"#), None);
+        assert_eq!(of(r#"{"url":"u","interval":30}"#), Some(30.0));
+        assert_eq!(of(r#"{"url":"u","interval":0.3}"#), Some(0.3));
+        assert_eq!(of(r#"{"url":"u","interval":1e-4}"#), Some(1e-4));
+        assert_eq!(of(r#"{"url":"u","interval":-5}"#), Some(-5.0));
+        assert_eq!(of(r#"{"url":"u","interval":"30s"}"#), None);
     }
 }

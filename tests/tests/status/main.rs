@@ -1,11 +1,14 @@
 //! Site status and incidents (issue 14), through the sink against the real
 //! stack: quorum across probes, thresholds holding back a flapping site,
 //! and exactly one transition each way across a kill -9; the review's
-//! findings in [`review`].
+//! findings in [`review`]; through the source and sink binaries in [`pair`]
+//! (quorum) and [`pair_faults`] (a stopped probe, a window, flapping, a
+//! kill -9 of the sink).
 
 mod counts;
 mod outbox;
 mod pair;
+mod pair_faults;
 mod review;
 
 use serde_json::json;

@@ -2,56 +2,14 @@
 //! check one url of a test server that fails for the probes the test names,
 //! and the real sink binary decides the site's status.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use website_monitor_tests::config::Site;
 use website_monitor_tests::http::TestServer;
 use website_monitor_tests::sink::SinkTest;
-use website_monitor_tests::source::source_config;
+use website_monitor_tests::status::{more_checks, wait_probe, wait_published, Probes};
 use website_monitor_tests::Proc;
 
 use super::{assert_downstream_sees_each_transition, of, status_toml, transitions, wait_state};
-
-/// Waits until probe `probe`'s view of `url` has health `want`.
-async fn wait_probe(t: &SinkTest, url: &str, probe: &str, want: &str) {
-    let schema = &t.schema;
-    let sql = format!(
-        "SELECT ps.health FROM \"{schema}\".site_probe_state ps
-         JOIN \"{schema}\".site s ON s.id = ps.site_id
-         JOIN \"{schema}\".site_probe p ON p.id = ps.probe_id
-         WHERE s.url = $1 AND p.name = $2"
-    );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now: Option<String> =
-            t.db.query_opt(&sql, &[&url, &probe])
-                .await
-                .unwrap()
-                .map(|r| r.get(0));
-        if now.as_deref() == Some(want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{probe} is {now:?}, never {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until the history holds `n` more checks of `url` by `probe` than now.
-async fn more_checks(t: &SinkTest, url: &str, probe: &str, n: i64) {
-    let schema = &t.schema;
-    let filter = format!(
-        "WHERE site_id = (SELECT id FROM \"{schema}\".site WHERE url = '{url}')
-           AND probe_id = (SELECT id FROM \"{schema}\".site_probe WHERE name = '{probe}')"
-    );
-    let start = t.count("site_check", &filter).await;
-    website_monitor_tests::wait::eventually("more checks", Duration::from_secs(60), || async {
-        (t.count("site_check", &filter).await >= start + n).then_some(())
-    })
-    .await;
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_source_processes_one_failing_probe_is_no_down_two_are_one_down() {
@@ -68,20 +26,7 @@ async fn three_source_processes_one_failing_probe_is_no_down_two_are_one_down() 
     // The tables first: the test reads them while the sink starts.
     t.migrate().await;
     let mut sink = Proc::spawn("sink", &t.config().set("status", status).text());
-    let mut sources: Vec<Proc> = ["ap", "eu", "us"]
-        .iter()
-        .map(|probe| {
-            let mut headers = toml::Table::new();
-            headers.insert("x-probe".into(), (*probe).into());
-            let config = source_config(&t.topic).set("probe", *probe).site(
-                Site::new(url.as_str())
-                    .set("interval", "300ms")
-                    .set("timeout", "2s")
-                    .set("headers", toml::Value::Table(headers)),
-            );
-            Proc::spawn("source", &config.text())
-        })
-        .collect();
+    let mut probes = Probes::start(&t.topic, &url, &["ap", "eu", "us"]);
 
     wait_state(&t, &url, "up").await;
     // eu sees failures: eu says down, the site stays up.
@@ -107,21 +52,9 @@ async fn three_source_processes_one_failing_probe_is_no_down_two_are_one_down() 
     server.fail_for("us", false);
     wait_state(&t, &url, "up").await;
     more_checks(&t, &url, "eu", 5).await;
-    for s in &mut sources {
-        assert_eq!(s.term(), Some(0), "a source stops cleanly");
-    }
+    probes.stop();
     // Let the sink publish the last transitions, then stop it.
-    website_monitor_tests::wait::eventually(
-        "every transition published",
-        Duration::from_secs(30),
-        || async {
-            (t.count("site_transition", "WHERE published_at IS NULL")
-                .await
-                == 0)
-                .then_some(())
-        },
-    )
-    .await;
+    wait_published(&t).await;
     assert_eq!(sink.term(), Some(0), "the sink stops cleanly");
     let all = transitions(&t).await;
     assert_eq!(
