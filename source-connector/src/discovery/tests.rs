@@ -23,7 +23,7 @@ fn put(url: &str, json: &str) -> Change {
 
 #[test]
 fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() {
-    let key = Some(&b"https://Example.com"[..]);
+    let key = Some(&b"https://example.com/"[..]);
     let good = br#"{"url": "https://example.com/", "interval": "30s"}"#;
     match definition(key, Some(good)) {
         Some((url, Change::Put(u, site))) => {
@@ -55,6 +55,17 @@ fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() 
         );
     }
     assert!(definition(Some(b"not a url"), Some(good)).is_none());
+    // One url, one key: Kafka partitions and compacts by the key's bytes.
+    for spelling in [
+        "https://Example.com",
+        "HTTPS://example.com/",
+        "https://example.com:443/",
+    ] {
+        assert!(
+            definition(Some(spelling.as_bytes()), Some(good)).is_none(),
+            "{spelling}"
+        );
+    }
     assert!(definition(None, Some(good)).is_none());
 }
 
@@ -141,4 +152,15 @@ fn the_configuration_wins_then_the_topic_then_http_sd_and_shard_applies_without_
     assert!(!has_topic(&catalog.combined(&sharded.section)));
     sharded.section.sites_group = Some("g".into());
     assert!(has_topic(&catalog.combined(&sharded.section)));
+}
+
+#[test]
+fn the_sites_consumer_sees_added_partitions_within_the_metadata_refresh() {
+    let config = load("[source]\nsites_topic = \"t\"\nsites_group = \"g\"\n");
+    let c = super::topic::client_config(&config.kafka, &config.section);
+    assert_eq!(
+        c.get("topic.metadata.refresh.interval.ms"),
+        Some("30000"),
+        "librdkafka's default (5 minutes) leaves added partitions unread that long"
+    );
 }

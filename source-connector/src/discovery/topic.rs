@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use connector_common::kafka::{forward_log, ClientEvents};
 use connector_common::KafkaConfig;
 use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{
     BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol, StreamConsumer,
 };
@@ -140,25 +140,7 @@ impl Follower {
         topic: &str,
         tx: mpsc::Sender<Update>,
     ) -> Result<Self, TopicError> {
-        let mut c = kafka.client_config();
-        c.set("client.id", "website-monitor-source-sites")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true");
-        // librdkafka wants a group id even to read assigned partitions;
-        // without `sites_group` this one never joins (nothing subscribes)
-        // and nothing is committed.
-        c.set("group.id", "website-monitor-source-sites");
-        if let Some(group) = &source.sites_group {
-            let session = source.sites_group_session_timeout.as_millis();
-            c.set("group.id", group)
-                .set("partition.assignment.strategy", "cooperative-sticky")
-                .set("session.timeout.ms", session.to_string())
-                .set("heartbeat.interval.ms", (session / 5).max(100).to_string());
-        }
-        kafka.apply_options(&mut c);
-        let consumer = c
+        let consumer = client_config(kafka, source)
             .create_with_context(FollowContext {
                 events: ClientEvents::new(),
                 changes: Mutex::new(Vec::new()),
@@ -262,6 +244,38 @@ impl Follower {
     }
 }
 
+/// How often the sites consumer asks the brokers for the topic's
+/// partitions: with `sites_group`, added (or removed) partitions are
+/// assigned within this (librdkafka's default is 5 minutes).
+pub(super) const METADATA_REFRESH: Duration = Duration::from_secs(30);
+
+/// The sites topic's consumer settings (one place).
+pub(super) fn client_config(kafka: &KafkaConfig, source: &SourceConfig) -> ClientConfig {
+    let mut c = kafka.client_config();
+    c.set("client.id", "website-monitor-source-sites")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set(
+            "topic.metadata.refresh.interval.ms",
+            METADATA_REFRESH.as_millis().to_string(),
+        );
+    // librdkafka wants a group id even to read assigned partitions;
+    // without `sites_group` this one never joins (nothing subscribes)
+    // and nothing is committed.
+    c.set("group.id", "website-monitor-source-sites");
+    if let Some(group) = &source.sites_group {
+        let session = source.sites_group_session_timeout.as_millis();
+        c.set("group.id", group)
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("session.timeout.ms", session.to_string())
+            .set("heartbeat.interval.ms", (session / 5).max(100).to_string());
+    }
+    kafka.apply_options(&mut c);
+    c
+}
+
 /// Assigns every partition of `topic` from its beginning.
 async fn assign_all(
     consumer: &Arc<StreamConsumer<FollowContext>>,
@@ -361,7 +375,16 @@ impl State {
         };
         match &change {
             Change::Put(..) => {
-                self.owner.insert(url, partition);
+                if let Some(other) = self.owner.insert(url.clone(), partition) {
+                    if other != partition {
+                        metrics::discovered_site_errors(Origin::Topic.as_str(), 1);
+                        tracing::error!(
+                            site = &*url,
+                            partitions = ?[other, partition],
+                            "a url of sites_topic is defined in two partitions (partitions were added, or a record was written to an explicit partition): the latest record read runs here, but another instance of the group may check it too and a tombstone in one partition leaves the other; write a tombstone to both partitions, then the definition once with the default partitioner, or move to a new topic (docs/discovery.md)"
+                        );
+                    }
+                }
             }
             Change::Remove(_) => {
                 self.owner.remove(&url);
@@ -414,6 +437,18 @@ pub fn definition(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(Box<str>,
         }
     };
     let shown: Box<str> = url.as_str().into();
+    if text != url.request().as_str() {
+        // Kafka places and compacts records by the key's bytes: two
+        // spellings of one url would be two definitions, maybe in two
+        // partitions (checked twice, a tombstone removing only one).
+        refused(
+            Origin::Topic,
+            &shown,
+            "key",
+            "the key is not the url as normalised (lower-case scheme and host, no default port, a path of at least `/`, as the site's url is shown); write the record with the normalised url as its key, and a tombstone for this key",
+        );
+        return None;
+    }
     let change = match value.filter(|v| !v.is_empty()) {
         None => Change::Remove(shown.clone()),
         Some(v) => match site_value(v, &url) {

@@ -66,6 +66,8 @@ async fn the_sites_topic_adds_changes_and_removes_sites_and_bad_records_only_cou
             (&b, Some(&sb)),
             (&c, Some("not json")),
             ("not a url", Some(&sa)),
+            // One url, one key: another spelling of a's url is refused.
+            (&a.replace("http://", "HTTP://"), Some(&sa)),
             (&d, Some(&mismatch)),
             (&f, Some(&sf)),
         ],
@@ -88,7 +90,7 @@ async fn the_sites_topic_adds_changes_and_removes_sites_and_bad_records_only_cou
         "{text}\nlog:\n{}",
         proc.log()
     );
-    assert_eq!(metric(&text, errors), 3.0, "{text}");
+    assert_eq!(metric(&text, errors), 4.0, "{text}");
     assert_eq!(metric(&text, "website_monitor_sites "), 3.0, "{text}");
     eventually("a and b checked", Duration::from_secs(10), || async {
         (s.hits("/text/a") > 0 && s.hits("/text/b") > 0).then_some(())
