@@ -9,7 +9,7 @@ use std::path::Path;
 use connector_common::config::{Invalid, Loaded};
 
 use super::{Change, Origin};
-use crate::config::{validate_site, SiteConfig, SourceConfig};
+use crate::config::{validate_site, OutsideSetting, SiteConfig, SourceConfig};
 use crate::hash::shard_of;
 use crate::metrics;
 use crate::sites::{Resolver, SiteSpec};
@@ -166,6 +166,18 @@ impl<'a> Resolving<'a> {
     /// The site resolved, or `None` (logged with `url` and counted).
     fn site(&mut self, origin: Origin, url: &str, site: &SiteConfig) -> Option<SiteSpec> {
         let mut problems: Vec<Invalid> = Vec::new();
+        if let Some(s) = OutsideSetting::set_by(site)
+            .into_iter()
+            .find(|s| !self.config.outside_settings.contains(s))
+        {
+            let name = s.as_str();
+            problems.push(Invalid::new(
+                if name == "url_credentials" { "url" } else { name },
+                format!(
+                    "`{name}` may not be set from outside the configuration unless [source] outside_settings lists \"{name}\" (it changes what the probe sends, trusts or reads); remove it from the definition, or add it to outside_settings"
+                ),
+            ));
+        }
         validate_site(site, self.config, "", &mut problems);
         let problem = match problems.into_iter().next() {
             Some(p) => p,

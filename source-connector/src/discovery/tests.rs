@@ -164,3 +164,77 @@ fn the_sites_consumer_sees_added_partitions_within_the_metadata_refresh() {
         "librdkafka's default (5 minutes) leaves added partitions unread that long"
     );
 }
+
+#[test]
+fn settings_that_change_what_is_sent_or_trusted_need_outside_settings() {
+    let definitions = || {
+        vec![
+            put(
+                "http://plain.example/",
+                r#"{"url": "http://plain.example/", "interval": "30s", "regex": "ok", "keep_alive": true}"#,
+            ),
+            put(
+                "http://method.example/",
+                r#"{"url": "http://method.example/", "method": "DELETE"}"#,
+            ),
+            put(
+                "http://body.example/",
+                r#"{"url": "http://body.example/", "body": "x"}"#,
+            ),
+            put(
+                "http://headers.example/",
+                r#"{"url": "http://headers.example/", "headers": {"Authorization": "x"}}"#,
+            ),
+            put(
+                "http://ca.example/",
+                r#"{"url": "http://ca.example/", "tls_ca": "/etc/shadow"}"#,
+            ),
+            put(
+                "http://verify.example/",
+                r#"{"url": "http://verify.example/", "tls_verify": false}"#,
+            ),
+            put(
+                "http://***@creds.example/",
+                r#"{"url": "http://u@creds.example/"}"#,
+            ),
+        ]
+    };
+    let urls = |catalog: &mut Catalog, config: &Loaded<SourceConfig>| -> Vec<String> {
+        catalog
+            .combined(&config.section)
+            .iter()
+            .map(|s| s.url.as_str().to_owned())
+            .collect()
+    };
+    let config = load("[source]\nsites_topic = \"t\"\n");
+    let mut catalog = Catalog::new(Vec::new());
+    catalog.apply(Origin::Topic, definitions(), &config);
+    assert_eq!(urls(&mut catalog, &config), ["http://plain.example/"]);
+    // Listed: allowed (and a reload applies the list to what was read).
+    let allowed = load(
+        "[source]\nsites_topic = \"t\"\n\
+         outside_settings = [\"method\", \"body\", \"headers\", \"tls_verify\", \"url_credentials\"]\n",
+    );
+    catalog.reload(Vec::new(), &allowed);
+    let mut got = urls(&mut catalog, &allowed);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "http://***@creds.example/",
+            "http://body.example/",
+            "http://headers.example/",
+            "http://method.example/",
+            "http://plain.example/",
+            "http://verify.example/"
+        ]
+    );
+    // A name that is no guarded setting is refused by the loader.
+    assert!(load_str::<SourceConfig>(
+        "[source]\noutside_settings = [\"interval\"]\n",
+        Path::new("c.toml"),
+        Section::Source,
+        &|_| None
+    )
+    .is_err());
+}
