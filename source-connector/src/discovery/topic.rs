@@ -170,6 +170,11 @@ impl Follower {
             };
             match started {
                 Ok(()) => {
+                    tokio::spawn(watch(
+                        Arc::downgrade(&consumer),
+                        self.topic.clone(),
+                        stop.clone(),
+                    ));
                     self.follow(&consumer, state, &stop).await;
                     break;
                 }
@@ -213,6 +218,7 @@ impl Follower {
                     eof = true;
                 }
                 Ok(Err(e)) => {
+                    metrics::sites_topic_read_error();
                     tracing::warn!(
                         topic = %self.topic,
                         error = %e,
@@ -274,6 +280,48 @@ pub(super) fn client_config(kafka: &KafkaConfig, source: &SourceConfig) -> Clien
     }
     kafka.apply_options(&mut c);
     c
+}
+
+/// Whether `topic` exists with partitions and no error, as the brokers say.
+fn topic_problem(consumer: &StreamConsumer<FollowContext>, topic: &str) -> Option<String> {
+    match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+        Err(e) => Some(e.to_string()),
+        Ok(md) => match md.topics().iter().find(|m| m.name() == topic) {
+            None => Some("the brokers do not know it".to_owned()),
+            Some(m) => match m.error() {
+                Some(e) => Some(format!("{e:?}")),
+                None if m.partitions().is_empty() => Some("it has no partition".to_owned()),
+                None => None,
+            },
+        },
+    }
+}
+
+/// Asks the brokers every [`METADATA_REFRESH`] whether the topic can still
+/// be read: `website_monitor_sites_topic_readable` says so, and a topic
+/// deleted (or no longer readable) after start is logged at each look until
+/// it is back (the sites read last keep running meanwhile).
+async fn watch(
+    consumer: std::sync::Weak<StreamConsumer<FollowContext>>,
+    topic: String,
+    stop: CancellationToken,
+) {
+    metrics::sites_topic_readable(true);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(METADATA_REFRESH) => {}
+        }
+        let Some(c) = consumer.upgrade() else { return };
+        let t = topic.clone();
+        let Ok(problem) = tokio::task::spawn_blocking(move || topic_problem(&c, &t)).await else {
+            return;
+        };
+        metrics::sites_topic_readable(problem.is_none());
+        if let Some(problem) = problem {
+            tracing::error!(topic = %topic, "sites_topic cannot be read ({problem}): no change of the sites is seen and the sites read last keep running; create the topic again (cleanup.policy=compact) and write its definitions, or check this user's rights");
+        }
+    }
 }
 
 /// Assigns every partition of `topic` from its beginning.

@@ -505,3 +505,46 @@ async fn an_instance_without_a_partition_is_ready_and_takes_over_when_the_owner_
         "the spare checked nothing while the owner had the partition"
     );
 }
+
+/// A sites topic deleted after start: the sites read last keep running, and
+/// `website_monitor_sites_topic_readable` says the topic is gone (the
+/// `SitesTopicUnreadable` alert), with a log line saying what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sites_topic_deleted_after_start_is_shown_as_unreadable() {
+    let s = TestServer::http().await;
+    let brokers = &stack().brokers;
+    let (topic, sites_topic) = (unique("src-gone-out"), unique("src-gone-sites"));
+    create_topic(brokers, &topic, 1).await;
+    create_topic(brokers, &sites_topic, 1).await;
+    let a = s.url("/text/a");
+    produce_keyed(brokers, &sites_topic, &[(&a, Some(&site(&a, "")))]).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = config(&topic, port).set("sites_topic", sites_topic.as_str());
+    let mut proc = start(&config, port, &[]).await;
+    let readable = "website_monitor_sites_topic_readable";
+    let text = scrape(&addr).await;
+    assert_eq!(metric(&text, readable), 1.0, "{text}");
+
+    website_monitor_tests::kafka::delete_topics(brokers, std::slice::from_ref(&sites_topic))
+        .await
+        .unwrap();
+    let text = scrape_until(&addr, Duration::from_secs(120), |t| {
+        metric(t, readable) == 0.0
+    })
+    .await
+    .unwrap_or_else(|t| panic!("still readable:\n{t}\nlog:\n{}", proc.log()));
+    // The site read last keeps running.
+    assert_eq!(metric(&text, "website_monitor_sites "), 1.0, "{text}");
+    let hits = s.hits("/text/a");
+    eventually("a still checked", Duration::from_secs(10), || async {
+        (s.hits("/text/a") > hits).then_some(())
+    })
+    .await;
+    assert_eq!(proc.term(), Some(0), "log:\n{}", proc.log());
+    assert!(
+        proc.log().contains("sites_topic cannot be read"),
+        "{}",
+        proc.log()
+    );
+}
