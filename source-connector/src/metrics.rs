@@ -57,8 +57,12 @@ pub const CONFIG_RELOAD_SITES_TOTAL: &str = "website_monitor_config_reload_sites
 /// takes precedence, after `shard`.
 pub const DISCOVERED_SITES: &str = "website_monitor_discovered_sites";
 /// Counter: site definitions from outside that could not be used (bad key,
-/// not JSON, a bad setting), label `source`: `topic` or `http_sd`.
+/// not JSON, a bad setting), each counted when it is new or its problem
+/// changed, label `source`: `topic` or `http_sd`.
 pub const DISCOVERED_SITE_ERRORS_TOTAL: &str = "website_monitor_discovered_site_errors_total";
+/// Gauge: site definitions from outside refused now (not checked), label
+/// `source`: `topic` or `http_sd`.
+pub const DISCOVERED_SITES_REFUSED: &str = "website_monitor_discovered_sites_refused";
 /// Gauge: partitions of `sites_topic` this instance reads (all of them,
 /// or its share of them with `sites_group`).
 pub const SITES_TOPIC_PARTITIONS: &str = "website_monitor_sites_topic_partitions";
@@ -225,6 +229,11 @@ pub fn discovered_sites(source: &'static str, n: usize) {
 /// Counts `n` site definitions of `source` that could not be used.
 pub fn discovered_site_errors(source: &'static str, n: u64) {
     counter!(DISCOVERED_SITE_ERRORS_TOTAL, "source" => source).increment(n);
+}
+
+/// Sets the number of definitions of `source` refused now.
+pub fn discovered_sites_refused(source: &'static str, n: usize) {
+    gauge!(DISCOVERED_SITES_REFUSED, "source" => source).set(n as f64);
 }
 
 /// Sets the number of `sites_topic` partitions read.

@@ -20,7 +20,6 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::refused;
 use super::{Change, Origin, Update};
 use crate::config::SiteUrl;
 use crate::metrics;
@@ -102,7 +101,10 @@ impl Poller {
             match self.fetch().await {
                 Ok(changes) => {
                     metrics::http_sd_refresh(true);
-                    running = changes.len();
+                    running = changes
+                        .iter()
+                        .filter(|c| matches!(c, Change::Put(..)))
+                        .count();
                     if self
                         .tx
                         .send(Update::Changes(Origin::HttpSd, changes))
@@ -179,7 +181,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The sites of an http_sd answer, each url once (the first wins); an
 /// answer that is not the http_sd JSON is an error (the last good list
-/// stays), a target that cannot be used is logged and counted.
+/// stays), a target that cannot be used is a [`Change::Refused`].
 pub fn parse_targets(body: &[u8]) -> Result<Vec<Change>, String> {
     let groups: Vec<Group> = serde_json::from_slice(body).map_err(|e| {
         format!(
@@ -193,7 +195,7 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<Change>, String> {
             let url = match target_url(target, &group.labels) {
                 Ok(url) => url,
                 Err((key, message)) => {
-                    refused(Origin::HttpSd, target, &key, &message);
+                    out.push(Change::refused(target, &key, message));
                     continue;
                 }
             };
@@ -211,15 +213,14 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<Change>, String> {
                     if seen.insert(shown.clone()) {
                         out.push(Change::Put(shown, Box::new(site)));
                     } else {
-                        refused(
-                            Origin::HttpSd,
-                            &shown,
+                        out.push(Change::refused(
+                            &format!("{shown} (listed again)"),
                             "targets",
-                            "listed twice; the first one runs",
-                        );
+                            "listed twice; the first one runs".to_owned(),
+                        ));
                     }
                 }
-                Err((key, message)) => refused(Origin::HttpSd, &url, &key, &message),
+                Err((key, message)) => out.push(Change::refused(&url, &key, message)),
             }
         }
     }
@@ -311,8 +312,9 @@ mod tests {
     fn puts(changes: Vec<Change>) -> Vec<(String, crate::config::SiteConfig)> {
         changes
             .into_iter()
-            .map(|c| match c {
-                Change::Put(u, s) => (u.to_string(), *s),
+            .filter_map(|c| match c {
+                Change::Put(u, s) => Some((u.to_string(), *s)),
+                Change::Refused(..) => None,
                 Change::Remove(u) => panic!("a removal of {u}"),
             })
             .collect()

@@ -22,7 +22,7 @@ fn put(url: &str, json: &str) -> Change {
 }
 
 #[test]
-fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() {
+fn a_record_is_a_definition_a_tombstone_or_a_refusal_under_its_key() {
     let key = Some(&b"https://example.com/"[..]);
     let good = br#"{"url": "https://example.com/", "interval": "30s"}"#;
     match definition(key, Some(good)) {
@@ -41,7 +41,8 @@ fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() 
             Some((_, Change::Remove(_)))
         ));
     }
-    // Bad values remove what an earlier record defined: the latest counts.
+    // Bad values are refused (the catalog removes what an earlier record
+    // defined: the latest counts).
     for bad in [
         &b"not json"[..],
         br#"{"url": "https://example.com/", "interval": "soon"}"#,
@@ -49,22 +50,30 @@ fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() 
         br#"{"url": "https://example.com/", "colour": "red"}"#,
     ] {
         assert!(
-            matches!(definition(key, Some(bad)), Some((_, Change::Remove(_)))),
+            matches!(definition(key, Some(bad)), Some((u, Change::Refused(..))) if &*u == "https://example.com/"),
             "{}",
             String::from_utf8_lossy(bad)
         );
     }
-    assert!(definition(Some(b"not a url"), Some(good)).is_none());
-    // One url, one key: Kafka partitions and compacts by the key's bytes.
+    // A key that is no url, or another spelling of one (Kafka partitions and
+    // compacts by the key's bytes: one url, one key), is refused under the
+    // key's own text, never the url's; its tombstone clears that.
     for spelling in [
+        "not a url",
         "https://Example.com",
         "HTTPS://example.com/",
         "https://example.com:443/",
     ] {
-        assert!(
-            definition(Some(spelling.as_bytes()), Some(good)).is_none(),
-            "{spelling}"
-        );
+        match definition(Some(spelling.as_bytes()), Some(good)) {
+            Some((u, Change::Refused(r, why))) => {
+                assert_eq!((&*u, &*r, why.key.as_str()), (spelling, spelling, "key"));
+            }
+            other => panic!("{spelling}: {other:?}"),
+        }
+        assert!(matches!(
+            definition(Some(spelling.as_bytes()), None),
+            Some((_, Change::Remove(u))) if &*u == spelling
+        ));
     }
     assert!(definition(None, Some(good)).is_none());
 }
@@ -87,7 +96,7 @@ fn a_revoked_partition_removes_only_its_own_sites_at_once() {
         .iter()
         .map(|c| match c {
             Change::Remove(u) => &**u,
-            Change::Put(..) => panic!("a put"),
+            other => panic!("{other:?}"),
         })
         .collect();
     assert_eq!(removed, ["http://b.example/"]);

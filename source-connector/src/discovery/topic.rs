@@ -437,6 +437,10 @@ impl State {
             Change::Remove(_) => {
                 self.owner.remove(&url);
             }
+            Change::Refused(..) => {
+                // Owned all the same: a revocation clears its refusal.
+                self.owner.insert(url, partition);
+            }
         }
         self.batch.push(change);
         self.since.get_or_insert_with(Instant::now);
@@ -456,10 +460,13 @@ impl State {
     }
 }
 
-/// The change a record makes: its url (from the key) and its definition, or
-/// its removal (a tombstone, or a value that cannot be used: the latest
-/// record of a url is what counts, as after a restart). `None` when the key
-/// is no url (logged and counted).
+/// The change a record makes: its url (from the key) and its definition, its
+/// removal (a tombstone), or its refusal (a value that cannot be used: it
+/// removes what an earlier record defined, the latest record of a url is
+/// what counts, as after a restart). A key that is no url, or not the url
+/// as normalised, is refused under the key's own text (a tombstone of that
+/// key clears it). `None` only for a record without a key (logged and
+/// counted; a compacted topic has none).
 pub fn definition(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(Box<str>, Change)> {
     let Some(key) = key else {
         refused(
@@ -471,17 +478,23 @@ pub fn definition(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(Box<str>,
         return None;
     };
     let text = String::from_utf8_lossy(key);
+    let tombstone = value.is_none_or(<[u8]>::is_empty);
+    let bad_key = |ident: Box<str>, message: String| {
+        let change = if tombstone {
+            Change::Remove(ident.clone())
+        } else {
+            Change::refused(&ident, "key", message)
+        };
+        Some((ident, change))
+    };
     let url = match SiteUrl::parse(&text) {
         Ok(u) => u,
         Err(message) => {
-            let shown: String = text.chars().take(200).collect();
-            refused(
-                Origin::Topic,
-                &shown,
-                "key",
-                &format!("the key must be the site's url: {message}"),
+            let ident: String = text.chars().take(200).collect();
+            return bad_key(
+                ident.into(),
+                format!("the key must be the site's url: {message}"),
             );
-            return None;
         }
     };
     let shown: Box<str> = url.as_str().into();
@@ -489,22 +502,18 @@ pub fn definition(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(Box<str>,
         // Kafka places and compacts records by the key's bytes: two
         // spellings of one url would be two definitions, maybe in two
         // partitions (checked twice, a tombstone removing only one).
-        refused(
-            Origin::Topic,
-            &shown,
-            "key",
-            "the key is not the url as normalised (lower-case scheme and host, no default port, a path of at least `/`, as the site's url is shown); write the record with the normalised url as its key, and a tombstone for this key",
-        );
-        return None;
+        let ident = if text.contains('@') {
+            format!("{shown} (a key not normalised)")
+        } else {
+            text.chars().take(200).collect()
+        };
+        return bad_key(ident.into(), "the key is not the url as normalised (lower-case scheme and host, no default port, a path of at least `/`, as the site's url is shown); write the record with the normalised url as its key, and a tombstone for this key".to_owned());
     }
     let change = match value.filter(|v| !v.is_empty()) {
         None => Change::Remove(shown.clone()),
         Some(v) => match site_value(v, &url) {
             Ok(site) => Change::Put(shown.clone(), Box::new(site)),
-            Err((k, message)) => {
-                refused(Origin::Topic, &shown, &k, &message);
-                Change::Remove(shown.clone())
-            }
+            Err((k, message)) => Change::refused(&shown, &k, message),
         },
     };
     Some((shown, change))

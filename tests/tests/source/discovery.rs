@@ -91,6 +91,8 @@ async fn the_sites_topic_adds_changes_and_removes_sites_and_bad_records_only_cou
         proc.log()
     );
     assert_eq!(metric(&text, errors), 4.0, "{text}");
+    let refused = "website_monitor_discovered_sites_refused{source=\"topic\"}";
+    assert_eq!(metric(&text, refused), 4.0, "{text}");
     assert_eq!(metric(&text, "website_monitor_sites "), 3.0, "{text}");
     eventually("a and b checked", Duration::from_secs(10), || async {
         (s.hits("/text/a") > 0 && s.hits("/text/b") > 0).then_some(())
@@ -135,6 +137,12 @@ async fn the_sites_topic_adds_changes_and_removes_sites_and_bad_records_only_cou
     assert_eq!(
         metric(&reloaded, "website_monitor_sites "),
         4.0,
+        "{reloaded}"
+    );
+    // A reload resolves the topic's sites again but counts no refusal twice.
+    assert_eq!(
+        (metric(&reloaded, errors), metric(&reloaded, refused)),
+        (4.0, 4.0),
         "{reloaded}"
     );
     assert!(
@@ -377,17 +385,30 @@ async fn http_sd_adds_and_removes_targets_and_keeps_the_last_good_list_when_a_fe
         "{text}\nlog:\n{}",
         proc.log()
     );
-    assert!(
-        metric(&text, errors) >= 1.0 && metric(&text, ok) >= 1.0,
+    // The bad target is refused while it is listed, but logged and counted
+    // once, however often the list is fetched again.
+    let refused = "website_monitor_discovered_sites_refused{source=\"http_sd\"}";
+    let text = scrape_until(&addr, Duration::from_secs(30), |t| metric(t, ok) >= 3.0)
+        .await
+        .unwrap_or_else(|t| panic!("no third fetch:\n{t}"));
+    assert_eq!(
+        (metric(&text, errors), metric(&text, refused)),
+        (1.0, 1.0),
         "{text}"
     );
 
-    // A new list: h1 leaves, h3 comes.
+    // A new list: h1 leaves, h3 comes, the bad target is gone.
     s.set_doc(200, format!(r#"[{{"targets": ["{h2}", "{h3}"]}}]"#));
     eventually("h3 checked", Duration::from_secs(10), || async {
         (s.hits("/text/h3") > 0).then_some(())
     })
     .await;
+    let text = scrape(&addr).await;
+    assert_eq!(
+        (metric(&text, errors), metric(&text, refused)),
+        (1.0, 0.0),
+        "{text}"
+    );
     let h1_hits = s.hits("/text/h1");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(s.hits("/text/h1") <= h1_hits + 1, "h1 left the list");
