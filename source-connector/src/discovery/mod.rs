@@ -16,12 +16,14 @@
 //! source is ready only then.
 //!
 //! Layout: `catalog` (the sites of every source, combined), `topic` (the
-//! Kafka follower), `http_sd` (the poller), this file (what they send, and
-//! starting them).
+//! Kafka follower), `topic_client` (its consumer settings and the look at
+//! whether the topic can still be read), `http_sd` (the poller), this file
+//! (what they send, and starting them).
 
 mod catalog;
 mod http_sd;
 mod topic;
+mod topic_client;
 
 #[cfg(test)]
 mod tests;

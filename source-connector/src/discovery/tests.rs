@@ -166,7 +166,7 @@ fn the_configuration_wins_then_the_topic_then_http_sd_and_shard_applies_without_
 #[test]
 fn the_sites_consumer_sees_added_partitions_within_the_metadata_refresh() {
     let config = load("[source]\nsites_topic = \"t\"\nsites_group = \"g\"\n");
-    let c = super::topic::client_config(&config.kafka, &config.section);
+    let c = super::topic_client::client_config(&config.kafka, &config.section);
     assert_eq!(
         c.get("topic.metadata.refresh.interval.ms"),
         Some("30000"),
