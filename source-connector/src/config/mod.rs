@@ -26,7 +26,7 @@ mod validate;
 mod values;
 
 pub use bounds::*;
-pub use section::SourceConfig;
+pub use section::{OutsideSetting, SourceConfig};
 pub use site::{Shard, SiteConfig};
 pub use validate::validate_site;
 pub use values::{Method, Pattern, RequestHeaders, SiteUrl};

@@ -10,6 +10,58 @@ use serde::{Deserialize, Serialize};
 use super::site::{Shard, SiteConfig};
 use super::values::{Method, Pattern, RequestHeaders, SiteUrl};
 
+/// A per-site setting a definition from outside may set only when
+/// `outside_settings` lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutsideSetting {
+    /// `method`: what the probe asks the site to do.
+    Method,
+    /// `body`: what the probe sends.
+    Body,
+    /// `headers`: what the probe sends (often a credential).
+    Headers,
+    /// `tls_ca`: a file read from this host's disk, trusted for TLS.
+    TlsCa,
+    /// `tls_verify`: whether the certificate is verified.
+    TlsVerify,
+    /// A user or password in the url, sent to the site.
+    UrlCredentials,
+}
+
+impl OutsideSetting {
+    /// Its name in `outside_settings` (and the site key it allows).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutsideSetting::Method => "method",
+            OutsideSetting::Body => "body",
+            OutsideSetting::Headers => "headers",
+            OutsideSetting::TlsCa => "tls_ca",
+            OutsideSetting::TlsVerify => "tls_verify",
+            OutsideSetting::UrlCredentials => "url_credentials",
+        }
+    }
+
+    /// The guarded settings `site` sets.
+    pub fn set_by(site: &SiteConfig) -> Vec<OutsideSetting> {
+        let url = site.url.request();
+        [
+            (OutsideSetting::Method, site.method.is_some()),
+            (OutsideSetting::Body, site.body.is_some()),
+            (OutsideSetting::Headers, site.headers.is_some()),
+            (OutsideSetting::TlsCa, site.tls_ca.is_some()),
+            (OutsideSetting::TlsVerify, site.tls_verify.is_some()),
+            (
+                OutsideSetting::UrlCredentials,
+                !url.username().is_empty() || url.password().is_some(),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(s, set)| set.then_some(s))
+        .collect()
+    }
+}
+
 /// The `[source]` section.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +143,16 @@ pub struct SourceConfig {
     /// this long (and at most 30s).
     #[serde(default = "default_http_sd_refresh", with = "humantime_serde")]
     pub http_sd_refresh: Duration,
+    /// The per-site settings that change what is sent, trusted or read from
+    /// disk, which a definition from outside (`sites_topic`, `http_sd_url`)
+    /// may set only when listed here: `method`, `body`, `headers`,
+    /// `tls_ca`, `tls_verify`, `url_credentials` (a user or password in the
+    /// url). The others (`interval`, `timeout`, `regex`, `expected_status`,
+    /// `follow_redirects`, `max_redirects`, `max_body_bytes`, `keep_alive`)
+    /// are always allowed. A definition setting one not listed is refused,
+    /// naming the setting. See docs/discovery.md.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outside_settings: Vec<OutsideSetting>,
     /// Reload the configuration when this file or `sites_file` changes on
     /// disk, looking this often (modification time, size and, up to 4 MiB,
     /// content); off when left out. A reload (also on SIGHUP and on

@@ -8,8 +8,8 @@ use std::path::Path;
 
 use connector_common::config::{Invalid, Loaded};
 
-use super::{Change, Origin};
-use crate::config::{validate_site, SiteConfig, SourceConfig};
+use super::{Change, Origin, Refusal};
+use crate::config::{validate_site, OutsideSetting, SiteConfig, SourceConfig};
 use crate::hash::shard_of;
 use crate::metrics;
 use crate::sites::{Resolver, SiteSpec};
@@ -29,6 +29,8 @@ pub struct Catalog {
     topic: HashMap<Box<str>, Entry>,
     /// The http_sd sites, in the order the list gave them.
     http_sd: Vec<(Box<str>, Entry)>,
+    /// The definitions refused now, by source (topic, http_sd) and url.
+    refused: [HashMap<Box<str>, Refusal>; 2],
     /// How many urls of the outside sources the configuration shadowed at
     /// the last [`Catalog::combined`] (logged when it changes).
     shadowed: usize,
@@ -41,21 +43,27 @@ impl Catalog {
             file,
             topic: HashMap::new(),
             http_sd: Vec::new(),
+            refused: [HashMap::new(), HashMap::new()],
             shadowed: 0,
         }
     }
 
     /// Replaces the configuration's sites (after a reload) and resolves the
-    /// outside sites again with the reloaded defaults.
+    /// outside sites again with the reloaded defaults (a refusal is logged
+    /// again only when it is new or changed).
     pub fn reload(&mut self, file: Vec<SiteSpec>, config: &Loaded<SourceConfig>) {
         self.file = file;
         let mut resolver = Resolving::new(config);
+        let [topic_refused, sd_refused] = &mut self.refused;
         for (url, e) in self.topic.iter_mut() {
-            e.spec = resolver.site(Origin::Topic, url, &e.site);
+            let result = resolver.site(&e.site);
+            e.spec = note(Origin::Topic, topic_refused, url, result);
         }
         for (url, e) in &mut self.http_sd {
-            e.spec = resolver.site(Origin::HttpSd, url, &e.site);
+            let result = resolver.site(&e.site);
+            e.spec = note(Origin::HttpSd, sd_refused, url, result);
         }
+        self.show_refused();
     }
 
     /// Applies `changes` of `origin`: the topic's, one url at a time; http_sd's,
@@ -64,30 +72,61 @@ impl Catalog {
         let mut resolver = Resolving::new(config);
         match origin {
             Origin::Topic => {
+                let refused = &mut self.refused[0];
                 for change in changes {
                     match change {
                         Change::Put(url, site) => {
-                            let spec = resolver.site(origin, &url, &site);
+                            let spec = note(origin, refused, &url, resolver.site(&site));
                             self.topic.insert(url, Entry { site: *site, spec });
                         }
                         Change::Remove(url) => {
                             self.topic.remove(&url);
+                            refused.remove(&url);
+                        }
+                        Change::Refused(url, why) => {
+                            self.topic.remove(&url);
+                            note(origin, refused, &url, Err(*why));
                         }
                     }
                 }
             }
             Origin::HttpSd => {
-                self.http_sd = changes
-                    .into_iter()
-                    .filter_map(|c| match c {
+                // A new list: what it refuses now replaces what the last refused.
+                let mut last = std::mem::take(&mut self.refused[1]);
+                let mut now = HashMap::new();
+                let mut sites = Vec::new();
+                for change in changes {
+                    match change {
                         Change::Put(url, site) => {
-                            let spec = resolver.site(origin, &url, &site);
-                            Some((url, Entry { site: *site, spec }))
+                            let result = resolver.site(&site);
+                            if let Err(why) = &result {
+                                if last.get(&url) != Some(why) {
+                                    log_refused(origin, &url, why);
+                                }
+                            }
+                            let spec = result.map_err(|why| now.insert(url.clone(), why)).ok();
+                            sites.push((url, Entry { site: *site, spec }));
                         }
-                        Change::Remove(_) => None,
-                    })
-                    .collect();
+                        Change::Refused(url, why) => {
+                            if last.remove(&url).as_ref() != Some(&*why) {
+                                log_refused(origin, &url, &why);
+                            }
+                            now.insert(url, *why);
+                        }
+                        Change::Remove(_) => {}
+                    }
+                }
+                self.http_sd = sites;
+                self.refused[1] = now;
             }
+        }
+        self.show_refused();
+    }
+
+    /// Sets the `discovered_sites_refused` gauges.
+    fn show_refused(&self) {
+        for (origin, refused) in [Origin::Topic, Origin::HttpSd].iter().zip(&self.refused) {
+            metrics::discovered_sites_refused(origin.as_str(), refused.len());
         }
     }
 
@@ -163,20 +202,62 @@ impl<'a> Resolving<'a> {
         }
     }
 
-    /// The site resolved, or `None` (logged with `url` and counted).
-    fn site(&mut self, origin: Origin, url: &str, site: &SiteConfig) -> Option<SiteSpec> {
+    /// The site resolved, or why it cannot be used.
+    fn site(&mut self, site: &SiteConfig) -> Result<SiteSpec, Refusal> {
         let mut problems: Vec<Invalid> = Vec::new();
+        if let Some(s) = OutsideSetting::set_by(site)
+            .into_iter()
+            .find(|s| !self.config.outside_settings.contains(s))
+        {
+            let name = s.as_str();
+            problems.push(Invalid::new(
+                if name == "url_credentials" { "url" } else { name },
+                format!(
+                    "`{name}` may not be set from outside the configuration unless [source] outside_settings lists \"{name}\" (it changes what the probe sends, trusts or reads); remove it from the definition, or add it to outside_settings"
+                ),
+            ));
+        }
         validate_site(site, self.config, "", &mut problems);
         let problem = match problems.into_iter().next() {
             Some(p) => p,
             None => match self.resolver.site(site) {
-                Ok(spec) => return Some(spec),
+                Ok(spec) => return Ok(spec),
                 Err(p) => p,
             },
         };
-        refused(origin, url, &problem.key, &problem.message);
-        None
+        Err(Refusal {
+            key: problem.key,
+            message: problem.message,
+        })
     }
+}
+
+/// Keeps `url`'s refusal (of `origin`) in `refused`, logging and counting
+/// it when it is new or changed, or forgets it when `result` is a site.
+fn note(
+    origin: Origin,
+    refused: &mut HashMap<Box<str>, Refusal>,
+    url: &str,
+    result: Result<SiteSpec, Refusal>,
+) -> Option<SiteSpec> {
+    match result {
+        Ok(spec) => {
+            refused.remove(url);
+            Some(spec)
+        }
+        Err(why) => {
+            if refused.get(url) != Some(&why) {
+                log_refused(origin, url, &why);
+                refused.insert(url.into(), why);
+            }
+            None
+        }
+    }
+}
+
+/// Logs and counts a refusal.
+fn log_refused(origin: Origin, url: &str, why: &Refusal) {
+    refused(origin, url, &why.key, &why.message);
 }
 
 /// Logs and counts a site definition of `origin` that cannot be used.

@@ -20,7 +20,6 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::catalog::refused;
 use super::{Change, Origin, Update};
 use crate::config::SiteUrl;
 use crate::metrics;
@@ -102,7 +101,10 @@ impl Poller {
             match self.fetch().await {
                 Ok(changes) => {
                     metrics::http_sd_refresh(true);
-                    running = changes.len();
+                    running = changes
+                        .iter()
+                        .filter(|c| matches!(c, Change::Put(..)))
+                        .count();
                     if self
                         .tx
                         .send(Update::Changes(Origin::HttpSd, changes))
@@ -179,7 +181,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The sites of an http_sd answer, each url once (the first wins); an
 /// answer that is not the http_sd JSON is an error (the last good list
-/// stays), a target that cannot be used is logged and counted.
+/// stays), a target that cannot be used is a [`Change::Refused`].
 pub fn parse_targets(body: &[u8]) -> Result<Vec<Change>, String> {
     let groups: Vec<Group> = serde_json::from_slice(body).map_err(|e| {
         format!(
@@ -190,7 +192,13 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<Change>, String> {
     let mut out = Vec::new();
     for group in groups {
         for target in &group.targets {
-            let url = target_url(target, &group.labels);
+            let url = match target_url(target, &group.labels) {
+                Ok(url) => url,
+                Err((key, message)) => {
+                    out.push(Change::refused(target, &key, message));
+                    continue;
+                }
+            };
             let mut object = Map::new();
             object.insert("url".into(), Value::String(url.clone()));
             for (label, key) in LABELS {
@@ -205,15 +213,14 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<Change>, String> {
                     if seen.insert(shown.clone()) {
                         out.push(Change::Put(shown, Box::new(site)));
                     } else {
-                        refused(
-                            Origin::HttpSd,
-                            &shown,
+                        out.push(Change::refused(
+                            &format!("{shown} (listed again)"),
                             "targets",
-                            "listed twice; the first one runs",
-                        );
+                            "listed twice; the first one runs".to_owned(),
+                        ));
                     }
                 }
-                Err((key, message)) => refused(Origin::HttpSd, &url, &key, &message),
+                Err((key, message)) => out.push(Change::refused(&url, &key, message)),
             }
         }
     }
@@ -221,14 +228,56 @@ pub fn parse_targets(body: &[u8]) -> Result<Vec<Change>, String> {
 }
 
 /// A target as a url: itself when it has a scheme, else Prometheus's
-/// `__scheme__://target__metrics_path__`.
-fn target_url(target: &str, labels: &BTreeMap<String, String>) -> String {
+/// `__scheme__://target__metrics_path__`, built so the labels cannot change
+/// the host: the target must be a bare `host[:port]`, `__scheme__` `http`
+/// or `https`, `__metrics_path__` a path starting with `/` (set as the
+/// path, never parsed as a url). Else the key of the problem and what is wrong.
+fn target_url(target: &str, labels: &BTreeMap<String, String>) -> Result<String, (String, String)> {
     if target.contains("://") {
-        return target.to_owned();
+        return Ok(target.to_owned());
     }
+    let bad = |key: &str, message: String| Err((key.to_owned(), message));
     let scheme = labels.get("__scheme__").map_or("http", String::as_str);
+    if !matches!(scheme, "http" | "https") {
+        return bad(
+            "__scheme__",
+            format!("`{scheme}` is not http or https; set __scheme__ to one of them"),
+        );
+    }
+    if target.is_empty()
+        || target.contains(['/', '?', '#', '@', '\\'])
+        || target.contains(char::is_whitespace)
+    {
+        return bad(
+            "targets",
+            "a target without a scheme must be a bare host:port (no path, user or query); write a url or host:port".to_owned(),
+        );
+    }
     let path = labels.get("__metrics_path__").map_or("/", String::as_str);
-    format!("{scheme}://{target}{path}")
+    if !path.starts_with('/') || path.starts_with("//") {
+        return bad(
+            "__metrics_path__",
+            format!(
+                "`{}` is not a path starting with a single `/`; write e.g. /health",
+                path.chars().take(200).collect::<String>()
+            ),
+        );
+    }
+    let mut url = url::Url::parse(&format!("{scheme}://{target}/")).map_err(|e| {
+        (
+            "targets".to_owned(),
+            format!("`{target}` is not a host:port ({e})"),
+        )
+    })?;
+    let host = (url.host_str().map(str::to_owned), url.port());
+    url.set_path(path);
+    if (url.host_str().map(str::to_owned), url.port()) != host {
+        return bad(
+            "__metrics_path__",
+            "the path changes the target's host; write a path starting with `/`".to_owned(),
+        );
+    }
+    Ok(url.into())
 }
 
 /// A label's text as the JSON value the site key takes (booleans, numbers,
@@ -263,8 +312,9 @@ mod tests {
     fn puts(changes: Vec<Change>) -> Vec<(String, crate::config::SiteConfig)> {
         changes
             .into_iter()
-            .map(|c| match c {
-                Change::Put(u, s) => (u.to_string(), *s),
+            .filter_map(|c| match c {
+                Change::Put(u, s) => Some((u.to_string(), *s)),
+                Change::Refused(..) => None,
                 Change::Remove(u) => panic!("a removal of {u}"),
             })
             .collect()
@@ -294,6 +344,20 @@ mod tests {
         assert_eq!(a.expected_status.as_deref(), Some(&[200, 204][..]));
         assert_eq!((a.keep_alive, a.max_redirects), (Some(true), Some(2)));
         assert_eq!(sites[2].1.interval, None);
+    }
+
+    #[test]
+    fn labels_never_move_a_host_port_target_to_another_host() {
+        let body = br#"[
+            {"targets": ["127.0.0.1:18701"], "labels": {"__metrics_path__": "@evil.example/x"}},
+            {"targets": ["127.0.0.1:18701"], "labels": {"__metrics_path__": "//evil.example/x"}},
+            {"targets": ["127.0.0.1:18701"], "labels": {"__scheme__": "http://evil.example/?"}},
+            {"targets": ["evil.example/x@127.0.0.1:18701"], "labels": {}},
+            {"targets": ["ok.example:81"], "labels": {"__metrics_path__": "/a/@b?c#d"}}
+        ]"#;
+        let sites = puts(parse_targets(body).unwrap());
+        let urls: Vec<&str> = sites.iter().map(|(u, _)| u.as_str()).collect();
+        assert_eq!(urls, ["http://ok.example:81/a/@b%3Fc%23d"]);
     }
 
     #[test]

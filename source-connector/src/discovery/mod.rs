@@ -7,20 +7,23 @@
 //! `[source]` defaults and applies the combined list to the check threads
 //! by the same difference a reload applies. A definition that cannot be
 //! used is logged with its url and counted
-//! (`website_monitor_discovered_site_errors_total`); it never stops the
-//! source.
+//! (`website_monitor_discovered_site_errors_total`) when it is new or its
+//! problem changed, and shown while it lasts
+//! (`website_monitor_discovered_sites_refused`); it never stops the source.
 //!
 //! At start, [`Discovery::initial`] waits until the topic was read to its
 //! end (and http_sd fetched once), so the first list is complete and the
 //! source is ready only then.
 //!
 //! Layout: `catalog` (the sites of every source, combined), `topic` (the
-//! Kafka follower), `http_sd` (the poller), this file (what they send, and
-//! starting them).
+//! Kafka follower), `topic_client` (its consumer settings and the look at
+//! whether the topic can still be read), `http_sd` (the poller), this file
+//! (what they send, and starting them).
 
 mod catalog;
 mod http_sd;
 mod topic;
+mod topic_client;
 
 #[cfg(test)]
 mod tests;
@@ -78,6 +81,31 @@ pub enum Change {
     Put(Box<str>, Box<SiteConfig>),
     /// The url is no longer defined.
     Remove(Box<str>),
+    /// The url's definition cannot be used: not checked (logged and
+    /// counted by the catalog when it is new or changed).
+    Refused(Box<str>, Box<Refusal>),
+}
+
+impl Change {
+    /// `url`'s definition refused: the `key` of the problem and what is wrong.
+    pub(crate) fn refused(url: &str, key: &str, message: String) -> Self {
+        Change::Refused(
+            url.into(),
+            Box::new(Refusal {
+                key: key.to_owned(),
+                message,
+            }),
+        )
+    }
+}
+
+/// Why a definition from outside is not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The key of the problem (`interval`, `key`, `targets`...).
+    pub key: String,
+    /// What is wrong and what to do.
+    pub message: String,
 }
 
 /// What a source of sites tells the reloader.
@@ -126,6 +154,7 @@ impl Discovery {
         // Shown from the start, so `increase()` sees the first error.
         for origin in [Origin::Topic, Origin::HttpSd] {
             metrics::discovered_site_errors(origin.as_str(), 0);
+            metrics::discovered_sites_refused(origin.as_str(), 0);
         }
         if let Some(topic) = &source.sites_topic {
             let follower = topic::Follower::new(&config.kafka, source, topic, tx.clone())?;

@@ -22,8 +22,8 @@ fn put(url: &str, json: &str) -> Change {
 }
 
 #[test]
-fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() {
-    let key = Some(&b"https://Example.com"[..]);
+fn a_record_is_a_definition_a_tombstone_or_a_refusal_under_its_key() {
+    let key = Some(&b"https://example.com/"[..]);
     let good = br#"{"url": "https://example.com/", "interval": "30s"}"#;
     match definition(key, Some(good)) {
         Some((url, Change::Put(u, site))) => {
@@ -41,7 +41,8 @@ fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() 
             Some((_, Change::Remove(_)))
         ));
     }
-    // Bad values remove what an earlier record defined: the latest counts.
+    // Bad values are refused (the catalog removes what an earlier record
+    // defined: the latest counts).
     for bad in [
         &b"not json"[..],
         br#"{"url": "https://example.com/", "interval": "soon"}"#,
@@ -49,12 +50,31 @@ fn a_record_is_a_definition_a_tombstone_or_a_removal_and_a_bad_key_is_nothing() 
         br#"{"url": "https://example.com/", "colour": "red"}"#,
     ] {
         assert!(
-            matches!(definition(key, Some(bad)), Some((_, Change::Remove(_)))),
+            matches!(definition(key, Some(bad)), Some((u, Change::Refused(..))) if &*u == "https://example.com/"),
             "{}",
             String::from_utf8_lossy(bad)
         );
     }
-    assert!(definition(Some(b"not a url"), Some(good)).is_none());
+    // A key that is no url, or another spelling of one (Kafka partitions and
+    // compacts by the key's bytes: one url, one key), is refused under the
+    // key's own text, never the url's; its tombstone clears that.
+    for spelling in [
+        "not a url",
+        "https://Example.com",
+        "HTTPS://example.com/",
+        "https://example.com:443/",
+    ] {
+        match definition(Some(spelling.as_bytes()), Some(good)) {
+            Some((u, Change::Refused(r, why))) => {
+                assert_eq!((&*u, &*r, why.key.as_str()), (spelling, spelling, "key"));
+            }
+            other => panic!("{spelling}: {other:?}"),
+        }
+        assert!(matches!(
+            definition(Some(spelling.as_bytes()), None),
+            Some((_, Change::Remove(u))) if &*u == spelling
+        ));
+    }
     assert!(definition(None, Some(good)).is_none());
 }
 
@@ -76,7 +96,7 @@ fn a_revoked_partition_removes_only_its_own_sites_at_once() {
         .iter()
         .map(|c| match c {
             Change::Remove(u) => &**u,
-            Change::Put(..) => panic!("a put"),
+            other => panic!("{other:?}"),
         })
         .collect();
     assert_eq!(removed, ["http://b.example/"]);
@@ -141,4 +161,89 @@ fn the_configuration_wins_then_the_topic_then_http_sd_and_shard_applies_without_
     assert!(!has_topic(&catalog.combined(&sharded.section)));
     sharded.section.sites_group = Some("g".into());
     assert!(has_topic(&catalog.combined(&sharded.section)));
+}
+
+#[test]
+fn the_sites_consumer_sees_added_partitions_within_the_metadata_refresh() {
+    let config = load("[source]\nsites_topic = \"t\"\nsites_group = \"g\"\n");
+    let c = super::topic_client::client_config(&config.kafka, &config.section);
+    assert_eq!(
+        c.get("topic.metadata.refresh.interval.ms"),
+        Some("30000"),
+        "librdkafka's default (5 minutes) leaves added partitions unread that long"
+    );
+}
+
+#[test]
+fn settings_that_change_what_is_sent_or_trusted_need_outside_settings() {
+    let definitions = || {
+        vec![
+            put(
+                "http://plain.example/",
+                r#"{"url": "http://plain.example/", "interval": "30s", "regex": "ok", "keep_alive": true}"#,
+            ),
+            put(
+                "http://method.example/",
+                r#"{"url": "http://method.example/", "method": "DELETE"}"#,
+            ),
+            put(
+                "http://body.example/",
+                r#"{"url": "http://body.example/", "body": "x"}"#,
+            ),
+            put(
+                "http://headers.example/",
+                r#"{"url": "http://headers.example/", "headers": {"Authorization": "x"}}"#,
+            ),
+            put(
+                "http://ca.example/",
+                r#"{"url": "http://ca.example/", "tls_ca": "/etc/shadow"}"#,
+            ),
+            put(
+                "http://verify.example/",
+                r#"{"url": "http://verify.example/", "tls_verify": false}"#,
+            ),
+            put(
+                "http://***@creds.example/",
+                r#"{"url": "http://u@creds.example/"}"#,
+            ),
+        ]
+    };
+    let urls = |catalog: &mut Catalog, config: &Loaded<SourceConfig>| -> Vec<String> {
+        catalog
+            .combined(&config.section)
+            .iter()
+            .map(|s| s.url.as_str().to_owned())
+            .collect()
+    };
+    let config = load("[source]\nsites_topic = \"t\"\n");
+    let mut catalog = Catalog::new(Vec::new());
+    catalog.apply(Origin::Topic, definitions(), &config);
+    assert_eq!(urls(&mut catalog, &config), ["http://plain.example/"]);
+    // Listed: allowed (and a reload applies the list to what was read).
+    let allowed = load(
+        "[source]\nsites_topic = \"t\"\n\
+         outside_settings = [\"method\", \"body\", \"headers\", \"tls_verify\", \"url_credentials\"]\n",
+    );
+    catalog.reload(Vec::new(), &allowed);
+    let mut got = urls(&mut catalog, &allowed);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "http://***@creds.example/",
+            "http://body.example/",
+            "http://headers.example/",
+            "http://method.example/",
+            "http://plain.example/",
+            "http://verify.example/"
+        ]
+    );
+    // A name that is no guarded setting is refused by the loader.
+    assert!(load_str::<SourceConfig>(
+        "[source]\noutside_settings = [\"interval\"]\n",
+        Path::new("c.toml"),
+        Section::Source,
+        &|_| None
+    )
+    .is_err());
 }

@@ -55,7 +55,7 @@ pub(super) enum Assignment {
 
 /// librdkafka callbacks: log lines, errors, and rebalances that start each
 /// assigned partition at its beginning.
-struct FollowContext {
+pub(super) struct FollowContext {
     events: ClientEvents,
     changes: Mutex<Vec<Assignment>>,
 }
@@ -66,6 +66,13 @@ impl ClientContext for FollowContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // The end of a partition is an event this consumer asked for
+        // (`enable.partition.eof`), not a problem.
+        if matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(&error, KafkaError::Global(e) if *e == rdkafka::types::RDKafkaErrorCode::PartitionEOF)
+        {
+            return;
+        }
         self.events.log_error(&error, reason);
     }
 }
@@ -140,25 +147,7 @@ impl Follower {
         topic: &str,
         tx: mpsc::Sender<Update>,
     ) -> Result<Self, TopicError> {
-        let mut c = kafka.client_config();
-        c.set("client.id", "website-monitor-source-sites")
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "true");
-        // librdkafka wants a group id even to read assigned partitions;
-        // without `sites_group` this one never joins (nothing subscribes)
-        // and nothing is committed.
-        c.set("group.id", "website-monitor-source-sites");
-        if let Some(group) = &source.sites_group {
-            let session = source.sites_group_session_timeout.as_millis();
-            c.set("group.id", group)
-                .set("partition.assignment.strategy", "cooperative-sticky")
-                .set("session.timeout.ms", session.to_string())
-                .set("heartbeat.interval.ms", (session / 5).max(100).to_string());
-        }
-        kafka.apply_options(&mut c);
-        let consumer = c
+        let consumer = super::topic_client::client_config(kafka, source)
             .create_with_context(FollowContext {
                 events: ClientEvents::new(),
                 changes: Mutex::new(Vec::new()),
@@ -188,6 +177,11 @@ impl Follower {
             };
             match started {
                 Ok(()) => {
+                    tokio::spawn(super::topic_client::watch(
+                        Arc::downgrade(&consumer),
+                        self.topic.clone(),
+                        stop.clone(),
+                    ));
                     self.follow(&consumer, state, &stop).await;
                     break;
                 }
@@ -231,6 +225,7 @@ impl Follower {
                     eof = true;
                 }
                 Ok(Err(e)) => {
+                    metrics::sites_topic_read_error();
                     tracing::warn!(
                         topic = %self.topic,
                         error = %e,
@@ -361,10 +356,23 @@ impl State {
         };
         match &change {
             Change::Put(..) => {
-                self.owner.insert(url, partition);
+                if let Some(other) = self.owner.insert(url.clone(), partition) {
+                    if other != partition {
+                        metrics::discovered_site_errors(Origin::Topic.as_str(), 1);
+                        tracing::error!(
+                            site = &*url,
+                            partitions = ?[other, partition],
+                            "a url of sites_topic is defined in two partitions (partitions were added, or a record was written to an explicit partition): the latest record read runs here, but another instance of the group may check it too and a tombstone in one partition leaves the other; write a tombstone to both partitions, then the definition once with the default partitioner, or move to a new topic (docs/discovery.md)"
+                        );
+                    }
+                }
             }
             Change::Remove(_) => {
                 self.owner.remove(&url);
+            }
+            Change::Refused(..) => {
+                // Owned all the same: a revocation clears its refusal.
+                self.owner.insert(url, partition);
             }
         }
         self.batch.push(change);
@@ -385,10 +393,13 @@ impl State {
     }
 }
 
-/// The change a record makes: its url (from the key) and its definition, or
-/// its removal (a tombstone, or a value that cannot be used: the latest
-/// record of a url is what counts, as after a restart). `None` when the key
-/// is no url (logged and counted).
+/// The change a record makes: its url (from the key) and its definition, its
+/// removal (a tombstone), or its refusal (a value that cannot be used: it
+/// removes what an earlier record defined, the latest record of a url is
+/// what counts, as after a restart). A key that is no url, or not the url
+/// as normalised, is refused under the key's own text (a tombstone of that
+/// key clears it). `None` only for a record without a key (logged and
+/// counted; a compacted topic has none).
 pub fn definition(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(Box<str>, Change)> {
     let Some(key) = key else {
         refused(
@@ -400,28 +411,42 @@ pub fn definition(key: Option<&[u8]>, value: Option<&[u8]>) -> Option<(Box<str>,
         return None;
     };
     let text = String::from_utf8_lossy(key);
+    let tombstone = value.is_none_or(<[u8]>::is_empty);
+    let bad_key = |ident: Box<str>, message: String| {
+        let change = if tombstone {
+            Change::Remove(ident.clone())
+        } else {
+            Change::refused(&ident, "key", message)
+        };
+        Some((ident, change))
+    };
     let url = match SiteUrl::parse(&text) {
         Ok(u) => u,
         Err(message) => {
-            let shown: String = text.chars().take(200).collect();
-            refused(
-                Origin::Topic,
-                &shown,
-                "key",
-                &format!("the key must be the site's url: {message}"),
+            let ident: String = text.chars().take(200).collect();
+            return bad_key(
+                ident.into(),
+                format!("the key must be the site's url: {message}"),
             );
-            return None;
         }
     };
     let shown: Box<str> = url.as_str().into();
+    if text != url.request().as_str() {
+        // Kafka places and compacts records by the key's bytes: two
+        // spellings of one url would be two definitions, maybe in two
+        // partitions (checked twice, a tombstone removing only one).
+        let ident = if text.contains('@') {
+            format!("{shown} (a key not normalised)")
+        } else {
+            text.chars().take(200).collect()
+        };
+        return bad_key(ident.into(), "the key is not the url as normalised (lower-case scheme and host, no default port, a path of at least `/`, as the site's url is shown); write the record with the normalised url as its key, and a tombstone for this key".to_owned());
+    }
     let change = match value.filter(|v| !v.is_empty()) {
         None => Change::Remove(shown.clone()),
         Some(v) => match site_value(v, &url) {
             Ok(site) => Change::Put(shown.clone(), Box::new(site)),
-            Err((k, message)) => {
-                refused(Origin::Topic, &shown, &k, &message);
-                Change::Remove(shown.clone())
-            }
+            Err((k, message)) => Change::refused(&shown, &k, message),
         },
     };
     Some((shown, change))

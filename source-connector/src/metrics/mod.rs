@@ -61,11 +61,20 @@ pub const CONFIG_RELOAD_SITES_TOTAL: &str = "website_monitor_config_reload_sites
 /// takes precedence, after `shard`.
 pub const DISCOVERED_SITES: &str = "website_monitor_discovered_sites";
 /// Counter: site definitions from outside that could not be used (bad key,
-/// not JSON, a bad setting), label `source`: `topic` or `http_sd`.
+/// not JSON, a bad setting), each counted when it is new or its problem
+/// changed, label `source`: `topic` or `http_sd`.
 pub const DISCOVERED_SITE_ERRORS_TOTAL: &str = "website_monitor_discovered_site_errors_total";
+/// Gauge: site definitions from outside refused now (not checked), label
+/// `source`: `topic` or `http_sd`.
+pub const DISCOVERED_SITES_REFUSED: &str = "website_monitor_discovered_sites_refused";
 /// Gauge: partitions of `sites_topic` this instance reads (all of them,
 /// or its share of them with `sites_group`).
 pub const SITES_TOPIC_PARTITIONS: &str = "website_monitor_sites_topic_partitions";
+/// Gauge: 1 when the brokers said at the last look (every 30 s) that
+/// `sites_topic` exists and can be read, else 0.
+pub const SITES_TOPIC_READABLE: &str = "website_monitor_sites_topic_readable";
+/// Counter: errors reading `sites_topic` (a deleted topic, no right to read it).
+pub const SITES_TOPIC_READ_ERRORS_TOTAL: &str = "website_monitor_sites_topic_read_errors_total";
 /// Counter: rebalances of `sites_group` seen by this instance, label
 /// `change`: `assigned` or `revoked`.
 pub const SITES_TOPIC_REBALANCES_TOTAL: &str = "website_monitor_sites_topic_rebalances_total";
@@ -187,9 +196,24 @@ pub fn discovered_site_errors(source: &'static str, n: u64) {
     counter!(DISCOVERED_SITE_ERRORS_TOTAL, "source" => source).increment(n);
 }
 
+/// Sets the number of definitions of `source` refused now.
+pub fn discovered_sites_refused(source: &'static str, n: usize) {
+    gauge!(DISCOVERED_SITES_REFUSED, "source" => source).set(n as f64);
+}
+
 /// Sets the number of `sites_topic` partitions read.
 pub fn sites_topic_partitions(n: usize) {
     gauge!(SITES_TOPIC_PARTITIONS).set(n as f64);
+}
+
+/// Sets whether the brokers said at the last look that `sites_topic` can be read.
+pub fn sites_topic_readable(ok: bool) {
+    gauge!(SITES_TOPIC_READABLE).set(if ok { 1.0 } else { 0.0 });
+}
+
+/// Counts an error reading `sites_topic`.
+pub fn sites_topic_read_error() {
+    counter!(SITES_TOPIC_READ_ERRORS_TOTAL).increment(1);
 }
 
 /// Counts a rebalance of `sites_group`: `change` is `assigned` or `revoked`.

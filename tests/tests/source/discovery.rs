@@ -66,6 +66,8 @@ async fn the_sites_topic_adds_changes_and_removes_sites_and_bad_records_only_cou
             (&b, Some(&sb)),
             (&c, Some("not json")),
             ("not a url", Some(&sa)),
+            // One url, one key: another spelling of a's url is refused.
+            (&a.replace("http://", "HTTP://"), Some(&sa)),
             (&d, Some(&mismatch)),
             (&f, Some(&sf)),
         ],
@@ -88,7 +90,9 @@ async fn the_sites_topic_adds_changes_and_removes_sites_and_bad_records_only_cou
         "{text}\nlog:\n{}",
         proc.log()
     );
-    assert_eq!(metric(&text, errors), 3.0, "{text}");
+    assert_eq!(metric(&text, errors), 4.0, "{text}");
+    let refused = "website_monitor_discovered_sites_refused{source=\"topic\"}";
+    assert_eq!(metric(&text, refused), 4.0, "{text}");
     assert_eq!(metric(&text, "website_monitor_sites "), 3.0, "{text}");
     eventually("a and b checked", Duration::from_secs(10), || async {
         (s.hits("/text/a") > 0 && s.hits("/text/b") > 0).then_some(())
@@ -133,6 +137,12 @@ async fn the_sites_topic_adds_changes_and_removes_sites_and_bad_records_only_cou
     assert_eq!(
         metric(&reloaded, "website_monitor_sites "),
         4.0,
+        "{reloaded}"
+    );
+    // A reload resolves the topic's sites again but counts no refusal twice.
+    assert_eq!(
+        (metric(&reloaded, errors), metric(&reloaded, refused)),
+        (4.0, 4.0),
         "{reloaded}"
     );
     assert!(
@@ -375,17 +385,30 @@ async fn http_sd_adds_and_removes_targets_and_keeps_the_last_good_list_when_a_fe
         "{text}\nlog:\n{}",
         proc.log()
     );
-    assert!(
-        metric(&text, errors) >= 1.0 && metric(&text, ok) >= 1.0,
+    // The bad target is refused while it is listed, but logged and counted
+    // once, however often the list is fetched again.
+    let refused = "website_monitor_discovered_sites_refused{source=\"http_sd\"}";
+    let text = scrape_until(&addr, Duration::from_secs(30), |t| metric(t, ok) >= 3.0)
+        .await
+        .unwrap_or_else(|t| panic!("no third fetch:\n{t}"));
+    assert_eq!(
+        (metric(&text, errors), metric(&text, refused)),
+        (1.0, 1.0),
         "{text}"
     );
 
-    // A new list: h1 leaves, h3 comes.
+    // A new list: h1 leaves, h3 comes, the bad target is gone.
     s.set_doc(200, format!(r#"[{{"targets": ["{h2}", "{h3}"]}}]"#));
     eventually("h3 checked", Duration::from_secs(10), || async {
         (s.hits("/text/h3") > 0).then_some(())
     })
     .await;
+    let text = scrape(&addr).await;
+    assert_eq!(
+        (metric(&text, errors), metric(&text, refused)),
+        (1.0, 0.0),
+        "{text}"
+    );
     let h1_hits = s.hits("/text/h1");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(s.hits("/text/h1") <= h1_hits + 1, "h1 left the list");
@@ -501,5 +524,48 @@ async fn an_instance_without_a_partition_is_ready_and_takes_over_when_the_owner_
     assert!(
         first >= asked,
         "the spare checked nothing while the owner had the partition"
+    );
+}
+
+/// A sites topic deleted after start: the sites read last keep running, and
+/// `website_monitor_sites_topic_readable` says the topic is gone (the
+/// `SitesTopicUnreadable` alert), with a log line saying what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sites_topic_deleted_after_start_is_shown_as_unreadable() {
+    let s = TestServer::http().await;
+    let brokers = &stack().brokers;
+    let (topic, sites_topic) = (unique("src-gone-out"), unique("src-gone-sites"));
+    create_topic(brokers, &topic, 1).await;
+    create_topic(brokers, &sites_topic, 1).await;
+    let a = s.url("/text/a");
+    produce_keyed(brokers, &sites_topic, &[(&a, Some(&site(&a, "")))]).await;
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let config = config(&topic, port).set("sites_topic", sites_topic.as_str());
+    let mut proc = start(&config, port, &[]).await;
+    let readable = "website_monitor_sites_topic_readable";
+    let text = scrape(&addr).await;
+    assert_eq!(metric(&text, readable), 1.0, "{text}");
+
+    website_monitor_tests::kafka::delete_topics(brokers, std::slice::from_ref(&sites_topic))
+        .await
+        .unwrap();
+    let text = scrape_until(&addr, Duration::from_secs(120), |t| {
+        metric(t, readable) == 0.0
+    })
+    .await
+    .unwrap_or_else(|t| panic!("still readable:\n{t}\nlog:\n{}", proc.log()));
+    // The site read last keeps running.
+    assert_eq!(metric(&text, "website_monitor_sites "), 1.0, "{text}");
+    let hits = s.hits("/text/a");
+    eventually("a still checked", Duration::from_secs(10), || async {
+        (s.hits("/text/a") > hits).then_some(())
+    })
+    .await;
+    assert_eq!(proc.term(), Some(0), "log:\n{}", proc.log());
+    assert!(
+        proc.log().contains("sites_topic cannot be read"),
+        "{}",
+        proc.log()
     );
 }
