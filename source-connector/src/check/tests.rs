@@ -3,29 +3,9 @@
 use std::time::Duration;
 
 use super::*;
-use crate::sites::ClientKey;
 
 fn site(url: &str) -> SiteSpec {
-    SiteSpec {
-        url: url.parse().unwrap(),
-        interval: Duration::from_secs(1),
-        settings: Arc::new(crate::sites::Settings {
-            timeout: Duration::from_secs(5),
-            method: Method::GET,
-            headers: Arc::default(),
-            body: None,
-            regex: None,
-            expected_status: None,
-            follow_redirects: true,
-            max_redirects: 5,
-            max_body_bytes: 1024,
-            client: ClientKey {
-                keep_alive: false,
-                tls_ca: None,
-                tls_verify: true,
-            },
-        }),
-    }
+    SiteSpec::for_test(url, Duration::from_secs(1), Duration::from_secs(5))
 }
 
 #[test]

@@ -64,29 +64,13 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::sites::ClientKey;
 
     fn spec(url: &str, interval_ms: u64) -> SiteSpec {
-        SiteSpec {
-            url: url.parse().unwrap(),
-            interval: Duration::from_millis(interval_ms),
-            settings: Arc::new(crate::sites::Settings {
-                timeout: Duration::from_secs(1),
-                method: reqwest::Method::GET,
-                headers: Arc::default(),
-                body: None,
-                regex: None,
-                expected_status: None,
-                follow_redirects: true,
-                max_redirects: 5,
-                max_body_bytes: 1024,
-                client: ClientKey {
-                    keep_alive: false,
-                    tls_ca: None,
-                    tls_verify: true,
-                },
-            }),
-        }
+        SiteSpec::for_test(
+            url,
+            Duration::from_millis(interval_ms),
+            Duration::from_secs(1),
+        )
     }
 
     #[test]

@@ -5,26 +5,7 @@ use super::*;
 use crate::record::{ErrorKind, Record};
 
 fn spec(url: &str) -> SiteSpec {
-    SiteSpec {
-        url: url.parse().unwrap(),
-        interval: Duration::from_secs(1),
-        settings: Arc::new(crate::sites::Settings {
-            timeout: Duration::from_secs(1),
-            method: reqwest::Method::GET,
-            headers: Arc::default(),
-            body: None,
-            regex: None,
-            expected_status: None,
-            follow_redirects: true,
-            max_redirects: 5,
-            max_body_bytes: 1024,
-            client: crate::sites::ClientKey {
-                keep_alive: false,
-                tls_ca: None,
-                tls_verify: true,
-            },
-        }),
-    }
+    SiteSpec::for_test(url, Duration::from_secs(1), Duration::from_secs(1))
 }
 
 fn specs(n: usize) -> Vec<SiteSpec> {

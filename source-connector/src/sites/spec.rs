@@ -126,6 +126,32 @@ impl std::ops::DerefMut for SiteSpec {
 }
 
 impl SiteSpec {
+    /// A plain GET of `url` for unit tests: every `interval`, a `timeout`,
+    /// redirects followed, 1 KiB of body, fresh connections.
+    #[cfg(test)]
+    pub(crate) fn for_test(url: &str, interval: Duration, timeout: Duration) -> SiteSpec {
+        SiteSpec {
+            url: url.parse().expect("a test url"),
+            interval,
+            settings: Arc::new(Settings {
+                timeout,
+                method: reqwest::Method::GET,
+                headers: Arc::default(),
+                body: None,
+                regex: None,
+                expected_status: None,
+                follow_redirects: true,
+                max_redirects: 5,
+                max_body_bytes: 1024,
+                client: ClientKey {
+                    keep_alive: false,
+                    tls_ca: None,
+                    tls_verify: true,
+                },
+            }),
+        }
+    }
+
     /// Whether `other` checks the same url with the same settings: a reload
     /// that finds a site unchanged keeps it as it runs (its schedule and
     /// its client); any difference makes it a changed site. The url is
