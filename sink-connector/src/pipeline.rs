@@ -321,12 +321,12 @@ impl Pipeline {
     }
 
     /// Writer 0's work between batches (and when idle): partition
-    /// maintenance when due, the per-site state gauge (if asked for), and the site status
-    /// sweep, over the partitions this sink has caught up on only
-    /// ([`caught_up`]) — a probe whose records are still queued would look
-    /// silent — at the wall clock, or at the oldest `checked_at` of `next`
-    /// (collected, not written yet) when that is earlier. Not while `next`
-    /// is full (a backlog).
+    /// maintenance when due, the per-site state gauge (if asked for), and the
+    /// site status sweep, over the partitions this sink has caught up on
+    /// only ([`caught_up`]) — a probe whose records are still queued would
+    /// look silent — at the wall clock, leaving out the sites with records
+    /// in `next` (collected, not written yet: they settle those sites, at
+    /// their own time). Not while `next` is full (a backlog).
     async fn between_batches(&mut self, consumer: &SinkConsumer, next: &[Msg], full: bool) {
         // Partitions ahead and retention run even while no record comes.
         self.writers[0].maintain().await;
@@ -335,14 +335,16 @@ impl Pipeline {
             return;
         }
         let partitions = caught_up(consumer);
-        let oldest = next
+        let mut pending: Vec<&str> = next
             .iter()
             .filter_map(|m| match &m.decoded {
-                Decoded::Good(g) => g.checked_at,
+                Decoded::Good(g) => Some(g.url.as_str()),
                 Decoded::Rejected(_) => None,
             })
-            .min();
-        self.writers[0].sweep(&partitions, oldest).await;
+            .collect();
+        pending.sort_unstable();
+        pending.dedup();
+        self.writers[0].sweep(&partitions, &pending).await;
     }
 
     fn record(&self, o: &Outcome) {

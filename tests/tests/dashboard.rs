@@ -27,12 +27,38 @@ const PROBES: [(i32, &str); 2] = [(1, "eu"), (2, "us")];
 const NO_PROBE: &str = "(no probe)";
 
 /// Site status transitions: (site id, seq, from, to, seconds from n, reason).
-const TRANSITIONS: [(i64, i64, &str, &str, i64, &str); 5] = [
+const TRANSITIONS: [(i64, i64, &str, &str, i64, &str); 10] = [
     (1, 1, "unknown", "up", -10 * HOUR, "first successes"),
     (1, 2, "up", "down", -5 * HOUR, "2 of 3 voting probes down"),
     (1, 3, "down", "up", -5 * HOUR + 30 * MINUTE, "recovered"),
     (2, 1, "unknown", "up", -20 * HOUR, "first successes"),
     (2, 2, "up", "degraded", -3 * HOUR, "eu: flapping"),
+    // C: degraded, then down through a maintenance window and a silent
+    // spell: one incident, down, from its first entry until up.
+    (3, 1, "unknown", "up", -30 * HOUR, "first successes"),
+    (3, 2, "up", "degraded", -4 * HOUR, "slow"),
+    (3, 3, "degraded", "down", -4 * HOUR + 10 * MINUTE, "down"),
+    (
+        3,
+        4,
+        "down",
+        "maintenance",
+        -4 * HOUR + 20 * MINUTE,
+        "window",
+    ),
+    (
+        3,
+        5,
+        "maintenance",
+        "down",
+        -4 * HOUR + 30 * MINUTE,
+        "still down",
+    ),
+];
+/// C's last transitions, after the range the timeline and incidents use.
+const C_LATER: [(i64, i64, &str, &str, i64, &str); 2] = [
+    (3, 6, "down", "unknown", -90 * MINUTE, "silent"),
+    (3, 7, "unknown", "up", -80 * MINUTE, "recovered"),
 ];
 
 const MINUTE: i64 = 60;
@@ -752,7 +778,14 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
         state(A, n - 5 * HOUR + 30 * MINUTE, "up"),
     ];
     all.extend(b.iter().cloned());
-    all.extend([state(C, from, "unknown"), state(D, from, "unknown")]);
+    all.extend([
+        state(C, from, "up"),
+        state(C, n - 4 * HOUR, "degraded"),
+        state(C, n - 4 * HOUR + 10 * MINUTE, "down"),
+        state(C, n - 4 * HOUR + 20 * MINUTE, "maintenance"),
+        state(C, n - 4 * HOUR + 30 * MINUTE, "down"),
+        state(D, from, "unknown"),
+    ]);
     add("Site state timeline", table(Ctx::new(from, to), all));
     add(
         "Site state timeline",
@@ -761,20 +794,29 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
     let a_down = json!({"site": A, "state": "down", "started": ts(n - 5 * HOUR),
                         "ended": ts(n - 5 * HOUR + 30 * MINUTE), "duration": 1800.0,
                         "reason": "2 of 3 voting probes down"});
+    // Degraded, down, a window, down again, silent: one incident until up.
+    let c_down = json!({"site": C, "state": "down", "started": ts(n - 4 * HOUR),
+                        "ended": ts(n - 80 * MINUTE), "duration": 9600.0, "reason": "slow"});
     // Still open: it lasts until the range's end (before now).
     let b_degraded = json!({"site": B, "state": "degraded", "started": ts(n - 3 * HOUR),
                             "ended": null, "duration": 3600.0, "reason": "eu: flapping"});
     add(
         "Incidents",
-        table(Ctx::new(from, to), vec![b_degraded, a_down.clone()]),
+        table(
+            Ctx::new(from, to),
+            vec![b_degraded, c_down.clone(), a_down.clone()],
+        ),
     );
     add(
         "Incidents",
         table(
             Ctx::new(n - 4 * HOUR, to),
-            vec![json!({"site": B, "state": "degraded",
-            "started": ts(n - 3 * HOUR), "ended": null, "duration": 3600.0,
-            "reason": "eu: flapping"})],
+            vec![
+                json!({"site": B, "state": "degraded",
+                "started": ts(n - 3 * HOUR), "ended": null, "duration": 3600.0,
+                "reason": "eu: flapping"}),
+                c_down,
+            ],
         ),
     );
     add(
@@ -955,7 +997,7 @@ async fn every_panel_returns_the_expected_figures() {
         setup += &format!("INSERT INTO \"site_probe\" (id, name) VALUES ({id}, '{name}');\n");
     }
     // Site status transitions ([`TRANSITIONS`]): A down for 30 minutes, B degraded since n - 3 h.
-    for (site, seq, from, to, at, reason) in TRANSITIONS {
+    for (site, seq, from, to, at, reason) in TRANSITIONS.into_iter().chain(C_LATER) {
         setup += &format!(
             "INSERT INTO \"site_transition\" (site_id, seq, from_state, to_state, at, reason, probes) \
              VALUES ({site}, {seq}, '{from}', '{to}', to_timestamp({}), '{reason}', '{{}}');\n",

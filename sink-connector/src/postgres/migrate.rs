@@ -276,6 +276,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "history_interval",
         sql: include_str!("../../migrations/0013_history_interval.sql"),
     },
+    Migration {
+        version: 14,
+        name: "probe_heard",
+        sql: include_str!("../../migrations/0014_probe_heard.sql"),
+    },
 ];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).

@@ -41,6 +41,9 @@ pub(crate) struct Input<'a> {
     /// `None`: a record without a probe (probe id 0).
     probe: Option<&'a str>,
     checked_at: SystemTime,
+    /// Dated ahead of the batch's wall clock beyond the skew: `checked_at`
+    /// is that clock ([`effective_time`]).
+    ahead: bool,
     ok: bool,
     duration: Option<Duration>,
     interval: Option<f64>,
@@ -62,12 +65,14 @@ impl<'a> Input<'a> {
         now: SystemTime,
         index: usize,
     ) -> Option<Self> {
-        let checked_at = effective_time(g.checked_at?.into(), now.into()).into();
+        let written = g.checked_at?;
+        let checked_at = effective_time(written.into(), now.into()).into();
         Some(Self {
             site_id: row.site_id,
             url: &g.url,
             probe: row.row.probe.as_deref().filter(|p| !p.is_empty()),
             checked_at,
+            ahead: checked_at != written,
             ok: g.ok?,
             duration: g.duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
             interval: interval_of(&row.row),
@@ -297,9 +302,18 @@ fn apply(
         },
     };
     l.probe_ids.entry(name.to_owned()).or_insert(id);
+    let mut checked_at = DateTime::<Utc>::from(i.checked_at);
+    if i.ahead {
+        // Checks dated ahead all count at the batch's clock: one after the
+        // other (in Kafka order), not as repeats of one.
+        let last = l.site.probes.get(name).and_then(|p| p.last_checked_at);
+        if let Some(last) = last {
+            checked_at = checked_at.max(last + chrono::TimeDelta::microseconds(1));
+        }
+    }
     let check = Check {
         probe: name,
-        checked_at: DateTime::<Utc>::from(i.checked_at),
+        checked_at,
         ok: i.ok,
         duration: i.duration,
         interval: i.interval,
@@ -361,13 +375,16 @@ const SWEEP_LIMIT: i64 = 1_000;
 /// `(since, now]` (rows inserted after the sites' `wake_at` was computed),
 /// among the sites whose newest record came from one of `partitions` (those
 /// the sink has caught up on: silence is judged only where the data is
-/// complete). Due sites locked by a batch are skipped (`SKIP LOCKED`): the
-/// batch evaluates them, or the next sweep does.
+/// complete), except the sites of `pending` (sorted urls with records collected
+/// but not written yet: those records settle them). Due sites locked by a
+/// batch are skipped (`SKIP LOCKED`): the batch evaluates them, or the next
+/// sweep does.
 pub(crate) async fn sweep(
     conn: &mut Conn,
     now: SystemTime,
     since: SystemTime,
     partitions: &[i32],
+    pending: &[&str],
 ) -> Result<Vec<Transition>, tokio_postgres::Error> {
     let st = &conn.statements.status;
     let policy = Arc::clone(&st.policy);
@@ -385,13 +402,16 @@ pub(crate) async fn sweep(
     if !crossed.is_empty() {
         for r in tx.query(&st.all_sites, &[&partitions]).await? {
             let (id, url): (i64, &str) = (r.get(0), r.get(1));
-            if crossed.iter().any(|w| w.applies(id, url)) {
+            if crossed.iter().any(|w| w.applies(id, url)) && pending.binary_search(&url).is_err() {
                 extra.push(id);
             }
         }
     }
     let due = tx
-        .query(&st.due, &[&now, &extra, &SWEEP_LIMIT, &partitions])
+        .query(
+            &st.due,
+            &[&now, &extra, &SWEEP_LIMIT, &partitions, &pending],
+        )
         .await?;
     if due.is_empty() {
         tx.commit().await?;

@@ -62,7 +62,7 @@ impl StatusSql {
             lock_probes: format!(
                 "SELECT ps.site_id, ps.probe_id, COALESCE(p.name, ''), ps.state, ps.health, ps.since,
                         ps.last_checked_at, ps.fails, ps.oks, ps.slows, ps.fasts, ps.interval_ms, ps.last_error,
-                        ps.recent, ps.recent_n
+                        ps.recent, ps.recent_n, ps.heard_at, ps.down_before_window
                  FROM {probe_state} ps LEFT JOIN {probe} p ON p.id = ps.probe_id
                  WHERE ps.site_id = ANY($1::int8[])
                  ORDER BY ps.site_id, ps.probe_id FOR UPDATE OF ps",
@@ -82,16 +82,18 @@ impl StatusSql {
             save_probes: format!(
                 "INSERT INTO {probe_state} AS ps (site_id, probe_id, state, health, since,
                         last_checked_at, fails, oks, slows, fasts, interval_ms, last_error,
-                        recent, recent_n)
+                        recent, recent_n, heard_at, down_before_window)
                  SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[],
                         $5::timestamptz[], $6::timestamptz[], $7::int4[], $8::int4[], $9::int4[],
-                        $10::int4[], $11::int4[], $12::text[], $13::int8[], $14::int2[])
+                        $10::int4[], $11::int4[], $12::text[], $13::int8[], $14::int2[],
+                        $15::timestamptz[], $16::bool[])
                  ON CONFLICT (site_id, probe_id) DO UPDATE SET
                         state = excluded.state, health = excluded.health, since = excluded.since,
                         last_checked_at = excluded.last_checked_at, fails = excluded.fails,
                         oks = excluded.oks, slows = excluded.slows, fasts = excluded.fasts,
                         interval_ms = excluded.interval_ms, last_error = excluded.last_error,
-                        recent = excluded.recent, recent_n = excluded.recent_n"
+                        recent = excluded.recent, recent_n = excluded.recent_n,
+                        heard_at = excluded.heard_at, down_before_window = excluded.down_before_window"
             ),
             add_transitions: format!(
                 "INSERT INTO {tr} (site_id, seq, from_state, to_state, at, reason, probes, \"partition\", \"offset\")
@@ -109,7 +111,7 @@ impl StatusSql {
             due: format!(
                 "SELECT st.site_id, s.url FROM {status} st JOIN {site} s ON s.id = st.site_id
                  WHERE (st.wake_at <= $1 OR st.site_id = ANY($2::int8[]))
-                   AND st.\"partition\" = ANY($4::int4[])
+                   AND st.\"partition\" = ANY($4::int4[]) AND NOT s.url = ANY($5::text[])
                  ORDER BY st.site_id LIMIT $3 FOR UPDATE OF st SKIP LOCKED",
                 site = t.site
             ),
@@ -269,6 +271,8 @@ fn probe_of(r: &Row) -> ProbeState {
         // The bits as stored (int8 is signed).
         recent: r.get::<_, i64>(13) as u64,
         recent_n: u32::try_from(r.get::<_, i16>(14)).unwrap_or(0).min(64),
+        heard_at: r.get::<_, Option<SystemTime>>(15).map(utc),
+        down_before_window: r.get(16),
     }
 }
 
@@ -350,11 +354,13 @@ async fn save_probes(
     let errors: Vec<Option<&str>> = rows.iter().map(|r| r.2.last_error.as_deref()).collect();
     let recent: Vec<i64> = rows.iter().map(|r| r.2.recent as i64).collect();
     let recent_n: Vec<i16> = rows.iter().map(|r| r.2.recent_n.min(64) as i16).collect();
+    let heard: Vec<Option<SystemTime>> = rows.iter().map(|r| r.2.heard_at.map(sys)).collect();
+    let held: Vec<bool> = rows.iter().map(|r| r.2.down_before_window).collect();
     tx.execute(
         &st.save_probes,
         &[
             &sites, &probes, &state, &health, &since, &last, &fails, &oks, &slows, &fasts,
-            &interval, &errors, &recent, &recent_n,
+            &interval, &errors, &recent, &recent_n, &heard, &held,
         ],
     )
     .await?;

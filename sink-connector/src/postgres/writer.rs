@@ -291,11 +291,11 @@ impl Writer {
     /// Writer 0, at most every [`SWEEP_EVERY`], between batches: the site
     /// status sweep (probes silent too long, maintenance windows begun or
     /// ended; see `status::sweep`) over the sites of `partitions` (those
-    /// the sink has caught up on), in its own short transaction, at the wall
-    /// clock — or at `oldest`, the oldest check collected but not written
-    /// yet, when earlier: silence is judged against the data. A failure is
-    /// logged and counted, and tried again next time.
-    pub async fn sweep(&mut self, partitions: &[i32], oldest: Option<SystemTime>) {
+    /// the sink has caught up on) but those of `pending` (urls of the
+    /// records collected and not written yet: their records settle them),
+    /// in its own short transaction, at the wall clock. A failure is logged
+    /// and counted, and tried again next time.
+    pub async fn sweep(&mut self, partitions: &[i32], pending: &[&str]) {
         if !self.sweep_due() {
             return;
         }
@@ -307,14 +307,16 @@ impl Writer {
             return;
         };
         self.swept = Some(Instant::now());
-        let wall = SystemTime::now();
-        let now = oldest.map_or(wall, |o| o.min(wall));
+        let now = SystemTime::now();
         let since = self
             .swept_until
             .unwrap_or_else(|| now.checked_sub(FIRST_SWEEP_LOOKBACK).unwrap_or(now));
         let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
-        let problem = match tokio::time::timeout(limit, status::sweep(conn, now, since, partitions))
-            .await
+        let problem = match tokio::time::timeout(
+            limit,
+            status::sweep(conn, now, since, partitions, pending),
+        )
+        .await
         {
             Ok(Ok(made)) => {
                 self.swept_until = Some(self.swept_until.map_or(now, |u| u.max(now)));

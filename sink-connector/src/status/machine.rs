@@ -1,25 +1,35 @@
 //! One probe's view of one site: a state machine over its checks.
 //!
-//! - `failure_threshold` consecutive failures → `down` (from any state).
+//! - `failure_threshold` consecutive failures → `down` (from any state;
+//!   while flapping, see below).
 //! - `success_threshold` consecutive successes → `up` from `down` or
 //!   `unknown` (`degraded` if the last of them was slow).
 //! - `failure_threshold` consecutive slow successes → `degraded` from `up`;
 //!   `success_threshold` consecutive fast successes → `up` from `degraded`.
 //! - A new probe, and a probe back from silence, starts `unknown` with its
-//!   counters at zero: it votes once a threshold is met.
-//! - **Flapping**: the probe keeps its last outcomes (up to 64, a bitmask);
-//!   when its last `flap_window` checks hold at least `flap_threshold` of
-//!   failures, a probe that would say `up` says `degraded` (reason
-//!   "flapping"), so a site failing two checks of three without ever
-//!   meeting `failure_threshold` is not shown as fine. Going `down`, and
-//!   leaving a maintenance window, empty the outcomes: an outage or a
-//!   window is not flapping.
+//!   counters at zero: it votes once a threshold is met (or once it is
+//!   flapping).
+//! - **Flapping**: the probe keeps its last outcomes (up to 64, a bitmask).
+//!   It is flapping when its last `flap_window` checks (at least half of
+//!   them seen) hold at least `flap_threshold` of failures *and* the
+//!   outcome changed at least three times among them — a steady outage,
+//!   or one outage between successes, is not flapping. A flapping probe that
+//!   would say `up` or `unknown` says `degraded` (reason "flapping"), and
+//!   one reaching `failure_threshold` says `degraded` too, until its
+//!   failures run for half the window (then `down`): the thresholds alone
+//!   would let a site failing three checks of five go up and down on every
+//!   cycle (an alert storm).
 //! - A check not newer than the probe's last one (`checked_at` ≤ the last
 //!   seen) is late: it moves nothing (the history still stores it).
+//! - Silence is judged on the site's clock ([`ProbeState::heard_at`]), not
+//!   the probe's: a probe whose clock is behind the others' still votes.
 //! - Checks inside a maintenance window count as usual (only the state
-//!   shown is `maintenance`). Leaving the window, a probe says `down` only
-//!   if its latest `failure_threshold` checks failed: one whose latest
-//!   checks succeed is up again ([`ProbeState::set_maintenance`]).
+//!   shown is `maintenance`). Leaving the window
+//!   ([`ProbeState::set_maintenance`]): a probe whose latest
+//!   `success_threshold` checks succeeded is up; one still failing is `down`
+//!   at once if it was down when the window began (the same outage, no
+//!   detour through `unknown`), else `unknown` until `failure_threshold`
+//!   failures after the window (work that overran gets its grace).
 //! - A check dated ahead of the sink's clock by more than [`FUTURE_SKEW`] is
 //!   taken as checked at the sink's clock ([`effective_time`]), so one bad
 //!   clock cannot push a probe's or a site's time into the future.
@@ -113,6 +123,13 @@ pub struct ProbeState {
     pub recent: u64,
     /// How many outcomes `recent` holds (at most 64).
     pub recent_n: u32,
+    /// The site's clock when the probe's newest check was applied (at least
+    /// that check's `checked_at`): silence counts from here, so a probe
+    /// whose clock lags the others' is not taken for silent. `None` (rows
+    /// from before migration 14): `last_checked_at`.
+    pub heard_at: Option<DateTime<Utc>>,
+    /// The probe said `down` when the current maintenance window began.
+    pub down_before_window: bool,
 }
 
 impl ProbeState {
@@ -131,6 +148,8 @@ impl ProbeState {
             last_error: None,
             recent: 0,
             recent_n: 0,
+            heard_at: None,
+            down_before_window: false,
         }
     }
 
@@ -142,14 +161,21 @@ impl ProbeState {
         ((self.recent & mask).count_ones(), n)
     }
 
-    /// Whether the probe is flapping: its last `flap_window` checks (all of
-    /// them seen) hold at least `flap_threshold` of failures.
+    /// Whether the probe is flapping: among its last `flap_window` checks
+    /// (at least half of them seen), at least `flap_threshold` failed and
+    /// the outcome changed at least three times (more than one outage).
     pub fn flapping(&self, t: &Thresholds) -> bool {
         if t.flap_window == 0 {
             return false;
         }
         let (failed, n) = self.recent_failures(t.flap_window);
-        n == t.flap_window && f64::from(failed) >= t.flap_threshold * f64::from(n)
+        if n < t.flap_window.div_ceil(2).max(3) {
+            return false;
+        }
+        let mask = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        let x = self.recent & mask;
+        let changes = ((x ^ (x >> 1)) & (mask >> 1)).count_ones();
+        changes >= 3 && f64::from(failed) >= t.flap_threshold * f64::from(n)
     }
 
     /// The state shown: `maintenance` while a window covers the site, else
@@ -175,10 +201,6 @@ impl ProbeState {
         self.interval = t.interval_of(check.interval);
         let slow = self.count(check, t);
         let next = self.next_health(slow, t);
-        if next == State::Down {
-            // An outage is no flapping: the outcomes start over after it.
-            (self.recent, self.recent_n) = (0, 0);
-        }
         if next == self.health {
             return Observed::Same;
         }
@@ -219,16 +241,26 @@ impl ProbeState {
     /// The health the counters call for; `slow`: the newest check was a slow success.
     fn next_health(&self, slow: bool, t: &Thresholds) -> State {
         let recovered = if slow { State::Degraded } else { State::Up };
+        let flapping = self.flapping(t);
+        let streak = self.fails >= t.failure_threshold;
+        // Flapping holds a failing streak at `degraded` until it runs for
+        // half the window: the damping of an up-down-up-down storm.
+        let held = streak
+            && flapping
+            && self.health != State::Down
+            && self.fails < t.flap_window.div_ceil(2);
         let next = match self.health {
-            _ if self.fails >= t.failure_threshold => State::Down,
+            _ if held => State::Degraded,
+            _ if streak => State::Down,
             State::Down | State::Unknown if self.oks >= t.success_threshold => recovered,
+            State::Unknown if flapping => State::Degraded,
             State::Up if self.slows >= t.failure_threshold => State::Degraded,
-            State::Up if self.flapping(t) => State::Degraded,
+            State::Up if flapping => State::Degraded,
             State::Degraded if self.fasts >= t.success_threshold => State::Up,
             h => h,
         };
         // Flapping holds an `up` at `degraded` until the failures thin out.
-        if next == State::Up && self.flapping(t) {
+        if next == State::Up && flapping {
             State::Degraded
         } else {
             next
@@ -241,7 +273,7 @@ impl ProbeState {
         if self.health == State::Unknown {
             return None;
         }
-        let last = self.last_checked_at?;
+        let last = self.heard_at.max(self.last_checked_at)?;
         let silence = TimeDelta::from_std(t.silence(self.interval)).unwrap_or(TimeDelta::MAX);
         Some(
             last.checked_add_signed(silence)
@@ -262,27 +294,35 @@ impl ProbeState {
     }
 
     /// Enters or leaves maintenance at `at`. Leaving, the failures counted
-    /// during the window are forgotten (`down` needs `failure_threshold`
-    /// failures after it), and a probe saying `down` is up again (degraded
-    /// if slow) when its latest check succeeded, else unknown until its
-    /// thresholds are met — so a site that recovered during the window, or
-    /// as it ends, does not leave it to `down`.
-    pub fn set_maintenance(&mut self, on: bool, at: DateTime<Utc>) {
+    /// during the window are forgotten, except for a probe that was `down`
+    /// when the window began and whose latest check still fails: it stays
+    /// `down` (the same outage). Otherwise a probe saying `down` is up again
+    /// (degraded if slow) when its latest `success_threshold` checks
+    /// succeeded, else unknown until its thresholds are met — so a site
+    /// that recovered during the window does not leave it to `down`, one
+    /// lucky check is not a recovery, and work that overran gets
+    /// `failure_threshold` checks of grace.
+    pub fn set_maintenance(&mut self, on: bool, at: DateTime<Utc>, t: &Thresholds) {
         if self.in_maintenance == on {
             return;
         }
         self.in_maintenance = on;
         self.since = at;
         if on {
+            self.down_before_window = self.health == State::Down;
+            return;
+        }
+        let still_down = std::mem::take(&mut self.down_before_window) && self.oks == 0;
+        if self.health == State::Down && still_down {
             return;
         }
         // Failures during the window do not make it flapping after it.
         (self.recent, self.recent_n) = (0, 0);
         if self.health == State::Down {
-            self.health = match (self.oks, self.slows) {
-                (0, _) => State::Unknown,
-                (_, 0) => State::Up,
-                _ => State::Degraded,
+            self.health = match (self.oks >= t.success_threshold, self.slows) {
+                (false, _) => State::Unknown,
+                (true, 0) => State::Up,
+                (true, _) => State::Degraded,
             };
         }
         self.fails = 0;

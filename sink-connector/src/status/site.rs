@@ -110,13 +110,15 @@ impl Site {
         let mut moved = false;
         for p in self.probes.values_mut() {
             moved |= p.in_maintenance != covered;
-            p.set_maintenance(covered, clock);
+            p.set_maintenance(covered, clock, t);
         }
         let probe = self
             .probes
             .entry(check.probe.to_owned())
             .or_insert_with(|| ProbeState::new(check.checked_at, t.default_interval));
         let observed = probe.observe(check, t);
+        // Heard now on the site's clock, whatever the probe's own clock says.
+        probe.heard_at = Some(clock);
         moved |= matches!(observed, Observed::Changed { .. });
         self.settle(clock, t, windows, check.position, moved)
     }
@@ -167,7 +169,7 @@ impl Site {
             if let Some(at) = p.silent_at(t).filter(|at| *at <= clock) {
                 p.go_silent(at);
             }
-            p.set_maintenance(window.is_some(), clock);
+            p.set_maintenance(window.is_some(), clock, t);
         }
         let after: Vec<State> = self.probes.values().map(ProbeState::state).collect();
         self.count_probes();

@@ -69,7 +69,9 @@ fn down_after_failure_threshold_and_up_after_success_threshold() {
 
 #[test]
 fn flapping_never_meets_a_threshold() {
-    let t = thresholds();
+    // The thresholds alone (flapping judged apart: flap_window 0).
+    let mut t = thresholds();
+    t.flap_window = 0;
     let mut p = ProbeState::new(at(0), t.default_interval);
     feed(&mut p, &t, 0, &[true, true]);
     let flaps = [false, true, false, false, true, false, false, true, false];
@@ -147,35 +149,55 @@ fn late_and_repeated_records_move_nothing() {
 }
 
 #[test]
-fn checks_in_a_window_count_and_leaving_it_needs_a_failing_streak_for_down() {
+fn leaving_a_window_needs_the_thresholds_except_for_an_outage_that_ran_through_it() {
     let t = thresholds();
     let mut p = ProbeState::new(at(0), t.default_interval);
     feed(&mut p, &t, 0, &[true, true, false, false, false]);
     assert_eq!(p.health, State::Down);
-    p.set_maintenance(true, at(290));
-    // Recovered during the window: one success is below success_threshold,
-    // but leaving the window with the latest check a success is up.
-    p.observe(&check("eu", 300, true), &t);
-    assert_eq!((p.state(), p.health), (State::Maintenance, State::Down));
-    p.set_maintenance(false, at(310));
-    assert_eq!((p.state(), p.since), (State::Up, at(310)));
-    // Failing through a window: unknown after it, with no failure counted,
-    // down after failure_threshold failures after the window.
-    feed(&mut p, &t, 400, &[false, false, false]);
-    p.set_maintenance(true, at(590));
-    p.observe(&check("eu", 600, false), &t);
-    p.set_maintenance(false, at(610));
-    assert_eq!((p.state(), p.fails), (State::Unknown, 0));
-    feed(&mut p, &t, 620, &[false, false]);
+    // Down, then recovered during the window (success_threshold met): up.
+    p.set_maintenance(true, at(290), &t);
+    feed(&mut p, &t, 300, &[true, true]);
+    assert_eq!((p.state(), p.health), (State::Maintenance, State::Up));
+    p.set_maintenance(false, at(430), &t);
+    assert_eq!((p.state(), p.since), (State::Up, at(430)));
+    // (A fresh probe each time: several outages in a row would be flapping.)
+    p = ProbeState::new(at(0), t.default_interval);
+    // Down, one lucky success at the window's end: unknown (review 2,
+    // finding 9), up at the second success.
+    feed(&mut p, &t, 500, &[false, false, false]);
+    p.set_maintenance(true, at(690), &t);
+    p.observe(&check("eu", 700, true), &t);
+    p.set_maintenance(false, at(710), &t);
     assert_eq!(p.state(), State::Unknown);
-    feed(&mut p, &t, 800, &[false]);
+    feed(&mut p, &t, 720, &[true]);
+    assert_eq!(p.state(), State::Up);
+    p = ProbeState::new(at(0), t.default_interval);
+    // Down before the window and failing all through it: still down when
+    // it ends, at once (review 2, finding 8: no detour through unknown).
+    feed(&mut p, &t, 800, &[false, false, false]);
+    p.set_maintenance(true, at(990), &t);
+    feed(&mut p, &t, 1000, &[false, false]);
+    p.set_maintenance(false, at(1200), &t);
+    assert_eq!((p.state(), p.since), (State::Down, at(1200)));
+    p = ProbeState::new(at(0), t.default_interval);
+    // Up before the window, failing through it: unknown after it, with no
+    // failure counted, down after failure_threshold failures after it.
+    feed(&mut p, &t, 1300, &[true, true]);
+    p.set_maintenance(true, at(1490), &t);
+    feed(&mut p, &t, 1500, &[false, false, false]);
+    p.set_maintenance(false, at(1700), &t);
+    assert_eq!((p.state(), p.fails), (State::Unknown, 0));
+    feed(&mut p, &t, 1720, &[false, false]);
+    assert_eq!(p.state(), State::Unknown);
+    feed(&mut p, &t, 1900, &[false]);
     assert_eq!(p.state(), State::Down);
+    p = ProbeState::new(at(0), t.default_interval);
     // Up before, two failures in the window, one after: not three after.
-    feed(&mut p, &t, 900, &[true, true]);
-    p.set_maintenance(true, at(1010));
-    feed(&mut p, &t, 1020, &[false, false]);
-    p.set_maintenance(false, at(1200));
-    feed(&mut p, &t, 1210, &[false]);
+    feed(&mut p, &t, 2000, &[true, true]);
+    p.set_maintenance(true, at(2110), &t);
+    feed(&mut p, &t, 2120, &[false, false]);
+    p.set_maintenance(false, at(2300), &t);
+    feed(&mut p, &t, 2310, &[false]);
     assert_eq!(p.state(), State::Up);
 }
 
@@ -326,7 +348,11 @@ fn fail_fail_ok_repeated_makes_an_up_probe_degraded_for_flapping_and_steady_succ
     // fail-fail-ok: never three failures in a row, 2 of 3 failed.
     let flaps: Vec<bool> = (0..30).map(|i| i % 3 == 2).collect();
     let got = feed(&mut p, &t, 120, &flaps);
-    assert_eq!(got[..8], [State::Up; 8], "not judged before 20 checks");
+    assert_eq!(
+        got[..7],
+        [State::Up; 7],
+        "not judged before 10 (half the window)"
+    );
     assert_eq!(got.last(), Some(&State::Degraded));
     assert!(p.flapping(&t));
     assert_eq!(p.recent_failures(20), (13, 20));
@@ -342,6 +368,43 @@ fn fail_fail_ok_repeated_makes_an_up_probe_degraded_for_flapping_and_steady_succ
     assert!(feed(&mut q, &off, 120, &flaps)
         .iter()
         .all(|s| *s == State::Up));
+}
+
+#[test]
+fn a_new_probe_that_flaps_is_degraded_not_unknown() {
+    // Review 2, finding 5: fail, fail, ok meets neither threshold.
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    let flaps: Vec<bool> = (0..60).map(|i| i % 3 == 2).collect();
+    let got = feed(&mut p, &t, 0, &flaps);
+    assert_eq!(got[..9], [State::Unknown; 9]);
+    assert_eq!(got.last(), Some(&State::Degraded));
+}
+
+#[test]
+fn flapping_through_the_failure_threshold_is_held_at_degraded_until_a_long_streak() {
+    // Review 2, finding 6: ok, ok, then (fail x3, ok x2) x6 went up and
+    // down on every cycle (13 transitions).
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    let mut outcomes = vec![true, true];
+    for _ in 0..6 {
+        outcomes.extend([false, false, false, true, true]);
+    }
+    let got = feed(&mut p, &t, 0, &outcomes);
+    let mut changes: Vec<State> = got.clone();
+    changes.dedup();
+    use State::*;
+    assert_eq!(changes, [Unknown, Up, Down, Up, Degraded], "{got:?}");
+    // A real outage while flapping: down once the streak is half the window.
+    let got = feed(&mut p, &t, 5000, &[false; 10]);
+    assert_eq!(got[..9], [Degraded; 9]);
+    assert_eq!(got[9], Down);
+    // Recovered: degraded while the window still holds the flapping, up
+    // once it holds one outage between successes only.
+    let got = feed(&mut p, &t, 9000, &[true; 12]);
+    assert_eq!(got[..2], [Down, Degraded]);
+    assert_eq!(got.last(), Some(&Up));
 }
 
 #[test]

@@ -91,18 +91,23 @@ fn a_flapping_site_is_held_back_by_the_thresholds_but_shown_degraded() {
     r.check("eu", 60, true);
     assert_eq!(r.moves(), [(Unknown, Up)]);
     // Never three failures in a row, but two of every three: no down, and
-    // degraded once 20 checks hold half of them failed (review finding 7).
+    // degraded once half the window (10 checks) holds half of them failed
+    // (review finding 7).
     r.minutes(&["eu"], 120, 60, |_, m| m % 3 == 2);
     assert_eq!(r.moves(), [(Unknown, Up), (Up, Degraded)]);
     assert!(
         r.seen[1]
             .reason
-            .contains("eu: flapping, 12 of the last 20 checks failed"),
+            .contains("eu: flapping, 6 of the last 10 checks failed"),
         "{}",
         r.seen[1].reason
     );
-    // Down, then single successes between pairs of failures: stays down.
+    // Flapping holds three failures in a row at degraded; ten are down.
     r.minutes(&["eu"], 4000, 3, |_, _| false);
+    assert_eq!(r.site.status.state, Degraded);
+    r.minutes(&["eu"], 4180, 7, |_, _| false);
+    assert_eq!(r.moves(), [(Unknown, Up), (Up, Degraded), (Degraded, Down)]);
+    // Down, then single successes between pairs of failures: stays down.
     r.minutes(&["eu"], 5000, 30, |_, m| m % 3 == 0);
     assert_eq!(r.moves(), [(Unknown, Up), (Up, Degraded), (Degraded, Down)]);
     assert_eq!(r.site.status.state, Down);
@@ -426,4 +431,42 @@ fn the_status_row_counts_probes_and_dates_changes() {
     r.minutes(&["eu", "us"], 400, 3, |p, _| p == "us");
     assert_eq!(r.site.status.last_change, at(320), "nothing changed since");
     assert_eq!(r.site.status.evaluated_at, at(521));
+}
+
+#[test]
+fn a_probe_whose_clock_lags_the_others_still_votes() {
+    // Review 2, finding 3: p2's checks are dated 10 minutes behind p1's
+    // (more than unknown_after intervals); it used to be silenced at every
+    // p1 check and never vote.
+    let mut r = Run::new(thresholds(), Windows::default());
+    r.minutes(&["p1"], 1000, 2, |_, _| true);
+    for m in 0..5 {
+        r.check("p1", 1120 + m * 60, true);
+        r.check("p2", 1120 + m * 60 - 600, false);
+    }
+    assert_eq!(r.site.probes["p2"].health, Down);
+    assert_eq!(r.moves(), [(Unknown, Up), (Up, Down)]);
+}
+
+#[test]
+fn a_site_down_through_a_window_is_down_when_it_ends_without_an_unknown() {
+    // Review 2, finding 8: down→maintenance→unknown→down alerted twice for
+    // one outage.
+    let adhoc = [AdHocWindow::new(1, Some(42), None, at(300), at(600), None).unwrap()];
+    let mut r = Run::new(
+        thresholds(),
+        Windows::for_site(&[], &adhoc, 42, "https://x/"),
+    );
+    r.minutes(&["p1"], 0, 2, |_, _| true);
+    r.minutes(&["p1"], 120, 10, |_, _| false);
+    assert_eq!(
+        r.moves(),
+        [
+            (Unknown, Up),
+            (Up, Down),
+            (Down, Maintenance),
+            (Maintenance, Down)
+        ]
+    );
+    assert_eq!(r.seen[3].at, at(600));
 }

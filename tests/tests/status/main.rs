@@ -10,6 +10,7 @@ mod outbox;
 mod pair;
 mod pair_faults;
 mod review;
+mod review2;
 
 use serde_json::json;
 use website_monitor_tests::kafka::json_rec;

@@ -1,0 +1,89 @@
+//! The second hostile review of the site status (docs/status-review-2.md),
+//! through the sink on the real stack: each test failed before its fix.
+
+use std::time::Duration;
+
+use website_monitor_tests::sink::{self, SinkTest};
+
+use super::{check, feed, now, of, state, status_toml, transitions, wait_state};
+
+/// Finding 4: checks dated more than the skew ahead of the sink all counted
+/// at the sink's clock, so all but one of a batch were taken as repeats
+/// ("late"): six failures in one batch made one. Each counts now, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_dated_ahead_of_the_sink_each_count_and_make_the_site_down() {
+    let t = SinkTest::new("status_ahead", 1).await;
+    let status = status_toml("unknown_after = 100\ndefault_interval = \"1s\"\n");
+    let (running, token) = sink::start(&t.config().set("status", status)).await;
+    let url = "http://ahead/";
+    let ahead = now() + 3600.0;
+    let mut total = 0;
+    let oks: Vec<Vec<u8>> = (0..3)
+        .map(|i| check(url, "p1", ahead + f64::from(i) * 1.5, true))
+        .collect();
+    feed(&t, &oks, &mut total).await;
+    assert_eq!(state(&t, url).await.0, "up");
+    let fails: Vec<Vec<u8>> = (3..9)
+        .map(|i| check(url, "p1", ahead + f64::from(i) * 1.5, false))
+        .collect();
+    feed(&t, &fails, &mut total).await;
+    wait_state(&t, url, "down").await;
+    sink::stop(running, token).await;
+    assert_eq!(
+        of(&transitions(&t).await, url),
+        [("unknown", "up"), ("up", "down")]
+    );
+    let schema = &t.schema;
+    let fails: i32 =
+        t.db.query_one(
+            &format!("SELECT fails FROM \"{schema}\".site_probe_state"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fails, 6, "every failure counted");
+}
+
+/// Finding 2: the sweep ran at the oldest `checked_at` of the records
+/// waiting to be written, so one probe sending backdated records (a slow
+/// clock, a backfill) kept every other site of its partition from going
+/// `unknown`. A stopped probe goes unknown now while the backdated one
+/// keeps sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_sending_backdated_records_does_not_keep_a_stopped_one_from_going_unknown() {
+    let t = SinkTest::new("status_backdated", 1).await;
+    let status = status_toml("unknown_after = 3\ndefault_interval = \"1s\"\n");
+    let (running, token) = sink::start(&t.config().set("status", status)).await;
+    let (stop, skew) = ("http://stop/", "http://skew/");
+    let mut total = 0;
+    let start = now();
+    let first: Vec<Vec<u8>> = (0..3)
+        .flat_map(|i| {
+            let at = start + f64::from(i) * 0.3;
+            [
+                check(stop, "p1", at, true),
+                check(skew, "p1", at - 600.0, true),
+            ]
+        })
+        .collect();
+    feed(&t, &first, &mut total).await;
+    wait_state(&t, stop, "up").await;
+    // `stop` stops; `skew` goes on, one record a second dated 10 minutes back.
+    let mut unknown_after = None;
+    for i in 0..25 {
+        let at = now() - 600.0;
+        feed(&t, &[check(skew, "p1", at, true)], &mut total).await;
+        if state(&t, stop).await.0 == "unknown" {
+            unknown_after = Some(i);
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    sink::stop(running, token).await;
+    assert!(
+        unknown_after.is_some(),
+        "the stopped probe stayed up while the backdated one kept sending"
+    );
+    assert_eq!(state(&t, skew).await.0, "up");
+}
