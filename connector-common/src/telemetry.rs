@@ -132,6 +132,19 @@ pub type ReloadHook =
 /// Appends series in the Prometheus text format to `/metrics`.
 pub type ExtraMetrics = Arc<dyn Fn(&mut String) + Send + Sync>;
 
+/// A label value as the Prometheus text format wants it (for
+/// [`ExtraMetrics`] hooks): backslash, double quote and newline escaped.
+pub fn escape_label(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.into();
+    }
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+        .into()
+}
+
 /// What a connector adds to the endpoints.
 #[derive(Clone, Default)]
 pub struct Hooks {
@@ -286,4 +299,15 @@ fn respond(status: StatusCode, content_type: &'static str, body: String) -> Resp
         .header("content-type", content_type)
         .body(Full::new(Bytes::from(body)))
         .expect("static response parts are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape_label;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(escape_label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(escape_label("http://a/"), "http://a/");
+    }
 }

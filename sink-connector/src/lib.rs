@@ -115,8 +115,19 @@ pub async fn start(
     let readiness = readiness::Readiness::new(health.clone());
     // The telemetry server outlives `shutdown` until the sink has finished.
     let telemetry_stop = CancellationToken::new();
-    let server =
-        telemetry::serve(&cfg.metrics_address, handle, health, telemetry_stop.clone()).await?;
+    let site_states = Arc::new(metrics::SiteStates::default());
+    let hooks = telemetry::Hooks {
+        reload: None,
+        metrics: Some(site_state_series(&site_states)),
+    };
+    let server = telemetry::serve_with_hooks(
+        &cfg.metrics_address,
+        handle,
+        health,
+        hooks,
+        telemetry_stop.clone(),
+    )
+    .await?;
 
     let last_commit = Arc::new(AtomicU64::new(0));
     let made =
@@ -148,9 +159,12 @@ pub async fn start(
         cfg,
         target,
         tls,
-        readiness,
+        pipeline::Reports {
+            readiness,
+            site_states,
+            last_commit,
+        },
         shutdown,
-        last_commit,
         publishers,
     );
     let task = tokio::spawn(async move {
@@ -169,6 +183,12 @@ pub async fn start(
         metrics_addr: server.local_addr,
         task,
     })
+}
+
+/// `/metrics`' hook rendering the per-site state gauge.
+fn site_state_series(states: &Arc<metrics::SiteStates>) -> telemetry::ExtraMetrics {
+    let states = Arc::clone(states);
+    Arc::new(move |out: &mut String| states.render(out))
 }
 
 /// The producers of the topics set in `cfg` besides the tables: the

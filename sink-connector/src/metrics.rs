@@ -3,9 +3,14 @@
 //! Every name starts with `website_monitor_` and is listed, with its labels,
 //! under "Sink" in docs/metrics.md.
 
+use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use connector_common::telemetry::escape_label;
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+
+use crate::status::State;
 
 /// Records read from Kafka (counter).
 pub const RECORDS_CONSUMED: &str = "website_monitor_records_consumed_total";
@@ -74,7 +79,8 @@ pub const STATUS_RECORDS_LATE: &str = "website_monitor_status_records_late_total
 /// and ignored, once per row (counter).
 pub const STATUS_BAD_WINDOWS: &str = "website_monitor_status_bad_windows_total";
 /// Each site's state, by `url` and `state`: 1 for the state it is in, 0
-/// for the others (gauge; only with `[sink.status] per_site_gauge`).
+/// for the others (gauge; only with `[sink.status] per_site_gauge`; kept in
+/// [`SiteStates`], not the registry).
 pub const SITE_STATE: &str = "website_monitor_site_state";
 /// Sweeps of the site status (writer 0) that failed (counter).
 pub const STATUS_SWEEP_ERRORS: &str = "website_monitor_status_sweep_errors_total";
@@ -143,10 +149,6 @@ pub fn describe() {
         "Batch writes retried after a PostgreSQL failure."
     );
     describe_gauge!(
-        SITE_STATE,
-        "Each site's state (1 for the state it is in, 0 for the others); with [sink.status] per_site_gauge."
-    );
-    describe_gauge!(
         CONSUMER_LAG,
         "Records between the committed offset and the end of the partition."
     );
@@ -201,4 +203,71 @@ pub fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The per-site state gauge ([`SITE_STATE`]) as `/metrics` text, kept by the
+/// sink (the `metrics` registry cannot remove a series) and replaced whole
+/// at each refresh: a deleted site, or one whose records now go to another
+/// sink's partitions, drops out.
+#[derive(Debug, Default)]
+pub struct SiteStates {
+    text: Mutex<String>,
+}
+
+impl SiteStates {
+    /// Replaces the series with `sites` (url, state).
+    pub fn set<'a>(&self, sites: impl IntoIterator<Item = (&'a str, State)>) {
+        let mut text = String::new();
+        for (url, state) in sites {
+            let url = escape_label(url);
+            for s in State::ALL {
+                let on = u8::from(s == state);
+                let _ = writeln!(
+                    text,
+                    "{SITE_STATE}{{url=\"{url}\",state=\"{}\"}} {on}",
+                    s.as_str()
+                );
+            }
+        }
+        if !text.is_empty() {
+            text.insert_str(
+                0,
+                &format!(
+                    "# HELP {SITE_STATE} Each site's state (1 for the state it is in, 0 for the others); with [sink.status] per_site_gauge.\n# TYPE {SITE_STATE} gauge\n"
+                ),
+            );
+            text.push('\n');
+        }
+        *self.text.lock().unwrap_or_else(|e| e.into_inner()) = text;
+    }
+
+    /// Appends the series to `out` (the `/metrics` hook).
+    pub fn render(&self, out: &mut String) {
+        out.push_str(&self.text.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_states_are_replaced_whole_so_a_gone_site_drops_out() {
+        let states = SiteStates::default();
+        states.set([("http://a/", State::Down), ("http://b\"/", State::Up)]);
+        let mut out = String::new();
+        states.render(&mut out);
+        assert!(out.contains("website_monitor_site_state{url=\"http://a/\",state=\"down\"} 1\n"));
+        assert!(out.contains("website_monitor_site_state{url=\"http://a/\",state=\"up\"} 0\n"));
+        assert!(out.contains("website_monitor_site_state{url=\"http://b\\\"/\",state=\"up\"} 1\n"));
+        assert_eq!(out.matches("# TYPE").count(), 1);
+        states.set([("http://b\"/", State::Up)]);
+        let mut out = String::new();
+        states.render(&mut out);
+        assert!(!out.contains("http://a/"), "{out}");
+        states.set([]);
+        let mut out = String::new();
+        states.render(&mut out);
+        assert_eq!(out, "");
+    }
 }

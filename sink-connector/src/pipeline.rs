@@ -50,11 +50,11 @@ use crate::config::SinkConfig;
 use crate::decode::{Decoded, Limits};
 use crate::error::SinkError;
 use crate::kafka::commit::{commit, COMMIT_TIMEOUT};
-use crate::kafka::consumer::{caught_up, fatal_error, leave_static_group, SinkConsumer};
+use crate::kafka::consumer::{assigned, caught_up, fatal_error, leave_static_group, SinkConsumer};
 use crate::kafka::dead_letter::DeadLetters;
 use crate::kafka::outbox::{drain_until_shutdown, Publisher};
 use crate::kafka::transitions::Transitions;
-use crate::metrics as m;
+use crate::metrics::{self as m, SiteStates};
 use crate::postgres::shared::Shared;
 use crate::postgres::writer::{Writer, Written};
 use crate::readiness::Readiness;
@@ -82,6 +82,17 @@ pub struct Pipeline {
     publishers: Publishers,
 }
 
+/// What the pipeline reports to the telemetry endpoints.
+#[derive(Debug, Clone)]
+pub struct Reports {
+    /// What `/readyz` says.
+    pub readiness: Readiness,
+    /// The per-site state gauge `/metrics` renders (`per_site_gauge`).
+    pub site_states: Arc<SiteStates>,
+    /// When offsets were last committed (epoch seconds; the commit age).
+    pub last_commit: Arc<AtomicU64>,
+}
+
 /// The topics the sink produces to besides its tables, each when set.
 #[derive(Debug, Default)]
 pub struct Publishers {
@@ -97,9 +108,8 @@ impl Pipeline {
         cfg: SinkConfig,
         target: PgTarget,
         tls: MakeRustlsConnect,
-        readiness: Readiness,
+        reports: Reports,
         shutdown: CancellationToken,
-        last_commit: Arc<AtomicU64>,
         publishers: Publishers,
     ) -> Self {
         let limits = Limits {
@@ -107,7 +117,19 @@ impl Pipeline {
             max_url_bytes: cfg.max_url_bytes,
         };
         let n = cfg.writers.max(1);
-        let shared = Arc::new(Shared::new(cfg, target, tls, readiness, shutdown));
+        let Reports {
+            readiness,
+            site_states,
+            last_commit,
+        } = reports;
+        let shared = Arc::new(Shared::new(
+            cfg,
+            target,
+            tls,
+            readiness,
+            site_states,
+            shutdown,
+        ));
         let writers = (0..n)
             .map(|i| Writer::new(Arc::clone(&shared), i))
             .collect();
@@ -330,7 +352,9 @@ impl Pipeline {
     async fn between_batches(&mut self, consumer: &SinkConsumer, next: &[Msg], full: bool) {
         // Partitions ahead and retention run even while no record comes.
         self.writers[0].maintain().await;
-        self.writers[0].refresh_site_gauge().await;
+        self.writers[0]
+            .refresh_site_gauge(&assigned(consumer))
+            .await;
         if full || !self.writers[0].sweep_due() {
             return;
         }

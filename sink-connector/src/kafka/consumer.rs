@@ -294,6 +294,15 @@ pub(crate) async fn leave_static_group(consumer: &SinkConsumer, limit: Duration)
     tracing::info!("left the consumer group (static member, clean stop)");
 }
 
+/// The partitions assigned to this sink now (none when the assignment
+/// cannot be read).
+pub(crate) fn assigned(consumer: &SinkConsumer) -> Vec<i32> {
+    consumer
+        .assignment()
+        .map(|a| a.elements().iter().map(|e| e.partition()).collect())
+        .unwrap_or_default()
+}
+
 /// The partitions assigned to this member that it has caught up on: every
 /// record up to the partition's end (as of the latest statistics, at most a
 /// second old, taken after the assignment) has been handed to the sink — or,

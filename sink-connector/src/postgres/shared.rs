@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::SinkConfig;
 use crate::error::SinkError;
+use crate::metrics::SiteStates;
 use crate::postgres::error::{db_message, is_connection_error};
 use crate::postgres::migrate::{migrate, Tables};
 use crate::postgres::partitions::Retention;
@@ -81,6 +82,8 @@ pub struct Shared {
     pub(crate) target: PgTarget,
     pub(crate) tls: MakeRustlsConnect,
     pub(crate) readiness: Readiness,
+    /// The per-site state gauge writer 0 refreshes (`per_site_gauge`).
+    pub(crate) site_states: Arc<SiteStates>,
     /// Fires on SIGTERM.
     pub shutdown: CancellationToken,
     pub(crate) budget: Budget,
@@ -106,6 +109,7 @@ impl Shared {
         target: PgTarget,
         tls: MakeRustlsConnect,
         readiness: Readiness,
+        site_states: Arc<SiteStates>,
         shutdown: CancellationToken,
     ) -> Self {
         let tables = Tables::new(&cfg.schema, &cfg.table);
@@ -135,6 +139,7 @@ impl Shared {
             target,
             tls,
             readiness,
+            site_states,
             shutdown,
             budget,
             started: AtomicBool::new(false),

@@ -370,34 +370,62 @@ fn bump(site: &mut Site, now: DateTime<Utc>) {
 /// At most this many due sites per sweep (the next sweep takes the rest).
 const SWEEP_LIMIT: i64 = 1_000;
 
+/// How far the sweep has got with the ad-hoc windows (writer 0 keeps it
+/// between sweeps). It moves on only when a sweep took every site due, so
+/// sites past [`SWEEP_LIMIT`] are not forgotten.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SweepCursor {
+    /// Window boundaries up to here have reached every site.
+    pub(crate) until: SystemTime,
+    /// Window rows with an id up to here have been seen (a row inserted
+    /// later, even one begun in the past, is new to every site).
+    pub(crate) window_id: i64,
+    /// When this round of sweeps began: a site evaluated since has been
+    /// through it.
+    pub(crate) round: SystemTime,
+}
+
+impl SweepCursor {
+    /// The first sweep's: boundaries of the last `lookback`, every open
+    /// window new.
+    pub(crate) fn first(now: SystemTime, lookback: Duration) -> Self {
+        Self {
+            until: now.checked_sub(lookback).unwrap_or(now),
+            window_id: 0,
+            round: now,
+        }
+    }
+}
+
 /// Writer 0's sweep, in its own short transaction at `now`: the sites due
-/// (`wake_at <= now`) and those of ad-hoc windows that began or ended in
-/// `(since, now]` (rows inserted after the sites' `wake_at` was computed),
-/// among the sites whose newest record came from one of `partitions` (those
-/// the sink has caught up on: silence is judged only where the data is
-/// complete), except the sites of `pending` (sorted urls with records collected
-/// but not written yet: those records settle them). Due sites locked by a
-/// batch are skipped (`SKIP LOCKED`): the batch evaluates them, or the next
-/// sweep does.
+/// (`wake_at <= now`) and those of ad-hoc windows new since `cursor` (a
+/// boundary in `(cursor.until, now]`, or a row not seen before) not yet
+/// evaluated in this round, among the sites whose newest record came from
+/// one of `partitions` (those the sink has caught up on: silence is judged
+/// only where the data is complete), except the sites of `pending` (sorted
+/// urls with records collected but not written yet: those records settle
+/// them). Due sites locked by a batch are skipped (`SKIP LOCKED`): the batch
+/// evaluates them, or the next sweep does. The transitions made, and the
+/// cursor for the next sweep.
 pub(crate) async fn sweep(
     conn: &mut Conn,
     now: SystemTime,
-    since: SystemTime,
+    cursor: SweepCursor,
     partitions: &[i32],
     pending: &[&str],
-) -> Result<Vec<Transition>, tokio_postgres::Error> {
+) -> Result<(Vec<Transition>, SweepCursor), tokio_postgres::Error> {
     let st = &conn.statements.status;
     let policy = Arc::clone(&st.policy);
     let tx = conn.client.transaction().await?;
-    let adhoc = rows::windows(&tx, st, since).await?;
-    let crossed: Vec<&AdHocWindow> = adhoc
-        .iter()
-        .filter(|w| {
-            [w.from, w.to]
-                .iter()
-                .any(|b| since < SystemTime::from(*b) && SystemTime::from(*b) <= now)
-        })
-        .collect();
+    let adhoc = rows::windows(&tx, st, cursor.until).await?;
+    let is_new = |w: &AdHocWindow| {
+        w.id > cursor.window_id
+            || [w.from, w.to].iter().any(|b| {
+                let b = SystemTime::from(*b);
+                cursor.until < b && b <= now
+            })
+    };
+    let crossed: Vec<&AdHocWindow> = adhoc.iter().filter(|w| is_new(w)).collect();
     let mut extra: Vec<i64> = Vec::new();
     if !crossed.is_empty() {
         for r in tx.query(&st.all_sites, &[&partitions]).await? {
@@ -407,22 +435,34 @@ pub(crate) async fn sweep(
             }
         }
     }
-    let due = tx
-        .query(
-            &st.due,
-            &[&now, &extra, &SWEEP_LIMIT, &partitions, &pending],
-        )
-        .await?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        &now,
+        &extra,
+        &SWEEP_LIMIT,
+        &partitions,
+        &pending,
+        &cursor.round,
+    ];
+    let due = tx.query(&st.due, &params).await?;
+    let next = if (due.len() as i64) < SWEEP_LIMIT {
+        SweepCursor {
+            until: now.max(cursor.until),
+            window_id: adhoc.iter().map(|w| w.id).fold(cursor.window_id, i64::max),
+            round: now,
+        }
+    } else {
+        cursor
+    };
     if due.is_empty() {
         tx.commit().await?;
-        return Ok(Vec::new());
+        return Ok((Vec::new(), next));
     }
     let urls: HashMap<i64, String> = due.iter().map(|r| (r.get(0), r.get(1))).collect();
     let ids: Vec<i64> = due.iter().map(|r| r.get(0)).collect();
     let loaded = rows::load(&tx, st, &ids).await?;
     let out = sweep_sites(&tx, st, &policy, &adhoc, loaded, &urls, now).await?;
     tx.commit().await?;
-    Ok(out)
+    Ok((out, next))
 }
 
 #[cfg(test)]

@@ -110,7 +110,7 @@ impl StatusSql {
             ),
             due: format!(
                 "SELECT st.site_id, s.url FROM {status} st JOIN {site} s ON s.id = st.site_id
-                 WHERE (st.wake_at <= $1 OR st.site_id = ANY($2::int8[]))
+                 WHERE (st.wake_at <= $1 OR (st.site_id = ANY($2::int8[]) AND st.evaluated_at < $6))
                    AND st.\"partition\" = ANY($4::int4[]) AND NOT s.url = ANY($5::text[])
                  ORDER BY st.site_id LIMIT $3 FOR UPDATE OF st SKIP LOCKED",
                 site = t.site
@@ -121,7 +121,8 @@ impl StatusSql {
                 site = t.site
             ),
             site_states: format!(
-                "SELECT s.url, st.state FROM {status} st JOIN {site} s ON s.id = st.site_id",
+                "SELECT s.url, st.state FROM {status} st JOIN {site} s ON s.id = st.site_id
+                 WHERE st.\"partition\" = ANY($1::int4[])",
                 site = t.site
             ),
             bad_windows: Arc::default(),
@@ -141,7 +142,7 @@ pub(crate) struct StatusStatements {
     windows: Statement,
     pub(crate) due: Statement,
     pub(crate) all_sites: Statement,
-    /// Every site's url and state (the per-site gauge).
+    /// The url and state of the sites of some partitions (the per-site gauge).
     pub(crate) site_states: Statement,
     /// The `[sink.status]` policy.
     pub(crate) policy: Arc<Policy>,

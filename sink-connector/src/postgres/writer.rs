@@ -71,9 +71,9 @@ pub struct Writer {
     swept: Option<Instant>,
     /// When writer 0 last refreshed the per-site state gauge.
     gauged: Option<Instant>,
-    /// The end of the last successful sweep: ad-hoc windows that began or
-    /// ended after it are looked at by the next one.
-    swept_until: Option<SystemTime>,
+    /// How far the sweeps have got with the ad-hoc windows (`None`: no
+    /// sweep has succeeded yet).
+    cursor: Option<status::SweepCursor>,
 }
 
 /// How often writer 0 sweeps the site status.
@@ -96,7 +96,7 @@ impl Writer {
             maintained: None,
             swept: None,
             gauged: None,
-            swept_until: None,
+            cursor: None,
         }
     }
 
@@ -308,18 +308,18 @@ impl Writer {
         };
         self.swept = Some(Instant::now());
         let now = SystemTime::now();
-        let since = self
-            .swept_until
-            .unwrap_or_else(|| now.checked_sub(FIRST_SWEEP_LOOKBACK).unwrap_or(now));
+        let cursor = self
+            .cursor
+            .unwrap_or_else(|| status::SweepCursor::first(now, FIRST_SWEEP_LOOKBACK));
         let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
-        let problem = match tokio::time::timeout(
-            limit,
-            status::sweep(conn, now, since, partitions, pending),
-        )
-        .await
-        {
-            Ok(Ok(made)) => {
-                self.swept_until = Some(self.swept_until.map_or(now, |u| u.max(now)));
+        let swept = status::sweep(conn, now, cursor, partitions, pending);
+        let problem = match tokio::time::timeout(limit, swept).await {
+            Ok(Ok((made, next))) => {
+                if next == cursor {
+                    // More sites due than one sweep takes: the next goes on at once.
+                    self.swept = None;
+                }
+                self.cursor = Some(next);
                 for t in &made {
                     tracing::info!(site_id = t.site_id, id = %t.id(), from = %t.from, to = %t.to, reason = %t.reason, "site status changed (sweep)");
                 }
@@ -344,10 +344,12 @@ impl Writer {
     }
 
     /// Writer 0, with `[sink.status] per_site_gauge`, at most every
-    /// [`SWEEP_EVERY`]: every site's state from the status table into the
-    /// `website_monitor_site_state` gauge (1 for its state, 0 for the
-    /// others). A failure is logged and tried again next time.
-    pub async fn refresh_site_gauge(&mut self) {
+    /// [`SWEEP_EVERY`]: the `website_monitor_site_state` gauge (1 for its
+    /// state, 0 for the others) of the sites whose newest record came from
+    /// one of `partitions` (this sink's), replaced whole: a deleted site, or
+    /// one another sink now holds, drops out. A failure is logged; the
+    /// last values stay.
+    pub async fn refresh_site_gauge(&mut self, partitions: &[i32]) {
         if self.index != 0 || self.gauged.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
             return;
         }
@@ -360,16 +362,19 @@ impl Writer {
         }
         self.gauged = Some(Instant::now());
         let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
-        match tokio::time::timeout(limit, conn.client.query(&st.site_states, &[])).await {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&partitions];
+        match tokio::time::timeout(limit, conn.client.query(&st.site_states, &params)).await {
             Ok(Ok(rows)) => {
-                for r in rows {
-                    let (url, state): (String, String) = (r.get(0), r.get(1));
-                    for s in crate::status::State::ALL {
-                        let on = if s.as_str() == state { 1.0 } else { 0.0 };
-                        metrics::gauge!(m::SITE_STATE, "url" => url.clone(), "state" => s.as_str())
-                            .set(on);
-                    }
-                }
+                let sites: Vec<(String, String)> =
+                    rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+                self.shared
+                    .site_states
+                    .set(sites.iter().map(|(url, state)| {
+                        (
+                            url.as_str(),
+                            state.parse().unwrap_or(crate::status::State::Unknown),
+                        )
+                    }));
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %db_message(&e), "per-site state gauge not refreshed")

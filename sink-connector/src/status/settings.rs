@@ -53,10 +53,13 @@ pub struct StatusConfig {
     /// sites checked less often. 100ms to 1 day.
     #[serde(with = "humantime_serde")]
     pub max_interval: Duration,
-    /// A probe's last this many checks are kept (its `recent` column); when
-    /// at least `flap_threshold` of them failed, a probe that would say `up`
-    /// says `degraded`, reason "flapping" — so a site failing often, but
-    /// never `failure_threshold` times in a row, is not shown as fine.
+    /// A probe's last this many checks are judged for flapping (once half
+    /// of them are seen): when at least `flap_threshold` of them failed and
+    /// the outcome changed at least three times, a probe that would say
+    /// `up` or `unknown` says `degraded`, reason "flapping" — so a site
+    /// failing often, but never `failure_threshold` times in a row, is not
+    /// shown as fine — and one reaching `failure_threshold` says `degraded`
+    /// until its failures run for half the window (no up-down alert storm).
     /// 0 (no flapping) to 64.
     pub flap_window: u32,
     /// The share of failures among the last `flap_window` checks that makes
@@ -88,8 +91,9 @@ pub struct StatusConfig {
     /// Show every site's state in `/metrics`
     /// (`website_monitor_site_state{url, state}`: 1 for the state the site
     /// is in, 0 for the others), refreshed from the status table every 5
-    /// seconds by writer 0. Off by default: one series per site and state,
-    /// too many for very large site lists.
+    /// seconds by writer 0, for the sites of the sink's own partitions.
+    /// Off by default: one series per site and state, too many for very
+    /// large site lists.
     pub per_site_gauge: bool,
 }
 

@@ -13,6 +13,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use connector_common::telemetry::escape_label;
+
 use super::{SITE_CERT_DAYS_LEFT, SITE_DURATION_SECONDS, SITE_UP};
 use crate::record::Record;
 
@@ -119,7 +121,11 @@ impl SiteSeries {
                 if value.is_nan() {
                     continue;
                 }
-                let _ = writeln!(out, "{name}{{url=\"{}\"}} {value}", escape(&site.0.url));
+                let _ = writeln!(
+                    out,
+                    "{name}{{url=\"{}\"}} {value}",
+                    escape_label(&site.0.url)
+                );
             }
             out.push('\n');
         }
@@ -128,18 +134,6 @@ impl SiteSeries {
 
 /// One gauge's value among a site's.
 type Field = fn(&Values) -> &AtomicU64;
-
-/// A label value as the text format wants it.
-fn escape(value: &str) -> std::borrow::Cow<'_, str> {
-    if !value.contains(['\\', '"', '\n']) {
-        return value.into();
-    }
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-        .into()
-}
 
 #[cfg(test)]
 mod tests {
@@ -212,11 +206,5 @@ mod tests {
         let again = SiteGauges::new("http://a.example/");
         again.record(&record("http://a.example/", true, None), &series);
         assert!(render(&series).contains("site_up{url=\"http://a.example/\"} 1"));
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
-        assert_eq!(escape("http://a/"), "http://a/");
     }
 }

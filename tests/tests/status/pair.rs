@@ -82,7 +82,8 @@ async fn three_source_processes_one_failing_probe_is_no_down_two_are_one_down() 
 /// `[sink.status] per_site_gauge`: off by default (no per-site series); on,
 /// `/metrics` shows each site's state, 1 for the state it is in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_per_site_state_gauge_is_off_by_default_and_shows_each_sites_state_when_on() {
+async fn the_per_site_state_gauge_is_off_by_default_shows_each_sites_state_when_on_and_drops_a_deleted_site(
+) {
     use website_monitor_tests::{free_port, scrape_until};
     let t = SinkTest::new("status_gauge", 1).await;
     t.migrate().await;
@@ -125,8 +126,24 @@ async fn the_per_site_state_gauge_is_off_by_default_and_shows_each_sites_state_w
         want.iter().all(|w| m.lines().any(|l| l == *w))
     })
     .await;
-    assert_eq!(on.term(), Some(0));
     if let Err(m) = seen {
+        on.term();
         panic!("no per-site state for every site: {m}");
+    }
+    // A deleted site drops out (review 2, finding 7).
+    let schema = &t.schema;
+    t.db.execute(
+        &format!("DELETE FROM \"{schema}\".site WHERE url = 'http://broken/'"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let gone = scrape_until(&addr, Duration::from_secs(30), |m| {
+        !m.contains("http://broken/") && m.lines().any(|l| l == want[2])
+    })
+    .await;
+    assert_eq!(on.term(), Some(0));
+    if let Err(m) = gone {
+        panic!("the deleted site's gauge stayed: {m}");
     }
 }

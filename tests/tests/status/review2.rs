@@ -87,3 +87,40 @@ async fn a_probe_sending_backdated_records_does_not_keep_a_stopped_one_from_goin
     );
     assert_eq!(state(&t, skew).await.0, "up");
 }
+
+/// Finding 10: the sweep noticed an ad-hoc window only when one of its ends
+/// fell after the previous sweep, so a row inserted "since 10 minutes ago"
+/// reached a site without records only at its next `wake_at` (here, after
+/// 1,000 s of silence). A row not seen before is new to every site now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_inserted_as_begun_in_the_past_reaches_a_quiet_site_at_the_next_sweep() {
+    let t = SinkTest::new("status_past_window", 1).await;
+    let status = status_toml("unknown_after = 1000\ndefault_interval = \"1s\"\n");
+    let (running, token) = sink::start(&t.config().set("status", status)).await;
+    let url = "http://quiet/";
+    let at = now();
+    let oks: Vec<Vec<u8>> = (0..3)
+        .map(|i| check(url, "p1", at + f64::from(i) * 0.2, true))
+        .collect();
+    let mut total = 0;
+    feed(&t, &oks, &mut total).await;
+    wait_state(&t, url, "up").await;
+    // Let a sweep pass, so the window's start is before the sweep's cursor.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let schema = &t.schema;
+    t.db.execute(
+        &format!(
+            "INSERT INTO \"{schema}\".site_maintenance (url_pattern, starts_at, ends_at, reason)
+             VALUES ('^http://quiet/$', now() - interval '10 minutes', now() + interval '1 hour', 'late entry')"
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_state(&t, url, "maintenance").await;
+    sink::stop(running, token).await;
+    assert_eq!(
+        of(&transitions(&t).await, url),
+        [("unknown", "up"), ("up", "maintenance")]
+    );
+}
