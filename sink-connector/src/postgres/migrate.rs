@@ -193,6 +193,8 @@ impl Tables {
             "rejected_undelivered_idx" => local("_rejected_undelivered_idx"),
             // 0011: maintenance counted apart, time per state.
             "state_time" => qualified("_state_time"),
+            // 0015: the bounds of the rollup levels.
+            "rollup_levels" => qualified("_rollup_levels"),
             _ => return None,
         })
     }
@@ -280,6 +282,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 14,
         name: "probe_heard",
         sql: include_str!("../../migrations/0014_probe_heard.sql"),
+    },
+    Migration {
+        version: 15,
+        name: "rollup_levels",
+        sql: include_str!("../../migrations/0015_rollup_levels.sql"),
     },
 ];
 
