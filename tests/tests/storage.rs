@@ -671,3 +671,68 @@ async fn retention_runs_while_no_record_comes() {
     .await;
     sink::stop(running, token).await;
 }
+
+/// Retention detaches a partition (the parent locked for a catalog change
+/// only), then drops the detached table in a transaction of its own: a
+/// table a sink detached but did not drop (killed in between) is dropped by
+/// the next run, and only tables marked retired of that parent are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_drops_partitions_detached_before_and_nothing_else() {
+    let t = SinkTest::new("storage_retired", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    t.migrate().await;
+    let old = now() - 5.0 * 86_400.0;
+    db.batch_execute(&format!(
+        "SET search_path = \"{schema}\";
+         SELECT site_make_partitions('site_check', to_timestamp({old}), to_timestamp({old}), '1 day');
+         CREATE TABLE bystander (x int);
+         COMMENT ON TABLE bystander IS 'website-monitor: retired partition of 1';"
+    ))
+    .await
+    .unwrap();
+    // As a sink killed between its two steps leaves it: detached, not dropped.
+    let detached: i32 = db
+        .query_one(
+            &format!(
+                "SELECT \"{schema}\".site_drop_partitions('\"{schema}\".site_check'::regclass, now() - interval '2 days')"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(detached, 1);
+    let day = format!("to_char(to_timestamp({old}) AT TIME ZONE 'UTC', 'YYYYMMDD')");
+    let tables = format!(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = '{schema}' AND c.relname LIKE 'site_check_%' || {day}"
+    );
+    let partitions = format!(
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = '\"{schema}\".site_check'::regclass
+           AND inhrelid::regclass::text LIKE '%' || {day}"
+    );
+    let count =
+        |sql: String| async move { db.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) };
+    assert_eq!(
+        (count(tables.clone()).await, count(partitions.clone()).await),
+        (1, 0),
+        "detached, still there"
+    );
+    let (running, token) = sink::start(&t.config().set("history_retention", "2d")).await;
+    website_monitor_tests::wait::eventually(
+        "the sink to drop the table detached before",
+        website_monitor_tests::wait::WAIT,
+        || async { (count(tables.clone()).await == 0).then_some(()) },
+    )
+    .await;
+    sink::stop(running, token).await;
+    let bystander = format!(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = '{schema}' AND c.relname = 'bystander'"
+    );
+    assert_eq!(
+        count(bystander).await,
+        1,
+        "a table not retired from the history stays"
+    );
+}

@@ -288,6 +288,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "rollup_levels",
         sql: include_str!("../../migrations/0015_rollup_levels.sql"),
     },
+    Migration {
+        version: 16,
+        name: "retention_detach",
+        sql: include_str!("../../migrations/0016_retention_detach.sql"),
+    },
 ];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).

@@ -4,7 +4,10 @@
 //!
 //! Both go through the SQL functions of migration 0006
 //! (`<table>_make_partitions`, `<table>_drop_partitions`), so the naming and
-//! bounds live in one place. Making a partition takes an ACCESS EXCLUSIVE
+//! bounds live in one place. Retention detaches the partitions past it
+//! first (migration 0016: the parent is locked for a catalog change only),
+//! then drops the detached tables one by one, each in its own transaction,
+//! so deleting their files blocks no writer. Making a partition takes an ACCESS EXCLUSIVE
 //! lock on its parent, so it never runs inside a batch transaction (writers
 //! holding the parent would deadlock): each call is its own short
 //! transaction with a lock timeout, and a timeout is an ordinary retried
@@ -20,6 +23,10 @@ use crate::rollup::Level;
 
 /// How long making or dropping partitions may wait for the parent's lock.
 const LOCK_TIMEOUT: &str = "10s";
+
+/// At most this many retired tables are dropped per table and run (the
+/// next run, 10 minutes later, drops the rest).
+const MAX_DROPS_PER_RUN: usize = 100;
 
 /// A partitioned table and the width of its partitions.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -237,7 +244,6 @@ impl Layout {
             needs.extend(Self::needs(table, [now, tomorrow]));
         }
         let made = self.make(client, &needs).await?;
-        let sql = format!("SELECT {}($1::text::regclass, $2)", self.drop);
         let mut dropped = 0i64;
         for table in tables {
             let Some(mut before) = now.checked_sub(table.retention) else {
@@ -246,14 +252,41 @@ impl Layout {
             if *table == self.rejected {
                 before = self.hold_undelivered(client, before).await?;
             }
-            let tx = client.transaction().await?;
-            tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-                .await?;
-            let n: i32 = tx.query_one(&sql, &[&table.table, &before]).await?.get(0);
-            tx.commit().await?;
-            dropped += i64::from(n);
+            dropped += i64::from(self.retire(client, table, Some(before)).await?);
+            // Then their files, one table a transaction, the parent not locked.
+            for _ in 0..MAX_DROPS_PER_RUN {
+                if self.retire(client, table, None).await? == 0 {
+                    break;
+                }
+            }
         }
         Ok((made, dropped))
+    }
+
+    /// One call of `<table>_drop_partitions` in its own transaction: with
+    /// `Some(before)`, detaches the partitions of `table` past `before`
+    /// (marked retired; the parent is locked for a catalog change only);
+    /// with `None`, drops one table retired earlier. Returns how many.
+    async fn retire(
+        &self,
+        client: &mut Client,
+        table: &Partitioned,
+        before: Option<SystemTime>,
+    ) -> Result<i32, tokio_postgres::Error> {
+        let sql = match before {
+            Some(_) => format!("SELECT {}($1::text::regclass, $2)", self.drop),
+            None => format!("SELECT {}($1::text::regclass, '-infinity')", self.drop),
+        };
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            .await?;
+        let n: i32 = match &before {
+            Some(before) => tx.query_one(&sql, &[&table.table, before]).await?,
+            None => tx.query_one(&sql, &[&table.table]).await?,
+        }
+        .get(0);
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// `before`, or the oldest reject not produced to the dead-letter topic
