@@ -736,3 +736,88 @@ async fn retention_drops_partitions_detached_before_and_nothing_else() {
         "a table not retired from the history stays"
     );
 }
+
+/// The SQL API's level picking (migration 15: bounds computed in UTC
+/// `timestamp`, each finer level reading the range's edges only) gives,
+/// for any range, what the minute rollups alone give for that range rounded
+/// out to whole minutes: per site and for the fleet, over ranges inside a
+/// minute, across hours and days, on exact boundaries and not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_api_levels_add_up_to_the_minute_rollups_over_any_range() {
+    let t = SinkTest::new("storage_levels", 1).await;
+    let end = (now() / 86_400.0).floor() * 86_400.0 + 7_200.0;
+    let start = end - 3.0 * 86_400.0;
+    // A fixed pseudo-random sequence (no seed to chase when it fails).
+    let mut state: u64 = 0x5eed_1234;
+    let mut next = move |n: u64| {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        (state >> 33) % n
+    };
+    let span = (end - start) as u64;
+    let records: Vec<Vec<u8>> = (0..600)
+        .map(|i| {
+            let at = start + next(span) as f64 + f64::from(i % 1000) / 1000.0;
+            json_rec(source_record(
+                &format!("http://l{}/", i % 3),
+                at,
+                i % 7 != 0,
+                900 + i,
+            ))
+        })
+        .collect();
+    let config = t.config().set("rollup_minute_retention", "10d");
+    let (running, token) = sink::start(&config).await;
+    t.produce(&records).await;
+    t.wait_rows("site_check", records.len() as i64).await;
+    sink::stop(running, token).await;
+
+    let mut ranges: Vec<(f64, f64)> = vec![
+        (start, end),
+        (start + 86_400.0, start + 2.0 * 86_400.0),
+        (start + 3_600.0, start + 7_200.0),
+        (start + 90.5, start + 150.25),
+        (start + 86_399.0, start + 86_401.0),
+        (start + 10.0, start + 20.0),
+    ];
+    for _ in 0..60 {
+        let a = start + next(span) as f64 + next(1000) as f64 / 1000.0;
+        let b = a + next(span / 2) as f64 + 1.0;
+        ranges.push((a, b));
+    }
+    let (db, schema) = (&t.db, &t.schema);
+    let minutes = "date_trunc('minute', to_timestamp($1) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'";
+    let minutes_end =
+        "(date_trunc('minute', (to_timestamp($2) AT TIME ZONE 'UTC') - interval '1 microsecond')
+                       + interval '1 minute') AT TIME ZONE 'UTC'";
+    for (table, api) in [
+        ("site_per_minute", "site_rollup(NULL, NULL, to_timestamp($1), to_timestamp($2))"),
+        ("site_fleet_per_minute", "site_fleet_rollup(NULL, to_timestamp($1), to_timestamp($2))"),
+        (
+            "site_per_minute WHERE site_id = (SELECT id FROM \"{schema}\".site WHERE url = 'http://l1/') AND",
+            "site_rollup('http://l1/', NULL, to_timestamp($1), to_timestamp($2))",
+        ),
+    ] {
+        let (table, filter) = match table.split_once(" WHERE ") {
+            Some((t, f)) => (t, format!("WHERE {} ", f.replace("{schema}", schema))),
+            None => (table, "WHERE ".to_owned()),
+        };
+        let sums = "coalesce(sum(checks), 0)::int8, coalesce(sum(ok), 0)::int8, coalesce(sum(failed), 0)::int8";
+        let want = format!(
+            "SELECT {sums} FROM \"{schema}\".{table} {filter} bucket >= {minutes} AND bucket < {minutes_end}"
+        );
+        let got = format!("SELECT {sums} FROM \"{schema}\".{api}");
+        for (a, b) in &ranges {
+            let want: (i64, i64, i64) = {
+                let r = db.query_one(&want, &[a, b]).await.unwrap();
+                (r.get(0), r.get(1), r.get(2))
+            };
+            let got: (i64, i64, i64) = {
+                let r = db.query_one(&got, &[a, b]).await.unwrap();
+                (r.get(0), r.get(1), r.get(2))
+            };
+            assert_eq!(got, want, "{api} over [{a}, {b})");
+        }
+    }
+}
