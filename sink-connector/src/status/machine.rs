@@ -16,9 +16,10 @@
 //!   or one outage between successes, is not flapping. A flapping probe that
 //!   would say `up` or `unknown` says `degraded` (reason "flapping"), and
 //!   one reaching `failure_threshold` says `degraded` too, until its
-//!   failures run for half the window (then `down`): the thresholds alone
-//!   would let a site failing three checks of five go up and down on every
-//!   cycle (an alert storm).
+//!   failures run for half the window or make most of it (then `down`):
+//!   the thresholds alone would let a site failing three checks of five go
+//!   up and down on every cycle (an alert storm). A `degraded` probe stays
+//!   flapping down to half of `flap_threshold` (hysteresis).
 //! - A check not newer than the probe's last one (`checked_at` ≤ the last
 //!   seen) is late: it moves nothing (the history still stores it).
 //! - Silence is judged on the site's clock ([`ProbeState::heard_at`]), not
@@ -115,7 +116,8 @@ pub struct ProbeState {
     pub fasts: u32,
     /// `checked_at` of the newest check seen (late ones do not count).
     pub last_checked_at: Option<DateTime<Utc>>,
-    /// The probe's check interval, from its newest record (or the default).
+    /// The probe's check interval, from its newest record (or the default),
+    /// or that check's duration when longer ([`Thresholds::cadence_of`]).
     pub interval: Duration,
     /// `error.kind` of the newest failure while failing, for reasons.
     pub last_error: Option<String>,
@@ -163,7 +165,10 @@ impl ProbeState {
 
     /// Whether the probe is flapping: among its last `flap_window` checks
     /// (at least half of them seen), at least `flap_threshold` failed and
-    /// the outcome changed at least three times (more than one outage).
+    /// the outcome changed at least three times (more than one outage). A
+    /// probe already `degraded` stays flapping down to half the threshold
+    /// (hysteresis: a share of failures hovering around the threshold does
+    /// not flip it at every check).
     pub fn flapping(&self, t: &Thresholds) -> bool {
         if t.flap_window == 0 {
             return false;
@@ -175,7 +180,22 @@ impl ProbeState {
         let mask = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
         let x = self.recent & mask;
         let changes = ((x ^ (x >> 1)) & (mask >> 1)).count_ones();
-        changes >= 3 && f64::from(failed) >= t.flap_threshold * f64::from(n)
+        let threshold = if self.health == State::Degraded {
+            t.flap_threshold / 2.0
+        } else {
+            t.flap_threshold
+        };
+        changes >= 3 && f64::from(failed) >= threshold * f64::from(n)
+    }
+
+    /// The share of failures among the last `flap_window` checks seen.
+    fn failure_share(&self, t: &Thresholds) -> f64 {
+        let (failed, n) = self.recent_failures(t.flap_window);
+        if n == 0 {
+            0.0
+        } else {
+            f64::from(failed) / f64::from(n)
+        }
     }
 
     /// The state shown: `maintenance` while a window covers the site, else
@@ -198,7 +218,7 @@ impl ProbeState {
             return Observed::Late;
         }
         self.last_checked_at = Some(check.checked_at);
-        self.interval = t.interval_of(check.interval);
+        self.interval = t.cadence_of(check.interval, check.duration);
         let slow = self.count(check, t);
         let next = self.next_health(slow, t);
         if next == self.health {
@@ -244,11 +264,14 @@ impl ProbeState {
         let flapping = self.flapping(t);
         let streak = self.fails >= t.failure_threshold;
         // Flapping holds a failing streak at `degraded` until it runs for
-        // half the window: the damping of an up-down-up-down storm.
+        // half the window, or failures are most of the window (midway from
+        // the threshold to all): the damping of an up-down-up-down storm,
+        // which a site failing nine checks in ten is not.
         let held = streak
             && flapping
             && self.health != State::Down
-            && self.fails < t.flap_window.div_ceil(2);
+            && self.fails < t.flap_window.div_ceil(2)
+            && self.failure_share(t) < (1.0 + t.flap_threshold) / 2.0;
         let next = match self.health {
             _ if held => State::Degraded,
             _ if streak => State::Down,

@@ -114,6 +114,16 @@ impl Thresholds {
         }
     }
 
+    /// The interval a probe is judged by after a check that took `took`:
+    /// [`Self::interval_of`] the record's `interval`, or the check's
+    /// duration when longer (at most `max_interval`) — the source never runs
+    /// two checks of a site at once, so a site whose checks time out after
+    /// 5 s reports every 5 s or so whatever its interval, and is not silent.
+    pub fn cadence_of(&self, claimed: Option<f64>, took: Option<Duration>) -> Duration {
+        let took = took.unwrap_or_default().min(self.max_interval);
+        self.interval_of(claimed).max(took)
+    }
+
     /// How long a probe checked every `interval` may stay silent before it
     /// is unknown.
     pub fn silence(&self, interval: Duration) -> Duration {

@@ -396,10 +396,11 @@ fn flapping_through_the_failure_threshold_is_held_at_degraded_until_a_long_strea
     changes.dedup();
     use State::*;
     assert_eq!(changes, [Unknown, Up, Down, Up, Degraded], "{got:?}");
-    // A real outage while flapping: down once the streak is half the window.
+    // A real outage while flapping: down once the streak is half the
+    // window, or (here first, at the ninth) the failures most of it.
     let got = feed(&mut p, &t, 5000, &[false; 10]);
-    assert_eq!(got[..9], [Degraded; 9]);
-    assert_eq!(got[9], Down);
+    assert_eq!(got[..8], [Degraded; 8]);
+    assert_eq!(got[8..], [Down; 2]);
     // Recovered: degraded while the window still holds the flapping, up
     // once it holds one outage between successes only.
     let got = feed(&mut p, &t, 9000, &[true; 12]);
@@ -417,4 +418,57 @@ fn recent_outcomes_keep_at_most_64_and_silence_forgets_them() {
     assert_eq!(p.recent_failures(3), (2, 3), "newest first: fail, ok, fail");
     p.go_silent(at(10_000));
     assert_eq!((p.recent, p.recent_n), (0, 0));
+}
+
+#[test]
+fn a_probe_whose_checks_outlast_its_interval_is_judged_by_their_duration() {
+    // Review 3, finding 1: interval 1 s, every check times out after 5 s, so
+    // records come 5 s apart; silence after 3 × 1 s flipped it to unknown
+    // between every two of them.
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    for s in [0, 5, 10, 15] {
+        let c = Check {
+            interval: Some(1.0),
+            duration: Some(Duration::from_secs(5)),
+            ..check("eu", s, false)
+        };
+        p.observe(&c, &t);
+        assert_eq!(t.silence(p.interval), Duration::from_secs(15));
+    }
+    assert_eq!(p.silent_at(&t), Some(at(30)), "15 s after the last, not 3");
+    assert_eq!(
+        (p.health, p.interval),
+        (State::Down, Duration::from_secs(5))
+    );
+    // A fast check again: its interval.
+    p.observe(
+        &Check {
+            interval: Some(1.0),
+            ..check("eu", 20, true)
+        },
+        &t,
+    );
+    assert_eq!(p.interval, Duration::from_secs(1));
+}
+
+#[test]
+fn flapping_has_hysteresis_and_a_mostly_failing_probe_still_goes_down() {
+    // Review 3, finding 3: F o o F F F o o F o o (45 % failures) made 55
+    // transitions in 115 checks (the share crossing 0.5 both ways).
+    let t = thresholds();
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    let cycle = [
+        false, true, true, false, false, false, true, true, false, true, true,
+    ];
+    let outcomes: Vec<bool> = cycle.iter().copied().cycle().take(115).collect();
+    let got = feed(&mut p, &t, 0, &outcomes);
+    let mut changes = got.clone();
+    changes.dedup();
+    assert!(changes.len() <= 5, "{changes:?}");
+    assert_eq!(got.last(), Some(&State::Degraded));
+    // Nine failures in ten while flapping: down, not held at degraded.
+    let nine: Vec<bool> = (0..30).map(|i| i % 10 == 9).collect();
+    let got = feed(&mut p, &t, 10_000, &nine);
+    assert_eq!(got.last(), Some(&State::Down), "{got:?}");
 }
