@@ -21,6 +21,9 @@ pub struct Msg {
     pub key: Option<Vec<u8>>,
     /// Kafka timestamp.
     pub timestamp: Option<SystemTime>,
+    /// When the sink read it from Kafka (its wall clock): the site status
+    /// counts a probe's silence from here, not from the probe's own clock.
+    pub received_at: SystemTime,
     /// Raw value.
     pub payload: Option<Vec<u8>>,
     /// Decoded value.
@@ -162,6 +165,7 @@ pub(crate) mod tests {
             offset,
             key: None,
             timestamp: Some(UNIX_EPOCH + Duration::from_secs(5)),
+            received_at: UNIX_EPOCH + Duration::from_secs(6),
             payload: None,
             decoded: Decoded::Rejected(Rejected {
                 reason: Reason::Empty,

@@ -118,6 +118,7 @@ impl Collector {
             offset: msg.offset(),
             key: msg.key().map(<[u8]>::to_vec),
             timestamp: msg.timestamp().to_millis().and_then(kafka_time),
+            received_at: std::time::SystemTime::now(),
             payload: payload.map(<[u8]>::to_vec),
             decoded,
         }

@@ -211,6 +211,7 @@ async fn canary(conn: &mut Conn, msgs: &[Msg]) -> Result<(), WriteError> {
         offset: i64::MAX,
         key: None,
         timestamp: Some(SystemTime::now()),
+        received_at: SystemTime::now(),
         payload: Some(payload.to_vec()),
         decoded: Decoded::Good(Good {
             url: "website-monitor:canary".to_owned(),

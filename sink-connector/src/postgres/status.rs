@@ -44,6 +44,8 @@ pub(crate) struct Input<'a> {
     /// Dated ahead of the batch's wall clock beyond the skew: `checked_at`
     /// is that clock ([`effective_time`]).
     ahead: bool,
+    /// When the sink read it from Kafka.
+    received_at: SystemTime,
     ok: bool,
     duration: Option<Duration>,
     interval: Option<f64>,
@@ -73,6 +75,7 @@ impl<'a> Input<'a> {
             probe: row.row.probe.as_deref().filter(|p| !p.is_empty()),
             checked_at,
             ahead: checked_at != written,
+            received_at: msg.received_at,
             ok: g.ok?,
             duration: g.duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
             interval: interval_of(&row.row),
@@ -319,6 +322,7 @@ fn apply(
         interval: i.interval,
         error_kind: i.error_kind,
         position: Some(i.position),
+        received_at: Some(DateTime::<Utc>::from(i.received_at)),
     };
     l.site.apply(&check, r.thresholds, &r.windows)
 }

@@ -22,8 +22,9 @@
 //!   flapping down to half of `flap_threshold` (hysteresis).
 //! - A check not newer than the probe's last one (`checked_at` ≤ the last
 //!   seen) is late: it moves nothing (the history still stores it).
-//! - Silence is judged on the site's clock ([`ProbeState::heard_at`]), not
-//!   the probe's: a probe whose clock is behind the others' still votes.
+//! - Silence counts from when the sink last heard from the probe
+//!   ([`ProbeState::heard_at`]), not from the probe's clock: a probe whose
+//!   clock is behind the others' or the sink's still votes.
 //! - Checks inside a maintenance window count as usual (only the state
 //!   shown is `maintenance`). Leaving the window
 //!   ([`ProbeState::set_maintenance`]): a probe whose latest
@@ -77,6 +78,9 @@ pub struct Check<'a> {
     pub error_kind: Option<&'a str>,
     /// The record's Kafka position, named by the transition it causes.
     pub position: Option<Position>,
+    /// When the sink read the record (its wall clock); `None`: the site's
+    /// clock stands in.
+    pub received_at: Option<DateTime<Utc>>,
 }
 
 /// What [`ProbeState::observe`] did with a check.
@@ -125,10 +129,11 @@ pub struct ProbeState {
     pub recent: u64,
     /// How many outcomes `recent` holds (at most 64).
     pub recent_n: u32,
-    /// The site's clock when the probe's newest check was applied (at least
-    /// that check's `checked_at`): silence counts from here, so a probe
-    /// whose clock lags the others' is not taken for silent. `None` (rows
-    /// from before migration 14): `last_checked_at`.
+    /// When the probe was last heard from: when the sink read its newest
+    /// check, or the site's clock then if later (at least that check's
+    /// `checked_at`). Silence counts from here, so a probe whose clock lags
+    /// the others' or the sink's is not taken for silent. `None` (rows from
+    /// before migration 14): `last_checked_at`.
     pub heard_at: Option<DateTime<Utc>>,
     /// The probe said `down` when the current maintenance window began.
     pub down_before_window: bool,

@@ -117,8 +117,9 @@ impl Site {
             .entry(check.probe.to_owned())
             .or_insert_with(|| ProbeState::new(check.checked_at, t.default_interval));
         let observed = probe.observe(check, t);
-        // Heard now on the site's clock, whatever the probe's own clock says.
-        probe.heard_at = Some(clock);
+        // Heard when the sink read it (or on the site's clock, if later),
+        // whatever the probe's own clock says.
+        probe.heard_at = Some(check.received_at.map_or(clock, |r| r.max(clock)));
         moved |= matches!(observed, Observed::Changed { .. });
         self.settle(clock, t, windows, check.position, moved)
     }

@@ -27,6 +27,7 @@ pub(super) fn check(probe: &str, s: i64, ok: bool) -> Check<'_> {
         interval: Some(60.0),
         error_kind: (!ok).then_some("timeout"),
         position: None,
+        received_at: None,
     }
 }
 

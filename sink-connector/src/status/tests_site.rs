@@ -470,3 +470,27 @@ fn a_site_down_through_a_window_is_down_when_it_ends_without_an_unknown() {
     );
     assert_eq!(r.seen[3].at, at(600));
 }
+
+#[test]
+fn a_probe_whose_clock_lags_the_sinks_is_not_silent_at_every_sweep() {
+    // Review 3, finding 2: checks dated 10 s behind the sink's clock, one a
+    // second, silent after 3 s: each sweep (at the sink's clock) found the
+    // probe silent since its last check's own time.
+    let mut r = Run::new(thresholds(), Windows::default());
+    for s in 0..30 {
+        r.feed(Check {
+            interval: Some(1.0),
+            received_at: Some(at(s + 10)),
+            ..check("p1", s, true)
+        });
+        if s % 5 == 4 {
+            r.sweep(s + 10 + 1);
+        }
+    }
+    assert_eq!(r.moves(), [(Unknown, Up)]);
+    // And once it stops, it is silent 3 s after it was last heard from.
+    r.sweep(29 + 10 + 2);
+    assert_eq!(r.moves(), [(Unknown, Up)]);
+    r.sweep(29 + 10 + 4);
+    assert_eq!(r.moves(), [(Unknown, Up), (Up, Unknown)]);
+}
