@@ -330,6 +330,7 @@ pub fn batch_msg_bytes(topic: &str, offset: i64, value: &[u8]) -> website_monito
         offset,
         key: None,
         timestamp: Some(std::time::UNIX_EPOCH + Duration::from_secs_f64(numbered_start())),
+        received_at: std::time::SystemTime::now(),
         payload: Some(value.to_vec()),
         decoded: decode(
             Some(value),

@@ -30,7 +30,7 @@ use crate::postgres::status_rows::{self as rows, Loaded, Save, StatusStatements}
 use crate::row::Compact;
 use crate::status::{
     effective_time, AdHocWindow, Check, Policy, Position, Site, Swept, Thresholds, Transition,
-    Windows,
+    Windows, FUTURE_SKEW,
 };
 
 /// What the model takes from one record of the batch.
@@ -374,99 +374,141 @@ fn bump(site: &mut Site, now: DateTime<Utc>) {
 /// At most this many due sites per sweep (the next sweep takes the rest).
 const SWEEP_LIMIT: i64 = 1_000;
 
-/// How far the sweep has got with the ad-hoc windows (writer 0 keeps it
-/// between sweeps). It moves on only when a sweep took every site due, so
-/// sites past [`SWEEP_LIMIT`] are not forgotten.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The version of an ad-hoc window row: its id and bounds (an operator who
+/// moves a window's end makes a new version).
+type Version = (i64, DateTime<Utc>, DateTime<Utc>);
+
+/// What the sweeps have done with the ad-hoc windows (writer 0 keeps it
+/// between sweeps). A window row the sweep has not seen before, one whose
+/// bounds changed, one gone (deleted, or its end moved into the past), and
+/// one with a boundary since the last sweep, all reach every site they
+/// apply to that was not evaluated since — even past [`SWEEP_LIMIT`]: it is
+/// marked done only when a sweep took every site due.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct SweepCursor {
-    /// Window boundaries up to here have reached every site.
-    pub(crate) until: SystemTime,
-    /// Window rows with an id up to here have been seen (a row inserted
-    /// later, even one begun in the past, is new to every site).
-    pub(crate) window_id: i64,
-    /// When this round of sweeps began: a site evaluated since has been
-    /// through it.
-    pub(crate) round: SystemTime,
+    /// Window boundaries up to here have reached every site (`None`: the
+    /// first sweep looks back [`SweepCursor::LOOKBACK`]).
+    until: Option<SystemTime>,
+    /// Every open window version seen, and when it was first seen.
+    seen: HashMap<Version, (AdHocWindow, SystemTime)>,
+    /// The versions whose sites have all been swept since.
+    done: HashSet<Version>,
+    /// Versions gone since they were seen, with when that was noticed,
+    /// whose sites are still to be swept.
+    gone: HashMap<Version, (AdHocWindow, SystemTime)>,
 }
 
 impl SweepCursor {
-    /// The first sweep's: boundaries of the last `lookback`, every open
-    /// window new.
-    pub(crate) fn first(now: SystemTime, lookback: Duration) -> Self {
-        Self {
-            until: now.checked_sub(lookback).unwrap_or(now),
-            window_id: 0,
-            round: now,
+    /// How far back the first sweep looks for window boundaries.
+    const LOOKBACK: Duration = Duration::from_secs(3_600);
+
+    /// The windows to take to their sites now, each with the time since
+    /// which a site evaluated has been through it; and `current` recorded.
+    fn crossed(
+        &mut self,
+        current: &[AdHocWindow],
+        now: SystemTime,
+    ) -> Vec<(AdHocWindow, SystemTime)> {
+        let until = self
+            .until
+            .unwrap_or_else(|| now.checked_sub(Self::LOOKBACK).unwrap_or(now));
+        let version = |w: &AdHocWindow| (w.id, w.from, w.to);
+        let live: HashSet<Version> = current.iter().map(version).collect();
+        for (v, seen) in std::mem::take(&mut self.seen) {
+            if live.contains(&v) {
+                self.seen.insert(v, seen);
+            } else {
+                self.gone.entry(v).or_insert((seen.0, now));
+            }
         }
+        let mut out: Vec<(AdHocWindow, SystemTime)> = Vec::new();
+        for w in current {
+            let first = self.seen.entry(version(w)).or_insert((w.clone(), now)).1;
+            let boundary = [w.from, w.to]
+                .iter()
+                .map(|b| SystemTime::from(*b))
+                .filter(|b| until < *b && *b <= now)
+                .max();
+            if !self.done.contains(&version(w)) {
+                out.push((w.clone(), boundary.map_or(first, |b| b.max(first))));
+            } else if let Some(b) = boundary {
+                out.push((w.clone(), b));
+            }
+        }
+        out.extend(self.gone.values().cloned());
+        out
+    }
+
+    /// A sweep took every site due: everything seen is done.
+    fn complete(&mut self, now: SystemTime) {
+        self.until = Some(now.max(self.until.unwrap_or(now)));
+        self.done = self.seen.keys().copied().collect();
+        self.gone.clear();
     }
 }
 
 /// Writer 0's sweep, in its own short transaction at `now`: the sites due
-/// (`wake_at <= now`) and those of ad-hoc windows new since `cursor` (a
-/// boundary in `(cursor.until, now]`, or a row not seen before) not yet
-/// evaluated in this round, among the sites whose newest record came from
+/// (`wake_at <= now`) and those of the ad-hoc windows `cursor` says are new
+/// to them ([`SweepCursor`]), among the sites whose newest record came from
 /// one of `partitions` (those the sink has caught up on: silence is judged
 /// only where the data is complete), except the sites of `pending` (sorted
 /// urls with records collected but not written yet: those records settle
 /// them). Due sites locked by a batch are skipped (`SKIP LOCKED`): the batch
-/// evaluates them, or the next sweep does. The transitions made, and the
-/// cursor for the next sweep.
+/// evaluates them, or the next sweep does. The transitions made, and
+/// whether the sweep took every site due (else the next should follow at
+/// once).
 pub(crate) async fn sweep(
     conn: &mut Conn,
     now: SystemTime,
-    cursor: SweepCursor,
+    cursor: &mut SweepCursor,
     partitions: &[i32],
     pending: &[&str],
-) -> Result<(Vec<Transition>, SweepCursor), tokio_postgres::Error> {
+) -> Result<(Vec<Transition>, bool), tokio_postgres::Error> {
     let st = &conn.statements.status;
     let policy = Arc::clone(&st.policy);
     let tx = conn.client.transaction().await?;
-    let adhoc = rows::windows(&tx, st, cursor.until).await?;
-    let is_new = |w: &AdHocWindow| {
-        w.id > cursor.window_id
-            || [w.from, w.to].iter().any(|b| {
-                let b = SystemTime::from(*b);
-                cursor.until < b && b <= now
-            })
-    };
-    let crossed: Vec<&AdHocWindow> = adhoc.iter().filter(|w| is_new(w)).collect();
+    let since = cursor
+        .until
+        .unwrap_or_else(|| now.checked_sub(SweepCursor::LOOKBACK).unwrap_or(now));
+    let adhoc = rows::windows(&tx, st, since).await?;
+    let mut next = cursor.clone();
+    let crossed = next.crossed(&adhoc, now);
     let mut extra: Vec<i64> = Vec::new();
     if !crossed.is_empty() {
+        // A site evaluated since (on its clock, which may run up to the
+        // skew ahead) has been through the window.
+        let skew = FUTURE_SKEW.to_std().unwrap_or_default();
         for r in tx.query(&st.all_sites, &[&partitions]).await? {
-            let (id, url): (i64, &str) = (r.get(0), r.get(1));
-            if crossed.iter().any(|w| w.applies(id, url)) && pending.binary_search(&url).is_err() {
+            let (id, url, evaluated): (i64, &str, SystemTime) = (r.get(0), r.get(1), r.get(2));
+            let due = crossed
+                .iter()
+                .any(|(w, since)| w.applies(id, url) && evaluated < *since + skew);
+            if due && pending.binary_search(&url).is_err() {
                 extra.push(id);
             }
         }
     }
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
-        &now,
-        &extra,
-        &SWEEP_LIMIT,
-        &partitions,
-        &pending,
-        &cursor.round,
-    ];
-    let due = tx.query(&st.due, &params).await?;
-    let next = if (due.len() as i64) < SWEEP_LIMIT {
-        SweepCursor {
-            until: now.max(cursor.until),
-            window_id: adhoc.iter().map(|w| w.id).fold(cursor.window_id, i64::max),
-            round: now,
-        }
-    } else {
-        cursor
-    };
-    if due.is_empty() {
-        tx.commit().await?;
-        return Ok((Vec::new(), next));
+    let due = tx
+        .query(
+            &st.due,
+            &[&now, &extra, &SWEEP_LIMIT, &partitions, &pending],
+        )
+        .await?;
+    let complete = (due.len() as i64) < SWEEP_LIMIT;
+    if complete {
+        next.complete(now);
     }
-    let urls: HashMap<i64, String> = due.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let ids: Vec<i64> = due.iter().map(|r| r.get(0)).collect();
-    let loaded = rows::load(&tx, st, &ids).await?;
-    let out = sweep_sites(&tx, st, &policy, &adhoc, loaded, &urls, now).await?;
+    let out = if due.is_empty() {
+        Vec::new()
+    } else {
+        let urls: HashMap<i64, String> = due.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let ids: Vec<i64> = due.iter().map(|r| r.get(0)).collect();
+        let loaded = rows::load(&tx, st, &ids).await?;
+        sweep_sites(&tx, st, &policy, &adhoc, loaded, &urls, now).await?
+    };
     tx.commit().await?;
-    Ok((out, next))
+    *cursor = next;
+    Ok((out, complete))
 }
 
 #[cfg(test)]

@@ -110,13 +110,13 @@ impl StatusSql {
             ),
             due: format!(
                 "SELECT st.site_id, s.url FROM {status} st JOIN {site} s ON s.id = st.site_id
-                 WHERE (st.wake_at <= $1 OR (st.site_id = ANY($2::int8[]) AND st.evaluated_at < $6))
+                 WHERE (st.wake_at <= $1 OR st.site_id = ANY($2::int8[]))
                    AND st.\"partition\" = ANY($4::int4[]) AND NOT s.url = ANY($5::text[])
                  ORDER BY st.site_id LIMIT $3 FOR UPDATE OF st SKIP LOCKED",
                 site = t.site
             ),
             all_sites: format!(
-                "SELECT st.site_id, s.url FROM {status} st JOIN {site} s ON s.id = st.site_id
+                "SELECT st.site_id, s.url, st.evaluated_at FROM {status} st JOIN {site} s ON s.id = st.site_id
                  WHERE st.\"partition\" = ANY($1::int4[])",
                 site = t.site
             ),

@@ -71,16 +71,12 @@ pub struct Writer {
     swept: Option<Instant>,
     /// When writer 0 last refreshed the per-site state gauge.
     gauged: Option<Instant>,
-    /// How far the sweeps have got with the ad-hoc windows (`None`: no
-    /// sweep has succeeded yet).
-    cursor: Option<status::SweepCursor>,
+    /// What the sweeps have done with the ad-hoc windows.
+    cursor: status::SweepCursor,
 }
 
 /// How often writer 0 sweeps the site status.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// How far back the first sweep looks for ad-hoc windows that began or ended.
-const FIRST_SWEEP_LOOKBACK: Duration = Duration::from_secs(3_600);
 
 /// How often writer 0 makes partitions ahead and applies retention.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
@@ -96,7 +92,7 @@ impl Writer {
             maintained: None,
             swept: None,
             gauged: None,
-            cursor: None,
+            cursor: status::SweepCursor::default(),
         }
     }
 
@@ -308,18 +304,14 @@ impl Writer {
         };
         self.swept = Some(Instant::now());
         let now = SystemTime::now();
-        let cursor = self
-            .cursor
-            .unwrap_or_else(|| status::SweepCursor::first(now, FIRST_SWEEP_LOOKBACK));
         let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
-        let swept = status::sweep(conn, now, cursor, partitions, pending);
+        let swept = status::sweep(conn, now, &mut self.cursor, partitions, pending);
         let problem = match tokio::time::timeout(limit, swept).await {
-            Ok(Ok((made, next))) => {
-                if next == cursor {
+            Ok(Ok((made, complete))) => {
+                if !complete {
                     // More sites due than one sweep takes: the next goes on at once.
                     self.swept = None;
                 }
-                self.cursor = Some(next);
                 for t in &made {
                     tracing::info!(site_id = t.site_id, id = %t.id(), from = %t.from, to = %t.to, reason = %t.reason, "site status changed (sweep)");
                 }

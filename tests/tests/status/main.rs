@@ -11,6 +11,7 @@ mod pair;
 mod pair_faults;
 mod review;
 mod review2;
+mod review3;
 
 use serde_json::json;
 use website_monitor_tests::kafka::json_rec;

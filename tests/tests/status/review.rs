@@ -256,8 +256,8 @@ async fn a_site_fixed_during_a_window_leaves_it_up() {
 
 /// Finding 7: fail-fail-ok repeated never met `failure_threshold`, so the
 /// probe stayed `up`. Its last outcomes, kept in its row across batches
-/// (`recent`), make it `degraded`, reason "flapping", once 20 of them hold
-/// half failures; no `down`.
+/// (`recent`), make it `degraded`, reason "flapping", once 10 of them (half
+/// the window) hold half failures; no `down`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_fail_ok_repeated_shows_the_site_degraded_for_flapping_not_up() {
     let t = SinkTest::new("status_flapping", 1).await;
@@ -296,7 +296,7 @@ async fn fail_fail_ok_repeated_shows_the_site_degraded_for_flapping_not_up() {
         .unwrap();
     let (reason, kept, health): (String, i16, String) = (r.get(0), r.get(1), r.get(2));
     assert!(
-        reason.contains("p1: flapping, 12 of the last 20 checks failed"),
+        reason.contains("p1: flapping, 6 of the last 10 checks failed"),
         "{reason}"
     );
     assert_eq!((kept, health.as_str()), (32, "degraded"));

@@ -1,0 +1,64 @@
+//! The third hostile review of the site status (docs/status-review-3.md),
+//! through the sink on the real stack.
+
+use std::time::Duration;
+
+use website_monitor_tests::sink::{self, SinkTest};
+
+use super::{check, feed, now, of, status_toml, transitions, wait_state};
+
+/// Findings 5 and 6: a window inserted right after a quiet site's record
+/// (evaluated after the sweep's round began) was never entered; one whose
+/// end was moved into the past, or deleted, was never left. Each reaches
+/// the site at the next sweep now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_inserted_moved_or_deleted_reach_a_quiet_site_at_the_next_sweep() {
+    let t = SinkTest::new("status_windows_live", 1).await;
+    let status = status_toml("unknown_after = 1000\ndefault_interval = \"1s\"\n");
+    let (running, token) = sink::start(&t.config().set("status", status)).await;
+    let url = "http://calm/";
+    let at = now();
+    let oks: Vec<Vec<u8>> = (0..3)
+        .map(|i| check(url, "p1", at + f64::from(i) * 0.2, true))
+        .collect();
+    let mut total = 0;
+    // Let a first sweep pass, then a record, then the window at once.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    feed(&t, &oks, &mut total).await;
+    wait_state(&t, url, "up").await;
+    let schema = &t.schema;
+    let sql = |q: &str| q.replace("{m}", &format!("\"{schema}\".site_maintenance"));
+    t.db.execute(
+        &sql("INSERT INTO {m} (url_pattern, starts_at, ends_at) VALUES ('^http://calm/$', now(), now() + interval '1 hour')"),
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_state(&t, url, "maintenance").await;
+    // Its end moved into the past: left.
+    t.db.execute(&sql("UPDATE {m} SET starts_at = now() - interval '1 minute', ends_at = now() - interval '30 seconds'"), &[])
+        .await
+        .unwrap();
+    wait_state(&t, url, "up").await;
+    // Another, deleted while it runs: left.
+    t.db.execute(
+        &sql("INSERT INTO {m} (url_pattern, starts_at, ends_at) VALUES ('^http://calm/$', now(), now() + interval '1 hour')"),
+        &[],
+    )
+    .await
+    .unwrap();
+    wait_state(&t, url, "maintenance").await;
+    t.db.execute(&sql("DELETE FROM {m}"), &[]).await.unwrap();
+    wait_state(&t, url, "up").await;
+    sink::stop(running, token).await;
+    assert_eq!(
+        of(&transitions(&t).await, url),
+        [
+            ("unknown", "up"),
+            ("up", "maintenance"),
+            ("maintenance", "up"),
+            ("up", "maintenance"),
+            ("maintenance", "up")
+        ]
+    );
+}
