@@ -44,6 +44,8 @@ pub(crate) struct Input<'a> {
     /// Dated ahead of the batch's wall clock beyond the skew: `checked_at`
     /// is that clock ([`effective_time`]).
     ahead: bool,
+    /// Its `checked_at` as written.
+    written: SystemTime,
     /// When the sink read it from Kafka.
     received_at: SystemTime,
     ok: bool,
@@ -75,6 +77,7 @@ impl<'a> Input<'a> {
             probe: row.row.probe.as_deref().filter(|p| !p.is_empty()),
             checked_at,
             ahead: checked_at != written,
+            written,
             received_at: msg.received_at,
             ok: g.ok?,
             duration: g.duration.and_then(|d| Duration::try_from_secs_f64(d).ok()),
@@ -220,6 +223,12 @@ pub(crate) async fn write(
         });
     }
     inputs.sort_by_key(Input::key);
+    // Checks dated ahead all count at the batch's clock, so a repeat of
+    // one (a record delivered twice) would count again: its first only.
+    let mut ahead = HashSet::new();
+    let before = inputs.len();
+    inputs.retain(|i| !i.ahead || ahead.insert((i.site_id, i.probe, i.written)));
+    let repeats = (before - inputs.len()) as u64;
     let mut first: BTreeMap<i64, SystemTime> = BTreeMap::new();
     let mut urls: HashMap<i64, &str> = HashMap::new();
     // The partition of each site's newest record: the sweep looks only at
@@ -266,7 +275,7 @@ pub(crate) async fn write(
         .collect();
     rows::save(tx, st, &saves).await?;
     rows::add_transitions(tx, st, &out).await?;
-    let late = sites.values().map(|l| l.site.late).sum();
+    let late = repeats + sites.values().map(|l| l.site.late).sum::<u64>();
     Ok(Outcome {
         made: out,
         late,

@@ -62,3 +62,36 @@ async fn windows_inserted_moved_or_deleted_reach_a_quiet_site_at_the_next_sweep(
         ]
     );
 }
+
+/// Finding 4: a check dated ahead of the sink, delivered three times,
+/// counted three times ("3 consecutive failures", down); the same copies
+/// dated now were dropped as repeats. A repeat of one dated ahead is
+/// dropped too (within a batch: copies delivered in one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_dated_ahead_and_delivered_three_times_counts_once() {
+    let t = SinkTest::new("status_ahead_repeat", 1).await;
+    let status = status_toml("unknown_after = 1000\ndefault_interval = \"1s\"\n");
+    let (running, token) = sink::start(&t.config().set("status", status)).await;
+    let url = "http://twice/";
+    let at = now();
+    let mut total = 0;
+    let oks: Vec<Vec<u8>> = (0..3)
+        .map(|i| check(url, "p1", at + f64::from(i) * 0.2, true))
+        .collect();
+    feed(&t, &oks, &mut total).await;
+    wait_state(&t, url, "up").await;
+    let ahead = check(url, "p1", now() + 60.0, false);
+    feed(&t, &[ahead.clone(), ahead.clone(), ahead], &mut total).await;
+    sink::stop(running, token).await;
+    let schema = &t.schema;
+    let fails: i32 =
+        t.db.query_one(
+            &format!("SELECT fails FROM \"{schema}\".site_probe_state"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(fails, 1, "one failure, not three");
+    assert_eq!(of(&transitions(&t).await, url), [("unknown", "up")]);
+}
