@@ -55,10 +55,46 @@ const TRANSITIONS: [(i64, i64, &str, &str, i64, &str); 10] = [
         "still down",
     ),
 ];
-/// C's last transitions, after the range the timeline and incidents use.
-const C_LATER: [(i64, i64, &str, &str, i64, &str); 2] = [
+/// C's last transitions, after the range the timeline and incidents use:
+/// silent, then up (its incident ends at the unknown, not at the up), then
+/// down into a window with nothing after (an incident still open).
+const C_LATER: [(i64, i64, &str, &str, i64, &str); 4] = [
     (3, 6, "down", "unknown", -90 * MINUTE, "silent"),
     (3, 7, "unknown", "up", -80 * MINUTE, "recovered"),
+    (3, 8, "up", "down", -60 * MINUTE, "refused"),
+    (3, 9, "down", "maintenance", -50 * MINUTE, "window"),
+];
+/// D's transitions, all before the timeline's range (it is unknown there):
+/// down from 200 days back to 40 (older than the 90-day look-back), then
+/// degraded and down with a silent spell that ends in down (one incident),
+/// down through a window until up, and down until it went silent for good.
+const D_EARLIER: [(i64, i64, &str, &str, i64, &str); 12] = [
+    (4, 1, "unknown", "down", -200 * DAY, "dns"),
+    (4, 2, "down", "up", -40 * DAY, "recovered"),
+    (4, 3, "up", "degraded", -30 * DAY, "flapping"),
+    (4, 4, "degraded", "down", -30 * DAY + 30 * MINUTE, "timeout"),
+    (4, 5, "down", "unknown", -30 * DAY + HOUR, "silent"),
+    (
+        4,
+        6,
+        "unknown",
+        "down",
+        -30 * DAY + 2 * HOUR,
+        "timeout again",
+    ),
+    (4, 7, "down", "up", -30 * DAY + 3 * HOUR, "recovered"),
+    (4, 8, "up", "down", -20 * DAY, "refused"),
+    (4, 9, "down", "maintenance", -20 * DAY + HOUR, "window"),
+    (
+        4,
+        10,
+        "maintenance",
+        "up",
+        -20 * DAY + 2 * HOUR,
+        "window over",
+    ),
+    (4, 11, "up", "down", -10 * DAY, "status 503"),
+    (4, 12, "down", "unknown", -10 * DAY + HOUR, "silent"),
 ];
 
 const MINUTE: i64 = 60;
@@ -794,9 +830,10 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
     let a_down = json!({"site": A, "state": "down", "started": ts(n - 5 * HOUR),
                         "ended": ts(n - 5 * HOUR + 30 * MINUTE), "duration": 1800.0,
                         "reason": "2 of 3 voting probes down"});
-    // Degraded, down, a window, down again, silent: one incident until up.
+    // Degraded, down, a window, down again: one incident; it ends when the
+    // site goes silent (unknown, followed by up rather than down or degraded).
     let c_down = json!({"site": C, "state": "down", "started": ts(n - 4 * HOUR),
-                        "ended": ts(n - 80 * MINUTE), "duration": 9600.0, "reason": "slow"});
+                        "ended": ts(n - 90 * MINUTE), "duration": 9000.0, "reason": "slow"});
     // Still open: it lasts until the range's end (before now).
     let b_degraded = json!({"site": B, "state": "degraded", "started": ts(n - 3 * HOUR),
                             "ended": null, "duration": 3600.0, "reason": "eu: flapping"});
@@ -815,13 +852,76 @@ fn expectations(d: &Data) -> BTreeMap<String, Vec<Case>> {
                 json!({"site": B, "state": "degraded",
                 "started": ts(n - 3 * HOUR), "ended": null, "duration": 3600.0,
                 "reason": "eu: flapping"}),
-                c_down,
+                c_down.clone(),
             ],
         ),
     );
     add(
         "Incidents",
         table(Ctx::new(from, to).sites(&[A]), vec![a_down]),
+    );
+    // Up to now: C down into a window with nothing after is still open; its
+    // earlier incident ended at the unknown, inside the range.
+    add(
+        "Incidents",
+        table(
+            Ctx::new(n - 2 * HOUR, n),
+            vec![
+                json!({"site": C, "state": "down", "started": ts(n - 60 * MINUTE),
+                       "ended": null, "duration": 3600.0, "reason": "refused"}),
+                json!({"site": B, "state": "degraded", "started": ts(n - 3 * HOUR),
+                       "ended": null, "duration": 10800.0, "reason": "eu: flapping"}),
+                c_down.clone(),
+            ],
+        ),
+    );
+    // D: silent for good ends at the unknown; a window then up ends at the
+    // up; down, unknown, down is one incident (from its degraded start).
+    let d_silent = json!({"site": D, "state": "down", "started": ts(n - 10 * DAY),
+                          "ended": ts(n - 10 * DAY + HOUR), "duration": 3600.0,
+                          "reason": "status 503"});
+    let d_window = json!({"site": D, "state": "down", "started": ts(n - 20 * DAY),
+                          "ended": ts(n - 20 * DAY + 2 * HOUR), "duration": 7200.0,
+                          "reason": "refused"});
+    let d_spell = |state: &str| {
+        json!({"site": D, "state": state, "started": ts(n - 30 * DAY),
+               "ended": ts(n - 30 * DAY + 3 * HOUR), "duration": 10800.0, "reason": "flapping"})
+    };
+    add(
+        "Incidents",
+        table(
+            Ctx::new(n - 31 * DAY, n - DAY).sites(&[D]),
+            vec![d_silent, d_window, d_spell("down")],
+        ),
+    );
+    // The range ends between the unknown and the down after it: still one
+    // incident, ended by the up after the range.
+    add(
+        "Incidents",
+        table(
+            Ctx::new(n - 30 * DAY - HOUR, n - 30 * DAY + 90 * MINUTE),
+            vec![d_spell("down")],
+        ),
+    );
+    // The range ends while D is degraded: the state is the range's, the end
+    // the incident's.
+    add(
+        "Incidents",
+        table(
+            Ctx::new(n - 30 * DAY - HOUR, n - 30 * DAY + 15 * MINUTE).sites(&[D]),
+            vec![d_spell("degraded")],
+        ),
+    );
+    // Down since before the 90-day look-back: shown from the look-back.
+    add(
+        "Incidents",
+        table(
+            Ctx::new(n - 50 * DAY, n - 49 * DAY),
+            vec![
+                json!({"site": D, "state": "down", "started": ts(n - 140 * DAY),
+                        "ended": ts(n - 40 * DAY), "duration": 8_640_000.0, "reason": "dns"}),
+            ],
+        ),
     );
 
     // Status: the latest-state rows and the last 24 hours.
@@ -996,8 +1096,10 @@ async fn every_panel_returns_the_expected_figures() {
     for (id, name) in PROBES {
         setup += &format!("INSERT INTO \"site_probe\" (id, name) VALUES ({id}, '{name}');\n");
     }
-    // Site status transitions ([`TRANSITIONS`]): A down for 30 minutes, B degraded since n - 3 h.
-    for (site, seq, from, to, at, reason) in TRANSITIONS.into_iter().chain(C_LATER) {
+    // Site status transitions ([`TRANSITIONS`], [`C_LATER`], [`D_EARLIER`]): A down for
+    // 30 minutes, B degraded since n - 3 h.
+    for (site, seq, from, to, at, reason) in TRANSITIONS.into_iter().chain(C_LATER).chain(D_EARLIER)
+    {
         setup += &format!(
             "INSERT INTO \"site_transition\" (site_id, seq, from_state, to_state, at, reason, probes) \
              VALUES ({site}, {seq}, '{from}', '{to}', to_timestamp({}), '{reason}', '{{}}');\n",
