@@ -106,7 +106,8 @@ pub async fn start(
     let target = cfg.postgres_uri.target().clone();
     let tls = target.tls()?;
 
-    let handle = telemetry::install_recorder();
+    // The recorder first: the descriptions and zeros below go to it.
+    telemetry::install_recorder();
     metrics::describe();
     metrics::register_zeros(&cfg);
     let health = Health::new();
@@ -116,18 +117,7 @@ pub async fn start(
     // The telemetry server outlives `shutdown` until the sink has finished.
     let telemetry_stop = CancellationToken::new();
     let site_states = Arc::new(metrics::SiteStates::default());
-    let hooks = telemetry::Hooks {
-        reload: None,
-        metrics: Some(site_state_series(&site_states)),
-    };
-    let server = telemetry::serve_with_hooks(
-        &cfg.metrics_address,
-        handle,
-        health,
-        hooks,
-        telemetry_stop.clone(),
-    )
-    .await?;
+    let server = serve_telemetry(&cfg, health, &site_states, &telemetry_stop).await?;
 
     let last_commit = Arc::new(AtomicU64::new(0));
     let made =
@@ -185,10 +175,28 @@ pub async fn start(
     })
 }
 
-/// `/metrics`' hook rendering the per-site state gauge.
-fn site_state_series(states: &Arc<metrics::SiteStates>) -> telemetry::ExtraMetrics {
-    let states = Arc::clone(states);
-    Arc::new(move |out: &mut String| states.render(out))
+/// Serves `/metrics` (the registry, then the per-site state gauge of
+/// `site_states`), `/healthz` and `/readyz` on `metrics_address` until `stop`.
+async fn serve_telemetry(
+    cfg: &SinkConfig,
+    health: Health,
+    site_states: &Arc<metrics::SiteStates>,
+    stop: &CancellationToken,
+) -> Result<telemetry::TelemetryServer, SinkError> {
+    let states = Arc::clone(site_states);
+    let hooks = telemetry::Hooks {
+        reload: None,
+        metrics: Some(Arc::new(move |out: &mut String| states.render(out))),
+    };
+    let server = telemetry::serve_with_hooks(
+        &cfg.metrics_address,
+        telemetry::install_recorder(),
+        health,
+        hooks,
+        stop.clone(),
+    )
+    .await?;
+    Ok(server)
 }
 
 /// The producers of the topics set in `cfg` besides the tables: the

@@ -37,6 +37,7 @@ pub mod shared;
 pub mod sql;
 pub mod status;
 pub mod status_rows;
+pub mod sweep;
 pub mod upgrade;
 pub mod write;
 pub mod writer;

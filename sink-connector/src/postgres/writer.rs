@@ -38,6 +38,7 @@ use crate::postgres::refuse::{write_batch, Search};
 use crate::postgres::shared::{open, Shared};
 use crate::postgres::sql::Conn;
 use crate::postgres::status;
+use crate::postgres::sweep;
 
 /// Backoff between failed attempts: 100 ms doubling to 10 s, with jitter.
 fn backoff() -> Backoff {
@@ -72,7 +73,7 @@ pub struct Writer {
     /// When writer 0 last refreshed the per-site state gauge.
     gauged: Option<Instant>,
     /// What the sweeps have done with the ad-hoc windows.
-    cursor: status::SweepCursor,
+    cursor: sweep::SweepCursor,
 }
 
 /// How often writer 0 sweeps the site status.
@@ -92,7 +93,7 @@ impl Writer {
             maintained: None,
             swept: None,
             gauged: None,
-            cursor: status::SweepCursor::default(),
+            cursor: sweep::SweepCursor::default(),
         }
     }
 
@@ -286,7 +287,7 @@ impl Writer {
 
     /// Writer 0, at most every [`SWEEP_EVERY`], between batches: the site
     /// status sweep (probes silent too long, maintenance windows begun or
-    /// ended; see `status::sweep`) over the sites of `partitions` (those
+    /// ended; see `sweep::sweep`) over the sites of `partitions` (those
     /// the sink has caught up on) but those of `pending` (urls of the
     /// records collected and not written yet: their records settle them),
     /// in its own short transaction, at the wall clock. A failure is logged
@@ -305,7 +306,7 @@ impl Writer {
         self.swept = Some(Instant::now());
         let now = SystemTime::now();
         let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
-        let swept = status::sweep(conn, now, &mut self.cursor, partitions, pending);
+        let swept = sweep::sweep(conn, now, &mut self.cursor, partitions, pending);
         let problem = match tokio::time::timeout(limit, swept).await {
             Ok(Ok((made, complete))) => {
                 if !complete {
