@@ -79,8 +79,9 @@ pub struct ProbeRow {
     pub health: String,
     /// Its interval as the sink took it from the records, in milliseconds.
     pub interval_ms: Option<i32>,
-    /// From its newest check to `since`, in milliseconds.
-    pub since_last_check_ms: Option<f64>,
+    /// From when the sink last heard from it (`heard_at`, or its newest
+    /// check's time) to `since`, in milliseconds.
+    pub since_heard_ms: Option<f64>,
 }
 
 /// Probe `probe`'s view of `url`, if it has one.
@@ -88,7 +89,7 @@ pub async fn probe_row(t: &SinkTest, url: &str, probe: &str) -> Option<ProbeRow>
     let schema = &t.schema;
     let sql = format!(
         "SELECT ps.state, ps.health, ps.interval_ms,
-                (extract(epoch FROM ps.since - ps.last_checked_at) * 1000)::float8
+                (extract(epoch FROM ps.since - coalesce(ps.heard_at, ps.last_checked_at)) * 1000)::float8
          FROM \"{schema}\".site_probe_state ps
          JOIN \"{schema}\".site s ON s.id = ps.site_id
          JOIN \"{schema}\".site_probe p ON p.id = ps.probe_id
@@ -99,7 +100,7 @@ pub async fn probe_row(t: &SinkTest, url: &str, probe: &str) -> Option<ProbeRow>
         state: row.get(0),
         health: row.get(1),
         interval_ms: row.get(2),
-        since_last_check_ms: row.get(3),
+        since_heard_ms: row.get(3),
     })
 }
 

@@ -54,10 +54,10 @@ async fn a_killed_source_makes_its_probe_unknown_after_its_silence_not_down_and_
     let ap = wait_probe(&t, &url, "ap", "unknown").await;
     assert_eq!(ap.state, "unknown");
     assert_eq!(ap.interval_ms, Some(300), "the interval its records carry");
-    let silence = ap.since_last_check_ms.expect("a last check");
+    let silence = ap.since_heard_ms.expect("a last check");
     assert!(
         (silence - 1500.0).abs() < 1.0,
-        "unknown 5 × 300 ms after its last check, not {silence} ms"
+        "unknown 5 × 300 ms after the sink last heard from it, not {silence} ms"
     );
     more_checks(&t, &url, "eu", 10).await;
     assert_eq!(
@@ -183,7 +183,8 @@ async fn a_probe_seeing_fail_fail_ok_never_goes_down_and_shows_the_site_degraded
     let failed = t
         .count("site_check", &checks_of(&t, &url, "eu", "AND NOT ok"))
         .await;
-    assert!(failed >= 16, "eu saw {failed} failures");
+    // Two of every three of the 12 checks after `degraded`, and those before.
+    assert!(failed >= 12, "eu saw {failed} failures");
     let schema = &t.schema;
     let reason: String =
         t.db.query_one(
