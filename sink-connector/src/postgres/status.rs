@@ -226,12 +226,6 @@ pub(crate) async fn write(
         });
     }
     inputs.sort_by_key(Input::key);
-    // Checks dated ahead all count at the batch's clock, so a repeat of
-    // one (a record delivered twice) would count again: its first only.
-    let mut ahead = HashSet::new();
-    let before = inputs.len();
-    inputs.retain(|i| !i.ahead || ahead.insert((i.site_id, i.probe, i.written)));
-    let repeats = (before - inputs.len()) as u64;
     let mut first: BTreeMap<i64, SystemTime> = BTreeMap::new();
     let mut urls: HashMap<i64, &str> = HashMap::new();
     // The partition of each site's newest record: the sweep looks only at
@@ -278,7 +272,7 @@ pub(crate) async fn write(
         .collect();
     rows::save(tx, st, &saves).await?;
     rows::add_transitions(tx, st, &out).await?;
-    let late = repeats + sites.values().map(|l| l.site.late).sum::<u64>();
+    let late = sites.values().map(|l| l.site.late).sum();
     Ok(Outcome {
         made: out,
         late,
@@ -335,6 +329,7 @@ fn apply(
         error_kind: i.error_kind,
         position: Some(i.position),
         received_at: Some(DateTime::<Utc>::from(i.received_at)),
+        written_ahead: i.ahead.then(|| DateTime::<Utc>::from(i.written)),
     };
     l.site.apply(&check, r.thresholds, &r.windows)
 }

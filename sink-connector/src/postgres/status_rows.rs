@@ -62,7 +62,8 @@ impl StatusSql {
             lock_probes: format!(
                 "SELECT ps.site_id, ps.probe_id, COALESCE(p.name, ''), ps.state, ps.health, ps.since,
                         ps.last_checked_at, ps.fails, ps.oks, ps.slows, ps.fasts, ps.interval_ms, ps.last_error,
-                        ps.recent, ps.recent_n, ps.heard_at, ps.down_before_window
+                        ps.recent, ps.recent_n, ps.heard_at, ps.down_before_window,
+                        ps.flapping, ps.ahead_written_at
                  FROM {probe_state} ps LEFT JOIN {probe} p ON p.id = ps.probe_id
                  WHERE ps.site_id = ANY($1::int8[])
                  ORDER BY ps.site_id, ps.probe_id FOR UPDATE OF ps",
@@ -82,18 +83,19 @@ impl StatusSql {
             save_probes: format!(
                 "INSERT INTO {probe_state} AS ps (site_id, probe_id, state, health, since,
                         last_checked_at, fails, oks, slows, fasts, interval_ms, last_error,
-                        recent, recent_n, heard_at, down_before_window)
+                        recent, recent_n, heard_at, down_before_window, flapping, ahead_written_at)
                  SELECT * FROM unnest($1::int8[], $2::int4[], $3::text[], $4::text[],
                         $5::timestamptz[], $6::timestamptz[], $7::int4[], $8::int4[], $9::int4[],
                         $10::int4[], $11::int4[], $12::text[], $13::int8[], $14::int2[],
-                        $15::timestamptz[], $16::bool[])
+                        $15::timestamptz[], $16::bool[], $17::bool[], $18::timestamptz[])
                  ON CONFLICT (site_id, probe_id) DO UPDATE SET
                         state = excluded.state, health = excluded.health, since = excluded.since,
                         last_checked_at = excluded.last_checked_at, fails = excluded.fails,
                         oks = excluded.oks, slows = excluded.slows, fasts = excluded.fasts,
                         interval_ms = excluded.interval_ms, last_error = excluded.last_error,
                         recent = excluded.recent, recent_n = excluded.recent_n,
-                        heard_at = excluded.heard_at, down_before_window = excluded.down_before_window"
+                        heard_at = excluded.heard_at, down_before_window = excluded.down_before_window,
+                        flapping = excluded.flapping, ahead_written_at = excluded.ahead_written_at"
             ),
             add_transitions: format!(
                 "INSERT INTO {tr} (site_id, seq, from_state, to_state, at, reason, probes, \"partition\", \"offset\")
@@ -116,7 +118,8 @@ impl StatusSql {
                 site = t.site
             ),
             all_sites: format!(
-                "SELECT st.site_id, s.url, st.evaluated_at FROM {status} st JOIN {site} s ON s.id = st.site_id
+                "SELECT st.site_id, s.url, st.evaluated_at, st.state = 'maintenance'
+                 FROM {status} st JOIN {site} s ON s.id = st.site_id
                  WHERE st.\"partition\" = ANY($1::int4[])",
                 site = t.site
             ),
@@ -274,6 +277,8 @@ fn probe_of(r: &Row) -> ProbeState {
         recent_n: u32::try_from(r.get::<_, i16>(14)).unwrap_or(0).min(64),
         heard_at: r.get::<_, Option<SystemTime>>(15).map(utc),
         down_before_window: r.get(16),
+        flapping: r.get(17),
+        ahead_written_at: r.get::<_, Option<SystemTime>>(18).map(utc),
     }
 }
 
@@ -357,11 +362,14 @@ async fn save_probes(
     let recent_n: Vec<i16> = rows.iter().map(|r| r.2.recent_n.min(64) as i16).collect();
     let heard: Vec<Option<SystemTime>> = rows.iter().map(|r| r.2.heard_at.map(sys)).collect();
     let held: Vec<bool> = rows.iter().map(|r| r.2.down_before_window).collect();
+    let flapping: Vec<bool> = rows.iter().map(|r| r.2.flapping).collect();
+    let ahead: Vec<Option<SystemTime>> =
+        rows.iter().map(|r| r.2.ahead_written_at.map(sys)).collect();
     tx.execute(
         &st.save_probes,
         &[
             &sites, &probes, &state, &health, &since, &last, &fails, &oks, &slows, &fasts,
-            &interval, &errors, &recent, &recent_n, &heard, &held,
+            &interval, &errors, &recent, &recent_n, &heard, &held, &flapping, &ahead,
         ],
     )
     .await?;

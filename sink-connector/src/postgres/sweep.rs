@@ -162,15 +162,20 @@ pub(crate) async fn sweep(
     let mut next = cursor.clone();
     let crossed = next.crossed(&adhoc, now);
     let mut extra: Vec<i64> = Vec::new();
-    if !crossed.is_empty() {
+    // The first sweep of this sink also looks at every site in maintenance:
+    // its window may have gone while no sink ran.
+    let first = cursor.until.is_none();
+    if !crossed.is_empty() || first {
         // A site evaluated since (on its clock, which may run up to the
         // skew ahead) has been through the window.
         let skew = FUTURE_SKEW.to_std().unwrap_or_default();
         for r in tx.query(&st.all_sites, &[&partitions]).await? {
             let (id, url, evaluated): (i64, &str, SystemTime) = (r.get(0), r.get(1), r.get(2));
-            let due = crossed
-                .iter()
-                .any(|(w, since)| w.applies(id, url) && evaluated < *since + skew);
+            let in_maintenance: bool = r.get(3);
+            let due = (first && in_maintenance)
+                || crossed
+                    .iter()
+                    .any(|(w, since)| w.applies(id, url) && evaluated < *since + skew);
             if due && pending.binary_search(&url).is_err() {
                 extra.push(id);
             }

@@ -50,6 +50,12 @@ use super::State;
 /// sink's clock; the history keeps its own `checked_at`.
 pub const FUTURE_SKEW: TimeDelta = TimeDelta::seconds(2);
 
+/// How much of its previous cadence a probe keeps at each check: a check
+/// slower than the interval sets the cadence, which then fades by this
+/// factor a check, so a site whose checks are only sometimes slow is not
+/// taken for silent between them.
+const CADENCE_MEMORY: f64 = 0.8;
+
 /// The time the state machine takes a check at: its `checked_at`, or `now`
 /// (the sink's wall clock) when that is more than [`FUTURE_SKEW`] ahead.
 pub fn effective_time(checked_at: DateTime<Utc>, now: DateTime<Utc>) -> DateTime<Utc> {
@@ -81,6 +87,10 @@ pub struct Check<'a> {
     /// When the sink read the record (its wall clock); `None`: the site's
     /// clock stands in.
     pub received_at: Option<DateTime<Utc>>,
+    /// The `checked_at` as written, when it was ahead of the sink's clock
+    /// beyond [`FUTURE_SKEW`] (then `checked_at` is the sink's clock): a
+    /// repeat of it is late.
+    pub written_ahead: Option<DateTime<Utc>>,
 }
 
 /// What [`ProbeState::observe`] did with a check.
@@ -137,6 +147,13 @@ pub struct ProbeState {
     pub heard_at: Option<DateTime<Utc>>,
     /// The probe said `down` when the current maintenance window began.
     pub down_before_window: bool,
+    /// The probe was flapping at its last check (it stays flapping down to
+    /// half of `flap_threshold`).
+    pub flapping: bool,
+    /// The newest `checked_at` as written of its checks dated ahead of the
+    /// sink ([`Check::written_ahead`]): a check dated ahead and not after it
+    /// is a repeat, late.
+    pub ahead_written_at: Option<DateTime<Utc>>,
 }
 
 impl ProbeState {
@@ -157,6 +174,8 @@ impl ProbeState {
             recent_n: 0,
             heard_at: None,
             down_before_window: false,
+            flapping: false,
+            ahead_written_at: None,
         }
     }
 
@@ -171,9 +190,9 @@ impl ProbeState {
     /// Whether the probe is flapping: among its last `flap_window` checks
     /// (at least half of them seen), at least `flap_threshold` failed and
     /// the outcome changed at least three times (more than one outage). A
-    /// probe already `degraded` stays flapping down to half the threshold
-    /// (hysteresis: a share of failures hovering around the threshold does
-    /// not flip it at every check).
+    /// probe flapping at its last check stays flapping down to half the
+    /// threshold (hysteresis: a share of failures hovering around the
+    /// threshold does not flip it at every check).
     pub fn flapping(&self, t: &Thresholds) -> bool {
         if t.flap_window == 0 {
             return false;
@@ -185,7 +204,7 @@ impl ProbeState {
         let mask = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
         let x = self.recent & mask;
         let changes = ((x ^ (x >> 1)) & (mask >> 1)).count_ones();
-        let threshold = if self.health == State::Degraded {
+        let threshold = if self.flapping {
             t.flap_threshold / 2.0
         } else {
             t.flap_threshold
@@ -216,16 +235,24 @@ impl ProbeState {
     /// Feeds one check (inside a maintenance window too: the checks count,
     /// only the state shown is `maintenance`).
     pub fn observe(&mut self, check: &Check<'_>, t: &Thresholds) -> Observed {
-        if self
-            .last_checked_at
-            .is_some_and(|last| check.checked_at <= last)
-        {
+        if self.is_late(check) {
             return Observed::Late;
         }
+        let cadence = t.cadence_of(check.interval, check.duration);
+        self.interval = match self.last_checked_at {
+            None => cadence,
+            // A slow check is remembered for a few more, fading: the next
+            // one may be slow again.
+            Some(_) => cadence.max(self.interval.mul_f64(CADENCE_MEMORY)),
+        };
         self.last_checked_at = Some(check.checked_at);
-        self.interval = t.cadence_of(check.interval, check.duration);
+        if check.written_ahead.is_some() {
+            self.ahead_written_at = check.written_ahead;
+        }
         let slow = self.count(check, t);
-        let next = self.next_health(slow, t);
+        let flapping = self.flapping(t);
+        let next = self.next_health(slow, flapping, t);
+        self.flapping = flapping;
         if next == self.health {
             return Observed::Same;
         }
@@ -263,10 +290,23 @@ impl ProbeState {
         slow
     }
 
-    /// The health the counters call for; `slow`: the newest check was a slow success.
-    fn next_health(&self, slow: bool, t: &Thresholds) -> State {
+    /// Whether `check` is late: not newer than the probe's newest, or a
+    /// repeat of a check dated ahead.
+    pub fn is_late(&self, check: &Check<'_>) -> bool {
+        let repeat = check
+            .written_ahead
+            .zip(self.ahead_written_at)
+            .is_some_and(|(written, last)| written <= last);
+        repeat
+            || self
+                .last_checked_at
+                .is_some_and(|last| check.checked_at <= last)
+    }
+
+    /// The health the counters call for; `slow`: the newest check was a
+    /// slow success; `flapping`: the probe is flapping with it.
+    fn next_health(&self, slow: bool, flapping: bool, t: &Thresholds) -> State {
         let recovered = if slow { State::Degraded } else { State::Up };
-        let flapping = self.flapping(t);
         let streak = self.fails >= t.failure_threshold;
         // Flapping holds a failing streak at `degraded` until it runs for
         // half the window, or failures are most of the window (midway from
@@ -314,7 +354,7 @@ impl ProbeState {
     pub fn go_silent(&mut self, at: DateTime<Utc>) {
         self.health = State::Unknown;
         (self.fails, self.oks, self.slows, self.fasts) = (0, 0, 0, 0);
-        (self.recent, self.recent_n) = (0, 0);
+        (self.recent, self.recent_n, self.flapping) = (0, 0, false);
         self.last_error = None;
         if !self.in_maintenance {
             self.since = at;
@@ -345,7 +385,7 @@ impl ProbeState {
             return;
         }
         // Failures during the window do not make it flapping after it.
-        (self.recent, self.recent_n) = (0, 0);
+        (self.recent, self.recent_n, self.flapping) = (0, 0, false);
         if self.health == State::Down {
             self.health = match (self.oks >= t.success_threshold, self.slows) {
                 (false, _) => State::Unknown,

@@ -97,8 +97,7 @@ impl Site {
         let late = self
             .probes
             .get(check.probe)
-            .and_then(|p| p.last_checked_at)
-            .is_some_and(|last| check.checked_at <= last);
+            .is_some_and(|p| p.is_late(check));
         if late {
             self.late += 1;
             return None;

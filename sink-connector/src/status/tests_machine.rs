@@ -28,6 +28,7 @@ pub(super) fn check(probe: &str, s: i64, ok: bool) -> Check<'_> {
         error_kind: (!ok).then_some("timeout"),
         position: None,
         received_at: None,
+        written_ahead: None,
     }
 }
 
@@ -240,11 +241,18 @@ fn silence_follows_the_records_interval() {
         &t,
     );
     assert_eq!(p.silent_at(&t), Some(at(200)));
-    let tiny = Check {
+    // A shorter interval is taken as the longer one fades (a check slower
+    // than its interval is remembered for a few checks), down to
+    // min_interval for a silly one.
+    let tiny = |s| Check {
         interval: Some(1e-9),
-        ..check("eu", 30, true)
+        ..check("eu", s, true)
     };
-    p.observe(&tiny, &t);
+    p.observe(&tiny(30), &t);
+    assert_eq!(p.interval, Duration::from_secs(48), "60 s × 0.8");
+    for s in 31..60 {
+        p.observe(&tiny(s), &t);
+    }
     assert_eq!(p.interval, Duration::from_secs(1), "min_interval");
 }
 
@@ -442,14 +450,23 @@ fn a_probe_whose_checks_outlast_its_interval_is_judged_by_their_duration() {
         (p.health, p.interval),
         (State::Down, Duration::from_secs(5))
     );
-    // A fast check again: its interval.
-    p.observe(
-        &Check {
-            interval: Some(1.0),
-            ..check("eu", 20, true)
-        },
-        &t,
-    );
+    // Fast checks again: the slow one is remembered, fading, so one slow
+    // check in five keeps the silence above the next slow check (review 4,
+    // finding 1: every 5th check hanging flipped the site to unknown).
+    let fast = |s| Check {
+        interval: Some(1.0),
+        ..check("eu", s, true)
+    };
+    let mut seen = Vec::new();
+    for s in 20..24 {
+        p.observe(&fast(s), &t);
+        seen.push(p.interval.as_millis());
+    }
+    assert_eq!(seen, [4000, 3200, 2560, 2048]);
+    assert!(t.silence(p.interval) > Duration::from_secs(5));
+    for s in 24..40 {
+        p.observe(&fast(s), &t);
+    }
     assert_eq!(p.interval, Duration::from_secs(1));
 }
 
@@ -472,4 +489,29 @@ fn flapping_has_hysteresis_and_a_mostly_failing_probe_still_goes_down() {
     let nine: Vec<bool> = (0..30).map(|i| i % 10 == 9).collect();
     let got = feed(&mut p, &t, 10_000, &nine);
     assert_eq!(got.last(), Some(&State::Down), "{got:?}");
+}
+
+#[test]
+fn a_slow_degraded_probe_is_not_taken_for_flapping_and_goes_down_at_the_threshold() {
+    // Review 4, finding 2: the lower flapping threshold applied to any
+    // degraded probe, so a slow one with scattered failures needed 10
+    // failures in a row for down.
+    let mut t = thresholds();
+    t.degraded_after = Some(Duration::from_secs(1));
+    let mut p = ProbeState::new(at(0), t.default_interval);
+    let slow = |s, ok| Check {
+        duration: Some(Duration::from_secs(2)),
+        ..check("eu", s, ok)
+    };
+    for (i, ok) in [true, true, true, false, true, true, false, true, true, true]
+        .into_iter()
+        .enumerate()
+    {
+        p.observe(&slow(i as i64 * 60, ok), &t);
+    }
+    assert_eq!((p.health, p.flapping), (State::Degraded, false));
+    for i in 10..13 {
+        p.observe(&slow(i * 60, false), &t);
+    }
+    assert_eq!(p.health, State::Down, "at the third failure");
 }

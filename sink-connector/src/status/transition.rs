@@ -158,7 +158,7 @@ fn with_details(
                     p.oks
                 );
             }
-            _ if p.flapping(t) => {
+            _ if p.flapping => {
                 let (failed, n) = p.recent_failures(t.flap_window);
                 let _ = write!(
                     why,
