@@ -703,9 +703,12 @@ async fn retention_drops_partitions_detached_before_and_nothing_else() {
         .get(0);
     assert_eq!(detached, 1);
     let day = format!("to_char(to_timestamp({old}) AT TIME ZONE 'UTC', 'YYYYMMDD')");
+    // The detached table: renamed retired_<oid>, marked by a comment.
     let tables = format!(
         "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE n.nspname = '{schema}' AND c.relname LIKE 'site_check_%' || {day}"
+         WHERE n.nspname = '{schema}' AND c.relname LIKE 'retired_%'
+           AND obj_description(c.oid, 'pg_class') = 'website-monitor: retired partition of '
+               || '\"{schema}\".site_check'::regclass::oid::text"
     );
     let partitions = format!(
         "SELECT count(*) FROM pg_inherits WHERE inhparent = '\"{schema}\".site_check'::regclass
@@ -780,6 +783,9 @@ async fn the_sql_api_levels_add_up_to_the_minute_rollups_over_any_range() {
         (start + 90.5, start + 150.25),
         (start + 86_399.0, start + 86_401.0),
         (start + 10.0, start + 20.0),
+        // Inverted: nothing (review of migration 15, finding 5).
+        (start + 100.0, start + 50.0),
+        (end, start),
     ];
     for _ in 0..60 {
         let a = start + next(span) as f64 + next(1000) as f64 / 1000.0;

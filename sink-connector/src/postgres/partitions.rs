@@ -246,21 +246,42 @@ impl Layout {
         let made = self.make(client, &needs).await?;
         let mut dropped = 0i64;
         for table in tables {
-            let Some(mut before) = now.checked_sub(table.retention) else {
-                continue;
-            };
-            if *table == self.rejected {
-                before = self.hold_undelivered(client, before).await?;
-            }
-            dropped += i64::from(self.retire(client, table, Some(before)).await?);
-            // Then their files, one table a transaction, the parent not locked.
-            for _ in 0..MAX_DROPS_PER_RUN {
-                if self.retire(client, table, None).await? == 0 {
-                    break;
-                }
+            // One table's failure (a lock wait, a view on a partition) does
+            // not stop the others' retention.
+            match self.retain(client, table, now).await {
+                Ok(n) => dropped += n,
+                Err(e) => tracing::warn!(
+                    table = %table.table,
+                    error = %crate::postgres::error::db_message(&e),
+                    "retention of this table failed; the other tables go on, this one is tried again in 10 minutes"
+                ),
             }
         }
         Ok((made, dropped))
+    }
+
+    /// Retention of one table: detaches its partitions past retention, then
+    /// drops the retired tables one a transaction (the parent not locked).
+    /// Returns how many partitions it detached.
+    async fn retain(
+        &self,
+        client: &mut Client,
+        table: &Partitioned,
+        now: SystemTime,
+    ) -> Result<i64, tokio_postgres::Error> {
+        let Some(mut before) = now.checked_sub(table.retention) else {
+            return Ok(0);
+        };
+        if *table == self.rejected {
+            before = self.hold_undelivered(client, before).await?;
+        }
+        let detached = self.retire(client, table, Some(before)).await?;
+        for _ in 0..MAX_DROPS_PER_RUN {
+            if self.retire(client, table, None).await? == 0 {
+                break;
+            }
+        }
+        Ok(i64::from(detached))
     }
 
     /// One call of `<table>_drop_partitions` in its own transaction: with
