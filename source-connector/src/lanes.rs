@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::check::{self, Clients, SetupError};
 use crate::config::MAX_THREADS;
 use crate::schedule::{self, Applied, Command, Shared, Site};
-use crate::sites::SiteSpec;
+use crate::sites::{Changes, SiteSpec};
 
 /// Lanes that cannot be started.
 #[derive(Debug, thiserror::Error)]
@@ -341,8 +341,9 @@ impl Commander {
         for answer in claims {
             claimed.push(answer.await.map_err(|_| LanesGone)?);
         }
+        let none = vec![0; claimed.len()];
         let mut answers = Vec::with_capacity(self.lanes.len());
-        for (lane, mine) in self.lanes.iter().zip(place(claimed, wanted.len())) {
+        for (lane, mine) in self.lanes.iter().zip(place(claimed, &none, wanted.len())) {
             let (reply, answer) = oneshot::channel();
             let wanted = Arc::clone(&wanted);
             lane.send(Command::Apply {
@@ -361,10 +362,52 @@ impl Commander {
     }
 }
 
+impl Commander {
+    /// Applies a reload of a file's changed lines: puts `changes.put` (a
+    /// url a lane runs stays there; a new one goes to the lane with the
+    /// fewest sites) and removes `changes.removed`; every other site runs
+    /// on untouched. The counts of every lane, added up.
+    pub async fn apply_changes(&self, changes: Changes) -> Result<Applied, LanesGone> {
+        let changes = Arc::new(changes);
+        let mut claims = Vec::with_capacity(self.lanes.len());
+        for lane in &self.lanes {
+            let (reply, answer) = oneshot::channel();
+            let changes = Arc::clone(&changes);
+            (lane.send(Command::ClaimChanges { changes, reply })).map_err(|_| LanesGone)?;
+            claims.push(answer);
+        }
+        let (mut claimed, mut running) = (Vec::new(), Vec::new());
+        for answer in claims {
+            let (mine, count) = answer.await.map_err(|_| LanesGone)?;
+            claimed.push(mine);
+            running.push(count);
+        }
+        let mut answers = Vec::with_capacity(self.lanes.len());
+        let placed = place(claimed, &running, changes.put.len());
+        for (lane, mine) in self.lanes.iter().zip(placed) {
+            let (reply, answer) = oneshot::channel();
+            let changes = Arc::clone(&changes);
+            let command = Command::ApplyChanges {
+                changes,
+                mine,
+                reply,
+            };
+            lane.send(command).map_err(|_| LanesGone)?;
+            answers.push(answer);
+        }
+        let mut total = Applied::default();
+        for answer in answers {
+            total.add(answer.await.map_err(|_| LanesGone)?);
+        }
+        Ok(total)
+    }
+}
+
 /// Each lane's share of `total` sites: what it `claimed` (the urls it runs
 /// now; a site claimed twice stays with the first lane), then each
-/// unclaimed site to the lane with the fewest.
-pub fn place(claimed: Vec<Vec<u32>>, total: usize) -> Vec<Vec<u32>> {
+/// unclaimed site to the lane with the fewest (counting `base` sites it
+/// has besides its share).
+pub fn place(claimed: Vec<Vec<u32>>, base: &[usize], total: usize) -> Vec<Vec<u32>> {
     let mut owned = vec![false; total];
     let mut shares: Vec<Vec<u32>> = claimed
         .into_iter()
@@ -379,8 +422,9 @@ pub fn place(claimed: Vec<Vec<u32>>, total: usize) -> Vec<Vec<u32>> {
         return shares;
     }
     for (i, _) in owned.iter().enumerate().filter(|(_, o)| !**o) {
+        let size = |l: usize| shares[l].len() + base.get(l).copied().unwrap_or(0);
         let fewest = (0..shares.len())
-            .min_by_key(|&l| shares[l].len())
+            .min_by_key(|&l| size(l))
             .unwrap_or_default();
         shares[fewest].push(u32::try_from(i).unwrap_or(u32::MAX));
     }
@@ -429,11 +473,19 @@ mod tests {
     #[test]
     fn new_sites_go_to_the_lanes_with_the_fewest_and_claims_stay() {
         // Lane 0 runs sites 0 and 3, lane 1 site 2; 1, 4 and 5 are new.
-        let placed = place(vec![vec![0, 3], vec![2]], 6);
+        let placed = place(vec![vec![0, 3], vec![2]], &[0, 0], 6);
         assert_eq!(placed, vec![vec![0, 3, 4], vec![2, 1, 5]]);
         // A site claimed twice stays with the first lane.
-        assert_eq!(place(vec![vec![0], vec![0]], 1), vec![vec![0], vec![]]);
-        assert!(place(vec![], 3).is_empty());
+        assert_eq!(
+            place(vec![vec![0], vec![0]], &[0, 0], 1),
+            vec![vec![0], vec![]]
+        );
+        assert!(place(vec![], &[], 3).is_empty());
+        // Counting the sites the lanes run besides: lane 1 has fewer.
+        assert_eq!(
+            place(vec![vec![], vec![]], &[5, 3], 3),
+            vec![vec![2], vec![0, 1]]
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@
 //! Layout: `diff` (what a reload changes), `slots` (the sites, by slot),
 //! `task` (one check task), this file (the scheduler).
 
+mod changes;
 pub mod diff;
 mod slots;
 mod task;
@@ -57,7 +58,7 @@ use crate::check::Clients;
 use crate::hash::offset_in;
 use crate::metrics;
 use crate::publish::Publisher;
-use crate::sites::SiteSpec;
+use crate::sites::{Changes, SiteSpec};
 use slots::Slots;
 
 /// A site ready to be checked: its settings, its client, and whether a check
@@ -150,6 +151,25 @@ pub enum Command {
         /// The sites of the new configuration, for every lane.
         wanted: Arc<Vec<SiteSpec>>,
         /// This lane's share of them (indices).
+        mine: Vec<u32>,
+        /// Where the counts go.
+        reply: oneshot::Sender<Applied>,
+    },
+    /// Which of the sites `changes` puts (by index) this lane runs now, by
+    /// url, and how many sites it runs.
+    ClaimChanges {
+        /// What a reload of a file's changed lines changes, for every lane.
+        changes: Arc<Changes>,
+        /// Where the indices and the count go.
+        reply: oneshot::Sender<(Vec<u32>, usize)>,
+    },
+    /// Puts the sites `mine` of `changes` (adds them, or changes the site of
+    /// their url) and removes those of its removed urls; every other site
+    /// runs on as it does.
+    ApplyChanges {
+        /// What changes, for every lane.
+        changes: Arc<Changes>,
+        /// This lane's share of its sites to put (indices).
         mine: Vec<u32>,
         /// Where the counts go.
         reply: oneshot::Sender<Applied>,
@@ -325,6 +345,17 @@ impl Scheduler {
                 let applied = self.apply(&wanted, &mine, Instant::now(), shared);
                 let _ = reply.send(applied);
             }
+            Command::ClaimChanges { changes, reply } => {
+                let _ = reply.send(self.claim_changes(&changes));
+            }
+            Command::ApplyChanges {
+                changes,
+                mine,
+                reply,
+            } => {
+                let applied = self.apply_changes(&changes, &mine, Instant::now(), shared);
+                let _ = reply.send(applied);
+            }
         }
     }
 
@@ -340,6 +371,17 @@ impl Scheduler {
             self.slots.iter().map(|(slot, _, s)| (slot, &s.spec)),
             mine.iter().map(|&i| (i as usize, &wanted[i as usize])),
         );
+        self.carry_out(plan, wanted, now, shared)
+    }
+
+    /// Does what `plan` says, with the new settings in `wanted`.
+    fn carry_out(
+        &mut self,
+        plan: diff::Plan,
+        wanted: &[SiteSpec],
+        now: Instant,
+        shared: &Shared,
+    ) -> Applied {
         let mut out = Applied {
             removed: plan.removed.len(),
             unchanged: plan.unchanged,
