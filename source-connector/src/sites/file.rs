@@ -9,7 +9,7 @@ use crate::config::{SiteConfig, SiteUrl};
 
 /// Largest `sites_file` read: a million sites of a few hundred bytes each fit
 /// well below it; `/dev/zero` or a runaway file does not fill the memory.
-const MAX_SITES_FILE_BYTES: u64 = 1 << 30;
+pub const MAX_SITES_FILE_BYTES: u64 = 1 << 30;
 
 /// Reads `sites_file`: a regular file of at most [`MAX_SITES_FILE_BYTES`].
 pub fn read_sites_file(file: &Path) -> std::io::Result<String> {
@@ -19,7 +19,10 @@ pub fn read_sites_file(file: &Path) -> std::io::Result<String> {
     if !meta.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
-    let mut text = String::new();
+    // Sized from the start: a growing string would copy itself and hold up
+    // to twice the file.
+    let size = usize::try_from(meta.len().min(MAX_SITES_FILE_BYTES)).unwrap_or(0);
+    let mut text = String::with_capacity(size + 1);
     f.take(MAX_SITES_FILE_BYTES + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_SITES_FILE_BYTES {
         return Err(Error::new(
