@@ -3,6 +3,8 @@
 use super::task::{unless_panic, InFlight};
 use super::*;
 use crate::record::{ErrorKind, Record};
+use crate::sites::Changes;
+use tokio::sync::oneshot;
 
 fn spec(url: &str) -> SiteSpec {
     SiteSpec::for_test(url, Duration::from_secs(1), Duration::from_secs(1))

@@ -146,7 +146,7 @@ fn changes_since(
 /// in the index's order and looked up together, so the lookups walk the
 /// index forwards (a cache miss or two a line in random order; a million
 /// lines were looked up in 0.45 s one by one, 0.25 s in blocks of 1 MiB, on
-/// the 2-core dev machine).
+/// the 2-core dev machine; split over two threads, no faster there).
 const BLOCK: usize = 1 << 20;
 
 /// What [`look_up`] found in the file.
@@ -194,11 +194,12 @@ fn look_up(file: &Path, previous: &FileIndex) -> Option<Lines> {
         let text = std::str::from_utf8(&block[..whole]).ok()?;
         let lines = (text.split('\n').map(str::trim)).filter(|l| !is_blank(l));
         let first = out.found;
-        let mut hashes: Vec<_> = (lines.enumerate())
-            .map(|(n, l)| (line_hash(l), first + n, l))
-            .collect();
-        hashes.sort_unstable_by_key(|(h, _, _)| *h);
-        out.look_up(&hashes, previous)?;
+        let lines: Vec<(usize, &str)> = lines.enumerate().map(|(n, l)| (first + n, l)).collect();
+        out.found += lines.len();
+        let (found, new) = probe(&lines, previous);
+        out.keep(&found)?;
+        let new = new.into_iter().map(|(n, h, l)| (n, h, l.to_owned()));
+        out.new_lines.extend(new);
         if read == 0 {
             out.new_lines.sort_unstable_by_key(|(n, _, _)| *n);
             return Some(out);
@@ -208,16 +209,30 @@ fn look_up(file: &Path, previous: &FileIndex) -> Option<Lines> {
     }
 }
 
+/// What [`probe`] found: the positions in the index of the lines it has,
+/// and the other lines (number, hash, text).
+type Probed<'t> = (Vec<usize>, Vec<(usize, [u64; 2], &'t str)>);
+
+/// Looks `lines` (number, text) up in `previous`, in the index's order.
+fn probe<'t>(lines: &[(usize, &'t str)], previous: &FileIndex) -> Probed<'t> {
+    let mut hashes: Vec<_> = (lines.iter()).map(|&(n, l)| (line_hash(l), n, l)).collect();
+    hashes.sort_unstable_by_key(|(h, _, _)| *h);
+    let mut found = Vec::with_capacity(hashes.len());
+    let mut new = Vec::new();
+    for (hash, n, line) in hashes {
+        match previous.find(hash) {
+            Some(i) => found.push(i),
+            None => new.push((n, hash, line)),
+        }
+    }
+    (found, new)
+}
+
 impl Lines {
-    /// Looks a batch of lines (hash, number, text) up; `None` when a line
-    /// of the index is there twice.
-    fn look_up(&mut self, batch: &[([u64; 2], usize, &str)], previous: &FileIndex) -> Option<()> {
-        for &(hash, n, line) in batch {
-            self.found += 1;
-            let Some(i) = previous.find(hash) else {
-                self.new_lines.push((n, hash, line.to_owned()));
-                continue;
-            };
+    /// Marks the positions `found` kept; `None` when one already was (a
+    /// line of the index is in the file twice).
+    fn keep(&mut self, found: &[usize]) -> Option<()> {
+        for &i in found {
             let (word, bit) = (i / 64, 1u64 << (i % 64));
             if self.kept[word] & bit != 0 {
                 return None;
