@@ -18,7 +18,7 @@ pub enum Command {
         reply: oneshot::Sender<Vec<u32>>,
     },
     /// Run exactly the sites `mine` of `wanted` from now on: keep those that
-    /// are unchanged, change, add and remove the others ([`diff::plan`]).
+    /// are unchanged, change, add and remove the others ([`super::diff::plan`]).
     Apply {
         /// The sites of the new configuration, for every lane.
         wanted: Arc<Vec<SiteSpec>>,
