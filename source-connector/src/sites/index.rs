@@ -4,12 +4,14 @@
 //! Each line of the file that defines a site is kept as a 128-bit hash of
 //! its text and the 64-bit hash of its site's url ([`crate::hash::fnv1a`]
 //! of the url as shown, the hash sharding and offsets already use): 24 bytes
-//! a line, 24 MB for a million lines, in one vector sorted by the line's
-//! hash, with a directory of the hashes' top bits (one step to the right
-//! place; no hash map of a million boxed urls). Given the same
-//! configuration (the [`fingerprint`] of everything but the file's lines),
-//! a line of the same text resolves to the same site: a reload looks each
-//! line up here and resolves only those not found.
+//! a line, 24 MB for a million lines, in the file's order (no hash map of a
+//! million boxed urls). Given the same configuration (the [`fingerprint`]
+//! of everything but the file's lines), a line of the same text resolves to
+//! the same site. A reload walks the new file and the index side by side
+//! ([`Cursor`]): a line that is the next entry, or one a little further
+//! (lines removed in between), runs as it is; any other line is parsed and
+//! resolved as at start — a new or changed line, or one moved far, whose
+//! site the check threads then find unchanged.
 //!
 //! Two different lines have the same 128-bit hash with a chance of about
 //! 10⁻²⁷ in a million-line file. Two different urls may have the same
@@ -58,29 +60,18 @@ pub struct Entry {
 pub struct FileIndex {
     /// [`fingerprint`] of the configuration they were resolved with.
     config: [u64; 2],
-    /// Sorted by `line`; no two alike.
+    /// In the file's order; no two urls alike.
     entries: Vec<Entry>,
-    /// `dir[b]..dir[b + 1]`: the entries whose `line[0]` starts with the
-    /// `bits` bits `b`.
-    dir: Vec<u32>,
-    /// How many top bits of `line[0]` the directory distinguishes (1..=32).
-    bits: u32,
     /// The url hashes of `[[source.sites]]` (a line must not repeat one).
     inline: Vec<u64>,
 }
 
 impl FileIndex {
-    /// The index of `entries` (any order) resolved with `config`, next to
-    /// the `[[source.sites]]` of url hashes `inline`; `None` when two lines
-    /// are alike or two urls have one hash (then none is kept).
+    /// The index of `entries` (in the file's order) resolved with `config`,
+    /// next to the `[[source.sites]]` of url hashes `inline`; `None` when two
+    /// urls have one hash (then none is kept).
     pub fn build(config: [u64; 2], mut entries: Vec<Entry>, inline: Vec<u64>) -> Option<Self> {
-        entries.sort_unstable_by_key(|e| e.line);
-        if entries.windows(2).any(|w| w[0].line == w[1].line) {
-            return None;
-        }
-        let mut urls: Vec<u64> = entries
-            .iter()
-            .map(|e| e.url)
+        let mut urls: Vec<u64> = (entries.iter().map(|e| e.url))
             .chain(inline.iter().copied())
             .collect();
         urls.sort_unstable();
@@ -89,27 +80,14 @@ impl FileIndex {
         }
         drop(urls);
         entries.shrink_to_fit();
-        Some(Self::sorted(config, entries, inline))
+        Some(Self::new(config, entries, inline))
     }
 
-    /// The index of `entries`, sorted by line and unique.
-    fn sorted(config: [u64; 2], entries: Vec<Entry>, inline: Vec<u64>) -> Self {
-        // About one entry per directory slot.
-        let bits = (usize::BITS - entries.len().leading_zeros()).clamp(1, 32);
-        let mut dir = Vec::with_capacity((1 << bits) + 1);
-        let mut next = 0;
-        for bucket in 0..(1u64 << bits) {
-            while next < entries.len() && top(entries[next].line[0], bits) < bucket {
-                next += 1;
-            }
-            dir.push(u32::try_from(next).unwrap_or(u32::MAX));
-        }
-        dir.push(u32::try_from(entries.len()).unwrap_or(u32::MAX));
+    /// The index of `entries`, known to have no two urls alike.
+    pub(super) fn new(config: [u64; 2], entries: Vec<Entry>, inline: Vec<u64>) -> Self {
         FileIndex {
             config,
             entries,
-            dir,
-            bits,
             inline,
         }
     }
@@ -129,7 +107,7 @@ impl FileIndex {
         self.entries.is_empty()
     }
 
-    /// Every line, in the index's order (the positions [`FileIndex::find`] gives).
+    /// Every line, in the file's order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
     }
@@ -138,38 +116,60 @@ impl FileIndex {
     pub fn inline(&self) -> &[u64] {
         &self.inline
     }
+}
 
-    /// The position of the line of hash `line`, if the file had it.
-    pub fn find(&self, line: [u64; 2]) -> Option<usize> {
-        let b = top(line[0], self.bits) as usize;
-        let (from, to) = (self.dir[b] as usize, self.dir[b + 1] as usize);
-        (from..to).find(|&i| self.entries[i].line == line)
-    }
+/// How far past the next entry a line is looked for at once: lines removed
+/// in between (64 entries: 1.5 KiB, read in order).
+const WINDOW: usize = 64;
 
-    /// The index after a reload: the lines at the positions `kept` marks
-    /// (a bit a position), and `added` (lines not in this index, with urls
-    /// no kept line has), under the same configuration.
-    pub fn next(&self, kept: &[u64], mut added: Vec<Entry>) -> FileIndex {
-        added.sort_unstable_by_key(|e| e.line);
-        let is_kept = |i: usize| kept[i / 64] & (1 << (i % 64)) != 0;
-        let count = (0..self.entries.len()).filter(|&i| is_kept(i)).count() + added.len();
-        let mut entries = Vec::with_capacity(count);
-        let mut added = added.into_iter().peekable();
-        let kept_entries = (self.entries.iter().enumerate()).filter(|(i, _)| is_kept(*i));
-        for (_, e) in kept_entries {
-            while let Some(a) = added.next_if(|a| a.line < e.line) {
-                entries.push(a);
-            }
-            entries.push(*e);
+/// Where a reload is in the index while it walks the new file.
+#[derive(Debug)]
+pub struct Cursor {
+    /// The next entry expected.
+    next: usize,
+    /// Lines in a row not found near `next`.
+    misses: usize,
+    /// After this many misses in a row, the rest of the index is searched
+    /// for the line (doubled after each search that finds nothing, so new
+    /// lines in a row cost a few searches, not one each).
+    patience: usize,
+}
+
+impl Default for Cursor {
+    fn default() -> Self {
+        Cursor {
+            next: 0,
+            misses: 0,
+            patience: 4,
         }
-        entries.extend(added);
-        FileIndex::sorted(self.config, entries, self.inline.clone())
     }
 }
 
-/// The top `bits` bits of `h`.
-fn top(h: u64, bits: u32) -> u64 {
-    h >> (64 - bits)
+impl Cursor {
+    /// The position in `index` of the line of hash `line`, looked for at
+    /// the next entry, a little further, or (after several lines in a row
+    /// not found) in the rest of the index; `None`: a line to parse.
+    pub fn find(&mut self, index: &FileIndex, line: [u64; 2]) -> Option<usize> {
+        let entries = index.entries();
+        let near = entries.get(self.next..).unwrap_or_default();
+        let within = near.len().min(WINDOW);
+        let mut at = near[..within].iter().position(|e| e.line == line);
+        if at.is_none() {
+            self.misses += 1;
+            if self.misses < self.patience {
+                return None;
+            }
+            at = near.iter().position(|e| e.line == line);
+            if at.is_none() {
+                self.patience = self.patience.saturating_mul(2);
+                self.misses = 0;
+                return None;
+            }
+        }
+        let i = self.next + at?;
+        (self.next, self.misses, self.patience) = (i + 1, 0, 4);
+        Some(i)
+    }
 }
 
 #[cfg(test)]
@@ -183,46 +183,49 @@ mod tests {
         }
     }
 
-    #[test]
-    fn every_line_is_found_and_no_other() {
-        let entries: Vec<Entry> = (0..10_000).map(entry).collect();
-        let index = FileIndex::build([1, 2], entries.clone(), vec![]).unwrap();
-        for e in &entries {
-            let at = index.find(e.line).expect("a line of the file");
-            assert_eq!(index.entries()[at], *e);
-        }
-        assert_eq!(index.find(line_hash("http://other.example/")), None);
-        let empty = FileIndex::build([1, 2], vec![], vec![]).unwrap();
-        assert_eq!(empty.find(entries[0].line), None);
+    fn index(n: std::ops::Range<u64>) -> FileIndex {
+        FileIndex::build([1, 2], n.map(entry).collect(), vec![]).unwrap()
     }
 
     #[test]
-    fn two_urls_of_one_hash_or_two_alike_lines_build_no_index() {
+    fn two_urls_of_one_hash_build_no_index() {
         let mut twin = entry(2);
         twin.url = entry(1).url;
         assert!(FileIndex::build([0, 0], vec![entry(1), twin], vec![]).is_none());
-        assert!(FileIndex::build([0, 0], vec![entry(1), entry(1)], vec![]).is_none());
         assert!(FileIndex::build([0, 0], vec![entry(1)], vec![entry(1).url]).is_none());
     }
 
     #[test]
-    fn the_next_index_keeps_the_marked_lines_and_adds_the_new() {
-        let index = FileIndex::build([7, 7], (0..1000).map(entry).collect(), vec![]).unwrap();
-        // Every line but those of the even numbers under 100 kept.
-        let mut kept = vec![0u64; index.len() / 64 + 1];
-        let dropped: Vec<Entry> = (0..100).step_by(2).map(entry).collect();
-        for i in 0..index.len() {
-            if !dropped.contains(&index.entries()[i]) {
-                kept[i / 64] |= 1 << (i % 64);
-            }
+    fn the_cursor_finds_lines_in_order_after_removed_ones_and_far_ahead() {
+        let index = index(0..10_000);
+        let mut c = Cursor::default();
+        let mut found = |n: u64| c.find(&index, entry(n).line);
+        assert_eq!(found(0), Some(0));
+        // Lines 1..=10 removed: found a little further.
+        assert_eq!(found(11), Some(11));
+        // A new line, then the next one in order.
+        assert_eq!(found(20_000), None);
+        assert_eq!(found(12), Some(12));
+        // Lines behind are not found again (a line twice is parsed).
+        assert_eq!(found(5), None);
+        // Thousands removed: a few lines are parsed, then the rest found.
+        let far: Vec<Option<usize>> = (5_000..5_010).map(&mut found).collect();
+        assert!(far.iter().filter(|f| f.is_none()).count() <= 3, "{far:?}");
+        assert!(
+            far[3..].iter().zip(5_003..).all(|(f, n)| *f == Some(n)),
+            "{far:?}"
+        );
+    }
+
+    #[test]
+    fn new_lines_in_a_row_search_the_rest_ever_more_rarely() {
+        let index = index(0..100);
+        let mut c = Cursor::default();
+        for n in 1_000..2_000 {
+            assert_eq!(c.find(&index, entry(n).line), None);
         }
-        let next = index.next(&kept, (1000..1010).map(entry).collect());
-        assert_eq!(next.len(), 1000 - 50 + 10);
-        assert_eq!(next.config(), [7, 7]);
-        assert!(next.entries().windows(2).all(|w| w[0].line < w[1].line));
-        for n in (0..1010).filter(|n| !(n % 2 == 0 && *n < 100)) {
-            assert!(next.find(entry(n).line).is_some(), "{n}");
-        }
-        assert!(dropped.iter().all(|d| next.find(d.line).is_none()));
+        assert!(c.patience >= 512, "{c:?}");
+        assert_eq!(c.find(&index, entry(0).line), Some(0));
+        assert_eq!(c.patience, 4);
     }
 }
