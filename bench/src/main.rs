@@ -20,7 +20,8 @@
 //! Environment: `WM_BENCH_HTTP` (the nginx target, set by `scripts/bench.sh`),
 //! `WM_BENCH_ONLY` (comma-separated scenario names to run: `source`, `scale`,
 //! `million`, `sink`, `sink_keyless`, `resume`, `e2e`, `dataset`), `WM_BENCH_SCALE`
-//! (a factor < 1 shrinks every scenario, for a quick try).
+//! (a factor < 1 shrinks every scenario, for a quick try), `WM_BENCH_SOURCE_METRICS`
+//! (the source's telemetry address, default 127.0.0.1:19464).
 
 mod proc;
 mod report;

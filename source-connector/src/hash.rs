@@ -27,9 +27,14 @@ pub fn mix(mut z: u64) -> u64 {
 /// The shard (1-based, `1..=count`) that `url` belongs to when a list is split
 /// into `count` shards.
 pub fn shard_of(url: &str, count: u32) -> u32 {
+    shard_of_hash(fnv1a(url.as_bytes()), count)
+}
+
+/// [`shard_of`] the url whose [`fnv1a`] is `hash`.
+pub fn shard_of_hash(hash: u64, count: u32) -> u32 {
     let count = u64::from(count.max(1));
     // The remainder is below `count`, which came from a u32.
-    (fnv1a(url.as_bytes()) % count) as u32 + 1
+    (hash % count) as u32 + 1
 }
 
 /// Where in `interval` the first check of `url` falls: a stable value in

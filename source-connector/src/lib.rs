@@ -162,7 +162,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<Running, SourceError> {
     let source = &config.section;
-    let specs = sites::resolve(&config)?;
+    let (specs, index) = sites::resolve_indexed(&config)?;
     let health = Health::new();
     let telemetry_stop = CancellationToken::new();
     // Stops the telemetry server if start-up fails past this point.
@@ -235,6 +235,7 @@ pub async fn start(
             current: config,
             lanes: ending.lanes.commander(),
             env: connector_common::config::process_env,
+            index: index.filter(|_| catalog.is_none()).map(Arc::new),
             catalog,
             updates,
         };

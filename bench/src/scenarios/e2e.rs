@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{
-    measure_window, now_secs, sites_file, source_config, start_sink, Ctx, SINK_METRICS,
-    SOURCE_METRICS,
-};
+use super::{measure_window, now_secs, sites_file, source_config, start_sink, Ctx, SINK_METRICS};
 use crate::proc::Connector;
 use crate::report::Figure;
 use website_monitor_tests::{pg, unique, unique_ident};
@@ -31,7 +28,7 @@ pub async fn end_to_end(ctx: &Ctx) -> Result<Vec<Figure>> {
     let source = Connector::start(
         &ctx.bin("website-monitor-source"),
         &config,
-        SOURCE_METRICS,
+        &ctx.source_metrics,
         &ctx.work.join("e2e-source.log"),
     )?;
     let warm = now_secs() + 10.0;

@@ -8,9 +8,10 @@
 //! from the lateness histogram's change over the window, not since start),
 //! and a reload that changes 1 % of the sites (1 % removed, as many added,
 //! written to a new file renamed over the old one): the time `POST
-//! /-/reload` takes, of which the lanes' apply (`apply_s` of its answer:
-//! after the file was read and checked, which a new list needs whatever is
-//! applied), and over the next full interval the checks per site and
+//! /-/reload` takes, the source's part of it from reading the file to the
+//! lanes having applied it (`read_s` + `apply_s` of its answer: reading and
+//! checking the file, then the lanes' apply; the target is on their sum),
+//! and over the next full interval the checks per site and
 //! interval and the skipped ticks (a missed tick is skipped, a doubled one
 //! is an extra check). Then, as a diagnostic, the same source with `--stdout`:
 //! ready time, peak RSS and lateness over a shorter window.
@@ -74,6 +75,7 @@ pub async fn source_million(ctx: &Ctx) -> Result<Vec<Figure>> {
     let produced = metric_sum(&after, PRODUCED) - metric_sum(&before, PRODUCED);
     let per_site = produced / count as f64 / rounds;
     let apply_s = seconds(&answer, "apply_s=");
+    let read_s = seconds(&answer, "read_s=");
     let reload_skipped = metric_sum(&after, SKIPPED) - metric_sum(&before, SKIPPED);
     let reload_load = load_average();
     let peak = c.peak_rss() as f64 / MIB;
@@ -97,7 +99,10 @@ pub async fn source_million(ctx: &Ctx) -> Result<Vec<Figure>> {
     figures.extend([
         Figure::plain("million.kafka.peak_rss", peak, "MiB").with_target("< 512 MiB"),
         Figure::plain("million.reload_1pct_s", reload_s, "s"),
-        Figure::plain("million.reload_1pct_apply_s", apply_s, "s").with_target("< 1 s"),
+        Figure::plain("million.reload_1pct_read_s", read_s, "s"),
+        Figure::plain("million.reload_1pct_apply_s", apply_s, "s"),
+        Figure::plain("million.reload_1pct_read_apply_s", read_s + apply_s, "s")
+            .with_target("< 1 s"),
         Figure::plain("million.after_reload.checks_per_site", per_site, "checks")
             .with_target("1.00 (one interval)"),
         Figure::plain(

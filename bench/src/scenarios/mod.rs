@@ -48,6 +48,8 @@ pub use scale::source_scale;
 pub use sink::sink_throughput;
 pub use source::{source_throughput, warm_up_broker};
 
+/// The source's telemetry address unless `WM_BENCH_SOURCE_METRICS` says
+/// another (a second bench on the same machine).
 const SOURCE_METRICS: &str = "127.0.0.1:19464";
 const SINK_METRICS: &str = "127.0.0.1:19465";
 const PRODUCED: &str = "website_monitor_records_produced_total";
@@ -66,6 +68,9 @@ pub struct Ctx {
     pub work: PathBuf,
     /// Extra `[sink]` lines for experiments (`WM_BENCH_SINK_EXTRA`).
     pub sink_extra: String,
+    /// The source's telemetry address (`WM_BENCH_SOURCE_METRICS`, default
+    /// 127.0.0.1:19464).
+    pub source_metrics: String,
     /// Topics this run made, deleted by [`Ctx::delete_topics`] at the end
     /// (a full run writes a few GB into them).
     topics: std::sync::Mutex<Vec<String>>,
@@ -90,6 +95,8 @@ impl Ctx {
             scale,
             work,
             sink_extra: std::env::var("WM_BENCH_SINK_EXTRA").unwrap_or_default(),
+            source_metrics: std::env::var("WM_BENCH_SOURCE_METRICS")
+                .unwrap_or_else(|_| SOURCE_METRICS.to_owned()),
             topics: std::sync::Mutex::default(),
         })
     }
@@ -191,9 +198,10 @@ fn source_config(
     keep_alive: bool,
 ) -> String {
     format!(
-        "log_level = \"warn\"\n[kafka]\nbrokers = \"{brokers}\"\n[source]\ntopic = \"{topic}\"\nprobe = \"bench\"\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = {concurrency}\nkeep_alive = {keep_alive}\nper_site_metrics = false\nmetrics_address = \"{SOURCE_METRICS}\"\nsites_file = \"{sites}\"\n",
+        "log_level = \"warn\"\n[kafka]\nbrokers = \"{brokers}\"\n[source]\ntopic = \"{topic}\"\nprobe = \"bench\"\ninterval = \"{interval}\"\ntimeout = \"5s\"\nconcurrency = {concurrency}\nkeep_alive = {keep_alive}\nper_site_metrics = false\nmetrics_address = \"{metrics}\"\nsites_file = \"{sites}\"\n",
         brokers = ctx.stack.brokers,
         sites = sites.display(),
+        metrics = ctx.source_metrics,
     )
 }
 
@@ -205,7 +213,7 @@ fn start_source(ctx: &Ctx, name: &str, config: &str, flags: &[&str]) -> Result<C
         &ctx.bin("website-monitor-source"),
         &path,
         flags,
-        SOURCE_METRICS,
+        &ctx.source_metrics,
         &ctx.work.join(format!("source-{name}.log")),
     )
 }

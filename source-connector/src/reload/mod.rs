@@ -7,13 +7,16 @@
 //! runs them one at a time:
 //!
 //! 1. the file is read and checked exactly as `--check-config` does
-//!    ([`crate::sites::load`]: `${VAR}`, the environment overrides, every
-//!    check, the sites resolved and sharded);
+//!    ([`crate::sites::reread`]: `${VAR}`, the environment overrides, every
+//!    check, the sites resolved and sharded); when nothing but `sites_file`'s
+//!    lines changed since the last load, only its new lines are resolved
+//!    (each line is looked up in the last load's [`FileIndex`]);
 //! 2. settings that only a restart can change (`fixed`) are compared with
 //!    the running ones; any difference refuses the whole reload, naming each
 //!    key;
 //! 3. the new sites go to the check threads ([`crate::lanes::Commander`]),
-//!    which apply the difference by url ([`crate::schedule::diff`]).
+//!    which apply the difference by url ([`crate::schedule::diff`]), or
+//!    only the changes, found by url hash.
 //!
 //! A refused reload changes nothing: the previous configuration keeps
 //! running; the problem is logged (file, line, key, as at start) and
@@ -27,6 +30,7 @@ mod fixed;
 mod watch;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use connector_common::config::{ConfigError, Loaded};
@@ -41,6 +45,7 @@ use crate::discovery::{Catalog, Update};
 use crate::lanes::{Commander, LanesGone};
 use crate::metrics::{self, ReloadHandles};
 use crate::schedule::Applied;
+use crate::sites::{FileIndex, Reread};
 
 /// What asked for a reload (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,6 +178,9 @@ pub struct Reloader {
     pub catalog: Option<Catalog>,
     /// What those sources send.
     pub updates: Option<mpsc::Receiver<Update>>,
+    /// The index of `sites_file`'s lines as last loaded (none with sites
+    /// from outside: their list is combined whole with the file's).
+    pub index: Option<Arc<FileIndex>>,
 }
 
 /// The next update of the sources of sites; never, when there are none.
@@ -302,24 +310,36 @@ impl Reloader {
         let path = self.current.path.clone();
         let env = self.env;
         let started = std::time::Instant::now();
-        let (loaded, sites) = tokio::task::spawn_blocking(move || crate::sites::load(&path, &env))
-            .await
-            .map_err(|e| ReloadError::Crashed(e.to_string()))??;
+        let previous = self.index.clone().filter(|_| self.catalog.is_none());
+        let (loaded, reread) = tokio::task::spawn_blocking(move || {
+            crate::sites::reread(&path, &env, previous.as_deref())
+        })
+        .await
+        .map_err(|e| ReloadError::Crashed(e.to_string()))??;
         let keys = restart_only(&self.current, &loaded);
         if !keys.is_empty() {
             let path = loaded.path;
             return Err(RestartOnly { path, keys }.into());
         }
-        let sites = match self.catalog.as_mut() {
-            Some(catalog) => {
-                catalog.reload(sites, &loaded);
-                catalog.combined(&loaded.section)
+        let (mut applied, read, index) = match reread {
+            Reread::Changes { changes, index } => {
+                let read = started.elapsed();
+                (self.lanes.apply_changes(changes).await?, read, Some(index))
             }
-            None => sites,
+            Reread::Full { sites, index } => {
+                let sites = match self.catalog.as_mut() {
+                    Some(catalog) => {
+                        catalog.reload(sites, &loaded);
+                        catalog.combined(&loaded.section)
+                    }
+                    None => sites,
+                };
+                let read = started.elapsed();
+                (self.lanes.apply(sites).await?, read, index)
+            }
         };
-        let read = started.elapsed();
-        let mut applied = self.lanes.apply(sites).await?;
         (applied.read, applied.apply) = (read, started.elapsed() - read);
+        self.index = index.filter(|_| self.catalog.is_none()).map(Arc::new);
         self.current = loaded;
         Ok(applied)
     }

@@ -39,6 +39,8 @@
 //! Layout: `diff` (what a reload changes), `slots` (the sites, by slot),
 //! `task` (one check task), this file (the scheduler).
 
+mod changes;
+mod command;
 pub mod diff;
 mod slots;
 mod task;
@@ -50,7 +52,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::check::Clients;
@@ -59,6 +61,8 @@ use crate::metrics;
 use crate::publish::Publisher;
 use crate::sites::SiteSpec;
 use slots::Slots;
+
+pub use command::{Applied, Command};
 
 /// A site ready to be checked: its settings, its client, and whether a check
 /// of it runs now.
@@ -132,61 +136,6 @@ impl Shared {
         self.started
             .load(Ordering::Relaxed)
             .saturating_sub(finished)
-    }
-}
-
-/// What a lane's scheduler is told by a reload ([`crate::lanes::Commander`]).
-pub enum Command {
-    /// Which of `wanted` (by index) this lane runs now, by url.
-    Claim {
-        /// The sites of the new configuration, for every lane.
-        wanted: Arc<Vec<SiteSpec>>,
-        /// Where the indices go.
-        reply: oneshot::Sender<Vec<u32>>,
-    },
-    /// Run exactly the sites `mine` of `wanted` from now on: keep those that
-    /// are unchanged, change, add and remove the others ([`diff::plan`]).
-    Apply {
-        /// The sites of the new configuration, for every lane.
-        wanted: Arc<Vec<SiteSpec>>,
-        /// This lane's share of them (indices).
-        mine: Vec<u32>,
-        /// Where the counts go.
-        reply: oneshot::Sender<Applied>,
-    },
-}
-
-/// What a lane did with an [`Command::Apply`].
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Applied {
-    /// Sites it started.
-    pub added: usize,
-    /// Sites it stopped (their checks in flight still deliver).
-    pub removed: usize,
-    /// Sites whose new settings apply from their next tick.
-    pub changed: usize,
-    /// Sites kept as they ran.
-    pub unchanged: usize,
-    /// Sites it runs now.
-    pub running: usize,
-    /// Sites that could not be started: their url and why (an HTTP client
-    /// for their settings could not be built).
-    pub failed: Vec<(String, String)>,
-    /// How long reading and checking the files took (set by the reload).
-    pub read: Duration,
-    /// How long the lanes took to apply it (set by the reload).
-    pub apply: Duration,
-}
-
-impl Applied {
-    /// Adds the counts of another lane.
-    pub fn add(&mut self, other: Applied) {
-        self.added += other.added;
-        self.removed += other.removed;
-        self.changed += other.changed;
-        self.unchanged += other.unchanged;
-        self.running += other.running;
-        self.failed.extend(other.failed);
     }
 }
 
@@ -325,6 +274,17 @@ impl Scheduler {
                 let applied = self.apply(&wanted, &mine, Instant::now(), shared);
                 let _ = reply.send(applied);
             }
+            Command::ClaimChanges { changes, reply } => {
+                let _ = reply.send(self.claim_changes(&changes));
+            }
+            Command::ApplyChanges {
+                changes,
+                mine,
+                reply,
+            } => {
+                let applied = self.apply_changes(&changes, &mine, Instant::now(), shared);
+                let _ = reply.send(applied);
+            }
         }
     }
 
@@ -340,6 +300,17 @@ impl Scheduler {
             self.slots.iter().map(|(slot, _, s)| (slot, &s.spec)),
             mine.iter().map(|&i| (i as usize, &wanted[i as usize])),
         );
+        self.carry_out(plan, wanted, now, shared)
+    }
+
+    /// Does what `plan` says, with the new settings in `wanted`.
+    fn carry_out(
+        &mut self,
+        plan: diff::Plan,
+        wanted: &[SiteSpec],
+        now: Instant,
+        shared: &Shared,
+    ) -> Applied {
         let mut out = Applied {
             removed: plan.removed.len(),
             unchanged: plan.unchanged,

@@ -15,6 +15,7 @@
 use std::sync::Arc;
 
 use super::Site;
+use crate::hash::fnv1a;
 
 /// One slot.
 struct Slot {
@@ -22,6 +23,14 @@ struct Slot {
     /// The settings a changed site had, while their check may still run.
     previous: Option<Arc<Site>>,
     generation: u32,
+    /// [`fnv1a`] of the site's url (as shown): a reload of a file's changes
+    /// finds its sites by it without touching every site.
+    url: u64,
+}
+
+/// The hash a slot keeps of `site`'s url.
+pub fn url_hash(site: &Site) -> u64 {
+    fnv1a(site.spec.url.as_str().as_bytes())
 }
 
 /// The slots of one lane.
@@ -41,6 +50,7 @@ impl Slots {
             slots: sites
                 .into_iter()
                 .map(|s| Slot {
+                    url: url_hash(&s),
                     site: Some(s),
                     previous: None,
                     generation: 0,
@@ -61,6 +71,14 @@ impl Slots {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
             let site = s.site.as_ref()?;
             Some((u32::try_from(i).ok()?, s.generation, site))
+        })
+    }
+
+    /// Every site held, with its slot and url hash.
+    pub fn hashed(&self) -> impl Iterator<Item = (u32, u64, &Arc<Site>)> {
+        self.slots.iter().enumerate().filter_map(|(i, s)| {
+            let site = s.site.as_ref()?;
+            Some((u32::try_from(i).ok()?, s.url, site))
         })
     }
 
@@ -88,6 +106,11 @@ impl Slots {
         self.retired.iter().map(|r| r.spec.url.as_str())
     }
 
+    /// The sites removed whose check may still run.
+    pub fn retired_sites(&self) -> impl Iterator<Item = &Arc<Site>> {
+        self.retired.iter()
+    }
+
     /// Puts `site` in a free slot; its slot and generation. If a site of the
     /// same url was removed and its check still runs, the new one waits for
     /// it (its ticks are skipped until that check ends).
@@ -98,16 +121,19 @@ impl Slots {
             .iter()
             .position(|r| r.spec.url.as_str() == site.spec.url.as_str())
             .map(|i| self.retired.swap_remove(i));
+        let url = url_hash(&site);
         if let Some(slot) = self.free.pop() {
             let s = &mut self.slots[slot as usize];
             s.site = Some(site);
             s.previous = previous;
+            s.url = url;
             return (slot, s.generation);
         }
         self.slots.push(Slot {
             site: Some(site),
             previous,
             generation: 0,
+            url,
         });
         (u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX), 0)
     }

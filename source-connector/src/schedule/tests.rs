@@ -3,6 +3,8 @@
 use super::task::{unless_panic, InFlight};
 use super::*;
 use crate::record::{ErrorKind, Record};
+use crate::sites::Changes;
+use tokio::sync::oneshot;
 
 fn spec(url: &str) -> SiteSpec {
     SiteSpec::for_test(url, Duration::from_secs(1), Duration::from_secs(1))
@@ -248,4 +250,60 @@ async fn a_shorter_interval_applies_at_once_a_longer_one_after_the_next_tick() {
     let before = due(&s);
     s.apply(std::slice::from_ref(&long), &[0], now, &shared);
     assert_eq!(due(&s), before);
+}
+
+#[tokio::test]
+async fn a_reload_of_changed_lines_touches_only_their_sites() {
+    let t0 = Instant::now();
+    let old = sites(4);
+    let kept = Arc::clone(&old[0]);
+    let mut s = scheduler(old, t0);
+    let shared = shared();
+    let ticks_before: Vec<_> = s.heap.iter().map(|r| r.0).collect();
+    // s1 removed, s2 changed, s3 put again as it runs, s4 added; s0 untouched.
+    let mut changed = spec("http://s2.example/");
+    changed.max_redirects = 1;
+    let changes = Arc::new(Changes {
+        put: vec![
+            spec("http://s4.example/"),
+            changed,
+            spec("http://s3.example/"),
+        ],
+        removed: vec![crate::hash::fnv1a(b"http://s1.example/")],
+    });
+    let (reply, claimed) = oneshot::channel();
+    let changes_for = Arc::clone(&changes);
+    s.command(
+        Command::ClaimChanges {
+            changes: changes_for,
+            reply,
+        },
+        &shared,
+    );
+    assert_eq!(
+        claimed.await.unwrap(),
+        (vec![1, 2], 4),
+        "s2 and s3 run here"
+    );
+    let now = t0 + Duration::from_millis(2500);
+    let applied = s.apply_changes(&changes, &[0, 1, 2], now, &shared);
+    assert_eq!(
+        (
+            applied.added,
+            applied.removed,
+            applied.changed,
+            applied.unchanged,
+            applied.running
+        ),
+        (1, 1, 1, 2, 4)
+    );
+    assert!(Arc::ptr_eq(s.slots.get(0, 0).unwrap(), &kept), "s0 kept");
+    assert_eq!(s.slots.site(2).unwrap().spec.max_redirects, 1);
+    let (slot, gen, _) = (s.slots.iter())
+        .find(|(_, _, x)| x.spec.url.as_str() == "http://s4.example/")
+        .unwrap();
+    assert_eq!((slot, gen), (1, 1), "s4 in s1's emptied slot");
+    for t in ticks_before {
+        assert!(s.heap.iter().any(|r| r.0 == t), "tick {t:?} kept");
+    }
 }

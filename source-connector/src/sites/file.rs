@@ -9,7 +9,7 @@ use crate::config::{SiteConfig, SiteUrl};
 
 /// Largest `sites_file` read: a million sites of a few hundred bytes each fit
 /// well below it; `/dev/zero` or a runaway file does not fill the memory.
-const MAX_SITES_FILE_BYTES: u64 = 1 << 30;
+pub const MAX_SITES_FILE_BYTES: u64 = 1 << 30;
 
 /// Reads `sites_file`: a regular file of at most [`MAX_SITES_FILE_BYTES`].
 pub fn read_sites_file(file: &Path) -> std::io::Result<String> {
@@ -19,7 +19,10 @@ pub fn read_sites_file(file: &Path) -> std::io::Result<String> {
     if !meta.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
-    let mut text = String::new();
+    // Sized from the start: a growing string would copy itself and hold up
+    // to twice the file.
+    let size = usize::try_from(meta.len().min(MAX_SITES_FILE_BYTES)).unwrap_or(0);
+    let mut text = String::with_capacity(size + 1);
     f.take(MAX_SITES_FILE_BYTES + 1).read_to_string(&mut text)?;
     if text.len() as u64 > MAX_SITES_FILE_BYTES {
         return Err(Error::new(
@@ -31,7 +34,8 @@ pub fn read_sites_file(file: &Path) -> std::io::Result<String> {
 }
 
 /// Parses the text of `sites_file` (at `path`, for errors), handing each
-/// site to `add` with its 1-based line as it is parsed: blank lines and `#`
+/// site to `add` with its 1-based line and the line's text (trimmed) as it
+/// is parsed: blank lines and `#`
 /// comments are skipped; a line starting with `{` is a JSON object with the
 /// per-site keys, any other line is a url. Returns how many sites the file
 /// declared.
@@ -43,7 +47,7 @@ pub fn read_sites_file(file: &Path) -> std::io::Result<String> {
 pub fn for_each_site_line(
     text: &str,
     path: &Path,
-    mut add: impl FnMut(usize, SiteConfig) -> Result<(), ConfigError>,
+    mut add: impl FnMut(usize, &str, SiteConfig) -> Result<(), ConfigError>,
 ) -> Result<usize, ConfigError> {
     let mut found = 0;
     let mut problems: Vec<Problem> = Vec::new();
@@ -57,7 +61,7 @@ pub fn for_each_site_line(
     };
     for (n, raw) in text.lines().enumerate() {
         let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
+        if is_blank(line) {
             continue;
         }
         let invalid = |key: String, message: String| Problem {
@@ -65,13 +69,7 @@ pub fn for_each_site_line(
             line: Some(n + 1),
             message,
         };
-        let site = if line.starts_with('{') {
-            parse_site_json(line).map_err(|(key, m)| invalid(key, m))
-        } else {
-            SiteUrl::parse(line)
-                .map(SiteConfig::new)
-                .map_err(|m| invalid("url".into(), m))
-        };
+        let site = parse_line(line).map_err(|(key, m)| invalid(key, m));
         let site = match site {
             Ok(site) => site,
             Err(problem) => {
@@ -79,7 +77,7 @@ pub fn for_each_site_line(
                 continue;
             }
         };
-        match add(n + 1, site) {
+        match add(n + 1, line, site) {
             Ok(()) => found += 1,
             Err(ConfigError::Invalid {
                 path: p,
@@ -95,6 +93,23 @@ pub fn for_each_site_line(
     } else {
         Err(ConfigError::of(path, problems, more))
     }
+}
+
+/// One line of `sites_file` (trimmed, not blank, not a comment): a JSON
+/// object or a url; the key and the message of a problem.
+pub fn parse_line(line: &str) -> Result<SiteConfig, (String, String)> {
+    if line.starts_with('{') {
+        parse_site_json(line)
+    } else {
+        SiteUrl::parse(line)
+            .map(SiteConfig::new)
+            .map_err(|m| ("url".to_owned(), m))
+    }
+}
+
+/// Whether a line of `sites_file`, trimmed, defines no site.
+pub fn is_blank(line: &str) -> bool {
+    line.is_empty() || line.starts_with('#')
 }
 
 /// The keys whose values are checked as they are parsed ([`crate::config::Pattern`],

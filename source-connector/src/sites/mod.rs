@@ -14,20 +14,29 @@
 //!   resolved, and [`CaFile`], a `tls_ca` file as read;
 //! - `file`: the `sites_file` reader (urls and JSON lines);
 //! - `defaults`: one declared site to a [`SiteSpec`];
+//! - `index`: [`FileIndex`], the hashes of `sites_file`'s lines and urls as
+//!   last loaded;
 //! - `resolve`: [`resolve`], every declared site in order, each url once,
-//!   sharded.
+//!   sharded (and [`resolve_indexed`], with the index);
+//! - `reread`: [`reread`], a reload's sites: only what changed since the
+//!   index, when only the file's lines changed.
 //!
 //! [`load`] is the whole way from a file to its sites: `--check-config`
-//! and reloads use it.
+//! uses it; reloads use [`reread`], which goes the same way whenever
+//! anything but the file's lines changed.
 
 mod defaults;
 mod file;
+mod index;
+mod reread;
 mod resolve;
 mod spec;
 
 pub use defaults::Resolver;
 pub(crate) use file::parse_site_json;
-pub use resolve::resolve;
+pub use index::FileIndex;
+pub use reread::{reread, Changes, Reread};
+pub use resolve::{resolve, resolve_indexed};
 pub use spec::{CaFile, ClientKey, Settings, SiteSpec};
 
 use std::path::Path;

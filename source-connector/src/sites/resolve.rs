@@ -10,9 +10,10 @@ use connector_common::config::{locate, ConfigError, Invalid, Loaded};
 
 use super::defaults::Resolver;
 use super::file::{for_each_site_line, read_sites_file};
+use super::index::{fingerprint, line_hash, Entry, FileIndex};
 use super::spec::SiteSpec;
 use crate::config::{validate_site, SiteConfig, SourceConfig};
-use crate::hash::shard_of;
+use crate::hash::{fnv1a, shard_of_hash};
 
 /// Where a site was declared, for error messages.
 #[derive(Debug, Clone, Copy)]
@@ -25,6 +26,24 @@ enum Origin {
 
 /// Resolves the sites of `loaded` for this instance (after sharding).
 pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigError> {
+    resolve_with(loaded, false).map(|(sites, _)| sites)
+}
+
+/// [`resolve`], and the index of `sites_file`'s lines that lets the next
+/// reload resolve only the lines that changed ([`super::reread`]); no index
+/// without a `sites_file`, when a site reads a `tls_ca` file (read again at
+/// each reload), or when two urls have one hash.
+pub fn resolve_indexed(
+    loaded: &Loaded<SourceConfig>,
+) -> Result<(Vec<SiteSpec>, Option<FileIndex>), ConfigError> {
+    resolve_with(loaded, true)
+}
+
+/// [`resolve`], with the index when `index`.
+fn resolve_with(
+    loaded: &Loaded<SourceConfig>,
+    index: bool,
+) -> Result<(Vec<SiteSpec>, Option<FileIndex>), ConfigError> {
     let config = &loaded.section;
     let dir = loaded
         .path
@@ -61,6 +80,9 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
         config_text: std::cell::OnceCell::new(),
         sites_file: file.clone().unwrap_or_default(),
         first_seen: HashMap::with_capacity(declared),
+        lines: (index && file.is_some()).then(|| Vec::with_capacity(declared)),
+        inline: Vec::new(),
+        last_url: 0,
         // A shard's share, with 10 % slack: a shard a little over its share
         // must not double the vector.
         out: Vec::with_capacity({
@@ -72,8 +94,16 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
         resolving.add(Origin::Inline(i), site)?;
     }
     if let (Some(file), Some(text)) = (&file, &text) {
-        let found = for_each_site_line(text, file, |line, site| {
-            resolving.add(Origin::File(line), &site)
+        let found = for_each_site_line(text, file, |line, text, site| {
+            resolving.add(Origin::File(line), &site)?;
+            if let Some(lines) = &mut resolving.lines {
+                let url = resolving.last_url;
+                lines.push(Entry {
+                    line: line_hash(text),
+                    url,
+                });
+            }
+            Ok(())
         })?;
         let outside = config.sites_topic.is_some() || config.http_sd_url.is_some();
         if found == 0 && config.sites.is_empty() && !outside {
@@ -91,11 +121,18 @@ pub fn resolve(loaded: &Loaded<SourceConfig>) -> Result<Vec<SiteSpec>, ConfigErr
     let Resolving {
         mut out,
         first_seen,
+        lines,
+        inline,
         ..
     } = resolving;
     drop(first_seen);
+    let index = lines.and_then(|lines| {
+        let with_ca = out.iter().any(|s| s.client.tls_ca.is_some());
+        let config = fingerprint(loaded).filter(|_| !with_ca)?;
+        FileIndex::build(config, lines, inline)
+    });
     out.shrink_to_fit();
-    Ok(out)
+    Ok((out, index))
 }
 
 /// The state of [`resolve`] while sites are added one by one.
@@ -113,6 +150,12 @@ struct Resolving<'a> {
     first_seen: HashMap<Box<str>, Origin>,
     /// The sites of this instance (after sharding).
     out: Vec<SiteSpec>,
+    /// With an index: each line of `sites_file` read so far.
+    lines: Option<Vec<Entry>>,
+    /// The url hashes of `[[source.sites]]`.
+    inline: Vec<u64>,
+    /// The url hash of the site added last.
+    last_url: u64,
 }
 
 impl Resolving<'_> {
@@ -167,11 +210,12 @@ impl Resolving<'_> {
         if let Some(first) = self.first_seen.insert(spec.url.as_str().into(), origin) {
             return Err(self.listed_twice(origin, first, &spec));
         }
-        let keep = self
-            .loaded
-            .section
-            .shard
-            .is_none_or(|s| shard_of(spec.url.as_str(), s.count) == s.index);
+        self.last_url = fnv1a(spec.url.as_str().as_bytes());
+        if let Origin::Inline(_) = origin {
+            self.inline.push(self.last_url);
+        }
+        let keep = (self.loaded.section.shard)
+            .is_none_or(|s| shard_of_hash(self.last_url, s.count) == s.index);
         if keep {
             self.out.push(spec);
         }

@@ -29,13 +29,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::runtime::Runtime;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::check::{self, Clients, SetupError};
 use crate::config::MAX_THREADS;
-use crate::schedule::{self, Applied, Command, Shared, Site};
+use crate::schedule::{self, Shared, Site};
 use crate::sites::SiteSpec;
+
+mod commander;
+
+pub use commander::{place, Commander, LanesGone};
 
 /// Lanes that cannot be started.
 #[derive(Debug, thiserror::Error)]
@@ -310,83 +314,6 @@ impl Lanes {
     }
 }
 
-/// The lanes have stopped (shutdown, or a crash): a reload cannot be applied.
-#[derive(Debug, thiserror::Error)]
-#[error("the check threads have stopped; the reload was not applied")]
-pub struct LanesGone;
-
-/// Tells the running lanes which sites to run after a reload: each lane
-/// keeps the urls it has (so their schedules and clients stay where they
-/// are), and the new urls go to the lanes with the fewest sites.
-#[derive(Clone)]
-pub struct Commander {
-    lanes: Vec<mpsc::UnboundedSender<Command>>,
-}
-
-impl Commander {
-    /// Runs exactly `sites` from now on, over the lanes; the counts of
-    /// every lane, added up.
-    pub async fn apply(&self, sites: Vec<SiteSpec>) -> Result<Applied, LanesGone> {
-        // Shared as it is (a million specs are not copied into another list).
-        let wanted = Arc::new(sites);
-        let mut claims = Vec::with_capacity(self.lanes.len());
-        for lane in &self.lanes {
-            let (reply, answer) = oneshot::channel();
-            let wanted = Arc::clone(&wanted);
-            lane.send(Command::Claim { wanted, reply })
-                .map_err(|_| LanesGone)?;
-            claims.push(answer);
-        }
-        let mut claimed = Vec::with_capacity(claims.len());
-        for answer in claims {
-            claimed.push(answer.await.map_err(|_| LanesGone)?);
-        }
-        let mut answers = Vec::with_capacity(self.lanes.len());
-        for (lane, mine) in self.lanes.iter().zip(place(claimed, wanted.len())) {
-            let (reply, answer) = oneshot::channel();
-            let wanted = Arc::clone(&wanted);
-            lane.send(Command::Apply {
-                wanted,
-                mine,
-                reply,
-            })
-            .map_err(|_| LanesGone)?;
-            answers.push(answer);
-        }
-        let mut total = Applied::default();
-        for answer in answers {
-            total.add(answer.await.map_err(|_| LanesGone)?);
-        }
-        Ok(total)
-    }
-}
-
-/// Each lane's share of `total` sites: what it `claimed` (the urls it runs
-/// now; a site claimed twice stays with the first lane), then each
-/// unclaimed site to the lane with the fewest.
-pub fn place(claimed: Vec<Vec<u32>>, total: usize) -> Vec<Vec<u32>> {
-    let mut owned = vec![false; total];
-    let mut shares: Vec<Vec<u32>> = claimed
-        .into_iter()
-        .map(|claim| {
-            claim
-                .into_iter()
-                .filter(|&i| !std::mem::replace(&mut owned[i as usize], true))
-                .collect()
-        })
-        .collect();
-    if shares.is_empty() {
-        return shares;
-    }
-    for (i, _) in owned.iter().enumerate().filter(|(_, o)| !**o) {
-        let fewest = (0..shares.len())
-            .min_by_key(|&l| shares[l].len())
-            .unwrap_or_default();
-        shares[fewest].push(u32::try_from(i).unwrap_or(u32::MAX));
-    }
-    shares
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,11 +356,19 @@ mod tests {
     #[test]
     fn new_sites_go_to_the_lanes_with_the_fewest_and_claims_stay() {
         // Lane 0 runs sites 0 and 3, lane 1 site 2; 1, 4 and 5 are new.
-        let placed = place(vec![vec![0, 3], vec![2]], 6);
+        let placed = place(vec![vec![0, 3], vec![2]], &[0, 0], 6);
         assert_eq!(placed, vec![vec![0, 3, 4], vec![2, 1, 5]]);
         // A site claimed twice stays with the first lane.
-        assert_eq!(place(vec![vec![0], vec![0]], 1), vec![vec![0], vec![]]);
-        assert!(place(vec![], 3).is_empty());
+        assert_eq!(
+            place(vec![vec![0], vec![0]], &[0, 0], 1),
+            vec![vec![0], vec![]]
+        );
+        assert!(place(vec![], &[], 3).is_empty());
+        // Counting the sites the lanes run besides: lane 1 has fewer.
+        assert_eq!(
+            place(vec![vec![], vec![]], &[5, 3], 3),
+            vec![vec![2], vec![0, 1]]
+        );
     }
 
     #[test]
