@@ -436,6 +436,21 @@ async fn a_search_progresses_even_when_the_failing_write_takes_most_of_write_tim
         attempts > 1,
         "the first attempt was cut (else this test proves nothing)"
     );
-    assert_eq!(out.check_rows, 198);
-    assert_eq!(out.rejected.get("database"), Some(&2));
+    // What the tables hold, once each: an attempt cut by the timeout just
+    // after its COMMIT reached the server has written the batch already
+    // (the last attempt then finds every record a duplicate).
+    let count = |sql: String| {
+        let db = &db;
+        async move { db.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let stored = count(format!("SELECT count(*) FROM \"{schema}\".site_check")).await;
+    let refused = count(format!(
+        "SELECT count(*) FROM \"{schema}\".site_rejected WHERE reason = 'database'"
+    ))
+    .await;
+    assert_eq!((stored, refused), (198, 2));
+    assert!(
+        (out.check_rows, out.rejected.get("database")) == (198, Some(&2)) || out.duplicates == 200,
+        "this attempt wrote the batch, or found it written: {out:?}"
+    );
 }

@@ -54,6 +54,23 @@ pub(crate) fn status_toml(text: &str) -> toml::Value {
     toml::Value::Table(text.parse().expect("a status table"))
 }
 
+/// `[sink.status]` for quiet sites: a probe is silent only after 1,000 of
+/// its intervals, and records without `interval` are checked every second.
+pub(crate) fn quiet_status() -> toml::Value {
+    status_toml("unknown_after = 1000\ndefault_interval = \"1s\"\n")
+}
+
+/// Makes `url` `up`: three successes of probe p1 from now, 0.2 s apart,
+/// written (`total` counts the history rows) and the site seen `up`.
+pub(crate) async fn make_up(t: &SinkTest, url: &str, total: &mut i64) {
+    let at = now();
+    let oks: Vec<Vec<u8>> = (0..3)
+        .map(|i| check(url, "p1", at + f64::from(i) * 0.2, true))
+        .collect();
+    feed(t, &oks, total).await;
+    wait_state(t, url, "up").await;
+}
+
 /// Waits until `url`'s status row says `state`.
 pub(crate) async fn wait_state(t: &SinkTest, url: &str, want: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use website_monitor_tests::sink::{self, SinkTest};
 
-use super::{check, feed, now, of, state, status_toml, transitions, wait_state};
+use super::{
+    check, feed, make_up, now, of, quiet_status, state, status_toml, transitions, wait_state,
+};
 
 /// Finding 4: checks dated more than the skew ahead of the sink all counted
 /// at the sink's clock, so all but one of a batch were taken as repeats
@@ -95,16 +97,11 @@ async fn a_probe_sending_backdated_records_does_not_keep_a_stopped_one_from_goin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_inserted_as_begun_in_the_past_reaches_a_quiet_site_at_the_next_sweep() {
     let t = SinkTest::new("status_past_window", 1).await;
-    let status = status_toml("unknown_after = 1000\ndefault_interval = \"1s\"\n");
+    let status = quiet_status();
     let (running, token) = sink::start(&t.config().set("status", status)).await;
     let url = "http://quiet/";
-    let at = now();
-    let oks: Vec<Vec<u8>> = (0..3)
-        .map(|i| check(url, "p1", at + f64::from(i) * 0.2, true))
-        .collect();
     let mut total = 0;
-    feed(&t, &oks, &mut total).await;
-    wait_state(&t, url, "up").await;
+    make_up(&t, url, &mut total).await;
     // Let a sweep pass, so the window's start is before the sweep's cursor.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let schema = &t.schema;

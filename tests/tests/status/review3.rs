@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use website_monitor_tests::sink::{self, SinkTest};
 
-use super::{check, feed, now, of, status_toml, transitions, wait_state};
+use super::{check, feed, make_up, now, of, quiet_status, transitions, wait_state};
 
 /// Findings 5 and 6: a window inserted right after a quiet site's record
 /// (evaluated after the sweep's round began) was never entered; one whose
@@ -14,18 +14,13 @@ use super::{check, feed, now, of, status_toml, transitions, wait_state};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_inserted_moved_or_deleted_reach_a_quiet_site_at_the_next_sweep() {
     let t = SinkTest::new("status_windows_live", 1).await;
-    let status = status_toml("unknown_after = 1000\ndefault_interval = \"1s\"\n");
+    let status = quiet_status();
     let (running, token) = sink::start(&t.config().set("status", status)).await;
     let url = "http://calm/";
-    let at = now();
-    let oks: Vec<Vec<u8>> = (0..3)
-        .map(|i| check(url, "p1", at + f64::from(i) * 0.2, true))
-        .collect();
     let mut total = 0;
     // Let a first sweep pass, then a record, then the window at once.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    feed(&t, &oks, &mut total).await;
-    wait_state(&t, url, "up").await;
+    make_up(&t, url, &mut total).await;
     let schema = &t.schema;
     let sql = |q: &str| q.replace("{m}", &format!("\"{schema}\".site_maintenance"));
     t.db.execute(
@@ -70,16 +65,11 @@ async fn windows_inserted_moved_or_deleted_reach_a_quiet_site_at_the_next_sweep(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_check_dated_ahead_and_delivered_three_times_counts_once() {
     let t = SinkTest::new("status_ahead_repeat", 1).await;
-    let status = status_toml("unknown_after = 1000\ndefault_interval = \"1s\"\n");
+    let status = quiet_status();
     let (running, token) = sink::start(&t.config().set("status", status)).await;
     let url = "http://twice/";
-    let at = now();
     let mut total = 0;
-    let oks: Vec<Vec<u8>> = (0..3)
-        .map(|i| check(url, "p1", at + f64::from(i) * 0.2, true))
-        .collect();
-    feed(&t, &oks, &mut total).await;
-    wait_state(&t, url, "up").await;
+    make_up(&t, url, &mut total).await;
     let ahead = check(url, "p1", now() + 60.0, false);
     // Two copies in one batch, then one in a batch of its own (review 4,
     // finding 3: repeats in separate batches counted).
@@ -105,17 +95,12 @@ async fn a_check_dated_ahead_and_delivered_three_times_counts_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_window_deleted_while_the_sink_was_stopped_is_left_after_its_restart() {
     let t = SinkTest::new("status_window_offline", 1).await;
-    let status = status_toml("unknown_after = 1000\ndefault_interval = \"1s\"\n");
+    let status = quiet_status();
     let config = t.config().set("status", status);
     let (running, token) = sink::start(&config).await;
     let url = "http://offline/";
-    let at = now();
-    let oks: Vec<Vec<u8>> = (0..3)
-        .map(|i| check(url, "p1", at + f64::from(i) * 0.2, true))
-        .collect();
     let mut total = 0;
-    feed(&t, &oks, &mut total).await;
-    wait_state(&t, url, "up").await;
+    make_up(&t, url, &mut total).await;
     let m = format!("\"{}\".site_maintenance", t.schema);
     t.db.execute(
         &format!("INSERT INTO {m} (url_pattern, starts_at, ends_at) VALUES ('^http://offline/$', now(), now() + interval '1 hour')"),
