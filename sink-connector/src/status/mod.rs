@@ -117,6 +117,8 @@ impl FromStr for State {
 }
 
 #[cfg(test)]
+mod tests_flapping;
+#[cfg(test)]
 mod tests_machine;
 #[cfg(test)]
 mod tests_maintenance;

@@ -71,6 +71,18 @@ pub(crate) async fn make_up(t: &SinkTest, url: &str, total: &mut i64) {
     wait_state(t, url, "up").await;
 }
 
+/// The consecutive failures of the schema's only probe row.
+pub(crate) async fn probe_fails(t: &SinkTest) -> i32 {
+    let schema = &t.schema;
+    t.db.query_one(
+        &format!("SELECT fails FROM \"{schema}\".site_probe_state"),
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Waits until `url`'s status row says `state`.
 pub(crate) async fn wait_state(t: &SinkTest, url: &str, want: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);

@@ -6,7 +6,8 @@ use std::time::Duration;
 use website_monitor_tests::sink::{self, SinkTest};
 
 use super::{
-    check, feed, make_up, now, of, quiet_status, state, status_toml, transitions, wait_state,
+    check, feed, make_up, now, of, probe_fails, quiet_status, state, status_toml, transitions,
+    wait_state,
 };
 
 /// Finding 4: checks dated more than the skew ahead of the sink all counted
@@ -35,15 +36,7 @@ async fn failures_dated_ahead_of_the_sink_each_count_and_make_the_site_down() {
         of(&transitions(&t).await, url),
         [("unknown", "up"), ("up", "down")]
     );
-    let schema = &t.schema;
-    let fails: i32 =
-        t.db.query_one(
-            &format!("SELECT fails FROM \"{schema}\".site_probe_state"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let fails = probe_fails(&t).await;
     assert_eq!(fails, 6, "every failure counted");
 }
 

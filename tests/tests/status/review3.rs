@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use website_monitor_tests::sink::{self, SinkTest};
 
-use super::{check, feed, make_up, now, of, quiet_status, transitions, wait_state};
+use super::{check, feed, make_up, now, of, probe_fails, quiet_status, transitions, wait_state};
 
 /// Findings 5 and 6: a window inserted right after a quiet site's record
 /// (evaluated after the sweep's round began) was never entered; one whose
@@ -76,15 +76,7 @@ async fn a_check_dated_ahead_and_delivered_three_times_counts_once() {
     feed(&t, &[ahead.clone(), ahead.clone()], &mut total).await;
     feed(&t, &[ahead], &mut total).await;
     sink::stop(running, token).await;
-    let schema = &t.schema;
-    let fails: i32 =
-        t.db.query_one(
-            &format!("SELECT fails FROM \"{schema}\".site_probe_state"),
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let fails = probe_fails(&t).await;
     assert_eq!(fails, 1, "one failure, not three");
     assert_eq!(of(&transitions(&t).await, url), [("unknown", "up")]);
 }
