@@ -112,9 +112,13 @@ pub fn commit_positions(msgs: &[Msg]) -> Vec<(Arc<str>, i32, i64)> {
 
 /// `batch` split into at most `n` parts, each keeping the batch's order; all
 /// records of one (topic, partition) land in one part, so the parts never
-/// touch the same offsets row. Partitions are dealt out by size, largest
-/// first, each to the part with the fewest records so far: a sink that owns,
-/// say, partitions 0, 2 and 4 still uses two writers (a fixed
+/// touch the same offsets row, and partitions whose records share a url land
+/// in one part too, so two parts never wait on each other's rows of one site
+/// (records without a key spread every url over every partition: then the
+/// whole batch is one part, written once per site instead of once per writer
+/// and site, one writer after the other). The groups are dealt out by size,
+/// largest first, each to the part with the fewest records so far: a sink
+/// that owns, say, partitions 0, 2 and 4 still uses two writers (a fixed
 /// `partition % n` would put them all on one). Safe because a batch's parts
 /// are all committed before the next batch is split. Some parts may be empty.
 pub fn split_by_partition(batch: Vec<Msg>, n: usize) -> Vec<Vec<Msg>> {
@@ -125,11 +129,16 @@ pub fn split_by_partition(batch: Vec<Msg>, n: usize) -> Vec<Vec<Msg>> {
     for m in &batch {
         *sizes.entry((m.topic.clone(), m.partition)).or_default() += 1;
     }
-    let mut by_size: Vec<((Arc<str>, i32), usize)> = sizes.into_iter().collect();
+    let groups = PartitionGroups::of(&batch);
+    let mut group_sizes: HashMap<(Arc<str>, i32), usize> = HashMap::new();
+    for (key, size) in &sizes {
+        *group_sizes.entry(groups.root(key.clone())).or_default() += size;
+    }
+    let mut by_size: Vec<((Arc<str>, i32), usize)> = group_sizes.into_iter().collect();
     // Largest first; ties in (topic, partition) order, so the split is deterministic.
     by_size.sort_by(|(ka, a), (kb, b)| b.cmp(a).then_with(|| ka.cmp(kb)));
     let mut load = vec![0usize; n];
-    let mut part_of: HashMap<(Arc<str>, i32), usize> = HashMap::new();
+    let mut part_of_group: HashMap<(Arc<str>, i32), usize> = HashMap::new();
     for (key, size) in by_size {
         let (i, _) = load
             .iter()
@@ -137,8 +146,15 @@ pub fn split_by_partition(batch: Vec<Msg>, n: usize) -> Vec<Vec<Msg>> {
             .min_by_key(|(i, l)| (**l, *i))
             .unwrap_or((0, &0));
         load[i] += size;
-        part_of.insert(key, i);
+        part_of_group.insert(key, i);
     }
+    let part_of: HashMap<(Arc<str>, i32), usize> = sizes
+        .into_keys()
+        .map(|key| {
+            let i = part_of_group.get(&groups.root(key.clone())).copied();
+            (key, i.unwrap_or(0))
+        })
+        .collect();
     let mut parts: Vec<Vec<Msg>> = load.iter().map(|l| Vec::with_capacity(*l)).collect();
     for msg in batch {
         let i = part_of
@@ -148,6 +164,51 @@ pub fn split_by_partition(batch: Vec<Msg>, n: usize) -> Vec<Vec<Msg>> {
         parts[i].push(msg);
     }
     parts
+}
+
+/// The partitions of a batch joined when their good records share a url
+/// (union-find; each group named by its smallest partition).
+struct PartitionGroups {
+    parent: HashMap<(Arc<str>, i32), (Arc<str>, i32)>,
+}
+
+impl PartitionGroups {
+    fn of(batch: &[Msg]) -> Self {
+        let mut groups = Self {
+            parent: HashMap::new(),
+        };
+        let mut first_seen: HashMap<&str, (Arc<str>, i32)> = HashMap::new();
+        for m in batch {
+            let Decoded::Good(g) = &m.decoded else {
+                continue;
+            };
+            let here = (m.topic.clone(), m.partition);
+            match first_seen.get(g.url.as_str()) {
+                Some(there) if *there != here => groups.join(there.clone(), here),
+                Some(_) => {}
+                None => {
+                    first_seen.insert(&g.url, here);
+                }
+            }
+        }
+        groups
+    }
+
+    /// The group `key` belongs to.
+    fn root(&self, mut key: (Arc<str>, i32)) -> (Arc<str>, i32) {
+        while let Some(up) = self.parent.get(&key) {
+            key = up.clone();
+        }
+        key
+    }
+
+    fn join(&mut self, a: (Arc<str>, i32), b: (Arc<str>, i32)) {
+        let (a, b) = (self.root(a), self.root(b));
+        if a != b {
+            let (low, high) = if a < b { (a, b) } else { (b, a) };
+            self.parent.insert(high, low);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +316,49 @@ pub(crate) mod tests {
         assert_eq!(positions(&one[0]), positions(&batch));
         let many = split_by_partition(batch, 64);
         assert_eq!(many.iter().filter(|p| !p.is_empty()).count(), 5);
+    }
+
+    /// A good record of `url` at `partition`/`offset`.
+    fn good_msg(partition: i32, offset: i64, url: &str) -> Msg {
+        let payload = format!(r#"{{"url":"{url}"}}"#).into_bytes();
+        let limits = crate::decode::Limits {
+            max_record_bytes: 1 << 20,
+            max_url_bytes: 4096,
+        };
+        Msg {
+            decoded: crate::decode::decode(Some(&payload), limits),
+            payload: Some(payload),
+            ..msg(partition, offset)
+        }
+    }
+
+    #[test]
+    fn partitions_whose_records_share_a_url_go_to_one_writer() {
+        // Partitions 0 and 2 share url a (a keyless record landed in 2); 1
+        // and 3 have urls of their own; the reject in 3 links nothing.
+        let batch = vec![
+            good_msg(0, 1, "a"),
+            good_msg(1, 1, "b"),
+            good_msg(2, 1, "a"),
+            good_msg(3, 1, "c"),
+            msg(3, 2),
+            good_msg(0, 2, "d"),
+        ];
+        assert!(matches!(batch[0].decoded, Decoded::Good(_)));
+        let parts = split_by_partition(batch, 2);
+        assert_eq!(positions(&parts[0]), [(0, 1), (2, 1), (0, 2)]);
+        assert_eq!(positions(&parts[1]), [(1, 1), (3, 1), (3, 2)]);
+    }
+
+    #[test]
+    fn a_batch_whose_urls_span_every_partition_is_one_part_in_its_order() {
+        // Records without a key: every url in every partition.
+        let batch: Vec<Msg> = (0..12)
+            .map(|i| good_msg(i % 4, i64::from(i / 4), ["x", "y", "z"][(i % 3) as usize]))
+            .collect();
+        let parts = split_by_partition(batch.clone(), 2);
+        assert_eq!(positions(&parts[0]), positions(&batch));
+        assert!(parts[1].is_empty());
     }
 
     #[test]

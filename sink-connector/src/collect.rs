@@ -6,6 +6,10 @@
 //! first record arrives, not when the previous write ends, and a busy sink
 //! writes back to back (measured in `make bench`: docs/benchmarks-history.md,
 //! "End to end: keep-alive, `batch_timeout` 100 ms, overlapped batches").
+//! While the previous batch is still being written the next one stays open
+//! past `batch_timeout`, up to `batch_size` and `batch_max_bytes`: its
+//! records would wait for the writers anyway, and a sink catching up on a
+//! backlog writes full batches, each site's rows once per batch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,10 +45,15 @@ pub struct Collector {
 impl Collector {
     /// Collects the next batch: waits for a first record (or shutdown), then
     /// takes more until `batch_size` records, `batch_max_bytes` bytes or
-    /// `batch_timeout`. Records of partitions revoked meanwhile are dropped.
-    /// Empty after a consumer error, at shutdown, or after `idle_wait`
-    /// without a record.
-    pub async fn collect(&self, consumer: &SinkConsumer) -> Vec<Msg> {
+    /// `batch_timeout` — and, when `writing` is given, not before it is
+    /// cancelled (the previous batch's write is over). Records of partitions
+    /// revoked meanwhile are dropped. Empty after a consumer error, at
+    /// shutdown, or after `idle_wait` without a record.
+    pub async fn collect(
+        &self,
+        consumer: &SinkConsumer,
+        writing: Option<&CancellationToken>,
+    ) -> Vec<Msg> {
         let mut batch = Vec::new();
         let mut bytes = 0usize;
         let mut topic = None;
@@ -73,6 +82,13 @@ impl Collector {
             }
         }
         let deadline = tokio::time::Instant::now() + self.batch_timeout;
+        let (mut timed_out, mut written) = (false, writing.is_none());
+        let write_over = async {
+            if let Some(w) = writing {
+                w.cancelled().await;
+            }
+        };
+        tokio::pin!(write_over);
         while batch.len() < self.batch_size && bytes < self.batch_max_bytes {
             tokio::select! {
                 biased;
@@ -98,7 +114,14 @@ impl Collector {
                     }
                     Err(e) => { kafka_error(&e); break; }
                 },
-                _ = tokio::time::sleep_until(deadline) => break,
+                _ = tokio::time::sleep_until(deadline), if !timed_out => {
+                    timed_out = true;
+                    if written { break }
+                }
+                () = &mut write_over, if !written => {
+                    written = true;
+                    if timed_out { break }
+                }
                 _ = self.shutdown.cancelled() => break,
             }
         }

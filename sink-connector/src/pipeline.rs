@@ -207,21 +207,28 @@ impl Pipeline {
                     break;
                 }
                 self.between_batches(&consumer, &[], false).await;
-                pending = collector.collect(&consumer).await;
+                pending = collector.collect(&consumer, None).await;
                 continue;
             }
             let batch = std::mem::take(&mut pending);
             metrics::counter!(m::RECORDS_CONSUMED).increment(batch.len() as u64);
             metrics::histogram!(m::BATCH_SIZE).record(batch.len() as f64);
             // After SIGTERM, finish what was collected but take nothing new.
+            // The next batch stays open while this one is written.
+            let writing = CancellationToken::new();
             let next = async {
                 if collector.shutdown.is_cancelled() {
                     Vec::new()
                 } else {
-                    collector.collect(&consumer).await
+                    collector.collect(&consumer, Some(&writing)).await
                 }
             };
-            let (written, next) = tokio::join!(self.write_and_commit(&consumer, batch), next);
+            let write = async {
+                let written = self.write_and_commit(&consumer, batch).await;
+                writing.cancel();
+                written
+            };
+            let (written, next) = tokio::join!(write, next);
             if written?.is_none() || collector.shutdown.is_cancelled() {
                 // A batch collected while SIGTERM came is left unwritten and
                 // uncommitted (it is redelivered): stopping stays within

@@ -68,19 +68,24 @@ pub struct SinkConfig {
     /// derived names fit PostgreSQL's 63-byte identifiers), without NUL, `{` or
     /// `}`; any other name is allowed, as it is always quoted.
     pub table: String,
-    /// Most records written in one transaction.
+    /// Most records in one batch (split over the `writers`, one transaction
+    /// each). While a batch is being written the next one keeps filling, past
+    /// `batch_timeout`, up to this: a sink catching up on a backlog writes
+    /// full batches, and each site's rollup and status rows once per batch.
     pub batch_size: usize,
     /// Most bytes (Kafka values and keys) collected into one batch; a batch
     /// always takes at least one record.
     pub batch_max_bytes: usize,
     /// Longest wait, after the first record of a batch, before the batch is
-    /// written even if not full (humantime, e.g. `100ms`).
+    /// written even if not full, when no batch is being written (humantime,
+    /// e.g. `100ms`).
     #[serde(with = "humantime_serde")]
     pub batch_timeout: Duration,
     /// PostgreSQL connections that write each batch at once (1 to
     /// [`MAX_WRITERS`]). A batch is split by Kafka partition (a partition's
-    /// records all in one part, partitions dealt out evenly by size) and each
-    /// part is written in its own
+    /// records all in one part, partitions whose records share a url in one
+    /// part — records without a key make the batch one part — and the parts
+    /// dealt out evenly by size) and each part is written in its own
     /// transaction on its own connection, so PostgreSQL works on up to this
     /// many cores; the batch's Kafka offsets are committed once every part
     /// has committed. Each sink holds this many connections; more writers
@@ -157,7 +162,7 @@ impl Default for SinkConfig {
                 .expect("the default postgres_uri parses"),
             schema: "public".to_owned(),
             table: "site".to_owned(),
-            batch_size: 20_000,
+            batch_size: 50_000,
             batch_max_bytes: 64 * 1024 * 1024,
             batch_timeout: Duration::from_millis(100),
             writers: 2,

@@ -63,19 +63,95 @@ async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
     sink::stop(running, token).await;
 }
 
+/// While one batch is written, the next keeps filling past `batch_timeout`
+/// (100 ms here): records produced a second apart while the first write
+/// waits are written together: two batch transactions in all, not one per
+/// record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_keeps_filling_while_the_previous_one_is_written() {
+    let t = SinkTest::new("sink_fill", 1).await;
+    let (running, token) = sink::start(&t.config().set("batch_timeout", "100ms")).await;
+    let addr = running.metrics_addr.to_string();
+    wait_ready(&addr).await;
+    let lock = LatestTableLock::take(&t.stack.postgres_uri, &t.schema).await;
+    let at = website_monitor_tests::sink::numbered_start();
+    let rec = |url: &str| json_rec(serde_json::json!({"url": url, "checked_at": at}));
+    t.produce(&[rec("http://first/")]).await;
+    let site = format!("\"{}\".site", t.schema);
+    eventually(
+        "the first batch's write to wait on the lock",
+        WAIT,
+        || async {
+            let waiting: i64 = t
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)",
+                &[&site],
+            )
+            .await
+            .unwrap()
+            .get(0);
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    for url in ["http://second/", "http://third/", "http://fourth/"] {
+        t.produce(&[rec(url)]).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    lock.release().await;
+    t.wait_rows("site_check", 4).await;
+    // One transaction per batch (the sink has one partition: one part).
+    let transactions: i64 =
+        t.db.query_one(
+            &format!(
+                "SELECT count(DISTINCT xmin::text) FROM \"{}\".site_check",
+                t.schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        transactions, 2,
+        "the three records collected during the write are one batch"
+    );
+    sink::stop(running, token).await;
+}
+
 /// With `writers = 4` the parts of one batch (split by partition) are written
 /// on four PostgreSQL connections at once: all four of the sink's backends
-/// are seen waiting on one lock together. The records are not keyed by url
-/// (record `i` goes to partition `i % 4`, url `i % 101`), so every url is in
-/// every part and the writers upsert the same rows concurrently; still each
-/// record is stored once and `site` holds the newest record of each url.
+/// are seen waiting on one lock together. Record `i` has url `i % 101` and
+/// goes to partition `url % 4`, as a url key would put it; each record is
+/// stored once and `site` holds the newest record of each url.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_writers_write_the_partitions_of_a_batch_at_once_and_each_record_once() {
+    four_writers_store(|i| i % URLS % 4, 4).await;
+}
+
+/// Records without a key (record `i` to partition `i % 4`) put every url in
+/// every partition: the batch is one part, written by one writer (one
+/// backend waits on the lock, not four waiting on each other's rows), and
+/// still each record is stored once and `site` holds the newest of each url.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_urls_span_every_partition_is_written_by_one_writer() {
+    four_writers_store(|i| i % 4, 1).await;
+}
+
+/// Urls of [`four_writers_store`]'s records.
+const URLS: usize = 101;
+
+/// Produces 4,000 records (url `i % URLS`) to partition `partition_of(i)` of
+/// a 4-partition topic while the latest-state table is locked, under a sink
+/// of four writers; `waiting` of its connections wait on the lock at once
+/// and no more; then every record is stored once, `site` holds the newest
+/// of each url and each partition's position is past its last record.
+async fn four_writers_store(partition_of: fn(usize) -> usize, waiting: i64) {
     use rdkafka::producer::FutureRecord;
     let t = SinkTest::new("sink_writers", 4).await;
     let (db, schema, topic) = (&t.db, &t.schema, &t.topic);
     const N: usize = 4_000;
-    const URLS: usize = 101;
     // The sink's connections, told apart from every other test's by name.
     let app = unique_ident("sinkwriters");
     let uri = with_param(&t.stack.postgres_uri, "application_name", &app);
@@ -102,7 +178,7 @@ async fn four_writers_write_the_partitions_of_a_batch_at_once_and_each_record_on
     let producer = website_monitor_tests::producer(&t.stack.brokers);
     let records: Vec<Vec<u8>> = (0..N).map(|i| numbered(i, URLS)).collect();
     let sends = records.iter().enumerate().map(|(i, r)| {
-        let partition = i32::try_from(i % 4).unwrap();
+        let partition = i32::try_from(partition_of(i)).unwrap();
         producer.send(
             FutureRecord::<[u8], [u8]>::to(topic)
                 .partition(partition)
@@ -113,24 +189,27 @@ async fn four_writers_write_the_partitions_of_a_batch_at_once_and_each_record_on
     for sent in futures::future::join_all(sends).await {
         sent.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
     }
-    let waiting = eventually(
-        "four of the sink's connections to wait on the lock at once",
+    let waiting_now = || async {
+        let n: i64 = db
+            .query_one(
+                "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE NOT l.granted AND a.application_name = $1",
+                &[&app],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    eventually(
+        "the sink's connections to wait on the lock",
         WAIT,
-        || async {
-            let waiting: i64 = db
-                .query_one(
-                    "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                     WHERE NOT l.granted AND a.application_name = $1",
-                    &[&app],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (waiting >= 4).then_some(waiting)
-        },
+        || async { (waiting_now().await >= waiting).then_some(()) },
     )
     .await;
-    assert_eq!(waiting, 4, "one transaction per writer");
+    // Past batch_timeout: a part that was to come has come.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(waiting_now().await, waiting, "transactions at once");
     lock.release().await;
 
     t.wait_rows("site_check", N as i64).await;
@@ -165,9 +244,16 @@ async fn four_writers_write_the_partitions_of_a_batch_at_once_and_each_record_on
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
+    let expected: Vec<(i32, i64)> = (0..4)
+        .map(|p| {
+            (
+                p as i32,
+                (0..N).filter(|i| partition_of(*i) == p).count() as i64,
+            )
+        })
+        .collect();
     assert_eq!(
-        positions,
-        (0..4).map(|p| (p, (N / 4) as i64)).collect::<Vec<_>>(),
+        positions, expected,
         "each partition's position is past its last record"
     );
     sink::stop(running, token).await;
