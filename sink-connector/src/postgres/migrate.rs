@@ -293,6 +293,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "retention_detach",
         sql: include_str!("../../migrations/0016_retention_detach.sql"),
     },
+    Migration {
+        version: 17,
+        name: "rollup_fillfactor",
+        sql: include_str!("../../migrations/0017_rollup_fillfactor.sql"),
+    },
 ];
 
 /// Advisory-lock class for the sink's migrations (first key of the two-key form).

@@ -179,9 +179,9 @@ impl Sql {
                 p = t.probe
             ),
             add_rollups: [&t.per_minute, &t.per_hour, &t.per_day]
-                .map(|table| add_rollups(table, "site_id", &t.function("_counts_add"))),
+                .map(|table| add_rollups(table, "site_id")),
             add_fleet: [&t.fleet_per_minute, &t.fleet_per_hour, &t.fleet_per_day]
-                .map(|table| add_rollups(table, "shard", &t.function("_counts_add"))),
+                .map(|table| add_rollups(table, "shard")),
         }
     }
 }
@@ -197,7 +197,11 @@ pub(crate) const HISTORY_COLUMNS: &str = "checked_at, site_id, probe_id, present
 /// given as arrays in key order (the lock order); each row's histogram and
 /// failure counts are a slice of one flat array (`$12`, `$13`) between the
 /// bounds in `$14..$17`; `$18`: the checks made during maintenance.
-fn add_rollups(table: &str, key: &str, counts_add: &str) -> String {
+fn add_rollups(table: &str, key: &str) -> String {
+    let (latency, failures) = (
+        counts_add("r.latency", "excluded.latency"),
+        counts_add("r.failures", "excluded.failures"),
+    );
     format!(
         "INSERT INTO {table} AS r ({key}, probe_id, bucket, checks, ok, failed, responses,
              duration_min_us, duration_max_us, duration_sum_us, cert_days_min, latency, failures,
@@ -220,9 +224,22 @@ fn add_rollups(table: &str, key: &str, counts_add: &str) -> String {
              duration_sum_us = r.duration_sum_us + excluded.duration_sum_us,
              cert_days_min = LEAST(r.cert_days_min, excluded.cert_days_min),
              latency = CASE WHEN excluded.latency IS NULL THEN r.latency
-                            ELSE {counts_add}(r.latency, excluded.latency) END,
+                            ELSE {latency} END,
              failures = CASE WHEN excluded.failures IS NULL THEN r.failures
-                             ELSE {counts_add}(r.failures, excluded.failures) END"
+                             ELSE {failures} END"
+    )
+}
+
+/// SQL adding two sparse count arrays (elements `bucket << 32 | count`, in
+/// bucket order; NULL when both are): a subquery in the statement, not a
+/// call of an SQL function (PostgreSQL starts an executor for every call of
+/// one that it cannot inline, which cost more than the addition; see
+/// docs/benchmarks.md, "The sink against COPY: session 12").
+fn counts_add(a: &str, b: &str) -> String {
+    format!(
+        "(SELECT array_agg((k << 32) | n ORDER BY k)
+          FROM (SELECT e >> 32 AS k, sum(e & 4294967295)::int8 AS n
+                FROM unnest({a} || {b}) AS e GROUP BY 1) AS s)"
     )
 }
 

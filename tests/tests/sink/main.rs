@@ -22,6 +22,7 @@
 
 mod dead_letter;
 mod faults;
+mod fillfactor;
 mod groups;
 mod rejects;
 mod security;
