@@ -8,6 +8,28 @@ use website_monitor_tests::{
     eventually, json_rec, kv_uri, scrape_until, unique_ident, wait_ready, with_param, WAIT,
 };
 
+/// Waits until a batch's write waits on the lock on `t`'s latest-state table.
+async fn first_write_waits(t: &SinkTest) {
+    let site = format!("\"{}\".site", t.schema);
+    eventually(
+        "the first batch's write to wait on the lock",
+        WAIT,
+        || async {
+            let waiting: i64 = t
+            .db
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)",
+                &[&site],
+            )
+            .await
+            .unwrap()
+            .get(0);
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+}
+
 /// While one batch is written, the next is collected: its `batch_timeout`
 /// runs from its own first record, so after a slow write it is written at
 /// once instead of waiting a whole `batch_timeout` more.
@@ -22,23 +44,7 @@ async fn the_next_batch_is_collected_while_the_previous_one_is_written() {
     let at = website_monitor_tests::sink::numbered_start();
     let rec = |url: &str| json_rec(serde_json::json!({"url": url, "checked_at": at}));
     t.produce(&[rec("http://first/")]).await;
-    let site = format!("\"{schema}\".site");
-    eventually(
-        "the first batch's write to wait on the lock",
-        WAIT,
-        || async {
-            let waiting: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)",
-                &[&site],
-            )
-            .await
-            .unwrap()
-            .get(0);
-            (waiting > 0).then_some(())
-        },
-    )
-    .await;
+    first_write_waits(&t).await;
     t.produce(&[rec("http://second/")]).await;
     // More than batch_timeout: the second batch is complete before the first
     // write can finish.
@@ -77,24 +83,7 @@ async fn the_next_batch_keeps_filling_while_the_previous_one_is_written() {
     let at = website_monitor_tests::sink::numbered_start();
     let rec = |url: &str| json_rec(serde_json::json!({"url": url, "checked_at": at}));
     t.produce(&[rec("http://first/")]).await;
-    let site = format!("\"{}\".site", t.schema);
-    eventually(
-        "the first batch's write to wait on the lock",
-        WAIT,
-        || async {
-            let waiting: i64 = t
-            .db
-            .query_one(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass($1)",
-                &[&site],
-            )
-            .await
-            .unwrap()
-            .get(0);
-            (waiting > 0).then_some(())
-        },
-    )
-    .await;
+    first_write_waits(&t).await;
     for url in ["http://second/", "http://third/", "http://fourth/"] {
         t.produce(&[rec(url)]).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
