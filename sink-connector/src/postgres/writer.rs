@@ -82,6 +82,18 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
 /// How often writer 0 makes partitions ahead and applies retention.
 const MAINTAIN_EVERY: Duration = Duration::from_secs(600);
 
+/// The fewest records a part that outlasted `write_timeout` is cut down to
+/// ([`Writer::write_until_done`]).
+pub const MIN_PIECE: usize = 100;
+
+/// Why a write attempt failed.
+struct Failed {
+    /// What went wrong, for the log and readiness.
+    message: String,
+    /// It ran out of `write_timeout`: a smaller piece may get through.
+    timed_out: bool,
+}
+
 impl Writer {
     /// Writer number `index` (no I/O yet).
     pub fn new(shared: Arc<Shared>, index: usize) -> Self {
@@ -164,7 +176,11 @@ impl Writer {
     /// Writes `batch`, retrying failures with backoff until it commits — or,
     /// unless `persistent`, giving up after the first failed attempt (the
     /// caller hands the part to a persistent writer). Each attempt is bounded
-    /// by `write_timeout`.
+    /// by `write_timeout`; after an attempt that ran out of it, the rest of
+    /// the part is written in pieces of half the records (each piece its own
+    /// transaction, its partitions' positions advanced with it; down to
+    /// [`MIN_PIECE`]), so a part too large for `write_timeout` still gets
+    /// through.
     pub async fn write_until_done(
         &mut self,
         batch: &[Msg],
@@ -172,27 +188,37 @@ impl Writer {
     ) -> Result<Written, SinkError> {
         let mut backoff = backoff();
         let shared = Arc::clone(&self.shared);
+        let (mut done, mut piece, mut outcome) = (0, batch.len(), Outcome::default());
         loop {
             if shared.budget.passed() {
                 tracing::warn!(
                     writer = self.index,
-                    records = batch.len(),
+                    records = batch.len() - done,
                     "shutdown_timeout passed; leaving the batch unwritten (it will be redelivered)"
                 );
                 return Ok(Written::Unwritten);
             }
+            let part = &batch[done..batch.len().min(done + piece)];
             let attempt = if self.conn.is_some() {
-                self.attempt(batch).await
+                self.attempt(part).await
             } else {
                 match self.connect().await? {
                     Ok(()) => continue,
-                    Err(e) => Err(e),
+                    Err(message) => Err(Failed {
+                        message,
+                        timed_out: false,
+                    }),
                 }
             };
             match attempt {
                 Ok(o) => {
                     self.report(None);
-                    return Ok(Written::Done(o));
+                    outcome.merge(o);
+                    done += part.len();
+                    if done == batch.len() {
+                        return Ok(Written::Done(outcome));
+                    }
+                    continue;
                 }
                 Err(e) if !persistent => {
                     // Not counted against readiness: another writer takes
@@ -202,13 +228,19 @@ impl Writer {
                         writer = self.index,
                         records = batch.len(),
                         "part not written: {}; writer 0 writes it instead",
-                        self.problem(&e)
+                        self.problem(&e.message)
                     );
                     self.conn = None;
                     self.search.clear();
                     return Ok(Written::GaveUp);
                 }
-                Err(e) => self.failed(&e, batch.len()),
+                Err(e) => {
+                    if e.timed_out && part.len() > MIN_PIECE {
+                        piece = (part.len() / 2).max(MIN_PIECE);
+                        self.search.clear();
+                    }
+                    self.failed(&e.message, part.len());
+                }
             }
             self.pause(backoff.next_wait()).await;
         }
@@ -216,14 +248,15 @@ impl Writer {
 
     /// One write of `batch` on the open connection, bounded by
     /// `write_timeout` and by what is left of `shutdown_timeout`.
-    /// `Err(message)` is worth retrying.
-    async fn attempt(&mut self, batch: &[Msg]) -> Result<Outcome, String> {
+    /// `Err` is worth retrying.
+    async fn attempt(&mut self, batch: &[Msg]) -> Result<Outcome, Failed> {
         self.maintain().await;
         let shared = &*self.shared;
         let conn = self.conn.as_mut().expect("attempt needs a connection");
         let started = Instant::now();
         let limit = shared.budget.limit(shared.cfg.write_timeout);
         let ended = shared.budget.clone().ended();
+        let failed = |message: String, timed_out| Err(Failed { message, timed_out });
         tokio::select! {
             r = tokio::time::timeout(limit, write_batch(conn, batch, &mut self.search)) => match r {
                 Ok(Ok(o)) => {
@@ -231,13 +264,17 @@ impl Writer {
                         .record(started.elapsed().as_secs_f64());
                     Ok(o)
                 }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!(
-                    "the write took longer than {} (write_timeout); abandoning the connection",
-                    humantime::format_duration(limit)
-                )),
+                Ok(Err(e)) => failed(e.to_string(), false),
+                Err(_) => failed(
+                    format!(
+                        "the write of {} records took longer than {} (write_timeout); abandoning the connection",
+                        batch.len(),
+                        humantime::format_duration(limit)
+                    ),
+                    true,
+                ),
             },
-            () = ended => Err("shutdown_timeout passed during the write".to_owned()),
+            () = ended => failed("shutdown_timeout passed during the write".to_owned(), false),
         }
     }
 

@@ -312,3 +312,45 @@ async fn a_stored_position_beyond_the_partition_end_is_reported() {
     assert_eq!(t.count("site_check", "").await, 0);
     sink::stop(running, token).await;
 }
+
+/// A part whose write outlasts `write_timeout` (every history row slowed by
+/// a trigger, as a slow server or an operator's heavy trigger would) is
+/// written in pieces after the timeout, each its own transaction: every
+/// record is stored once instead of the part being retried whole forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_longer_than_write_timeout_is_written_in_pieces() {
+    let t = SinkTest::new("sink_pieces", 1).await;
+    let (db, schema) = (&t.db, &t.schema);
+    t.migrate().await;
+    // About 2 ms a row (`pg_sleep(0.001)` in a row trigger): 3,000 records
+    // take ~6 s in one transaction, three times the 2 s write_timeout.
+    db.batch_execute(&format!(
+        "CREATE FUNCTION \"{schema}\".slow() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END $$;
+         CREATE TRIGGER slow BEFORE INSERT ON \"{schema}\".site_check
+         FOR EACH ROW EXECUTE FUNCTION \"{schema}\".slow();"
+    ))
+    .await
+    .unwrap();
+    let n = 3_000;
+    let records: Vec<Vec<u8>> = (0..n).map(|i| numbered(i, 50)).collect();
+    t.produce(&records).await;
+    let config = t.config().set("write_timeout", "2s");
+    let (running, token) = sink::start(&config).await;
+    t.wait_rows("site_check", n as i64).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    t.assert_exactly_once(n as i64).await;
+    let transactions: i64 = db
+        .query_one(
+            &format!("SELECT count(DISTINCT xmin::text) FROM \"{schema}\".site_check"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        transactions > 1,
+        "written in pieces: {transactions} transaction(s)"
+    );
+    sink::stop(running, token).await;
+}
