@@ -328,7 +328,8 @@ impl Writer {
     /// the sink has caught up on) but those of `pending` (urls of the
     /// records collected and not written yet: their records settle them),
     /// in its own short transaction, at the wall clock. A failure is logged
-    /// and counted, and tried again next time.
+    /// and counted, and tried again next time; at shutdown the sweep is
+    /// left (its connection dropped, its transaction rolled back).
     pub async fn sweep(&mut self, partitions: &[i32], pending: &[&str]) {
         if !self.sweep_due() {
             return;
@@ -343,8 +344,18 @@ impl Writer {
         self.swept = Some(Instant::now());
         let now = SystemTime::now();
         let limit = self.shared.budget.limit(self.shared.cfg.write_timeout);
+        let shutdown = self.shared.shutdown.clone();
         let swept = sweep::sweep(conn, now, &mut self.cursor, partitions, pending);
-        let problem = match tokio::time::timeout(limit, swept).await {
+        let result = tokio::select! {
+            r = tokio::time::timeout(limit, swept) => r,
+            () = shutdown.cancelled() => {
+                // The sweep can wait for a later run; stopping cannot.
+                self.conn = None;
+                tracing::info!("site status sweep left unfinished at shutdown (rolled back)");
+                return;
+            }
+        };
+        let problem = match result {
             Ok(Ok((made, complete))) => {
                 if !complete {
                     // More sites due than one sweep takes: the next goes on at once.

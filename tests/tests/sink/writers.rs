@@ -354,3 +354,42 @@ async fn a_part_longer_than_write_timeout_is_written_in_pieces() {
     );
     sink::stop(running, token).await;
 }
+
+/// A status sweep waiting on a lock does not hold up shutdown: with the
+/// latest-state table locked (and `write_timeout` 10 minutes) the sink
+/// leaves the sweep at SIGTERM and stops while the lock is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sweep_waiting_on_a_lock_is_left_at_shutdown() {
+    let t = SinkTest::new("sink_sweep_stop", 1).await;
+    let app = unique_ident("sweepstop");
+    let uri = with_param(&t.stack.postgres_uri, "application_name", &app);
+    let config = t
+        .config()
+        .set("postgres_uri", uri)
+        .set("write_timeout", "10m")
+        .set("shutdown_timeout", "3s");
+    let (running, token) = sink::start(&config).await;
+    t.produce(&[numbered(0, 1)]).await;
+    t.wait_rows("site_check", 1).await;
+    let lock = LatestTableLock::take(&t.stack.postgres_uri, &t.schema).await;
+    eventually(
+        "a sweep of the sink's to wait on the lock",
+        WAIT,
+        || async {
+            let waiting: i64 =
+                t.db.query_one(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                 WHERE NOT l.granted AND a.application_name = $1",
+                    &[&app],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+    // Stopped with the lock still held: the sweep did not wait for it.
+    sink::stop(running, token).await;
+    lock.release().await;
+}
