@@ -74,7 +74,9 @@ pub struct SinkConfig {
     /// full batches, and each site's rollup and status rows once per batch.
     pub batch_size: usize,
     /// Most bytes (Kafka values and keys) collected into one batch; a batch
-    /// always takes at least one record.
+    /// always takes at least one record. The sink holds up to two batches
+    /// (one being written, the next filling) and each record's decoded
+    /// copies: with records of ~1 MB, about 3.5 times this per batch.
     pub batch_max_bytes: usize,
     /// Longest wait, after the first record of a batch, before the batch is
     /// written even if not full, when no batch is being written (humantime,
