@@ -64,8 +64,9 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// Adds what another part of the same batch wrote (the parts hold
-    /// disjoint partitions, so nothing is counted twice).
+    /// Adds what another part, or another piece of the same part, of the
+    /// batch wrote (records are never in two of them; a url in two pieces
+    /// counts in `site_rows` of each).
     pub fn merge(&mut self, other: Outcome) {
         self.site_rows += other.site_rows;
         self.check_rows += other.check_rows;

@@ -267,7 +267,7 @@ impl Writer {
                 Ok(Err(e)) => failed(e.to_string(), false),
                 Err(_) => failed(
                     format!(
-                        "the write of {} records took longer than {} (write_timeout); abandoning the connection",
+                        "the write of {} records took longer than {} (write_timeout); abandoning the connection; it is tried again in pieces of half as many records, down to {MIN_PIECE} (if this repeats, raise write_timeout or lower batch_size)",
                         batch.len(),
                         humantime::format_duration(limit)
                     ),

@@ -8,6 +8,18 @@ use website_monitor_tests::{
     eventually, json_rec, kv_uri, scrape_until, unique_ident, wait_ready, with_param, WAIT,
 };
 
+/// How many backends of `app` (their `application_name`) wait on a lock.
+async fn waiting_backends(db: &tokio_postgres::Client, app: &str) -> i64 {
+    db.query_one(
+        "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE NOT l.granted AND a.application_name = $1",
+        &[&app],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Waits until a batch's write waits on the lock on `t`'s latest-state table.
 async fn first_write_waits(t: &SinkTest) {
     let site = format!("\"{}\".site", t.schema);
@@ -178,27 +190,19 @@ async fn four_writers_store(partition_of: fn(usize) -> usize, waiting: i64) {
     for sent in futures::future::join_all(sends).await {
         sent.unwrap_or_else(|(e, _)| panic!("produce to {topic}: {e}"));
     }
-    let waiting_now = || async {
-        let n: i64 = db
-            .query_one(
-                "SELECT count(DISTINCT l.pid) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE NOT l.granted AND a.application_name = $1",
-                &[&app],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        n
-    };
     eventually(
         "the sink's connections to wait on the lock",
         WAIT,
-        || async { (waiting_now().await >= waiting).then_some(()) },
+        || async { (waiting_backends(db, &app).await >= waiting).then_some(()) },
     )
     .await;
     // Past batch_timeout: a part that was to come has come.
     tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(waiting_now().await, waiting, "transactions at once");
+    assert_eq!(
+        waiting_backends(db, &app).await,
+        waiting,
+        "transactions at once"
+    );
     lock.release().await;
 
     t.wait_rows("site_check", N as i64).await;
@@ -375,18 +379,7 @@ async fn a_sweep_waiting_on_a_lock_is_left_at_shutdown() {
     eventually(
         "a sweep of the sink's to wait on the lock",
         WAIT,
-        || async {
-            let waiting: i64 =
-                t.db.query_one(
-                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-                 WHERE NOT l.granted AND a.application_name = $1",
-                    &[&app],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            (waiting > 0).then_some(())
-        },
+        || async { (waiting_backends(&t.db, &app).await > 0).then_some(()) },
     )
     .await;
     // Stopped with the lock still held: the sweep did not wait for it.
