@@ -104,6 +104,35 @@ impl Commander {
     }
 }
 
+impl Commander {
+    /// Applies a whole new list of sites that comes in chunks: first every
+    /// running site whose url hash is not in `keep` (sorted) is removed,
+    /// then each chunk from `chunks` is put as [`Commander::apply_changes`]
+    /// puts (a url a lane runs stays there, a new one goes to the lane with
+    /// the fewest sites). Nothing holds every new site at once. The counts
+    /// of every step, taken together ([`Applied::then`]).
+    pub async fn apply_in_chunks(
+        &self,
+        keep: Vec<u64>,
+        mut chunks: mpsc::Receiver<Vec<SiteSpec>>,
+    ) -> Result<Applied, LanesGone> {
+        let retain = Changes {
+            retain: Some(keep),
+            ..Changes::default()
+        };
+        let mut total = Applied::default();
+        total.then(self.apply_changes(retain).await?);
+        while let Some(put) = chunks.recv().await {
+            let put = Changes {
+                put,
+                ..Changes::default()
+            };
+            total.then(self.apply_changes(put).await?);
+        }
+        Ok(total)
+    }
+}
+
 /// Each lane's share of `total` sites: what it `claimed` (the urls it runs
 /// now; a site claimed twice stays with the first lane), then each
 /// unclaimed site to the lane with the fewest (counting `base` sites it

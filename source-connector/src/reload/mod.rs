@@ -10,13 +10,16 @@
 //!    ([`crate::sites::reread`]: `${VAR}`, the environment overrides, every
 //!    check, the sites resolved and sharded); when nothing but `sites_file`'s
 //!    lines changed since the last load, only its new lines are resolved
-//!    (each line is looked up in the last load's [`FileIndex`]);
+//!    (each line is looked up in the last load's [`FileIndex`]); else every
+//!    site is checked and only its url hash kept ([`crate::sites::survey`]);
 //! 2. settings that only a restart can change (`fixed`) are compared with
 //!    the running ones; any difference refuses the whole reload, naming each
 //!    key;
 //! 3. the new sites go to the check threads ([`crate::lanes::Commander`]),
 //!    which apply the difference by url ([`crate::schedule::diff`]), or
-//!    only the changes, found by url hash.
+//!    only the changes, found by url hash; a survey's sites are resolved
+//!    again and put [`CHUNK`] at a time after the sites not kept are
+//!    removed, so no second list of every site is held.
 //!
 //! A refused reload changes nothing: the previous configuration keeps
 //! running; the problem is logged (file, line, key, as at start) and
@@ -45,7 +48,7 @@ use crate::discovery::{Catalog, Update};
 use crate::lanes::{Commander, LanesGone};
 use crate::metrics::{self, ReloadHandles};
 use crate::schedule::Applied;
-use crate::sites::{FileIndex, Reread};
+use crate::sites::{FileIndex, Interrupted, Reread, Survey, CHUNK};
 
 /// What asked for a reload (for the log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +87,10 @@ pub enum ReloadError {
     /// The source is stopping or stopped; nothing reloads any more.
     #[error("the source is stopping; no reload")]
     Stopped,
+    /// The file was written over while a reload applied it (only its
+    /// first sites were applied).
+    #[error(transparent)]
+    Interrupted(#[from] Interrupted),
     /// Reading the file panicked (a bug).
     #[error("the reload failed unexpectedly: {0}")]
     Crashed(String),
@@ -310,9 +317,12 @@ impl Reloader {
         let path = self.current.path.clone();
         let env = self.env;
         let started = std::time::Instant::now();
-        let previous = self.index.clone().filter(|_| self.catalog.is_none());
+        // Sites from outside are combined whole with the file's: no index,
+        // no chunks.
+        let alone = self.catalog.is_none();
+        let previous = self.index.clone().filter(|_| alone);
         let (loaded, reread) = tokio::task::spawn_blocking(move || {
-            crate::sites::reread(&path, &env, previous.as_deref())
+            crate::sites::reread(&path, &env, previous.as_deref(), alone)
         })
         .await
         .map_err(|e| ReloadError::Crashed(e.to_string()))??;
@@ -321,10 +331,17 @@ impl Reloader {
             let path = loaded.path;
             return Err(RestartOnly { path, keys }.into());
         }
-        let (mut applied, read, index) = match reread {
+        let read = started.elapsed();
+        let (mut applied, index) = match reread {
             Reread::Changes { changes, index } => {
-                let read = started.elapsed();
-                (self.lanes.apply_changes(changes).await?, read, Some(index))
+                (self.lanes.apply_changes(changes).await?, Some(index))
+            }
+            Reread::Survey(survey) => {
+                // Applied in part, what runs is neither file: the next
+                // reload must not count changes from the old one.
+                self.index = None;
+                let (applied, index) = self.apply_survey(survey, &loaded).await?;
+                (applied, Some(index))
             }
             Reread::Full { sites, index } => {
                 let sites = match self.catalog.as_mut() {
@@ -334,13 +351,37 @@ impl Reloader {
                     }
                     None => sites,
                 };
-                let read = started.elapsed();
-                (self.lanes.apply(sites).await?, read, index)
+                (self.lanes.apply(sites).await?, index)
             }
         };
         (applied.read, applied.apply) = (read, started.elapsed() - read);
-        self.index = index.filter(|_| self.catalog.is_none()).map(Arc::new);
+        self.index = index.filter(|_| alone).map(Arc::new);
         self.current = loaded;
         Ok(applied)
+    }
+
+    /// Applies a surveyed configuration: its sites are resolved again on a
+    /// blocking thread and handed to the lanes [`CHUNK`] at a time (two
+    /// chunks at most wait between them); the counts, and the index for
+    /// the next reload.
+    async fn apply_survey(
+        &self,
+        mut survey: Survey,
+        loaded: &Loaded<SourceConfig>,
+    ) -> Result<(Applied, FileIndex), ReloadError> {
+        let keep = std::mem::take(&mut survey.keep);
+        let (tx, rx) = mpsc::channel(1);
+        let loaded = loaded.clone();
+        let walking = tokio::task::spawn_blocking(move || {
+            let mut put = |chunk| tx.blocking_send(chunk).is_ok();
+            let walked = survey.put_in_chunks(&loaded, CHUNK, &mut put);
+            walked.map(|()| survey.index)
+        });
+        let applied = self.lanes.apply_in_chunks(keep, rx).await;
+        let walked = walking
+            .await
+            .map_err(|e| ReloadError::Crashed(e.to_string()))?;
+        let applied = applied?;
+        Ok((applied, walked?))
     }
 }

@@ -1,5 +1,6 @@
 //! A reload of a file's changed lines in one lane ([`Changes`]): the sites
-//! to put and the urls to remove, found by the url hash each slot keeps —
+//! to put and the urls to remove (or the only ones to keep), found by the
+//! url hash each slot keeps —
 //! one pass over a vector of hashes, no index of urls, no list of every
 //! site. What is found goes the way a whole list's difference goes
 //! ([`Scheduler::carry_out`]).
@@ -66,7 +67,9 @@ impl Scheduler {
                         plan.changed.push((slot, i));
                     }
                 }
-                _ if removed.contains(&hash) => plan.removed.push(slot),
+                _ if removed.contains(&hash) || !retained(changes, hash) => {
+                    plan.removed.push(slot);
+                }
                 _ => kept += 1,
             }
         }
@@ -75,6 +78,12 @@ impl Scheduler {
         plan.unchanged = kept;
         self.carry_out(plan, &changes.put, now, shared)
     }
+}
+
+/// Whether `changes` keeps a site of url hash `hash` running (it does
+/// unless it names the sites to retain and not this one).
+fn retained(changes: &Changes, hash: u64) -> bool {
+    (changes.retain.as_ref()).is_none_or(|keep| keep.binary_search(&hash).is_ok())
 }
 
 /// The index in `changes.put` of each url hash.

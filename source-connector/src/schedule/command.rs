@@ -36,7 +36,8 @@ pub enum Command {
         reply: oneshot::Sender<(Vec<u32>, usize)>,
     },
     /// Puts the sites `mine` of `changes` (adds them, or changes the site of
-    /// their url) and removes those of its removed urls; every other site
+    /// their url) and removes those of its removed urls (and, with
+    /// `retain`, every url not retained); every other site
     /// runs on as it does.
     ApplyChanges {
         /// What changes, for every lane.
@@ -71,6 +72,19 @@ pub struct Applied {
 }
 
 impl Applied {
+    /// Takes in the counts of a later step of one reload over every lane
+    /// (its sites added, changed, removed and failed), whose `running` is
+    /// the count now; `unchanged` is what runs and was neither added nor
+    /// changed by any step.
+    pub fn then(&mut self, step: Applied) {
+        self.added += step.added;
+        self.removed += step.removed;
+        self.changed += step.changed;
+        self.running = step.running;
+        self.unchanged = self.running.saturating_sub(self.added + self.changed);
+        self.failed.extend(step.failed);
+    }
+
     /// Adds the counts of another lane.
     pub fn add(&mut self, other: Applied) {
         self.added += other.added;

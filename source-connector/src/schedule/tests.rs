@@ -270,6 +270,7 @@ async fn a_reload_of_changed_lines_touches_only_their_sites() {
             spec("http://s3.example/"),
         ],
         removed: vec![crate::hash::fnv1a(b"http://s1.example/")],
+        retain: None,
     });
     let (reply, claimed) = oneshot::channel();
     let changes_for = Arc::clone(&changes);
@@ -305,5 +306,38 @@ async fn a_reload_of_changed_lines_touches_only_their_sites() {
     assert_eq!((slot, gen), (1, 1), "s4 in s1's emptied slot");
     for t in ticks_before {
         assert!(s.heap.iter().any(|r| r.0 == t), "tick {t:?} kept");
+    }
+}
+
+#[tokio::test]
+async fn a_reload_that_names_the_sites_to_retain_removes_every_other_and_keeps_their_ticks() {
+    let t0 = Instant::now();
+    let old = sites(4);
+    let mut s = scheduler(old, t0);
+    let shared = shared();
+    let ticks_before: Vec<_> = s.heap.iter().map(|r| r.0).collect();
+    let mut retain: Vec<u64> = ["http://s0.example/", "http://s2.example/"]
+        .iter()
+        .map(|u| crate::hash::fnv1a(u.as_bytes()))
+        .collect();
+    retain.sort_unstable();
+    let changes = Changes {
+        retain: Some(retain),
+        ..Changes::default()
+    };
+    let now = t0 + Duration::from_millis(2500);
+    let applied = s.apply_changes(&changes, &[], now, &shared);
+    assert_eq!(
+        (applied.removed, applied.unchanged, applied.running),
+        (2, 2, 2)
+    );
+    let mut left: Vec<&str> = (s.slots.iter())
+        .map(|(_, _, x)| x.spec.url.as_str())
+        .collect();
+    left.sort_unstable();
+    assert_eq!(left, ["http://s0.example/", "http://s2.example/"]);
+    let ticks_after: Vec<_> = s.heap.iter().map(|r| r.0).collect();
+    for t in ticks_after {
+        assert!(ticks_before.contains(&t), "no new tick {t:?}");
     }
 }

@@ -11,41 +11,108 @@ use crate::config::{SiteConfig, SiteUrl};
 /// well below it; `/dev/zero` or a runaway file does not fill the memory.
 pub const MAX_SITES_FILE_BYTES: u64 = 1 << 30;
 
-/// Reads `sites_file`: a regular file of at most [`MAX_SITES_FILE_BYTES`].
-pub fn read_sites_file(file: &Path) -> std::io::Result<String> {
-    use std::io::{Error, ErrorKind, Read};
+/// Opens `sites_file`: a regular file of at most [`MAX_SITES_FILE_BYTES`]
+/// (read a block at a time by [`each_line`], never whole).
+pub fn open_sites_file(file: &Path) -> std::io::Result<std::fs::File> {
+    use std::io::{Error, ErrorKind};
     let f = std::fs::File::open(file)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
-    // Sized from the start: a growing string would copy itself and hold up
-    // to twice the file.
-    let size = usize::try_from(meta.len().min(MAX_SITES_FILE_BYTES)).unwrap_or(0);
-    let mut text = String::with_capacity(size + 1);
-    f.take(MAX_SITES_FILE_BYTES + 1).read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_SITES_FILE_BYTES {
+    if meta.len() > MAX_SITES_FILE_BYTES {
         return Err(Error::new(
             ErrorKind::InvalidData,
             format!("larger than {MAX_SITES_FILE_BYTES} bytes; split the sites over several instances (`shard`)"),
         ));
     }
-    Ok(text)
+    Ok(f)
 }
 
-/// Parses the text of `sites_file` (at `path`, for errors), handing each
-/// site to `add` with its 1-based line and the line's text (trimmed) as it
-/// is parsed: blank lines and `#`
-/// comments are skipped; a line starting with `{` is a JSON object with the
-/// per-site keys, any other line is a url. Returns how many sites the file
-/// declared.
+/// How many lines `f` has from where it is (an upper bound of its sites,
+/// to size lists once); `f` is read to its end.
+pub fn count_lines(f: &mut impl std::io::Read) -> std::io::Result<usize> {
+    let mut block = vec![0u8; BLOCK];
+    let mut lines = 1;
+    loop {
+        match f.read(&mut block)? {
+            0 => return Ok(lines),
+            n => lines += block[..n].iter().filter(|b| **b == b'\n').count(),
+        }
+    }
+}
+
+/// How much of a file [`each_line`] reads at a time; a longer line is not
+/// read.
+pub const BLOCK: usize = 1 << 20;
+
+/// Why [`each_line`] stopped before the end of the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LinesError {
+    /// The file could not be read.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Not UTF-8, or a line longer than [`BLOCK`].
+    #[error("line {0} is longer than {BLOCK} bytes or not UTF-8")]
+    Unreadable(usize),
+}
+
+/// Reads `f` from where it is to its end a [`BLOCK`] at a time (never the
+/// whole file at once) and hands each line that defines a site (trimmed,
+/// not blank, not a comment) to `each` with its 1-based line number, until
+/// `each` says stop (`false`: then `Ok(false)`).
+pub fn each_line(
+    f: &mut impl std::io::Read,
+    each: &mut dyn FnMut(usize, &str) -> bool,
+) -> Result<bool, LinesError> {
+    let mut block = vec![0u8; BLOCK];
+    let (mut held, mut number) = (0, 0);
+    loop {
+        let read = f.read(&mut block[held..])?;
+        let end = held + read;
+        // The whole lines of the block (all of it at the end of the file).
+        let whole = match block[..end].iter().rposition(|b| *b == b'\n') {
+            Some(last) if read > 0 => last + 1,
+            _ if read == 0 => end,
+            _ if end == block.len() => return Err(LinesError::Unreadable(number + 1)),
+            _ => {
+                held = end;
+                continue;
+            }
+        };
+        let text = std::str::from_utf8(&block[..whole]).map_err(|e| {
+            let before = &block[..e.valid_up_to()];
+            LinesError::Unreadable(number + 1 + before.iter().filter(|b| **b == b'\n').count())
+        })?;
+        for raw in text.lines() {
+            number += 1;
+            let line = raw.trim();
+            if !is_blank(line) && !each(number, line) {
+                return Ok(false);
+            }
+        }
+        if read == 0 {
+            return Ok(true);
+        }
+        block.copy_within(whole..end, 0);
+        held = end - whole;
+    }
+}
+
+/// Reads `sites_file` (`f`, at `path`, for errors) from where it is, a
+/// block at a time, handing each site to `add` with its 1-based line and
+/// the line's text (trimmed) as it is parsed: blank lines and `#` comments
+/// are skipped; a line starting with `{` is a JSON object with the per-site
+/// keys, any other line is a url. Returns how many sites the file declared.
 ///
 /// A line that cannot be used (or that `add` refuses with a
 /// [`ConfigError::Invalid`] of this file) does not stop the reading: every
 /// such line is reported, each with its line, the first
-/// [`MAX_PROBLEMS_SHOWN`] kept and the rest counted, as the loader does.
+/// [`MAX_PROBLEMS_SHOWN`] kept and the rest counted, as the loader does. A
+/// file that cannot be read on (not UTF-8, a line of more than [`BLOCK`]
+/// bytes) stops it there.
 pub fn for_each_site_line(
-    text: &str,
+    f: &mut impl std::io::Read,
     path: &Path,
     mut add: impl FnMut(usize, &str, SiteConfig) -> Result<(), ConfigError>,
 ) -> Result<usize, ConfigError> {
@@ -59,25 +126,21 @@ pub fn for_each_site_line(
             more += 1;
         }
     };
-    for (n, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if is_blank(line) {
-            continue;
-        }
+    let mut fatal = None;
+    let read = each_line(f, &mut |n, line| {
         let invalid = |key: String, message: String| Problem {
             key,
-            line: Some(n + 1),
+            line: Some(n),
             message,
         };
-        let site = parse_line(line).map_err(|(key, m)| invalid(key, m));
-        let site = match site {
+        let site = match parse_line(line) {
             Ok(site) => site,
-            Err(problem) => {
-                refused(problem);
-                continue;
+            Err((key, m)) => {
+                refused(invalid(key, m));
+                return true;
             }
         };
-        match add(n + 1, line, site) {
+        match add(n, line, site) {
             Ok(()) => found += 1,
             Err(ConfigError::Invalid {
                 path: p,
@@ -85,8 +148,26 @@ pub fn for_each_site_line(
                 line,
                 message,
             }) if p == path => refused(Problem { key, line, message }),
-            Err(other) => return Err(other),
+            Err(other) => {
+                fatal = Some(other);
+                return false;
+            }
         }
+        true
+    });
+    if let Some(fatal) = fatal {
+        return Err(fatal);
+    }
+    if let Err(e) = read {
+        let line = match e {
+            LinesError::Unreadable(line) => Some(line),
+            LinesError::Io(_) => None,
+        };
+        refused(Problem {
+            key: "source.sites_file".into(),
+            line,
+            message: format!("cannot read on: {e}; write the file as UTF-8 text, one site a line"),
+        });
     }
     if problems.is_empty() {
         Ok(found)

@@ -18,12 +18,14 @@
 //!   last loaded;
 //! - `resolve`: [`resolve`], every declared site in order, each url once,
 //!   sharded (and [`resolve_indexed`], with the index);
+//! - `survey`: [`survey`], every site checked and only its url hash kept,
+//!   then handed over a chunk at a time (a reload that changes every site);
 //! - `reread`: [`reread`], a reload's sites: only what changed since the
-//!   index, when only the file's lines changed.
+//!   index, when only the file's lines changed; else a survey, or every site.
 //!
 //! [`load`] is the whole way from a file to its sites: `--check-config`
-//! uses it; reloads use [`reread`], which goes the same way whenever
-//! anything but the file's lines changed.
+//! uses it; reloads use [`reread`], which checks every site the same way
+//! whenever anything but the file's lines changed.
 
 mod defaults;
 mod file;
@@ -31,6 +33,7 @@ mod index;
 mod reread;
 mod resolve;
 mod spec;
+mod survey;
 
 pub use defaults::Resolver;
 pub(crate) use file::parse_site_json;
@@ -38,6 +41,7 @@ pub use index::FileIndex;
 pub use reread::{reread, Changes, Reread};
 pub use resolve::{resolve, resolve_indexed};
 pub use spec::{CaFile, ClientKey, Settings, SiteSpec};
+pub use survey::{survey, Interrupted, Survey, CHUNK};
 
 use std::path::Path;
 

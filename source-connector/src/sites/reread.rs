@@ -12,9 +12,10 @@
 //! no list of every site.
 //!
 //! Anything out of the ordinary — a line that cannot be used, a url listed
-//! twice, two urls of one hash, a `tls_ca` — goes the whole way instead
-//! ([`super::resolve_indexed`]), which says what is wrong exactly as at
-//! start (file, line, key) or gives every site.
+//! twice, two urls of one hash, a `tls_ca` — goes the whole way instead,
+//! which says what is wrong exactly as at start (file, line, key): with
+//! `in_chunks`, a [`survey`] (every site checked, handed over a chunk at a
+//! time after), else every site in one list ([`super::resolve_indexed`]).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -22,10 +23,11 @@ use std::path::Path;
 use connector_common::config::{self, ConfigError, Loaded, Section};
 
 use super::defaults::Resolver;
-use super::file::{is_blank, parse_line, MAX_SITES_FILE_BYTES};
+use super::file::{each_line, open_sites_file, parse_line};
 use super::index::{fingerprint, line_hash, Cursor, Entry, FileIndex};
 use super::resolve::resolve_indexed;
 use super::spec::SiteSpec;
+use super::survey::{survey, Survey};
 use crate::config::{validate_site, SourceConfig};
 use crate::hash::{fnv1a, shard_of_hash};
 
@@ -40,6 +42,9 @@ pub enum Reread {
         /// Their lines' index.
         index: Option<FileIndex>,
     },
+    /// Every site of this instance, checked, to be handed over a chunk at
+    /// a time ([`Survey::put_in_chunks`]).
+    Survey(Survey),
     /// What changed since the last load.
     Changes {
         /// The sites of this instance defined by new or changed lines.
@@ -58,19 +63,29 @@ pub struct Changes {
     pub put: Vec<SiteSpec>,
     /// The url hashes ([`fnv1a`]) of the sites no line defines any more.
     pub removed: Vec<u64>,
+    /// When set, the url hashes (sorted) of every site that runs after the
+    /// reload: a running site whose hash is not among them is removed too.
+    pub retain: Option<Vec<u64>>,
 }
 
 /// Reads the configuration at `path` as [`super::load`] does and gives its
 /// sites: only the changes since the load `previous` indexes when nothing
-/// but `sites_file`'s lines changed, else every site.
+/// but `sites_file`'s lines changed; else, with `in_chunks`, a [`Survey`]
+/// when one can settle it; else every site.
 pub fn reread(
     path: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     previous: Option<&FileIndex>,
+    in_chunks: bool,
 ) -> Result<(Loaded<SourceConfig>, Reread), ConfigError> {
     let loaded = config::load::<SourceConfig>(path, Section::Source, env)?;
     if let Some((changes, index)) = previous.and_then(|p| changes_since(&loaded, p)) {
         return Ok((loaded, Reread::Changes { changes, index }));
+    }
+    if in_chunks {
+        if let Some(survey) = survey(&loaded)? {
+            return Ok((loaded, Reread::Survey(survey)));
+        }
     }
     let (sites, index) = resolve_indexed(&loaded)?;
     Ok((loaded, Reread::Full { sites, index }))
@@ -143,9 +158,6 @@ fn changes_since(
     Some((changes, index))
 }
 
-/// How much of `sites_file` is read at a time.
-const BLOCK: usize = 1 << 20;
-
 /// What [`look_up`] found in the file.
 struct Lines {
     /// One bit per position of the index: its line is in the file.
@@ -158,48 +170,22 @@ struct Lines {
     new_lines: Vec<(usize, String)>,
 }
 
-/// Reads `file` a block at a time (never the whole file at once) and looks
-/// each line up in `previous` ([`Cursor`]); `None` when it cannot be read
-/// as at start.
+/// Reads `file` a block at a time ([`each_line`]) and looks each line up in
+/// `previous` ([`Cursor`]); `None` when it cannot be read as at start.
 fn look_up(file: &Path, previous: &FileIndex) -> Option<Lines> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(file).ok()?;
-    let meta = f.metadata().ok()?;
-    if !meta.is_file() || meta.len() > MAX_SITES_FILE_BYTES {
-        return None;
-    }
+    let mut f = open_sites_file(file).ok()?;
     let mut out = Lines {
         kept: vec![0u64; previous.len() / 64 + 1],
         entries: Vec::with_capacity(previous.len() + previous.len() / 16),
         new_lines: Vec::new(),
     };
     let mut cursor = Cursor::default();
-    let mut block = vec![0u8; BLOCK];
-    let mut held = 0;
-    loop {
-        let read = f.read(&mut block[held..]).ok()?;
-        let end = held + read;
-        // The whole lines of the block (all of it at the end of the file).
-        let whole = match block[..end].iter().rposition(|b| *b == b'\n') {
-            Some(last) if read > 0 => last + 1,
-            _ if read == 0 => end,
-            // A line of a megabyte: the whole way says what it is.
-            _ if end == block.len() => return None,
-            _ => {
-                held = end;
-                continue;
-            }
-        };
-        let text = std::str::from_utf8(&block[..whole]).ok()?;
-        for line in (text.split('\n').map(str::trim)).filter(|l| !is_blank(l)) {
-            out.add(line, previous, &mut cursor);
-        }
-        if read == 0 {
-            return Some(out);
-        }
-        block.copy_within(whole..end, 0);
-        held = end - whole;
-    }
+    each_line(&mut f, &mut |_, line| {
+        out.add(line, previous, &mut cursor);
+        true
+    })
+    .ok()?;
+    Some(out)
 }
 
 impl Lines {
@@ -246,7 +232,7 @@ mod tests {
     }
 
     fn reread_at(path: &Path, index: &FileIndex) -> Result<Reread, ConfigError> {
-        reread(path, &|_| None, Some(index)).map(|(_, r)| r)
+        reread(path, &|_| None, Some(index), false).map(|(_, r)| r)
     }
 
     fn hash(url: &str) -> u64 {
@@ -358,6 +344,33 @@ mod tests {
     }
 
     #[test]
+    fn another_configuration_in_chunks_is_a_survey_of_every_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = config(dir.path(), "", &urls(0..10));
+        let start = index(&path);
+        config(dir.path(), "timeout = \"2s\"\n", &urls(0..10));
+        let (loaded, first) = reread(&path, &|_| None, Some(&start), true).unwrap();
+        let Reread::Survey(survey) = first else {
+            panic!("not a survey");
+        };
+        assert_eq!(survey.keep.len(), 10);
+        assert_ne!(survey.index.config(), start.config());
+        let mut sites = Vec::new();
+        let mut put = |c: Vec<SiteSpec>| {
+            sites.extend(c);
+            true
+        };
+        survey.put_in_chunks(&loaded, 4, &mut put).unwrap();
+        assert_eq!(sites.len(), 10);
+        assert!(sites
+            .iter()
+            .all(|s| s.timeout == std::time::Duration::from_secs(2)));
+        // Only the lines changed: still only the changes.
+        let (_, again) = reread(&path, &|_| None, Some(&survey.index), true).unwrap();
+        assert!(matches!(again, Reread::Changes { .. }), "{again:?}");
+    }
+
+    #[test]
     fn a_shard_is_told_only_its_own_changes() {
         let dir = tempfile::tempdir().unwrap();
         let path = config(dir.path(), "shard = \"1/2\"\n", &urls(0..100));
@@ -416,7 +429,7 @@ mod timing {
         std::fs::write(dir.path().join("s.txt"), lines(1)).unwrap();
         for _ in 0..3 {
             let t = Instant::now();
-            let (_, reread) = reread(&path, &|_| None, index.as_ref()).unwrap();
+            let (_, reread) = reread(&path, &|_| None, index.as_ref(), false).unwrap();
             let Reread::Changes { changes, .. } = reread else {
                 panic!("not the changes")
             };

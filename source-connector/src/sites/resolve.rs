@@ -4,12 +4,13 @@
 //! the key, like the loader's own.
 
 use std::collections::HashMap;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use connector_common::config::{locate, ConfigError, Invalid, Loaded};
 
 use super::defaults::Resolver;
-use super::file::{for_each_site_line, read_sites_file};
+use super::file::{count_lines, for_each_site_line, open_sites_file};
 use super::index::{fingerprint, line_hash, Entry, FileIndex};
 use super::spec::SiteSpec;
 use crate::config::{validate_site, SiteConfig, SourceConfig};
@@ -44,57 +45,127 @@ fn resolve_with(
     loaded: &Loaded<SourceConfig>,
     index: bool,
 ) -> Result<(Vec<SiteSpec>, Option<FileIndex>), ConfigError> {
-    let config = &loaded.section;
-    let dir = loaded
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let file = config.sites_file.as_ref().map(|f| dir.join(f));
-    let text = match &file {
-        Some(file) => Some(read_sites_file(file).map_err(|e| {
-            ConfigError::Invalid {
-                path: loaded.path.clone(),
-                key: "source.sites_file".into(),
-                line: std::fs::read_to_string(&loaded.path)
-                    .ok()
-                    .and_then(|t| locate(&t, "source.sites_file")),
-                message: format!(
-                "cannot read {}: {e}; the path is relative to the configuration file's directory",
-                file.display()
-            ),
-            }
-        })?),
-        None => None,
+    let mut file = open(loaded)?;
+    let mut out = Vec::with_capacity(share(loaded, file.as_ref()));
+    let walked = walk(
+        loaded,
+        file.as_mut(),
+        Walk {
+            index,
+            unique: true,
+        },
+        &mut |spec, _| out.push(spec),
+    )?;
+    let index = walked.lines.and_then(|lines| {
+        let with_ca = out.iter().any(|s| s.client.tls_ca.is_some());
+        let config = fingerprint(loaded).filter(|_| !with_ca)?;
+        FileIndex::build(config, lines, walked.inline)
+    });
+    out.shrink_to_fit();
+    Ok((out, index))
+}
+
+/// `sites_file`, open: its path (resolved against the configuration's
+/// directory) and the file (a file renamed over it since is another file).
+pub(super) struct SitesFile {
+    /// The path, for errors.
+    pub path: PathBuf,
+    /// The file.
+    pub file: std::fs::File,
+    /// How many lines it has (read when it was opened).
+    pub lines: usize,
+}
+
+/// Opens the `sites_file` of `loaded`, if it has one, and counts its lines;
+/// a file that cannot be read is refused at `source.sites_file`.
+pub(super) fn open(loaded: &Loaded<SourceConfig>) -> Result<Option<SitesFile>, ConfigError> {
+    let Some(name) = &loaded.section.sites_file else {
+        return Ok(None);
     };
-    // Each site is resolved as it is read, so only the resolved sites stay
-    // in memory (100,000 lines held as parsed entries first doubled the
-    // start-up peak).
-    let declared = config.sites.len()
-        + text
-            .as_deref()
-            .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count() + 1);
+    let path = loaded.path.parent().unwrap_or(Path::new("")).join(name);
+    let counted = open_sites_file(&path).and_then(|mut file| {
+        let lines = count_lines(&mut file)?;
+        file.seek(SeekFrom::Start(0))?;
+        Ok((file, lines))
+    });
+    let (file, lines) = counted.map_err(|e| ConfigError::Invalid {
+        path: loaded.path.clone(),
+        key: "source.sites_file".into(),
+        line: std::fs::read_to_string(&loaded.path)
+            .ok()
+            .and_then(|t| locate(&t, "source.sites_file")),
+        message: format!(
+            "cannot read {}: {e}; the path is relative to the configuration file's directory",
+            path.display()
+        ),
+    })?;
+    Ok(Some(SitesFile { path, file, lines }))
+}
+
+/// How many sites `loaded` declares at most (one a line of the file).
+pub(super) fn declared(loaded: &Loaded<SourceConfig>, file: Option<&SitesFile>) -> usize {
+    loaded.section.sites.len() + file.map_or(0, |f| f.lines)
+}
+
+/// Room for this instance's share of the sites `loaded` declares (its
+/// shard's), with 10 % slack: a shard a little over its share must not
+/// double a list sized for it.
+pub(super) fn share(loaded: &Loaded<SourceConfig>, file: Option<&SitesFile>) -> usize {
+    let shards = loaded.section.shard.map_or(1, |s| s.count as usize).max(1);
+    let share = declared(loaded, file) / shards;
+    share + share / 10 + 1
+}
+
+/// What a [`walk`] does besides resolving.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Walk {
+    /// Note each line of the file ([`Walked::lines`]).
+    pub index: bool,
+    /// Refuse a url declared twice as it is met, by its text; without it a
+    /// url twice is found afterwards by its hash ([`FileIndex::build`]), and
+    /// no map of every url is held.
+    pub unique: bool,
+}
+
+/// What a [`walk`] gives besides the sites.
+pub(super) struct Walked {
+    /// With [`Walk::index`] and a file: each of its lines' hashes.
+    pub lines: Option<Vec<Entry>>,
+    /// The url hashes of `[[source.sites]]`.
+    pub inline: Vec<u64>,
+}
+
+/// Resolves every declared site of `loaded` in order — `[[source.sites]]`,
+/// then the lines of `file` — and hands each one this instance's shard has
+/// to `keep`, with its url hash, as it is resolved (only what `keep` keeps
+/// stays in memory: 100,000 lines held as parsed entries first doubled the
+/// start-up peak). Every problem is refused with its file, line and key.
+pub(super) fn walk(
+    loaded: &Loaded<SourceConfig>,
+    file: Option<&mut SitesFile>,
+    how: Walk,
+    keep: &mut dyn FnMut(SiteSpec, u64),
+) -> Result<Walked, ConfigError> {
+    let config = &loaded.section;
+    let dir = loaded.path.parent().unwrap_or(Path::new(""));
+    let declared = declared(loaded, file.as_deref());
     let mut resolving = Resolving {
         loaded,
-        resolver: Resolver::new(config, &dir),
+        resolver: Resolver::new(config, dir),
         config_text: std::cell::OnceCell::new(),
-        sites_file: file.clone().unwrap_or_default(),
-        first_seen: HashMap::with_capacity(declared),
-        lines: (index && file.is_some()).then(|| Vec::with_capacity(declared)),
+        sites_file: (file.as_ref()).map(|f| f.path.clone()).unwrap_or_default(),
+        first_seen: how.unique.then(|| HashMap::with_capacity(declared)),
+        keep,
+        lines: (how.index && file.is_some()).then(|| Vec::with_capacity(declared)),
         inline: Vec::new(),
         last_url: 0,
-        // A shard's share, with 10 % slack: a shard a little over its share
-        // must not double the vector.
-        out: Vec::with_capacity({
-            let share = declared / config.shard.map_or(1, |s| s.count as usize).max(1);
-            share + share / 10 + 1
-        }),
     };
     for (i, site) in config.sites.iter().enumerate() {
         resolving.add(Origin::Inline(i), site)?;
     }
-    if let (Some(file), Some(text)) = (&file, &text) {
-        let found = for_each_site_line(text, file, |line, text, site| {
+    if let Some(file) = file {
+        let SitesFile { file: f, path, .. } = file;
+        let found = for_each_site_line(f, path, |line, text, site| {
             resolving.add(Origin::File(line), &site)?;
             if let Some(lines) = &mut resolving.lines {
                 let url = resolving.last_url;
@@ -108,7 +179,7 @@ fn resolve_with(
         let outside = config.sites_topic.is_some() || config.http_sd_url.is_some();
         if found == 0 && config.sites.is_empty() && !outside {
             return Err(ConfigError::Invalid {
-                path: file.clone(),
+                path: path.clone(),
                 key: "source.sites_file".into(),
                 line: None,
                 message: "no sites in this file and none in [[source.sites]]; add one url a line"
@@ -116,27 +187,14 @@ fn resolve_with(
             });
         }
     }
-    // The url index goes before the list is copied to its size (a million
-    // sites: not both at once).
-    let Resolving {
-        mut out,
-        first_seen,
-        lines,
-        inline,
-        ..
-    } = resolving;
-    drop(first_seen);
-    let index = lines.and_then(|lines| {
-        let with_ca = out.iter().any(|s| s.client.tls_ca.is_some());
-        let config = fingerprint(loaded).filter(|_| !with_ca)?;
-        FileIndex::build(config, lines, inline)
-    });
-    out.shrink_to_fit();
-    Ok((out, index))
+    Ok(Walked {
+        lines: resolving.lines,
+        inline: resolving.inline,
+    })
 }
 
-/// The state of [`resolve`] while sites are added one by one.
-struct Resolving<'a> {
+/// The state of a [`walk`] while sites are added one by one.
+struct Resolving<'a, 'k> {
     /// The configuration (for its path, and the shard).
     loaded: &'a Loaded<SourceConfig>,
     /// Defaults, shared headers and compiled regexes.
@@ -145,11 +203,12 @@ struct Resolving<'a> {
     config_text: std::cell::OnceCell<Option<String>>,
     /// `sites_file`'s path, for errors.
     sites_file: PathBuf,
-    /// Where each url was first declared: one url twice would be two checks
-    /// of one site in flight and two records per interval.
-    first_seen: HashMap<Box<str>, Origin>,
-    /// The sites of this instance (after sharding).
-    out: Vec<SiteSpec>,
+    /// With [`Walk::unique`]: where each url was first declared (one url
+    /// twice would be two checks of one site in flight and two records per
+    /// interval).
+    first_seen: Option<HashMap<Box<str>, Origin>>,
+    /// Where the sites of this instance go (after sharding).
+    keep: &'k mut dyn FnMut(SiteSpec, u64),
     /// With an index: each line of `sites_file` read so far.
     lines: Option<Vec<Entry>>,
     /// The url hashes of `[[source.sites]]`.
@@ -158,7 +217,7 @@ struct Resolving<'a> {
     last_url: u64,
 }
 
-impl Resolving<'_> {
+impl Resolving<'_, '_> {
     /// The line of the configuration file where `key` is written.
     fn config_line(&self, key: &str) -> Option<usize> {
         self.config_text
@@ -207,7 +266,9 @@ impl Resolving<'_> {
             Ok(spec) => spec,
             Err(problem) => return Err(self.refuse(origin, problem)),
         };
-        if let Some(first) = self.first_seen.insert(spec.url.as_str().into(), origin) {
+        let first =
+            (self.first_seen.as_mut()).and_then(|f| f.insert(spec.url.as_str().into(), origin));
+        if let Some(first) = first {
             return Err(self.listed_twice(origin, first, &spec));
         }
         self.last_url = fnv1a(spec.url.as_str().as_bytes());
@@ -217,7 +278,7 @@ impl Resolving<'_> {
         let keep = (self.loaded.section.shard)
             .is_none_or(|s| shard_of_hash(self.last_url, s.count) == s.index);
         if keep {
-            self.out.push(spec);
+            (self.keep)(spec, self.last_url);
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use crate::config::SourceConfig;
 
 /// A self-signed CA certificate (P-256, made with openssl for these
 /// tests; no key is needed to read it as a trust anchor).
-const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAUGgAwIBAgIUH8L7DQflsEw/4GcklpL7dD8bhNswCgYIKoZIzj0EAwIw\nIjEgMB4GA1UEAwwXd2Vic2l0ZS1tb25pdG9yIHRlc3QgQ0EwIBcNMjYxMTI4MjAz\nMzU1WhgPMjEyNjExMDQyMDMzNTVaMCIxIDAeBgNVBAMMF3dlYnNpdGUtbW9uaXRv\nciB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYMdcS0xrZUg6uY0X\nvBnMV2tQ3bH3PhOlMK2ZJgkifWku+VeUpGU5i5FC4Y3fbYRkq8iJnG/qamaaHL7t\nBumwGaNTMFEwHQYDVR0OBBYEFMwMTS9ekg/kU00LOPB2hv9N/VwbMB8GA1UdIwQY\nMBaAFMwMTS9ekg/kU00LOPB2hv9N/VwbMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI\nzj0EAwIDRwAwRAIgLQ7w0hEARWwVR7lSKvby4FcUb2CmoYKNNdp5klLdFfcCIB58\ndgrJraFrgDjwRSkntnZPFVxRX2fzehZgXcq8jubY\n-----END CERTIFICATE-----\n";
+pub(super) const TEST_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBmjCCAUGgAwIBAgIUH8L7DQflsEw/4GcklpL7dD8bhNswCgYIKoZIzj0EAwIw\nIjEgMB4GA1UEAwwXd2Vic2l0ZS1tb25pdG9yIHRlc3QgQ0EwIBcNMjYxMTI4MjAz\nMzU1WhgPMjEyNjExMDQyMDMzNTVaMCIxIDAeBgNVBAMMF3dlYnNpdGUtbW9uaXRv\nciB0ZXN0IENBMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYMdcS0xrZUg6uY0X\nvBnMV2tQ3bH3PhOlMK2ZJgkifWku+VeUpGU5i5FC4Y3fbYRkq8iJnG/qamaaHL7t\nBumwGaNTMFEwHQYDVR0OBBYEFMwMTS9ekg/kU00LOPB2hv9N/VwbMB8GA1UdIwQY\nMBaAFMwMTS9ekg/kU00LOPB2hv9N/VwbMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI\nzj0EAwIDRwAwRAIgLQ7w0hEARWwVR7lSKvby4FcUb2CmoYKNNdp5klLdFfcCIB58\ndgrJraFrgDjwRSkntnZPFVxRX2fzehZgXcq8jubY\n-----END CERTIFICATE-----\n";
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let p = dir.join(name);
@@ -272,6 +272,28 @@ fn missing_sites_file_and_tls_ca_are_reported() {
     .unwrap_err()
     .to_string();
     assert!(e.contains(":3: key `source.sites[0].tls_ca`"), "{e}");
+}
+
+#[test]
+fn a_sites_file_that_cannot_be_read_on_is_refused_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[source]\nsites_file = \"s.txt\"\n";
+    let mut bytes = b"http://a.example/\nhttp://b.example/\n".to_vec();
+    bytes.extend_from_slice(b"http://\xff.example/\n");
+    std::fs::write(dir.path().join("s.txt"), &bytes).unwrap();
+    let e = resolve_in(dir.path(), toml).unwrap_err().to_string();
+    assert!(
+        e.contains("s.txt:3: key `source.sites_file`: cannot read on") && e.contains("UTF-8"),
+        "{e}"
+    );
+    // A line longer than a block: refused there, nothing held whole.
+    let long = format!(
+        "http://a.example/\nhttp://b.example/{}\n",
+        "x".repeat(1 << 20)
+    );
+    std::fs::write(dir.path().join("s.txt"), long).unwrap();
+    let e = resolve_in(dir.path(), toml).unwrap_err().to_string();
+    assert!(e.contains("s.txt:2: key `source.sites_file`"), "{e}");
 }
 
 #[test]
