@@ -301,7 +301,7 @@ fn http_reload(handle: &reload::ReloadHandle) -> telemetry::ReloadHook {
         Box::pin(async move {
             let a = handle.reload(reload::Trigger::Http).await?;
             Ok(format!(
-                "reloaded: added={} removed={} changed={} unchanged={} failed={} sites={} read_s={:.3} apply_s={:.3}",
+                "reloaded: added={} removed={} changed={} unchanged={} failed={} sites={} read_s={:.3} apply_s={:.3} how={}",
                 a.added,
                 a.removed,
                 a.changed,
@@ -310,6 +310,7 @@ fn http_reload(handle: &reload::ReloadHandle) -> telemetry::ReloadHook {
                 a.running,
                 a.read.as_secs_f64(),
                 a.apply.as_secs_f64(),
+                a.how,
             ))
         })
     })

@@ -13,7 +13,9 @@
 //! checking the file, then the lanes' apply; the target is on their sum),
 //! and over the next full interval the checks per site and
 //! interval and the skipped ticks (a missed tick is skipped, a doubled one
-//! is an extra check). Then, as a diagnostic, the same source with `--stdout`:
+//! is an extra check). Then a reload that changes a `[source]` default
+//! (`timeout`), so every site: its time and the peak RSS after it (the
+//! first peak figure is taken before it). Then, as a diagnostic, the same source with `--stdout`:
 //! ready time, peak RSS and lateness over a shorter window.
 //!
 //! `WM_BENCH_SCALE` shrinks the number of sites and the interval alike, so
@@ -79,6 +81,23 @@ pub async fn source_million(ctx: &Ctx) -> Result<Vec<Figure>> {
     let reload_skipped = metric_sum(&after, SKIPPED) - metric_sum(&before, SKIPPED);
     let reload_load = load_average();
     let peak = c.peak_rss() as f64 / MIB;
+
+    // A `[source]` default changed (timeout 5 s -> 4 s): every site changes;
+    // surveyed and applied a chunk at a time, beside the running sites.
+    ctx.write(
+        "source-million.toml",
+        &config.replace("timeout = \"5s\"", "timeout = \"4s\""),
+    )?;
+    let asked = Instant::now();
+    let answer = http_post(&c.metrics, "/-/reload")?;
+    let defaults_s = asked.elapsed().as_secs_f64();
+    let wanted = format!("changed={count} ");
+    if !answer.contains(&wanted) || !answer.contains("how=survey") {
+        bail!("the defaults reload answered {answer:?}, not {wanted} how=survey");
+    }
+    let defaults_read_apply = seconds(&answer, "read_s=") + seconds(&answer, "apply_s=");
+    let defaults_peak = c.peak_rss() as f64 / MIB;
+    let defaults_load = load_average();
     c.stop()?;
 
     let (c, stdout) = start_and_measure(
@@ -112,6 +131,15 @@ pub async fn source_million(ctx: &Ctx) -> Result<Vec<Figure>> {
         )
         .with_target("0"),
         Figure::plain("million.after_reload.load_avg_1m", reload_load, "load"),
+        Figure::plain("million.reload_defaults_s", defaults_s, "s"),
+        Figure::plain(
+            "million.reload_defaults_read_apply_s",
+            defaults_read_apply,
+            "s",
+        ),
+        Figure::plain("million.reload_defaults.peak_rss", defaults_peak, "MiB")
+            .with_target("< 512 MiB"),
+        Figure::plain("million.reload_defaults.load_avg_1m", defaults_load, "load"),
     ]);
     figures.extend(run_figures("million.stdout", &stdout, expected));
     figures.push(

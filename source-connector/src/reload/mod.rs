@@ -297,6 +297,7 @@ impl Reloader {
                     sites = applied.running,
                     read_s = applied.read.as_secs_f64(),
                     apply_s = applied.apply.as_secs_f64(),
+                    how = applied.how,
                     "configuration reloaded"
                 );
                 Ok(applied)
@@ -332,6 +333,11 @@ impl Reloader {
             return Err(RestartOnly { path, keys }.into());
         }
         let read = started.elapsed();
+        let how = match &reread {
+            Reread::Changes { .. } => "lines",
+            Reread::Survey(_) => "survey",
+            Reread::Full { .. } => "whole",
+        };
         let (mut applied, index) = match reread {
             Reread::Changes { changes, index } => {
                 (self.lanes.apply_changes(changes).await?, Some(index))
@@ -355,6 +361,7 @@ impl Reloader {
             }
         };
         (applied.read, applied.apply) = (read, started.elapsed() - read);
+        applied.how = how;
         self.index = index.filter(|_| alone).map(Arc::new);
         self.current = loaded;
         Ok(applied)

@@ -69,6 +69,10 @@ pub struct Applied {
     pub read: Duration,
     /// How long the lanes took to apply it (set by the reload).
     pub apply: Duration,
+    /// How the reload read its sites (set by the reload): `lines` (only
+    /// `sites_file`'s changed lines), `survey` (every site checked, then
+    /// applied a chunk at a time) or `whole` (every site in one list).
+    pub how: &'static str,
 }
 
 impl Applied {

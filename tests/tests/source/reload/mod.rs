@@ -1,7 +1,10 @@
 //! Reloading a running source (the binary, against the real Kafka): SIGHUP,
 //! `POST /-/reload` and `reload_watch` adding, removing and changing sites
 //! without a restart; a bad file and a restart-only key refused, the old
-//! sites still running, the metrics saying so.
+//! sites still running, the metrics saying so. [`survey`]: a reload that
+//! changes every site, applied a chunk at a time.
+
+mod survey;
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
