@@ -105,7 +105,7 @@ pub struct SourceConfig {
     pub shard: Option<Shard>,
     /// More sites, one url a line or one JSON object a line with the per-site
     /// keys; relative to the configuration file's directory. A regular file
-    /// of at most 1 GiB.
+    /// of at most 1 GiB, UTF-8, lines of at most 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites_file: Option<PathBuf>,
     /// A compacted Kafka topic of site definitions (on the `[kafka]`
