@@ -90,6 +90,36 @@ fn assert_cadence(what: &str, times: &[f64], range: std::ops::RangeInclusive<f64
     }
 }
 
+/// When a reload was asked for and when it had been applied (Unix seconds).
+struct Reloaded {
+    asked: f64,
+    applied: f64,
+}
+
+impl Reloaded {
+    /// Asserts, from the checks `by` url of sites checked every second,
+    /// that `kept` was checked each second throughout, across the reload;
+    /// `removed` before it and never after it was applied; `added` first
+    /// within two intervals, then each second.
+    fn assert_kept_removed_added(
+        &self,
+        by: &HashMap<String, Vec<f64>>,
+        [kept, removed, added]: [&String; 3],
+    ) {
+        let (asked, applied) = (self.asked, self.applied);
+        assert_cadence("the kept site", &by[kept], 0.5..=1.5);
+        assert!(by[kept].first().unwrap() < &asked && by[kept].last().unwrap() > &applied);
+        let g = &by[removed];
+        assert!(
+            !g.is_empty() && g.iter().all(|t| *t < applied),
+            "{g:?} vs {applied}"
+        );
+        let n = &by[added];
+        assert!(n[0] >= asked && n[0] <= applied + 2.0, "{n:?} vs {applied}");
+        assert_cadence("the added site", n, 0.5..=1.5);
+    }
+}
+
 #[tokio::test]
 async fn sighup_adds_removes_and_changes_sites_and_the_others_keep_their_cadence() {
     let s = TestServer::http().await;
@@ -130,19 +160,8 @@ async fn sighup_adds_removes_and_changes_sites_and_the_others_keep_their_cadence
     );
 
     let by = checks_by_url(records(&consume(&topic).await));
-    // The unchanged site: one check a second throughout, across the reload.
-    assert_cadence("the unchanged site", &by[&keep], 0.5..=1.5);
-    assert!(by[&keep].first().unwrap() < &asked && by[&keep].last().unwrap() > &applied);
-    // The removed site: checked before, never after the reload was applied.
-    let g = &by[&gone];
-    assert!(
-        !g.is_empty() && g.iter().all(|t| *t < applied),
-        "{g:?} vs {applied}"
-    );
-    // The added site: first checked within two intervals.
-    let n = &by[&new];
-    assert!(n[0] >= asked && n[0] <= applied + 2.0, "{n:?} vs {applied}");
-    assert_cadence("the added site", n, 0.5..=1.5);
+    let window = Reloaded { asked, applied };
+    window.assert_kept_removed_added(&by, [&keep, &gone, &new]);
     // The changed site: every second before, every half second from the
     // tick after its next one.
     let c = &by[&change];
