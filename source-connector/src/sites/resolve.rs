@@ -40,29 +40,54 @@ pub fn resolve_indexed(
     resolve_with(loaded, true)
 }
 
-/// [`resolve`], with the index when `index`.
+/// [`resolve`], with the index when `index`. A url declared twice is looked
+/// for by url hash first (8 bytes a site, not a map of every url: at a
+/// million sites the map was the largest part of the start-up peak); only
+/// when a hash is seen twice, or the file has problems, are the sites walked
+/// again with the map, which names both places of a url listed twice (or
+/// finds two urls of one hash) and reports every problem together.
 fn resolve_with(
     loaded: &Loaded<SourceConfig>,
     index: bool,
 ) -> Result<(Vec<SiteSpec>, Option<FileIndex>), ConfigError> {
+    match resolve_once(loaded, index, false) {
+        Ok((out, index, false)) => Ok((out, index)),
+        _ => resolve_once(loaded, index, true).map(|(out, index, _)| (out, index)),
+    }
+}
+
+/// One walk of [`resolve_with`] (with the map of every url when `unique`):
+/// the sites, the index, and whether two declared sites (of any shard) have
+/// one url hash.
+fn resolve_once(
+    loaded: &Loaded<SourceConfig>,
+    index: bool,
+    unique: bool,
+) -> Result<(Vec<SiteSpec>, Option<FileIndex>, bool), ConfigError> {
     let mut file = open(loaded)?;
     let mut out = Vec::with_capacity(share(loaded, file.as_ref()));
+    let mut hashes = Vec::with_capacity(declared(loaded, file.as_ref()));
     let walked = walk(
         loaded,
         file.as_mut(),
-        Walk {
-            index,
-            unique: true,
+        Walk { index, unique },
+        &mut |spec, url, mine| {
+            hashes.push(url);
+            if mine {
+                out.push(spec);
+            }
         },
-        &mut |spec, _| out.push(spec),
     )?;
+    hashes.sort_unstable();
+    let twice = hashes.windows(2).any(|w| w[0] == w[1]);
+    drop(hashes);
     let index = walked.lines.and_then(|lines| {
         let with_ca = out.iter().any(|s| s.client.tls_ca.is_some());
         let config = fingerprint(loaded).filter(|_| !with_ca)?;
         FileIndex::build(config, lines, walked.inline)
     });
     out.shrink_to_fit();
-    Ok((out, index))
+    Ok((out, index, twice))
 }
 
 /// `sites_file`, open: its path (resolved against the configuration's
@@ -136,15 +161,15 @@ pub(super) struct Walked {
 }
 
 /// Resolves every declared site of `loaded` in order — `[[source.sites]]`,
-/// then the lines of `file` — and hands each one this instance's shard has
-/// to `keep`, with its url hash, as it is resolved (only what `keep` keeps
+/// then the lines of `file` — and hands each to `keep`, with its url hash
+/// and whether this instance's shard has it, as it is resolved (only what `keep` keeps
 /// stays in memory: 100,000 lines held as parsed entries first doubled the
 /// start-up peak). Every problem is refused with its file, line and key.
 pub(super) fn walk(
     loaded: &Loaded<SourceConfig>,
     file: Option<&mut SitesFile>,
     how: Walk,
-    keep: &mut dyn FnMut(SiteSpec, u64),
+    keep: &mut dyn FnMut(SiteSpec, u64, bool),
 ) -> Result<Walked, ConfigError> {
     let config = &loaded.section;
     let dir = loaded.path.parent().unwrap_or(Path::new(""));
@@ -207,8 +232,9 @@ struct Resolving<'a, 'k> {
     /// twice would be two checks of one site in flight and two records per
     /// interval).
     first_seen: Option<HashMap<Box<str>, Origin>>,
-    /// Where the sites of this instance go (after sharding).
-    keep: &'k mut dyn FnMut(SiteSpec, u64),
+    /// Where every site goes, with its url hash and whether this
+    /// instance's shard has it.
+    keep: &'k mut dyn FnMut(SiteSpec, u64, bool),
     /// With an index: each line of `sites_file` read so far.
     lines: Option<Vec<Entry>>,
     /// The url hashes of `[[source.sites]]`.
@@ -277,9 +303,7 @@ impl Resolving<'_, '_> {
         }
         let keep = (self.loaded.section.shard)
             .is_none_or(|s| shard_of_hash(self.last_url, s.count) == s.index);
-        if keep {
-            (self.keep)(spec, self.last_url);
-        }
+        (self.keep)(spec, self.last_url, keep);
         Ok(())
     }
 

@@ -80,9 +80,11 @@ pub fn survey(loaded: &Loaded<SourceConfig>) -> Result<Option<Survey>, ConfigErr
         index: true,
         unique: false,
     };
-    let walked = walk(loaded, Some(&mut read), how, &mut |spec, url| {
-        with_ca |= spec.client.tls_ca.is_some();
-        keep.push(url);
+    let walked = walk(loaded, Some(&mut read), how, &mut |spec, url, mine| {
+        if mine {
+            with_ca |= spec.client.tls_ca.is_some();
+            keep.push(url);
+        }
     })?;
     let Some(lines) = walked.lines.filter(|_| !with_ca) else {
         return Ok(None);

@@ -213,6 +213,34 @@ fn a_url_listed_twice_is_refused_naming_both_places() {
 }
 
 #[test]
+fn a_url_listed_twice_is_refused_in_every_shard_with_the_other_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let twice = "http://twice.example/";
+    let other = (crate::hash::shard_of(twice, 2) % 2) + 1;
+    write(
+        dir.path(),
+        "s.txt",
+        &format!("{twice}\nftp://bad.example/\n{twice}\n"),
+    );
+    // The shard that does not check it refuses it too, and reports the
+    // bad line beside it.
+    let toml = format!("[source]\nsites_file = \"s.txt\"\nshard = \"{other}/2\"\n");
+    let e = resolve_in(dir.path(), &toml).unwrap_err().to_string();
+    assert!(e.contains("s.txt:2: key `url`"), "{e}");
+    assert!(
+        e.contains("s.txt:3: key `url`") && e.contains("listed twice"),
+        "{e}"
+    );
+    // Without the bad line, found by its hash and named with both places.
+    write(dir.path(), "s.txt", &format!("{twice}\n{twice}\n"));
+    let e = resolve_in(dir.path(), &toml).unwrap_err().to_string();
+    assert!(
+        e.contains("s.txt:2: key `url`") && e.contains("s.txt:1 "),
+        "{e}"
+    );
+}
+
+#[test]
 fn tls_ca_with_tls_verify_false_on_a_site_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "ca.pem", TEST_CA_PEM);
