@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use connector_common::config::{ConfigError, Loaded};
 
 use super::defaults::Resolver;
-use super::file::{each_line, parse_line};
+use super::file::{each_line, parse_line, LinesError};
 use super::index::{fingerprint, line_hash, FileIndex};
 use super::resolve::{open, share, walk, Walk};
 use super::spec::SiteSpec;
@@ -50,18 +50,21 @@ pub struct Survey {
 }
 
 /// The surveyed file read otherwise the second time (written over in place
-/// meanwhile): the sites before `line` were handed over, the rest not.
+/// meanwhile, or unreadable): the sites before where it stopped were handed
+/// over, the rest not.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "{}:{line}: the file changed while the reload applied it ({why}); the sites \
-     before this line were applied, the rest not: reload again",
-    path.display()
+    "{}{}: the file changed while the reload applied it ({why}); the sites \
+     before {} were applied, the rest not: reload again",
+    path.display(),
+    line.map(|l| format!(":{l}")).unwrap_or_default(),
+    if line.is_some() { "this line" } else { "that point" }
 )]
 pub struct Interrupted {
     /// The file.
     pub path: PathBuf,
-    /// The line (1-based) where it stopped.
-    pub line: usize,
+    /// The line (1-based) where it stopped, when known.
+    pub line: Option<usize>,
     /// What was found there.
     pub why: String,
 }
@@ -149,7 +152,7 @@ impl Survey {
             let url = fnv1a(spec.url.as_str().as_bytes());
             (config.shard).is_none_or(|s| shard_of_hash(url, s.count) == s.index)
         };
-        let stop = |line: usize, why: String| Interrupted {
+        let stop = |line: Option<usize>, why: String| Interrupted {
             path: self.path.clone(),
             line,
             why,
@@ -162,7 +165,7 @@ impl Survey {
         };
         for site in &config.sites {
             // Resolved by the survey with the same settings: cannot fail.
-            let spec = resolver.site(site).map_err(|p| stop(0, p.message))?;
+            let spec = resolver.site(site).map_err(|p| stop(None, p.message))?;
             if in_shard(&spec) {
                 chunks.push(spec);
             }
@@ -171,7 +174,7 @@ impl Survey {
         let (mut at, mut failed) = (0, None);
         let mut f = &self.file;
         f.seek(SeekFrom::Start(0))
-            .map_err(|e| stop(0, e.to_string()))?;
+            .map_err(|e| stop(None, e.to_string()))?;
         let read = each_line(&mut f, &mut |number, line| {
             let same = entries.get(at).is_some_and(|e| e.line == line_hash(line));
             let spec = same.then(|| parse_line(line).ok()).flatten();
@@ -182,15 +185,16 @@ impl Survey {
             at += 1;
             !in_shard(&spec) || chunks.push(spec)
         });
-        let read = read.map_err(|e| stop(0, e.to_string()))?;
-        if let Some(line) = failed {
-            return Err(stop(line, "not the line surveyed".into()));
-        }
-        if read && at != entries.len() {
-            return Err(stop(at, "shorter than surveyed".into()));
-        }
+        // What was read before a stop is handed over, as the error says.
+        let outcome = match read {
+            Err(LinesError::Unreadable(line)) => Err(stop(Some(line), "unreadable".into())),
+            Err(e) => Err(stop(None, e.to_string())),
+            Ok(_) if failed.is_some() => Err(stop(failed, "not the line surveyed".into())),
+            Ok(true) if at != entries.len() => Err(stop(None, "shorter than surveyed".into())),
+            Ok(_) => Ok(()),
+        };
         chunks.finish();
-        Ok(())
+        outcome
     }
 }
 
@@ -309,9 +313,9 @@ mod tests {
                 true
             })
             .unwrap_err();
-        assert_eq!(e.line, 6, "{e}");
+        assert_eq!(e.line, Some(6), "{e}");
         assert!(e.to_string().contains("s.txt:6: the file changed"), "{e}");
-        assert_eq!(put.len(), 4, "the full chunks before line 6");
+        assert_eq!(put.len(), 5, "every site before line 6, as the error says");
         // Renamed over instead: the surveyed file is still read whole.
         let survey_again = survey(&loaded).unwrap().expect("a survey");
         let next = dir.path().join("s.next");
@@ -327,5 +331,22 @@ mod tests {
         let got: Vec<&str> = all.iter().map(|s| s.url.as_str()).collect();
         assert_eq!(got[0], "http://s0.example/");
         assert_eq!(got.len(), 10);
+        // Cut short in place: every line read is handed over, then refused.
+        let cut_short = survey(&loaded).unwrap().expect("a survey");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(dir.path().join("s.txt"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, urls(20..23).as_bytes()))
+            .unwrap();
+        let mut cut = Vec::new();
+        let e = cut_short
+            .put_in_chunks(&loaded, 2, &mut |c| {
+                cut.extend(c);
+                true
+            })
+            .unwrap_err();
+        assert!(e.to_string().contains("shorter than surveyed"), "{e}");
+        assert_eq!((e.line, cut.len()), (None, 3));
     }
 }
