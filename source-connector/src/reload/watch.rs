@@ -30,7 +30,8 @@ const HASHED_BYTES: u64 = 4 << 20;
 pub const UNFINISHED_SETTLE: Duration = Duration::from_secs(5);
 
 /// What identifies one version of a file: `None` when it cannot be read;
-/// else its modification time, size, content hash (of files up to 4 MiB)
+/// else its modification time, size, content hash (of regular files up to
+/// 4 MiB; nothing else is read: `/dev/zero` or a FIFO would never end)
 /// and whether it ends with a line end (or is empty).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint(Option<(SystemTime, u64, u64, bool)>);
@@ -42,8 +43,16 @@ impl Fingerprint {
             return Fingerprint(None);
         };
         let modified = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        let (hash, finished) = if meta.len() <= HASHED_BYTES {
-            let bytes = std::fs::read(path).unwrap_or_default();
+        let (hash, finished) = if !meta.is_file() {
+            (0, true)
+        } else if meta.len() <= HASHED_BYTES {
+            let mut bytes = Vec::new();
+            // At most what the size said: the file may grow meanwhile.
+            let read = std::fs::File::open(path)
+                .and_then(|f| f.take(HASHED_BYTES).read_to_end(&mut bytes));
+            if read.is_err() {
+                bytes.clear();
+            }
             (fnv1a(&bytes), bytes.last().is_none_or(|b| *b == b'\n'))
         } else {
             (0, last_byte(path).is_none_or(|b| b == b'\n'))
@@ -157,6 +166,21 @@ impl Settle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_device_or_a_fifo_is_looked_at_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        // Read, /dev/zero would fill the memory and a FIFO would block.
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        for p in [zero, fifo] {
+            let f = Fingerprint::of(&p);
+            assert!(f.0.is_some_and(|(_, _, hash, _)| hash == 0), "{p:?}: {f:?}");
+        }
+    }
 
     #[test]
     fn a_change_of_content_size_or_existence_is_seen() {

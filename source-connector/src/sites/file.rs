@@ -15,8 +15,8 @@ pub const MAX_SITES_FILE_BYTES: u64 = 1 << 30;
 /// (read a block at a time by [`each_line`], never whole).
 pub fn open_sites_file(file: &Path) -> std::io::Result<std::fs::File> {
     use std::io::{Error, ErrorKind};
-    let f = std::fs::File::open(file)?;
-    let meta = f.metadata()?;
+    // Looked at before it is opened: opening a FIFO waits for a writer.
+    let meta = std::fs::metadata(file)?;
     if !meta.is_file() {
         return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
     }
@@ -26,7 +26,7 @@ pub fn open_sites_file(file: &Path) -> std::io::Result<std::fs::File> {
             format!("larger than {MAX_SITES_FILE_BYTES} bytes; split the sites over several instances (`shard`)"),
         ));
     }
-    Ok(f)
+    std::fs::File::open(file)
 }
 
 /// How many lines `f` has from where it is (an upper bound of its sites,
@@ -57,14 +57,17 @@ pub enum LinesError {
     Unreadable(usize),
 }
 
-/// Reads `f` from where it is to its end a [`BLOCK`] at a time (never the
-/// whole file at once) and hands each line that defines a site (trimmed,
+/// Reads `f` from where it is to its end (at most [`MAX_SITES_FILE_BYTES`])
+/// a [`BLOCK`] at a time (never the whole file at once) and hands each line that defines a site (trimmed,
 /// not blank, not a comment) to `each` with its 1-based line number, until
 /// `each` says stop (`false`: then `Ok(false)`).
 pub fn each_line(
     f: &mut impl std::io::Read,
     each: &mut dyn FnMut(usize, &str) -> bool,
 ) -> Result<bool, LinesError> {
+    use std::io::Read;
+    // A file that grows while it is read ends where a file may end.
+    let mut f = f.take(MAX_SITES_FILE_BYTES);
     let mut block = vec![0u8; BLOCK];
     let (mut held, mut number) = (0, 0);
     loop {

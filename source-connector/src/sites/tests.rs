@@ -303,6 +303,23 @@ fn missing_sites_file_and_tls_ca_are_reported() {
 }
 
 #[test]
+fn a_sites_file_that_is_a_device_or_a_fifo_is_refused_without_reading_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[source]\nsites_file = \"s.txt\"\n";
+    std::os::unix::fs::symlink("/dev/zero", dir.path().join("s.txt")).unwrap();
+    let e = resolve_in(dir.path(), toml).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+    // Opened, a FIFO would wait for a writer for ever.
+    std::fs::remove_file(dir.path().join("s.txt")).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(dir.path().join("s.txt"))
+        .status();
+    assert!(made.unwrap().success());
+    let e = resolve_in(dir.path(), toml).unwrap_err().to_string();
+    assert!(e.contains("not a regular file"), "{e}");
+}
+
+#[test]
 fn a_sites_file_that_cannot_be_read_on_is_refused_at_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let toml = "[source]\nsites_file = \"s.txt\"\n";
