@@ -167,12 +167,34 @@ pub fn read_ca_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
+/// Largest PEM file read: a chain of certificates fits many times over;
+/// `/dev/zero` or a runaway file does not fill the memory.
+const MAX_PEM_BYTES: u64 = 4 << 20;
+
+/// The bytes of a PEM file: a regular file of at most [`MAX_PEM_BYTES`]
+/// (a device or a FIFO is refused unread).
+fn pem_bytes(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(|e| bad(&e))?;
+    if !meta.is_file() || meta.len() > MAX_PEM_BYTES {
+        return Err(bad(&format_args!(
+            "not a regular file of at most {MAX_PEM_BYTES} bytes; give the path of a PEM file"
+        )));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM_BYTES).read_to_end(&mut bytes))
+        .map_err(|e| bad(&e))?;
+    Ok(bytes)
+}
+
 /// The certificates of a PEM file (at least one).
 pub fn read_pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, String> {
     use rustls::pki_types::pem::PemObject;
     let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| bad(&e))?
+    let bytes = pem_bytes(path)?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| bad(&e))?;
     if certs.is_empty() {
@@ -184,7 +206,32 @@ pub fn read_pem_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'stat
 /// Checks that a PEM file holds a private key.
 pub fn check_pem_key(path: &std::path::Path) -> Result<(), String> {
     use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::PrivateKeyDer::from_pem_file(path)
+    let bytes = pem_bytes(path)?;
+    rustls::pki_types::PrivateKeyDer::from_pem_slice(&bytes)
         .map(|_| ())
         .map_err(|e| format!("{}: no usable private key ({e})", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pem_path_that_is_a_device_or_holds_no_certificate_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        // Read, /dev/zero would fill the memory.
+        let zero = dir.path().join("zero.pem");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = read_pem_certs(&zero).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = check_pem_key(&zero).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "hello\n").unwrap();
+        let e = read_pem_certs(&empty).unwrap_err();
+        assert!(e.contains("no CERTIFICATE block"), "{e}");
+        assert!(check_pem_key(&empty)
+            .unwrap_err()
+            .contains("no usable private key"));
+    }
 }
