@@ -87,10 +87,17 @@ pub enum ReloadError {
     /// The source is stopping or stopped; nothing reloads any more.
     #[error("the source is stopping; no reload")]
     Stopped,
-    /// The file was written over while a reload applied it (only its
-    /// first sites were applied).
-    #[error(transparent)]
-    Interrupted(#[from] Interrupted),
+    /// The file was written over while a reload applied it: the sites
+    /// before where it stopped run with the new configuration, the rest as
+    /// they ran.
+    #[error("{source}")]
+    Interrupted {
+        /// Where and why it stopped.
+        #[source]
+        source: Interrupted,
+        /// How many sites run now.
+        running: usize,
+    },
     /// Reading the file panicked (a bug).
     #[error("the reload failed unexpectedly: {0}")]
     Crashed(String),
@@ -307,7 +314,16 @@ impl Reloader {
                 for line in e.to_string().lines() {
                     tracing::error!(trigger = trigger.as_str(), "reload refused: {line}");
                 }
-                tracing::warn!("still running the previous configuration");
+                if let ReloadError::Interrupted { running, .. } = &e {
+                    metrics::sites(*running);
+                    tracing::warn!(
+                        sites = running,
+                        "running the sites applied so far with the new configuration and the \
+                         others as before; reload again to apply the whole file"
+                    );
+                } else {
+                    tracing::warn!("still running the previous configuration");
+                }
                 Err(e)
             }
         }
@@ -389,6 +405,12 @@ impl Reloader {
             .await
             .map_err(|e| ReloadError::Crashed(e.to_string()))?;
         let applied = applied?;
-        Ok((applied, walked?))
+        match walked {
+            Ok(index) => Ok((applied, index)),
+            Err(source) => Err(ReloadError::Interrupted {
+                source,
+                running: applied.running,
+            }),
+        }
     }
 }

@@ -29,15 +29,29 @@ pub fn open_sites_file(file: &Path) -> std::io::Result<std::fs::File> {
     std::fs::File::open(file)
 }
 
-/// How many lines `f` has from where it is (an upper bound of its sites,
-/// to size lists once); `f` is read to its end.
+/// How many lines of `f` (from where it is) have something besides white
+/// space: an upper bound of its sites, to size lists once (a file of blank
+/// lines sizes nothing); `f` is read to its end (at most
+/// [`MAX_SITES_FILE_BYTES`]).
 pub fn count_lines(f: &mut impl std::io::Read) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut f = f.take(MAX_SITES_FILE_BYTES);
     let mut block = vec![0u8; BLOCK];
-    let mut lines = 1;
+    let (mut lines, mut content) = (0, false);
     loop {
-        match f.read(&mut block)? {
-            0 => return Ok(lines),
-            n => lines += block[..n].iter().filter(|b| **b == b'\n').count(),
+        let n = f.read(&mut block)?;
+        if n == 0 {
+            return Ok(lines + usize::from(content));
+        }
+        for b in &block[..n] {
+            match b {
+                b'\n' => {
+                    lines += usize::from(content);
+                    content = false;
+                }
+                b' ' | b'\t' | b'\r' => {}
+                _ => content = true,
+            }
         }
     }
 }

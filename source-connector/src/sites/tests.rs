@@ -320,6 +320,13 @@ fn a_sites_file_that_is_a_device_or_a_fifo_is_refused_without_reading_it() {
 }
 
 #[test]
+fn lines_of_white_space_are_not_counted_when_sizing_the_lists() {
+    let text = "http://a.example/\n\n   \n\t\r\n# a comment\nhttp://b.example/";
+    let counted = super::file::count_lines(&mut text.as_bytes()).unwrap();
+    assert_eq!(counted, 3, "two sites and a comment");
+}
+
+#[test]
 fn a_sites_file_that_cannot_be_read_on_is_refused_at_its_line() {
     let dir = tempfile::tempdir().unwrap();
     let toml = "[source]\nsites_file = \"s.txt\"\n";
