@@ -195,11 +195,34 @@ pub fn load<S>(
 where
     S: DeserializeOwned + Validate,
 {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_config_file(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     load_str(&text, path, section, env)
+}
+
+/// Largest configuration file read (sites beyond a few thousand belong in
+/// `sites_file`); `/dev/zero` or a runaway file does not fill the memory.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The text of a configuration file: a regular file of at most
+/// [`MAX_CONFIG_BYTES`] (a device or a FIFO is refused unread: opening a
+/// FIFO would wait for a writer).
+fn read_config_file(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("not a regular file of at most {MAX_CONFIG_BYTES} bytes"),
+        ));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES)
+        .read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// Like [`load`], from text already read; `path` is only used in messages.

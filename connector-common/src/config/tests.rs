@@ -421,3 +421,23 @@ fn the_seed_variables_are_exactly_those_that_override_keys() {
     listed.sort_unstable();
     assert_eq!(used, listed);
 }
+
+#[test]
+fn a_configuration_path_that_is_a_device_or_a_fifo_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    // Read, /dev/zero would fill the memory; opened, a FIFO would block.
+    let zero = dir.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let fifo = dir.path().join("fifo.toml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    assert!(made.unwrap().success());
+    for path in [zero, fifo] {
+        let e = load::<Sec>(&path, Section::Sink, &no_env)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cannot read configuration file: not a regular file"),
+            "{e}"
+        );
+    }
+}
