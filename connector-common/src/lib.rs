@@ -19,6 +19,8 @@
 //! - [`logging`]: `tracing` subscriber, text or JSON.
 //! - [`cli`]: the flags both binaries share.
 //! - [`tls`]: rustls pieces both connectors use.
+//! - [`files`]: files a configuration names, opened only when they are
+//!   regular files of a bounded size.
 //! - [`secret`]: secrets in types that cannot print them.
 //! - [`limits`]: the bounds shared by both connectors' settings, and bounded text.
 //! - [`listen`]: `metrics_address`, a `host:port` checked once at load.
@@ -30,11 +32,13 @@
 //! Imports run one way, from the top of this list to the bottom:
 //! [`config`] → [`kafka`] → [`tls`], [`secret`] and [`limits`] → [`problem`];
 //! [`kafka`] → [`retry`]; [`config`] → [`logging`] → [`limits`];
-//! [`telemetry`] → [`listen`] → [`limits`]. [`problem`], [`secret`], [`tls`],
-//! [`retry`], [`cli`] and [`shutdown`] import nothing of this crate.
+//! [`telemetry`] → [`listen`] → [`limits`]; [`config`] and [`tls`] →
+//! [`files`]. [`problem`], [`secret`], [`files`], [`retry`], [`cli`] and
+//! [`shutdown`] import nothing of this crate.
 
 pub mod cli;
 pub mod config;
+pub mod files;
 pub mod kafka;
 pub mod limits;
 pub mod listen;

@@ -167,26 +167,12 @@ pub fn read_ca_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'stati
     Ok(certs)
 }
 
-/// Largest PEM file read: a chain of certificates fits many times over;
-/// `/dev/zero` or a runaway file does not fill the memory.
+/// Largest PEM file read: a chain of certificates fits many times over.
 const MAX_PEM_BYTES: u64 = 4 << 20;
 
-/// The bytes of a PEM file: a regular file of at most [`MAX_PEM_BYTES`]
-/// (a device or a FIFO is refused unread).
+/// The bytes of a PEM file ([`crate::files::read_regular`]).
 fn pem_bytes(path: &std::path::Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let bad = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let meta = std::fs::metadata(path).map_err(|e| bad(&e))?;
-    if !meta.is_file() || meta.len() > MAX_PEM_BYTES {
-        return Err(bad(&format_args!(
-            "not a regular file of at most {MAX_PEM_BYTES} bytes; give the path of a PEM file"
-        )));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_PEM_BYTES).read_to_end(&mut bytes))
-        .map_err(|e| bad(&e))?;
-    Ok(bytes)
+    crate::files::read_regular(path, MAX_PEM_BYTES).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The certificates of a PEM file (at least one).

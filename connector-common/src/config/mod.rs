@@ -203,26 +203,13 @@ where
 }
 
 /// Largest configuration file read (sites beyond a few thousand belong in
-/// `sites_file`); `/dev/zero` or a runaway file does not fill the memory.
+/// `sites_file`).
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
-/// The text of a configuration file: a regular file of at most
-/// [`MAX_CONFIG_BYTES`] (a device or a FIFO is refused unread: opening a
-/// FIFO would wait for a writer).
+/// The text of a configuration file ([`crate::files::read_regular`]).
 fn read_config_file(path: &Path) -> std::io::Result<String> {
-    use std::io::{Error, ErrorKind, Read};
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() || meta.len() > MAX_CONFIG_BYTES {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("not a regular file of at most {MAX_CONFIG_BYTES} bytes"),
-        ));
-    }
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(MAX_CONFIG_BYTES)
-        .read_to_string(&mut text)?;
-    Ok(text)
+    let bytes = crate::files::read_regular(path, MAX_CONFIG_BYTES)?;
+    String::from_utf8(bytes).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Like [`load`], from text already read; `path` is only used in messages.

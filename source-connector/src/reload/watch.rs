@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use connector_common::config::Loaded;
+use connector_common::files::read_regular;
 
 use crate::config::SourceConfig;
 use crate::hash::fnv1a;
@@ -46,13 +47,7 @@ impl Fingerprint {
         let (hash, finished) = if !meta.is_file() {
             (0, true)
         } else if meta.len() <= HASHED_BYTES {
-            let mut bytes = Vec::new();
-            // At most what the size said: the file may grow meanwhile.
-            let read = std::fs::File::open(path)
-                .and_then(|f| f.take(HASHED_BYTES).read_to_end(&mut bytes));
-            if read.is_err() {
-                bytes.clear();
-            }
+            let bytes = read_regular(path, HASHED_BYTES).unwrap_or_default();
             (fnv1a(&bytes), bytes.last().is_none_or(|b| *b == b'\n'))
         } else {
             (0, last_byte(path).is_none_or(|b| b == b'\n'))

@@ -14,19 +14,8 @@ pub const MAX_SITES_FILE_BYTES: u64 = 1 << 30;
 /// Opens `sites_file`: a regular file of at most [`MAX_SITES_FILE_BYTES`]
 /// (read a block at a time by [`each_line`], never whole).
 pub fn open_sites_file(file: &Path) -> std::io::Result<std::fs::File> {
-    use std::io::{Error, ErrorKind};
-    // Looked at before it is opened: opening a FIFO waits for a writer.
-    let meta = std::fs::metadata(file)?;
-    if !meta.is_file() {
-        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
-    }
-    if meta.len() > MAX_SITES_FILE_BYTES {
-        return Err(Error::new(
-            ErrorKind::InvalidData,
-            format!("larger than {MAX_SITES_FILE_BYTES} bytes; split the sites over several instances (`shard`)"),
-        ));
-    }
-    std::fs::File::open(file)
+    let advice = "; split the sites over several instances (`shard`)";
+    connector_common::files::open_regular(file, MAX_SITES_FILE_BYTES, advice)
 }
 
 /// How many lines of `f` (from where it is) have something besides white

@@ -215,6 +215,31 @@ mod tests {
         n.map(|i| format!("http://s{i}.example/\n")).collect()
     }
 
+    /// Every site `survey` puts (in chunks of `size`), by url, and how
+    /// putting ended.
+    fn put_all(
+        survey: &Survey,
+        loaded: &Loaded<SourceConfig>,
+        size: usize,
+    ) -> (Vec<String>, Result<(), Interrupted>) {
+        let mut all = Vec::new();
+        let ended = survey.put_in_chunks(loaded, size, &mut |c| {
+            all.extend(c.iter().map(|s| s.url.as_str().to_owned()));
+            true
+        });
+        (all, ended)
+    }
+
+    /// Writes `text` over `s.txt` in place (the same file).
+    fn write_in_place(dir: &Path, text: &str, truncate: bool) {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(truncate)
+            .open(dir.join("s.txt"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .unwrap();
+    }
+
     fn chunks(survey: &Survey, loaded: &Loaded<SourceConfig>, size: usize) -> Vec<Vec<String>> {
         let mut out = Vec::new();
         let mut put = |c: Vec<SiteSpec>| {
@@ -301,18 +326,9 @@ mod tests {
         let first = survey(&loaded).unwrap().expect("a survey");
         // Written in place (the same file): line 6 differs.
         let text = urls(0..5) + "http://other.example/\n" + &urls(6..10);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.path().join("s.txt"))
-            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
-            .unwrap();
-        let mut put = Vec::new();
-        let e = first
-            .put_in_chunks(&loaded, 2, &mut |c| {
-                put.extend(c);
-                true
-            })
-            .unwrap_err();
+        write_in_place(dir.path(), &text, false);
+        let (put, ended) = put_all(&first, &loaded, 2);
+        let e = ended.unwrap_err();
         assert_eq!(e.line, Some(6), "{e}");
         assert!(e.to_string().contains("s.txt:6: the file changed"), "{e}");
         assert_eq!(put.len(), 5, "every site before line 6, as the error says");
@@ -321,31 +337,15 @@ mod tests {
         let next = dir.path().join("s.next");
         std::fs::write(&next, urls(20..30)).unwrap();
         std::fs::rename(&next, dir.path().join("s.txt")).unwrap();
-        let mut all = Vec::new();
-        survey_again
-            .put_in_chunks(&loaded, 3, &mut |c| {
-                all.extend(c);
-                true
-            })
-            .unwrap();
-        let got: Vec<&str> = all.iter().map(|s| s.url.as_str()).collect();
+        let (got, ended) = put_all(&survey_again, &loaded, 3);
+        ended.unwrap();
         assert_eq!(got[0], "http://s0.example/");
         assert_eq!(got.len(), 10);
         // Cut short in place: every line read is handed over, then refused.
         let cut_short = survey(&loaded).unwrap().expect("a survey");
-        std::fs::OpenOptions::new()
-            .write(true)
-            .truncate(true)
-            .open(dir.path().join("s.txt"))
-            .and_then(|mut f| std::io::Write::write_all(&mut f, urls(20..23).as_bytes()))
-            .unwrap();
-        let mut cut = Vec::new();
-        let e = cut_short
-            .put_in_chunks(&loaded, 2, &mut |c| {
-                cut.extend(c);
-                true
-            })
-            .unwrap_err();
+        write_in_place(dir.path(), &urls(20..23), true);
+        let (cut, ended) = put_all(&cut_short, &loaded, 2);
+        let e = ended.unwrap_err();
         assert!(e.to_string().contains("shorter than surveyed"), "{e}");
         assert_eq!((e.line, cut.len()), (None, 3));
     }
